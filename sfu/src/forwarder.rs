@@ -1,0 +1,283 @@
+//! Forwarding decisions for one Consumer, as pure state machines fed by events (packets, pauses,
+//! keyframe requests). No sockets, no `Rtc`: unit-tested on their own and benchmarked.
+//!
+//! - [`Forwarder`] decides per packet whether it goes out and under which sequence number. A video
+//!   consumer starts (and resumes) at a keyframe; outgoing sequence numbers are rebased so each
+//!   subscriber sees a gap-free stream starting below 65536 (no ROC to signal), whatever the
+//!   publisher's history or the packets skipped while waiting.
+//! - [`KeyframeThrottle`] limits PLI/FIR towards a publisher while guaranteeing a late request is
+//!   sent when the window ends (a late joiner gets its keyframe within one window).
+//! - [`PtMap`] caches the publisher-PT -> subscriber-PT mapping of a consumer.
+//! - [`is_keyframe_start`] recognises the first packet of a keyframe for VP8, VP9, H264, AV1.
+
+use std::time::{Duration, Instant};
+
+use str0m::format::Codec;
+
+/// What to do with one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send with this (extended) outgoing sequence number.
+    Forward(u64),
+    /// Video consumer waits for a keyframe.
+    WaitKeyframe,
+    /// Older than the first packet forwarded (e.g. a late retransmission): cannot be numbered.
+    TooOld,
+    /// The consumer is paused.
+    Paused,
+}
+
+/// Per-consumer sequence rewriting and keyframe gating.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    video: bool,
+    waiting_keyframe: bool,
+    paused: bool,
+    /// (first incoming seq of the current run, its outgoing seq).
+    base: Option<(u64, u64)>,
+    /// Highest outgoing sequence number sent so far.
+    highest_out: Option<u64>,
+    first_out: u64,
+}
+
+impl Forwarder {
+    /// `first_out` is the first outgoing sequence number (keep it well below 65536).
+    pub fn new(video: bool, first_out: u16) -> Self {
+        Forwarder {
+            video,
+            waiting_keyframe: video,
+            paused: false,
+            base: None,
+            highest_out: None,
+            first_out: u64::from(first_out),
+        }
+    }
+
+    pub fn is_waiting_keyframe(&self) -> bool {
+        self.waiting_keyframe && !self.paused
+    }
+
+    /// Stops forwarding (mute, subscriber pause).
+    pub fn pause(&mut self) {
+        self.paused = true;
+    }
+
+    /// Resumes; video waits for the next keyframe, numbering continues without a gap.
+    pub fn resume(&mut self) {
+        if self.paused {
+            self.paused = false;
+            self.waiting_keyframe = self.video;
+            self.base = None;
+        }
+    }
+
+    /// Decides for one incoming packet (`seq` is the publisher's extended sequence number).
+    pub fn on_packet(&mut self, seq: u64, keyframe_start: bool) -> Verdict {
+        if self.paused {
+            return Verdict::Paused;
+        }
+        if self.waiting_keyframe {
+            if !keyframe_start {
+                return Verdict::WaitKeyframe;
+            }
+            self.waiting_keyframe = false;
+            self.base = None;
+        }
+        let (in_first, out_first) = *self.base.get_or_insert_with(|| {
+            let out = self.highest_out.map_or(self.first_out, |h| h + 1);
+            (seq, out)
+        });
+        if seq < in_first {
+            return Verdict::TooOld;
+        }
+        let out = out_first + (seq - in_first);
+        if self.highest_out.is_none_or(|h| out > h) {
+            self.highest_out = Some(out);
+        }
+        Verdict::Forward(out)
+    }
+}
+
+/// Throttles keyframe requests towards one publisher track.
+#[derive(Debug, Clone)]
+pub struct KeyframeThrottle {
+    interval: Duration,
+    last: Option<Instant>,
+    pending: bool,
+}
+
+impl KeyframeThrottle {
+    pub fn new(interval: Duration) -> Self {
+        KeyframeThrottle { interval, last: None, pending: false }
+    }
+
+    /// A request arrives; true means send it to the publisher now. Otherwise it is remembered
+    /// and [`poll`](Self::poll) releases it when the window ends.
+    pub fn request(&mut self, now: Instant) -> bool {
+        match self.last {
+            Some(t) if now.duration_since(t) < self.interval => {
+                self.pending = true;
+                false
+            }
+            _ => {
+                self.last = Some(now);
+                self.pending = false;
+                true
+            }
+        }
+    }
+
+    /// True when a remembered request is due now.
+    pub fn poll(&mut self, now: Instant) -> bool {
+        if self.pending && self.last.is_none_or(|t| now.duration_since(t) >= self.interval) {
+            self.pending = false;
+            self.last = Some(now);
+            return true;
+        }
+        false
+    }
+}
+
+/// Publisher payload type -> subscriber payload type for one consumer, filled lazily.
+#[derive(Debug, Clone)]
+pub struct PtMap([u8; 128]);
+
+impl Default for PtMap {
+    fn default() -> Self {
+        PtMap([PtMap::UNKNOWN; 128])
+    }
+}
+
+impl PtMap {
+    const UNKNOWN: u8 = 0xFF;
+    const UNSUPPORTED: u8 = 0xFE;
+
+    /// `Some(Some(pt))` mapped, `Some(None)` known unsupported, `None` not looked up yet.
+    pub fn get(&self, from: u8) -> Option<Option<u8>> {
+        match self.0[usize::from(from & 0x7F)] {
+            PtMap::UNKNOWN => None,
+            PtMap::UNSUPPORTED => Some(None),
+            pt => Some(Some(pt)),
+        }
+    }
+
+    pub fn set(&mut self, from: u8, to: Option<u8>) {
+        self.0[usize::from(from & 0x7F)] = to.map_or(PtMap::UNSUPPORTED, |p| p & 0x7F);
+    }
+}
+
+/// Whether `payload` (an RTP payload) starts a keyframe. Codecs without a detector never gate.
+pub fn is_keyframe_start(codec: Codec, payload: &[u8]) -> bool {
+    use str0m::format::{detect_av1_keyframe, detect_h264_keyframe, detect_h264_nalu};
+    use str0m::format::detect_vp8_keyframe;
+    const H264_SPS: u8 = 7;
+    match codec {
+        Codec::Vp8 => detect_vp8_keyframe(payload),
+        // VP9 descriptor I|P|L|F|B|E|V|Z: not inter-predicted (P=0) and beginning a frame (B=1).
+        Codec::Vp9 => payload.first().is_some_and(|b| b & 0x40 == 0 && b & 0x08 != 0),
+        // Start at the SPS when it travels ahead of the IDR, so the decoder gets both.
+        Codec::H264 => detect_h264_nalu(payload, H264_SPS) || detect_h264_keyframe(payload),
+        Codec::Av1 => detect_av1_keyframe(payload),
+        _ => true,
+    }
+}
+
+/// Whether keyframe gating applies to this codec.
+pub fn gates_on_keyframes(codec: Codec) -> bool {
+    matches!(codec, Codec::Vp8 | Codec::Vp9 | Codec::H264 | Codec::Av1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn video_waits_for_keyframe_then_numbers_without_gaps() {
+        let mut f = Forwarder::new(true, 100);
+        assert_eq!(f.on_packet(70_000, false), Verdict::WaitKeyframe);
+        assert_eq!(f.on_packet(70_001, false), Verdict::WaitKeyframe);
+        assert_eq!(f.on_packet(70_002, true), Verdict::Forward(100));
+        assert_eq!(f.on_packet(70_003, false), Verdict::Forward(101));
+        // Loss on the publisher side stays visible to the subscriber (it can NACK).
+        assert_eq!(f.on_packet(70_005, false), Verdict::Forward(103));
+        // A late retransmission within the run keeps its slot.
+        assert_eq!(f.on_packet(70_004, false), Verdict::Forward(102));
+        // Older than the first forwarded packet.
+        assert_eq!(f.on_packet(70_001, false), Verdict::TooOld);
+    }
+
+    #[test]
+    fn audio_flows_at_once() {
+        let mut f = Forwarder::new(false, 1);
+        assert_eq!(f.on_packet(5, false), Verdict::Forward(1));
+        assert_eq!(f.on_packet(6, false), Verdict::Forward(2));
+    }
+
+    #[test]
+    fn pause_and_resume_continue_numbering() {
+        let mut f = Forwarder::new(true, 10);
+        assert_eq!(f.on_packet(1, true), Verdict::Forward(10));
+        assert_eq!(f.on_packet(2, false), Verdict::Forward(11));
+        f.pause();
+        assert_eq!(f.on_packet(3, false), Verdict::Paused);
+        assert!(!f.is_waiting_keyframe());
+        f.resume();
+        assert!(f.is_waiting_keyframe());
+        assert_eq!(f.on_packet(500, false), Verdict::WaitKeyframe);
+        assert_eq!(f.on_packet(501, true), Verdict::Forward(12));
+        assert_eq!(f.on_packet(502, false), Verdict::Forward(13));
+    }
+
+    #[test]
+    fn throttle_sends_first_and_releases_late_request() {
+        let t0 = Instant::now();
+        let mut k = KeyframeThrottle::new(Duration::from_millis(500));
+        assert!(k.request(t0));
+        assert!(!k.request(t0 + Duration::from_millis(100)));
+        assert!(!k.request(t0 + Duration::from_millis(200)));
+        assert!(!k.poll(t0 + Duration::from_millis(499)));
+        assert!(k.poll(t0 + Duration::from_millis(500)));
+        // Released once only.
+        assert!(!k.poll(t0 + Duration::from_millis(2000)));
+        assert!(k.request(t0 + Duration::from_millis(2000)));
+    }
+
+    #[test]
+    fn pt_map_remembers_mapped_and_unsupported() {
+        let mut m = PtMap::default();
+        assert_eq!(m.get(96), None);
+        m.set(96, Some(98));
+        m.set(111, None);
+        assert_eq!(m.get(96), Some(Some(98)));
+        assert_eq!(m.get(111), Some(None));
+    }
+
+    #[test]
+    fn detects_keyframe_starts() {
+        // VP8: descriptor S=1 PID=0 (0x10), then payload header with P=0.
+        assert!(is_keyframe_start(Codec::Vp8, &[0x10, 0x00, 0x9d, 0x01, 0x2a]));
+        assert!(!is_keyframe_start(Codec::Vp8, &[0x10, 0x01, 0x00, 0x00]));
+        assert!(!is_keyframe_start(Codec::Vp8, &[0x00, 0x00, 0x9d]));
+        // H264: SPS single NAL, STAP-A with SPS, FU-A start of IDR, non-IDR slice.
+        assert!(is_keyframe_start(Codec::H264, &[0x67, 0x42]));
+        assert!(is_keyframe_start(Codec::H264, &[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68]));
+        assert!(is_keyframe_start(Codec::H264, &[0x7c, 0x85, 0x00]));
+        assert!(!is_keyframe_start(Codec::H264, &[0x41, 0x9a]));
+        assert!(!is_keyframe_start(Codec::H264, &[0x7c, 0x05, 0x00])); // FU-A middle
+        // VP9: P=0 with B=1 vs P=1.
+        assert!(is_keyframe_start(Codec::Vp9, &[0x80 | 0x08, 0x01, 0x02]));
+        assert!(!is_keyframe_start(Codec::Vp9, &[0x80 | 0x04, 0x01])); // keyframe, not its start
+        assert!(!is_keyframe_start(Codec::Vp9, &[0x40 | 0x08, 0x00]));
+        // AV1: N bit.
+        assert!(is_keyframe_start(Codec::Av1, &[0x08]));
+        assert!(!is_keyframe_start(Codec::Av1, &[0x10]));
+        // Audio never gates.
+        assert!(is_keyframe_start(Codec::Opus, &[]));
+        for codec in [Codec::Vp8, Codec::Vp9, Codec::H264, Codec::Av1] {
+            for len in 0..6 {
+                let _ = is_keyframe_start(codec, &[0xFF; 8][..len]);
+                let _ = is_keyframe_start(codec, &[0x00; 8][..len]);
+            }
+        }
+    }
+}

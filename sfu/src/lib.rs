@@ -1,0 +1,291 @@
+//! Consulta's media core: a selective forwarding unit on [str0m] (sans-IO WebRTC, RTP mode).
+//!
+//! Vocabulary (mediasoup's): a **Worker** is a thread that owns rooms; a **Router** is one room's
+//! media graph; a **Transport** is one participant's WebRTC connection (a str0m `Rtc`); a
+//! **Producer** is a track a participant sends; a **Consumer** is the copy of a Producer sent to
+//! another participant.
+//!
+//! ```text
+//!  UDP :7882 ──► demux thread ──(bounded, lossy)──► Worker ─ Transport ─► Producer
+//!               5-tuple map,                          │                   │ forwarder (seq rewrite,
+//!               ICE ufrag fallback                    │                   ▼ keyframe gate, PT map)
+//!                                                     │     Consumer ─► Transport ─► socket.send_to
+//!  signaling (tokio) ──Command (bounded)──────────────┘
+//!                    ◄─PeerEvent (bounded per peer)── Worker
+//! ```
+//!
+//! A room lives on exactly one worker, so forwarding never crosses threads and takes no lock.
+//! The tokio side talks to workers only through [`SfuHandle`]: bounded channels of typed
+//! [`Command`]s in, bounded per-participant channels of [`PeerEvent`]s out. A panic inside one
+//! participant's `Rtc` is caught, counted, and closes only that participant.
+
+mod demux;
+pub mod forwarder;
+mod stats;
+mod transport;
+mod worker;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+pub use consulta_signaling::protocol::{ServerMessage, TrackKind};
+pub use stats::{SfuStats, WorkerStats};
+
+/// Identifies one participant session (one WebSocket, one `Rtc`). Never reused.
+pub type PeerId = u64;
+
+/// Media settings the SFU needs (a slice of the binary's config).
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// UDP port shared by every participant.
+    pub udp_port: u16,
+    /// Address the UDP socket binds to.
+    pub bind_ip: IpAddr,
+    /// Addresses advertised as ICE host candidates (the first is the primary).
+    pub public_ips: Vec<IpAddr>,
+    /// Worker threads; each owns whole rooms.
+    pub workers: usize,
+    /// Most participants (each publishing) a room admits.
+    pub max_publishers: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SfuError {
+    #[error("cannot bind the media UDP socket on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("media configuration is invalid: {0}")]
+    Config(String),
+    #[error("the media worker is overloaded")]
+    Busy,
+    #[error("the media worker has stopped")]
+    Stopped,
+    #[error("cannot start a media thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Joins a participant into a room on the worker that hosts it.
+pub struct JoinRequest {
+    pub peer: PeerId,
+    pub room: String,
+    pub identity: String,
+    pub role: String,
+    /// Where the worker sends this participant's events; bounded. If it is full the worker
+    /// closes the participant rather than wait.
+    pub events: tokio::sync::mpsc::Sender<PeerEvent>,
+}
+
+/// What the signaling side asks of a worker.
+pub enum Command {
+    Join(JoinRequest),
+    /// The participant's one offer (its published tracks).
+    Offer { peer: PeerId, sdp: String },
+    /// The answer to the server's latest offer.
+    Answer { peer: PeerId, sdp: String },
+    /// A trickled remote ICE candidate (`a=candidate` value).
+    Candidate { peer: PeerId, candidate: String },
+    Mute { peer: PeerId, kind: TrackKind, muted: bool },
+    /// The participant left or its socket closed.
+    Leave { peer: PeerId, reason: consulta_signaling::protocol::LeaveReason },
+}
+
+/// What a worker tells one participant's signaling session.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// A protocol message to forward to the client as is.
+    Message(ServerMessage),
+    /// The worker dropped this participant (replaced, failed ICE, internal error); the message is
+    /// sent to the client and the socket closed.
+    Closed(ServerMessage),
+}
+
+struct WorkerLink {
+    commands: crossbeam_channel::Sender<Command>,
+    stats: Arc<WorkerStats>,
+}
+
+struct Inner {
+    workers: Vec<WorkerLink>,
+    /// room id -> (worker index, live sessions). Locked briefly; never across an await.
+    rooms: Mutex<HashMap<String, (usize, usize)>>,
+    next_peer: AtomicU64,
+    local_addr: SocketAddr,
+    demux_stats: Arc<demux::DemuxStats>,
+    stopping: Arc<AtomicBool>,
+}
+
+/// A cheap, clonable handle the tokio side uses to reach the workers.
+#[derive(Clone)]
+pub struct SfuHandle(Arc<Inner>);
+
+/// The running media core: a demux thread and N worker threads.
+pub struct Sfu {
+    handle: SfuHandle,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Holds a room on its worker while a session lives; dropping it releases the room.
+pub struct RoomLease {
+    inner: Arc<Inner>,
+    room: String,
+    worker: usize,
+}
+
+impl RoomLease {
+    pub fn worker(&self) -> usize {
+        self.worker
+    }
+}
+
+impl Drop for RoomLease {
+    fn drop(&mut self) {
+        let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = rooms.get_mut(&self.room) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                rooms.remove(&self.room);
+            }
+        }
+    }
+}
+
+impl Sfu {
+    /// Binds the media socket and starts the demux and worker threads.
+    pub fn start(cfg: SfuConfig) -> Result<Sfu, SfuError> {
+        if cfg.workers == 0 || cfg.workers > 256 {
+            return Err(SfuError::Config("workers must be between 1 and 256".into()));
+        }
+        if cfg.public_ips.is_empty() {
+            return Err(SfuError::Config("at least one public ip is needed".into()));
+        }
+        if cfg.max_publishers == 0 {
+            return Err(SfuError::Config("max_publishers must be at least 1".into()));
+        }
+        let addr = SocketAddr::new(cfg.bind_ip, cfg.udp_port);
+        let socket = demux::bind_udp(addr).map_err(|source| SfuError::Bind { addr, source })?;
+        let local_addr = socket.local_addr().map_err(|source| SfuError::Bind { addr, source })?;
+        let socket = Arc::new(socket);
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (demux_tx, demux_rx) = crossbeam_channel::bounded(4096);
+        let pool = demux::BufferPool::new(4096);
+
+        let mut links = Vec::new();
+        let mut packet_senders = Vec::new();
+        let mut threads = Vec::new();
+        for index in 0..cfg.workers {
+            let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(1024);
+            let (pkt_tx, pkt_rx) = crossbeam_channel::bounded(2048);
+            let stats = Arc::new(WorkerStats::default());
+            let ctx = worker::WorkerContext {
+                index,
+                socket: socket.clone(),
+                advertised: cfg
+                    .public_ips
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, local_addr.port()))
+                    .collect(),
+                max_publishers: cfg.max_publishers,
+                commands: cmd_rx,
+                packets: pkt_rx,
+                demux: demux_tx.clone(),
+                pool: pool.clone(),
+                stats: stats.clone(),
+                stopping: stopping.clone(),
+            };
+            let t = std::thread::Builder::new()
+                .name(format!("consulta-worker-{index}"))
+                .spawn(move || worker::run(ctx))
+                .map_err(SfuError::Thread)?;
+            threads.push(t);
+            links.push(WorkerLink { commands: cmd_tx, stats });
+            packet_senders.push(pkt_tx);
+        }
+        let demux_stats = Arc::new(demux::DemuxStats::default());
+        let rx = demux::Receiver::new(
+            socket,
+            packet_senders,
+            demux_rx,
+            pool,
+            demux_stats.clone(),
+            stopping.clone(),
+        );
+        threads.push(
+            std::thread::Builder::new()
+                .name("consulta-udp-rx".into())
+                .spawn(move || rx.run())
+                .map_err(SfuError::Thread)?,
+        );
+        let inner = Inner {
+            workers: links,
+            rooms: Mutex::new(HashMap::new()),
+            next_peer: AtomicU64::new(1),
+            local_addr,
+            demux_stats,
+            stopping,
+        };
+        Ok(Sfu { handle: SfuHandle(Arc::new(inner)), threads })
+    }
+
+    pub fn handle(&self) -> SfuHandle {
+        self.handle.clone()
+    }
+
+    /// Stops every thread (rooms are dropped without goodbye; signaling drains first).
+    pub fn shutdown(self) {
+        self.handle.0.stopping.store(true, Ordering::SeqCst);
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl SfuHandle {
+    /// A fresh participant session id.
+    pub fn next_peer_id(&self) -> PeerId {
+        self.0.next_peer.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The media socket's bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.0.local_addr
+    }
+
+    /// Pins `room` to a worker (the least loaded one if the room is new) for the lease's life.
+    pub fn lease_room(&self, room: &str) -> RoomLease {
+        let mut rooms = self.0.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        let worker = if let Some(entry) = rooms.get_mut(room) {
+            entry.1 += 1;
+            entry.0
+        } else {
+            let mut load = vec![0usize; self.0.workers.len()];
+            for (w, n) in rooms.values() {
+                load[*w] += n;
+            }
+            let w = (0..load.len()).min_by_key(|i| load[*i]).unwrap_or(0);
+            rooms.insert(room.to_owned(), (w, 1));
+            w
+        };
+        RoomLease { inner: self.0.clone(), room: room.to_owned(), worker }
+    }
+
+    /// Sends a command to a worker without waiting; a full queue is `Busy`.
+    pub fn send(&self, worker: usize, cmd: Command) -> Result<(), SfuError> {
+        let link = self.0.workers.get(worker).ok_or(SfuError::Stopped)?;
+        link.commands.try_send(cmd).map_err(|e| match e {
+            crossbeam_channel::TrySendError::Full(_) => SfuError::Busy,
+            crossbeam_channel::TrySendError::Disconnected(_) => SfuError::Stopped,
+        })
+    }
+
+    /// Whether every worker thread is still running.
+    pub fn workers_alive(&self) -> bool {
+        self.0.workers.iter().all(|w| w.stats.alive.load(Ordering::Relaxed))
+    }
+
+    /// A snapshot of the counters (published by each worker every 100 ms).
+    pub fn stats(&self) -> SfuStats {
+        SfuStats::collect(self.0.workers.iter().map(|w| &*w.stats), &self.0.demux_stats)
+    }
+}

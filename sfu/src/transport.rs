@@ -1,0 +1,328 @@
+//! A Transport: one participant's WebRTC connection (a str0m `Rtc` in RTP mode, ICE-lite) with the
+//! Producers it publishes and the Consumers it receives.
+//!
+//! This module owns what can be done with one transport alone: building its `Rtc`, answering the
+//! participant's offer, offering it the consumers the worker added, and draining its output. What
+//! needs two transports at once (forwarding, keyframe requests) is the worker's job.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Instant;
+
+use consulta_signaling::protocol::{MuteState, ParticipantInfo, ServerMessage, TrackInfo, TrackKind};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::Transmit;
+use str0m::rtp::RtpPacket;
+use str0m::{Candidate, Event, IceConnectionState, Output, Rtc, RtcError};
+use tokio::sync::mpsc::error::TrySendError;
+
+use crate::forwarder::{Forwarder, KeyframeThrottle, PtMap};
+use crate::stats::LocalCounters;
+use crate::{PeerEvent, PeerId};
+
+/// Minimum spacing of keyframe requests to one publisher track.
+pub(crate) const KEYFRAME_INTERVAL: std::time::Duration = std::time::Duration::from_millis(400);
+
+/// Why a transport is closed by the worker itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// ICE consent lost or the `Rtc` closed.
+    Disconnected,
+    /// str0m refused to go on (an error out of `poll_output`).
+    RtcError,
+    /// A panic inside this participant's state.
+    Panic,
+    /// Its signaling session does not read its events.
+    EventOverflow,
+}
+
+/// Things one drain found that need the worker (other transports or the router).
+#[derive(Default)]
+pub(crate) struct Outbox {
+    pub rtp: Vec<(PeerId, RtpPacket)>,
+    /// Keyframe requests from a subscriber, by its consumer mid.
+    pub keyframe_requests: Vec<(PeerId, Mid)>,
+    pub media_added: Vec<(PeerId, Mid, MediaKind)>,
+    pub connected: Vec<PeerId>,
+    pub faults: Vec<(PeerId, Fault)>,
+}
+
+impl Outbox {
+    pub fn is_empty(&self) -> bool {
+        self.rtp.is_empty()
+            && self.keyframe_requests.is_empty()
+            && self.media_added.is_empty()
+            && self.connected.is_empty()
+            && self.faults.is_empty()
+    }
+}
+
+/// A track this participant sends.
+pub(crate) struct Producer {
+    pub mid: Mid,
+    pub kind: MediaKind,
+    pub ssrc: Option<str0m::rtp::Ssrc>,
+    /// Codec by payload type, from the negotiated parameters.
+    pub codecs: [Option<Codec>; 128],
+    pub throttle: KeyframeThrottle,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConsumerState {
+    /// Waiting for the next server offer.
+    ToOpen,
+    /// In the outstanding offer.
+    Negotiating,
+    /// Answered: packets flow.
+    Active,
+    /// Its producer is gone; to be stopped in the next offer.
+    ToStop,
+    /// Being stopped in the outstanding offer.
+    Stopping,
+}
+
+/// A copy of another participant's Producer that this participant receives.
+pub(crate) struct Consumer {
+    pub source: PeerId,
+    pub source_mid: Mid,
+    pub source_identity: String,
+    pub kind: MediaKind,
+    pub mid: Option<Mid>,
+    pub state: ConsumerState,
+    pub forwarder: Forwarder,
+    pub pts: PtMap,
+}
+
+impl Consumer {
+    pub fn new(source: PeerId, source_mid: Mid, source_identity: String, kind: MediaKind) -> Self {
+        // Start each subscriber's numbering somewhere different, far below the 16-bit wrap.
+        let first = 1000 + (fastrand_u16() % 20000);
+        Consumer {
+            source,
+            source_mid,
+            source_identity,
+            kind,
+            mid: None,
+            state: ConsumerState::ToOpen,
+            forwarder: Forwarder::new(kind == MediaKind::Video, first),
+            pts: PtMap::default(),
+        }
+    }
+}
+
+fn fastrand_u16() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish() as u16
+}
+
+pub(crate) struct Transport {
+    pub id: PeerId,
+    pub room: u64,
+    pub identity: String,
+    pub role: String,
+    pub muted: MuteState,
+    pub rtc: Rtc,
+    pub ufrag: String,
+    events: tokio::sync::mpsc::Sender<PeerEvent>,
+    /// The participant's one offer has been answered.
+    pub offered: bool,
+    pending: Option<SdpPendingOffer>,
+    pub producers: Vec<Producer>,
+    pub consumers: Vec<Consumer>,
+    /// The deadline this transport is registered under in the worker's timer heap.
+    pub scheduled: Instant,
+    /// The `Rtc`'s latest requested deadline.
+    pub next_timeout: Instant,
+}
+
+/// The parts of the worker a drain needs.
+pub(crate) struct Io<'a> {
+    pub socket: &'a UdpSocket,
+    pub counters: &'a mut LocalCounters,
+    pub outbox: &'a mut Outbox,
+}
+
+impl Transport {
+    pub fn new(
+        id: PeerId,
+        room: u64,
+        identity: String,
+        role: String,
+        events: tokio::sync::mpsc::Sender<PeerEvent>,
+        advertised: &[SocketAddr],
+        now: Instant,
+    ) -> Result<Self, String> {
+        let mut rtc = Rtc::builder().set_ice_lite(true).set_rtp_mode(true).build(now);
+        for addr in advertised {
+            let c = Candidate::host(*addr, "udp").map_err(|e| format!("bad candidate address {addr}: {e}"))?;
+            rtc.add_local_candidate(c);
+        }
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        Ok(Transport {
+            id,
+            room,
+            identity,
+            role,
+            muted: MuteState::default(),
+            rtc,
+            ufrag,
+            events,
+            offered: false,
+            pending: None,
+            producers: Vec::new(),
+            consumers: Vec::new(),
+            scheduled: far_future(now),
+            next_timeout: now,
+        })
+    }
+
+    pub fn info(&self) -> ParticipantInfo {
+        ParticipantInfo { identity: self.identity.clone(), role: self.role.clone(), muted: self.muted }
+    }
+
+    /// Queues a message for the participant; a full queue faults the transport.
+    pub fn emit(&self, msg: ServerMessage, outbox: &mut Outbox) {
+        match self.events.try_send(PeerEvent::Message(msg)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => outbox.faults.push((self.id, Fault::EventOverflow)),
+            // The session is gone; its Leave is on the way.
+            Err(TrySendError::Closed(_)) => {}
+        }
+    }
+
+    /// Tells the session it is closed (best effort: the socket closes either way).
+    pub fn close_with(&self, msg: ServerMessage) {
+        let _ = self.events.try_send(PeerEvent::Closed(msg));
+    }
+
+    /// Answers the participant's offer.
+    pub fn accept_offer(&mut self, sdp: &str) -> Result<String, String> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("offer does not parse: {e}"))?;
+        let answer = self.rtc.sdp_api().accept_offer(offer).map_err(|e| format!("offer refused: {e}"))?;
+        self.offered = true;
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Applies the answer to the server's outstanding offer.
+    pub fn accept_answer(&mut self, sdp: &str) -> Result<(), (bool, String)> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| (false, format!("answer does not parse: {e}")))?;
+        let pending = self.pending.take().ok_or((false, "no offer is outstanding".to_owned()))?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| (true, format!("answer refused: {e}")))?;
+        Ok(())
+    }
+
+    pub fn has_pending_offer(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Offers what changed in the consumers, when no offer is outstanding.
+    pub fn negotiate(&mut self, outbox: &mut Outbox) -> bool {
+        if !self.offered || self.pending.is_some() {
+            return false;
+        }
+        if !self.consumers.iter().any(|c| matches!(c.state, ConsumerState::ToOpen | ConsumerState::ToStop)) {
+            return false;
+        }
+        let mut change = self.rtc.sdp_api();
+        for c in &mut self.consumers {
+            match c.state {
+                ConsumerState::ToOpen => {
+                    let kind = c.kind;
+                    let mid = change.add_media(kind, Direction::SendOnly, Some(format!("p{}", c.source)), None, None);
+                    c.mid = Some(mid);
+                    c.state = ConsumerState::Negotiating;
+                }
+                ConsumerState::ToStop => {
+                    if let Some(mid) = c.mid {
+                        change.stop_media(mid);
+                    }
+                    c.state = ConsumerState::Stopping;
+                }
+                _ => {}
+            }
+        }
+        let Some((offer, pending)) = change.apply() else {
+            return false;
+        };
+        self.pending = Some(pending);
+        let tracks = self
+            .consumers
+            .iter()
+            .filter(|c| matches!(c.state, ConsumerState::Negotiating | ConsumerState::Active))
+            .filter_map(|c| {
+                Some(TrackInfo { mid: c.mid?.to_string(), identity: c.source_identity.clone(), kind: track_kind(c.kind) })
+            })
+            .collect();
+        self.emit(ServerMessage::Offer { sdp: offer.to_sdp_string(), tracks }, outbox);
+        true
+    }
+
+    /// The negotiated codec of each payload type this transport receives.
+    pub fn codec_table(&self) -> [Option<Codec>; 128] {
+        let mut t = [None; 128];
+        for p in self.rtc.codec_config().params() {
+            t[usize::from(*p.pt() & 0x7F)] = Some(p.spec().codec);
+        }
+        t
+    }
+
+    /// Drains the `Rtc` until it asks for a timeout: transmits go out, events to the outbox.
+    pub fn drain(&mut self, io: &mut Io) -> Result<(), RtcError> {
+        loop {
+            match self.rtc.poll_output()? {
+                Output::Timeout(t) => {
+                    self.next_timeout = t;
+                    return Ok(());
+                }
+                Output::Transmit(t) => send(io, &t),
+                Output::Event(e) => self.on_event(e, io.outbox),
+            }
+        }
+    }
+
+    fn on_event(&mut self, e: Event, outbox: &mut Outbox) {
+        match e {
+            Event::RtpPacket(p) => outbox.rtp.push((self.id, p)),
+            Event::KeyframeRequest(r) => outbox.keyframe_requests.push((self.id, r.mid)),
+            Event::MediaAdded(m) => {
+                if matches!(m.direction, Direction::RecvOnly | Direction::SendRecv) {
+                    outbox.media_added.push((self.id, m.mid, m.kind));
+                }
+            }
+            Event::Connected => outbox.connected.push(self.id),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                outbox.faults.push((self.id, Fault::Disconnected))
+            }
+            Event::Closed => outbox.faults.push((self.id, Fault::Disconnected)),
+            _ => {}
+        }
+    }
+}
+
+fn send(io: &mut Io, t: &Transmit) {
+    match io.socket.send_to(&t.contents, t.destination) {
+        Ok(n) => {
+            io.counters.packets_out += 1;
+            io.counters.bytes_out += n as u64;
+        }
+        Err(_) => io.counters.send_errors += 1,
+    }
+}
+
+pub(crate) fn track_kind(kind: MediaKind) -> TrackKind {
+    if kind == MediaKind::Audio {
+        TrackKind::Audio
+    } else {
+        TrackKind::Video
+    }
+}
+
+pub(crate) fn far_future(now: Instant) -> Instant {
+    now + std::time::Duration::from_secs(86_400 * 365)
+}

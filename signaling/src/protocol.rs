@@ -1,0 +1,360 @@
+//! The signaling wire protocol, version 1 (see `docs/protocol.md`).
+//!
+//! Client frames are parsed by [`ClientMessage::parse`], which sorts bad input into the stable
+//! error codes of [`ErrorCode`]: not JSON, unknown type, wrong fields. Server frames are built as
+//! [`ServerMessage`] values and serialized once.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The protocol version this server speaks (`join.v`).
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest text frame a client may send.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Media kind of a track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackKind {
+    Audio,
+    Video,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    #[serde(default)]
+    pub sdk: Option<String>,
+    #[serde(default)]
+    pub ua: Option<String>,
+}
+
+/// A message from the browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientMessage {
+    Join {
+        v: u32,
+        token: String,
+        room: Option<String>,
+        client: ClientInfo,
+    },
+    Offer {
+        sdp: String,
+    },
+    Answer {
+        sdp: String,
+    },
+    Candidate {
+        candidate: String,
+    },
+    Mute {
+        kind: TrackKind,
+        muted: bool,
+    },
+    Ping,
+    Leave,
+}
+
+#[derive(Deserialize)]
+struct JoinFields {
+    v: u32,
+    token: String,
+    #[serde(default)]
+    room: Option<String>,
+    #[serde(default)]
+    client: Option<ClientInfo>,
+}
+#[derive(Deserialize)]
+struct SdpFields {
+    sdp: String,
+}
+#[derive(Deserialize)]
+struct CandidateFields {
+    candidate: String,
+}
+#[derive(Deserialize)]
+struct MuteFields {
+    kind: TrackKind,
+    muted: bool,
+}
+
+impl ClientMessage {
+    /// Parses one text frame; the error is what the client is told.
+    pub fn parse(text: &str) -> Result<Self, (ErrorCode, String)> {
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err((ErrorCode::MessageTooLarge, format!("messages are limited to {MAX_MESSAGE_BYTES} bytes")));
+        }
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| (ErrorCode::BadJson, format!("not valid JSON: {e}")))?;
+        let ty = value
+            .get("type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| (ErrorCode::BadMessage, "a message needs a string field `type`".to_owned()))?
+            .to_owned();
+        fn fields<T: serde::de::DeserializeOwned>(ty: &str, v: Value) -> Result<T, (ErrorCode, String)> {
+            serde_json::from_value(v).map_err(|e| (ErrorCode::BadMessage, format!("bad `{ty}` message: {e}")))
+        }
+        Ok(match ty.as_str() {
+            "join" => {
+                let f: JoinFields = fields(&ty, value)?;
+                ClientMessage::Join { v: f.v, token: f.token, room: f.room, client: f.client.unwrap_or_default() }
+            }
+            "offer" => ClientMessage::Offer { sdp: fields::<SdpFields>(&ty, value)?.sdp },
+            "answer" => ClientMessage::Answer { sdp: fields::<SdpFields>(&ty, value)?.sdp },
+            "candidate" => ClientMessage::Candidate { candidate: fields::<CandidateFields>(&ty, value)?.candidate },
+            "mute" => {
+                let f: MuteFields = fields(&ty, value)?;
+                ClientMessage::Mute { kind: f.kind, muted: f.muted }
+            }
+            "ping" => ClientMessage::Ping,
+            "leave" => ClientMessage::Leave,
+            other => {
+                let shown: String = other.chars().take(32).collect();
+                return Err((ErrorCode::UnknownType, format!("unknown message type `{shown}`")));
+            }
+        })
+    }
+}
+
+/// Mute state of a participant's tracks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MuteState {
+    pub audio: bool,
+    pub video: bool,
+}
+
+/// A participant as others see it. Never carries names or addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantInfo {
+    pub identity: String,
+    pub role: String,
+    pub muted: MuteState,
+}
+
+/// One track the server sends in a session, by transceiver mid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrackInfo {
+    pub mid: String,
+    pub identity: String,
+    pub kind: TrackKind,
+}
+
+/// A message to the browser.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum ServerMessage {
+    Joined {
+        v: u32,
+        session_id: String,
+        participant: ParticipantInfo,
+        participants: Vec<ParticipantInfo>,
+        ice_servers: Vec<Value>,
+    },
+    Answer {
+        sdp: String,
+    },
+    Offer {
+        sdp: String,
+        tracks: Vec<TrackInfo>,
+    },
+    ParticipantJoined {
+        participant: ParticipantInfo,
+    },
+    ParticipantLeft {
+        identity: String,
+        reason: LeaveReason,
+    },
+    TrackPublished {
+        identity: String,
+        kind: TrackKind,
+    },
+    TrackUnpublished {
+        identity: String,
+        kind: TrackKind,
+    },
+    Mute {
+        identity: String,
+        kind: TrackKind,
+        muted: bool,
+    },
+    Pong,
+    Left,
+    Error {
+        code: ErrorCode,
+        message: String,
+        fatal: bool,
+    },
+}
+
+impl ServerMessage {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error { code, message: message.into(), fatal: code.is_fatal() }
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serializing these plain types cannot fail.
+        serde_json::to_string(self).expect("server messages serialize")
+    }
+}
+
+/// Why a participant left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaveReason {
+    Left,
+    Disconnected,
+    Replaced,
+    Kicked,
+}
+
+/// Stable error codes of the signaling protocol (see `docs/protocol.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadJson,
+    BadMessage,
+    UnknownType,
+    UnsupportedVersion,
+    MessageTooLarge,
+    RateLimited,
+    NotJoined,
+    AlreadyJoined,
+    AlreadyOffered,
+    NoPendingOffer,
+    SdpInvalid,
+    TokenInvalid,
+    TokenExpired,
+    TokenRoomMismatch,
+    RoomFull,
+    SessionReplaced,
+    JoinTimeout,
+    IdleTimeout,
+    ServerBusy,
+    InternalError,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 20] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadMessage,
+        ErrorCode::UnknownType,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::MessageTooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::NotJoined,
+        ErrorCode::AlreadyJoined,
+        ErrorCode::AlreadyOffered,
+        ErrorCode::NoPendingOffer,
+        ErrorCode::SdpInvalid,
+        ErrorCode::TokenInvalid,
+        ErrorCode::TokenExpired,
+        ErrorCode::TokenRoomMismatch,
+        ErrorCode::RoomFull,
+        ErrorCode::SessionReplaced,
+        ErrorCode::JoinTimeout,
+        ErrorCode::IdleTimeout,
+        ErrorCode::ServerBusy,
+        ErrorCode::InternalError,
+    ];
+
+    /// Whether the server closes the socket after sending this error.
+    pub fn is_fatal(self) -> bool {
+        use ErrorCode::*;
+        matches!(
+            self,
+            UnsupportedVersion
+                | TokenInvalid
+                | TokenExpired
+                | TokenRoomMismatch
+                | RoomFull
+                | SessionReplaced
+                | JoinTimeout
+                | IdleTimeout
+                | ServerBusy
+                | InternalError
+        )
+    }
+
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        use ErrorCode::*;
+        match self {
+            BadJson => "bad_json",
+            BadMessage => "bad_message",
+            UnknownType => "unknown_type",
+            UnsupportedVersion => "unsupported_version",
+            MessageTooLarge => "message_too_large",
+            RateLimited => "rate_limited",
+            NotJoined => "not_joined",
+            AlreadyJoined => "already_joined",
+            AlreadyOffered => "already_offered",
+            NoPendingOffer => "no_pending_offer",
+            SdpInvalid => "sdp_invalid",
+            TokenInvalid => "token_invalid",
+            TokenExpired => "token_expired",
+            TokenRoomMismatch => "token_room_mismatch",
+            RoomFull => "room_full",
+            SessionReplaced => "session_replaced",
+            JoinTimeout => "join_timeout",
+            IdleTimeout => "idle_timeout",
+            ServerBusy => "server_busy",
+            InternalError => "internal_error",
+        }
+    }
+}
+
+impl From<crate::TokenError> for ErrorCode {
+    fn from(e: crate::TokenError) -> Self {
+        match e {
+            crate::TokenError::Expired => ErrorCode::TokenExpired,
+            _ => ErrorCode::TokenInvalid,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_client_type() {
+        let j = ClientMessage::parse(r#"{"type":"join","v":1,"token":"t","room":"r"}"#).unwrap();
+        assert_eq!(j, ClientMessage::Join { v: 1, token: "t".into(), room: Some("r".into()), client: ClientInfo::default() });
+        assert_eq!(ClientMessage::parse(r#"{"type":"offer","sdp":"x"}"#).unwrap(), ClientMessage::Offer { sdp: "x".into() });
+        assert_eq!(ClientMessage::parse(r#"{"type":"answer","sdp":"y"}"#).unwrap(), ClientMessage::Answer { sdp: "y".into() });
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"mute","kind":"video","muted":true}"#).unwrap(),
+            ClientMessage::Mute { kind: TrackKind::Video, muted: true }
+        );
+        assert_eq!(ClientMessage::parse(r#"{"type":"ping"}"#).unwrap(), ClientMessage::Ping);
+        assert_eq!(ClientMessage::parse(r#"{"type":"leave","extra":1}"#).unwrap(), ClientMessage::Leave);
+        assert!(matches!(
+            ClientMessage::parse(r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMid":"0"}"#),
+            Ok(ClientMessage::Candidate { .. })
+        ));
+    }
+
+    #[test]
+    fn sorts_bad_input_into_codes() {
+        let code = |s: &str| ClientMessage::parse(s).unwrap_err().0;
+        assert_eq!(code("{nope"), ErrorCode::BadJson);
+        assert_eq!(code(""), ErrorCode::BadJson);
+        assert_eq!(code("[1,2]"), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"type":7}"#), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"type":"join","v":"1"}"#), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"type":"mute","kind":"smell","muted":true}"#), ErrorCode::BadMessage);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        let big = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(MAX_MESSAGE_BYTES));
+        assert_eq!(code(&big), ErrorCode::MessageTooLarge);
+    }
+
+    #[test]
+    fn server_messages_have_wire_names() {
+        let m = ServerMessage::error(ErrorCode::TokenRoomMismatch, "x").to_json();
+        assert_eq!(m, r#"{"type":"error","code":"token_room_mismatch","message":"x","fatal":true}"#);
+        let m = ServerMessage::ParticipantLeft { identity: "p".into(), reason: LeaveReason::Left }.to_json();
+        assert_eq!(m, r#"{"type":"participant-left","identity":"p","reason":"left"}"#);
+        for c in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), Value::String(c.as_str().into()));
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The one typed configuration of `consulta`: TOML file < `CONSULTA_*` environment < CLI flags.
+//!
+//! Every key has a laptop-safe default, so `consulta serve` runs with no file at all. Each TOML
+//! key `[section] key` is also the environment variable `CONSULTA_SECTION_KEY` (top-level keys:
+//! `CONSULTA_KEY`); lists in the environment are comma-separated. Unknown keys are errors, so a
+//! typo never silently falls back to a default. `consulta config check` runs [`Config::load`] and
+//! [`Config::validate`] and prints the result with secrets redacted.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where state lives (the generated token secret; later the SQLite database and spools).
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    pub media: MediaConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address of the HTTP listener: signaling (/ws), SDK, demo page, health.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// The one UDP port every participant's media uses.
+    pub udp_port: u16,
+    /// Addresses advertised to browsers as ICE candidates (the server's public or LAN addresses).
+    pub public_ips: Vec<IpAddr>,
+    /// Address the UDP socket binds to; default 127.0.0.1 when every public ip is loopback,
+    /// otherwise 0.0.0.0.
+    pub bind_ip: Option<IpAddr>,
+    /// Media worker threads; 0 means one per CPU core.
+    pub workers: usize,
+    /// Most participants (each publishing audio and video) a room admits.
+    pub max_publishers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret of join tokens (at least 16 characters). Unset: generated on first start and
+    /// kept in `<data_dir>/token_secret`.
+    pub token_secret: Option<String>,
+    /// Default lifetime of tokens minted by `consulta token`, seconds.
+    pub token_ttl: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` or `consulta=debug,str0m=warn`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./data"),
+            http: HttpConfig::default(),
+            media: MediaConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 7880)) }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            udp_port: 7882,
+            public_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            bind_ip: None,
+            workers: 0,
+            max_publishers: 5,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig { token_secret: None, token_ttl: 3600 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "text".into(), level: "info".into() }
+    }
+}
+
+/// Sections whose keys the environment may set, and the top-level keys.
+const SECTIONS: &[&str] = &["http", "media", "auth", "log"];
+const TOP_LEVEL: &[&str] = &["data_dir"];
+/// Environment variables that are not config keys.
+const NOT_KEYS: &[&str] = &["CONSULTA_CONFIG", "CONSULTA_BIN"];
+
+impl Config {
+    /// Defaults, then the file (if any), then `CONSULTA_*` variables from `env`.
+    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+        let mut value = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<toml::Value>(&text)
+                    .with_context(|| format!("config file {} is not valid TOML", path.display()))?
+            }
+            None => toml::Value::Table(Default::default()),
+        };
+        apply_env(&mut value, env)?;
+        let cfg: Config = value.try_into().context("invalid configuration")?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: ranges, consistency, secrets.
+    pub fn validate(&self) -> Result<()> {
+        if self.media.public_ips.is_empty() {
+            bail!("media.public_ips must name at least one address browsers can reach");
+        }
+        if let Some(ip) = self.media.public_ips.iter().find(|ip| ip.is_unspecified()) {
+            bail!("media.public_ips: {ip} cannot be advertised; give the server's real address");
+        }
+        if self.media.workers > 256 {
+            bail!("media.workers must be between 0 (one per core) and 256");
+        }
+        if !(1..=16).contains(&self.media.max_publishers) {
+            bail!("media.max_publishers must be between 1 and 16");
+        }
+        if let Some(s) = &self.auth.token_secret {
+            if s.len() < 16 {
+                bail!("auth.token_secret must be at least 16 characters");
+            }
+        }
+        if self.auth.token_ttl == 0 {
+            bail!("auth.token_ttl must be at least 1 second");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!("log.format must be `text` or `json`");
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| anyhow::anyhow!("log.level is not a valid filter: {e}"))?;
+        Ok(())
+    }
+
+    pub fn workers(&self) -> usize {
+        match self.media.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    pub fn bind_ip(&self) -> IpAddr {
+        self.media.bind_ip.unwrap_or_else(|| {
+            if self.media.public_ips.iter().all(|ip| ip.is_loopback()) {
+                IpAddr::V4(Ipv4Addr::LOCALHOST)
+            } else {
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+            }
+        })
+    }
+
+    /// The join-token secret: configured, or generated once and kept in the data dir.
+    pub fn token_secret(&self) -> Result<Vec<u8>> {
+        if let Some(s) = &self.auth.token_secret {
+            return Ok(s.as_bytes().to_vec());
+        }
+        let path = self.data_dir.join("token_secret");
+        match std::fs::read_to_string(&path) {
+            Ok(s) if s.trim().len() >= 16 => return Ok(s.trim().as_bytes().to_vec()),
+            Ok(_) => bail!("{} is too short; delete it to generate a new one", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+        std::fs::create_dir_all(&self.data_dir)
+            .with_context(|| format!("cannot create data dir {}", self.data_dir.display()))?;
+        let secret: String = {
+            use rand::Rng;
+            let bytes: [u8; 32] = rand::rng().random();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        write_private(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(secret.into_bytes())
+    }
+
+    /// The configuration as TOML with secrets redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        if c.auth.token_secret.is_some() {
+            c.auth.token_secret = Some("<redacted>".into());
+        }
+        toml::to_string_pretty(&c).unwrap_or_default()
+    }
+
+    /// Every environment variable the config reads, for the docs and `config check --env`.
+    pub fn env_names() -> Vec<String> {
+        let value = toml::Value::try_from(Config::default()).expect("defaults serialize");
+        let mut names = Vec::new();
+        for key in TOP_LEVEL {
+            names.push(format!("CONSULTA_{}", key.to_uppercase()));
+        }
+        for section in SECTIONS {
+            let mut keys: Vec<String> = value
+                .get(section)
+                .and_then(|t| t.as_table())
+                .map(|t| t.keys().cloned().collect())
+                .unwrap_or_default();
+            // Optional keys are absent from the serialized defaults.
+            keys.extend(optional_keys(section).iter().map(|k| k.to_string()));
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                names.push(format!("CONSULTA_{}_{}", section.to_uppercase(), k.to_uppercase()));
+            }
+        }
+        names
+    }
+}
+
+fn optional_keys(section: &str) -> &'static [&'static str] {
+    match section {
+        "media" => &["bind_ip"],
+        "auth" => &["token_secret"],
+        _ => &[],
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+/// Overlays `CONSULTA_*` variables onto the TOML tree, typed like the defaults.
+fn apply_env(value: &mut toml::Value, env: impl IntoIterator<Item = (String, String)>) -> Result<()> {
+    let defaults = toml::Value::try_from(Config::default()).expect("defaults serialize");
+    let table = value.as_table_mut().context("the config file must be a TOML table")?;
+    let vars: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("CONSULTA_")).collect();
+    for (name, raw) in vars {
+        if NOT_KEYS.contains(&name.as_str()) {
+            continue;
+        }
+        let rest = name["CONSULTA_".len()..].to_lowercase();
+        if TOP_LEVEL.contains(&rest.as_str()) {
+            let typed = typed_env_value(defaults.get(&rest), &raw, &name)?;
+            table.insert(rest, typed);
+            continue;
+        }
+        let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
+            continue; // not ours (e.g. a test harness variable)
+        };
+        let key = rest[section.len() + 1..].to_owned();
+        let default = defaults.get(section).and_then(|s| s.get(&key));
+        let typed = typed_env_value(default, &raw, &name)?;
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        let sect = entry.as_table_mut().with_context(|| format!("[{section}] must be a table"))?;
+        sect.insert(key, typed);
+    }
+    Ok(())
+}
+
+fn typed_env_value(default: Option<&toml::Value>, raw: &str, name: &str) -> Result<toml::Value> {
+    Ok(match default {
+        Some(toml::Value::Array(_)) => toml::Value::Array(
+            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+        ),
+        Some(toml::Value::Integer(_)) => toml::Value::Integer(
+            raw.trim().parse().with_context(|| format!("{name} must be a whole number, got {raw:?}"))?,
+        ),
+        Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
+            raw.trim().parse().with_context(|| format!("{name} must be true or false, got {raw:?}"))?,
+        ),
+        _ => toml::Value::String(raw.to_owned()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_laptop_safe() {
+        let c = Config::load(None, env(&[])).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:7880");
+        assert_eq!(c.media.udp_port, 7882);
+        assert_eq!(c.bind_ip().to_string(), "127.0.0.1");
+        assert_eq!(c.media.max_publishers, 5);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = std::env::temp_dir().join(format!("consulta-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/tmp/x\"\n[http]\nlisten = \"0.0.0.0:8000\"\n[media]\nudp_port = 9000\npublic_ips = [\"203.0.113.5\"]\nworkers = 3\n[auth]\ntoken_secret = \"0123456789abcdef\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[("CONSULTA_MEDIA_UDP_PORT", "9100"), ("CONSULTA_MEDIA_PUBLIC_IPS", "198.51.100.1, 10.0.0.2"), ("CONSULTA_BIN", "x")]),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.media.udp_port, 9100);
+        assert_eq!(c.media.workers, 3);
+        assert_eq!(c.media.public_ips.len(), 2);
+        assert_eq!(c.bind_ip().to_string(), "0.0.0.0");
+        assert_eq!(c.http.listen.port(), 8000);
+        assert!(!c.redacted_toml().contains("0123456789abcdef"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_errors() {
+        assert!(Config::load(None, env(&[("CONSULTA_MEDIA_UDPPORT", "1")])).is_err());
+        assert!(Config::load(None, env(&[("CONSULTA_MEDIA_UDP_PORT", "seven")])).is_err());
+        assert!(Config::load(None, env(&[("CONSULTA_HTTP_LISTEN", "nowhere")])).is_err());
+        let c = Config::load(None, env(&[("CONSULTA_AUTH_TOKEN_SECRET", "short")])).unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::load(None, env(&[("CONSULTA_MEDIA_PUBLIC_IPS", "0.0.0.0")])).unwrap();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn every_env_name_is_accepted() {
+        for name in Config::env_names() {
+            let value = match name.as_str() {
+                "CONSULTA_HTTP_LISTEN" => "127.0.0.1:1",
+                "CONSULTA_MEDIA_PUBLIC_IPS" | "CONSULTA_MEDIA_BIND_IP" => "127.0.0.1",
+                "CONSULTA_LOG_FORMAT" => "json",
+                "CONSULTA_LOG_LEVEL" => "debug",
+                "CONSULTA_AUTH_TOKEN_SECRET" | "CONSULTA_DATA_DIR" => "0123456789abcdef",
+                _ => "2",
+            };
+            Config::load(None, env(&[(&name, value)])).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        }
+    }
+
+    #[test]
+    fn generated_secret_is_kept() {
+        let dir = std::env::temp_dir().join(format!("consulta-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let c = Config { data_dir: dir.clone(), ..Config::default() };
+        let a = c.token_secret().unwrap();
+        let b = c.token_secret().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 64);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

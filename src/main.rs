@@ -1,0 +1,181 @@
+//! `consulta`: the command line of the Consulta media server.
+//!
+//! `serve` wires the media core ([`consulta_sfu`]) to the HTTP side ([`server`]: signaling
+//! WebSocket, SDK, demo page, health); `token` mints join tokens; `config check` validates a
+//! configuration. Errors reach the user here as `anyhow` chains with a non-zero exit.
+
+mod config;
+mod server;
+mod ws;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use consulta_signaling::{JoinToken, Role};
+
+use crate::config::Config;
+
+#[derive(Parser)]
+#[command(name = "consulta", version, about = "Consulta: a WebRTC SFU for telemedicine consultations")]
+struct Cli {
+    /// TOML configuration file (also CONSULTA_CONFIG). Without one, built-in defaults apply.
+    #[arg(long, global = true, env = "CONSULTA_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: signaling on HTTP, media on UDP.
+    Serve(ServeArgs),
+    /// Print a join token for one identity in one room.
+    Token(TokenArgs),
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// HTTP listen address ([http] listen).
+    #[arg(long)]
+    http_listen: Option<SocketAddr>,
+    /// UDP media port ([media] udp_port).
+    #[arg(long)]
+    media_port: Option<u16>,
+    /// Address advertised to browsers; repeat for several ([media] public_ips).
+    #[arg(long = "public-ip")]
+    public_ip: Vec<IpAddr>,
+    /// Media worker threads, 0 = one per core ([media] workers).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Data directory (data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log format: text or json ([log] format).
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The room: the appointment id.
+    #[arg(long)]
+    room: String,
+    /// Who joins (stable id, never a name).
+    #[arg(long)]
+    identity: String,
+    /// doctor, patient or guest.
+    #[arg(long)]
+    role: Role,
+    /// Lifetime in seconds (default [auth] token_ttl).
+    #[arg(long)]
+    ttl: Option<u64>,
+    /// Data directory holding a generated secret (data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the configuration and print it with secrets redacted.
+    Check {
+        /// Also list every CONSULTA_* environment variable the server reads.
+        #[arg(long)]
+        env: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load(path: Option<&std::path::Path>) -> Result<Config> {
+    let cfg = Config::load(path, std::env::vars())?;
+    Ok(cfg)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let mut cfg = load(cli.config.as_deref())?;
+            if let Some(v) = args.http_listen {
+                cfg.http.listen = v;
+            }
+            if let Some(v) = args.media_port {
+                cfg.media.udp_port = v;
+            }
+            if !args.public_ip.is_empty() {
+                cfg.media.public_ips = args.public_ip;
+            }
+            if let Some(v) = args.workers {
+                cfg.media.workers = v;
+            }
+            if let Some(v) = args.data_dir {
+                cfg.data_dir = v;
+            }
+            if let Some(v) = args.log_format {
+                cfg.log.format = v;
+            }
+            cfg.validate()?;
+            init_logging(&cfg);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(server::serve(cfg))
+        }
+        Command::Token(args) => {
+            let mut cfg = load(cli.config.as_deref())?;
+            if let Some(v) = args.data_dir {
+                cfg.data_dir = v;
+            }
+            cfg.validate()?;
+            let secret = cfg.token_secret()?;
+            let now = unix_now();
+            let ttl = args.ttl.unwrap_or(cfg.auth.token_ttl);
+            let token = JoinToken::new(&args.room, &args.identity, args.role, now, ttl)?.sign(&secret)?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Config { action: ConfigAction::Check { env } } => {
+            let cfg = load(cli.config.as_deref())?;
+            cfg.validate()?;
+            print!("{}", cfg.redacted_toml());
+            if env {
+                println!("\n# environment variables");
+                for name in Config::env_names() {
+                    println!("# {name}");
+                }
+            }
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cfg.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}

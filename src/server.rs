@@ -1,0 +1,126 @@
+//! The HTTP side of `consulta serve`: axum routes for signaling (`/ws`), the browser SDK
+//! (`/sdk/consulta.js`, `/sdk/consulta.d.ts`), the demo page (`/demo`) and health (`/healthz`,
+//! `/readyz`), plus startup and shutdown of the media core.
+//!
+//! Handlers never block: the media core is reached through `SfuHandle`'s bounded channels.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use consulta_sfu::{Sfu, SfuConfig, SfuHandle};
+use serde_json::json;
+
+use crate::config::Config;
+
+const SDK_JS: &str = include_str!("../signaling/client/consulta.js");
+const SDK_DTS: &str = include_str!("../signaling/client/consulta.d.ts");
+const DEMO_HTML: &str = include_str!("../signaling/client/demo.html");
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub sfu: SfuHandle,
+    pub token_secret: Arc<Vec<u8>>,
+    /// Flips to true on SIGTERM/ctrl-c: sessions end so the listener can drain.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// ICE servers handed to each participant on join (TURN comes with the TURN issue).
+    pub fn ice_servers(&self) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
+}
+
+pub async fn serve(cfg: Config) -> Result<()> {
+    let token_secret = Arc::new(cfg.token_secret()?);
+    let sfu = Sfu::start(SfuConfig {
+        udp_port: cfg.media.udp_port,
+        bind_ip: cfg.bind_ip(),
+        public_ips: cfg.media.public_ips.clone(),
+        workers: cfg.workers(),
+        max_publishers: cfg.media.max_publishers,
+    })?;
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.http.listen))?;
+    tracing::info!(
+        http = %cfg.http.listen,
+        media = %sfu.handle().local_addr(),
+        workers = cfg.workers(),
+        "consulta is serving; demo at http://{}/demo",
+        cfg.http.listen
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let state = AppState { sfu: sfu.handle(), token_secret, shutdown: stop_rx };
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        })
+        .await?;
+    tracing::info!("shutting down");
+    tokio::task::spawn_blocking(move || sfu.shutdown()).await?;
+    Ok(())
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Redirect::temporary("/demo") }))
+        .route("/ws", get(ws_upgrade))
+        .route("/sdk/consulta.js", get(|| async { asset("text/javascript; charset=utf-8", SDK_JS) }))
+        .route("/sdk/consulta.d.ts", get(|| async { asset("application/typescript; charset=utf-8", SDK_DTS) }))
+        .route("/demo", get(|| async { asset("text/html; charset=utf-8", DEMO_HTML) }))
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.sfu.workers_alive() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "workers_down" }))).into_response()
+    }
+}
+
+async fn ws_upgrade(
+    ws: WebSocketUpgrade,
+    Query(query): Query<HashMap<String, String>>,
+    State(state): State<AppState>,
+) -> Response {
+    let room = query.get("room").cloned();
+    // Frames above 64 KiB get an error code from the session; far larger ones close the socket.
+    ws.max_message_size(1 << 20)
+        .max_frame_size(1 << 20)
+        .on_upgrade(move |socket| crate::ws::run_session(socket, state, room))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
