@@ -1,0 +1,279 @@
+//! End-to-end signaling tests against a real `consulta serve` process: join tokens, error codes,
+//! room capacity, reconnection, floods. (Media with real browsers: `tests/e2e/`.)
+
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use consulta_signaling::{JoinToken, Role};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+const SECRET: &str = "test-secret-0123456789abcdef";
+
+struct Server {
+    child: Child,
+    http: String,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+fn free_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start(extra: &str) -> Server {
+    let dir = std::env::temp_dir().join(format!("consulta-sig-{}-{}", std::process::id(), free_tcp()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let http = format!("127.0.0.1:{}", free_tcp());
+    let cfg = format!(
+        "data_dir = \"{}\"\n[http]\nlisten = \"{http}\"\n[media]\nudp_port = {}\nworkers = 2\n{extra}\n[auth]\ntoken_secret = \"{SECRET}\"\n",
+        dir.join("data").display(),
+        free_udp()
+    );
+    let cfg_path = dir.join("consulta.toml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_consulta"))
+        .args(["serve", "--config"])
+        .arg(&cfg_path)
+        .env("CONSULTA_LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("consulta starts");
+    let server = Server { child, http, dir };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(&server.http) {
+            let _ = write!(s, "GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n");
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            if body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200") {
+                return server;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not become healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn token(room: &str, identity: &str, role: Role) -> String {
+    JoinToken::new(room, identity, role, now(), 600).unwrap().sign(SECRET.as_bytes()).unwrap()
+}
+
+type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Client {
+    ws: WsStream,
+}
+
+impl Client {
+    async fn connect(server: &Server, query: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws{query}", server.http)).await.expect("ws connects");
+        Client { ws }
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.unwrap();
+    }
+
+    /// Next JSON message, or None when the socket closes.
+    async fn recv(&mut self) -> Option<Value> {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(5), self.ws.next()).await.expect("a message within 5 s");
+            match m {
+                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Skips messages until one of type `ty`.
+    async fn expect(&mut self, ty: &str) -> Value {
+        loop {
+            let m = self.recv().await.unwrap_or_else(|| panic!("socket closed while waiting for {ty}"));
+            if m["type"] == ty {
+                return m;
+            }
+        }
+    }
+
+    async fn expect_error(&mut self, code: &str) -> Value {
+        let m = self.expect("error").await;
+        assert_eq!(m["code"], code, "{m}");
+        m
+    }
+
+    async fn join(server: &Server, room: &str, identity: &str, role: Role) -> (Client, Value) {
+        let mut c = Client::connect(server, "").await;
+        c.send(json!({"type":"join","v":1,"token":token(room, identity, role)})).await;
+        let joined = c.expect("joined").await;
+        (c, joined)
+    }
+
+    async fn closes(&mut self) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match self.ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_stable_codes_and_the_session_survives() {
+    let server = start("");
+    let mut c = Client::connect(&server, "").await;
+    c.send_raw(Message::Text("{not json".into())).await;
+    c.expect_error("bad_json").await;
+    c.send(json!({"type":"dance"})).await;
+    c.expect_error("unknown_type").await;
+    c.send(json!({"kind":"x"})).await;
+    c.expect_error("bad_message").await;
+    c.send(json!({"type":"offer","sdp":"v=0"})).await;
+    c.expect_error("not_joined").await;
+    c.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
+    c.expect_error("bad_message").await;
+    c.send(json!({"type":"offer","sdp":"a".repeat(70 * 1024)})).await;
+    let e = c.expect_error("message_too_large").await;
+    assert_eq!(e["fatal"], false);
+    c.send(json!({"type":"ping"})).await;
+    c.expect("pong").await;
+    // Joined: wrong order and bad SDP are refused without closing.
+    c.send(json!({"type":"join","v":1,"token":token("appt-1","dr-a",Role::Doctor)})).await;
+    let joined = c.expect("joined").await;
+    assert_eq!(joined["participant"]["identity"], "dr-a");
+    assert_eq!(joined["participant"]["role"], "doctor");
+    assert_eq!(joined["participants"].as_array().unwrap().len(), 0);
+    c.send(json!({"type":"join","v":1,"token":token("appt-1","dr-a",Role::Doctor)})).await;
+    c.expect_error("already_joined").await;
+    c.send(json!({"type":"answer","sdp":"v=0"})).await;
+    c.expect_error("no_pending_offer").await;
+    c.send(json!({"type":"offer","sdp":"this is not sdp"})).await;
+    c.expect_error("sdp_invalid").await;
+    c.send(json!({"type":"ping"})).await;
+    c.expect("pong").await;
+}
+
+#[tokio::test]
+async fn tokens_are_checked() {
+    let server = start("");
+    let secret = SECRET.as_bytes();
+    let expired = JoinToken::new("appt-1", "p", Role::Patient, now() - 120, 60).unwrap().sign(secret).unwrap();
+    let forged = JoinToken::new("appt-1", "p", Role::Patient, now(), 60).unwrap().sign(b"not-the-server-secret-at-all").unwrap();
+    for (tok, query, room, code) in [
+        (expired, "", None, "token_expired"),
+        (forged, "", None, "token_invalid"),
+        ("garbage".to_owned(), "", None, "token_invalid"),
+        (token("appt-1", "p", Role::Patient), "?room=appt-2", None, "token_room_mismatch"),
+        (token("appt-1", "p", Role::Patient), "", Some("appt-2"), "token_room_mismatch"),
+    ] {
+        let mut c = Client::connect(&server, query).await;
+        let mut join = json!({"type":"join","v":1,"token":tok});
+        if let Some(r) = room {
+            join["room"] = json!(r);
+        }
+        c.send(join).await;
+        let e = c.expect_error(code).await;
+        assert_eq!(e["fatal"], true);
+        assert!(c.closes().await, "{code}: the socket closes");
+    }
+    let mut c = Client::connect(&server, "").await;
+    c.send(json!({"type":"join","v":2,"token":token("appt-1","p",Role::Patient)})).await;
+    c.expect_error("unsupported_version").await;
+    // The right room in the URL is fine.
+    let mut c = Client::connect(&server, "?room=appt-1").await;
+    c.send(json!({"type":"join","v":1,"token":token("appt-1","p",Role::Patient)})).await;
+    c.expect("joined").await;
+}
+
+#[tokio::test]
+async fn presence_capacity_and_replacement() {
+    let server = start("max_publishers = 3");
+    let (mut doctor, _) = Client::join(&server, "appt-9", "dr", Role::Doctor).await;
+    let (mut patient, joined) = Client::join(&server, "appt-9", "pt", Role::Patient).await;
+    assert_eq!(joined["participants"][0]["identity"], "dr");
+    assert_eq!(joined["participants"][0]["role"], "doctor");
+    let pj = doctor.expect("participant-joined").await;
+    assert_eq!(pj["participant"]["identity"], "pt");
+    assert_eq!(pj["participant"]["role"], "patient");
+
+    // Mute is relayed.
+    patient.send(json!({"type":"mute","kind":"audio","muted":true})).await;
+    let m = doctor.expect("mute").await;
+    assert_eq!((m["identity"].as_str(), m["kind"].as_str(), m["muted"].as_bool()), (Some("pt"), Some("audio"), Some(true)));
+
+    let (_guest, _) = Client::join(&server, "appt-9", "g", Role::Guest).await;
+    doctor.expect("participant-joined").await;
+    // A fourth participant exceeds max_publishers = 3.
+    let mut extra = Client::connect(&server, "").await;
+    extra.send(json!({"type":"join","v":1,"token":token("appt-9","g2",Role::Guest)})).await;
+    extra.expect_error("room_full").await;
+    // Other rooms are unaffected.
+    let (mut other, _) = Client::join(&server, "appt-10", "dr", Role::Doctor).await;
+
+    // The patient reconnects: the old session is replaced, no ghost remains.
+    let (_patient2, joined2) = Client::join(&server, "appt-9", "pt", Role::Patient).await;
+    let others: Vec<&str> = joined2["participants"].as_array().unwrap().iter().map(|p| p["identity"].as_str().unwrap()).collect();
+    assert_eq!(others.len(), 2, "{others:?}");
+    assert!(!others.contains(&"pt"));
+    patient.expect_error("session_replaced").await;
+    assert!(patient.closes().await);
+    let left = doctor.expect("participant-left").await;
+    assert_eq!((left["identity"].as_str(), left["reason"].as_str()), (Some("pt"), Some("replaced")));
+    let again = doctor.expect("participant-joined").await;
+    assert_eq!(again["participant"]["identity"], "pt");
+
+    // Leaving is announced with its reason.
+    let (mut visitor, _) = Client::join(&server, "appt-10", "pt", Role::Patient).await;
+    other.expect("participant-joined").await;
+    visitor.send(json!({"type":"leave"})).await;
+    visitor.expect("left").await;
+    let left = other.expect("participant-left").await;
+    assert_eq!((left["identity"].as_str(), left["reason"].as_str()), (Some("pt"), Some("left")));
+}
+
+#[tokio::test]
+async fn floods_are_limited_without_hurting_others() {
+    let server = start("");
+    let (mut calm, _) = Client::join(&server, "appt-3", "dr", Role::Doctor).await;
+    let mut noisy = Client::connect(&server, "").await;
+    for _ in 0..400 {
+        noisy.send(json!({"type":"ping"})).await;
+    }
+    let mut saw_limit = false;
+    while let Some(m) = noisy.recv().await {
+        if m["code"] == "rate_limited" {
+            saw_limit = true;
+            break;
+        }
+    }
+    assert!(saw_limit, "a flood is answered with rate_limited");
+    calm.send(json!({"type":"ping"})).await;
+    calm.expect("pong").await;
+}
