@@ -21,8 +21,9 @@
 
 mod demux;
 pub mod forwarder;
+pub mod router;
 mod stats;
-mod transport;
+pub mod transport;
 mod worker;
 
 use std::collections::HashMap;

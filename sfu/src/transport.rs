@@ -6,6 +6,7 @@
 //! needs two transports at once (forwarding, keyframe requests) is the worker's job.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
 use std::time::Instant;
 
 use consulta_signaling::protocol::{MuteState, ParticipantInfo, ServerMessage, TrackInfo, TrackKind};
@@ -138,9 +139,20 @@ pub(crate) struct Transport {
     pub next_timeout: Instant,
 }
 
+/// Where transmits go: the worker's UDP socket, or memory in tests and benchmarks.
+pub trait Wire {
+    fn send(&self, to: SocketAddr, data: &[u8]) -> std::io::Result<usize>;
+}
+
+impl Wire for Arc<UdpSocket> {
+    fn send(&self, to: SocketAddr, data: &[u8]) -> std::io::Result<usize> {
+        self.send_to(data, to)
+    }
+}
+
 /// The parts of the worker a drain needs.
-pub(crate) struct Io<'a> {
-    pub socket: &'a UdpSocket,
+pub(crate) struct Io<'a, W: Wire> {
+    pub wire: &'a W,
     pub counters: &'a mut LocalCounters,
     pub outbox: &'a mut Outbox,
 }
@@ -273,7 +285,7 @@ impl Transport {
     }
 
     /// Drains the `Rtc` until it asks for a timeout: transmits go out, events to the outbox.
-    pub fn drain(&mut self, io: &mut Io) -> Result<(), RtcError> {
+    pub fn drain<W: Wire>(&mut self, io: &mut Io<W>) -> Result<(), RtcError> {
         loop {
             match self.rtc.poll_output()? {
                 Output::Timeout(t) => {
@@ -305,8 +317,8 @@ impl Transport {
     }
 }
 
-fn send(io: &mut Io, t: &Transmit) {
-    match io.socket.send_to(&t.contents, t.destination) {
+fn send<W: Wire>(io: &mut Io<W>, t: &Transmit) {
+    match io.wire.send(t.destination, &t.contents) {
         Ok(n) => {
             io.counters.packets_out += 1;
             io.counters.bytes_out += n as u64;

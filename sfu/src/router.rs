@@ -1,0 +1,670 @@
+//! A Router host: the routing logic of one worker — rooms (Routers), their Transports, and the
+//! forwarding between them — with no thread, channel or socket of its own.
+//!
+//! Every input mutates exactly one `Rtc` and is followed by a full drain of it (str0m's
+//! contract); what a drain finds that concerns other transports lands in the [`Outbox`] and is
+//! processed right after. Each call into a participant's state runs under `catch_unwind`: a panic
+//! closes that participant only. Output goes through a [`Wire`]: the worker's UDP socket in
+//! production, memory in tests and benchmarks. The thread around it is in `worker.rs`.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use consulta_signaling::protocol::{ErrorCode, LeaveReason, ServerMessage};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use str0m::{Candidate, Input};
+
+use crate::demux::DemuxUpdate;
+use crate::forwarder::{gates_on_keyframes, is_keyframe_start, KeyframeThrottle, PtMap, Verdict};
+use crate::stats::LocalCounters;
+use crate::transport::{
+    far_future, track_kind, Consumer, ConsumerState, Fault, Io, Outbox, Producer, Transport, Wire, KEYFRAME_INTERVAL,
+};
+use crate::{Command, JoinRequest, PeerId};
+
+/// One room's media graph: who is in it. Producers and consumers hang off the transports.
+struct Router {
+    name: String,
+    participants: Vec<PeerId>,
+}
+
+/// The rooms of one worker and everything needed to route their media.
+pub struct RouterHost<W: Wire> {
+    index: usize,
+    wire: W,
+    advertised: Vec<SocketAddr>,
+    max_publishers: usize,
+    transports: HashMap<PeerId, Transport>,
+    routers: HashMap<u64, Router>,
+    router_by_name: HashMap<String, u64>,
+    next_router: u64,
+    timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    outbox: Outbox,
+    pub(crate) counters: LocalCounters,
+    /// Registrations for the demux thread, collected by the worker shell.
+    pub(crate) demux_updates: Vec<DemuxUpdate>,
+}
+
+impl<W: Wire> RouterHost<W> {
+    pub fn new(index: usize, wire: W, advertised: Vec<SocketAddr>, max_publishers: usize) -> Self {
+        RouterHost {
+            index,
+            wire,
+            advertised,
+            max_publishers,
+            transports: HashMap::new(),
+            routers: HashMap::new(),
+            router_by_name: HashMap::new(),
+            next_router: 1,
+            timers: BinaryHeap::new(),
+            outbox: Outbox::default(),
+            counters: LocalCounters::default(),
+            demux_updates: Vec::new(),
+        }
+    }
+
+    pub fn rooms(&self) -> usize {
+        self.routers.len()
+    }
+
+    pub fn participants(&self) -> usize {
+        self.transports.len()
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// One datagram from `source` for participant `peer`, received at `at`.
+    pub fn on_datagram(&mut self, peer: PeerId, source: SocketAddr, data: &[u8], at: Instant) {
+        self.counters.packets_in += 1;
+        self.counters.bytes_in += data.len() as u64;
+        let destination = self.advertised[0];
+        if let Some(t) = self.transports.get_mut(&peer) {
+            if let Ok(contents) = data.try_into() {
+                let input = Input::Receive(at, Receive { proto: Protocol::Udp, source, destination, contents });
+                let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+                guarded(t, io, |t, io| {
+                    t.rtc.handle_input(input)?;
+                    t.drain(io)
+                });
+                schedule(&mut self.timers, t);
+            }
+        }
+        self.process_outbox();
+    }
+
+    pub fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((t, id))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(tr) = self.transports.get_mut(&id) else { continue };
+            if tr.scheduled != t {
+                continue; // superseded by an earlier deadline that already fired
+            }
+            tr.scheduled = far_future(now);
+            let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+            guarded(tr, io, |tr, io| {
+                tr.rtc.handle_input(Input::Timeout(now))?;
+                tr.drain(io)
+            });
+            schedule(&mut self.timers, tr);
+        }
+        self.process_outbox();
+    }
+
+    pub fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Join(req) => self.join(req),
+            Command::Offer { peer, sdp } => self.offer(peer, &sdp),
+            Command::Answer { peer, sdp } => self.answer(peer, &sdp),
+            Command::Candidate { peer, candidate } => {
+                let line = candidate.strip_prefix("a=").unwrap_or(&candidate);
+                if let (Some(t), Ok(c)) = (self.transports.get_mut(&peer), Candidate::from_sdp_string(line)) {
+                    let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+                    guarded(t, io, |t, io| {
+                        t.rtc.add_remote_candidate(c);
+                        t.drain(io)
+                    });
+                    schedule(&mut self.timers, t);
+                }
+            }
+            Command::Mute { peer, kind, muted } => {
+                let Some(t) = self.transports.get_mut(&peer) else { return };
+                match kind {
+                    consulta_signaling::protocol::TrackKind::Audio => t.muted.audio = muted,
+                    consulta_signaling::protocol::TrackKind::Video => t.muted.video = muted,
+                }
+                let (room, identity) = (t.room, t.identity.clone());
+                self.broadcast(room, peer, ServerMessage::Mute { identity, kind, muted });
+            }
+            Command::Leave { peer, reason } => self.remove(peer, reason, None),
+        }
+        self.process_outbox();
+    }
+
+    // ---- commands -----------------------------------------------------------------------
+
+    fn join(&mut self, req: JoinRequest) {
+        let now = Instant::now();
+        // The same identity again replaces its old session: no ghost participant.
+        let previous = self
+            .router_by_name
+            .get(&req.room)
+            .and_then(|id| self.routers.get(id))
+            .and_then(|r| r.participants.iter().copied().find(|p| self.transports.get(p).is_some_and(|t| t.identity == req.identity)));
+        if let Some(old) = previous {
+            self.remove(
+                old,
+                LeaveReason::Replaced,
+                Some(ServerMessage::error(ErrorCode::SessionReplaced, "this identity joined again on another connection")),
+            );
+        }
+        let room_id = self.router_for(&req.room);
+        let occupants = self.routers[&room_id].participants.len();
+        if occupants >= self.max_publishers {
+            let _ = req.events.try_send(crate::PeerEvent::Closed(ServerMessage::error(
+                ErrorCode::RoomFull,
+                format!("the room already holds {} participants", self.max_publishers),
+            )));
+            self.drop_router_if_empty(room_id);
+            return;
+        }
+        let transport = match Transport::new(req.peer, room_id, req.identity, req.role, req.events.clone(), &self.advertised, now) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot create transport");
+                let _ = req.events.try_send(crate::PeerEvent::Closed(ServerMessage::error(ErrorCode::InternalError, "cannot create the media transport")));
+                self.drop_router_if_empty(room_id);
+                return;
+            }
+        };
+        self.register_demux(DemuxUpdate::Register { ufrag: transport.ufrag.clone(), worker: self.index, peer: req.peer });
+        let others: Vec<_> = self.routers[&room_id]
+            .participants
+            .iter()
+            .filter_map(|p| self.transports.get(p).map(|t| t.info()))
+            .collect();
+        let info = transport.info();
+        transport.emit(
+            ServerMessage::Joined {
+                v: consulta_signaling::PROTOCOL_VERSION,
+                session_id: req.peer.to_string(),
+                participant: info.clone(),
+                participants: others,
+                ice_servers: Vec::new(),
+            },
+            &mut self.outbox,
+        );
+        self.broadcast(room_id, req.peer, ServerMessage::ParticipantJoined { participant: info });
+        self.routers.get_mut(&room_id).expect("router exists").participants.push(req.peer);
+        self.transports.insert(req.peer, transport);
+        self.counters.joins += 1;
+        tracing::info!(worker = self.index, peer = req.peer, room = room_id, "participant joined");
+    }
+
+    fn router_for(&mut self, name: &str) -> u64 {
+        if let Some(id) = self.router_by_name.get(name) {
+            return *id;
+        }
+        let id = self.next_router;
+        self.next_router += 1;
+        self.router_by_name.insert(name.to_owned(), id);
+        self.routers.insert(id, Router { name: name.to_owned(), participants: Vec::new() });
+        id
+    }
+
+    fn drop_router_if_empty(&mut self, id: u64) {
+        if self.routers.get(&id).is_some_and(|r| r.participants.is_empty()) {
+            if let Some(r) = self.routers.remove(&id) {
+                self.router_by_name.remove(&r.name);
+            }
+        }
+    }
+
+    fn offer(&mut self, peer: PeerId, sdp: &str) {
+        let Some(t) = self.transports.get_mut(&peer) else { return };
+        if t.offered {
+            t.emit(ServerMessage::error(ErrorCode::AlreadyOffered, "the client offers once; later changes come from the server"), &mut self.outbox);
+            return;
+        }
+        let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+        let answer = guarded(t, io, |t, io| {
+            let r = t.accept_offer(sdp);
+            t.drain(io)?;
+            Ok(r)
+        });
+        schedule(&mut self.timers, t);
+        match answer {
+            Some(Ok(sdp)) => t.emit(ServerMessage::Answer { sdp }, &mut self.outbox),
+            Some(Err(msg)) => {
+                t.emit(ServerMessage::error(ErrorCode::SdpInvalid, msg), &mut self.outbox);
+                return;
+            }
+            None => return,
+        }
+        // Subscribe the newcomer to everything already published in the room.
+        let room = t.room;
+        let mut wanted = Vec::new();
+        for other in self.routers.get(&room).map(|r| r.participants.as_slice()).unwrap_or(&[]) {
+            if *other == peer {
+                continue;
+            }
+            if let Some(o) = self.transports.get(other) {
+                for p in &o.producers {
+                    wanted.push(Consumer::new(o.id, p.mid, o.identity.clone(), p.kind));
+                }
+            }
+        }
+        let t = self.transports.get_mut(&peer).expect("checked above");
+        t.consumers.extend(wanted);
+        self.negotiate(peer);
+    }
+
+    fn answer(&mut self, peer: PeerId, sdp: &str) {
+        let Some(t) = self.transports.get_mut(&peer) else { return };
+        if !t.has_pending_offer() {
+            t.emit(ServerMessage::error(ErrorCode::NoPendingOffer, "no offer from the server is outstanding"), &mut self.outbox);
+            return;
+        }
+        let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+        let result = guarded(t, io, |t, io| {
+            let r = t.accept_answer(sdp);
+            t.drain(io)?;
+            Ok(r)
+        });
+        schedule(&mut self.timers, t);
+        match result {
+            Some(Ok(())) => {}
+            Some(Err((false, msg))) => {
+                t.emit(ServerMessage::error(ErrorCode::SdpInvalid, msg), &mut self.outbox);
+                return;
+            }
+            Some(Err((true, msg))) => {
+                // The negotiation state is lost: this session cannot go on.
+                let m = ServerMessage::error(ErrorCode::SdpInvalid, msg);
+                self.remove(peer, LeaveReason::Disconnected, Some(m));
+                return;
+            }
+            None => return,
+        }
+        // Consumers in the answered offer go live; stopped ones go away.
+        t.consumers.retain(|c| c.state != ConsumerState::Stopping);
+        for c in t.consumers.iter_mut().filter(|c| c.state == ConsumerState::Negotiating) {
+            c.state = ConsumerState::Active;
+        }
+        self.map_payload_types(peer);
+        let sources: Vec<(PeerId, Mid)> = self.transports[&peer]
+            .consumers
+            .iter()
+            .filter(|c| c.state == ConsumerState::Active && c.kind == MediaKind::Video && c.forwarder.is_waiting_keyframe())
+            .map(|c| (c.source, c.source_mid))
+            .collect();
+        for (source, mid) in sources {
+            self.request_keyframe(source, mid);
+        }
+        self.negotiate(peer);
+    }
+
+    /// Fills the payload type maps of `peer`'s active consumers from the publishers' codecs.
+    fn map_payload_types(&mut self, peer: PeerId) {
+        let mut wanted: Vec<(usize, Vec<str0m::format::PayloadParams>)> = Vec::new();
+        let Some(t) = self.transports.get(&peer) else { return };
+        for (i, c) in t.consumers.iter().enumerate() {
+            if c.state != ConsumerState::Active {
+                continue;
+            }
+            if let Some(src) = self.transports.get(&c.source) {
+                let kind_is_audio = c.kind == MediaKind::Audio;
+                let params = src
+                    .rtc
+                    .codec_config()
+                    .params()
+                    .iter()
+                    .filter(|p| p.spec().codec.is_audio() == kind_is_audio)
+                    .cloned()
+                    .collect();
+                wanted.push((i, params));
+            }
+        }
+        let t = self.transports.get_mut(&peer).expect("checked above");
+        for (i, params) in wanted {
+            let mut map = PtMap::default();
+            for p in params {
+                let from = *p.pt();
+                let to = t.rtc.codec_config().match_params(p).map(|m| *m.pt());
+                map.set(from, to);
+            }
+            t.consumers[i].pts = map;
+        }
+    }
+
+    fn negotiate(&mut self, peer: PeerId) {
+        if let Some(t) = self.transports.get_mut(&peer) {
+            let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+            guarded(t, io, |t, io| {
+                if t.negotiate(io.outbox) {
+                    t.drain(io)?;
+                }
+                Ok(())
+            });
+            schedule(&mut self.timers, t);
+        }
+    }
+
+    /// Removes a participant: its consumers elsewhere are stopped and the room is told.
+    fn remove(&mut self, peer: PeerId, reason: LeaveReason, tell: Option<ServerMessage>) {
+        let Some(mut t) = self.transports.remove(&peer) else { return };
+        self.register_demux(DemuxUpdate::Forget { peer });
+        if let Some(msg) = tell {
+            t.close_with(msg);
+        }
+        t.rtc.disconnect();
+        self.counters.leaves += 1;
+        tracing::info!(worker = self.index, peer, reason = ?reason, "participant left");
+        let room = t.room;
+        if let Some(r) = self.routers.get_mut(&room) {
+            r.participants.retain(|p| *p != peer);
+        }
+        let others: Vec<PeerId> = self.routers.get(&room).map(|r| r.participants.clone()).unwrap_or_default();
+        for q in others {
+            let Some(tq) = self.transports.get_mut(&q) else { continue };
+            tq.consumers.retain(|c| !(c.source == peer && c.state == ConsumerState::ToOpen));
+            for c in tq.consumers.iter_mut().filter(|c| c.source == peer) {
+                if matches!(c.state, ConsumerState::Negotiating | ConsumerState::Active) {
+                    c.state = ConsumerState::ToStop;
+                }
+            }
+            for p in &t.producers {
+                tq.emit(ServerMessage::TrackUnpublished { identity: t.identity.clone(), kind: track_kind(p.kind) }, &mut self.outbox);
+            }
+            tq.emit(ServerMessage::ParticipantLeft { identity: t.identity.clone(), reason }, &mut self.outbox);
+            self.negotiate(q);
+        }
+        self.drop_router_if_empty(room);
+    }
+
+    fn broadcast(&mut self, room: u64, except: PeerId, msg: ServerMessage) {
+        let Some(r) = self.routers.get(&room) else { return };
+        for p in &r.participants {
+            if *p != except {
+                if let Some(t) = self.transports.get(p) {
+                    t.emit(msg.clone(), &mut self.outbox);
+                }
+            }
+        }
+    }
+
+    fn register_demux(&mut self, u: DemuxUpdate) {
+        self.demux_updates.push(u);
+    }
+
+    // ---- what drains found ----------------------------------------------------------------
+
+    fn process_outbox(&mut self) {
+        // Handling one kind can produce more (a forwarded write drains a subscriber, which may
+        // ask for a keyframe); loop until quiet.
+        while !self.outbox.is_empty() {
+            let mut rtp = std::mem::take(&mut self.outbox.rtp);
+            for (src, pkt) in rtp.drain(..) {
+                self.forward(src, pkt);
+            }
+            // Keep the allocation for the next round.
+            if self.outbox.rtp.is_empty() {
+                self.outbox.rtp = rtp;
+            }
+            for (peer, mid, kind) in std::mem::take(&mut self.outbox.media_added) {
+                self.add_producer(peer, mid, kind);
+            }
+            for (sub, mid) in std::mem::take(&mut self.outbox.keyframe_requests) {
+                let source = self
+                    .transports
+                    .get(&sub)
+                    .and_then(|t| t.consumers.iter().find(|c| c.mid == Some(mid)))
+                    .map(|c| (c.source, c.source_mid));
+                if let Some((source, smid)) = source {
+                    self.request_keyframe(source, smid);
+                }
+            }
+            for peer in std::mem::take(&mut self.outbox.connected) {
+                let sources: Vec<(PeerId, Mid)> = self
+                    .transports
+                    .get(&peer)
+                    .map(|t| {
+                        t.consumers
+                            .iter()
+                            .filter(|c| c.state == ConsumerState::Active && c.kind == MediaKind::Video)
+                            .map(|c| (c.source, c.source_mid))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for (s, m) in sources {
+                    self.request_keyframe(s, m);
+                }
+            }
+            for (peer, fault) in std::mem::take(&mut self.outbox.faults) {
+                let (reason, msg) = match fault {
+                    Fault::Disconnected => (LeaveReason::Disconnected, None),
+                    Fault::EventOverflow => (LeaveReason::Disconnected, None),
+                    Fault::RtcError | Fault::Panic => (
+                        LeaveReason::Disconnected,
+                        Some(ServerMessage::error(ErrorCode::InternalError, "the media session failed and was closed")),
+                    ),
+                };
+                match fault {
+                    Fault::Panic => self.counters.peer_panics += 1,
+                    Fault::EventOverflow => self.counters.event_queue_overflows += 1,
+                    _ => {}
+                }
+                let msg = msg.or(Some(ServerMessage::error(ErrorCode::InternalError, "media connection lost")));
+                self.remove(peer, reason, msg);
+            }
+        }
+    }
+
+    fn add_producer(&mut self, peer: PeerId, mid: Mid, kind: MediaKind) {
+        let Some(t) = self.transports.get_mut(&peer) else { return };
+        if t.producers.iter().any(|p| p.mid == mid) {
+            return;
+        }
+        let codecs = t.codec_table();
+        t.producers.push(Producer { mid, kind, ssrc: None, codecs, throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL) });
+        let (room, identity) = (t.room, t.identity.clone());
+        let others: Vec<PeerId> = self.routers.get(&room).map(|r| r.participants.clone()).unwrap_or_default();
+        for q in others.into_iter().filter(|q| *q != peer) {
+            let Some(tq) = self.transports.get_mut(&q) else { continue };
+            tq.consumers.push(Consumer::new(peer, mid, identity.clone(), kind));
+            tq.emit(ServerMessage::TrackPublished { identity: identity.clone(), kind: track_kind(kind) }, &mut self.outbox);
+            self.negotiate(q);
+        }
+    }
+
+    /// Asks a publisher for a keyframe on one track, throttled.
+    fn request_keyframe(&mut self, publisher: PeerId, mid: Mid) {
+        let now = Instant::now();
+        let Some(t) = self.transports.get_mut(&publisher) else { return };
+        let Some(p) = t.producers.iter_mut().find(|p| p.mid == mid) else { return };
+        if p.kind != MediaKind::Video {
+            return;
+        }
+        if !p.throttle.request(now) {
+            self.counters.keyframe_requests_throttled += 1;
+            return;
+        }
+        self.counters.keyframe_requests_sent += 1;
+        send_keyframe_request(t, mid, &self.wire, &mut self.counters, &mut self.outbox);
+        schedule(&mut self.timers, self.transports.get_mut(&publisher).expect("exists"));
+    }
+
+    /// Sends one RTP packet of `src` to every consumer of its track.
+    fn forward(&mut self, src: PeerId, pkt: RtpPacket) {
+        self.counters.rtp_in += 1;
+        let Some(t) = self.transports.get_mut(&src) else { return };
+        let ssrc = pkt.header.ssrc;
+        let idx = match t.producers.iter().position(|p| p.ssrc == Some(ssrc)) {
+            Some(i) => i,
+            None => {
+                // First packet of this SSRC: find its track through str0m's receive stream.
+                let mid = t.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid());
+                let Some(i) = mid.and_then(|m| t.producers.iter().position(|p| p.mid == m)) else {
+                    self.counters.rtp_dropped_other += 1;
+                    return;
+                };
+                t.producers[i].ssrc = Some(ssrc);
+                i
+            }
+        };
+        let producer = &t.producers[idx];
+        let (mid, kind) = (producer.mid, producer.kind);
+        let pt = *pkt.header.payload_type;
+        let codec = producer.codecs[usize::from(pt & 0x7F)];
+        let keyframe = match codec {
+            Some(c) if gates_on_keyframes(c) => is_keyframe_start(c, &pkt.payload),
+            _ => true,
+        };
+        let room = t.room;
+        let Some(router) = self.routers.get(&room) else { return };
+        let video = kind == MediaKind::Video;
+        let mut ext = ExtensionValues::default();
+        ext.audio_level = pkt.header.ext_vals.audio_level;
+        ext.voice_activity = pkt.header.ext_vals.voice_activity;
+        ext.video_orientation = pkt.header.ext_vals.video_orientation;
+        for q in &router.participants {
+            if *q == src {
+                continue;
+            }
+            let Some(tq) = self.transports.get_mut(q) else { continue };
+            let Some(c) = tq.consumers
+                .iter_mut()
+                .find(|c| c.source == src && c.source_mid == mid && c.state == ConsumerState::Active)
+            else {
+                continue;
+            };
+            let Some(Some(out_pt)) = c.pts.get(pt) else {
+                self.counters.rtp_dropped_other += 1;
+                continue;
+            };
+            let out_seq = match c.forwarder.on_packet(*pkt.seq_no, keyframe) {
+                Verdict::Forward(s) => s,
+                Verdict::WaitKeyframe => {
+                    self.counters.rtp_dropped_waiting_keyframe += 1;
+                    continue;
+                }
+                Verdict::TooOld | Verdict::Paused => {
+                    self.counters.rtp_dropped_other += 1;
+                    continue;
+                }
+            };
+            let cmid = c.mid;
+            let write = RtpWrite::new(out_pt.into(), out_seq.into(), pkt.header.timestamp, pkt.timestamp, pkt.payload.clone())
+                .marker(pkt.header.marker)
+                .ext_vals(ext.clone())
+                .nackable(video);
+            let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+            let sent = guarded(tq, io, |tq, io| {
+                let Some(cmid) = cmid else { return Ok(false) };
+                let mut api = tq.rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(cmid, None) else { return Ok(false) };
+                tx.write_rtp(write);
+                drop(api);
+                tq.drain(io)?;
+                Ok(true)
+            });
+            if sent == Some(true) {
+                self.counters.rtp_forwarded += 1;
+            }
+            schedule(&mut self.timers, tq);
+        }
+    }
+
+    // ---- periodic -------------------------------------------------------------------------
+
+    pub fn housekeeping(&mut self, now: Instant) {
+        // Keyframe requests held back by the throttle, and subscribers still waiting for one.
+        let mut due: Vec<(PeerId, Mid)> = Vec::new();
+        for t in self.transports.values_mut() {
+            for p in &mut t.producers {
+                if p.throttle.poll(now) {
+                    due.push((t.id, p.mid));
+                }
+            }
+        }
+        for (peer, mid) in due {
+            if let Some(t) = self.transports.get_mut(&peer) {
+                self.counters.keyframe_requests_sent += 1;
+                send_keyframe_request(t, mid, &self.wire, &mut self.counters, &mut self.outbox);
+                schedule(&mut self.timers, t);
+            }
+        }
+        let waiting: Vec<(PeerId, Mid)> = self
+            .transports
+            .values()
+            .flat_map(|t| {
+                t.consumers
+                    .iter()
+                    .filter(|c| c.state == ConsumerState::Active && c.forwarder.is_waiting_keyframe())
+                    .map(|c| (c.source, c.source_mid))
+            })
+            .collect();
+        for (s, m) in waiting {
+            self.request_keyframe(s, m);
+        }
+        let dead: Vec<PeerId> = self.transports.values().filter(|t| !t.rtc.is_alive()).map(|t| t.id).collect();
+        for peer in dead {
+            self.remove(peer, LeaveReason::Disconnected, Some(ServerMessage::error(ErrorCode::InternalError, "media connection lost")));
+        }
+        self.process_outbox();
+    }
+
+    /// The earliest deadline an `Rtc` asked for.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+}
+
+fn send_keyframe_request<W: Wire>(t: &mut Transport, mid: Mid, wire: &W, counters: &mut LocalCounters, outbox: &mut Outbox) {
+    let io = &mut Io { wire, counters, outbox };
+    guarded(t, io, |t, io| {
+        let mut api = t.rtc.direct_api();
+        if let Some(rx) = api.stream_rx_by_mid(mid, None) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+        }
+        drop(api);
+        t.drain(io)
+    });
+}
+
+/// Registers the transport's newest deadline if it is earlier than the one already queued.
+fn schedule(timers: &mut BinaryHeap<Reverse<(Instant, PeerId)>>, t: &mut Transport) {
+    if t.next_timeout < t.scheduled {
+        t.scheduled = t.next_timeout;
+        timers.push(Reverse((t.next_timeout, t.id)));
+    }
+}
+
+/// Runs `f` on one transport, isolating panics and str0m errors to it.
+fn guarded<R, W: Wire>(
+    t: &mut Transport,
+    io: &mut Io<W>,
+    f: impl FnOnce(&mut Transport, &mut Io<W>) -> Result<R, str0m::RtcError>,
+) -> Option<R> {
+    let id = t.id;
+    match catch_unwind(AssertUnwindSafe(|| f(t, io))) {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(e)) => {
+            tracing::warn!(peer = id, error = %e, "media session error");
+            io.outbox.faults.push((id, Fault::RtcError));
+            None
+        }
+        Err(_) => {
+            tracing::error!(peer = id, "panic in a media session; closing it");
+            io.outbox.faults.push((id, Fault::Panic));
+            None
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! An in-memory network of str0m client peers ("browsers") around one `RouterHost`: no sockets,
+//! no threads. Used by the routing tests and the forwarding benchmark.
+
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use consulta_sfu::router::RouterHost;
+use consulta_sfu::transport::Wire;
+use consulta_sfu::{Command, JoinRequest, PeerEvent, PeerId, ServerMessage};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaData, MediaKind, MediaTime, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc};
+
+pub const SERVER: &str = "127.0.0.1:7882";
+
+/// Server transmits, kept for delivery (or only counted, for benchmarks).
+#[derive(Default)]
+pub struct MemWire {
+    pub queue: RefCell<Vec<(SocketAddr, Vec<u8>)>>,
+    pub keep: std::cell::Cell<bool>,
+    pub sent: std::cell::Cell<u64>,
+}
+
+impl Wire for MemWire {
+    fn send(&self, to: SocketAddr, data: &[u8]) -> std::io::Result<usize> {
+        self.sent.set(self.sent.get() + 1);
+        if self.keep.get() {
+            self.queue.borrow_mut().push((to, data.to_vec()));
+        }
+        Ok(data.len())
+    }
+}
+
+pub struct Client {
+    pub rtc: Rtc,
+    pub addr: SocketAddr,
+    pub peer: PeerId,
+    pub identity: String,
+    pub events: tokio::sync::mpsc::Receiver<PeerEvent>,
+    pub messages: Vec<ServerMessage>,
+    pub closed: Option<ServerMessage>,
+    pub pending: Option<SdpPendingOffer>,
+    pub media: Vec<MediaData>,
+    pub keyframe_requests: usize,
+    pub connected: bool,
+    pub audio_mid: Option<Mid>,
+    pub video_mid: Option<Mid>,
+    pub outbox: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+pub struct Net {
+    pub host: RouterHost<&'static MemWire>,
+    pub wire: &'static MemWire,
+    pub clients: Vec<Client>,
+    next_port: u16,
+}
+
+impl Wire for &'static MemWire {
+    fn send(&self, to: SocketAddr, data: &[u8]) -> std::io::Result<usize> {
+        (**self).send(to, data)
+    }
+}
+
+impl Net {
+    pub fn new(max_publishers: usize) -> Net {
+        let wire: &'static MemWire = Box::leak(Box::default());
+        wire.keep.set(true);
+        Net { host: RouterHost::new(0, wire, vec![SERVER.parse().unwrap()], max_publishers), wire, clients: Vec::new(), next_port: 40000 }
+    }
+
+    /// Joins a client; returns its index. `publish` adds sendonly audio and video (VP8 first).
+    pub fn join(&mut self, room: &str, identity: &str, publish: bool) -> usize {
+        let now = Instant::now();
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.next_port).parse().unwrap();
+        self.next_port += 1;
+        let mut rtc = Rtc::builder().build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let peer = 1000 + self.clients.len() as u64;
+        self.host.on_command(Command::Join(JoinRequest {
+            peer,
+            room: room.into(),
+            identity: identity.into(),
+            role: "patient".into(),
+            events: tx,
+        }));
+        self.clients.push(Client {
+            rtc,
+            addr,
+            peer,
+            identity: identity.into(),
+            events: rx,
+            messages: Vec::new(),
+            closed: None,
+            pending: None,
+            media: Vec::new(),
+            keyframe_requests: 0,
+            connected: false,
+            audio_mid: None,
+            video_mid: None,
+            outbox: Vec::new(),
+        });
+        let i = self.clients.len() - 1;
+        let c = &mut self.clients[i];
+        let mut change = c.rtc.sdp_api();
+        if publish {
+            c.audio_mid = Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+            c.video_mid = Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+        } else {
+            change.add_channel("consulta".into());
+        }
+        let (offer, pending) = change.apply().expect("an offer");
+        c.pending = Some(pending);
+        let sdp = offer.to_sdp_string();
+        self.host.on_command(Command::Offer { peer, sdp });
+        i
+    }
+
+    pub fn leave(&mut self, i: usize) {
+        let peer = self.clients[i].peer;
+        self.host.on_command(Command::Leave { peer, reason: consulta_signaling::protocol::LeaveReason::Left });
+    }
+
+    /// Moves signaling and packets until nothing is left to move (or `max` rounds).
+    pub fn settle(&mut self, max: usize) {
+        for _ in 0..max {
+            let mut moved = false;
+            let now = Instant::now();
+            self.host.fire_timers(now);
+            // Signaling.
+            for i in 0..self.clients.len() {
+                while let Ok(ev) = self.clients[i].events.try_recv() {
+                    moved = true;
+                    self.on_event(i, ev);
+                }
+            }
+            // Client output.
+            for i in 0..self.clients.len() {
+                drain_client(&mut self.clients[i], now);
+                let out = std::mem::take(&mut self.clients[i].outbox);
+                let (peer, addr) = (self.clients[i].peer, self.clients[i].addr);
+                for (_, data) in out {
+                    moved = true;
+                    self.host.on_datagram(peer, addr, &data, now);
+                }
+            }
+            // Server output.
+            let queued = std::mem::take(&mut *self.wire.queue.borrow_mut());
+            for (to, data) in queued {
+                moved = true;
+                if let Some(c) = self.clients.iter_mut().find(|c| c.addr == to) {
+                    let input = Input::Receive(
+                        now,
+                        Receive { proto: Protocol::Udp, source: SERVER.parse().unwrap(), destination: to, contents: data.as_slice().try_into().unwrap() },
+                    );
+                    if c.rtc.is_alive() {
+                        c.rtc.handle_input(input).unwrap();
+                        drain_client(c, now);
+                    }
+                }
+            }
+            if !moved {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+
+    /// Settles until `cond` holds; panics after `secs`.
+    pub fn until(&mut self, secs: u64, what: &str, mut cond: impl FnMut(&Net) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !cond(self) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            self.settle(5);
+            self.host.housekeeping(Instant::now());
+        }
+    }
+
+    fn on_event(&mut self, i: usize, ev: PeerEvent) {
+        let c = &mut self.clients[i];
+        match ev {
+            PeerEvent::Message(ServerMessage::Answer { sdp }) => {
+                let answer = SdpAnswer::from_sdp_string(&sdp).unwrap();
+                let pending = c.pending.take().expect("client offered");
+                c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+            }
+            PeerEvent::Message(ServerMessage::Offer { sdp, tracks }) => {
+                let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
+                let answer = c.rtc.sdp_api().accept_offer(offer).unwrap();
+                c.messages.push(ServerMessage::Offer { sdp: String::new(), tracks });
+                let peer = c.peer;
+                self.host.on_command(Command::Answer { peer, sdp: answer.to_sdp_string() });
+            }
+            PeerEvent::Message(m) => c.messages.push(m),
+            PeerEvent::Closed(m) => c.closed = Some(m),
+        }
+    }
+
+    /// Writes one frame from client `i`.
+    pub fn write(&mut self, i: usize, kind: MediaKind, codec: Codec, time: MediaTime, data: &[u8]) {
+        let c = &mut self.clients[i];
+        let mid = if kind == MediaKind::Audio { c.audio_mid } else { c.video_mid }.expect("publishes");
+        let w = c.rtc.writer(mid).expect("writer");
+        let pt = w.payload_params().find(|p| p.spec().codec == codec).expect("codec negotiated").pt();
+        w.write(pt, Instant::now(), time, data.to_vec()).unwrap();
+        drain_client(c, Instant::now());
+    }
+
+    pub fn received(&self, i: usize, kind: MediaKind) -> Vec<&MediaData> {
+        self.clients[i].media.iter().filter(|m| m.params.spec().codec.kind() == kind).collect()
+    }
+}
+
+fn drain_client(c: &mut Client, now: Instant) {
+    loop {
+        match c.rtc.poll_output() {
+            Ok(Output::Timeout(t)) => {
+                if t <= now {
+                    c.rtc.handle_input(Input::Timeout(now)).unwrap();
+                    continue;
+                }
+                return;
+            }
+            Ok(Output::Transmit(t)) => c.outbox.push((t.destination, t.contents.to_vec())),
+            Ok(Output::Event(e)) => match e {
+                Event::MediaData(m) => c.media.push(m),
+                Event::KeyframeRequest(_) => c.keyframe_requests += 1,
+                Event::Connected => c.connected = true,
+                _ => {}
+            },
+            Err(e) => panic!("client rtc failed: {e}"),
+        }
+    }
+}
+
+/// A VP8 frame: keyframes have bit 0 of the first byte clear.
+pub fn vp8_frame(keyframe: bool, n: u32, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len];
+    f[0] = if keyframe { 0x10 } else { 0x11 };
+    if keyframe {
+        f[3..6].copy_from_slice(&[0x9d, 0x01, 0x2a]);
+    }
+    f[len - 4..].copy_from_slice(&n.to_be_bytes());
+    f
+}

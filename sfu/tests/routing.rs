@@ -1,0 +1,101 @@
+//! Routing without sockets: str0m client peers talk to a `RouterHost` through memory.
+//! Negotiation, forwarding of audio and video, keyframe gating for late joiners, and leaving.
+
+mod harness;
+
+use harness::{vp8_frame, Net};
+use consulta_sfu::ServerMessage;
+use str0m::format::Codec;
+use str0m::media::{MediaKind, MediaTime};
+
+fn connected(net: &Net) -> bool {
+    net.clients.iter().all(|c| c.connected)
+}
+
+#[test]
+fn two_participants_exchange_audio_and_video() {
+    let mut net = Net::new(5);
+    let a = net.join("room-1", "doctor", true);
+    let b = net.join("room-1", "patient", true);
+    net.until(10, "both connected", connected);
+    // Each side has been offered the other's two tracks.
+    net.until(10, "consumer offers", |n| {
+        n.clients.iter().all(|c| c.messages.iter().any(|m| matches!(m, ServerMessage::Offer { tracks, .. } if tracks.len() == 2)))
+    });
+    net.settle(20);
+    for n in 0..30u32 {
+        let key = n == 0;
+        net.write(a, MediaKind::Video, Codec::Vp8, MediaTime::from_90khz(3000 * u64::from(n)), &vp8_frame(key, n, 900));
+        net.write(b, MediaKind::Video, Codec::Vp8, MediaTime::from_90khz(3000 * u64::from(n)), &vp8_frame(key, n, 700));
+        net.write(a, MediaKind::Audio, Codec::Opus, MediaTime::from_millis(20 * u64::from(n)), &[0xAA; 80]);
+        net.settle(3);
+    }
+    net.until(5, "frames arrive", |n| n.received(a, MediaKind::Video).len() >= 25 && n.received(b, MediaKind::Video).len() >= 25);
+    // Frames arrive byte for byte, the first one a keyframe.
+    let at_b = net.received(b, MediaKind::Video);
+    assert_eq!(&*at_b[0].data, &vp8_frame(true, 0, 900)[..]);
+    assert_eq!(&*at_b[10].data, &vp8_frame(false, 10, 900)[..]);
+    let at_a = net.received(a, MediaKind::Video);
+    assert_eq!(&*at_a[0].data, &vp8_frame(true, 0, 700)[..]);
+    net.until(5, "audio arrives", |n| n.received(b, MediaKind::Audio).len() >= 20);
+    assert!(net.received(b, MediaKind::Audio).iter().all(|m| &*m.data == &[0xAA; 80][..]));
+    // Nobody receives their own media.
+    assert!(net.received(a, MediaKind::Audio).is_empty());
+}
+
+#[test]
+fn late_joiner_starts_at_a_requested_keyframe() {
+    let mut net = Net::new(5);
+    let a = net.join("room-2", "doctor", true);
+    net.until(10, "publisher connected", |n| n.clients[a].connected);
+    // The publisher's stream is running before anyone subscribes.
+    let mut n = 0u32;
+    let mut send = |net: &mut Net, key: bool| {
+        net.write(a, MediaKind::Video, Codec::Vp8, MediaTime::from_90khz(3000 * u64::from(n)), &vp8_frame(key, n, 800));
+        n += 1;
+        net.settle(2);
+    };
+    send(&mut net, true);
+    for _ in 0..5 {
+        send(&mut net, false);
+    }
+    let b = net.join("room-2", "patient", false);
+    net.until(10, "subscriber connected", |n| n.clients[b].connected);
+    net.settle(20);
+    let requests_before = net.clients[a].keyframe_requests;
+    for _ in 0..5 {
+        send(&mut net, false);
+    }
+    // Delta frames alone are held back: the subscriber could not decode them.
+    assert!(net.received(b, MediaKind::Video).is_empty(), "no frame before a keyframe");
+    net.until(5, "a keyframe request reaches the publisher", |n| n.clients[a].keyframe_requests > requests_before);
+    send(&mut net, true);
+    for _ in 0..3 {
+        send(&mut net, false);
+    }
+    net.until(5, "frames after the keyframe", |n| n.received(b, MediaKind::Video).len() >= 4);
+    let got = net.received(b, MediaKind::Video);
+    assert_eq!(got[0].data[0] & 1, 0, "the first forwarded frame is a keyframe");
+    assert_eq!(&*got[0].data, &vp8_frame(true, 11, 800)[..]);
+    assert!(got.iter().all(|m| m.contiguous), "rebased numbering has no gaps");
+}
+
+#[test]
+fn leaving_stops_tracks_and_is_announced() {
+    let mut net = Net::new(5);
+    let a = net.join("room-3", "doctor", true);
+    let b = net.join("room-3", "patient", true);
+    net.until(10, "both connected", connected);
+    net.settle(20);
+    net.leave(b);
+    net.until(5, "participant-left", |n| {
+        n.clients[a].messages.iter().any(|m| matches!(m, ServerMessage::ParticipantLeft { identity, .. } if identity == "patient"))
+    });
+    // The doctor is re-offered without the patient's tracks.
+    net.until(5, "an offer without the patient's tracks", |n| {
+        matches!(n.clients[a].messages.iter().rev().find(|m| matches!(m, ServerMessage::Offer { .. })), Some(ServerMessage::Offer { tracks, .. }) if tracks.is_empty())
+    });
+    assert_eq!(net.host.participants(), 1);
+    net.leave(a);
+    assert_eq!(net.host.rooms(), 0, "an empty room is dropped");
+}
