@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs every Consulta test on a fresh Debian machine, installing what it needs:
+# Rust unit/integration tests (cargo nextest), and end-to-end calls in headless Chromium.
+#   ./scripts/test.sh            everything
+#   SKIP_E2E=1 ./scripts/test.sh Rust tests only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n==> %s\n' "$*"; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+need_apt=()
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+if [ -z "${SKIP_E2E:-}" ]; then
+  [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+  command -v node >/dev/null || need_apt+=(nodejs npm)
+fi
+command -v cc >/dev/null || need_apt+=(build-essential)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  say "installing ${need_apt[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "build (release, all targets)"
+cargo build --release --workspace --all-targets --locked
+
+say "clippy"
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
+
+say "Rust tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --release --workspace --locked --no-fail-fast
+else
+  cargo test --release --workspace --locked --no-fail-fast
+fi
+
+if [ -z "${SKIP_E2E:-}" ]; then
+  say "end-to-end tests in headless Chromium"
+  (cd tests/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
+  CONSULTA_BIN="$PWD/target/release/consulta" node --test --test-concurrency=1 tests/e2e/
+fi
+say "all tests passed"
