@@ -80,7 +80,9 @@ impl Default for Config {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { listen: SocketAddr::from(([127, 0, 0, 1], 7880)) }
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7880)),
+        }
     }
 }
 
@@ -98,13 +100,19 @@ impl Default for MediaConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        AuthConfig { token_secret: None, token_ttl: 3600 }
+        AuthConfig {
+            token_secret: None,
+            token_ttl: 3600,
+        }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: "text".into(), level: "info".into() }
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
     }
 }
 
@@ -116,7 +124,10 @@ const NOT_KEYS: &[&str] = &["CONSULTA_CONFIG", "CONSULTA_BIN"];
 
 impl Config {
     /// Defaults, then the file (if any), then `CONSULTA_*` variables from `env`.
-    pub fn load(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config> {
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config> {
         let mut value = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -186,7 +197,10 @@ impl Config {
         let path = self.data_dir.join("token_secret");
         match std::fs::read_to_string(&path) {
             Ok(s) if s.trim().len() >= 16 => return Ok(s.trim().as_bytes().to_vec()),
-            Ok(_) => bail!("{} is too short; delete it to generate a new one", path.display()),
+            Ok(_) => bail!(
+                "{} is too short; delete it to generate a new one",
+                path.display()
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
@@ -197,7 +211,8 @@ impl Config {
             let bytes: [u8; 32] = rand::rng().random();
             bytes.iter().map(|b| format!("{b:02x}")).collect()
         };
-        write_private(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
+        write_private(&path, &secret)
+            .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(secret.into_bytes())
     }
 
@@ -228,7 +243,11 @@ impl Config {
             keys.sort();
             keys.dedup();
             for k in keys {
-                names.push(format!("CONSULTA_{}_{}", section.to_uppercase(), k.to_uppercase()));
+                names.push(format!(
+                    "CONSULTA_{}_{}",
+                    section.to_uppercase(),
+                    k.to_uppercase()
+                ));
             }
         }
         names
@@ -258,10 +277,18 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 /// Overlays `CONSULTA_*` variables onto the TOML tree, typed like the defaults.
-fn apply_env(value: &mut toml::Value, env: impl IntoIterator<Item = (String, String)>) -> Result<()> {
+fn apply_env(
+    value: &mut toml::Value,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<()> {
     let defaults = toml::Value::try_from(Config::default()).expect("defaults serialize");
-    let table = value.as_table_mut().context("the config file must be a TOML table")?;
-    let vars: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("CONSULTA_")).collect();
+    let table = value
+        .as_table_mut()
+        .context("the config file must be a TOML table")?;
+    let vars: BTreeMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("CONSULTA_"))
+        .collect();
     for (name, raw) in vars {
         if NOT_KEYS.contains(&name.as_str()) {
             continue;
@@ -281,7 +308,9 @@ fn apply_env(value: &mut toml::Value, env: impl IntoIterator<Item = (String, Str
         let entry = table
             .entry(section.to_string())
             .or_insert_with(|| toml::Value::Table(Default::default()));
-        let sect = entry.as_table_mut().with_context(|| format!("[{section}] must be a table"))?;
+        let sect = entry
+            .as_table_mut()
+            .with_context(|| format!("[{section}] must be a table"))?;
         sect.insert(key, typed);
     }
     Ok(())
@@ -290,13 +319,21 @@ fn apply_env(value: &mut toml::Value, env: impl IntoIterator<Item = (String, Str
 fn typed_env_value(default: Option<&toml::Value>, raw: &str, name: &str) -> Result<toml::Value> {
     Ok(match default {
         Some(toml::Value::Array(_)) => toml::Value::Array(
-            raw.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect(),
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.into()))
+                .collect(),
         ),
         Some(toml::Value::Integer(_)) => toml::Value::Integer(
-            raw.trim().parse().with_context(|| format!("{name} must be a whole number, got {raw:?}"))?,
+            raw.trim()
+                .parse()
+                .with_context(|| format!("{name} must be a whole number, got {raw:?}"))?,
         ),
         Some(toml::Value::Boolean(_)) => toml::Value::Boolean(
-            raw.trim().parse().with_context(|| format!("{name} must be true or false, got {raw:?}"))?,
+            raw.trim()
+                .parse()
+                .with_context(|| format!("{name} must be true or false, got {raw:?}"))?,
         ),
         _ => toml::Value::String(raw.to_owned()),
     })
@@ -307,7 +344,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -333,7 +373,11 @@ mod tests {
         .unwrap();
         let c = Config::load(
             Some(&file),
-            env(&[("CONSULTA_MEDIA_UDP_PORT", "9100"), ("CONSULTA_MEDIA_PUBLIC_IPS", "198.51.100.1, 10.0.0.2"), ("CONSULTA_BIN", "x")]),
+            env(&[
+                ("CONSULTA_MEDIA_UDP_PORT", "9100"),
+                ("CONSULTA_MEDIA_PUBLIC_IPS", "198.51.100.1, 10.0.0.2"),
+                ("CONSULTA_BIN", "x"),
+            ]),
         )
         .unwrap();
         c.validate().unwrap();
@@ -376,7 +420,10 @@ mod tests {
     fn generated_secret_is_kept() {
         let dir = std::env::temp_dir().join(format!("consulta-secret-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let c = Config { data_dir: dir.clone(), ..Config::default() };
+        let c = Config {
+            data_dir: dir.clone(),
+            ..Config::default()
+        };
         let a = c.token_secret().unwrap();
         let b = c.token_secret().unwrap();
         assert_eq!(a, b);

@@ -19,7 +19,11 @@ use consulta_signaling::{JoinToken, Role};
 use crate::config::Config;
 
 #[derive(Parser)]
-#[command(name = "consulta", version, about = "Consulta: a WebRTC SFU for telemedicine consultations")]
+#[command(
+    name = "consulta",
+    version,
+    about = "Consulta: a WebRTC SFU for telemedicine consultations"
+)]
 struct Cli {
     /// TOML configuration file (also CONSULTA_CONFIG). Without one, built-in defaults apply.
     #[arg(long, global = true, env = "CONSULTA_CONFIG")]
@@ -145,11 +149,14 @@ fn run(cli: Cli) -> Result<()> {
             let secret = cfg.token_secret()?;
             let now = unix_now();
             let ttl = args.ttl.unwrap_or(cfg.auth.token_ttl);
-            let token = JoinToken::new(&args.room, &args.identity, args.role, now, ttl)?.sign(&secret)?;
+            let token =
+                JoinToken::new(&args.room, &args.identity, args.role, now, ttl)?.sign(&secret)?;
             println!("{token}");
             Ok(())
         }
-        Command::Config { action: ConfigAction::Check { env } } => {
+        Command::Config {
+            action: ConfigAction::Check { env },
+        } => {
             let cfg = load(cli.config.as_deref())?;
             cfg.validate()?;
             print!("{}", cfg.redacted_toml());
@@ -168,7 +175,9 @@ fn run(cli: Cli) -> Result<()> {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cfg.log.format == "json" {
         builder.json().init();
     } else {
@@ -177,5 +186,7 @@ fn init_logging(cfg: &Config) {
 }
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -58,7 +58,11 @@ pub async fn serve(cfg: Config) -> Result<()> {
         cfg.http.listen
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let state = AppState { sfu: sfu.handle(), token_secret, shutdown: stop_rx };
+    let state = AppState {
+        sfu: sfu.handle(),
+        token_secret,
+        shutdown: stop_rx,
+    };
     let app = router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -75,23 +79,46 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/demo") }))
         .route("/ws", get(ws_upgrade))
-        .route("/sdk/consulta.js", get(|| async { asset("text/javascript; charset=utf-8", SDK_JS) }))
-        .route("/sdk/consulta.d.ts", get(|| async { asset("application/typescript; charset=utf-8", SDK_DTS) }))
-        .route("/demo", get(|| async { asset("text/html; charset=utf-8", DEMO_HTML) }))
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(
+            "/sdk/consulta.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SDK_JS) }),
+        )
+        .route(
+            "/sdk/consulta.d.ts",
+            get(|| async { asset("application/typescript; charset=utf-8", SDK_DTS) }),
+        )
+        .route(
+            "/demo",
+            get(|| async { asset("text/html; charset=utf-8", DEMO_HTML) }),
+        )
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
         .route("/readyz", get(readyz))
         .with_state(state)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.sfu.workers_alive() {
         Json(json!({ "status": "ready" })).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "workers_down" }))).into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "workers_down" })),
+        )
+            .into_response()
     }
 }
 
@@ -113,7 +140,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

@@ -65,7 +65,11 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
     let started = Instant::now();
     let mut last_seen = Instant::now();
     let mut joined: Option<Joined> = None;
-    let mut limiter = Limiter { tokens: RATE_BURST, last: Instant::now(), strikes: 0 };
+    let mut limiter = Limiter {
+        tokens: RATE_BURST,
+        last: Instant::now(),
+        strikes: 0,
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut shutdown = state.shutdown.clone();
 
@@ -160,7 +164,14 @@ async fn on_client(
         (ClientMessage::Ping, _) => flow(send(sink, &ServerMessage::Pong).await),
         (ClientMessage::Join { v, token, room, .. }, None) => {
             if v != PROTOCOL_VERSION {
-                let _ = send(sink, &ServerMessage::error(ErrorCode::UnsupportedVersion, format!("this server speaks protocol version {PROTOCOL_VERSION}"))).await;
+                let _ = send(
+                    sink,
+                    &ServerMessage::error(
+                        ErrorCode::UnsupportedVersion,
+                        format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+                    ),
+                )
+                .await;
                 return Flow::Close;
             }
             let claims = match JoinToken::verify(&token, &state.token_secret, crate::unix_now()) {
@@ -173,24 +184,64 @@ async fn on_client(
             };
             for wanted in [url_room, room.as_deref()].into_iter().flatten() {
                 if wanted != claims.room {
-                    let _ = send(sink, &ServerMessage::error(ErrorCode::TokenRoomMismatch, "the token is for another room")).await;
+                    let _ = send(
+                        sink,
+                        &ServerMessage::error(
+                            ErrorCode::TokenRoomMismatch,
+                            "the token is for another room",
+                        ),
+                    )
+                    .await;
                     return Flow::Close;
                 }
             }
             let lease = state.sfu.lease_room(&claims.room);
             let peer = state.sfu.next_peer_id();
             let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-            let req = JoinRequest { peer, room: claims.room, identity: claims.identity, role: claims.role.as_str().to_owned(), events: tx };
+            let req = JoinRequest {
+                peer,
+                room: claims.room,
+                identity: claims.identity,
+                role: claims.role.as_str().to_owned(),
+                events: tx,
+            };
             if state.sfu.send(lease.worker(), Command::Join(req)).is_err() {
-                let _ = send(sink, &ServerMessage::error(ErrorCode::ServerBusy, "the media server is overloaded; try again")).await;
+                let _ = send(
+                    sink,
+                    &ServerMessage::error(
+                        ErrorCode::ServerBusy,
+                        "the media server is overloaded; try again",
+                    ),
+                )
+                .await;
                 return Flow::Close;
             }
             tracing::debug!(peer, "join accepted");
-            *joined = Some(Joined { peer, lease, events: rx, left: false });
+            *joined = Some(Joined {
+                peer,
+                lease,
+                events: rx,
+                left: false,
+            });
             Flow::Continue
         }
-        (ClientMessage::Join { .. }, Some(_)) => flow(send(sink, &reply(ServerMessage::error(ErrorCode::AlreadyJoined, "this session has joined already"))).await),
-        (_, None) => flow(send(sink, &ServerMessage::error(ErrorCode::NotJoined, "send join first")).await),
+        (ClientMessage::Join { .. }, Some(_)) => flow(
+            send(
+                sink,
+                &reply(ServerMessage::error(
+                    ErrorCode::AlreadyJoined,
+                    "this session has joined already",
+                )),
+            )
+            .await,
+        ),
+        (_, None) => flow(
+            send(
+                sink,
+                &ServerMessage::error(ErrorCode::NotJoined, "send join first"),
+            )
+            .await,
+        ),
         (ClientMessage::Leave, Some(j)) => {
             leave(state, j, LeaveReason::Left);
             j.left = true;
@@ -204,10 +255,19 @@ async fn on_client(
                 ClientMessage::Answer { sdp } => Command::Answer { peer, sdp },
                 ClientMessage::Candidate { candidate } => Command::Candidate { peer, candidate },
                 ClientMessage::Mute { kind, muted } => Command::Mute { peer, kind, muted },
-                ClientMessage::Ping | ClientMessage::Leave | ClientMessage::Join { .. } => return Flow::Continue,
+                ClientMessage::Ping | ClientMessage::Leave | ClientMessage::Join { .. } => {
+                    return Flow::Continue
+                }
             };
             if state.sfu.send(j.lease.worker(), cmd).is_err() {
-                let _ = send(sink, &ServerMessage::error(ErrorCode::ServerBusy, "the media server is overloaded; try again")).await;
+                let _ = send(
+                    sink,
+                    &ServerMessage::error(
+                        ErrorCode::ServerBusy,
+                        "the media server is overloaded; try again",
+                    ),
+                )
+                .await;
                 return Flow::Close;
             }
             Flow::Continue
@@ -241,6 +301,9 @@ fn flow<E>(r: Result<(), E>) -> Flow {
     }
 }
 
-async fn send<S: SinkExt<Message> + Unpin>(sink: &mut S, msg: &ServerMessage) -> Result<(), S::Error> {
+async fn send<S: SinkExt<Message> + Unpin>(
+    sink: &mut S,
+    msg: &ServerMessage,
+) -> Result<(), S::Error> {
     sink.send(Message::Text(msg.to_json().into())).await
 }

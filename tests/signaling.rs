@@ -1,8 +1,8 @@
 //! End-to-end signaling tests against a real `consulta serve` process: join tokens, error codes,
 //! room capacity, reconnection, floods. (Media with real browsers: `tests/e2e/`.)
 
-use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -28,14 +28,26 @@ impl Drop for Server {
 }
 
 fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start(extra: &str) -> Server {
-    let dir = std::env::temp_dir().join(format!("consulta-sig-{}-{}", std::process::id(), free_tcp()));
+    let dir = std::env::temp_dir().join(format!(
+        "consulta-sig-{}-{}",
+        std::process::id(),
+        free_tcp()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let http = format!("127.0.0.1:{}", free_tcp());
     let cfg = format!(
@@ -69,14 +81,21 @@ fn start(extra: &str) -> Server {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn token(room: &str, identity: &str, role: Role) -> String {
-    JoinToken::new(room, identity, role, now(), 600).unwrap().sign(SECRET.as_bytes()).unwrap()
+    JoinToken::new(room, identity, role, now(), 600)
+        .unwrap()
+        .sign(SECRET.as_bytes())
+        .unwrap()
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Client {
     ws: WsStream,
@@ -84,12 +103,17 @@ struct Client {
 
 impl Client {
     async fn connect(server: &Server, query: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws{query}", server.http)).await.expect("ws connects");
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws{query}", server.http))
+            .await
+            .expect("ws connects");
         Client { ws }
     }
 
     async fn send(&mut self, v: Value) {
-        self.ws.send(Message::Text(v.to_string().into())).await.unwrap();
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
     }
 
     async fn send_raw(&mut self, m: Message) {
@@ -99,7 +123,9 @@ impl Client {
     /// Next JSON message, or None when the socket closes.
     async fn recv(&mut self) -> Option<Value> {
         loop {
-            let m = tokio::time::timeout(Duration::from_secs(5), self.ws.next()).await.expect("a message within 5 s");
+            let m = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .expect("a message within 5 s");
             match m {
                 Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
@@ -111,7 +137,10 @@ impl Client {
     /// Skips messages until one of type `ty`.
     async fn expect(&mut self, ty: &str) -> Value {
         loop {
-            let m = self.recv().await.unwrap_or_else(|| panic!("socket closed while waiting for {ty}"));
+            let m = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("socket closed while waiting for {ty}"));
             if m["type"] == ty {
                 return m;
             }
@@ -126,7 +155,8 @@ impl Client {
 
     async fn join(server: &Server, room: &str, identity: &str, role: Role) -> (Client, Value) {
         let mut c = Client::connect(server, "").await;
-        c.send(json!({"type":"join","v":1,"token":token(room, identity, role)})).await;
+        c.send(json!({"type":"join","v":1,"token":token(room, identity, role)}))
+            .await;
         let joined = c.expect("joined").await;
         (c, joined)
     }
@@ -159,22 +189,26 @@ async fn bad_input_gets_stable_codes_and_the_session_survives() {
     c.expect_error("not_joined").await;
     c.send_raw(Message::Binary(vec![1, 2, 3].into())).await;
     c.expect_error("bad_message").await;
-    c.send(json!({"type":"offer","sdp":"a".repeat(70 * 1024)})).await;
+    c.send(json!({"type":"offer","sdp":"a".repeat(70 * 1024)}))
+        .await;
     let e = c.expect_error("message_too_large").await;
     assert_eq!(e["fatal"], false);
     c.send(json!({"type":"ping"})).await;
     c.expect("pong").await;
     // Joined: wrong order and bad SDP are refused without closing.
-    c.send(json!({"type":"join","v":1,"token":token("appt-1","dr-a",Role::Doctor)})).await;
+    c.send(json!({"type":"join","v":1,"token":token("appt-1","dr-a",Role::Doctor)}))
+        .await;
     let joined = c.expect("joined").await;
     assert_eq!(joined["participant"]["identity"], "dr-a");
     assert_eq!(joined["participant"]["role"], "doctor");
     assert_eq!(joined["participants"].as_array().unwrap().len(), 0);
-    c.send(json!({"type":"join","v":1,"token":token("appt-1","dr-a",Role::Doctor)})).await;
+    c.send(json!({"type":"join","v":1,"token":token("appt-1","dr-a",Role::Doctor)}))
+        .await;
     c.expect_error("already_joined").await;
     c.send(json!({"type":"answer","sdp":"v=0"})).await;
     c.expect_error("no_pending_offer").await;
-    c.send(json!({"type":"offer","sdp":"this is not sdp"})).await;
+    c.send(json!({"type":"offer","sdp":"this is not sdp"}))
+        .await;
     c.expect_error("sdp_invalid").await;
     c.send(json!({"type":"ping"})).await;
     c.expect("pong").await;
@@ -184,14 +218,30 @@ async fn bad_input_gets_stable_codes_and_the_session_survives() {
 async fn tokens_are_checked() {
     let server = start("");
     let secret = SECRET.as_bytes();
-    let expired = JoinToken::new("appt-1", "p", Role::Patient, now() - 120, 60).unwrap().sign(secret).unwrap();
-    let forged = JoinToken::new("appt-1", "p", Role::Patient, now(), 60).unwrap().sign(b"not-the-server-secret-at-all").unwrap();
+    let expired = JoinToken::new("appt-1", "p", Role::Patient, now() - 120, 60)
+        .unwrap()
+        .sign(secret)
+        .unwrap();
+    let forged = JoinToken::new("appt-1", "p", Role::Patient, now(), 60)
+        .unwrap()
+        .sign(b"not-the-server-secret-at-all")
+        .unwrap();
     for (tok, query, room, code) in [
         (expired, "", None, "token_expired"),
         (forged, "", None, "token_invalid"),
         ("garbage".to_owned(), "", None, "token_invalid"),
-        (token("appt-1", "p", Role::Patient), "?room=appt-2", None, "token_room_mismatch"),
-        (token("appt-1", "p", Role::Patient), "", Some("appt-2"), "token_room_mismatch"),
+        (
+            token("appt-1", "p", Role::Patient),
+            "?room=appt-2",
+            None,
+            "token_room_mismatch",
+        ),
+        (
+            token("appt-1", "p", Role::Patient),
+            "",
+            Some("appt-2"),
+            "token_room_mismatch",
+        ),
     ] {
         let mut c = Client::connect(&server, query).await;
         let mut join = json!({"type":"join","v":1,"token":tok});
@@ -204,11 +254,13 @@ async fn tokens_are_checked() {
         assert!(c.closes().await, "{code}: the socket closes");
     }
     let mut c = Client::connect(&server, "").await;
-    c.send(json!({"type":"join","v":2,"token":token("appt-1","p",Role::Patient)})).await;
+    c.send(json!({"type":"join","v":2,"token":token("appt-1","p",Role::Patient)}))
+        .await;
     c.expect_error("unsupported_version").await;
     // The right room in the URL is fine.
     let mut c = Client::connect(&server, "?room=appt-1").await;
-    c.send(json!({"type":"join","v":1,"token":token("appt-1","p",Role::Patient)})).await;
+    c.send(json!({"type":"join","v":1,"token":token("appt-1","p",Role::Patient)}))
+        .await;
     c.expect("joined").await;
 }
 
@@ -224,28 +276,47 @@ async fn presence_capacity_and_replacement() {
     assert_eq!(pj["participant"]["role"], "patient");
 
     // Mute is relayed.
-    patient.send(json!({"type":"mute","kind":"audio","muted":true})).await;
+    patient
+        .send(json!({"type":"mute","kind":"audio","muted":true}))
+        .await;
     let m = doctor.expect("mute").await;
-    assert_eq!((m["identity"].as_str(), m["kind"].as_str(), m["muted"].as_bool()), (Some("pt"), Some("audio"), Some(true)));
+    assert_eq!(
+        (
+            m["identity"].as_str(),
+            m["kind"].as_str(),
+            m["muted"].as_bool()
+        ),
+        (Some("pt"), Some("audio"), Some(true))
+    );
 
     let (_guest, _) = Client::join(&server, "appt-9", "g", Role::Guest).await;
     doctor.expect("participant-joined").await;
     // A fourth participant exceeds max_publishers = 3.
     let mut extra = Client::connect(&server, "").await;
-    extra.send(json!({"type":"join","v":1,"token":token("appt-9","g2",Role::Guest)})).await;
+    extra
+        .send(json!({"type":"join","v":1,"token":token("appt-9","g2",Role::Guest)}))
+        .await;
     extra.expect_error("room_full").await;
     // Other rooms are unaffected.
     let (mut other, _) = Client::join(&server, "appt-10", "dr", Role::Doctor).await;
 
     // The patient reconnects: the old session is replaced, no ghost remains.
     let (_patient2, joined2) = Client::join(&server, "appt-9", "pt", Role::Patient).await;
-    let others: Vec<&str> = joined2["participants"].as_array().unwrap().iter().map(|p| p["identity"].as_str().unwrap()).collect();
+    let others: Vec<&str> = joined2["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["identity"].as_str().unwrap())
+        .collect();
     assert_eq!(others.len(), 2, "{others:?}");
     assert!(!others.contains(&"pt"));
     patient.expect_error("session_replaced").await;
     assert!(patient.closes().await);
     let left = doctor.expect("participant-left").await;
-    assert_eq!((left["identity"].as_str(), left["reason"].as_str()), (Some("pt"), Some("replaced")));
+    assert_eq!(
+        (left["identity"].as_str(), left["reason"].as_str()),
+        (Some("pt"), Some("replaced"))
+    );
     let again = doctor.expect("participant-joined").await;
     assert_eq!(again["participant"]["identity"], "pt");
 
@@ -255,7 +326,10 @@ async fn presence_capacity_and_replacement() {
     visitor.send(json!({"type":"leave"})).await;
     visitor.expect("left").await;
     let left = other.expect("participant-left").await;
-    assert_eq!((left["identity"].as_str(), left["reason"].as_str()), (Some("pt"), Some("left")));
+    assert_eq!(
+        (left["identity"].as_str(), left["reason"].as_str()),
+        (Some("pt"), Some("left"))
+    );
 }
 
 #[tokio::test]

@@ -11,8 +11,8 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use consulta_sfu::forwarder::{is_keyframe_start, Forwarder};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use harness::{vp8_frame, Net};
 use str0m::format::Codec;
 use str0m::media::{MediaKind, MediaTime};
@@ -25,11 +25,21 @@ fn setup(subscribers: usize) -> (Net, usize) {
     for i in 0..subscribers {
         net.join("bench", &format!("sub{i}"), false);
     }
-    net.until(20, "all connected", |n| n.clients.iter().all(|c| c.connected));
+    net.until(20, "all connected", |n| {
+        n.clients.iter().all(|c| c.connected)
+    });
     net.settle(30);
-    net.write(a, MediaKind::Video, Codec::Vp8, MediaTime::from_90khz(0), &vp8_frame(true, 0, 1100));
+    net.write(
+        a,
+        MediaKind::Video,
+        Codec::Vp8,
+        MediaTime::from_90khz(0),
+        &vp8_frame(true, 0, 1100),
+    );
     net.settle(10);
-    net.until(10, "subscribers receive", |n| (1..=subscribers).all(|i| !n.received(i, MediaKind::Video).is_empty()));
+    net.until(10, "subscribers receive", |n| {
+        (1..=subscribers).all(|i| !n.received(i, MediaKind::Video).is_empty())
+    });
     // From here on server output is only counted.
     net.wire.keep.set(false);
     (net, a)
@@ -49,7 +59,13 @@ fn forward(c: &mut Criterion) {
                     // Untimed: the publisher encrypts a batch of single-packet frames.
                     for _ in 0..BATCH {
                         let frame = vp8_frame(false, n, 1100);
-                        net.write(a, MediaKind::Video, Codec::Vp8, MediaTime::from_90khz(3000 * u64::from(n)), &frame);
+                        net.write(
+                            a,
+                            MediaKind::Video,
+                            Codec::Vp8,
+                            MediaTime::from_90khz(3000 * u64::from(n)),
+                            &frame,
+                        );
                         n += 1;
                     }
                     let out = std::mem::take(&mut net.clients[a].outbox);

@@ -35,8 +35,14 @@ pub(crate) struct RxPacket {
 
 /// Registration changes sent by workers.
 pub(crate) enum DemuxUpdate {
-    Register { ufrag: String, worker: usize, peer: PeerId },
-    Forget { peer: PeerId },
+    Register {
+        ufrag: String,
+        worker: usize,
+        peer: PeerId,
+    },
+    Forget {
+        peer: PeerId,
+    },
 }
 
 #[derive(Default)]
@@ -60,7 +66,9 @@ impl BufferPool {
     }
 
     fn take(&self) -> PacketBuf {
-        self.free_rx.try_recv().unwrap_or_else(|_| Box::new([0u8; MAX_DATAGRAM]))
+        self.free_rx
+            .try_recv()
+            .unwrap_or_else(|_| Box::new([0u8; MAX_DATAGRAM]))
     }
 
     /// Returns a buffer; beyond capacity it is freed.
@@ -100,7 +108,11 @@ pub(crate) struct RouteTable {
 impl RouteTable {
     pub fn apply(&mut self, update: DemuxUpdate) {
         match update {
-            DemuxUpdate::Register { ufrag, worker, peer } => {
+            DemuxUpdate::Register {
+                ufrag,
+                worker,
+                peer,
+            } => {
                 self.by_ufrag.insert(ufrag.clone(), Route { worker, peer });
                 self.owned.insert(peer, (ufrag, Vec::new()));
             }
@@ -180,7 +192,15 @@ impl Receiver {
         stats: Arc<DemuxStats>,
         stopping: Arc<AtomicBool>,
     ) -> Self {
-        Receiver { socket, workers, updates, pool, stats, stopping, table: RouteTable::default() }
+        Receiver {
+            socket,
+            workers,
+            updates,
+            pool,
+            stats,
+            stopping,
+            table: RouteTable::default(),
+        }
     }
 
     pub fn run(mut self) {
@@ -190,14 +210,25 @@ impl Receiver {
         while !self.stopping.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now.duration_since(last_publish) >= Duration::from_millis(100) {
-                self.stats.datagrams.fetch_add(std::mem::take(&mut datagrams), Ordering::Relaxed);
-                self.stats.unroutable.fetch_add(std::mem::take(&mut unroutable), Ordering::Relaxed);
-                self.stats.queue_drops.fetch_add(std::mem::take(&mut drops), Ordering::Relaxed);
+                self.stats
+                    .datagrams
+                    .fetch_add(std::mem::take(&mut datagrams), Ordering::Relaxed);
+                self.stats
+                    .unroutable
+                    .fetch_add(std::mem::take(&mut unroutable), Ordering::Relaxed);
+                self.stats
+                    .queue_drops
+                    .fetch_add(std::mem::take(&mut drops), Ordering::Relaxed);
                 last_publish = now;
             }
             let (len, source) = match self.socket.recv_from(&mut buf[..]) {
                 Ok(r) => r,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) =>
+                {
                     self.drain_updates();
                     continue;
                 }
@@ -224,7 +255,13 @@ impl Receiver {
                 continue;
             };
             let next = self.pool.take();
-            let packet = RxPacket { peer: route.peer, source, len, at: Instant::now(), buf: std::mem::replace(&mut buf, next) };
+            let packet = RxPacket {
+                peer: route.peer,
+                source,
+                len,
+                at: Instant::now(),
+                buf: std::mem::replace(&mut buf, next),
+            };
             match self.workers[route.worker].try_send(packet) {
                 Ok(()) => {}
                 Err(TrySendError::Full(p)) | Err(TrySendError::Disconnected(p)) => {
@@ -266,7 +303,10 @@ mod tests {
 
     #[test]
     fn reads_local_ufrag_from_stun_username() {
-        assert_eq!(stun_local_ufrag(&stun_with_username("srvA:cliB")), Some("srvA"));
+        assert_eq!(
+            stun_local_ufrag(&stun_with_username("srvA:cliB")),
+            Some("srvA")
+        );
         assert_eq!(stun_local_ufrag(&stun_with_username(":x")), None);
         assert_eq!(stun_local_ufrag(b"\x80\x60 not stun at all......"), None);
         // Truncated attribute.
@@ -293,7 +333,11 @@ mod tests {
     #[test]
     fn learns_addresses_and_forgets_peers() {
         let mut t = RouteTable::default();
-        t.apply(DemuxUpdate::Register { ufrag: "srvA".into(), worker: 1, peer: 7 });
+        t.apply(DemuxUpdate::Register {
+            ufrag: "srvA".into(),
+            worker: 1,
+            peer: 7,
+        });
         let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         assert!(t.lookup(&a).is_none());
         // Not STUN: unknown addresses stay unroutable.
@@ -312,7 +356,11 @@ mod tests {
     #[test]
     fn address_set_per_peer_is_bounded() {
         let mut t = RouteTable::default();
-        t.apply(DemuxUpdate::Register { ufrag: "u".into(), worker: 0, peer: 1 });
+        t.apply(DemuxUpdate::Register {
+            ufrag: "u".into(),
+            worker: 0,
+            peer: 1,
+        });
         for port in 0..100u16 {
             let a = SocketAddr::from(([10, 0, 0, 1], 1000 + port));
             t.learn(a, &stun_with_username("u:c")).unwrap();

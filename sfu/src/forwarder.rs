@@ -108,7 +108,11 @@ pub struct KeyframeThrottle {
 
 impl KeyframeThrottle {
     pub fn new(interval: Duration) -> Self {
-        KeyframeThrottle { interval, last: None, pending: false }
+        KeyframeThrottle {
+            interval,
+            last: None,
+            pending: false,
+        }
     }
 
     /// A request arrives; true means send it to the publisher now. Otherwise it is remembered
@@ -129,7 +133,11 @@ impl KeyframeThrottle {
 
     /// True when a remembered request is due now.
     pub fn poll(&mut self, now: Instant) -> bool {
-        if self.pending && self.last.is_none_or(|t| now.duration_since(t) >= self.interval) {
+        if self.pending
+            && self
+                .last
+                .is_none_or(|t| now.duration_since(t) >= self.interval)
+        {
             self.pending = false;
             self.last = Some(now);
             return true;
@@ -168,13 +176,15 @@ impl PtMap {
 
 /// Whether `payload` (an RTP payload) starts a keyframe. Codecs without a detector never gate.
 pub fn is_keyframe_start(codec: Codec, payload: &[u8]) -> bool {
-    use str0m::format::{detect_av1_keyframe, detect_h264_keyframe, detect_h264_nalu};
     use str0m::format::detect_vp8_keyframe;
+    use str0m::format::{detect_av1_keyframe, detect_h264_keyframe, detect_h264_nalu};
     const H264_SPS: u8 = 7;
     match codec {
         Codec::Vp8 => detect_vp8_keyframe(payload),
         // VP9 descriptor I|P|L|F|B|E|V|Z: not inter-predicted (P=0) and beginning a frame (B=1).
-        Codec::Vp9 => payload.first().is_some_and(|b| b & 0x40 == 0 && b & 0x08 != 0),
+        Codec::Vp9 => payload
+            .first()
+            .is_some_and(|b| b & 0x40 == 0 && b & 0x08 != 0),
         // Start at the SPS when it travels ahead of the IDR, so the decoder gets both.
         Codec::H264 => detect_h264_nalu(payload, H264_SPS) || detect_h264_keyframe(payload),
         Codec::Av1 => detect_av1_keyframe(payload),
@@ -255,16 +265,22 @@ mod tests {
     #[test]
     fn detects_keyframe_starts() {
         // VP8: descriptor S=1 PID=0 (0x10), then payload header with P=0.
-        assert!(is_keyframe_start(Codec::Vp8, &[0x10, 0x00, 0x9d, 0x01, 0x2a]));
+        assert!(is_keyframe_start(
+            Codec::Vp8,
+            &[0x10, 0x00, 0x9d, 0x01, 0x2a]
+        ));
         assert!(!is_keyframe_start(Codec::Vp8, &[0x10, 0x01, 0x00, 0x00]));
         assert!(!is_keyframe_start(Codec::Vp8, &[0x00, 0x00, 0x9d]));
         // H264: SPS single NAL, STAP-A with SPS, FU-A start of IDR, non-IDR slice.
         assert!(is_keyframe_start(Codec::H264, &[0x67, 0x42]));
-        assert!(is_keyframe_start(Codec::H264, &[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68]));
+        assert!(is_keyframe_start(
+            Codec::H264,
+            &[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68]
+        ));
         assert!(is_keyframe_start(Codec::H264, &[0x7c, 0x85, 0x00]));
         assert!(!is_keyframe_start(Codec::H264, &[0x41, 0x9a]));
         assert!(!is_keyframe_start(Codec::H264, &[0x7c, 0x05, 0x00])); // FU-A middle
-        // VP9: P=0 with B=1 vs P=1.
+                                                                       // VP9: P=0 with B=1 vs P=1.
         assert!(is_keyframe_start(Codec::Vp9, &[0x80 | 0x08, 0x01, 0x02]));
         assert!(!is_keyframe_start(Codec::Vp9, &[0x80 | 0x04, 0x01])); // keyframe, not its start
         assert!(!is_keyframe_start(Codec::Vp9, &[0x40 | 0x08, 0x00]));

@@ -56,7 +56,10 @@ pub struct SfuConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum SfuError {
     #[error("cannot bind the media UDP socket on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("media configuration is invalid: {0}")]
     Config(String),
     #[error("the media worker is overloaded")]
@@ -82,14 +85,30 @@ pub struct JoinRequest {
 pub enum Command {
     Join(JoinRequest),
     /// The participant's one offer (its published tracks).
-    Offer { peer: PeerId, sdp: String },
+    Offer {
+        peer: PeerId,
+        sdp: String,
+    },
     /// The answer to the server's latest offer.
-    Answer { peer: PeerId, sdp: String },
+    Answer {
+        peer: PeerId,
+        sdp: String,
+    },
     /// A trickled remote ICE candidate (`a=candidate` value).
-    Candidate { peer: PeerId, candidate: String },
-    Mute { peer: PeerId, kind: TrackKind, muted: bool },
+    Candidate {
+        peer: PeerId,
+        candidate: String,
+    },
+    Mute {
+        peer: PeerId,
+        kind: TrackKind,
+        muted: bool,
+    },
     /// The participant left or its socket closed.
-    Leave { peer: PeerId, reason: consulta_signaling::protocol::LeaveReason },
+    Leave {
+        peer: PeerId,
+        reason: consulta_signaling::protocol::LeaveReason,
+    },
 }
 
 /// What a worker tells one participant's signaling session.
@@ -166,7 +185,9 @@ impl Sfu {
         }
         let addr = SocketAddr::new(cfg.bind_ip, cfg.udp_port);
         let socket = demux::bind_udp(addr).map_err(|source| SfuError::Bind { addr, source })?;
-        let local_addr = socket.local_addr().map_err(|source| SfuError::Bind { addr, source })?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|source| SfuError::Bind { addr, source })?;
         let socket = Arc::new(socket);
         let stopping = Arc::new(AtomicBool::new(false));
         let (demux_tx, demux_rx) = crossbeam_channel::bounded(4096);
@@ -200,7 +221,10 @@ impl Sfu {
                 .spawn(move || worker::run(ctx))
                 .map_err(SfuError::Thread)?;
             threads.push(t);
-            links.push(WorkerLink { commands: cmd_tx, stats });
+            links.push(WorkerLink {
+                commands: cmd_tx,
+                stats,
+            });
             packet_senders.push(pkt_tx);
         }
         let demux_stats = Arc::new(demux::DemuxStats::default());
@@ -226,7 +250,10 @@ impl Sfu {
             demux_stats,
             stopping,
         };
-        Ok(Sfu { handle: SfuHandle(Arc::new(inner)), threads })
+        Ok(Sfu {
+            handle: SfuHandle(Arc::new(inner)),
+            threads,
+        })
     }
 
     pub fn handle(&self) -> SfuHandle {
@@ -268,7 +295,11 @@ impl SfuHandle {
             rooms.insert(room.to_owned(), (w, 1));
             w
         };
-        RoomLease { inner: self.0.clone(), room: room.to_owned(), worker }
+        RoomLease {
+            inner: self.0.clone(),
+            room: room.to_owned(),
+            worker,
+        }
     }
 
     /// Sends a command to a worker without waiting; a full queue is `Busy`.
@@ -282,11 +313,17 @@ impl SfuHandle {
 
     /// Whether every worker thread is still running.
     pub fn workers_alive(&self) -> bool {
-        self.0.workers.iter().all(|w| w.stats.alive.load(Ordering::Relaxed))
+        self.0
+            .workers
+            .iter()
+            .all(|w| w.stats.alive.load(Ordering::Relaxed))
     }
 
     /// A snapshot of the counters (published by each worker every 100 ms).
     pub fn stats(&self) -> SfuStats {
-        SfuStats::collect(self.0.workers.iter().map(|w| &*w.stats), &self.0.demux_stats)
+        SfuStats::collect(
+            self.0.workers.iter().map(|w| &*w.stats),
+            &self.0.demux_stats,
+        )
     }
 }

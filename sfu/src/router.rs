@@ -23,7 +23,8 @@ use crate::demux::DemuxUpdate;
 use crate::forwarder::{gates_on_keyframes, is_keyframe_start, KeyframeThrottle, PtMap, Verdict};
 use crate::stats::LocalCounters;
 use crate::transport::{
-    far_future, track_kind, Consumer, ConsumerState, Fault, Io, Outbox, Producer, Transport, Wire, KEYFRAME_INTERVAL,
+    far_future, track_kind, Consumer, ConsumerState, Fault, Io, Outbox, Producer, Transport, Wire,
+    KEYFRAME_INTERVAL,
 };
 use crate::{Command, JoinRequest, PeerId};
 
@@ -85,8 +86,20 @@ impl<W: Wire> RouterHost<W> {
         let destination = self.advertised[0];
         if let Some(t) = self.transports.get_mut(&peer) {
             if let Ok(contents) = data.try_into() {
-                let input = Input::Receive(at, Receive { proto: Protocol::Udp, source, destination, contents });
-                let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+                let input = Input::Receive(
+                    at,
+                    Receive {
+                        proto: Protocol::Udp,
+                        source,
+                        destination,
+                        contents,
+                    },
+                );
+                let io = &mut Io {
+                    wire: &self.wire,
+                    counters: &mut self.counters,
+                    outbox: &mut self.outbox,
+                };
                 guarded(t, io, |t, io| {
                     t.rtc.handle_input(input)?;
                     t.drain(io)
@@ -103,12 +116,18 @@ impl<W: Wire> RouterHost<W> {
                 break;
             }
             self.timers.pop();
-            let Some(tr) = self.transports.get_mut(&id) else { continue };
+            let Some(tr) = self.transports.get_mut(&id) else {
+                continue;
+            };
             if tr.scheduled != t {
                 continue; // superseded by an earlier deadline that already fired
             }
             tr.scheduled = far_future(now);
-            let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+            let io = &mut Io {
+                wire: &self.wire,
+                counters: &mut self.counters,
+                outbox: &mut self.outbox,
+            };
             guarded(tr, io, |tr, io| {
                 tr.rtc.handle_input(Input::Timeout(now))?;
                 tr.drain(io)
@@ -125,8 +144,15 @@ impl<W: Wire> RouterHost<W> {
             Command::Answer { peer, sdp } => self.answer(peer, &sdp),
             Command::Candidate { peer, candidate } => {
                 let line = candidate.strip_prefix("a=").unwrap_or(&candidate);
-                if let (Some(t), Ok(c)) = (self.transports.get_mut(&peer), Candidate::from_sdp_string(line)) {
-                    let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+                if let (Some(t), Ok(c)) = (
+                    self.transports.get_mut(&peer),
+                    Candidate::from_sdp_string(line),
+                ) {
+                    let io = &mut Io {
+                        wire: &self.wire,
+                        counters: &mut self.counters,
+                        outbox: &mut self.outbox,
+                    };
                     guarded(t, io, |t, io| {
                         t.rtc.add_remote_candidate(c);
                         t.drain(io)
@@ -135,13 +161,23 @@ impl<W: Wire> RouterHost<W> {
                 }
             }
             Command::Mute { peer, kind, muted } => {
-                let Some(t) = self.transports.get_mut(&peer) else { return };
+                let Some(t) = self.transports.get_mut(&peer) else {
+                    return;
+                };
                 match kind {
                     consulta_signaling::protocol::TrackKind::Audio => t.muted.audio = muted,
                     consulta_signaling::protocol::TrackKind::Video => t.muted.video = muted,
                 }
                 let (room, identity) = (t.room, t.identity.clone());
-                self.broadcast(room, peer, ServerMessage::Mute { identity, kind, muted });
+                self.broadcast(
+                    room,
+                    peer,
+                    ServerMessage::Mute {
+                        identity,
+                        kind,
+                        muted,
+                    },
+                );
             }
             Command::Leave { peer, reason } => self.remove(peer, reason, None),
         }
@@ -157,34 +193,65 @@ impl<W: Wire> RouterHost<W> {
             .router_by_name
             .get(&req.room)
             .and_then(|id| self.routers.get(id))
-            .and_then(|r| r.participants.iter().copied().find(|p| self.transports.get(p).is_some_and(|t| t.identity == req.identity)));
+            .and_then(|r| {
+                r.participants.iter().copied().find(|p| {
+                    self.transports
+                        .get(p)
+                        .is_some_and(|t| t.identity == req.identity)
+                })
+            });
         if let Some(old) = previous {
             self.remove(
                 old,
                 LeaveReason::Replaced,
-                Some(ServerMessage::error(ErrorCode::SessionReplaced, "this identity joined again on another connection")),
+                Some(ServerMessage::error(
+                    ErrorCode::SessionReplaced,
+                    "this identity joined again on another connection",
+                )),
             );
         }
         let room_id = self.router_for(&req.room);
         let occupants = self.routers[&room_id].participants.len();
         if occupants >= self.max_publishers {
-            let _ = req.events.try_send(crate::PeerEvent::Closed(ServerMessage::error(
-                ErrorCode::RoomFull,
-                format!("the room already holds {} participants", self.max_publishers),
-            )));
+            let _ = req
+                .events
+                .try_send(crate::PeerEvent::Closed(ServerMessage::error(
+                    ErrorCode::RoomFull,
+                    format!(
+                        "the room already holds {} participants",
+                        self.max_publishers
+                    ),
+                )));
             self.drop_router_if_empty(room_id);
             return;
         }
-        let transport = match Transport::new(req.peer, room_id, req.identity, req.role, req.events.clone(), &self.advertised, now) {
+        let transport = match Transport::new(
+            req.peer,
+            room_id,
+            req.identity,
+            req.role,
+            req.events.clone(),
+            &self.advertised,
+            now,
+        ) {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(error = %e, "cannot create transport");
-                let _ = req.events.try_send(crate::PeerEvent::Closed(ServerMessage::error(ErrorCode::InternalError, "cannot create the media transport")));
+                let _ = req
+                    .events
+                    .try_send(crate::PeerEvent::Closed(ServerMessage::error(
+                        ErrorCode::InternalError,
+                        "cannot create the media transport",
+                    )));
                 self.drop_router_if_empty(room_id);
                 return;
             }
         };
-        self.register_demux(DemuxUpdate::Register { ufrag: transport.ufrag.clone(), worker: self.index, peer: req.peer });
+        self.register_demux(DemuxUpdate::Register {
+            ufrag: transport.ufrag.clone(),
+            worker: self.index,
+            peer: req.peer,
+        });
         let others: Vec<_> = self.routers[&room_id]
             .participants
             .iter()
@@ -201,11 +268,24 @@ impl<W: Wire> RouterHost<W> {
             },
             &mut self.outbox,
         );
-        self.broadcast(room_id, req.peer, ServerMessage::ParticipantJoined { participant: info });
-        self.routers.get_mut(&room_id).expect("router exists").participants.push(req.peer);
+        self.broadcast(
+            room_id,
+            req.peer,
+            ServerMessage::ParticipantJoined { participant: info },
+        );
+        self.routers
+            .get_mut(&room_id)
+            .expect("router exists")
+            .participants
+            .push(req.peer);
         self.transports.insert(req.peer, transport);
         self.counters.joins += 1;
-        tracing::info!(worker = self.index, peer = req.peer, room = room_id, "participant joined");
+        tracing::info!(
+            worker = self.index,
+            peer = req.peer,
+            room = room_id,
+            "participant joined"
+        );
     }
 
     fn router_for(&mut self, name: &str) -> u64 {
@@ -215,12 +295,22 @@ impl<W: Wire> RouterHost<W> {
         let id = self.next_router;
         self.next_router += 1;
         self.router_by_name.insert(name.to_owned(), id);
-        self.routers.insert(id, Router { name: name.to_owned(), participants: Vec::new() });
+        self.routers.insert(
+            id,
+            Router {
+                name: name.to_owned(),
+                participants: Vec::new(),
+            },
+        );
         id
     }
 
     fn drop_router_if_empty(&mut self, id: u64) {
-        if self.routers.get(&id).is_some_and(|r| r.participants.is_empty()) {
+        if self
+            .routers
+            .get(&id)
+            .is_some_and(|r| r.participants.is_empty())
+        {
             if let Some(r) = self.routers.remove(&id) {
                 self.router_by_name.remove(&r.name);
             }
@@ -228,12 +318,24 @@ impl<W: Wire> RouterHost<W> {
     }
 
     fn offer(&mut self, peer: PeerId, sdp: &str) {
-        let Some(t) = self.transports.get_mut(&peer) else { return };
+        let Some(t) = self.transports.get_mut(&peer) else {
+            return;
+        };
         if t.offered {
-            t.emit(ServerMessage::error(ErrorCode::AlreadyOffered, "the client offers once; later changes come from the server"), &mut self.outbox);
+            t.emit(
+                ServerMessage::error(
+                    ErrorCode::AlreadyOffered,
+                    "the client offers once; later changes come from the server",
+                ),
+                &mut self.outbox,
+            );
             return;
         }
-        let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+        let io = &mut Io {
+            wire: &self.wire,
+            counters: &mut self.counters,
+            outbox: &mut self.outbox,
+        };
         let answer = guarded(t, io, |t, io| {
             let r = t.accept_offer(sdp);
             t.drain(io)?;
@@ -243,7 +345,10 @@ impl<W: Wire> RouterHost<W> {
         match answer {
             Some(Ok(sdp)) => t.emit(ServerMessage::Answer { sdp }, &mut self.outbox),
             Some(Err(msg)) => {
-                t.emit(ServerMessage::error(ErrorCode::SdpInvalid, msg), &mut self.outbox);
+                t.emit(
+                    ServerMessage::error(ErrorCode::SdpInvalid, msg),
+                    &mut self.outbox,
+                );
                 return;
             }
             None => return,
@@ -251,7 +356,12 @@ impl<W: Wire> RouterHost<W> {
         // Subscribe the newcomer to everything already published in the room.
         let room = t.room;
         let mut wanted = Vec::new();
-        for other in self.routers.get(&room).map(|r| r.participants.as_slice()).unwrap_or(&[]) {
+        for other in self
+            .routers
+            .get(&room)
+            .map(|r| r.participants.as_slice())
+            .unwrap_or(&[])
+        {
             if *other == peer {
                 continue;
             }
@@ -267,12 +377,24 @@ impl<W: Wire> RouterHost<W> {
     }
 
     fn answer(&mut self, peer: PeerId, sdp: &str) {
-        let Some(t) = self.transports.get_mut(&peer) else { return };
+        let Some(t) = self.transports.get_mut(&peer) else {
+            return;
+        };
         if !t.has_pending_offer() {
-            t.emit(ServerMessage::error(ErrorCode::NoPendingOffer, "no offer from the server is outstanding"), &mut self.outbox);
+            t.emit(
+                ServerMessage::error(
+                    ErrorCode::NoPendingOffer,
+                    "no offer from the server is outstanding",
+                ),
+                &mut self.outbox,
+            );
             return;
         }
-        let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+        let io = &mut Io {
+            wire: &self.wire,
+            counters: &mut self.counters,
+            outbox: &mut self.outbox,
+        };
         let result = guarded(t, io, |t, io| {
             let r = t.accept_answer(sdp);
             t.drain(io)?;
@@ -282,7 +404,10 @@ impl<W: Wire> RouterHost<W> {
         match result {
             Some(Ok(())) => {}
             Some(Err((false, msg))) => {
-                t.emit(ServerMessage::error(ErrorCode::SdpInvalid, msg), &mut self.outbox);
+                t.emit(
+                    ServerMessage::error(ErrorCode::SdpInvalid, msg),
+                    &mut self.outbox,
+                );
                 return;
             }
             Some(Err((true, msg))) => {
@@ -295,14 +420,22 @@ impl<W: Wire> RouterHost<W> {
         }
         // Consumers in the answered offer go live; stopped ones go away.
         t.consumers.retain(|c| c.state != ConsumerState::Stopping);
-        for c in t.consumers.iter_mut().filter(|c| c.state == ConsumerState::Negotiating) {
+        for c in t
+            .consumers
+            .iter_mut()
+            .filter(|c| c.state == ConsumerState::Negotiating)
+        {
             c.state = ConsumerState::Active;
         }
         self.map_payload_types(peer);
         let sources: Vec<(PeerId, Mid)> = self.transports[&peer]
             .consumers
             .iter()
-            .filter(|c| c.state == ConsumerState::Active && c.kind == MediaKind::Video && c.forwarder.is_waiting_keyframe())
+            .filter(|c| {
+                c.state == ConsumerState::Active
+                    && c.kind == MediaKind::Video
+                    && c.forwarder.is_waiting_keyframe()
+            })
             .map(|c| (c.source, c.source_mid))
             .collect();
         for (source, mid) in sources {
@@ -314,7 +447,9 @@ impl<W: Wire> RouterHost<W> {
     /// Fills the payload type maps of `peer`'s active consumers from the publishers' codecs.
     fn map_payload_types(&mut self, peer: PeerId) {
         let mut wanted: Vec<(usize, Vec<str0m::format::PayloadParams>)> = Vec::new();
-        let Some(t) = self.transports.get(&peer) else { return };
+        let Some(t) = self.transports.get(&peer) else {
+            return;
+        };
         for (i, c) in t.consumers.iter().enumerate() {
             if c.state != ConsumerState::Active {
                 continue;
@@ -346,7 +481,11 @@ impl<W: Wire> RouterHost<W> {
 
     fn negotiate(&mut self, peer: PeerId) {
         if let Some(t) = self.transports.get_mut(&peer) {
-            let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+            let io = &mut Io {
+                wire: &self.wire,
+                counters: &mut self.counters,
+                outbox: &mut self.outbox,
+            };
             guarded(t, io, |t, io| {
                 if t.negotiate(io.outbox) {
                     t.drain(io)?;
@@ -359,7 +498,9 @@ impl<W: Wire> RouterHost<W> {
 
     /// Removes a participant: its consumers elsewhere are stopped and the room is told.
     fn remove(&mut self, peer: PeerId, reason: LeaveReason, tell: Option<ServerMessage>) {
-        let Some(mut t) = self.transports.remove(&peer) else { return };
+        let Some(mut t) = self.transports.remove(&peer) else {
+            return;
+        };
         self.register_demux(DemuxUpdate::Forget { peer });
         if let Some(msg) = tell {
             t.close_with(msg);
@@ -371,26 +512,47 @@ impl<W: Wire> RouterHost<W> {
         if let Some(r) = self.routers.get_mut(&room) {
             r.participants.retain(|p| *p != peer);
         }
-        let others: Vec<PeerId> = self.routers.get(&room).map(|r| r.participants.clone()).unwrap_or_default();
+        let others: Vec<PeerId> = self
+            .routers
+            .get(&room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
         for q in others {
-            let Some(tq) = self.transports.get_mut(&q) else { continue };
-            tq.consumers.retain(|c| !(c.source == peer && c.state == ConsumerState::ToOpen));
+            let Some(tq) = self.transports.get_mut(&q) else {
+                continue;
+            };
+            tq.consumers
+                .retain(|c| !(c.source == peer && c.state == ConsumerState::ToOpen));
             for c in tq.consumers.iter_mut().filter(|c| c.source == peer) {
                 if matches!(c.state, ConsumerState::Negotiating | ConsumerState::Active) {
                     c.state = ConsumerState::ToStop;
                 }
             }
             for p in &t.producers {
-                tq.emit(ServerMessage::TrackUnpublished { identity: t.identity.clone(), kind: track_kind(p.kind) }, &mut self.outbox);
+                tq.emit(
+                    ServerMessage::TrackUnpublished {
+                        identity: t.identity.clone(),
+                        kind: track_kind(p.kind),
+                    },
+                    &mut self.outbox,
+                );
             }
-            tq.emit(ServerMessage::ParticipantLeft { identity: t.identity.clone(), reason }, &mut self.outbox);
+            tq.emit(
+                ServerMessage::ParticipantLeft {
+                    identity: t.identity.clone(),
+                    reason,
+                },
+                &mut self.outbox,
+            );
             self.negotiate(q);
         }
         self.drop_router_if_empty(room);
     }
 
     fn broadcast(&mut self, room: u64, except: PeerId, msg: ServerMessage) {
-        let Some(r) = self.routers.get(&room) else { return };
+        let Some(r) = self.routers.get(&room) else {
+            return;
+        };
         for p in &r.participants {
             if *p != except {
                 if let Some(t) = self.transports.get(p) {
@@ -438,7 +600,9 @@ impl<W: Wire> RouterHost<W> {
                     .map(|t| {
                         t.consumers
                             .iter()
-                            .filter(|c| c.state == ConsumerState::Active && c.kind == MediaKind::Video)
+                            .filter(|c| {
+                                c.state == ConsumerState::Active && c.kind == MediaKind::Video
+                            })
                             .map(|c| (c.source, c.source_mid))
                             .collect()
                     })
@@ -453,7 +617,10 @@ impl<W: Wire> RouterHost<W> {
                     Fault::EventOverflow => (LeaveReason::Disconnected, None),
                     Fault::RtcError | Fault::Panic => (
                         LeaveReason::Disconnected,
-                        Some(ServerMessage::error(ErrorCode::InternalError, "the media session failed and was closed")),
+                        Some(ServerMessage::error(
+                            ErrorCode::InternalError,
+                            "the media session failed and was closed",
+                        )),
                     ),
                 };
                 match fault {
@@ -461,25 +628,49 @@ impl<W: Wire> RouterHost<W> {
                     Fault::EventOverflow => self.counters.event_queue_overflows += 1,
                     _ => {}
                 }
-                let msg = msg.or(Some(ServerMessage::error(ErrorCode::InternalError, "media connection lost")));
+                let msg = msg.or(Some(ServerMessage::error(
+                    ErrorCode::InternalError,
+                    "media connection lost",
+                )));
                 self.remove(peer, reason, msg);
             }
         }
     }
 
     fn add_producer(&mut self, peer: PeerId, mid: Mid, kind: MediaKind) {
-        let Some(t) = self.transports.get_mut(&peer) else { return };
+        let Some(t) = self.transports.get_mut(&peer) else {
+            return;
+        };
         if t.producers.iter().any(|p| p.mid == mid) {
             return;
         }
         let codecs = t.codec_table();
-        t.producers.push(Producer { mid, kind, ssrc: None, codecs, throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL) });
+        t.producers.push(Producer {
+            mid,
+            kind,
+            ssrc: None,
+            codecs,
+            throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL),
+        });
         let (room, identity) = (t.room, t.identity.clone());
-        let others: Vec<PeerId> = self.routers.get(&room).map(|r| r.participants.clone()).unwrap_or_default();
+        let others: Vec<PeerId> = self
+            .routers
+            .get(&room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
         for q in others.into_iter().filter(|q| *q != peer) {
-            let Some(tq) = self.transports.get_mut(&q) else { continue };
-            tq.consumers.push(Consumer::new(peer, mid, identity.clone(), kind));
-            tq.emit(ServerMessage::TrackPublished { identity: identity.clone(), kind: track_kind(kind) }, &mut self.outbox);
+            let Some(tq) = self.transports.get_mut(&q) else {
+                continue;
+            };
+            tq.consumers
+                .push(Consumer::new(peer, mid, identity.clone(), kind));
+            tq.emit(
+                ServerMessage::TrackPublished {
+                    identity: identity.clone(),
+                    kind: track_kind(kind),
+                },
+                &mut self.outbox,
+            );
             self.negotiate(q);
         }
     }
@@ -487,8 +678,12 @@ impl<W: Wire> RouterHost<W> {
     /// Asks a publisher for a keyframe on one track, throttled.
     fn request_keyframe(&mut self, publisher: PeerId, mid: Mid) {
         let now = Instant::now();
-        let Some(t) = self.transports.get_mut(&publisher) else { return };
-        let Some(p) = t.producers.iter_mut().find(|p| p.mid == mid) else { return };
+        let Some(t) = self.transports.get_mut(&publisher) else {
+            return;
+        };
+        let Some(p) = t.producers.iter_mut().find(|p| p.mid == mid) else {
+            return;
+        };
         if p.kind != MediaKind::Video {
             return;
         }
@@ -498,13 +693,18 @@ impl<W: Wire> RouterHost<W> {
         }
         self.counters.keyframe_requests_sent += 1;
         send_keyframe_request(t, mid, &self.wire, &mut self.counters, &mut self.outbox);
-        schedule(&mut self.timers, self.transports.get_mut(&publisher).expect("exists"));
+        schedule(
+            &mut self.timers,
+            self.transports.get_mut(&publisher).expect("exists"),
+        );
     }
 
     /// Sends one RTP packet of `src` to every consumer of its track.
     fn forward(&mut self, src: PeerId, pkt: RtpPacket) {
         self.counters.rtp_in += 1;
-        let Some(t) = self.transports.get_mut(&src) else { return };
+        let Some(t) = self.transports.get_mut(&src) else {
+            return;
+        };
         let ssrc = pkt.header.ssrc;
         let idx = match t.producers.iter().position(|p| p.ssrc == Some(ssrc)) {
             Some(i) => i,
@@ -528,21 +728,27 @@ impl<W: Wire> RouterHost<W> {
             _ => true,
         };
         let room = t.room;
-        let Some(router) = self.routers.get(&room) else { return };
+        let Some(router) = self.routers.get(&room) else {
+            return;
+        };
         let video = kind == MediaKind::Video;
-        let mut ext = ExtensionValues::default();
-        ext.audio_level = pkt.header.ext_vals.audio_level;
-        ext.voice_activity = pkt.header.ext_vals.voice_activity;
-        ext.video_orientation = pkt.header.ext_vals.video_orientation;
+        // Forward what the receiver renders with; transport-level extensions are per hop.
+        let ext = ExtensionValues {
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            video_orientation: pkt.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
         for q in &router.participants {
             if *q == src {
                 continue;
             }
-            let Some(tq) = self.transports.get_mut(q) else { continue };
-            let Some(c) = tq.consumers
-                .iter_mut()
-                .find(|c| c.source == src && c.source_mid == mid && c.state == ConsumerState::Active)
-            else {
+            let Some(tq) = self.transports.get_mut(q) else {
+                continue;
+            };
+            let Some(c) = tq.consumers.iter_mut().find(|c| {
+                c.source == src && c.source_mid == mid && c.state == ConsumerState::Active
+            }) else {
                 continue;
             };
             let Some(Some(out_pt)) = c.pts.get(pt) else {
@@ -561,17 +767,30 @@ impl<W: Wire> RouterHost<W> {
                 }
             };
             let cmid = c.mid;
-            let write = RtpWrite::new(out_pt.into(), out_seq.into(), pkt.header.timestamp, pkt.timestamp, pkt.payload.clone())
-                .marker(pkt.header.marker)
-                .ext_vals(ext.clone())
-                .nackable(video);
-            let io = &mut Io { wire: &self.wire, counters: &mut self.counters, outbox: &mut self.outbox };
+            let write = RtpWrite::new(
+                out_pt.into(),
+                out_seq.into(),
+                pkt.header.timestamp,
+                pkt.timestamp,
+                pkt.payload.clone(),
+            )
+            .marker(pkt.header.marker)
+            .ext_vals(ext.clone())
+            .nackable(video);
+            let io = &mut Io {
+                wire: &self.wire,
+                counters: &mut self.counters,
+                outbox: &mut self.outbox,
+            };
             let sent = guarded(tq, io, |tq, io| {
                 let Some(cmid) = cmid else { return Ok(false) };
-                let mut api = tq.rtc.direct_api();
-                let Some(tx) = api.stream_tx_by_mid(cmid, None) else { return Ok(false) };
-                tx.write_rtp(write);
-                drop(api);
+                {
+                    let mut api = tq.rtc.direct_api();
+                    let Some(tx) = api.stream_tx_by_mid(cmid, None) else {
+                        return Ok(false);
+                    };
+                    tx.write_rtp(write);
+                }
                 tq.drain(io)?;
                 Ok(true)
             });
@@ -607,16 +826,30 @@ impl<W: Wire> RouterHost<W> {
             .flat_map(|t| {
                 t.consumers
                     .iter()
-                    .filter(|c| c.state == ConsumerState::Active && c.forwarder.is_waiting_keyframe())
+                    .filter(|c| {
+                        c.state == ConsumerState::Active && c.forwarder.is_waiting_keyframe()
+                    })
                     .map(|c| (c.source, c.source_mid))
             })
             .collect();
         for (s, m) in waiting {
             self.request_keyframe(s, m);
         }
-        let dead: Vec<PeerId> = self.transports.values().filter(|t| !t.rtc.is_alive()).map(|t| t.id).collect();
+        let dead: Vec<PeerId> = self
+            .transports
+            .values()
+            .filter(|t| !t.rtc.is_alive())
+            .map(|t| t.id)
+            .collect();
         for peer in dead {
-            self.remove(peer, LeaveReason::Disconnected, Some(ServerMessage::error(ErrorCode::InternalError, "media connection lost")));
+            self.remove(
+                peer,
+                LeaveReason::Disconnected,
+                Some(ServerMessage::error(
+                    ErrorCode::InternalError,
+                    "media connection lost",
+                )),
+            );
         }
         self.process_outbox();
     }
@@ -627,14 +860,22 @@ impl<W: Wire> RouterHost<W> {
     }
 }
 
-fn send_keyframe_request<W: Wire>(t: &mut Transport, mid: Mid, wire: &W, counters: &mut LocalCounters, outbox: &mut Outbox) {
-    let io = &mut Io { wire, counters, outbox };
+fn send_keyframe_request<W: Wire>(
+    t: &mut Transport,
+    mid: Mid,
+    wire: &W,
+    counters: &mut LocalCounters,
+    outbox: &mut Outbox,
+) {
+    let io = &mut Io {
+        wire,
+        counters,
+        outbox,
+    };
     guarded(t, io, |t, io| {
-        let mut api = t.rtc.direct_api();
-        if let Some(rx) = api.stream_rx_by_mid(mid, None) {
+        if let Some(rx) = t.rtc.direct_api().stream_rx_by_mid(mid, None) {
             rx.request_keyframe(KeyframeRequestKind::Pli);
         }
-        drop(api);
         t.drain(io)
     });
 }
@@ -681,7 +922,11 @@ mod tests {
         }
     }
 
-    fn join(host: &mut RouterHost<NullWire>, peer: PeerId, identity: &str) -> tokio::sync::mpsc::Receiver<PeerEvent> {
+    fn join(
+        host: &mut RouterHost<NullWire>,
+        peer: PeerId,
+        identity: &str,
+    ) -> tokio::sync::mpsc::Receiver<PeerEvent> {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         host.on_command(Command::Join(JoinRequest {
             peer,
@@ -699,7 +944,11 @@ mod tests {
         let mut a = join(&mut host, 1, "a");
         let mut b = join(&mut host, 2, "b");
         let t = host.transports.get_mut(&2).unwrap();
-        let io = &mut Io { wire: &host.wire, counters: &mut host.counters, outbox: &mut host.outbox };
+        let io = &mut Io {
+            wire: &host.wire,
+            counters: &mut host.counters,
+            outbox: &mut host.outbox,
+        };
         let r: Option<()> = guarded(t, io, |_, _| panic!("injected"));
         assert!(r.is_none());
         host.process_outbox();
@@ -712,7 +961,13 @@ mod tests {
                 closed = Some(m);
             }
         }
-        assert!(matches!(closed, Some(ServerMessage::Error { code: ErrorCode::InternalError, .. })));
+        assert!(matches!(
+            closed,
+            Some(ServerMessage::Error {
+                code: ErrorCode::InternalError,
+                ..
+            })
+        ));
         let mut left = false;
         while let Ok(ev) = a.try_recv() {
             left |= matches!(ev, PeerEvent::Message(ServerMessage::ParticipantLeft { ref identity, .. }) if identity == "b");
@@ -720,7 +975,10 @@ mod tests {
         assert!(left);
         // The worker goes on: a new participant can join the same room.
         let mut c = join(&mut host, 3, "c");
-        assert!(matches!(c.try_recv(), Ok(PeerEvent::Message(ServerMessage::Joined { .. }))));
+        assert!(matches!(
+            c.try_recv(),
+            Ok(PeerEvent::Message(ServerMessage::Joined { .. }))
+        ));
         assert_eq!(host.participants(), 2);
     }
 }

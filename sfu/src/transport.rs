@@ -9,7 +9,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Instant;
 
-use consulta_signaling::protocol::{MuteState, ParticipantInfo, ServerMessage, TrackInfo, TrackKind};
+use consulta_signaling::protocol::{
+    MuteState, ParticipantInfo, ServerMessage, TrackInfo, TrackKind,
+};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
@@ -167,9 +169,13 @@ impl Transport {
         advertised: &[SocketAddr],
         now: Instant,
     ) -> Result<Self, String> {
-        let mut rtc = Rtc::builder().set_ice_lite(true).set_rtp_mode(true).build(now);
+        let mut rtc = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .build(now);
         for addr in advertised {
-            let c = Candidate::host(*addr, "udp").map_err(|e| format!("bad candidate address {addr}: {e}"))?;
+            let c = Candidate::host(*addr, "udp")
+                .map_err(|e| format!("bad candidate address {addr}: {e}"))?;
             rtc.add_local_candidate(c);
         }
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
@@ -192,7 +198,11 @@ impl Transport {
     }
 
     pub fn info(&self) -> ParticipantInfo {
-        ParticipantInfo { identity: self.identity.clone(), role: self.role.clone(), muted: self.muted }
+        ParticipantInfo {
+            identity: self.identity.clone(),
+            role: self.role.clone(),
+            muted: self.muted,
+        }
     }
 
     /// Queues a message for the participant; a full queue faults the transport.
@@ -212,16 +222,25 @@ impl Transport {
 
     /// Answers the participant's offer.
     pub fn accept_offer(&mut self, sdp: &str) -> Result<String, String> {
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("offer does not parse: {e}"))?;
-        let answer = self.rtc.sdp_api().accept_offer(offer).map_err(|e| format!("offer refused: {e}"))?;
+        let offer =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| format!("offer does not parse: {e}"))?;
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| format!("offer refused: {e}"))?;
         self.offered = true;
         Ok(answer.to_sdp_string())
     }
 
     /// Applies the answer to the server's outstanding offer.
     pub fn accept_answer(&mut self, sdp: &str) -> Result<(), (bool, String)> {
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| (false, format!("answer does not parse: {e}")))?;
-        let pending = self.pending.take().ok_or((false, "no offer is outstanding".to_owned()))?;
+        let answer = SdpAnswer::from_sdp_string(sdp)
+            .map_err(|e| (false, format!("answer does not parse: {e}")))?;
+        let pending = self
+            .pending
+            .take()
+            .ok_or((false, "no offer is outstanding".to_owned()))?;
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
@@ -238,7 +257,11 @@ impl Transport {
         if !self.offered || self.pending.is_some() {
             return false;
         }
-        if !self.consumers.iter().any(|c| matches!(c.state, ConsumerState::ToOpen | ConsumerState::ToStop)) {
+        if !self
+            .consumers
+            .iter()
+            .any(|c| matches!(c.state, ConsumerState::ToOpen | ConsumerState::ToStop))
+        {
             return false;
         }
         let mut change = self.rtc.sdp_api();
@@ -246,7 +269,13 @@ impl Transport {
             match c.state {
                 ConsumerState::ToOpen => {
                     let kind = c.kind;
-                    let mid = change.add_media(kind, Direction::SendOnly, Some(format!("p{}", c.source)), None, None);
+                    let mid = change.add_media(
+                        kind,
+                        Direction::SendOnly,
+                        Some(format!("p{}", c.source)),
+                        None,
+                        None,
+                    );
                     c.mid = Some(mid);
                     c.state = ConsumerState::Negotiating;
                 }
@@ -268,10 +297,20 @@ impl Transport {
             .iter()
             .filter(|c| matches!(c.state, ConsumerState::Negotiating | ConsumerState::Active))
             .filter_map(|c| {
-                Some(TrackInfo { mid: c.mid?.to_string(), identity: c.source_identity.clone(), kind: track_kind(c.kind) })
+                Some(TrackInfo {
+                    mid: c.mid?.to_string(),
+                    identity: c.source_identity.clone(),
+                    kind: track_kind(c.kind),
+                })
             })
             .collect();
-        self.emit(ServerMessage::Offer { sdp: offer.to_sdp_string(), tracks }, outbox);
+        self.emit(
+            ServerMessage::Offer {
+                sdp: offer.to_sdp_string(),
+                tracks,
+            },
+            outbox,
+        );
         true
     }
 

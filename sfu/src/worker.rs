@@ -37,13 +37,20 @@ pub(crate) struct WorkerContext {
 
 pub(crate) fn run(ctx: WorkerContext) {
     ctx.stats.alive.store(true, Ordering::Relaxed);
-    let mut host = RouterHost::new(ctx.index, ctx.socket.clone(), ctx.advertised.clone(), ctx.max_publishers);
+    let mut host = RouterHost::new(
+        ctx.index,
+        ctx.socket.clone(),
+        ctx.advertised.clone(),
+        ctx.max_publishers,
+    );
     // Demux updates that did not fit the channel; retried every tick.
     let mut backlog: Vec<DemuxUpdate> = Vec::new();
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
     while !ctx.stopping.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let deadline = host.next_deadline().map_or(next_housekeeping, |t| t.min(next_housekeeping));
+        let deadline = host
+            .next_deadline()
+            .map_or(next_housekeeping, |t| t.min(next_housekeeping));
         select! {
             recv(ctx.commands) -> cmd => match cmd {
                 Ok(cmd) => host.on_command(cmd),
@@ -76,8 +83,12 @@ pub(crate) fn run(ctx: WorkerContext) {
                     backlog.push(e.into_inner());
                 }
             }
-            ctx.stats.rooms.store(host.rooms() as u64, Ordering::Relaxed);
-            ctx.stats.participants.store(host.participants() as u64, Ordering::Relaxed);
+            ctx.stats
+                .rooms
+                .store(host.rooms() as u64, Ordering::Relaxed);
+            ctx.stats
+                .participants
+                .store(host.participants() as u64, Ordering::Relaxed);
             ctx.stats.publish(&mut host.counters);
             next_housekeeping = now + HOUSEKEEPING;
         }

@@ -3,8 +3,8 @@
 
 mod harness;
 
-use harness::{vp8_frame, Net};
 use consulta_sfu::ServerMessage;
+use harness::{vp8_frame, Net};
 use str0m::format::Codec;
 use str0m::media::{MediaKind, MediaTime};
 
@@ -20,25 +20,54 @@ fn two_participants_exchange_audio_and_video() {
     net.until(10, "both connected", connected);
     // Each side has been offered the other's two tracks.
     net.until(10, "consumer offers", |n| {
-        n.clients.iter().all(|c| c.messages.iter().any(|m| matches!(m, ServerMessage::Offer { tracks, .. } if tracks.len() == 2)))
+        n.clients.iter().all(|c| {
+            c.messages
+                .iter()
+                .any(|m| matches!(m, ServerMessage::Offer { tracks, .. } if tracks.len() == 2))
+        })
     });
     net.settle(20);
     for n in 0..30u32 {
         let key = n == 0;
-        net.write(a, MediaKind::Video, Codec::Vp8, MediaTime::from_90khz(3000 * u64::from(n)), &vp8_frame(key, n, 900));
-        net.write(b, MediaKind::Video, Codec::Vp8, MediaTime::from_90khz(3000 * u64::from(n)), &vp8_frame(key, n, 700));
-        net.write(a, MediaKind::Audio, Codec::Opus, MediaTime::from_millis(20 * u64::from(n)), &[0xAA; 80]);
+        net.write(
+            a,
+            MediaKind::Video,
+            Codec::Vp8,
+            MediaTime::from_90khz(3000 * u64::from(n)),
+            &vp8_frame(key, n, 900),
+        );
+        net.write(
+            b,
+            MediaKind::Video,
+            Codec::Vp8,
+            MediaTime::from_90khz(3000 * u64::from(n)),
+            &vp8_frame(key, n, 700),
+        );
+        net.write(
+            a,
+            MediaKind::Audio,
+            Codec::Opus,
+            MediaTime::from_millis(20 * u64::from(n)),
+            &[0xAA; 80],
+        );
         net.settle(3);
     }
-    net.until(5, "frames arrive", |n| n.received(a, MediaKind::Video).len() >= 25 && n.received(b, MediaKind::Video).len() >= 25);
+    net.until(5, "frames arrive", |n| {
+        n.received(a, MediaKind::Video).len() >= 25 && n.received(b, MediaKind::Video).len() >= 25
+    });
     // Frames arrive byte for byte, the first one a keyframe.
     let at_b = net.received(b, MediaKind::Video);
     assert_eq!(&*at_b[0].data, &vp8_frame(true, 0, 900)[..]);
     assert_eq!(&*at_b[10].data, &vp8_frame(false, 10, 900)[..]);
     let at_a = net.received(a, MediaKind::Video);
     assert_eq!(&*at_a[0].data, &vp8_frame(true, 0, 700)[..]);
-    net.until(5, "audio arrives", |n| n.received(b, MediaKind::Audio).len() >= 20);
-    assert!(net.received(b, MediaKind::Audio).iter().all(|m| &*m.data == &[0xAA; 80][..]));
+    net.until(5, "audio arrives", |n| {
+        n.received(b, MediaKind::Audio).len() >= 20
+    });
+    assert!(net
+        .received(b, MediaKind::Audio)
+        .iter()
+        .all(|m| *m.data == [0xAA; 80][..]));
     // Nobody receives their own media.
     assert!(net.received(a, MediaKind::Audio).is_empty());
 }
@@ -51,7 +80,13 @@ fn late_joiner_starts_at_a_requested_keyframe() {
     // The publisher's stream is running before anyone subscribes.
     let mut n = 0u32;
     let mut send = |net: &mut Net, key: bool| {
-        net.write(a, MediaKind::Video, Codec::Vp8, MediaTime::from_90khz(3000 * u64::from(n)), &vp8_frame(key, n, 800));
+        net.write(
+            a,
+            MediaKind::Video,
+            Codec::Vp8,
+            MediaTime::from_90khz(3000 * u64::from(n)),
+            &vp8_frame(key, n, 800),
+        );
         n += 1;
         net.settle(2);
     };
@@ -67,17 +102,31 @@ fn late_joiner_starts_at_a_requested_keyframe() {
         send(&mut net, false);
     }
     // Delta frames alone are held back: the subscriber could not decode them.
-    assert!(net.received(b, MediaKind::Video).is_empty(), "no frame before a keyframe");
-    net.until(5, "a keyframe request reaches the publisher", |n| n.clients[a].keyframe_requests > requests_before);
+    assert!(
+        net.received(b, MediaKind::Video).is_empty(),
+        "no frame before a keyframe"
+    );
+    net.until(5, "a keyframe request reaches the publisher", |n| {
+        n.clients[a].keyframe_requests > requests_before
+    });
     send(&mut net, true);
     for _ in 0..3 {
         send(&mut net, false);
     }
-    net.until(5, "frames after the keyframe", |n| n.received(b, MediaKind::Video).len() >= 4);
+    net.until(5, "frames after the keyframe", |n| {
+        n.received(b, MediaKind::Video).len() >= 4
+    });
     let got = net.received(b, MediaKind::Video);
-    assert_eq!(got[0].data[0] & 1, 0, "the first forwarded frame is a keyframe");
+    assert_eq!(
+        got[0].data[0] & 1,
+        0,
+        "the first forwarded frame is a keyframe"
+    );
     assert_eq!(&*got[0].data, &vp8_frame(true, 11, 800)[..]);
-    assert!(got.iter().all(|m| m.contiguous), "rebased numbering has no gaps");
+    assert!(
+        got.iter().all(|m| m.contiguous),
+        "rebased numbering has no gaps"
+    );
 }
 
 #[test]

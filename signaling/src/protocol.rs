@@ -81,35 +81,64 @@ impl ClientMessage {
     /// Parses one text frame; the error is what the client is told.
     pub fn parse(text: &str) -> Result<Self, (ErrorCode, String)> {
         if text.len() > MAX_MESSAGE_BYTES {
-            return Err((ErrorCode::MessageTooLarge, format!("messages are limited to {MAX_MESSAGE_BYTES} bytes")));
+            return Err((
+                ErrorCode::MessageTooLarge,
+                format!("messages are limited to {MAX_MESSAGE_BYTES} bytes"),
+            ));
         }
         let value: Value = serde_json::from_str(text)
             .map_err(|e| (ErrorCode::BadJson, format!("not valid JSON: {e}")))?;
         let ty = value
             .get("type")
             .and_then(Value::as_str)
-            .ok_or_else(|| (ErrorCode::BadMessage, "a message needs a string field `type`".to_owned()))?
+            .ok_or_else(|| {
+                (
+                    ErrorCode::BadMessage,
+                    "a message needs a string field `type`".to_owned(),
+                )
+            })?
             .to_owned();
-        fn fields<T: serde::de::DeserializeOwned>(ty: &str, v: Value) -> Result<T, (ErrorCode, String)> {
-            serde_json::from_value(v).map_err(|e| (ErrorCode::BadMessage, format!("bad `{ty}` message: {e}")))
+        fn fields<T: serde::de::DeserializeOwned>(
+            ty: &str,
+            v: Value,
+        ) -> Result<T, (ErrorCode, String)> {
+            serde_json::from_value(v)
+                .map_err(|e| (ErrorCode::BadMessage, format!("bad `{ty}` message: {e}")))
         }
         Ok(match ty.as_str() {
             "join" => {
                 let f: JoinFields = fields(&ty, value)?;
-                ClientMessage::Join { v: f.v, token: f.token, room: f.room, client: f.client.unwrap_or_default() }
+                ClientMessage::Join {
+                    v: f.v,
+                    token: f.token,
+                    room: f.room,
+                    client: f.client.unwrap_or_default(),
+                }
             }
-            "offer" => ClientMessage::Offer { sdp: fields::<SdpFields>(&ty, value)?.sdp },
-            "answer" => ClientMessage::Answer { sdp: fields::<SdpFields>(&ty, value)?.sdp },
-            "candidate" => ClientMessage::Candidate { candidate: fields::<CandidateFields>(&ty, value)?.candidate },
+            "offer" => ClientMessage::Offer {
+                sdp: fields::<SdpFields>(&ty, value)?.sdp,
+            },
+            "answer" => ClientMessage::Answer {
+                sdp: fields::<SdpFields>(&ty, value)?.sdp,
+            },
+            "candidate" => ClientMessage::Candidate {
+                candidate: fields::<CandidateFields>(&ty, value)?.candidate,
+            },
             "mute" => {
                 let f: MuteFields = fields(&ty, value)?;
-                ClientMessage::Mute { kind: f.kind, muted: f.muted }
+                ClientMessage::Mute {
+                    kind: f.kind,
+                    muted: f.muted,
+                }
             }
             "ping" => ClientMessage::Ping,
             "leave" => ClientMessage::Leave,
             other => {
                 let shown: String = other.chars().take(32).collect();
-                return Err((ErrorCode::UnknownType, format!("unknown message type `{shown}`")));
+                return Err((
+                    ErrorCode::UnknownType,
+                    format!("unknown message type `{shown}`"),
+                ));
             }
         })
     }
@@ -187,7 +216,11 @@ pub enum ServerMessage {
 
 impl ServerMessage {
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        ServerMessage::Error { code, message: message.into(), fatal: code.is_fatal() }
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            fatal: code.is_fatal(),
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -318,17 +351,42 @@ mod tests {
     #[test]
     fn parses_every_client_type() {
         let j = ClientMessage::parse(r#"{"type":"join","v":1,"token":"t","room":"r"}"#).unwrap();
-        assert_eq!(j, ClientMessage::Join { v: 1, token: "t".into(), room: Some("r".into()), client: ClientInfo::default() });
-        assert_eq!(ClientMessage::parse(r#"{"type":"offer","sdp":"x"}"#).unwrap(), ClientMessage::Offer { sdp: "x".into() });
-        assert_eq!(ClientMessage::parse(r#"{"type":"answer","sdp":"y"}"#).unwrap(), ClientMessage::Answer { sdp: "y".into() });
+        assert_eq!(
+            j,
+            ClientMessage::Join {
+                v: 1,
+                token: "t".into(),
+                room: Some("r".into()),
+                client: ClientInfo::default()
+            }
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"offer","sdp":"x"}"#).unwrap(),
+            ClientMessage::Offer { sdp: "x".into() }
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"answer","sdp":"y"}"#).unwrap(),
+            ClientMessage::Answer { sdp: "y".into() }
+        );
         assert_eq!(
             ClientMessage::parse(r#"{"type":"mute","kind":"video","muted":true}"#).unwrap(),
-            ClientMessage::Mute { kind: TrackKind::Video, muted: true }
+            ClientMessage::Mute {
+                kind: TrackKind::Video,
+                muted: true
+            }
         );
-        assert_eq!(ClientMessage::parse(r#"{"type":"ping"}"#).unwrap(), ClientMessage::Ping);
-        assert_eq!(ClientMessage::parse(r#"{"type":"leave","extra":1}"#).unwrap(), ClientMessage::Leave);
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"ping"}"#).unwrap(),
+            ClientMessage::Ping
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"leave","extra":1}"#).unwrap(),
+            ClientMessage::Leave
+        );
         assert!(matches!(
-            ClientMessage::parse(r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMid":"0"}"#),
+            ClientMessage::parse(
+                r#"{"type":"candidate","candidate":"candidate:1 1 udp 1 1.2.3.4 5 typ host","sdpMid":"0"}"#
+            ),
             Ok(ClientMessage::Candidate { .. })
         ));
     }
@@ -341,20 +399,39 @@ mod tests {
         assert_eq!(code("[1,2]"), ErrorCode::BadMessage);
         assert_eq!(code(r#"{"type":7}"#), ErrorCode::BadMessage);
         assert_eq!(code(r#"{"type":"join","v":"1"}"#), ErrorCode::BadMessage);
-        assert_eq!(code(r#"{"type":"mute","kind":"smell","muted":true}"#), ErrorCode::BadMessage);
+        assert_eq!(
+            code(r#"{"type":"mute","kind":"smell","muted":true}"#),
+            ErrorCode::BadMessage
+        );
         assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
-        let big = format!(r#"{{"type":"offer","sdp":"{}"}}"#, "a".repeat(MAX_MESSAGE_BYTES));
+        let big = format!(
+            r#"{{"type":"offer","sdp":"{}"}}"#,
+            "a".repeat(MAX_MESSAGE_BYTES)
+        );
         assert_eq!(code(&big), ErrorCode::MessageTooLarge);
     }
 
     #[test]
     fn server_messages_have_wire_names() {
         let m = ServerMessage::error(ErrorCode::TokenRoomMismatch, "x").to_json();
-        assert_eq!(m, r#"{"type":"error","code":"token_room_mismatch","message":"x","fatal":true}"#);
-        let m = ServerMessage::ParticipantLeft { identity: "p".into(), reason: LeaveReason::Left }.to_json();
-        assert_eq!(m, r#"{"type":"participant-left","identity":"p","reason":"left"}"#);
+        assert_eq!(
+            m,
+            r#"{"type":"error","code":"token_room_mismatch","message":"x","fatal":true}"#
+        );
+        let m = ServerMessage::ParticipantLeft {
+            identity: "p".into(),
+            reason: LeaveReason::Left,
+        }
+        .to_json();
+        assert_eq!(
+            m,
+            r#"{"type":"participant-left","identity":"p","reason":"left"}"#
+        );
         for c in ErrorCode::ALL {
-            assert_eq!(serde_json::to_value(c).unwrap(), Value::String(c.as_str().into()));
+            assert_eq!(
+                serde_json::to_value(c).unwrap(),
+                Value::String(c.as_str().into())
+            );
         }
     }
 }

@@ -43,7 +43,9 @@ impl std::str::FromStr for Role {
             "doctor" => Ok(Role::Doctor),
             "patient" => Ok(Role::Patient),
             "guest" => Ok(Role::Guest),
-            _ => Err(TokenError::BadClaims("role must be doctor, patient or guest")),
+            _ => Err(TokenError::BadClaims(
+                "role must be doctor, patient or guest",
+            )),
         }
     }
 }
@@ -104,8 +106,14 @@ impl JoinToken {
         now: u64,
         ttl_secs: u64,
     ) -> Result<Self, TokenError> {
-        validate_id(room, "room must be 1-128 printable characters without spaces")?;
-        validate_id(identity, "identity must be 1-128 printable characters without spaces")?;
+        validate_id(
+            room,
+            "room must be 1-128 printable characters without spaces",
+        )?;
+        validate_id(
+            identity,
+            "identity must be 1-128 printable characters without spaces",
+        )?;
         if ttl_secs == 0 {
             return Err(TokenError::BadClaims("ttl must be at least 1 second"));
         }
@@ -138,7 +146,8 @@ impl JoinToken {
             return Err(TokenError::Malformed);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
         };
@@ -202,7 +211,10 @@ mod tests {
     #[test]
     fn expired_is_refused() {
         let t = token(1000, 60);
-        assert_eq!(JoinToken::verify(&t, SECRET, 1060), Err(TokenError::Expired));
+        assert_eq!(
+            JoinToken::verify(&t, SECRET, 1060),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]
@@ -214,11 +226,13 @@ mod tests {
         );
         // Claims swapped for another room, old signature kept.
         let parts: Vec<&str> = t.split('.').collect();
-        let forged_claims = B64.encode(
-            br#"{"room":"other","identity":"dr-ana","role":"doctor","exp":99999,"iat":1}"#,
-        );
+        let forged_claims = B64
+            .encode(br#"{"room":"other","identity":"dr-ana","role":"doctor","exp":99999,"iat":1}"#);
         let forged = format!("{}.{}.{}", parts[0], forged_claims, parts[2]);
-        assert_eq!(JoinToken::verify(&forged, SECRET, 1001), Err(TokenError::BadSignature));
+        assert_eq!(
+            JoinToken::verify(&forged, SECRET, 1001),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
@@ -234,7 +248,11 @@ mod tests {
     #[test]
     fn garbage_is_malformed() {
         for t in ["", "a", "a.b", "a.b.c.d", "!!.??.##", &"x".repeat(5000)] {
-            assert_eq!(JoinToken::verify(t, SECRET, 1), Err(TokenError::Malformed), "{t:.20}");
+            assert_eq!(
+                JoinToken::verify(t, SECRET, 1),
+                Err(TokenError::Malformed),
+                "{t:.20}"
+            );
         }
     }
 
@@ -246,6 +264,6 @@ mod tests {
         assert!(JoinToken::new("r", "a", Role::Guest, 0, 0).is_err());
         let c = JoinToken::new("r", "a", Role::Guest, 0, 1).unwrap();
         assert_eq!(c.sign(b"short"), Err(TokenError::WeakSecret));
-        assert_eq!("nurse".parse::<Role>().is_err(), true);
+        assert!("nurse".parse::<Role>().is_err());
     }
 }

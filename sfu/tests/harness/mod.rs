@@ -70,7 +70,12 @@ impl Net {
     pub fn new(max_publishers: usize) -> Net {
         let wire: &'static MemWire = Box::leak(Box::default());
         wire.keep.set(true);
-        Net { host: RouterHost::new(0, wire, vec![SERVER.parse().unwrap()], max_publishers), wire, clients: Vec::new(), next_port: 40000 }
+        Net {
+            host: RouterHost::new(0, wire, vec![SERVER.parse().unwrap()], max_publishers),
+            wire,
+            clients: Vec::new(),
+            next_port: 40000,
+        }
     }
 
     /// Joins a client; returns its index. `publish` adds sendonly audio and video (VP8 first).
@@ -109,8 +114,10 @@ impl Net {
         let c = &mut self.clients[i];
         let mut change = c.rtc.sdp_api();
         if publish {
-            c.audio_mid = Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
-            c.video_mid = Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+            c.audio_mid =
+                Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+            c.video_mid =
+                Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
         } else {
             change.add_channel("consulta".into());
         }
@@ -123,7 +130,10 @@ impl Net {
 
     pub fn leave(&mut self, i: usize) {
         let peer = self.clients[i].peer;
-        self.host.on_command(Command::Leave { peer, reason: consulta_signaling::protocol::LeaveReason::Left });
+        self.host.on_command(Command::Leave {
+            peer,
+            reason: consulta_signaling::protocol::LeaveReason::Left,
+        });
     }
 
     /// Moves signaling and packets until nothing is left to move (or `max` rounds).
@@ -156,7 +166,12 @@ impl Net {
                 if let Some(c) = self.clients.iter_mut().find(|c| c.addr == to) {
                     let input = Input::Receive(
                         now,
-                        Receive { proto: Protocol::Udp, source: SERVER.parse().unwrap(), destination: to, contents: data.as_slice().try_into().unwrap() },
+                        Receive {
+                            proto: Protocol::Udp,
+                            source: SERVER.parse().unwrap(),
+                            destination: to,
+                            contents: data.as_slice().try_into().unwrap(),
+                        },
                     );
                     if c.rtc.is_alive() {
                         c.rtc.handle_input(input).unwrap();
@@ -191,9 +206,15 @@ impl Net {
             PeerEvent::Message(ServerMessage::Offer { sdp, tracks }) => {
                 let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
                 let answer = c.rtc.sdp_api().accept_offer(offer).unwrap();
-                c.messages.push(ServerMessage::Offer { sdp: String::new(), tracks });
+                c.messages.push(ServerMessage::Offer {
+                    sdp: String::new(),
+                    tracks,
+                });
                 let peer = c.peer;
-                self.host.on_command(Command::Answer { peer, sdp: answer.to_sdp_string() });
+                self.host.on_command(Command::Answer {
+                    peer,
+                    sdp: answer.to_sdp_string(),
+                });
             }
             PeerEvent::Message(m) => c.messages.push(m),
             PeerEvent::Closed(m) => c.closed = Some(m),
@@ -203,15 +224,28 @@ impl Net {
     /// Writes one frame from client `i`.
     pub fn write(&mut self, i: usize, kind: MediaKind, codec: Codec, time: MediaTime, data: &[u8]) {
         let c = &mut self.clients[i];
-        let mid = if kind == MediaKind::Audio { c.audio_mid } else { c.video_mid }.expect("publishes");
+        let mid = if kind == MediaKind::Audio {
+            c.audio_mid
+        } else {
+            c.video_mid
+        }
+        .expect("publishes");
         let w = c.rtc.writer(mid).expect("writer");
-        let pt = w.payload_params().find(|p| p.spec().codec == codec).expect("codec negotiated").pt();
+        let pt = w
+            .payload_params()
+            .find(|p| p.spec().codec == codec)
+            .expect("codec negotiated")
+            .pt();
         w.write(pt, Instant::now(), time, data.to_vec()).unwrap();
         drain_client(c, Instant::now());
     }
 
     pub fn received(&self, i: usize, kind: MediaKind) -> Vec<&MediaData> {
-        self.clients[i].media.iter().filter(|m| m.params.spec().codec.kind() == kind).collect()
+        self.clients[i]
+            .media
+            .iter()
+            .filter(|m| m.params.spec().codec.kind() == kind)
+            .collect()
     }
 }
 
