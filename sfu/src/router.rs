@@ -11,7 +11,10 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How often a subscriber that still waits for a keyframe asks again.
+const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
 
 use consulta_signaling::protocol::{ErrorCode, LeaveReason, ServerMessage};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
@@ -372,7 +375,9 @@ impl<W: Wire> RouterHost<W> {
             }
         }
         let t = self.transports.get_mut(&peer).expect("checked above");
-        t.consumers.extend(wanted);
+        for c in wanted {
+            t.subscribe(c);
+        }
         self.negotiate(peer);
     }
 
@@ -594,6 +599,9 @@ impl<W: Wire> RouterHost<W> {
                 }
             }
             for peer in std::mem::take(&mut self.outbox.connected) {
+                if let Some(t) = self.transports.get_mut(&peer) {
+                    t.connected = true;
+                }
                 let sources: Vec<(PeerId, Mid)> = self
                     .transports
                     .get(&peer)
@@ -662,8 +670,7 @@ impl<W: Wire> RouterHost<W> {
             let Some(tq) = self.transports.get_mut(&q) else {
                 continue;
             };
-            tq.consumers
-                .push(Consumer::new(peer, mid, identity.clone(), kind));
+            tq.subscribe(Consumer::new(peer, mid, identity.clone(), kind));
             tq.emit(
                 ServerMessage::TrackPublished {
                     identity: identity.clone(),
@@ -820,18 +827,19 @@ impl<W: Wire> RouterHost<W> {
                 schedule(&mut self.timers, t);
             }
         }
-        let waiting: Vec<(PeerId, Mid)> = self
-            .transports
-            .values()
-            .flat_map(|t| {
-                t.consumers
-                    .iter()
-                    .filter(|c| {
-                        c.state == ConsumerState::Active && c.forwarder.is_waiting_keyframe()
-                    })
-                    .map(|c| (c.source, c.source_mid))
-            })
-            .collect();
+        // Subscribers still waiting for a keyframe ask again, once a second, once connected.
+        let mut waiting: Vec<(PeerId, Mid)> = Vec::new();
+        for t in self.transports.values_mut().filter(|t| t.connected) {
+            for c in &mut t.consumers {
+                let due = c
+                    .asked_keyframe
+                    .is_none_or(|a| now.duration_since(a) >= KEYFRAME_RETRY);
+                if c.state == ConsumerState::Active && c.forwarder.is_waiting_keyframe() && due {
+                    c.asked_keyframe = Some(now);
+                    waiting.push((c.source, c.source_mid));
+                }
+            }
+        }
         for (s, m) in waiting {
             self.request_keyframe(s, m);
         }

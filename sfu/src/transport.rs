@@ -95,6 +95,8 @@ pub(crate) struct Consumer {
     pub state: ConsumerState,
     pub forwarder: Forwarder,
     pub pts: PtMap,
+    /// When the housekeeping last asked the publisher for a keyframe for this consumer.
+    pub asked_keyframe: Option<Instant>,
 }
 
 impl Consumer {
@@ -110,6 +112,7 @@ impl Consumer {
             state: ConsumerState::ToOpen,
             forwarder: Forwarder::new(kind == MediaKind::Video, first),
             pts: PtMap::default(),
+            asked_keyframe: None,
         }
     }
 }
@@ -139,6 +142,8 @@ pub(crate) struct Transport {
     pub scheduled: Instant,
     /// The `Rtc`'s latest requested deadline.
     pub next_timeout: Instant,
+    /// ICE and DTLS are up.
+    pub connected: bool,
 }
 
 /// Where transmits go: the worker's UDP socket, or memory in tests and benchmarks.
@@ -194,6 +199,7 @@ impl Transport {
             consumers: Vec::new(),
             scheduled: far_future(now),
             next_timeout: now,
+            connected: false,
         })
     }
 
@@ -246,6 +252,21 @@ impl Transport {
             .accept_answer(pending, answer)
             .map_err(|e| (true, format!("answer refused: {e}")))?;
         Ok(())
+    }
+
+    /// Adds a consumer unless this participant already receives that track.
+    pub fn subscribe(&mut self, c: Consumer) -> bool {
+        let live =
+            |x: &Consumer| !matches!(x.state, ConsumerState::ToStop | ConsumerState::Stopping);
+        if self
+            .consumers
+            .iter()
+            .any(|x| x.source == c.source && x.source_mid == c.source_mid && live(x))
+        {
+            return false;
+        }
+        self.consumers.push(c);
+        true
     }
 
     pub fn has_pending_offer(&self) -> bool {

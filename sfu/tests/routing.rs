@@ -148,3 +148,28 @@ fn leaving_stops_tracks_and_is_announced() {
     net.leave(a);
     assert_eq!(net.host.rooms(), 0, "an empty room is dropped");
 }
+
+#[test]
+fn a_track_is_offered_once_whatever_the_join_order() {
+    let mut net = Net::new(5);
+    // The patient joins, the doctor's tracks appear, then the patient offers.
+    let a = net.join("room-4", "doctor", true);
+    let b = net.join_only("room-4", "patient");
+    net.until(10, "doctor connected", |n| n.clients[a].connected);
+    net.settle(10);
+    net.offer(b, true);
+    net.until(10, "both connected", connected);
+    net.settle(30);
+    for i in [a, b] {
+        let last = net.clients[i]
+            .messages
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                ServerMessage::Offer { tracks, .. } => Some(tracks.clone()),
+                _ => None,
+            })
+            .expect("an offer");
+        assert_eq!(last.len(), 2, "one audio and one video track: {last:?}");
+    }
+}

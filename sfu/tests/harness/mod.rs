@@ -78,8 +78,16 @@ impl Net {
         }
     }
 
-    /// Joins a client; returns its index. `publish` adds sendonly audio and video (VP8 first).
+    /// Joins a client and sends its offer; returns its index. `publish` adds sendonly audio and
+    /// video; otherwise the offer holds a data channel only.
     pub fn join(&mut self, room: &str, identity: &str, publish: bool) -> usize {
+        let i = self.join_only(room, identity);
+        self.offer(i, publish);
+        i
+    }
+
+    /// Joins a client without offering yet.
+    pub fn join_only(&mut self, room: &str, identity: &str) -> usize {
         let now = Instant::now();
         let addr: SocketAddr = format!("127.0.0.1:{}", self.next_port).parse().unwrap();
         self.next_port += 1;
@@ -110,8 +118,13 @@ impl Net {
             video_mid: None,
             outbox: Vec::new(),
         });
-        let i = self.clients.len() - 1;
+        self.clients.len() - 1
+    }
+
+    /// Sends client `i`'s one offer.
+    pub fn offer(&mut self, i: usize, publish: bool) {
         let c = &mut self.clients[i];
+        let peer = c.peer;
         let mut change = c.rtc.sdp_api();
         if publish {
             c.audio_mid =
@@ -125,7 +138,6 @@ impl Net {
         c.pending = Some(pending);
         let sdp = offer.to_sdp_string();
         self.host.on_command(Command::Offer { peer, sdp });
-        i
     }
 
     pub fn leave(&mut self, i: usize) {
