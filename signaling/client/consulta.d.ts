@@ -1,0 +1,214 @@
+// Type declarations for the Consulta browser SDK (consulta.js). See README.md beside this file.
+
+export declare const version: string;
+
+export type Role = 'doctor' | 'patient' | 'guest' | (string & {});
+export type MediaKind = 'audio' | 'video';
+export type VideoCodec = 'VP8' | 'VP9' | 'H264' | 'AV1';
+
+export interface MutedState {
+  audio: boolean;
+  video: boolean;
+}
+
+export interface ConnectOptions {
+  /** Signaling URL, e.g. `wss://host/ws` (may carry `?room=`). Defaults to `/ws` on the page's host. */
+  url?: string;
+  /** Join token minted by the server (`consulta token ...` or the control API). */
+  token: string;
+  /** Sent in `join`; must equal the token's room, else `token_room_mismatch`. */
+  room?: string;
+  /**
+   * Local media. `false` (or both kinds false) joins receive-only.
+   * Defaults: audio `true`, video `{ width: 1280, height: 720, frameRate: 30 }`.
+   */
+  media?: false | { audio?: boolean | MediaTrackConstraints; video?: boolean | MediaTrackConstraints };
+  /** Publish this stream instead of calling getUserMedia (the SDK then never stops its tracks). */
+  localStream?: MediaStream;
+  /** Put this codec first in the offer; ignored when the browser lacks it. */
+  preferredVideoCodec?: VideoCodec;
+  /** Overrides the server's `ice_servers` from `joined`. */
+  iceServers?: RTCIceServer[];
+  iceTransportPolicy?: RTCIceTransportPolicy;
+}
+
+export interface Participant {
+  identity: string;
+  /** `null` until the server has announced the participant. */
+  role: Role | null;
+  muted: MutedState;
+  /** Tracks the server said this participant publishes (`track-published`/`-unpublished`). */
+  published: MutedState;
+  /** Remote tracks currently received from this participant. */
+  tracks: { audio?: MediaStreamTrack; video?: MediaStreamTrack };
+  /** One stream holding this participant's received audio and video; null before the first track. */
+  stream: MediaStream | null;
+  /** Set on the object passed to `participant-left`. */
+  reason?: 'left' | 'disconnected' | 'replaced' | 'kicked' | (string & {}) | null;
+  left?: boolean;
+  [extra: string]: unknown;
+}
+
+export interface LocalParticipant {
+  identity: string;
+  role: Role;
+}
+
+export interface TrackEvent {
+  participant: Participant;
+  kind: MediaKind;
+  track: MediaStreamTrack;
+  stream: MediaStream;
+}
+
+export interface MuteEvent {
+  participant: Participant;
+  kind: MediaKind;
+  muted: boolean;
+}
+
+export interface PublicationEvent {
+  participant: Participant;
+  kind: MediaKind;
+}
+
+export interface CallErrorEvent {
+  code: string;
+  message: string;
+  fatal: boolean;
+}
+
+export interface ClosedEvent {
+  /** `left`, `disconnected`, or the fatal server error code (e.g. `session_replaced`). */
+  reason: string;
+}
+
+export interface InboundStats {
+  /** Identity of the sender, from the server's mid map. */
+  participant: string | null;
+  kind: MediaKind;
+  mid: string | null;
+  /** e.g. `VP8`, `H264`, `opus`. */
+  codec: string | null;
+  framesDecoded: number;
+  framesReceived: number;
+  framesDropped: number;
+  frameWidth: number;
+  frameHeight: number;
+  framesPerSecond: number;
+  packetsReceived: number;
+  packetsLost: number;
+  bytesReceived: number;
+  jitter: number;
+  nackCount: number;
+  pliCount: number;
+  keyFramesDecoded: number;
+}
+
+export interface OutboundStats {
+  kind: MediaKind;
+  mid: string | null;
+  codec: string | null;
+  framesEncoded: number;
+  frameWidth: number;
+  frameHeight: number;
+  framesPerSecond: number;
+  packetsSent: number;
+  bytesSent: number;
+  targetBitrate: number;
+  qualityLimitationReason: string | null;
+  nackCount: number;
+  pliCount: number;
+}
+
+export interface CandidatePairStats {
+  localType: RTCIceCandidateType | null;
+  remoteType: RTCIceCandidateType | null;
+  /** `udp` or `tcp`. */
+  protocol: string | null;
+  /** `udp`/`tcp`/`tls` when the local candidate is a relay. */
+  relayProtocol: string | null;
+  localAddress: string | null;
+  localPort: number | null;
+  remoteAddress: string | null;
+  remotePort: number | null;
+  currentRoundTripTime: number | null;
+  availableOutgoingBitrate: number | null;
+}
+
+export interface CallStats {
+  inbound: InboundStats[];
+  outbound: OutboundStats[];
+  candidatePair: CandidatePairStats | null;
+}
+
+export interface CallEvents {
+  'participant-joined': (participant: Participant) => void;
+  'participant-left': (participant: Participant, reason: string | null) => void;
+  track: (event: TrackEvent) => void;
+  'track-removed': (event: TrackEvent) => void;
+  'track-published': (event: PublicationEvent) => void;
+  'track-unpublished': (event: PublicationEvent) => void;
+  mute: (event: MuteEvent) => void;
+  'connection-state': (state: RTCPeerConnectionState) => void;
+  error: (error: CallErrorEvent) => void;
+  closed: (event: ClosedEvent) => void;
+}
+
+export declare class ConsultaError extends Error {
+  constructor(code: string, message?: string, options?: { fatal?: boolean; cause?: unknown });
+  /** Stable protocol or client code: token_expired, token_room_mismatch, token_invalid, room_full,
+   * session_replaced, ..., or connection_failed, connection_closed, timeout, media_error,
+   * negotiation_failed, bad_options. */
+  code: string;
+  fatal: boolean;
+}
+
+export declare class Call {
+  readonly options: ConnectOptions;
+  /** Everyone in the room but us, by identity. */
+  readonly participants: Map<string, Participant>;
+  /** Our published media (null when receive-only). */
+  readonly localStream: MediaStream | null;
+  /** Our own identity and role, from `joined`. */
+  readonly participant: LocalParticipant | null;
+  readonly sessionId: string | null;
+  readonly iceServers: RTCIceServer[];
+  readonly connectionState: RTCPeerConnectionState;
+  readonly closed: boolean;
+  readonly muted: MutedState;
+  readonly peerConnection: RTCPeerConnection | null;
+  /** Time (ms since epoch) of the last `pong`. */
+  readonly lastPong?: number;
+
+  on<E extends keyof CallEvents>(event: E, listener: CallEvents[E]): this;
+  once<E extends keyof CallEvents>(event: E, listener: CallEvents[E]): this;
+  off<E extends keyof CallEvents>(event: E, listener: CallEvents[E]): this;
+
+  /** Enables/disables the local tracks of `kind` and tells the others. */
+  setMuted(kind: MediaKind, muted: boolean): Promise<void>;
+  /** Sends `leave`, waits up to 1 s for `left`, then closes everything. Idempotent. */
+  leave(): Promise<void>;
+  stats(): Promise<CallStats>;
+}
+
+/** Joins a room; rejects with a ConsultaError (see `code`). */
+export declare function connect(options: ConnectOptions): Promise<Call>;
+
+/** Adds x-google start/min/max bitrate (kbit/s) to every VP8/VP9/H264/AV1 fmtp of the SDP. */
+export declare function addVideoBitrateHints(
+  sdp: string,
+  hints?: { start: number; min: number; max: number },
+): string;
+
+/** Moves `codec` (and its rtx) to the front of every video m= line; the browser sends the first. */
+export declare function preferVideoCodec(sdp: string, codec: VideoCodec | string): string;
+
+/** The codec list with `preferred` first, or null when the list lacks it. */
+export declare function orderCodecs(
+  codecs: RTCRtpCodec[],
+  preferred: VideoCodec | string,
+): RTCRtpCodec[] | null;
+
+/** encodings[0].maxBitrate (bit/s) for a camera of this size: 2.5 Mbit/s at 720p, scaled by pixels. */
+export declare function videoMaxBitrate(width?: number, height?: number): number;

@@ -1,0 +1,972 @@
+// Consulta browser SDK: joins a consultation room on a Consulta SFU.
+//
+// Plain ES module, no build step; served by the server at GET /sdk/consulta.js. It speaks the
+// signaling protocol of docs/protocol.md over one WebSocket and drives one RTCPeerConnection
+// (bundle, Unified Plan). The client offers once (its local tracks, or a data channel when it
+// sends nothing); every later negotiation is offered by the server and answered here, one at a
+// time, so the two sides never glare.
+//
+//   import { connect } from '/sdk/consulta.js';
+//   const call = await connect({ url: 'wss://host/ws', token });
+//   call.on('track', ({ participant, kind, stream }) => video.srcObject = stream);
+//
+// The module touches no browser global at import time, so its pure helpers (SDP munging, codec
+// ordering) can be unit-tested under Node.
+
+export const version = '0.1.0';
+
+const SDK_NAME = 'consulta-js/1';
+const PROTOCOL_VERSION = 1;
+const PING_INTERVAL_MS = 10_000;
+const JOIN_TIMEOUT_MS = 15_000;
+const ANSWER_TIMEOUT_MS = 15_000;
+const LEAVE_GRACE_MS = 1_000;
+
+// 720p gets 2.5 Mbit/s; other sizes scale with the pixel count.
+const HD_PIXELS = 1280 * 720;
+const HD_MAX_BITRATE = 2_500_000;
+const MIN_MAX_BITRATE = 300_000;
+const MAX_MAX_BITRATE = 8_000_000;
+// Start/min/max hints (kbit/s) so the encoder sends HD from the first seconds instead of ramping
+// up from 300 kbit/s over ~10 s.
+const HD_BITRATE_HINTS = { start: 1500, min: 600, max: 2500 };
+
+const DEFAULT_VIDEO = { width: 1280, height: 720, frameRate: 30 };
+const VIDEO_CODECS = ['VP8', 'VP9', 'H264', 'AV1'];
+
+/** Error carrying the stable protocol `code` (e.g. `token_expired`). */
+export class ConsultaError extends Error {
+  constructor(code, message, { fatal = false, cause } = {}) {
+    super(message || code, cause === undefined ? undefined : { cause });
+    this.name = 'ConsultaError';
+    this.code = code;
+    this.fatal = fatal;
+  }
+}
+
+/**
+ * Joins a room and publishes local media. Resolves once the server's answer to our offer is
+ * applied (media may still be connecting); rejects with a ConsultaError whose `code` is the
+ * server's error code (token_expired, token_room_mismatch, room_full, ...) or a client code
+ * (connection_failed, connection_closed, timeout, media_error, negotiation_failed).
+ */
+export async function connect(options) {
+  const call = new Call(options || {});
+  try {
+    await call._start();
+  } catch (err) {
+    call._teardown({ reason: err && err.code ? err.code : 'connect_failed', silent: true });
+    throw err;
+  }
+  return call;
+}
+
+export class Call {
+  constructor(options) {
+    if (!options.token) throw new ConsultaError('bad_options', 'connect(): `token` is required');
+    this.options = options;
+    /** identity -> participant (everyone but us) */
+    this.participants = new Map();
+    this.localStream = null;
+    /** our own {identity, role} from `joined` */
+    this.participant = null;
+    this.sessionId = null;
+    this.iceServers = [];
+    this.connectionState = 'new';
+    this.closed = false;
+    this.muted = { audio: false, video: false };
+
+    this._listeners = new Map();
+    this._ws = null;
+    this._pc = null;
+    this._pingTimer = null;
+    this._negotiation = Promise.resolve();
+    this._pendingAnswer = null; // {resolve, reject} while our offer waits for the server's answer
+    this._joinWaiter = null; // {resolve, reject} until `joined`
+    this._leftWaiter = null;
+    this._midMap = new Map(); // mid -> {identity, kind}, from the offer being/last applied
+    this._queuedMaps = []; // maps of offers received but not applied yet
+    this._attached = new Map(); // mid -> {participant, kind, track}
+    this._announced = new WeakSet(); // participants for which 'participant-joined' fired / joined listed
+    this._localCandidates = [];
+    this._offerSent = false;
+    this._videoHints = HD_BITRATE_HINTS;
+    this._maxVideoBitrate = HD_MAX_BITRATE;
+    this._preferredCodec = null; // set once the browser accepted preferredVideoCodec
+  }
+
+  // ----- events -------------------------------------------------------------------------------
+
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return this;
+  }
+
+  off(event, fn) {
+    const set = this._listeners.get(event);
+    if (set) set.delete(fn);
+    return this;
+  }
+
+  once(event, fn) {
+    const wrapper = (...args) => {
+      this.off(event, wrapper);
+      fn(...args);
+    };
+    return this.on(event, wrapper);
+  }
+
+  _emit(event, ...args) {
+    const set = this._listeners.get(event);
+    if (!set) return;
+    for (const fn of [...set]) {
+      // A throwing listener must not break the SDK or the other listeners.
+      try {
+        const r = fn(...args);
+        if (r && typeof r.catch === 'function') r.catch((e) => reportListenerError(event, e));
+      } catch (e) {
+        reportListenerError(event, e);
+      }
+    }
+  }
+
+  // ----- public API ---------------------------------------------------------------------------
+
+  /** The RTCPeerConnection (for diagnostics). */
+  get peerConnection() {
+    return this._pc;
+  }
+
+  async setMuted(kind, muted) {
+    if (kind !== 'audio' && kind !== 'video') {
+      throw new ConsultaError('bad_options', `setMuted(): kind must be 'audio' or 'video'`);
+    }
+    muted = !!muted;
+    this.muted[kind] = muted;
+    if (this.localStream) {
+      for (const t of this.localStream.getTracks()) if (t.kind === kind) t.enabled = !muted;
+    }
+    this._send({ type: 'mute', kind, muted });
+  }
+
+  async leave() {
+    if (this.closed) return;
+    const left = new Promise((resolve) => {
+      this._leftWaiter = resolve;
+      setTimeout(resolve, LEAVE_GRACE_MS);
+    });
+    if (this._send({ type: 'leave' })) await left;
+    this._teardown({ reason: 'left' });
+  }
+
+  async stats() {
+    const pc = this._pc;
+    const result = { inbound: [], outbound: [], candidatePair: null };
+    if (!pc || pc.signalingState === 'closed') return result;
+    const report = await pc.getStats();
+    const byId = new Map();
+    report.forEach((s) => byId.set(s.id, s));
+    const codecName = (id) => {
+      const c = id && byId.get(id);
+      if (!c || !c.mimeType) return null;
+      return c.mimeType.replace(/^(video|audio)\//i, '');
+    };
+    const trackMid = new Map();
+    for (const t of pc.getTransceivers()) {
+      if (t.mid != null && t.receiver && t.receiver.track) trackMid.set(t.receiver.track.id, t.mid);
+    }
+    let transportPairId = null;
+    for (const s of byId.values()) {
+      if (s.type === 'inbound-rtp') {
+        const mid = s.mid != null ? s.mid : trackMid.get(s.trackIdentifier);
+        const entry = this._midMap.get(mid);
+        // Streams of tracks the server no longer sends (a participant who left or was replaced)
+        // are left out: their frozen counters would hide the live ones.
+        if (mid != null && !entry) continue;
+        const kind = s.kind || s.mediaType;
+        result.inbound.push({
+          participant: entry ? entry.identity : null,
+          kind,
+          mid: mid ?? null,
+          codec: codecName(s.codecId),
+          framesDecoded: num(s.framesDecoded),
+          framesReceived: num(s.framesReceived),
+          framesDropped: num(s.framesDropped),
+          frameWidth: num(s.frameWidth),
+          frameHeight: num(s.frameHeight),
+          framesPerSecond: num(s.framesPerSecond),
+          packetsReceived: num(s.packetsReceived),
+          packetsLost: num(s.packetsLost),
+          bytesReceived: num(s.bytesReceived),
+          jitter: num(s.jitter),
+          nackCount: num(s.nackCount),
+          pliCount: num(s.pliCount),
+          keyFramesDecoded: num(s.keyFramesDecoded),
+        });
+      } else if (s.type === 'outbound-rtp') {
+        result.outbound.push({
+          kind: s.kind || s.mediaType,
+          mid: s.mid ?? null,
+          codec: codecName(s.codecId),
+          framesEncoded: num(s.framesEncoded),
+          frameWidth: num(s.frameWidth),
+          frameHeight: num(s.frameHeight),
+          framesPerSecond: num(s.framesPerSecond),
+          packetsSent: num(s.packetsSent),
+          bytesSent: num(s.bytesSent),
+          targetBitrate: num(s.targetBitrate),
+          qualityLimitationReason: s.qualityLimitationReason ?? null,
+          nackCount: num(s.nackCount),
+          pliCount: num(s.pliCount),
+        });
+      } else if (s.type === 'transport' && s.selectedCandidatePairId) {
+        transportPairId = s.selectedCandidatePairId;
+      }
+    }
+    let pair = transportPairId ? byId.get(transportPairId) : null;
+    if (!pair) {
+      for (const s of byId.values()) {
+        if (s.type === 'candidate-pair' && s.state === 'succeeded' && (s.nominated || s.selected)) {
+          pair = s;
+          break;
+        }
+      }
+    }
+    if (pair) {
+      const local = byId.get(pair.localCandidateId) || {};
+      const remote = byId.get(pair.remoteCandidateId) || {};
+      result.candidatePair = {
+        localType: local.candidateType ?? null,
+        remoteType: remote.candidateType ?? null,
+        protocol: local.protocol ?? remote.protocol ?? null,
+        relayProtocol: local.relayProtocol ?? null,
+        localAddress: local.address ?? local.ip ?? null,
+        localPort: local.port ?? null,
+        remoteAddress: remote.address ?? remote.ip ?? null,
+        remotePort: remote.port ?? null,
+        currentRoundTripTime: pair.currentRoundTripTime ?? null,
+        availableOutgoingBitrate: pair.availableOutgoingBitrate ?? null,
+      };
+    }
+    return result;
+  }
+
+  // ----- connect ------------------------------------------------------------------------------
+
+  async _start() {
+    const o = this.options;
+    await this._openSocket(o.url || defaultUrl());
+    const joined = await this._join();
+    this._onJoined(joined);
+
+    // Our one offer goes first in the negotiation queue, queued now (synchronously after
+    // `joined`) so that any server offer, even one arriving while the camera starts, waits
+    // behind it.
+    const setup = this._setupMedia(joined);
+    setup.catch(() => {}); // awaited below; never an unhandled rejection if the call closes first
+    await this._enqueue(async () => {
+      await setup;
+      await this._publish();
+    });
+    if (this.closed) throw new ConsultaError('connection_closed', 'the call closed while starting');
+  }
+
+  async _setupMedia(joined) {
+    const o = this.options;
+    const stream = await this._getLocalMedia();
+    if (this.closed) {
+      if (stream && !o.localStream) for (const t of stream.getTracks()) t.stop();
+      throw new ConsultaError('connection_closed', 'the call closed while starting');
+    }
+    this.localStream = stream;
+    const iceServers = o.iceServers ?? joined.ice_servers ?? [];
+    this.iceServers = iceServers;
+    const pc = new RTCPeerConnection({
+      iceServers,
+      iceTransportPolicy: o.iceTransportPolicy || 'all',
+      bundlePolicy: 'max-bundle',
+    });
+    this._pc = pc;
+    this._wirePeerConnection(pc);
+    this._addLocalTracks(pc);
+  }
+
+  _openSocket(url) {
+    return new Promise((resolve, reject) => {
+      let ws;
+      try {
+        ws = new WebSocket(url);
+      } catch (e) {
+        reject(new ConsultaError('connection_failed', `cannot open ${url}: ${e.message}`, { cause: e }));
+        return;
+      }
+      this._ws = ws;
+      let opened = false;
+      ws.onopen = () => {
+        opened = true;
+        resolve();
+      };
+      ws.onerror = () => {
+        if (!opened) reject(new ConsultaError('connection_failed', `WebSocket to ${url} failed`));
+      };
+      ws.onclose = (ev) => {
+        if (!opened) {
+          reject(new ConsultaError('connection_failed', `WebSocket to ${url} closed (${ev.code})`));
+          return;
+        }
+        this._onSocketClosed(ev);
+      };
+      ws.onmessage = (ev) => this._onMessage(ev.data);
+    });
+  }
+
+  _join() {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new ConsultaError('timeout', 'no `joined` from the server')),
+        JOIN_TIMEOUT_MS,
+      );
+      this._joinWaiter = {
+        resolve: (m) => {
+          clearTimeout(timer);
+          resolve(m);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+      const join = {
+        type: 'join',
+        v: PROTOCOL_VERSION,
+        token: this.options.token,
+        client: { sdk: SDK_NAME, ua: typeof navigator !== 'undefined' ? navigator.userAgent : '' },
+      };
+      if (this.options.room != null) join.room = this.options.room;
+      this._send(join);
+    });
+  }
+
+  _onJoined(m) {
+    this.sessionId = m.session_id ?? null;
+    this.participant = m.participant ?? null;
+    for (const p of m.participants || []) {
+      const obj = this._participant(p.identity, p);
+      this._announced.add(obj);
+    }
+    this._pingTimer = setInterval(() => this._send({ type: 'ping' }), PING_INTERVAL_MS);
+  }
+
+  async _getLocalMedia() {
+    const o = this.options;
+    if (o.localStream) return o.localStream;
+    const media = o.media === undefined ? {} : o.media;
+    if (media === false) return null;
+    const audio = media.audio === undefined ? true : media.audio;
+    let video = media.video === undefined ? true : media.video;
+    if (video === true) video = { ...DEFAULT_VIDEO };
+    else if (video && typeof video === 'object') video = { frameRate: DEFAULT_VIDEO.frameRate, ...video };
+    if (!audio && !video) return null;
+    try {
+      return await navigator.mediaDevices.getUserMedia({ audio, video });
+    } catch (e) {
+      throw new ConsultaError('media_error', `getUserMedia failed: ${e && e.name}: ${e && e.message}`, {
+        cause: e,
+      });
+    }
+  }
+
+  _addLocalTracks(pc) {
+    const stream = this.localStream;
+    const tracks = stream ? stream.getTracks() : [];
+    if (tracks.length === 0) {
+      // Receive-only: a data channel keeps our offer valid.
+      pc.createDataChannel('consulta');
+      return;
+    }
+    for (const track of tracks) {
+      if (track.kind === 'video') {
+        const s = typeof track.getSettings === 'function' ? track.getSettings() : {};
+        this._maxVideoBitrate = videoMaxBitrate(s.width, s.height);
+        this._videoHints = videoBitrateHints(s.width, s.height);
+        const tr = pc.addTransceiver(track, {
+          direction: 'sendonly',
+          streams: [stream],
+          sendEncodings: [{ maxBitrate: this._maxVideoBitrate }],
+        });
+        this._preferCodec(tr, this.options.preferredVideoCodec);
+      } else {
+        pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+      }
+    }
+  }
+
+  _preferCodec(transceiver, preferred) {
+    if (!preferred || typeof transceiver.setCodecPreferences !== 'function') return;
+    const sources = [];
+    if (typeof RTCRtpReceiver !== 'undefined' && RTCRtpReceiver.getCapabilities) {
+      sources.push(RTCRtpReceiver.getCapabilities('video'));
+    }
+    if (typeof RTCRtpSender !== 'undefined' && RTCRtpSender.getCapabilities) {
+      sources.push(RTCRtpSender.getCapabilities('video'));
+    }
+    for (const caps of sources) {
+      const ordered = caps && orderCodecs(caps.codecs, preferred);
+      if (!ordered) continue; // the browser lacks it: keep the default order
+      try {
+        transceiver.setCodecPreferences(ordered);
+        this._preferredCodec = String(preferred).toUpperCase();
+        return;
+      } catch (e) {
+        // Some browsers validate against the other capability list; try it.
+      }
+    }
+  }
+
+  async _applySenderParameters() {
+    for (const t of this._pc.getTransceivers()) {
+      const sender = t.sender;
+      if (!sender || !sender.track || sender.track.kind !== 'video') continue;
+      try {
+        const params = sender.getParameters();
+        params.degradationPreference = 'maintain-resolution';
+        if (!params.encodings || params.encodings.length === 0) params.encodings = [{}];
+        params.encodings[0].maxBitrate = this._maxVideoBitrate;
+        await sender.setParameters(params);
+      } catch (e) {
+        // Not fatal: the browser default still works, only slower to reach HD.
+        console.warn('consulta: setParameters failed', e);
+      }
+    }
+  }
+
+  async _publish() {
+    const pc = this._pc;
+    const offer = await pc.createOffer();
+    await pc.setLocalDescription(offer);
+    const answer = new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new ConsultaError('timeout', 'no answer to our offer from the server')),
+        ANSWER_TIMEOUT_MS,
+      );
+      this._pendingAnswer = {
+        resolve: (m) => {
+          clearTimeout(timer);
+          resolve(m);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+    });
+    this._send({ type: 'offer', sdp: pc.localDescription.sdp });
+    this._offerSent = true;
+    this._flushCandidates();
+    let m;
+    try {
+      m = await answer;
+    } finally {
+      this._pendingAnswer = null;
+    }
+    const sdp = this._mungeRemote(m.sdp);
+    try {
+      await pc.setRemoteDescription({ type: 'answer', sdp });
+    } catch (e) {
+      throw new ConsultaError('negotiation_failed', `cannot apply the server's answer: ${e.message}`, {
+        cause: e,
+      });
+    }
+    await this._applySenderParameters();
+  }
+
+  /** Every remote SDP: HD bitrate hints, and our preferred codec first (see preferVideoCodec). */
+  _mungeRemote(sdp) {
+    const hinted = addVideoBitrateHints(sdp, this._videoHints);
+    return this._preferredCodec ? preferVideoCodec(hinted, this._preferredCodec) : hinted;
+  }
+
+  // ----- peer connection ----------------------------------------------------------------------
+
+  _wirePeerConnection(pc) {
+    pc.onicecandidate = (ev) => {
+      const c = ev.candidate;
+      if (!c || !c.candidate) return;
+      const msg = { type: 'candidate', candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex };
+      if (this._offerSent) this._send(msg);
+      else this._localCandidates.push(msg);
+    };
+    pc.onconnectionstatechange = () => {
+      this.connectionState = pc.connectionState;
+      this._emit('connection-state', pc.connectionState);
+    };
+    pc.ontrack = (ev) => {
+      try {
+        this._attachTransceiver(ev.transceiver, ev.track);
+      } catch (e) {
+        this._clientError(e);
+      }
+    };
+  }
+
+  _flushCandidates() {
+    const queued = this._localCandidates;
+    this._localCandidates = [];
+    for (const msg of queued) this._send(msg);
+  }
+
+  /** Runs negotiation steps strictly one after another; a failed step never blocks later ones. */
+  _enqueue(step) {
+    const run = this._negotiation.then(() => (this.closed ? undefined : step()));
+    this._negotiation = run.catch(() => {});
+    return run;
+  }
+
+  async _handleServerOffer(m) {
+    const map = this._queuedMaps.shift() || midMapOf(m.tracks);
+    const pc = this._pc;
+    if (!pc || this.closed) return;
+    this._midMap = map;
+    await pc.setRemoteDescription({ type: 'offer', sdp: this._mungeRemote(m.sdp) });
+    const answer = await pc.createAnswer();
+    await pc.setLocalDescription(answer);
+    this._send({ type: 'answer', sdp: pc.localDescription.sdp });
+    this._reconcileTracks();
+  }
+
+  /** Maps a transceiver's remote track to its participant; emits 'track' when that changes. */
+  _attachTransceiver(transceiver, track) {
+    const mid = transceiver && transceiver.mid;
+    track = track || (transceiver && transceiver.receiver && transceiver.receiver.track);
+    if (mid == null || !track) return;
+    let entry = this._midMap.get(mid);
+    if (!entry) {
+      // Not in the map being applied: a later offer (already received) may name it.
+      for (const m of this._queuedMaps) {
+        if (m.has(mid)) {
+          entry = m.get(mid);
+          break;
+        }
+      }
+    }
+    if (!entry) return; // the reconcile after the offer that names it will attach it
+    const current = this._attached.get(mid);
+    const participant = this._participant(entry.identity);
+    if (current && current.track === track && current.participant === participant && current.kind === entry.kind) {
+      return;
+    }
+    const kind = entry.kind || track.kind;
+    const old = participant.tracks[kind];
+    if (old && old !== track) {
+      // Two mids for one participant and kind: the first one (still named by the server) keeps
+      // its place, so the participant's stream never flips between copies.
+      for (const [otherMid, a] of this._attached) {
+        if (a.track !== old) continue;
+        const named = this._midMap.get(otherMid);
+        if (otherMid !== mid && named && named.identity === entry.identity && named.kind === kind) return;
+      }
+    }
+    if (current) this._detach(mid);
+    if (old && old !== track) {
+      for (const [otherMid, a] of this._attached) if (a.track === old) this._detach(otherMid);
+    }
+    if (!participant.stream) participant.stream = new MediaStream();
+    participant.tracks[kind] = track;
+    if (!participant.stream.getTracks().includes(track)) participant.stream.addTrack(track);
+    this._attached.set(mid, { participant, kind, track });
+    this._emit('track', { participant, kind, track, stream: participant.stream });
+  }
+
+  _detach(mid) {
+    const a = this._attached.get(mid);
+    if (!a) return;
+    this._attached.delete(mid);
+    const { participant, kind, track } = a;
+    if (participant.tracks[kind] === track) delete participant.tracks[kind];
+    if (participant.stream && participant.stream.getTracks().includes(track)) participant.stream.removeTrack(track);
+    this._emit('track-removed', { participant, kind, track, stream: participant.stream });
+  }
+
+  /** After each applied server offer: attach what the map names, drop what it no longer names. */
+  _reconcileTracks() {
+    const pc = this._pc;
+    if (!pc) return;
+    const receiving = new Set();
+    for (const t of pc.getTransceivers()) {
+      if (t.mid == null) continue;
+      const dir = t.currentDirection;
+      if (this._midMap.has(t.mid) && (dir === 'recvonly' || dir === 'sendrecv')) {
+        receiving.add(t.mid);
+        this._attachTransceiver(t, t.receiver.track);
+      }
+    }
+    for (const mid of [...this._attached.keys()]) if (!receiving.has(mid)) this._detach(mid);
+    // Participants created only because a track named them, and never announced, go away with
+    // their tracks.
+    for (const [identity, p] of this.participants) {
+      if (!this._announced.has(p) && Object.keys(p.tracks).length === 0) this.participants.delete(identity);
+    }
+  }
+
+  /** The participant object for `identity`, created (unannounced) when unknown. */
+  _participant(identity, fields) {
+    let p = this.participants.get(identity);
+    if (!p) {
+      p = {
+        identity,
+        role: null,
+        muted: { audio: false, video: false },
+        published: { audio: false, video: false },
+        tracks: {},
+        stream: null,
+      };
+      this.participants.set(identity, p);
+    }
+    if (fields) {
+      if (fields.role !== undefined) p.role = fields.role;
+      if (fields.muted) p.muted = { audio: !!fields.muted.audio, video: !!fields.muted.video };
+      for (const [k, v] of Object.entries(fields)) {
+        if (!(k in p)) p[k] = v; // forward-compatible extra fields (name, ...)
+      }
+    }
+    return p;
+  }
+
+  // ----- signaling ----------------------------------------------------------------------------
+
+  _send(msg) {
+    const ws = this._ws;
+    if (!ws || ws.readyState !== 1) return false;
+    try {
+      ws.send(JSON.stringify(msg));
+      return true;
+    } catch (e) {
+      return false;
+    }
+  }
+
+  _onMessage(data) {
+    let m;
+    try {
+      m = JSON.parse(data);
+    } catch (e) {
+      this._clientError(new ConsultaError('bad_json', 'the server sent a frame that is not JSON'));
+      return;
+    }
+    if (!m || typeof m.type !== 'string') return;
+    try {
+      this._dispatch(m);
+    } catch (e) {
+      this._clientError(e);
+    }
+  }
+
+  _dispatch(m) {
+    switch (m.type) {
+      case 'joined':
+        if (this._joinWaiter) this._joinWaiter.resolve(m);
+        this._joinWaiter = null;
+        break;
+      case 'answer':
+        if (this._pendingAnswer) this._pendingAnswer.resolve(m);
+        break;
+      case 'offer': {
+        const map = midMapOf(m.tracks);
+        this._queuedMaps.push(map);
+        this._enqueue(() => this._handleServerOffer(m)).catch((e) => {
+          this._clientError(new ConsultaError('negotiation_failed', `server offer: ${e && e.message}`, { cause: e }));
+        });
+        break;
+      }
+      case 'participant-joined': {
+        const info = m.participant || {};
+        if (!info.identity) break;
+        const p = this._participant(info.identity, info);
+        this._announced.add(p);
+        this._emit('participant-joined', p);
+        break;
+      }
+      case 'participant-left': {
+        const p = this.participants.get(m.identity);
+        if (!p) break;
+        this.participants.delete(m.identity);
+        for (const [mid, a] of [...this._attached]) if (a.participant === p) this._detach(mid);
+        p.reason = m.reason ?? null;
+        p.left = true;
+        this._emit('participant-left', p, p.reason);
+        break;
+      }
+      case 'track-published': {
+        const p = this._participant(m.identity);
+        if (m.kind === 'audio' || m.kind === 'video') p.published[m.kind] = true;
+        this._emit('track-published', { participant: p, kind: m.kind });
+        break;
+      }
+      case 'track-unpublished': {
+        const p = this.participants.get(m.identity);
+        if (!p) break;
+        if (m.kind === 'audio' || m.kind === 'video') p.published[m.kind] = false;
+        this._emit('track-unpublished', { participant: p, kind: m.kind });
+        break;
+      }
+      case 'mute': {
+        const p = this.participants.get(m.identity);
+        if (!p || (m.kind !== 'audio' && m.kind !== 'video')) break;
+        p.muted[m.kind] = !!m.muted;
+        this._emit('mute', { participant: p, kind: m.kind, muted: !!m.muted });
+        break;
+      }
+      case 'pong':
+        this.lastPong = Date.now();
+        break;
+      case 'left':
+        if (this._leftWaiter) this._leftWaiter();
+        this._leftWaiter = null;
+        break;
+      case 'error':
+        this._onServerError(m);
+        break;
+      default:
+        break; // newer server message types are ignored
+    }
+  }
+
+  _onServerError(m) {
+    const err = new ConsultaError(m.code || 'unknown', m.message || m.code, { fatal: !!m.fatal });
+    if (this._joinWaiter) {
+      // Any error before `joined` fails connect().
+      this._joinWaiter.reject(err);
+      this._joinWaiter = null;
+      return;
+    }
+    if (this._pendingAnswer && (m.fatal || m.code === 'sdp_invalid' || m.code === 'already_offered')) {
+      this._pendingAnswer.reject(err);
+    }
+    this._emit('error', { code: err.code, message: err.message, fatal: err.fatal });
+    if (m.fatal) this._teardown({ reason: err.code });
+  }
+
+  _onSocketClosed(ev) {
+    const err = new ConsultaError('connection_closed', `signaling closed (${ev.code})`);
+    if (this._joinWaiter) {
+      this._joinWaiter.reject(err);
+      this._joinWaiter = null;
+    }
+    if (this._pendingAnswer) this._pendingAnswer.reject(err);
+    if (this._leftWaiter) this._leftWaiter();
+    if (!this.closed) this._teardown({ reason: 'disconnected' });
+  }
+
+  _clientError(e) {
+    const code = (e && e.code) || 'client_error';
+    const message = (e && e.message) || String(e);
+    console.warn('consulta:', code, message);
+    this._emit('error', { code, message, fatal: false });
+  }
+
+  /** Idempotent cleanup: stop media, close the peer connection and the socket. */
+  _teardown({ reason, silent = false }) {
+    if (this.closed) return;
+    this.closed = true;
+    if (this._pingTimer) clearInterval(this._pingTimer);
+    this._pingTimer = null;
+    if (this._joinWaiter) {
+      this._joinWaiter.reject(new ConsultaError('connection_closed', 'the call closed'));
+      this._joinWaiter = null;
+    }
+    if (this._pendingAnswer) this._pendingAnswer.reject(new ConsultaError('connection_closed', 'the call closed'));
+    if (this._pc) {
+      try {
+        this._pc.close();
+      } catch (e) {
+        /* already closed */
+      }
+    }
+    if (this.localStream && !this.options.localStream) for (const t of this.localStream.getTracks()) t.stop();
+    const ws = this._ws;
+    if (ws && (ws.readyState === 0 || ws.readyState === 1)) {
+      try {
+        ws.close(1000, reason);
+      } catch (e) {
+        /* ignore */
+      }
+    }
+    if (!silent) {
+      if (this.connectionState !== 'closed') {
+        this.connectionState = 'closed';
+        this._emit('connection-state', 'closed');
+      }
+      this._emit('closed', { reason });
+    }
+  }
+}
+
+// ----- pure helpers (exported for tests) ----------------------------------------------------------
+
+/**
+ * Adds x-google start/min/max bitrate parameters (kbit/s) to every VP8/VP9/H264/AV1 payload type
+ * of every video section; adds an a=fmtp line where a codec has none. Existing x-google bitrate
+ * parameters are replaced.
+ */
+export function addVideoBitrateHints(sdp, hints = HD_BITRATE_HINTS) {
+  if (typeof sdp !== 'string' || !sdp) return sdp;
+  const eol = sdp.includes('\r\n') ? '\r\n' : '\n';
+  const lines = sdp.split(/\r?\n/);
+  const trailing = lines.length && lines[lines.length - 1] === '' ? lines.pop() : null;
+  const params = `x-google-start-bitrate=${hints.start};x-google-min-bitrate=${hints.min};x-google-max-bitrate=${hints.max}`;
+  const codecNames = new Set(VIDEO_CODECS.map((c) => c.toUpperCase()));
+  const out = [];
+  // Walk section by section: the session part, then each m= section.
+  let section = [];
+  const flush = () => {
+    if (section.length && /^m=video\s/.test(section[0])) out.push(...hintSection(section, params, codecNames));
+    else out.push(...section);
+    section = [];
+  };
+  for (const line of lines) {
+    if (line.startsWith('m=')) flush();
+    section.push(line);
+  }
+  flush();
+  if (trailing !== null) out.push(trailing);
+  return out.join(eol);
+}
+
+function hintSection(section, params, codecNames) {
+  const pts = new Set();
+  for (const line of section) {
+    const m = /^a=rtpmap:(\d+)\s+([^/\s]+)\//.exec(line);
+    if (m && codecNames.has(m[2].toUpperCase())) pts.add(m[1]);
+  }
+  if (pts.size === 0) return section;
+  const withFmtp = new Set();
+  const out = section.map((line) => {
+    const m = /^a=fmtp:(\d+)(?:\s+(.*))?$/.exec(line);
+    if (!m || !pts.has(m[1])) return line;
+    withFmtp.add(m[1]);
+    const kept = (m[2] || '')
+      .split(';')
+      .map((p) => p.trim())
+      .filter((p) => p && !/^x-google-(start|min|max)-bitrate=/i.test(p));
+    kept.push(params);
+    return `a=fmtp:${m[1]} ${kept.join(';')}`;
+  });
+  const result = [];
+  for (const line of out) {
+    result.push(line);
+    const m = /^a=rtpmap:(\d+)\s/.exec(line);
+    if (m && pts.has(m[1]) && !withFmtp.has(m[1])) result.push(`a=fmtp:${m[1]} ${params}`);
+  }
+  return result;
+}
+
+/**
+ * Moves `codec`'s payload types (each followed by its rtx) to the front of every video m= line.
+ * The first codec of the answer is the one the browser sends, and a server may answer in its own
+ * order rather than the offer's; the server accepted every codec it lists, so sending the
+ * preferred one among them is within the negotiated set. Unchanged when a section lacks it.
+ */
+export function preferVideoCodec(sdp, codec) {
+  if (typeof sdp !== 'string' || !sdp || !codec) return sdp;
+  const want = String(codec).toUpperCase();
+  const eol = sdp.includes('\r\n') ? '\r\n' : '\n';
+  const lines = sdp.split(/\r?\n/);
+  let start = -1;
+  const fix = (from, to) => {
+    if (from < 0 || !/^m=video\s/.test(lines[from])) return;
+    const names = new Map();
+    const apt = new Map(); // rtx pt -> primary pt
+    for (let i = from + 1; i < to; i++) {
+      let m = /^a=rtpmap:(\d+)\s+([^/\s]+)\//.exec(lines[i]);
+      if (m) names.set(m[1], m[2].toUpperCase());
+      m = /^a=fmtp:(\d+)\s+.*\bapt=(\d+)/.exec(lines[i]);
+      if (m) apt.set(m[1], m[2]);
+    }
+    const parts = lines[from].split(' ');
+    const pts = parts.slice(3);
+    const preferred = pts.filter((pt) => names.get(pt) === want);
+    if (preferred.length === 0 || pts[0] === preferred[0]) return;
+    const front = [];
+    for (const pt of preferred) {
+      front.push(pt);
+      for (const [rtx, primary] of apt) if (primary === pt && pts.includes(rtx)) front.push(rtx);
+    }
+    lines[from] = [...parts.slice(0, 3), ...front, ...pts.filter((pt) => !front.includes(pt))].join(' ');
+  };
+  for (let i = 0; i <= lines.length; i++) {
+    if (i === lines.length || lines[i].startsWith('m=')) {
+      fix(start, i);
+      start = i;
+    }
+  }
+  return lines.join(eol);
+}
+
+/**
+ * Returns `codecs` (RTCRtpCodecCapability list) with the `preferred` codec first (its best
+ * profiles first), everything else after in the original order; null when the list lacks it.
+ */
+export function orderCodecs(codecs, preferred) {
+  if (!Array.isArray(codecs) || !preferred) return null;
+  const want = `video/${String(preferred).toLowerCase()}`;
+  const matches = [];
+  const rest = [];
+  codecs.forEach((c, i) => {
+    if (c && typeof c.mimeType === 'string' && c.mimeType.toLowerCase() === want) matches.push({ c, i });
+    else rest.push(c);
+  });
+  if (matches.length === 0) return null;
+  matches.sort((a, b) => profileScore(b.c) - profileScore(a.c) || a.i - b.i);
+  return [...matches.map((m) => m.c), ...rest];
+}
+
+// Most interoperable profile first: H264 constrained baseline with packetization-mode=1,
+// VP9 profile 0.
+function profileScore(c) {
+  const f = (c.sdpFmtpLine || '').toLowerCase();
+  let score = 0;
+  if (c.mimeType.toLowerCase() === 'video/h264') {
+    if (/packetization-mode=1/.test(f)) score += 10;
+    if (/profile-level-id=42e0/.test(f)) score += 5;
+    else if (/profile-level-id=4200/.test(f)) score += 4;
+  } else if (c.mimeType.toLowerCase() === 'video/vp9') {
+    if (!/profile-id=[1-9]/.test(f)) score += 5;
+  }
+  return score;
+}
+
+/** encodings[0].maxBitrate for a camera of this size (bit/s). */
+export function videoMaxBitrate(width, height) {
+  if (!width || !height) return HD_MAX_BITRATE;
+  const scaled = Math.round((HD_MAX_BITRATE * width * height) / HD_PIXELS);
+  return Math.min(MAX_MAX_BITRATE, Math.max(MIN_MAX_BITRATE, scaled));
+}
+
+function videoBitrateHints(width, height) {
+  if (!width || !height || width * height <= HD_PIXELS) return HD_BITRATE_HINTS;
+  const r = (width * height) / HD_PIXELS;
+  const max = Math.round(videoMaxBitrate(width, height) / 1000);
+  return { start: Math.min(max, Math.round(HD_BITRATE_HINTS.start * r)), min: HD_BITRATE_HINTS.min, max };
+}
+
+function midMapOf(tracks) {
+  const map = new Map();
+  for (const t of Array.isArray(tracks) ? tracks : []) {
+    if (t && t.mid != null && t.identity) map.set(String(t.mid), { identity: t.identity, kind: t.kind });
+  }
+  return map;
+}
+
+function num(v) {
+  return typeof v === 'number' ? v : 0;
+}
+
+function defaultUrl() {
+  if (typeof location === 'undefined') throw new ConsultaError('bad_options', 'connect(): `url` is required');
+  return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+}
+
+function reportListenerError(event, e) {
+  console.error(`consulta: a '${event}' listener threw`, e);
+}

@@ -1,0 +1,373 @@
+// End-to-end harness: a real `consulta serve` on loopback, real headless Chromium peers.
+//
+// startServer() writes a config into a fresh temp dir, starts the binary (target/release/consulta,
+// or $CONSULTA_BIN), waits for /healthz and mints tokens with `consulta token`. launchBrowser()
+// starts /usr/bin/chromium (or $CHROMIUM_BIN) with a fake 720p30 camera; each participant is a
+// browser context with its own page, driving the SDK (/sdk/consulta.js) through page.evaluate.
+// Everything is killed at the end, also when a test fails.
+
+import { spawn, execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import dgram from 'node:dgram';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+export const REPO = path.resolve(HERE, '..', '..');
+export const CONSULTA_BIN = process.env.CONSULTA_BIN || path.join(REPO, 'target', 'release', 'consulta');
+export const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+
+const CHROMIUM_ARGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  '--use-fake-device-for-media-stream=fps=30',
+  '--use-fake-ui-for-media-stream',
+  '--allow-loopback-in-peer-connection',
+  '--disable-features=WebRtcHideLocalIpsWithMdns',
+  '--autoplay-policy=no-user-gesture-required',
+];
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `fn` until it returns a truthy value; throws with the last value after `timeout` ms. */
+export async function pollUntil(fn, { timeout = 20_000, interval = 500, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  let lastErr;
+  for (;;) {
+    try {
+      last = await fn();
+      if (last) return last;
+    } catch (e) {
+      lastErr = e;
+    }
+    if (Date.now() > deadline) {
+      const detail = lastErr ? `last error: ${lastErr.message}` : `last value: ${JSON.stringify(last)}`;
+      throw new Error(`timed out after ${timeout} ms waiting for ${what}; ${detail}`);
+    }
+    await sleep(interval);
+  }
+}
+
+// ----- ports ----------------------------------------------------------------------------------------
+
+function freeTcpPort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function udpPortFree(port) {
+  return new Promise((resolve) => {
+    const s = dgram.createSocket('udp4');
+    s.once('error', () => resolve(false));
+    s.bind(port, '127.0.0.1', () => s.close(() => resolve(true)));
+  });
+}
+
+/** A port free for both TCP and UDP on 127.0.0.1 (the server may add ICE-TCP on the media port). */
+async function freeMediaPort(exclude) {
+  for (let i = 0; i < 50; i++) {
+    const port = await freeTcpPort();
+    if (port !== exclude && (await udpPortFree(port))) return port;
+  }
+  throw new Error('no free UDP+TCP port');
+}
+
+// ----- server ---------------------------------------------------------------------------------------
+
+const running = new Set();
+process.on('exit', () => {
+  for (const child of running) {
+    try {
+      child.kill('SIGKILL');
+    } catch {
+      /* already gone */
+    }
+  }
+});
+
+function run(bin, args, { timeout = 15_000 } = {}) {
+  return new Promise((resolve, reject) => {
+    execFile(bin, args, { timeout, encoding: 'utf8' }, (err, stdout, stderr) => {
+      if (err) {
+        err.message += `\n$ ${bin} ${args.join(' ')}\nstdout: ${stdout}\nstderr: ${stderr}`;
+        reject(err);
+      } else resolve({ stdout, stderr });
+    });
+  });
+}
+
+/**
+ * Starts `consulta serve` with a fresh config and data dir. Returns
+ * { httpUrl, wsUrl, dir, configPath, token(opts), stop(), log() }.
+ */
+export async function startServer({ extraConfig = '' } = {}) {
+  if (!fs.existsSync(CONSULTA_BIN)) {
+    throw new Error(`server binary not found at ${CONSULTA_BIN} (build it with cargo build --release, or set CONSULTA_BIN)`);
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-e2e-'));
+  const httpPort = await freeTcpPort();
+  const udpPort = await freeMediaPort(httpPort);
+  const configPath = path.join(dir, 'consulta.toml');
+  fs.writeFileSync(
+    configPath,
+    [
+      `data_dir = ${JSON.stringify(path.join(dir, 'data'))}`,
+      '',
+      '[http]',
+      `listen = "127.0.0.1:${httpPort}"`,
+      '',
+      '[media]',
+      `udp_port = ${udpPort}`,
+      'public_ips = ["127.0.0.1"]',
+      'workers = 2',
+      '',
+      '[auth]',
+      `token_secret = "${randomBytes(32).toString('hex')}"`,
+      '',
+      extraConfig,
+    ].join('\n'),
+  );
+  const logPath = path.join(dir, 'server.log');
+  const logFd = fs.openSync(logPath, 'a');
+  const child = spawn(CONSULTA_BIN, ['serve', '--config', configPath], {
+    stdio: ['ignore', logFd, logFd],
+    env: { RUST_LOG: 'info', ...process.env },
+  });
+  fs.closeSync(logFd);
+  running.add(child);
+  let exited = null;
+  child.on('exit', (code, signal) => {
+    exited = { code, signal };
+    running.delete(child);
+  });
+
+  const httpUrl = `http://127.0.0.1:${httpPort}`;
+  const log = () => (fs.existsSync(logPath) ? fs.readFileSync(logPath, 'utf8') : '');
+  const tail = () => log().split('\n').slice(-40).join('\n');
+
+  const stop = async () => {
+    if (exited) return;
+    child.kill('SIGTERM');
+    const deadline = Date.now() + 5_000;
+    while (!exited && Date.now() < deadline) await sleep(50);
+    if (!exited) child.kill('SIGKILL');
+    while (!exited) await sleep(20);
+  };
+
+  try {
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      if (exited) throw new Error(`server exited early (${JSON.stringify(exited)})`);
+      const ok = await fetch(`${httpUrl}/healthz`, { signal: AbortSignal.timeout(1_000) }).then(
+        (res) => res.status === 200,
+        () => false,
+      );
+      if (ok) break;
+      if (Date.now() > deadline) throw new Error(`${httpUrl}/healthz did not answer 200 within 20 s`);
+      await sleep(100);
+    }
+  } catch (e) {
+    await stop();
+    e.message += `\n--- server log (${logPath}) ---\n${tail()}`;
+    throw e;
+  }
+
+  /** Mints a join token with the CLI. */
+  const token = async ({ room, identity, role, ttl }) => {
+    const args = ['token', '--config', configPath, '--room', room, '--identity', identity, '--role', role];
+    if (ttl !== undefined) args.push('--ttl', String(ttl));
+    const { stdout } = await run(CONSULTA_BIN, args);
+    const lines = stdout.split('\n').map((l) => l.trim()).filter(Boolean);
+    if (lines.length === 0) throw new Error(`consulta token printed nothing for ${identity}`);
+    return lines[lines.length - 1];
+  };
+
+  return {
+    httpUrl,
+    wsUrl: `ws://127.0.0.1:${httpPort}/ws`,
+    httpPort,
+    udpPort,
+    dir,
+    configPath,
+    token,
+    stop,
+    log,
+    tail,
+    get exited() {
+      return exited;
+    },
+  };
+}
+
+// ----- browser --------------------------------------------------------------------------------------
+
+export async function launchBrowser() {
+  const args = [...CHROMIUM_ARGS];
+  if (process.env.CONSULTA_E2E_SDK === 'disk') {
+    // A document fulfilled by Playwright has no address space, so Chromium would treat its
+    // WebSocket to 127.0.0.1 as a public->local request and block it.
+    const i = args.findIndex((a) => a.startsWith('--disable-features='));
+    args[i] += ',LocalNetworkAccessChecks';
+  }
+  return chromium.launch({ executablePath: CHROMIUM_BIN, headless: true, args });
+}
+
+/**
+ * One participant: a fresh browser context (camera/microphone granted) on the server's origin.
+ * `join(opts)` connects through the SDK; the call lives on window.call, its events in
+ * window.events.
+ */
+export async function openParticipant(browser, server, name) {
+  const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
+  if (process.env.CONSULTA_E2E_SDK === 'disk') {
+    // Test the SDK and demo in this work tree rather than the copies compiled into the binary.
+    const client = path.join(REPO, 'signaling', 'client');
+    await context.route('**/sdk/consulta.js', (route) =>
+      route.fulfill({ path: path.join(client, 'consulta.js'), contentType: 'text/javascript' }),
+    );
+    await context.route(/\/demo(\?.*)?$/, (route) =>
+      route.fulfill({ path: path.join(client, 'demo.html'), contentType: 'text/html' }),
+    );
+  }
+  const page = await context.newPage();
+  const logs = [];
+  page.on('console', (m) => logs.push(`[${name}] ${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => logs.push(`[${name}] pageerror: ${e.message}`));
+  // The demo page without a token is a small form: an origin that serves the SDK as a module.
+  await page.goto(`${server.httpUrl}/demo`);
+
+  const participant = {
+    name,
+    context,
+    page,
+    logs,
+    /** Connects; returns {ok:true, participant, participants} or {ok:false, code, message, name}. */
+    join: (opts) => page.evaluate(joinInPage, { url: server.wsUrl, ...opts }),
+    stats: () => page.evaluate(() => window.call.stats()),
+    events: (type) => page.evaluate((t) => window.events.filter((e) => !t || e.type === t), type ?? null),
+    participants: () =>
+      page.evaluate(() =>
+        [...window.call.participants.values()].map((p) => ({
+          identity: p.identity,
+          role: p.role,
+          muted: p.muted,
+          tracks: Object.keys(p.tracks),
+        })),
+      ),
+    evaluate: (fn, arg) => page.evaluate(fn, arg),
+    leave: () => page.evaluate(() => window.call.leave()),
+    close: async () => {
+      await context.close().catch(() => {});
+    },
+  };
+  return participant;
+}
+
+// Runs in the page.
+async function joinInPage(opts) {
+  const { connect, ConsultaError } = await import('/sdk/consulta.js');
+  window.events = window.events || [];
+  const record = (e) => window.events.push({ t: Date.now(), ...e });
+  try {
+    const call = await connect(opts);
+    window.call = call;
+    call.on('participant-joined', (p) => record({ type: 'participant-joined', identity: p.identity, role: p.role }));
+    call.on('participant-left', (p, reason) =>
+      record({ type: 'participant-left', identity: p.identity, reason }),
+    );
+    call.on('track', ({ participant, kind, stream }) =>
+      record({ type: 'track', identity: participant.identity, kind, streamTracks: stream.getTracks().length }),
+    );
+    call.on('mute', ({ participant, kind, muted }) =>
+      record({ type: 'mute', identity: participant.identity, kind, muted }),
+    );
+    call.on('error', (e) => record({ type: 'error', code: e.code, fatal: e.fatal, message: e.message }));
+    call.on('closed', (e) => record({ type: 'closed', reason: e.reason }));
+    call.on('connection-state', (s) => record({ type: 'connection-state', state: s }));
+    return {
+      ok: true,
+      participant: call.participant,
+      participants: [...call.participants.values()].map((p) => ({ identity: p.identity, role: p.role })),
+    };
+  } catch (e) {
+    return {
+      ok: false,
+      code: e && e.code,
+      message: e && e.message,
+      isConsultaError: e instanceof ConsultaError,
+    };
+  }
+}
+
+// ----- media assertions -----------------------------------------------------------------------------
+
+/** The inbound entries of `kind` from `from` in one stats sample. */
+export function inboundFrom(stats, from, kind) {
+  return stats.inbound.filter((s) => s.participant === from && s.kind === kind);
+}
+
+/**
+ * Waits until `who` decodes video from `from` that satisfies `check` (e.g. 1280x720) and whose
+ * framesDecoded grows between two samples. Returns {first, second, stats}.
+ */
+export async function waitForVideo(who, from, { width, height, codec, timeout = 20_000 } = {}) {
+  const ok = (s) =>
+    s.framesDecoded > 0 &&
+    (width === undefined || s.frameWidth === width) &&
+    (height === undefined || s.frameHeight === height) &&
+    (codec === undefined || s.codec === codec);
+  const first = await pollUntil(
+    async () => inboundFrom(await who.stats(), from, 'video').find(ok),
+    { timeout, what: `${who.name} to decode video from ${from} (${width ?? '*'}x${height ?? '*'} ${codec ?? ''})` },
+  );
+  let stats;
+  const second = await pollUntil(
+    async () => {
+      stats = await who.stats();
+      return inboundFrom(stats, from, 'video').find((s) => s.mid === first.mid && ok(s) && s.framesDecoded > first.framesDecoded);
+    },
+    { timeout: 10_000, what: `${who.name}'s framesDecoded from ${from} to grow past ${first.framesDecoded}` },
+  );
+  return { first, second, stats };
+}
+
+/** Waits until `who` receives audio from `from` whose bytesReceived grows between two samples. */
+export async function waitForAudio(who, from, { timeout = 20_000 } = {}) {
+  const first = await pollUntil(
+    async () => inboundFrom(await who.stats(), from, 'audio').find((s) => s.bytesReceived > 0),
+    { timeout, what: `${who.name} to receive audio from ${from}` },
+  );
+  const second = await pollUntil(
+    async () =>
+      inboundFrom(await who.stats(), from, 'audio').find(
+        (s) => s.mid === first.mid && s.bytesReceived > first.bytesReceived,
+      ),
+    { timeout: 10_000, what: `${who.name}'s audio bytes from ${from} to grow past ${first.bytesReceived}` },
+  );
+  return { first, second };
+}
+
+/** Closes participants, printing their console logs when the test failed. */
+export async function closeAll(participants, { failed = false } = {}) {
+  for (const p of participants) {
+    if (!p) continue;
+    if (failed && p.logs.length) console.error(p.logs.slice(-30).join('\n'));
+    await p.close();
+  }
+}

@@ -1,0 +1,143 @@
+// The SDK's pure helpers (SDP bitrate hints, codec ordering, bitrate scaling), run under Node:
+// the module touches no browser global at import time. Needs neither server nor browser.
+
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import {
+  addVideoBitrateHints,
+  orderCodecs,
+  preferVideoCodec,
+  version,
+  videoMaxBitrate,
+} from '../../signaling/client/consulta.js';
+
+const HINTS = 'x-google-start-bitrate=1500;x-google-min-bitrate=600;x-google-max-bitrate=2500';
+
+const ANSWER = [
+  'v=0',
+  'o=- 1 2 IN IP4 127.0.0.1',
+  's=-',
+  't=0 0',
+  'a=group:BUNDLE 0 1',
+  'm=audio 9 UDP/TLS/RTP/SAVPF 111',
+  'c=IN IP4 0.0.0.0',
+  'a=mid:0',
+  'a=rtpmap:111 opus/48000/2',
+  'a=fmtp:111 minptime=10;useinbandfec=1',
+  'm=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103 45',
+  'c=IN IP4 0.0.0.0',
+  'a=mid:1',
+  'a=rtpmap:96 VP8/90000',
+  'a=rtcp-fb:96 nack',
+  'a=rtpmap:97 rtx/90000',
+  'a=fmtp:97 apt=96',
+  'a=rtpmap:102 H264/90000',
+  'a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f;x-google-max-bitrate=800',
+  'a=rtpmap:103 rtx/90000',
+  'a=fmtp:103 apt=102',
+  'a=rtpmap:45 AV1/90000',
+  'a=fmtp:45 ',
+  '',
+].join('\r\n');
+
+describe('addVideoBitrateHints', () => {
+  const out = addVideoBitrateHints(ANSWER);
+  const lines = out.split('\r\n');
+
+  it('adds an fmtp line to a video codec that has none, right after its rtpmap', () => {
+    const i = lines.indexOf('a=rtpmap:96 VP8/90000');
+    assert.equal(lines[i + 1], `a=fmtp:96 ${HINTS}`);
+  });
+
+  it('appends to existing fmtp lines and replaces earlier x-google bitrates', () => {
+    assert.ok(
+      lines.includes(`a=fmtp:102 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f;${HINTS}`),
+    );
+    assert.ok(lines.includes(`a=fmtp:45 ${HINTS}`), 'an empty fmtp gets the hints');
+  });
+
+  it('leaves rtx, audio and the session part alone, and keeps CRLF and the final newline', () => {
+    assert.ok(lines.includes('a=fmtp:97 apt=96'));
+    assert.ok(lines.includes('a=fmtp:103 apt=102'));
+    assert.ok(lines.includes('a=fmtp:111 minptime=10;useinbandfec=1'));
+    assert.ok(out.endsWith('\r\n'));
+    assert.equal(out.split('\n').length, ANSWER.split('\n').length + 1, 'exactly one line added');
+    assert.equal(lines.filter((l) => l.includes('x-google-start-bitrate')).length, 3);
+  });
+
+  it('is idempotent', () => {
+    assert.equal(addVideoBitrateHints(out), out);
+  });
+
+  it('scales with custom hints', () => {
+    const big = addVideoBitrateHints(ANSWER, { start: 3375, min: 600, max: 5625 });
+    assert.match(big, /a=fmtp:96 x-google-start-bitrate=3375;x-google-min-bitrate=600;x-google-max-bitrate=5625/);
+  });
+});
+
+describe('preferVideoCodec', () => {
+  it('moves the codec and its rtx to the front of the video m= line only', () => {
+    const out = preferVideoCodec(ANSWER, 'H264');
+    assert.ok(out.includes('\r\nm=video 9 UDP/TLS/RTP/SAVPF 102 103 96 97 45\r\n'), out);
+    assert.ok(out.includes('\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n'));
+    assert.equal(out.length, ANSWER.length, 'only the order changes');
+  });
+
+  it('leaves the SDP unchanged when the codec is first, absent, or not asked for', () => {
+    assert.equal(preferVideoCodec(ANSWER, 'VP8'), ANSWER);
+    assert.equal(preferVideoCodec(ANSWER, 'VP9'), ANSWER);
+    assert.equal(preferVideoCodec(ANSWER, undefined), ANSWER);
+  });
+
+  it('matches case-insensitively and handles AV1 without rtx', () => {
+    assert.ok(preferVideoCodec(ANSWER, 'av1').includes('m=video 9 UDP/TLS/RTP/SAVPF 45 96 97 102 103\r\n'));
+  });
+});
+
+describe('orderCodecs', () => {
+  const caps = [
+    { mimeType: 'video/VP8', clockRate: 90000 },
+    { mimeType: 'video/rtx', clockRate: 90000 },
+    { mimeType: 'video/VP9', clockRate: 90000, sdpFmtpLine: 'profile-id=2' },
+    { mimeType: 'video/VP9', clockRate: 90000, sdpFmtpLine: 'profile-id=0' },
+    { mimeType: 'video/H264', clockRate: 90000, sdpFmtpLine: 'level-asymmetry-allowed=1;packetization-mode=0;profile-level-id=42e01f' },
+    { mimeType: 'video/H264', clockRate: 90000, sdpFmtpLine: 'level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f' },
+    { mimeType: 'video/H264', clockRate: 90000, sdpFmtpLine: 'level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f' },
+    { mimeType: 'video/AV1', clockRate: 90000 },
+    { mimeType: 'video/red', clockRate: 90000 },
+  ];
+
+  it('puts H264 first, constrained baseline with packetization-mode=1 before the rest', () => {
+    const out = orderCodecs(caps, 'H264');
+    assert.equal(out.length, caps.length, 'nothing dropped (rtx, red stay)');
+    assert.deepEqual(
+      out.slice(0, 3).map((c) => c.sdpFmtpLine.match(/packetization-mode=(\d);profile-level-id=(\w+)/).slice(1).join('/')),
+      ['1/42e01f', '1/4d001f', '0/42e01f'],
+    );
+    assert.deepEqual(out.slice(3).map((c) => c.mimeType), ['video/VP8', 'video/rtx', 'video/VP9', 'video/VP9', 'video/AV1', 'video/red']);
+  });
+
+  it('puts VP9 profile 0 first; matches case-insensitively', () => {
+    const out = orderCodecs(caps, 'vp9');
+    assert.deepEqual(out.slice(0, 2).map((c) => c.sdpFmtpLine), ['profile-id=0', 'profile-id=2']);
+  });
+
+  it('returns null when the browser lacks the codec (keep the default order)', () => {
+    assert.equal(orderCodecs(caps.filter((c) => c.mimeType !== 'video/AV1'), 'AV1'), null);
+    assert.equal(orderCodecs(caps, undefined), null);
+  });
+});
+
+describe('videoMaxBitrate', () => {
+  it('is 2.5 Mbit/s at 720p and scales with pixels', () => {
+    assert.equal(videoMaxBitrate(1280, 720), 2_500_000);
+    assert.equal(videoMaxBitrate(1920, 1080), 5_625_000);
+    assert.equal(videoMaxBitrate(640, 360), 625_000);
+    assert.equal(videoMaxBitrate(160, 90), 300_000, 'floor');
+    assert.equal(videoMaxBitrate(undefined, undefined), 2_500_000);
+  });
+
+  it('exports a version string', () => {
+    assert.match(version, /^\d+\.\d+\.\d+/);
+  });
+});
