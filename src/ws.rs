@@ -206,14 +206,7 @@ async fn on_client(
                 events: tx,
             };
             if state.sfu.send(lease.worker(), Command::Join(req)).is_err() {
-                let _ = send(
-                    sink,
-                    &ServerMessage::error(
-                        ErrorCode::ServerBusy,
-                        "the media server is overloaded; try again",
-                    ),
-                )
-                .await;
+                let _ = send(sink, &busy()).await;
                 return Flow::Close;
             }
             tracing::debug!(peer, "join accepted");
@@ -260,14 +253,7 @@ async fn on_client(
                 }
             };
             if state.sfu.send(j.lease.worker(), cmd).is_err() {
-                let _ = send(
-                    sink,
-                    &ServerMessage::error(
-                        ErrorCode::ServerBusy,
-                        "the media server is overloaded; try again",
-                    ),
-                )
-                .await;
+                let _ = send(sink, &busy()).await;
                 return Flow::Close;
             }
             Flow::Continue
@@ -291,6 +277,13 @@ fn leave(state: &AppState, j: &Joined, reason: LeaveReason) {
         }
         tracing::error!(peer, "could not deliver a leave to the media worker");
     });
+}
+
+fn busy() -> ServerMessage {
+    ServerMessage::error(
+        ErrorCode::ServerBusy,
+        "the media server is overloaded; try again",
+    )
 }
 
 fn flow<E>(r: Result<(), E>) -> Flow {

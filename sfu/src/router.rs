@@ -87,28 +87,20 @@ impl<W: Wire> RouterHost<W> {
         self.counters.packets_in += 1;
         self.counters.bytes_in += data.len() as u64;
         let destination = self.advertised[0];
-        if let Some(t) = self.transports.get_mut(&peer) {
-            if let Ok(contents) = data.try_into() {
-                let input = Input::Receive(
-                    at,
-                    Receive {
-                        proto: Protocol::Udp,
-                        source,
-                        destination,
-                        contents,
-                    },
-                );
-                let io = &mut Io {
-                    wire: &self.wire,
-                    counters: &mut self.counters,
-                    outbox: &mut self.outbox,
-                };
-                guarded(t, io, |t, io| {
-                    t.rtc.handle_input(input)?;
-                    t.drain(io)
-                });
-                schedule(&mut self.timers, t);
-            }
+        if let Ok(contents) = data.try_into() {
+            let input = Input::Receive(
+                at,
+                Receive {
+                    proto: Protocol::Udp,
+                    source,
+                    destination,
+                    contents,
+                },
+            );
+            self.drive(peer, |t, io| {
+                t.rtc.handle_input(input)?;
+                t.drain(io)
+            });
         }
         self.process_outbox();
     }
@@ -126,16 +118,10 @@ impl<W: Wire> RouterHost<W> {
                 continue; // superseded by an earlier deadline that already fired
             }
             tr.scheduled = far_future(now);
-            let io = &mut Io {
-                wire: &self.wire,
-                counters: &mut self.counters,
-                outbox: &mut self.outbox,
-            };
-            guarded(tr, io, |tr, io| {
+            self.drive(id, |tr, io| {
                 tr.rtc.handle_input(Input::Timeout(now))?;
                 tr.drain(io)
             });
-            schedule(&mut self.timers, tr);
         }
         self.process_outbox();
     }
@@ -147,20 +133,11 @@ impl<W: Wire> RouterHost<W> {
             Command::Answer { peer, sdp } => self.answer(peer, &sdp),
             Command::Candidate { peer, candidate } => {
                 let line = candidate.strip_prefix("a=").unwrap_or(&candidate);
-                if let (Some(t), Ok(c)) = (
-                    self.transports.get_mut(&peer),
-                    Candidate::from_sdp_string(line),
-                ) {
-                    let io = &mut Io {
-                        wire: &self.wire,
-                        counters: &mut self.counters,
-                        outbox: &mut self.outbox,
-                    };
-                    guarded(t, io, |t, io| {
+                if let Ok(c) = Candidate::from_sdp_string(line) {
+                    self.drive(peer, |t, io| {
                         t.rtc.add_remote_candidate(c);
                         t.drain(io)
                     });
-                    schedule(&mut self.timers, t);
                 }
             }
             Command::Mute { peer, kind, muted } => {
@@ -334,17 +311,14 @@ impl<W: Wire> RouterHost<W> {
             );
             return;
         }
-        let io = &mut Io {
-            wire: &self.wire,
-            counters: &mut self.counters,
-            outbox: &mut self.outbox,
-        };
-        let answer = guarded(t, io, |t, io| {
+        let answer = self.drive(peer, |t, io| {
             let r = t.accept_offer(sdp);
             t.drain(io)?;
             Ok(r)
         });
-        schedule(&mut self.timers, t);
+        let Some(t) = self.transports.get(&peer) else {
+            return;
+        };
         match answer {
             Some(Ok(sdp)) => t.emit(ServerMessage::Answer { sdp }, &mut self.outbox),
             Some(Err(msg)) => {
@@ -395,17 +369,14 @@ impl<W: Wire> RouterHost<W> {
             );
             return;
         }
-        let io = &mut Io {
-            wire: &self.wire,
-            counters: &mut self.counters,
-            outbox: &mut self.outbox,
-        };
-        let result = guarded(t, io, |t, io| {
+        let result = self.drive(peer, |t, io| {
             let r = t.accept_answer(sdp);
             t.drain(io)?;
             Ok(r)
         });
-        schedule(&mut self.timers, t);
+        let Some(t) = self.transports.get_mut(&peer) else {
+            return;
+        };
         match result {
             Some(Ok(())) => {}
             Some(Err((false, msg))) => {
@@ -485,20 +456,41 @@ impl<W: Wire> RouterHost<W> {
     }
 
     fn negotiate(&mut self, peer: PeerId) {
-        if let Some(t) = self.transports.get_mut(&peer) {
-            let io = &mut Io {
-                wire: &self.wire,
-                counters: &mut self.counters,
-                outbox: &mut self.outbox,
-            };
-            guarded(t, io, |t, io| {
-                if t.negotiate(io.outbox) {
-                    t.drain(io)?;
-                }
-                Ok(())
-            });
-            schedule(&mut self.timers, t);
-        }
+        self.drive(peer, |t, io| {
+            if t.negotiate(io.outbox) {
+                t.drain(io)?;
+            }
+            Ok(())
+        });
+    }
+
+    /// Runs one mutation of a participant's `Rtc` and drains it: a panic or error is isolated to
+    /// that participant, and its next deadline is scheduled. `None` if it failed or is gone.
+    fn drive<R>(
+        &mut self,
+        peer: PeerId,
+        f: impl FnOnce(&mut Transport, &mut Io<W>) -> Result<R, str0m::RtcError>,
+    ) -> Option<R> {
+        let t = self.transports.get_mut(&peer)?;
+        let io = &mut Io {
+            wire: &self.wire,
+            counters: &mut self.counters,
+            outbox: &mut self.outbox,
+        };
+        let r = guarded(t, io, f);
+        schedule(&mut self.timers, t);
+        r
+    }
+
+    /// Sends a PLI for one of `publisher`'s tracks.
+    fn send_keyframe_request(&mut self, publisher: PeerId, mid: Mid) {
+        self.counters.keyframe_requests_sent += 1;
+        self.drive(publisher, |t, io| {
+            if let Some(rx) = t.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+            t.drain(io)
+        });
     }
 
     /// Removes a participant: its consumers elsewhere are stopped and the room is told.
@@ -698,12 +690,7 @@ impl<W: Wire> RouterHost<W> {
             self.counters.keyframe_requests_throttled += 1;
             return;
         }
-        self.counters.keyframe_requests_sent += 1;
-        send_keyframe_request(t, mid, &self.wire, &mut self.counters, &mut self.outbox);
-        schedule(
-            &mut self.timers,
-            self.transports.get_mut(&publisher).expect("exists"),
-        );
+        self.send_keyframe_request(publisher, mid);
     }
 
     /// Sends one RTP packet of `src` to every consumer of its track.
@@ -821,11 +808,7 @@ impl<W: Wire> RouterHost<W> {
             }
         }
         for (peer, mid) in due {
-            if let Some(t) = self.transports.get_mut(&peer) {
-                self.counters.keyframe_requests_sent += 1;
-                send_keyframe_request(t, mid, &self.wire, &mut self.counters, &mut self.outbox);
-                schedule(&mut self.timers, t);
-            }
+            self.send_keyframe_request(peer, mid);
         }
         // Subscribers still waiting for a keyframe ask again, once a second, once connected.
         let mut waiting: Vec<(PeerId, Mid)> = Vec::new();
@@ -866,26 +849,6 @@ impl<W: Wire> RouterHost<W> {
     pub fn next_deadline(&self) -> Option<Instant> {
         self.timers.peek().map(|Reverse((t, _))| *t)
     }
-}
-
-fn send_keyframe_request<W: Wire>(
-    t: &mut Transport,
-    mid: Mid,
-    wire: &W,
-    counters: &mut LocalCounters,
-    outbox: &mut Outbox,
-) {
-    let io = &mut Io {
-        wire,
-        counters,
-        outbox,
-    };
-    guarded(t, io, |t, io| {
-        if let Some(rx) = t.rtc.direct_api().stream_rx_by_mid(mid, None) {
-            rx.request_keyframe(KeyframeRequestKind::Pli);
-        }
-        t.drain(io)
-    });
 }
 
 /// Registers the transport's newest deadline if it is earlier than the one already queued.
