@@ -22,6 +22,7 @@ pub struct Config {
     pub media: MediaConfig,
     pub auth: AuthConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +58,14 @@ pub struct AuthConfig {
     pub token_ttl: u64,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A separate listener for `/metrics` (e.g. "127.0.0.1:9090"). Unset: `/metrics` is served on
+    /// the HTTP listener.
+    pub listen: Option<SocketAddr>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
@@ -74,6 +83,7 @@ impl Default for Config {
             media: MediaConfig::default(),
             auth: AuthConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -117,7 +127,7 @@ impl Default for LogConfig {
 }
 
 /// Sections whose keys the environment may set, and the top-level keys.
-const SECTIONS: &[&str] = &["http", "media", "auth", "log"];
+const SECTIONS: &[&str] = &["http", "media", "auth", "log", "metrics"];
 const TOP_LEVEL: &[&str] = &["data_dir"];
 /// Environment variables that are not config keys.
 const NOT_KEYS: &[&str] = &["CONSULTA_CONFIG", "CONSULTA_BIN"];
@@ -258,6 +268,7 @@ fn optional_keys(section: &str) -> &'static [&'static str] {
     match section {
         "media" => &["bind_ip"],
         "auth" => &["token_secret"],
+        "metrics" => &["listen"],
         _ => &[],
     }
 }
@@ -405,7 +416,7 @@ mod tests {
     fn every_env_name_is_accepted() {
         for name in Config::env_names() {
             let value = match name.as_str() {
-                "CONSULTA_HTTP_LISTEN" => "127.0.0.1:1",
+                "CONSULTA_HTTP_LISTEN" | "CONSULTA_METRICS_LISTEN" => "127.0.0.1:1",
                 "CONSULTA_MEDIA_PUBLIC_IPS" | "CONSULTA_MEDIA_BIND_IP" => "127.0.0.1",
                 "CONSULTA_LOG_FORMAT" => "json",
                 "CONSULTA_LOG_LEVEL" => "debug",

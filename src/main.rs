@@ -5,6 +5,7 @@
 //! configuration. Errors reach the user here as `anyhow` chains with a non-zero exit.
 
 mod config;
+mod metrics;
 mod server;
 mod ws;
 
@@ -65,6 +66,9 @@ struct ServeArgs {
     /// Log format: text or json ([log] format).
     #[arg(long)]
     log_format: Option<String>,
+    /// Serve /metrics on its own listener ([metrics] listen).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -130,6 +134,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(v) = args.log_format {
                 cfg.log.format = v;
+            }
+            if let Some(v) = args.metrics_listen {
+                cfg.metrics.listen = Some(v);
             }
             cfg.validate()?;
             init_logging(&cfg);

@@ -29,6 +29,7 @@ pub struct AppState {
     pub token_secret: Arc<Vec<u8>>,
     /// Flips to true on SIGTERM/ctrl-c: sessions end so the listener can drain.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub started: std::time::Instant,
 }
 
 impl AppState {
@@ -62,8 +63,31 @@ pub async fn serve(cfg: Config) -> Result<()> {
         sfu: sfu.handle(),
         token_secret,
         shutdown: stop_rx,
+        started: std::time::Instant::now(),
     };
-    let app = router(state);
+    let mut app = router(state.clone());
+    match cfg.metrics.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+            let metrics_app = Router::new()
+                .route("/metrics", get(metrics))
+                .with_state(state);
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, metrics_app).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
+        None => {
+            app = app.merge(
+                Router::new()
+                    .route("/metrics", get(metrics))
+                    .with_state(state),
+            )
+        }
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
@@ -105,6 +129,18 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
         ],
+        body,
+    )
+        .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let body = crate::metrics::render(&state.sfu.stats(), state.started);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         body,
     )
         .into_response()

@@ -61,6 +61,7 @@ enum Flow {
 }
 
 pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<String>) {
+    let _open = crate::metrics::WsGuard::open();
     let (mut sink, mut stream) = socket.split();
     let started = Instant::now();
     let mut last_seen = Instant::now();
@@ -298,5 +299,8 @@ async fn send<S: SinkExt<Message> + Unpin>(
     sink: &mut S,
     msg: &ServerMessage,
 ) -> Result<(), S::Error> {
+    if let ServerMessage::Error { code, .. } = msg {
+        crate::metrics::SIGNALING.error_sent(*code);
+    }
     sink.send(Message::Text(msg.to_json().into())).await
 }

@@ -24,7 +24,7 @@ use str0m::{Candidate, Input};
 
 use crate::demux::DemuxUpdate;
 use crate::forwarder::{gates_on_keyframes, is_keyframe_start, KeyframeThrottle, PtMap, Verdict};
-use crate::stats::LocalCounters;
+use crate::stats::{codec_index, LocalCounters, TrackCounts};
 use crate::transport::{
     far_future, track_kind, Consumer, ConsumerState, Fault, Io, Outbox, Producer, Transport, Wire,
     KEYFRAME_INTERVAL,
@@ -78,6 +78,30 @@ impl<W: Wire> RouterHost<W> {
 
     pub fn participants(&self) -> usize {
         self.transports.len()
+    }
+
+    /// Producers and consumers now, by direction, kind and codec.
+    pub(crate) fn track_counts(&self) -> TrackCounts {
+        let mut t = TrackCounts::default();
+        let kind = |k: MediaKind| usize::from(k == MediaKind::Video);
+        for tr in self.transports.values() {
+            for p in &tr.producers {
+                t[0][kind(p.kind)][codec_index(p.codec)] += 1;
+            }
+            for c in tr
+                .consumers
+                .iter()
+                .filter(|c| c.state == ConsumerState::Active)
+            {
+                let codec = self
+                    .transports
+                    .get(&c.source)
+                    .and_then(|s| s.producers.iter().find(|p| p.mid == c.source_mid))
+                    .and_then(|p| p.codec);
+                t[1][kind(c.kind)][codec_index(codec)] += 1;
+            }
+        }
+        t
     }
 
     // ---- inputs -------------------------------------------------------------------------
@@ -651,6 +675,8 @@ impl<W: Wire> RouterHost<W> {
             ssrc: None,
             codecs,
             throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL),
+            codec: None,
+            feedback: (0, 0, 0),
         });
         let (room, identity) = (t.room, t.identity.clone());
         let others: Vec<PeerId> = self
@@ -713,10 +739,13 @@ impl<W: Wire> RouterHost<W> {
                 i
             }
         };
-        let producer = &t.producers[idx];
+        let producer = &mut t.producers[idx];
         let (mid, kind) = (producer.mid, producer.kind);
         let pt = *pkt.header.payload_type;
         let codec = producer.codecs[usize::from(pt & 0x7F)];
+        if producer.codec.is_none() {
+            producer.codec = codec;
+        }
         let keyframe = match codec {
             Some(c) if gates_on_keyframes(c) => is_keyframe_start(c, &pkt.payload),
             _ => true,

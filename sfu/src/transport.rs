@@ -21,11 +21,14 @@ use str0m::{Candidate, Event, IceConnectionState, Output, Rtc, RtcError};
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::forwarder::{Forwarder, KeyframeThrottle, PtMap};
-use crate::stats::LocalCounters;
+use crate::stats::{LocalCounters, CONNECT_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS};
 use crate::{PeerEvent, PeerId};
 
 /// Minimum spacing of keyframe requests to one publisher track.
 pub(crate) const KEYFRAME_INTERVAL: std::time::Duration = std::time::Duration::from_millis(400);
+
+/// How often str0m reports per-stream statistics (loss, RTT, jitter, feedback counts).
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a transport is closed by the worker itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +72,10 @@ pub(crate) struct Producer {
     /// Codec by payload type, from the negotiated parameters.
     pub codecs: [Option<Codec>; 128],
     pub throttle: KeyframeThrottle,
+    /// The codec of the first packet (for the track gauges).
+    pub codec: Option<Codec>,
+    /// Last cumulative RTCP feedback counts sent upstream: (nacks, plis, firs).
+    pub feedback: (u64, u64, u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +104,8 @@ pub(crate) struct Consumer {
     pub pts: PtMap,
     /// When the housekeeping last asked the publisher for a keyframe for this consumer.
     pub asked_keyframe: Option<Instant>,
+    /// Last cumulative RTCP feedback counts from the subscriber: (nacks, plis, firs).
+    pub feedback: (u64, u64, u64),
 }
 
 impl Consumer {
@@ -113,6 +122,7 @@ impl Consumer {
             forwarder: Forwarder::new(kind == MediaKind::Video, first),
             pts: PtMap::default(),
             asked_keyframe: None,
+            feedback: (0, 0, 0),
         }
     }
 }
@@ -144,6 +154,7 @@ pub(crate) struct Transport {
     pub next_timeout: Instant,
     /// ICE and DTLS are up.
     pub connected: bool,
+    created: Instant,
 }
 
 /// Where transmits go: the worker's UDP socket, or memory in tests and benchmarks.
@@ -177,6 +188,7 @@ impl Transport {
         let mut rtc = Rtc::builder()
             .set_ice_lite(true)
             .set_rtp_mode(true)
+            .set_stats_interval(Some(STATS_INTERVAL))
             .build(now);
         for addr in advertised {
             let c = Candidate::host(*addr, "udp")
@@ -200,6 +212,7 @@ impl Transport {
             scheduled: far_future(now),
             next_timeout: now,
             connected: false,
+            created: now,
         })
     }
 
@@ -353,12 +366,14 @@ impl Transport {
                     return Ok(());
                 }
                 Output::Transmit(t) => send(io, &t),
-                Output::Event(e) => self.on_event(e, io.outbox),
+                Output::Event(e) => self.on_event(e, io),
             }
         }
     }
 
-    fn on_event(&mut self, e: Event, outbox: &mut Outbox) {
+    fn on_event<W: Wire>(&mut self, e: Event, io: &mut Io<W>) {
+        let outbox = &mut *io.outbox;
+        let c = &mut *io.counters;
         match e {
             Event::RtpPacket(p) => outbox.rtp.push((self.id, p)),
             Event::KeyframeRequest(r) => outbox.keyframe_requests.push((self.id, r.mid)),
@@ -367,11 +382,55 @@ impl Transport {
                     outbox.media_added.push((self.id, m.mid, m.kind));
                 }
             }
-            Event::Connected => outbox.connected.push(self.id),
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+            Event::Connected => {
+                c.ice_connected += 1;
+                c.time_to_connect
+                    .observe_duration(&CONNECT_BUCKETS, self.created.elapsed());
+                outbox.connected.push(self.id);
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) | Event::Closed => {
+                c.ice_disconnected += 1;
                 outbox.faults.push((self.id, Fault::Disconnected))
             }
-            Event::Closed => outbox.faults.push((self.id, Fault::Disconnected)),
+            Event::MediaIngressStats(s) => {
+                let Some(p) = self.producers.iter_mut().find(|p| p.mid == s.mid) else {
+                    return;
+                };
+                let (n, pl, f) = p.feedback;
+                c.nacks_to_publishers += s.nacks.saturating_sub(n);
+                c.plis_to_publishers += s.plis.saturating_sub(pl);
+                c.firs_to_publishers += s.firs.saturating_sub(f);
+                p.feedback = (s.nacks, s.plis, s.firs);
+                if let Some(loss) = s.loss {
+                    c.loss_ingress.observe(&LOSS_BUCKETS, f64::from(loss));
+                }
+                if let Some(rtt) = s.rtt {
+                    c.rtt.observe_duration(&RTT_BUCKETS, rtt);
+                }
+                let clock = if p.kind == MediaKind::Audio {
+                    48_000.0
+                } else {
+                    90_000.0
+                };
+                c.jitter
+                    .observe(&JITTER_BUCKETS, f64::from(s.jitter) / clock);
+            }
+            Event::MediaEgressStats(s) => {
+                let Some(k) = self.consumers.iter_mut().find(|k| k.mid == Some(s.mid)) else {
+                    return;
+                };
+                let (n, pl, f) = k.feedback;
+                c.nacks_from_subscribers += s.nacks.saturating_sub(n);
+                c.plis_from_subscribers += s.plis.saturating_sub(pl);
+                c.firs_from_subscribers += s.firs.saturating_sub(f);
+                k.feedback = (s.nacks, s.plis, s.firs);
+                if let Some(loss) = s.loss {
+                    c.loss_egress.observe(&LOSS_BUCKETS, f64::from(loss));
+                }
+                if let Some(rtt) = s.rtt {
+                    c.rtt.observe_duration(&RTT_BUCKETS, rtt);
+                }
+            }
             _ => {}
         }
     }

@@ -46,17 +46,24 @@ pub(crate) fn run(ctx: WorkerContext) {
     // Demux updates that did not fit the channel; retried every tick.
     let mut backlog: Vec<DemuxUpdate> = Vec::new();
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+    let mut busy = Duration::ZERO;
     while !ctx.stopping.load(Ordering::Relaxed) {
         let now = Instant::now();
         let deadline = host
             .next_deadline()
             .map_or(next_housekeeping, |t| t.min(next_housekeeping));
-        select! {
-            recv(ctx.commands) -> cmd => match cmd {
-                Ok(cmd) => host.on_command(cmd),
-                Err(_) => break,
+        // When this round's work began (after waiting), for the busy ratio.
+        let woke = select! {
+            recv(ctx.commands) -> cmd => {
+                let woke = Instant::now();
+                match cmd {
+                    Ok(cmd) => host.on_command(cmd),
+                    Err(_) => break,
+                }
+                woke
             },
             recv(ctx.packets) -> p => {
+                let woke = Instant::now();
                 if let Ok(p) = p {
                     host.on_datagram(p.peer, p.source, &p.buf[..p.len], p.at);
                     ctx.pool.put(p.buf);
@@ -66,9 +73,10 @@ pub(crate) fn run(ctx: WorkerContext) {
                         ctx.pool.put(p.buf);
                     }
                 }
+                woke
             },
-            default(deadline.saturating_duration_since(now)) => {},
-        }
+            default(deadline.saturating_duration_since(now)) => Instant::now(),
+        };
         let now = Instant::now();
         host.fire_timers(now);
         for u in host.demux_updates.drain(..) {
@@ -89,8 +97,16 @@ pub(crate) fn run(ctx: WorkerContext) {
             ctx.stats
                 .participants
                 .store(host.participants() as u64, Ordering::Relaxed);
+            ctx.stats.set_tracks(&host.track_counts());
             ctx.stats.publish(&mut host.counters);
             next_housekeeping = now + HOUSEKEEPING;
+        }
+        busy += woke.elapsed();
+        if busy >= Duration::from_millis(10) {
+            ctx.stats
+                .busy_nanos
+                .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+            busy = Duration::ZERO;
         }
     }
     ctx.stats.alive.store(false, Ordering::Relaxed);

@@ -168,6 +168,51 @@ describe('consultation calls', { timeout: TEST_TIMEOUT * 10 }, () => {
     );
   }
 
+  it('metrics show the call while it runs and return to zero after it', { timeout: TEST_TIMEOUT }, async () => {
+    const scrape = async () => {
+      const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+      const value = (name, labels = '') => {
+        const line = text.split('\n').find((l) => l.startsWith(`${name}${labels} `));
+        assert.ok(line, `metric ${name}${labels} is exported`);
+        return Number(line.split(' ').pop());
+      };
+      return value;
+    };
+    const before = await scrape();
+    assert.equal(before('consulta_rooms'), 0, 'no room before the call');
+    await scenario(async (open) => {
+      const room = newRoom('metrics');
+      const media = { audio: true, video: SMALL };
+      const doctor = await open('doctor');
+      const patient = await open('patient');
+      await joinAs(doctor, room, 'dr-ana', 'doctor', { media });
+      await joinAs(patient, room, 'pt-joao', 'patient', { media });
+      await waitForVideo(doctor, 'pt-joao');
+      await waitForVideo(patient, 'dr-ana');
+      const during = await scrape();
+      assert.equal(during('consulta_rooms'), 1);
+      assert.equal(during('consulta_participants'), 2);
+      assert.equal(during('consulta_ws_connections'), 2);
+      assert.equal(during('consulta_tracks', '{direction="publish",kind="video",codec="vp8"}'), 2);
+      assert.equal(during('consulta_tracks', '{direction="subscribe",kind="audio",codec="opus"}'), 2);
+      await sleep(1_000);
+      const later = await scrape();
+      const bytesIn = (m) => m('consulta_media_bytes_total', '{direction="in"}');
+      const bytesOut = (m) => m('consulta_media_bytes_total', '{direction="out"}');
+      assert.ok(bytesIn(later) > bytesIn(during), 'bytes in keep moving');
+      assert.ok(bytesOut(later) > bytesOut(during), 'bytes out keep moving');
+      assert.ok(later('consulta_rtp_forwarded_total') > during('consulta_rtp_forwarded_total'));
+    });
+    const after = await pollUntil(
+      async () => {
+        const m = await scrape();
+        return m('consulta_rooms') === 0 && m('consulta_participants') === 0 && m('consulta_ws_connections') === 0 ? m : null;
+      },
+      { what: 'rooms and participants back to zero after the call' },
+    );
+    assert.equal(after('consulta_tracks', '{direction="publish",kind="video",codec="vp8"}'), 0);
+  });
+
   it('three participants see each other; a guest who leaves is gone for the others', { timeout: TEST_TIMEOUT }, () =>
     scenario(async (open) => {
       const room = newRoom('three');

@@ -1,0 +1,487 @@
+//! `/metrics`: the Prometheus text exposition of Consulta's counters.
+//!
+//! The numbers live where they are produced — per-worker atomics in the media core (published
+//! every 100 ms), process-wide atomics for signaling here — and this module only formats a
+//! snapshot at scrape time. No registry, no per-packet work. Every metric is documented in
+//! `docs/metrics.md`; the dashboard and alert rules under `deploy/` are checked against
+//! [`render`]'s output by a test.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use consulta_sfu::{HistogramSnapshot, SfuStats, CODEC_LABELS};
+use consulta_sfu::{CONNECT_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS};
+use consulta_signaling::ErrorCode;
+
+/// Signaling counters, process-wide.
+pub struct SignalingMetrics {
+    pub ws_open: AtomicU64,
+    pub ws_total: AtomicU64,
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+}
+
+pub static SIGNALING: SignalingMetrics = SignalingMetrics {
+    ws_open: AtomicU64::new(0),
+    ws_total: AtomicU64::new(0),
+    errors: [const { AtomicU64::new(0) }; ErrorCode::ALL.len()],
+};
+
+impl SignalingMetrics {
+    pub fn error_sent(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts an open WebSocket for as long as it lives.
+pub struct WsGuard;
+
+impl WsGuard {
+    pub fn open() -> WsGuard {
+        SIGNALING.ws_open.fetch_add(1, Ordering::Relaxed);
+        SIGNALING.ws_total.fetch_add(1, Ordering::Relaxed);
+        WsGuard
+    }
+}
+
+impl Drop for WsGuard {
+    fn drop(&mut self) {
+        SIGNALING.ws_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct Out(String);
+
+impl Out {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn one(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.head(name, kind, help);
+        let _ = writeln!(self.0, "{name} {value}");
+    }
+
+    fn labelled(&mut self, name: &str, labels: &str, value: impl std::fmt::Display) {
+        let _ = writeln!(self.0, "{name}{{{labels}}} {value}");
+    }
+
+    fn histogram(&mut self, name: &str, labels: &str, bounds: &[f64], h: &HistogramSnapshot) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (i, b) in bounds.iter().enumerate() {
+            cumulative += h.counts[i];
+            let _ = writeln!(
+                self.0,
+                "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cumulative}"
+            );
+        }
+        cumulative += h.counts[bounds.len()];
+        let _ = writeln!(
+            self.0,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cumulative}"
+        );
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(self.0, "{name}_sum{braces} {}", h.sum);
+        let _ = writeln!(self.0, "{name}_count{braces} {cumulative}");
+    }
+}
+
+/// Formats the metrics (Prometheus text format 0.0.4).
+pub fn render(s: &SfuStats, started: Instant) -> String {
+    let mut o = Out(String::with_capacity(16 * 1024));
+    o.head(
+        "consulta_build_info",
+        "gauge",
+        "Build information; always 1.",
+    );
+    o.labelled(
+        "consulta_build_info",
+        &format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        1,
+    );
+    o.one(
+        "consulta_up_seconds",
+        "gauge",
+        "Seconds since the server started.",
+        started.elapsed().as_secs(),
+    );
+    o.one(
+        "consulta_workers",
+        "gauge",
+        "Media worker threads.",
+        s.workers,
+    );
+    o.one("consulta_rooms", "gauge", "Rooms hosted now.", s.rooms);
+    o.one(
+        "consulta_participants",
+        "gauge",
+        "Participants in rooms now.",
+        s.participants,
+    );
+
+    o.head(
+        "consulta_tracks",
+        "gauge",
+        "Published tracks (producers) and forwarded copies (consumers) now.",
+    );
+    for (d, dir) in ["publish", "subscribe"].iter().enumerate() {
+        for (k, kind) in ["audio", "video"].iter().enumerate() {
+            for (c, codec) in CODEC_LABELS.iter().enumerate() {
+                // Only codec labels that exist for the kind.
+                let audio_codec = matches!(*codec, "opus" | "other" | "unknown");
+                let video_codec = *codec != "opus";
+                if (k == 0 && !audio_codec) || (k == 1 && !video_codec) {
+                    continue;
+                }
+                let n = s.tracks[d][k][c];
+                o.labelled(
+                    "consulta_tracks",
+                    &format!("direction=\"{dir}\",kind=\"{kind}\",codec=\"{codec}\""),
+                    n,
+                );
+            }
+        }
+    }
+
+    o.one(
+        "consulta_participant_joins_total",
+        "counter",
+        "Joins accepted by a media worker.",
+        s.joins,
+    );
+    o.one(
+        "consulta_participant_leaves_total",
+        "counter",
+        "Participants removed from rooms.",
+        s.leaves,
+    );
+
+    o.head(
+        "consulta_media_packets_total",
+        "counter",
+        "UDP datagrams handled (in) and sent (out) by the workers.",
+    );
+    o.labelled(
+        "consulta_media_packets_total",
+        "direction=\"in\"",
+        s.packets_in,
+    );
+    o.labelled(
+        "consulta_media_packets_total",
+        "direction=\"out\"",
+        s.packets_out,
+    );
+    o.head(
+        "consulta_media_bytes_total",
+        "counter",
+        "Bytes of those datagrams.",
+    );
+    o.labelled("consulta_media_bytes_total", "direction=\"in\"", s.bytes_in);
+    o.labelled(
+        "consulta_media_bytes_total",
+        "direction=\"out\"",
+        s.bytes_out,
+    );
+
+    o.one(
+        "consulta_udp_datagrams_total",
+        "counter",
+        "Datagrams read from the media socket.",
+        s.datagrams_received,
+    );
+    o.one(
+        "consulta_udp_unroutable_total",
+        "counter",
+        "Datagrams from unknown sources.",
+        s.datagrams_unroutable,
+    );
+    o.one(
+        "consulta_worker_queue_drops_total",
+        "counter",
+        "Datagrams dropped: worker queue full.",
+        s.demux_queue_drops,
+    );
+
+    o.one(
+        "consulta_rtp_received_total",
+        "counter",
+        "RTP packets received from publishers.",
+        s.rtp_in,
+    );
+    o.one(
+        "consulta_rtp_forwarded_total",
+        "counter",
+        "RTP packets written to subscribers.",
+        s.rtp_forwarded,
+    );
+    o.head(
+        "consulta_rtp_dropped_total",
+        "counter",
+        "RTP packets not forwarded to one subscriber.",
+    );
+    o.labelled(
+        "consulta_rtp_dropped_total",
+        "reason=\"waiting_keyframe\"",
+        s.rtp_dropped_waiting_keyframe,
+    );
+    o.labelled(
+        "consulta_rtp_dropped_total",
+        "reason=\"other\"",
+        s.rtp_dropped_other,
+    );
+    o.head(
+        "consulta_keyframe_requests_total",
+        "counter",
+        "Keyframe requests (PLI) towards publishers.",
+    );
+    o.labelled(
+        "consulta_keyframe_requests_total",
+        "outcome=\"sent\"",
+        s.keyframe_requests_sent,
+    );
+    o.labelled(
+        "consulta_keyframe_requests_total",
+        "outcome=\"throttled\"",
+        s.keyframe_requests_throttled,
+    );
+
+    o.head(
+        "consulta_rtcp_feedback_total",
+        "counter",
+        "RTCP feedback from subscribers and to publishers.",
+    );
+    for (ty, from, to) in [
+        ("nack", s.nacks_from_subscribers, s.nacks_to_publishers),
+        ("pli", s.plis_from_subscribers, s.plis_to_publishers),
+        ("fir", s.firs_from_subscribers, s.firs_to_publishers),
+    ] {
+        o.labelled(
+            "consulta_rtcp_feedback_total",
+            &format!("type=\"{ty}\",direction=\"from_subscribers\""),
+            from,
+        );
+        o.labelled(
+            "consulta_rtcp_feedback_total",
+            &format!("type=\"{ty}\",direction=\"to_publishers\""),
+            to,
+        );
+    }
+
+    o.head(
+        "consulta_media_loss_ratio",
+        "histogram",
+        "Per-stream fraction lost, sampled every second.",
+    );
+    o.histogram(
+        "consulta_media_loss_ratio",
+        "direction=\"ingress\"",
+        &LOSS_BUCKETS,
+        &s.loss_ingress,
+    );
+    o.histogram(
+        "consulta_media_loss_ratio",
+        "direction=\"egress\"",
+        &LOSS_BUCKETS,
+        &s.loss_egress,
+    );
+    o.head(
+        "consulta_media_rtt_seconds",
+        "histogram",
+        "Round-trip time per stream, sampled every second.",
+    );
+    o.histogram("consulta_media_rtt_seconds", "", &RTT_BUCKETS, &s.rtt);
+    o.head(
+        "consulta_media_jitter_seconds",
+        "histogram",
+        "Ingress interarrival jitter per stream, sampled every second.",
+    );
+    o.histogram(
+        "consulta_media_jitter_seconds",
+        "",
+        &JITTER_BUCKETS,
+        &s.jitter,
+    );
+
+    // Media is UDP to host candidates until ICE-TCP and TURN land.
+    o.head(
+        "consulta_ice_connected_total",
+        "counter",
+        "Media connections established, by path.",
+    );
+    o.labelled(
+        "consulta_ice_connected_total",
+        "transport=\"udp\",candidate=\"host\"",
+        s.ice_connected,
+    );
+    o.head(
+        "consulta_ice_time_to_connect_seconds",
+        "histogram",
+        "From join to ICE and DTLS connected.",
+    );
+    o.histogram(
+        "consulta_ice_time_to_connect_seconds",
+        "",
+        &CONNECT_BUCKETS,
+        &s.time_to_connect,
+    );
+    o.one(
+        "consulta_ice_disconnected_total",
+        "counter",
+        "Media connections lost.",
+        s.ice_disconnected,
+    );
+
+    o.head(
+        "consulta_worker_busy_seconds_total",
+        "counter",
+        "Time each worker spent processing; rate() is its busy ratio.",
+    );
+    for (i, ns) in s.busy_nanos.iter().enumerate() {
+        o.labelled(
+            "consulta_worker_busy_seconds_total",
+            &format!("worker=\"{i}\""),
+            *ns as f64 / 1e9,
+        );
+    }
+    o.one(
+        "consulta_worker_event_overflows_total",
+        "counter",
+        "Participants closed: signaling did not read events.",
+        s.event_queue_overflows,
+    );
+    o.one(
+        "consulta_peer_panics_total",
+        "counter",
+        "Participants closed by a caught panic.",
+        s.peer_panics,
+    );
+    o.one(
+        "consulta_send_errors_total",
+        "counter",
+        "Failed UDP sends.",
+        s.send_errors,
+    );
+
+    o.one(
+        "consulta_ws_connections",
+        "gauge",
+        "Open signaling WebSockets.",
+        SIGNALING.ws_open.load(Ordering::Relaxed),
+    );
+    o.one(
+        "consulta_ws_connections_total",
+        "counter",
+        "Signaling WebSockets accepted.",
+        SIGNALING.ws_total.load(Ordering::Relaxed),
+    );
+    o.head(
+        "consulta_signaling_errors_total",
+        "counter",
+        "Error messages sent to clients, by code.",
+    );
+    for (i, code) in ErrorCode::ALL.iter().enumerate() {
+        let n = SIGNALING.errors[i].load(Ordering::Relaxed);
+        o.labelled(
+            "consulta_signaling_errors_total",
+            &format!("code=\"{}\"", code.as_str()),
+            n,
+        );
+    }
+    o.0
+}
+
+/// Names of every metric family [`render`] writes (histograms without their suffixes).
+#[cfg(test)]
+pub fn metric_names() -> Vec<String> {
+    let text = render(&SfuStats::default(), Instant::now());
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn renders_valid_families() {
+        let text = render(
+            &SfuStats {
+                busy_nanos: vec![1_500_000_000, 0],
+                ..Default::default()
+            },
+            Instant::now(),
+        );
+        assert!(text.contains("consulta_worker_busy_seconds_total{worker=\"0\"} 1.5\n"));
+        assert!(text.contains("consulta_media_rtt_seconds_bucket{le=\"+Inf\"} 0\n"));
+        assert!(text.contains("consulta_signaling_errors_total{code=\"token_expired\"} 0\n"));
+        // Every sample line belongs to a declared family.
+        let names: BTreeSet<String> = metric_names().into_iter().collect();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| names.contains(*f)))
+                .unwrap_or(name);
+            assert!(names.contains(family), "{line}");
+        }
+        // And every documented metric is rendered.
+        let doc = include_str!("../docs/metrics.md");
+        for name in names.iter() {
+            assert!(
+                doc.contains(&format!("`{name}`")),
+                "{name} is not in docs/metrics.md"
+            );
+        }
+    }
+
+    /// The dashboard and the alert rules name only metrics that `/metrics` exports.
+    #[test]
+    fn deploy_files_use_exported_metrics() {
+        let names: BTreeSet<String> = metric_names().into_iter().collect();
+        let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let mut files: Vec<_> = std::fs::read_dir(deploy.join("grafana/dashboards"))
+            .expect("deploy/grafana/dashboards")
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        files.push(deploy.join("prometheus/alerts.yml"));
+        let mut checked = 0;
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let mut rest = text.as_str();
+            while let Some(i) = rest.find("consulta_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                let name = &tail[..end];
+                rest = &tail[end..];
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| names.contains(*f)))
+                    .unwrap_or(name);
+                assert!(
+                    names.contains(family),
+                    "{} uses `{name}`, which /metrics does not export",
+                    f.display()
+                );
+                checked += 1;
+            }
+        }
+        assert!(
+            checked > 20,
+            "only {checked} metric references found under deploy/"
+        );
+    }
+}
