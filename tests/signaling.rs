@@ -57,11 +57,13 @@ fn start(extra: &str) -> Server {
     );
     let cfg_path = dir.join("consulta.toml");
     std::fs::write(&cfg_path, cfg).unwrap();
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_consulta"))
-        .args(["serve", "--config"])
+        .args(["serve", "--log-format", "json", "--config"])
         .arg(&cfg_path)
-        .env("CONSULTA_LOG_LEVEL", "warn")
+        .env("CONSULTA_LOG_LEVEL", "info")
         .stdout(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("consulta starts");
     let server = Server { child, http, dir };
@@ -350,4 +352,43 @@ async fn floods_are_limited_without_hurting_others() {
     assert!(saw_limit, "a flood is answered with rate_limited");
     calm.send(json!({"type":"ping"})).await;
     calm.expect("pong").await;
+}
+
+#[tokio::test]
+async fn logs_are_json_without_tokens_identities_or_sdp() {
+    let server = start("");
+    let tok = token("appt-77", "maria-silva-cpf-123", Role::Patient);
+    let mut c = Client::connect(&server, "").await;
+    c.send(json!({"type":"join","v":1,"token":tok})).await;
+    c.expect("joined").await;
+    c.send(
+        json!({"type":"offer","sdp":"v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=secret-sdp-body\r\n"}),
+    )
+    .await;
+    c.expect_error("sdp_invalid").await;
+    c.send(json!({"type":"leave"})).await;
+    c.expect("left").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = std::fs::read_to_string(server.dir.join("server.log")).unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("participant joined")),
+        "joins are logged: {log}"
+    );
+    for line in &lines {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+        for secret in [
+            tok.as_str(),
+            "maria-silva-cpf-123",
+            "secret-sdp-body",
+            "v=0",
+        ] {
+            assert!(!line.contains(secret), "the log leaks `{secret}`: {line}");
+        }
+    }
 }

@@ -287,7 +287,8 @@ impl<W: Wire> RouterHost<W> {
         tracing::info!(
             worker = self.index,
             peer = req.peer,
-            room = room_id,
+            room = %self.routers[&room_id].name,
+            role = %self.transports[&req.peer].role,
             "participant joined"
         );
     }
