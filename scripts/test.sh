@@ -14,6 +14,8 @@ command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; e
 if [ -z "${SKIP_E2E:-}" ]; then
   [ -x /usr/bin/chromium ] || need_apt+=(chromium)
   command -v node >/dev/null || need_apt+=(nodejs npm)
+  command -v nft >/dev/null || need_apt+=(nftables)
+  command -v ip >/dev/null || need_apt+=(iproute2)
 fi
 command -v cc >/dev/null || need_apt+=(build-essential)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -42,5 +44,13 @@ if [ -z "${SKIP_E2E:-}" ]; then
   say "end-to-end tests in headless Chromium"
   (cd tests/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
   CONSULTA_BIN="$PWD/target/release/consulta" node --test --test-concurrency=1 tests/e2e/
+  say "end-to-end tests in a network namespace where UDP is dropped (ICE-TCP)"
+  if unshare -n true 2>/dev/null; then
+    CONSULTA_BIN="$PWD/target/release/consulta" scripts/netns-udp-blocked.sh \
+      node --test --test-concurrency=1 tests/e2e-netns/
+  else
+    echo "network namespaces need root (unshare -n): these tests did not run"
+    exit 1
+  fi
 fi
 say "all tests passed"

@@ -37,6 +37,8 @@ pub struct HttpConfig {
 pub struct MediaConfig {
     /// The one UDP port every participant's media uses.
     pub udp_port: u16,
+    /// ICE-TCP port: browsers whose UDP is blocked reach the SFU over TCP here. 0 turns it off.
+    pub tcp_port: u16,
     /// Addresses advertised to browsers as ICE candidates (the server's public or LAN addresses).
     pub public_ips: Vec<IpAddr>,
     /// Address the UDP socket binds to; default 127.0.0.1 when every public ip is loopback,
@@ -100,6 +102,7 @@ impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
             udp_port: 7882,
+            tcp_port: 7881,
             public_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             bind_ip: None,
             workers: 0,

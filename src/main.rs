@@ -54,6 +54,9 @@ struct ServeArgs {
     /// UDP media port ([media] udp_port).
     #[arg(long)]
     media_port: Option<u16>,
+    /// ICE-TCP port, 0 = off ([media] tcp_port).
+    #[arg(long)]
+    media_tcp_port: Option<u16>,
     /// Address advertised to browsers; repeat for several ([media] public_ips).
     #[arg(long = "public-ip")]
     public_ip: Vec<IpAddr>,
@@ -122,6 +125,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             if let Some(v) = args.media_port {
                 cfg.media.udp_port = v;
+            }
+            if let Some(v) = args.media_tcp_port {
+                cfg.media.tcp_port = v;
             }
             if !args.public_ip.is_empty() {
                 cfg.media.public_ips = args.public_ip;

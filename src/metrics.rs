@@ -309,7 +309,7 @@ pub fn render(s: &SfuStats, started: Instant) -> String {
         &s.jitter,
     );
 
-    // Media is UDP to host candidates until ICE-TCP and TURN land.
+    // Direct paths only until TURN lands: host candidates over UDP or ICE-TCP.
     o.head(
         "consulta_ice_connected_total",
         "counter",

@@ -43,6 +43,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
     let token_secret = Arc::new(cfg.token_secret()?);
     let sfu = Sfu::start(SfuConfig {
         udp_port: cfg.media.udp_port,
+        tcp_port: cfg.media.tcp_port,
         bind_ip: cfg.bind_ip(),
         public_ips: cfg.media.public_ips.clone(),
         workers: cfg.workers(),
@@ -54,6 +55,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
     tracing::info!(
         http = %cfg.http.listen,
         media = %sfu.handle().local_addr(),
+        ice_tcp_port = sfu.handle().tcp_port(),
         workers = cfg.workers(),
         "consulta is serving; demo at http://{}/demo",
         cfg.http.listen

@@ -51,9 +51,10 @@ fn start(extra: &str) -> Server {
     std::fs::create_dir_all(&dir).unwrap();
     let http = format!("127.0.0.1:{}", free_tcp());
     let cfg = format!(
-        "data_dir = \"{}\"\n[http]\nlisten = \"{http}\"\n[media]\nudp_port = {}\nworkers = 2\n{extra}\n[auth]\ntoken_secret = \"{SECRET}\"\n",
+        "data_dir = \"{}\"\n[http]\nlisten = \"{http}\"\n[media]\nudp_port = {}\ntcp_port = {}\nworkers = 2\n{extra}\n[auth]\ntoken_secret = \"{SECRET}\"\n",
         dir.join("data").display(),
-        free_udp()
+        free_udp(),
+        free_tcp()
     );
     let cfg_path = dir.join("consulta.toml");
     std::fs::write(&cfg_path, cfg).unwrap();

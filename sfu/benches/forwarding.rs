@@ -72,7 +72,8 @@ fn forward(c: &mut Criterion) {
                     let (peer, addr) = (net.clients[a].peer, net.clients[a].addr);
                     let t0 = Instant::now();
                     for (_, data) in &out {
-                        net.host.on_datagram(peer, addr, data, t0);
+                        net.host
+                            .on_datagram(peer, str0m::net::Protocol::Udp, addr, data, t0);
                     }
                     net.host.fire_timers(Instant::now());
                     spent += t0.elapsed();

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver as ChanRx, Sender as ChanTx, TrySendError};
+use str0m::net::Protocol;
 
 use crate::PeerId;
 
@@ -24,14 +25,31 @@ pub(crate) const MAX_DATAGRAM: usize = 2048;
 
 pub(crate) type PacketBuf = Box<[u8; MAX_DATAGRAM]>;
 
-/// One received datagram on its way to a worker.
+/// One received datagram (or RFC 4571 frame) on its way to a worker.
 pub(crate) struct RxPacket {
     pub peer: PeerId,
+    pub proto: Protocol,
     pub source: SocketAddr,
     pub len: usize,
     pub at: Instant,
     pub buf: PacketBuf,
 }
+
+/// What reaches a worker besides commands.
+pub(crate) enum WorkerInput {
+    Packet(RxPacket),
+    /// An ICE-TCP connection from `remote` was routed to this worker; frames for it go to `tx`.
+    TcpOpened {
+        remote: SocketAddr,
+        tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    },
+    TcpClosed {
+        remote: SocketAddr,
+    },
+}
+
+/// ICE ufrag -> (worker, participant), for the ICE-TCP acceptor (read once per connection).
+pub(crate) type IceDirectory = Arc<std::sync::Mutex<HashMap<String, (usize, PeerId)>>>;
 
 /// Registration changes sent by workers.
 pub(crate) enum DemuxUpdate {
@@ -65,7 +83,7 @@ impl BufferPool {
         BufferPool { free_tx, free_rx }
     }
 
-    fn take(&self) -> PacketBuf {
+    pub fn take(&self) -> PacketBuf {
         self.free_rx
             .try_recv()
             .unwrap_or_else(|_| Box::new([0u8; MAX_DATAGRAM]))
@@ -175,7 +193,7 @@ pub(crate) fn stun_local_ufrag(d: &[u8]) -> Option<&str> {
 
 pub(crate) struct Receiver {
     socket: Arc<UdpSocket>,
-    workers: Vec<ChanTx<RxPacket>>,
+    workers: Vec<ChanTx<WorkerInput>>,
     updates: ChanRx<DemuxUpdate>,
     pool: BufferPool,
     stats: Arc<DemuxStats>,
@@ -186,7 +204,7 @@ pub(crate) struct Receiver {
 impl Receiver {
     pub fn new(
         socket: Arc<UdpSocket>,
-        workers: Vec<ChanTx<RxPacket>>,
+        workers: Vec<ChanTx<WorkerInput>>,
         updates: ChanRx<DemuxUpdate>,
         pool: BufferPool,
         stats: Arc<DemuxStats>,
@@ -257,17 +275,20 @@ impl Receiver {
             let next = self.pool.take();
             let packet = RxPacket {
                 peer: route.peer,
+                proto: Protocol::Udp,
                 source,
                 len,
                 at: Instant::now(),
                 buf: std::mem::replace(&mut buf, next),
             };
-            match self.workers[route.worker].try_send(packet) {
+            match self.workers[route.worker].try_send(WorkerInput::Packet(packet)) {
                 Ok(()) => {}
-                Err(TrySendError::Full(p)) | Err(TrySendError::Disconnected(p)) => {
+                Err(TrySendError::Full(WorkerInput::Packet(p)))
+                | Err(TrySendError::Disconnected(WorkerInput::Packet(p))) => {
                     drops += 1;
                     self.pool.put(p.buf);
                 }
+                Err(_) => drops += 1,
             }
         }
     }

@@ -23,6 +23,7 @@ mod demux;
 pub mod forwarder;
 pub mod router;
 mod stats;
+mod tcp;
 pub mod transport;
 mod worker;
 
@@ -44,6 +45,8 @@ pub type PeerId = u64;
 pub struct SfuConfig {
     /// UDP port shared by every participant.
     pub udp_port: u16,
+    /// ICE-TCP port (passive TCP candidates); 0 turns ICE-TCP off. Needs a tokio runtime.
+    pub tcp_port: u16,
     /// Address the UDP socket binds to.
     pub bind_ip: IpAddr,
     /// Addresses advertised as ICE host candidates (the first is the primary).
@@ -133,7 +136,9 @@ struct Inner {
     rooms: Mutex<HashMap<String, (usize, usize)>>,
     next_peer: AtomicU64,
     local_addr: SocketAddr,
+    tcp_port: u16,
     demux_stats: Arc<demux::DemuxStats>,
+    tcp_stats: Arc<tcp::TcpStats>,
     stopping: Arc<AtomicBool>,
 }
 
@@ -190,10 +195,40 @@ impl Sfu {
             .local_addr()
             .map_err(|source| SfuError::Bind { addr, source })?;
         let socket = Arc::new(socket);
+        // ICE-TCP: bound now so a taken port fails the start, served on the tokio runtime.
+        let tcp_listener = if cfg.tcp_port != 0 {
+            let addr = SocketAddr::new(cfg.bind_ip, cfg.tcp_port);
+            let l = std::net::TcpListener::bind(addr)
+                .map_err(|source| SfuError::Bind { addr, source })?;
+            l.set_nonblocking(true)
+                .map_err(|source| SfuError::Bind { addr, source })?;
+            Some(l)
+        } else {
+            None
+        };
+        let tcp_port = match &tcp_listener {
+            Some(l) => l.local_addr().map(|a| a.port()).unwrap_or(cfg.tcp_port),
+            None => 0,
+        };
+        let directory: demux::IceDirectory = Default::default();
         let stopping = Arc::new(AtomicBool::new(false));
         let (demux_tx, demux_rx) = crossbeam_channel::bounded(4096);
         let pool = demux::BufferPool::new(4096);
 
+        let on = |port: u16| -> Vec<SocketAddr> {
+            cfg.public_ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, port))
+                .collect()
+        };
+        let advertised = transport::Advertised {
+            udp: on(local_addr.port()),
+            tcp: if tcp_port == 0 {
+                Vec::new()
+            } else {
+                on(tcp_port)
+            },
+        };
         let mut links = Vec::new();
         let mut packet_senders = Vec::new();
         let mut threads = Vec::new();
@@ -204,12 +239,9 @@ impl Sfu {
             let ctx = worker::WorkerContext {
                 index,
                 socket: socket.clone(),
-                advertised: cfg
-                    .public_ips
-                    .iter()
-                    .map(|ip| SocketAddr::new(*ip, local_addr.port()))
-                    .collect(),
+                advertised: advertised.clone(),
                 max_publishers: cfg.max_publishers,
+                directory: directory.clone(),
                 commands: cmd_rx,
                 packets: pkt_rx,
                 demux: demux_tx.clone(),
@@ -227,6 +259,23 @@ impl Sfu {
                 stats,
             });
             packet_senders.push(pkt_tx);
+        }
+        let tcp_stats = Arc::new(tcp::TcpStats::default());
+        if let Some(l) = tcp_listener {
+            let handle = tokio::runtime::Handle::try_current()
+                .map_err(|_| SfuError::Config("ICE-TCP needs a tokio runtime".into()))?;
+            let ctx = Arc::new(tcp::TcpContext {
+                workers: packet_senders.clone(),
+                directory,
+                pool: pool.clone(),
+                stats: tcp_stats.clone(),
+            });
+            handle.spawn(async move {
+                match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => tcp::accept_loop(l, ctx).await,
+                    Err(e) => tracing::error!(error = %e, "ICE-TCP listener failed"),
+                }
+            });
         }
         let demux_stats = Arc::new(demux::DemuxStats::default());
         let rx = demux::Receiver::new(
@@ -248,7 +297,9 @@ impl Sfu {
             rooms: Mutex::new(HashMap::new()),
             next_peer: AtomicU64::new(1),
             local_addr,
+            tcp_port,
             demux_stats,
+            tcp_stats,
             stopping,
         };
         Ok(Sfu {
@@ -312,6 +363,11 @@ impl SfuHandle {
         })
     }
 
+    /// The ICE-TCP port, 0 when off.
+    pub fn tcp_port(&self) -> u16 {
+        self.0.tcp_port
+    }
+
     /// Whether every worker thread is still running.
     pub fn workers_alive(&self) -> bool {
         self.0
@@ -322,9 +378,13 @@ impl SfuHandle {
 
     /// A snapshot of the counters (published by each worker every 100 ms).
     pub fn stats(&self) -> SfuStats {
-        SfuStats::collect(
+        let mut s = SfuStats::collect(
             self.0.workers.iter().map(|w| &*w.stats),
             &self.0.demux_stats,
-        )
+        );
+        s.ice_tcp_sessions = self.0.tcp_stats.sessions.load(Ordering::Relaxed);
+        s.ice_tcp_open = self.0.tcp_stats.open.load(Ordering::Relaxed);
+        s.ice_tcp_drops = self.0.tcp_stats.drops.load(Ordering::Relaxed);
+        s
     }
 }

@@ -26,8 +26,8 @@ use crate::demux::DemuxUpdate;
 use crate::forwarder::{gates_on_keyframes, is_keyframe_start, KeyframeThrottle, PtMap, Verdict};
 use crate::stats::{codec_index, LocalCounters, TrackCounts};
 use crate::transport::{
-    far_future, track_kind, Consumer, ConsumerState, Fault, Io, Outbox, Producer, Transport, Wire,
-    KEYFRAME_INTERVAL,
+    far_future, track_kind, Advertised, Consumer, ConsumerState, Fault, Io, Outbox, Producer,
+    Transport, Wire, KEYFRAME_INTERVAL,
 };
 use crate::{Command, JoinRequest, PeerId};
 
@@ -41,7 +41,7 @@ struct Router {
 pub struct RouterHost<W: Wire> {
     index: usize,
     wire: W,
-    advertised: Vec<SocketAddr>,
+    advertised: Advertised,
     max_publishers: usize,
     transports: HashMap<PeerId, Transport>,
     routers: HashMap<u64, Router>,
@@ -55,7 +55,7 @@ pub struct RouterHost<W: Wire> {
 }
 
 impl<W: Wire> RouterHost<W> {
-    pub fn new(index: usize, wire: W, advertised: Vec<SocketAddr>, max_publishers: usize) -> Self {
+    pub fn new(index: usize, wire: W, advertised: Advertised, max_publishers: usize) -> Self {
         RouterHost {
             index,
             wire,
@@ -70,6 +70,11 @@ impl<W: Wire> RouterHost<W> {
             counters: LocalCounters::default(),
             demux_updates: Vec::new(),
         }
+    }
+
+    /// The wire, to add and remove ICE-TCP connections.
+    pub fn wire_mut(&mut self) -> &mut W {
+        &mut self.wire
     }
 
     pub fn rooms(&self) -> usize {
@@ -107,21 +112,35 @@ impl<W: Wire> RouterHost<W> {
     // ---- inputs -------------------------------------------------------------------------
 
     /// One datagram from `source` for participant `peer`, received at `at`.
-    pub fn on_datagram(&mut self, peer: PeerId, source: SocketAddr, data: &[u8], at: Instant) {
+    pub fn on_datagram(
+        &mut self,
+        peer: PeerId,
+        proto: Protocol,
+        source: SocketAddr,
+        data: &[u8],
+        at: Instant,
+    ) {
         self.counters.packets_in += 1;
         self.counters.bytes_in += data.len() as u64;
-        let destination = self.advertised[0];
+        let destination = match proto {
+            Protocol::Udp => self.advertised.udp[0],
+            _ => match self.advertised.tcp.first() {
+                Some(a) => *a,
+                None => return,
+            },
+        };
         if let Ok(contents) = data.try_into() {
             let input = Input::Receive(
                 at,
                 Receive {
-                    proto: Protocol::Udp,
+                    proto,
                     source,
                     destination,
                     contents,
                 },
             );
             self.drive(peer, |t, io| {
+                t.last_proto = proto;
                 t.rtc.handle_input(input)?;
                 t.drain(io)
             });
@@ -941,7 +960,11 @@ mod tests {
 
     #[test]
     fn a_panic_closes_only_that_participant() {
-        let mut host = RouterHost::new(0, NullWire, vec!["127.0.0.1:7882".parse().unwrap()], 5);
+        let advertised = Advertised {
+            udp: vec!["127.0.0.1:7882".parse().unwrap()],
+            tcp: Vec::new(),
+        };
+        let mut host = RouterHost::new(0, NullWire, advertised, 5);
         let mut a = join(&mut host, 1, "a");
         let mut b = join(&mut host, 2, "b");
         let t = host.transports.get_mut(&2).unwrap();

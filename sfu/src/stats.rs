@@ -141,6 +141,10 @@ macro_rules! counters {
             pub datagrams_received: u64,
             pub datagrams_unroutable: u64,
             pub demux_queue_drops: u64,
+            /// ICE-TCP connections routed (total), open now, frames dropped on a full worker queue.
+            pub ice_tcp_sessions: u64,
+            pub ice_tcp_open: u64,
+            pub ice_tcp_drops: u64,
             $(pub $name: u64,)*
             pub loss_ingress: HistogramSnapshot,
             pub loss_egress: HistogramSnapshot,
@@ -221,6 +225,7 @@ counters!(
     plis_to_publishers,
     firs_to_publishers,
     ice_connected,
+    ice_connected_tcp,
     ice_disconnected,
     send_errors,
     peer_panics,

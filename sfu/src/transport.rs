@@ -5,6 +5,7 @@
 //! participant's offer, offering it the consumers the worker added, and draining its output. What
 //! needs two transports at once (forwarding, keyframe requests) is the worker's job.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +16,7 @@ use consulta_signaling::protocol::{
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
-use str0m::net::Transmit;
+use str0m::net::{Protocol, TcpType, Transmit};
 use str0m::rtp::RtpPacket;
 use str0m::{Candidate, Event, IceConnectionState, Output, Rtc, RtcError};
 use tokio::sync::mpsc::error::TrySendError;
@@ -154,18 +155,47 @@ pub(crate) struct Transport {
     pub next_timeout: Instant,
     /// ICE and DTLS are up.
     pub connected: bool,
+    /// Transport of the latest datagram (ICE-TCP or UDP), for the path metrics.
+    pub last_proto: Protocol,
     created: Instant,
 }
 
-/// Where transmits go: the worker's UDP socket, or memory in tests and benchmarks.
+/// Where transmits go: the worker's UDP socket and ICE-TCP connections, or memory in tests and
+/// benchmarks.
 pub trait Wire {
     fn send(&self, to: SocketAddr, data: &[u8]) -> std::io::Result<usize>;
+
+    /// Sends one RFC 4571 frame on the ICE-TCP connection from `to`.
+    fn send_tcp(&self, _to: SocketAddr, _data: &[u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::Unsupported.into())
+    }
 }
 
-impl Wire for Arc<UdpSocket> {
+/// The production wire: the shared UDP socket plus this worker's ICE-TCP connections.
+pub struct NetWire {
+    pub udp: Arc<UdpSocket>,
+    pub tcp: HashMap<SocketAddr, tokio::sync::mpsc::Sender<Vec<u8>>>,
+}
+
+impl Wire for NetWire {
     fn send(&self, to: SocketAddr, data: &[u8]) -> std::io::Result<usize> {
-        self.send_to(data, to)
+        self.udp.send_to(data, to)
     }
+
+    fn send_tcp(&self, to: SocketAddr, data: &[u8]) -> std::io::Result<usize> {
+        let conn = self.tcp.get(&to).ok_or(std::io::ErrorKind::NotConnected)?;
+        // A full queue loses the frame, as a congested UDP path would.
+        conn.try_send(data.to_vec())
+            .map_err(|_| std::io::ErrorKind::WouldBlock)?;
+        Ok(data.len())
+    }
+}
+
+/// The server's ICE candidates: UDP host addresses and ICE-TCP passive ones (maybe none).
+#[derive(Debug, Clone, Default)]
+pub struct Advertised {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
 }
 
 /// The parts of the worker a drain needs.
@@ -182,7 +212,7 @@ impl Transport {
         identity: String,
         role: String,
         events: tokio::sync::mpsc::Sender<PeerEvent>,
-        advertised: &[SocketAddr],
+        advertised: &Advertised,
         now: Instant,
     ) -> Result<Self, String> {
         let mut rtc = Rtc::builder()
@@ -190,8 +220,17 @@ impl Transport {
             .set_rtp_mode(true)
             .set_stats_interval(Some(STATS_INTERVAL))
             .build(now);
-        for addr in advertised {
+        for addr in &advertised.udp {
             let c = Candidate::host(*addr, "udp")
+                .map_err(|e| format!("bad candidate address {addr}: {e}"))?;
+            rtc.add_local_candidate(c);
+        }
+        for addr in &advertised.tcp {
+            let c = Candidate::builder()
+                .tcp()
+                .host(*addr)
+                .tcptype(TcpType::Passive)
+                .build()
                 .map_err(|e| format!("bad candidate address {addr}: {e}"))?;
             rtc.add_local_candidate(c);
         }
@@ -212,6 +251,7 @@ impl Transport {
             scheduled: far_future(now),
             next_timeout: now,
             connected: false,
+            last_proto: Protocol::Udp,
             created: now,
         })
     }
@@ -383,7 +423,11 @@ impl Transport {
                 }
             }
             Event::Connected => {
-                c.ice_connected += 1;
+                if self.last_proto == Protocol::Udp {
+                    c.ice_connected += 1;
+                } else {
+                    c.ice_connected_tcp += 1;
+                }
                 c.time_to_connect
                     .observe_duration(&CONNECT_BUCKETS, self.created.elapsed());
                 outbox.connected.push(self.id);
@@ -470,7 +514,11 @@ pub(crate) fn keep_offer_codec_order(offer: &str, answer: &str) -> String {
 }
 
 fn send<W: Wire>(io: &mut Io<W>, t: &Transmit) {
-    match io.wire.send(t.destination, &t.contents) {
+    let sent = match t.proto {
+        Protocol::Udp => io.wire.send(t.destination, &t.contents),
+        _ => io.wire.send_tcp(t.destination, &t.contents),
+    };
+    match sent {
         Ok(n) => {
             io.counters.packets_out += 1;
             io.counters.bytes_out += n as u64;

@@ -6,16 +6,17 @@
 //! its channels: no locks, no I/O besides `send_to` on the shared socket. Counters are published
 //! to the shared [`WorkerStats`] every 100 ms, not per packet.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 
-use crate::demux::{BufferPool, DemuxUpdate, RxPacket};
+use crate::demux::{BufferPool, DemuxUpdate, IceDirectory, WorkerInput};
 use crate::router::RouterHost;
 use crate::stats::WorkerStats;
+use crate::transport::{Advertised, NetWire};
 use crate::Command;
 
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
@@ -25,10 +26,11 @@ const BATCH: usize = 64;
 pub(crate) struct WorkerContext {
     pub index: usize,
     pub socket: Arc<UdpSocket>,
-    pub advertised: Vec<SocketAddr>,
+    pub advertised: Advertised,
     pub max_publishers: usize,
+    pub directory: IceDirectory,
     pub commands: Receiver<Command>,
-    pub packets: Receiver<RxPacket>,
+    pub packets: Receiver<WorkerInput>,
     pub demux: Sender<DemuxUpdate>,
     pub pool: BufferPool,
     pub stats: Arc<WorkerStats>,
@@ -37,12 +39,11 @@ pub(crate) struct WorkerContext {
 
 pub(crate) fn run(ctx: WorkerContext) {
     ctx.stats.alive.store(true, Ordering::Relaxed);
-    let mut host = RouterHost::new(
-        ctx.index,
-        ctx.socket.clone(),
-        ctx.advertised.clone(),
-        ctx.max_publishers,
-    );
+    let wire = NetWire {
+        udp: ctx.socket.clone(),
+        tcp: Default::default(),
+    };
+    let mut host = RouterHost::new(ctx.index, wire, ctx.advertised.clone(), ctx.max_publishers);
     // Demux updates that did not fit the channel; retried every tick.
     let mut backlog: Vec<DemuxUpdate> = Vec::new();
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
@@ -65,12 +66,10 @@ pub(crate) fn run(ctx: WorkerContext) {
             recv(ctx.packets) -> p => {
                 let woke = Instant::now();
                 if let Ok(p) = p {
-                    host.on_datagram(p.peer, p.source, &p.buf[..p.len], p.at);
-                    ctx.pool.put(p.buf);
+                    on_input(&mut host, &ctx, p);
                     for _ in 0..BATCH {
                         let Ok(p) = ctx.packets.try_recv() else { break };
-                        host.on_datagram(p.peer, p.source, &p.buf[..p.len], p.at);
-                        ctx.pool.put(p.buf);
+                        on_input(&mut host, &ctx, p);
                     }
                 }
                 woke
@@ -80,6 +79,7 @@ pub(crate) fn run(ctx: WorkerContext) {
         let now = Instant::now();
         host.fire_timers(now);
         for u in host.demux_updates.drain(..) {
+            update_directory(&ctx.directory, &u, ctx.index);
             if let Err(e) = ctx.demux.try_send(u) {
                 backlog.push(e.into_inner());
             }
@@ -110,4 +110,30 @@ pub(crate) fn run(ctx: WorkerContext) {
         }
     }
     ctx.stats.alive.store(false, Ordering::Relaxed);
+}
+
+fn on_input(host: &mut RouterHost<NetWire>, ctx: &WorkerContext, input: WorkerInput) {
+    match input {
+        WorkerInput::Packet(p) => {
+            host.on_datagram(p.peer, p.proto, p.source, &p.buf[..p.len], p.at);
+            ctx.pool.put(p.buf);
+        }
+        WorkerInput::TcpOpened { remote, tx } => {
+            host.wire_mut().tcp.insert(remote, tx);
+        }
+        WorkerInput::TcpClosed { remote } => {
+            host.wire_mut().tcp.remove(&remote);
+        }
+    }
+}
+
+/// Mirrors a registration into the directory the ICE-TCP acceptor reads.
+fn update_directory(directory: &IceDirectory, u: &DemuxUpdate, worker: usize) {
+    let mut dir = directory.lock().unwrap_or_else(|e| e.into_inner());
+    match u {
+        DemuxUpdate::Register { ufrag, peer, .. } => {
+            dir.insert(ufrag.clone(), (worker, *peer));
+        }
+        DemuxUpdate::Forget { peer } => dir.retain(|_, v| v.1 != *peer),
+    }
 }

@@ -116,13 +116,18 @@ function run(bin, args, { timeout = 15_000 } = {}) {
  * Starts `consulta serve` with a fresh config and data dir. Returns
  * { httpUrl, wsUrl, dir, configPath, token(opts), stop(), log() }.
  */
-export async function startServer({ extraConfig = '' } = {}) {
+export async function startServer({ extraConfig = '', media = {} } = {}) {
   if (!fs.existsSync(CONSULTA_BIN)) {
     throw new Error(`server binary not found at ${CONSULTA_BIN} (build it with cargo build --release, or set CONSULTA_BIN)`);
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-e2e-'));
   const httpPort = await freeTcpPort();
   const udpPort = await freeMediaPort(httpPort);
+  let tcpPort = media.tcp_port;
+  while (tcpPort === undefined || tcpPort === httpPort || tcpPort === udpPort) tcpPort = await freeTcpPort();
+  const mediaExtra = Object.entries(media)
+    .filter(([k]) => k !== 'tcp_port')
+    .map(([k, v]) => `${k} = ${JSON.stringify(v)}`);
   const configPath = path.join(dir, 'consulta.toml');
   fs.writeFileSync(
     configPath,
@@ -134,8 +139,10 @@ export async function startServer({ extraConfig = '' } = {}) {
       '',
       '[media]',
       `udp_port = ${udpPort}`,
+      `tcp_port = ${tcpPort}`,
       'public_ips = ["127.0.0.1"]',
       'workers = 2',
+      ...mediaExtra,
       '',
       '[auth]',
       `token_secret = "${randomBytes(32).toString('hex')}"`,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use consulta_sfu::router::RouterHost;
-use consulta_sfu::transport::Wire;
+use consulta_sfu::transport::{Advertised, Wire};
 use consulta_sfu::{Command, JoinRequest, PeerEvent, PeerId, ServerMessage};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -71,7 +71,15 @@ impl Net {
         let wire: &'static MemWire = Box::leak(Box::default());
         wire.keep.set(true);
         Net {
-            host: RouterHost::new(0, wire, vec![SERVER.parse().unwrap()], max_publishers),
+            host: RouterHost::new(
+                0,
+                wire,
+                Advertised {
+                    udp: vec![SERVER.parse().unwrap()],
+                    tcp: Vec::new(),
+                },
+                max_publishers,
+            ),
             wire,
             clients: Vec::new(),
             next_port: 40000,
@@ -168,7 +176,7 @@ impl Net {
                 let (peer, addr) = (self.clients[i].peer, self.clients[i].addr);
                 for (_, data) in out {
                     moved = true;
-                    self.host.on_datagram(peer, addr, &data, now);
+                    self.host.on_datagram(peer, Protocol::Udp, addr, &data, now);
                 }
             }
             // Server output.
