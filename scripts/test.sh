@@ -40,6 +40,9 @@ else
   cargo test --release --workspace --locked --no-fail-fast
 fi
 
+say "deployment files (promtool, nginx -t, compose, dashboard, live smoke test)"
+CONSULTA_BIN="$PWD/target/release/consulta" tests/deploy/check.sh
+
 if [ -z "${SKIP_E2E:-}" ]; then
   say "end-to-end tests in headless Chromium"
   (cd tests/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
