@@ -18,6 +18,9 @@ if [ -z "${SKIP_E2E:-}" ]; then
   command -v ip >/dev/null || need_apt+=(iproute2)
 fi
 command -v cc >/dev/null || need_apt+=(build-essential)
+# coturn's independent TURN client tests our TURN server; openssl makes test certificates.
+command -v turnutils_uclient >/dev/null || need_apt+=(coturn)
+command -v openssl >/dev/null || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing ${need_apt[*]}"
   as_root apt-get update -qq
@@ -47,10 +50,12 @@ if [ -z "${SKIP_E2E:-}" ]; then
   say "end-to-end tests in headless Chromium"
   (cd tests/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
   CONSULTA_BIN="$PWD/target/release/consulta" node --test --test-concurrency=1 tests/e2e/
-  say "end-to-end tests in a network namespace where UDP is dropped (ICE-TCP)"
+  say "hostile networks in network namespaces: UDP dropped (ICE-TCP); only TCP 443 open (TURN/TLS)"
   if unshare -n true 2>/dev/null; then
     CONSULTA_BIN="$PWD/target/release/consulta" scripts/netns-udp-blocked.sh \
-      node --test --test-concurrency=1 tests/e2e-netns/
+      node --test --test-concurrency=1 tests/e2e-netns/ice-tcp.test.mjs
+    CONSULTA_BIN="$PWD/target/release/consulta" scripts/netns-two-hosts.sh tcp443 7880 \
+      env SIGNALING_PORT=7880 node --test --test-concurrency=1 tests/e2e-netns/turn-tls-443.test.mjs
   else
     echo "network namespaces need root (unshare -n): these tests did not run"
     exit 1

@@ -23,6 +23,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    /// The built-in TURN server (see `consulta_turn::TurnConfig` for every key).
+    pub turn: consulta_turn::TurnConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -86,6 +88,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            turn: consulta_turn::TurnConfig::default(),
         }
     }
 }
@@ -130,7 +133,7 @@ impl Default for LogConfig {
 }
 
 /// Sections whose keys the environment may set, and the top-level keys.
-const SECTIONS: &[&str] = &["http", "media", "auth", "log", "metrics"];
+const SECTIONS: &[&str] = &["http", "media", "auth", "log", "metrics", "turn"];
 const TOP_LEVEL: &[&str] = &["data_dir"];
 /// Environment variables that are not config keys.
 const NOT_KEYS: &[&str] = &["CONSULTA_CONFIG", "CONSULTA_BIN"];
@@ -177,6 +180,24 @@ impl Config {
         if self.auth.token_ttl == 0 {
             bail!("auth.token_ttl must be at least 1 second");
         }
+        if self.turn.enabled {
+            let public_loopback = self.media.public_ips.iter().all(|ip| ip.is_loopback());
+            if self.turn.listen_ip.is_loopback() && !public_loopback {
+                bail!(
+                    "turn.listen_ip is {} but media.public_ips are reachable from other machines: \
+                     set turn.listen_ip to the address browsers reach (or 0.0.0.0)",
+                    self.turn.listen_ip
+                );
+            }
+            if self.turn.tls_port != 0
+                && self.turn.tls_cert.is_some() != self.turn.tls_key.is_some()
+            {
+                bail!("turn.tls_cert and turn.tls_key go together");
+            }
+            if self.turn.secrets.iter().any(|s| s.len() < 16) {
+                bail!("turn.secrets must each be at least 16 characters");
+            }
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be `text` or `json`");
         }
@@ -207,7 +228,12 @@ impl Config {
         if let Some(s) = &self.auth.token_secret {
             return Ok(s.as_bytes().to_vec());
         }
-        let path = self.data_dir.join("token_secret");
+        self.kept_secret("token_secret")
+    }
+
+    /// A random secret kept in `<data_dir>/<name>` (mode 0600), made on first use.
+    fn kept_secret(&self, name: &str) -> Result<Vec<u8>> {
+        let path = self.data_dir.join(name);
         match std::fs::read_to_string(&path) {
             Ok(s) if s.trim().len() >= 16 => return Ok(s.trim().as_bytes().to_vec()),
             Ok(_) => bail!(
@@ -229,11 +255,33 @@ impl Config {
         Ok(secret.into_bytes())
     }
 
+    /// The TURN secrets: configured, or one generated once and kept in the data dir.
+    pub fn turn_secrets(&self) -> Result<Vec<String>> {
+        if !self.turn.secrets.is_empty() {
+            return Ok(self.turn.secrets.clone());
+        }
+        let secret = self.kept_secret("turn_secret")?;
+        Ok(vec![
+            String::from_utf8(secret).context("turn_secret is not UTF-8")?
+        ])
+    }
+
+    /// The host browsers use in TURN URLs.
+    pub fn turn_host(&self) -> String {
+        self.turn
+            .host
+            .clone()
+            .unwrap_or_else(|| self.media.public_ips[0].to_string())
+    }
+
     /// The configuration as TOML with secrets redacted.
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
         if c.auth.token_secret.is_some() {
             c.auth.token_secret = Some("<redacted>".into());
+        }
+        for s in &mut c.turn.secrets {
+            *s = "<redacted>".into();
         }
         toml::to_string_pretty(&c).unwrap_or_default()
     }
@@ -272,6 +320,7 @@ fn optional_keys(section: &str) -> &'static [&'static str] {
         "media" => &["bind_ip"],
         "auth" => &["token_secret"],
         "metrics" => &["listen"],
+        "turn" => &["tls_cert", "tls_key", "relay_ip", "relay_public_ip", "host"],
         _ => &[],
     }
 }
@@ -420,7 +469,18 @@ mod tests {
         for name in Config::env_names() {
             let value = match name.as_str() {
                 "CONSULTA_HTTP_LISTEN" | "CONSULTA_METRICS_LISTEN" => "127.0.0.1:1",
-                "CONSULTA_MEDIA_PUBLIC_IPS" | "CONSULTA_MEDIA_BIND_IP" => "127.0.0.1",
+                "CONSULTA_MEDIA_PUBLIC_IPS"
+                | "CONSULTA_MEDIA_BIND_IP"
+                | "CONSULTA_TURN_LISTEN_IP"
+                | "CONSULTA_TURN_RELAY_IP"
+                | "CONSULTA_TURN_RELAY_PUBLIC_IP" => "127.0.0.1",
+                "CONSULTA_TURN_ENABLED" | "CONSULTA_TURN_LEGACY_CHANNEL_NUMBERS" => "true",
+                "CONSULTA_TURN_ALLOWED_PEER_RANGES" => "10.0.0.0/8,192.168.0.0/16",
+                "CONSULTA_TURN_REALM"
+                | "CONSULTA_TURN_HOST"
+                | "CONSULTA_TURN_TLS_CERT"
+                | "CONSULTA_TURN_TLS_KEY"
+                | "CONSULTA_TURN_SECRETS" => "something-long-enough",
                 "CONSULTA_LOG_FORMAT" => "json",
                 "CONSULTA_LOG_LEVEL" => "debug",
                 "CONSULTA_AUTH_TOKEN_SECRET" | "CONSULTA_DATA_DIR" => "0123456789abcdef",

@@ -39,6 +39,18 @@ enum Command {
     Serve(ServeArgs),
     /// Print a join token for one identity in one room.
     Token(TokenArgs),
+    /// Print fresh TURN credentials as an RTCIceServer JSON object.
+    TurnCredentials {
+        /// Who the credentials are for (goes into the TURN username).
+        #[arg(long)]
+        user: String,
+        /// Lifetime in seconds (default [turn] credential_ttl).
+        #[arg(long)]
+        ttl: Option<u64>,
+        /// Data directory holding a generated secret (data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -167,6 +179,30 @@ fn run(cli: Cli) -> Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::TurnCredentials {
+            user,
+            ttl,
+            data_dir,
+        } => {
+            let mut cfg = load(cli.config.as_deref())?;
+            if let Some(v) = data_dir {
+                cfg.data_dir = v;
+            }
+            cfg.validate()?;
+            let mut turn = cfg.turn.clone();
+            turn.secrets = cfg.turn_secrets()?;
+            if let Some(ttl) = ttl {
+                turn.credential_ttl = ttl;
+            }
+            if user.is_empty() || user.contains(':') {
+                anyhow::bail!("--user must be non-empty and without ':'");
+            }
+            let server = turn
+                .ice_server(&cfg.turn_host(), &user, unix_now())
+                .context("no TURN secret configured")?;
+            println!("{}", serde_json::to_string(&server)?);
+            Ok(())
+        }
         Command::Config {
             action: ConfigAction::Check { env },
         } => {
@@ -188,8 +224,10 @@ fn run(cli: Cli) -> Result<()> {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if cfg.log.format == "json" {
         builder.json().init();

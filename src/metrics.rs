@@ -13,6 +13,7 @@ use std::time::Instant;
 use consulta_sfu::{HistogramSnapshot, SfuStats, CODEC_LABELS};
 use consulta_sfu::{CONNECT_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS};
 use consulta_signaling::ErrorCode;
+use consulta_turn::CountersSnapshot;
 
 /// Signaling counters, process-wide.
 pub struct SignalingMetrics {
@@ -93,8 +94,9 @@ impl Out {
     }
 }
 
-/// Formats the metrics (Prometheus text format 0.0.4).
-pub fn render(s: &SfuStats, started: Instant) -> String {
+/// Formats the metrics (Prometheus text format 0.0.4). TURN families are present (zero) when TURN
+/// is off, so dashboards and alerts never miss a series.
+pub fn render(s: &SfuStats, turn: Option<&CountersSnapshot>, started: Instant) -> String {
     let mut o = Out(String::with_capacity(16 * 1024));
     o.head(
         "consulta_build_info",
@@ -369,6 +371,8 @@ pub fn render(s: &SfuStats, started: Instant) -> String {
         s.send_errors,
     );
 
+    render_turn(&mut o, &turn.copied().unwrap_or_default());
+
     o.one(
         "consulta_ws_connections",
         "gauge",
@@ -397,10 +401,116 @@ pub fn render(s: &SfuStats, started: Instant) -> String {
     o.0
 }
 
+fn render_turn(o: &mut Out, t: &CountersSnapshot) {
+    o.one(
+        "consulta_turn_allocations",
+        "gauge",
+        "TURN allocations alive now.",
+        t.allocations_current,
+    );
+    o.one(
+        "consulta_turn_allocations_total",
+        "counter",
+        "TURN allocations created.",
+        t.allocations_total,
+    );
+    o.head(
+        "consulta_turn_relayed_packets_total",
+        "counter",
+        "Packets relayed by TURN.",
+    );
+    o.labelled(
+        "consulta_turn_relayed_packets_total",
+        "direction=\"to_peer\"",
+        t.to_peer_packets,
+    );
+    o.labelled(
+        "consulta_turn_relayed_packets_total",
+        "direction=\"to_client\"",
+        t.to_client_packets,
+    );
+    o.head(
+        "consulta_turn_relayed_bytes_total",
+        "counter",
+        "Bytes relayed by TURN.",
+    );
+    o.labelled(
+        "consulta_turn_relayed_bytes_total",
+        "direction=\"to_peer\"",
+        t.to_peer_bytes,
+    );
+    o.labelled(
+        "consulta_turn_relayed_bytes_total",
+        "direction=\"to_client\"",
+        t.to_client_bytes,
+    );
+    o.one(
+        "consulta_turn_auth_challenges_total",
+        "counter",
+        "401 challenges (the normal first round trip).",
+        t.auth_challenges,
+    );
+    o.head(
+        "consulta_turn_auth_failures_total",
+        "counter",
+        "TURN requests refused for their credentials, by reason.",
+    );
+    for (reason, n) in [
+        ("bad_integrity", t.auth_bad_integrity),
+        ("expired", t.auth_expired),
+        ("malformed", t.auth_malformed),
+        ("stale_nonce", t.auth_stale_nonce),
+        ("wrong_credentials", t.auth_wrong_credentials),
+    ] {
+        o.labelled(
+            "consulta_turn_auth_failures_total",
+            &format!("reason=\"{reason}\""),
+            n,
+        );
+    }
+    o.head(
+        "consulta_turn_refusals_total",
+        "counter",
+        "TURN requests refused by policy or quota.",
+    );
+    o.labelled(
+        "consulta_turn_refusals_total",
+        "reason=\"peer_policy\"",
+        t.permission_refusals,
+    );
+    o.labelled(
+        "consulta_turn_refusals_total",
+        "reason=\"quota\"",
+        t.quota_refusals,
+    );
+    o.labelled(
+        "consulta_turn_refusals_total",
+        "reason=\"relay_bind\"",
+        t.relay_bind_failures,
+    );
+    o.head(
+        "consulta_turn_dropped_packets_total",
+        "counter",
+        "Packets TURN dropped, by reason.",
+    );
+    for (reason, n) in [
+        ("bandwidth", t.bandwidth_drops),
+        ("no_permission", t.no_permission_drops),
+        ("client_queue", t.client_queue_drops),
+        ("malformed", t.malformed_packets),
+    ] {
+        o.labelled(
+            "consulta_turn_dropped_packets_total",
+            &format!("reason=\"{reason}\""),
+            n,
+        );
+    }
+}
+
 /// Names of every metric family [`render`] writes (histograms without their suffixes).
 #[cfg(test)]
 pub fn metric_names() -> Vec<String> {
-    let text = render(&SfuStats::default(), Instant::now());
+    let text = render(&SfuStats::default(), None, Instant::now());
     text.lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_whitespace().next())
@@ -420,6 +530,7 @@ mod tests {
                 busy_nanos: vec![1_500_000_000, 0],
                 ..Default::default()
             },
+            None,
             Instant::now(),
         );
         assert!(text.contains("consulta_worker_busy_seconds_total{worker=\"0\"} 1.5\n"));

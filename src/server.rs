@@ -30,12 +30,26 @@ pub struct AppState {
     /// Flips to true on SIGTERM/ctrl-c: sessions end so the listener can drain.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub started: std::time::Instant,
+    pub turn: Option<Arc<Turn>>,
+}
+
+/// The running built-in TURN server and what signaling needs to hand out credentials.
+pub struct Turn {
+    pub handle: consulta_turn::TurnHandle,
+    /// The `[turn]` section with its secrets resolved.
+    pub config: consulta_turn::TurnConfig,
+    pub host: String,
 }
 
 impl AppState {
-    /// ICE servers handed to each participant on join (TURN comes with the TURN issue).
-    pub fn ice_servers(&self) -> Vec<serde_json::Value> {
-        Vec::new()
+    /// ICE servers handed to a participant on join: fresh TURN credentials for `user` (a
+    /// session id, never a name), or none when TURN is off.
+    pub fn ice_servers(&self, user: &str) -> Vec<serde_json::Value> {
+        self.turn
+            .as_ref()
+            .and_then(|t| t.config.ice_server_json(&t.host, user, crate::unix_now()))
+            .into_iter()
+            .collect()
     }
 }
 
@@ -61,11 +75,40 @@ pub async fn serve(cfg: Config) -> Result<()> {
         cfg.http.listen
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let turn = if cfg.turn.enabled {
+        let mut config = cfg.turn.clone();
+        config.secrets = cfg.turn_secrets()?;
+        let port = sfu.handle().local_addr().port();
+        // The SFU's own media addresses are always valid TURN peers.
+        let sfu_addrs = cfg
+            .media
+            .public_ips
+            .iter()
+            .map(|ip| std::net::SocketAddr::new(*ip, port))
+            .collect();
+        let handle = consulta_turn::start(config.clone(), sfu_addrs, stop_rx.clone())
+            .await
+            .context("cannot start the TURN server")?;
+        tracing::info!(
+            udp = %handle.udp_addr,
+            tcp = %handle.tcp_addr,
+            tls = ?handle.tls_addr,
+            "TURN is serving"
+        );
+        Some(Arc::new(Turn {
+            handle,
+            config,
+            host: cfg.turn_host(),
+        }))
+    } else {
+        None
+    };
     let state = AppState {
         sfu: sfu.handle(),
         token_secret,
         shutdown: stop_rx,
         started: std::time::Instant::now(),
+        turn,
     };
     let mut app = router(state.clone());
     match cfg.metrics.listen {
@@ -137,7 +180,8 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let body = crate::metrics::render(&state.sfu.stats(), state.started);
+    let turn = state.turn.as_ref().map(|t| t.handle.counters());
+    let body = crate::metrics::render(&state.sfu.stats(), turn.as_ref(), state.started);
     (
         [(
             header::CONTENT_TYPE,

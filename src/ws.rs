@@ -117,8 +117,8 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
             ev = event => {
                 match ev {
                     Some(PeerEvent::Message(mut msg)) => {
-                        if let ServerMessage::Joined { ice_servers, .. } = &mut msg {
-                            *ice_servers = state.ice_servers();
+                        if let ServerMessage::Joined { ice_servers, session_id, .. } = &mut msg {
+                            *ice_servers = state.ice_servers(&format!("s{session_id}"));
                         }
                         if send(&mut sink, &msg).await.is_err() { break }
                     }

@@ -19,6 +19,12 @@ struct Server {
     dir: std::path::PathBuf,
 }
 
+impl Server {
+    fn config(&self) -> std::path::PathBuf {
+        self.dir.join("consulta.toml")
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -43,6 +49,11 @@ fn free_udp() -> u16 {
 }
 
 fn start(extra: &str) -> Server {
+    start_full(extra, "")
+}
+
+/// `media` goes into `[media]`; `tail` is appended (whole sections).
+fn start_full(extra: &str, tail: &str) -> Server {
     let dir = std::env::temp_dir().join(format!(
         "consulta-sig-{}-{}",
         std::process::id(),
@@ -57,7 +68,7 @@ fn start(extra: &str) -> Server {
         free_tcp()
     );
     let cfg_path = dir.join("consulta.toml");
-    std::fs::write(&cfg_path, cfg).unwrap();
+    std::fs::write(&cfg_path, format!("{cfg}{tail}")).unwrap();
     let log = std::fs::File::create(dir.join("server.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_consulta"))
         .args(["serve", "--log-format", "json", "--config"])
@@ -392,4 +403,150 @@ async fn logs_are_json_without_tokens_identities_or_sdp() {
             assert!(!line.contains(secret), "the log leaks `{secret}`: {line}");
         }
     }
+}
+
+fn installed(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+/// Runs coturn's client against our TURN; returns (exit ok, received, lost).
+fn uclient(args: &[&str]) -> (bool, Option<u64>, Option<u64>, String) {
+    let out = Command::new("turnutils_uclient")
+        .args(args)
+        .output()
+        .expect("turnutils_uclient runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let num_after = |key: &str| {
+        text.rfind(key).and_then(|i| {
+            let digits: String = text[i + key.len()..]
+                .chars()
+                .skip_while(|c| !c.is_ascii_digit())
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            digits.parse().ok()
+        })
+    };
+    (
+        out.status.success(),
+        num_after("tot_recv_msgs="),
+        num_after("Total lost packets"),
+        text,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_from_join_and_cli_relay_media() {
+    if !installed("turnutils_uclient") || !installed("turnutils_peer") {
+        eprintln!("SKIPPED: coturn's turnutils are not installed (apt-get install -y coturn)");
+        return;
+    }
+    let (udp, tcp, peer_port) = (free_udp(), free_tcp(), free_udp());
+    let server = start_full(
+        "",
+        &format!(
+            "[turn]\nenabled = true\nudp_port = {udp}\ntcp_port = {tcp}\ntls_port = 0\n\
+             allowed_peer_ranges = [\"127.0.0.0/8\"]\nlegacy_channel_numbers = true\n"
+        ),
+    );
+    // The join response carries fresh credentials for this session.
+    let (_c, joined) = Client::join(&server, "appt-turn", "dr", Role::Doctor).await;
+    let ice = &joined["ice_servers"][0];
+    let urls: Vec<&str> = ice["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            format!("turn:127.0.0.1:{udp}?transport=udp"),
+            format!("turn:127.0.0.1:{tcp}?transport=tcp")
+        ]
+    );
+    let username = ice["username"].as_str().unwrap().to_owned();
+    let expiry: u64 = username.split(':').next().unwrap().parse().unwrap();
+    assert!(expiry > now() + 3000, "default TTL is an hour: {username}");
+    assert!(
+        !username.contains("dr"),
+        "no identity in TURN usernames: {username}"
+    );
+    let password = ice["credential"].as_str().unwrap().to_owned();
+    // And the CLI mints the same kind.
+    let out = Command::new(env!("CARGO_BIN_EXE_consulta"))
+        .args([
+            "turn-credentials",
+            "--user",
+            "cli-user",
+            "--ttl",
+            "600",
+            "--config",
+        ])
+        .arg(server.config())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(cli["username"].as_str().unwrap().ends_with(":cli-user"));
+
+    let mut peer = Command::new("turnutils_peer")
+        .args(["-L", "127.0.0.1", "-p", &peer_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (udp_s, tcp_s, peer_s) = (udp.to_string(), tcp.to_string(), peer_port.to_string());
+    let base = [
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_s,
+        "-n",
+        "20",
+        "-m",
+        "1",
+        "-l",
+        "120",
+    ];
+    let join_creds = ["-u", &username, "-w", &password, "-p", &udp_s, "127.0.0.1"];
+    let (ok, recv, lost, text) = uclient(&[&base[..], &join_creds[..]].concat());
+    assert!(
+        ok && recv == Some(40) && lost == Some(0),
+        "UDP relay with the join credentials:\n{text}"
+    );
+    let cli_user = cli["username"].as_str().unwrap();
+    let cli_pass = cli["credential"].as_str().unwrap();
+    let tcp_args = [
+        "-t",
+        "-u",
+        cli_user,
+        "-w",
+        cli_pass,
+        "-p",
+        &tcp_s,
+        "127.0.0.1",
+    ];
+    let (ok, recv, lost, text) = uclient(&[&base[..], &tcp_args[..]].concat());
+    assert!(
+        ok && recv == Some(40) && lost == Some(0),
+        "TCP relay with CLI credentials:\n{text}"
+    );
+    let wrong = [
+        "-u",
+        &username,
+        "-w",
+        "not-the-password",
+        "-p",
+        &udp_s,
+        "127.0.0.1",
+    ];
+    let (ok, _, _, text) = uclient(&[&base[..], &wrong[..]].concat());
+    assert!(!ok, "a wrong password is refused:\n{text}");
+    let _ = peer.kill();
+    let _ = peer.wait();
 }

@@ -27,7 +27,7 @@ export interface ConnectOptions {
   localStream?: MediaStream;
   /** Put this codec first in the offer; ignored when the browser lacks it. */
   preferredVideoCodec?: VideoCodec;
-  /** Overrides the server's `ice_servers` from `joined`. */
+  /** A non-empty list replaces the server's `ice_servers` (its TURN credentials); `[]` or absent keeps them. */
   iceServers?: RTCIceServer[];
   iceTransportPolicy?: RTCIceTransportPolicy;
 }

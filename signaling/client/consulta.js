@@ -280,7 +280,8 @@ export class Call {
       throw new ConsultaError('connection_closed', 'the call closed while starting');
     }
     this.localStream = stream;
-    const iceServers = o.iceServers ?? joined.ice_servers ?? [];
+    // An app's own non-empty list wins; absent or empty means the server's fresh TURN credentials.
+    const iceServers = o.iceServers && o.iceServers.length ? o.iceServers : joined.ice_servers || [];
     this.iceServers = iceServers;
     const pc = new RTCPeerConnection({
       iceServers,

@@ -60,7 +60,7 @@ export async function pollUntil(fn, { timeout = 20_000, interval = 500, what = '
 
 // ----- ports ----------------------------------------------------------------------------------------
 
-function freeTcpPort() {
+export function freeTcpPort() {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.once('error', reject);
@@ -101,7 +101,7 @@ process.on('exit', () => {
   }
 });
 
-function run(bin, args, { timeout = 15_000 } = {}) {
+export function run(bin, args, { timeout = 15_000 } = {}) {
   return new Promise((resolve, reject) => {
     execFile(bin, args, { timeout, encoding: 'utf8' }, (err, stdout, stderr) => {
       if (err) {
@@ -116,12 +116,16 @@ function run(bin, args, { timeout = 15_000 } = {}) {
  * Starts `consulta serve` with a fresh config and data dir. Returns
  * { httpUrl, wsUrl, dir, configPath, token(opts), stop(), log() }.
  */
-export async function startServer({ extraConfig = '', media = {} } = {}) {
+// The server's address: loopback, or (scripts/netns-two-hosts.sh) a "server host" namespace.
+const SERVER_IP = process.env.CONSULTA_SERVER_IP || '127.0.0.1';
+const SERVER_NETNS = process.env.CONSULTA_NETNS_SERVER;
+
+export async function startServer({ extraConfig = '', media = {}, httpPort: wantedHttpPort } = {}) {
   if (!fs.existsSync(CONSULTA_BIN)) {
     throw new Error(`server binary not found at ${CONSULTA_BIN} (build it with cargo build --release, or set CONSULTA_BIN)`);
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-e2e-'));
-  const httpPort = await freeTcpPort();
+  const httpPort = wantedHttpPort ?? (await freeTcpPort());
   const udpPort = await freeMediaPort(httpPort);
   let tcpPort = media.tcp_port;
   while (tcpPort === undefined || tcpPort === httpPort || tcpPort === udpPort) tcpPort = await freeTcpPort();
@@ -135,12 +139,12 @@ export async function startServer({ extraConfig = '', media = {} } = {}) {
       `data_dir = ${JSON.stringify(path.join(dir, 'data'))}`,
       '',
       '[http]',
-      `listen = "127.0.0.1:${httpPort}"`,
+      `listen = "${SERVER_IP}:${httpPort}"`,
       '',
       '[media]',
       `udp_port = ${udpPort}`,
       `tcp_port = ${tcpPort}`,
-      'public_ips = ["127.0.0.1"]',
+      `public_ips = ["${SERVER_IP}"]`,
       'workers = 2',
       ...mediaExtra,
       '',
@@ -152,7 +156,10 @@ export async function startServer({ extraConfig = '', media = {} } = {}) {
   );
   const logPath = path.join(dir, 'server.log');
   const logFd = fs.openSync(logPath, 'a');
-  const child = spawn(CONSULTA_BIN, ['serve', '--config', configPath], {
+  const [cmd, argv] = SERVER_NETNS
+    ? ['ip', ['netns', 'exec', SERVER_NETNS, CONSULTA_BIN, 'serve', '--config', configPath]]
+    : [CONSULTA_BIN, ['serve', '--config', configPath]];
+  const child = spawn(cmd, argv, {
     stdio: ['ignore', logFd, logFd],
     env: { RUST_LOG: 'info', ...process.env },
   });
@@ -164,7 +171,7 @@ export async function startServer({ extraConfig = '', media = {} } = {}) {
     running.delete(child);
   });
 
-  const httpUrl = `http://127.0.0.1:${httpPort}`;
+  const httpUrl = `http://${SERVER_IP}:${httpPort}`;
   const log = () => (fs.existsSync(logPath) ? fs.readFileSync(logPath, 'utf8') : '');
   const tail = () => log().split('\n').slice(-40).join('\n');
 
@@ -205,9 +212,17 @@ export async function startServer({ extraConfig = '', media = {} } = {}) {
     return lines[lines.length - 1];
   };
 
+  /** Fresh TURN credentials from the CLI, as an RTCIceServer. */
+  const turnCredentials = async (user = 'e2e') => {
+    const { stdout } = await run(CONSULTA_BIN, ['turn-credentials', '--config', configPath, '--user', user]);
+    return JSON.parse(stdout.trim().split('\n').pop());
+  };
+
   return {
     httpUrl,
-    wsUrl: `ws://127.0.0.1:${httpPort}/ws`,
+    turnCredentials,
+    wsUrl: `ws://${SERVER_IP}:${httpPort}/ws`,
+    ip: SERVER_IP,
     httpPort,
     udpPort,
     dir,
@@ -224,8 +239,8 @@ export async function startServer({ extraConfig = '', media = {} } = {}) {
 
 // ----- browser --------------------------------------------------------------------------------------
 
-export async function launchBrowser() {
-  const args = [...CHROMIUM_ARGS];
+export async function launchBrowser({ extraArgs = [] } = {}) {
+  const args = [...CHROMIUM_ARGS, ...extraArgs];
   if (process.env.CONSULTA_E2E_SDK === 'disk') {
     // A document fulfilled by Playwright has no address space, so Chromium would treat its
     // WebSocket to 127.0.0.1 as a public->local request and block it.

@@ -1,0 +1,93 @@
+// Calls relayed through Consulta's built-in TURN server (iceTransportPolicy 'relay'), over UDP,
+// TCP and TLS; getStats() shows which relay path carried the media.
+
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { freeTcpPort, launchBrowser, openParticipant, run, startServer, waitForAudio, waitForVideo } from './harness.mjs';
+
+const HD = { width: 1280, height: 720 };
+let server;
+let browser;
+let ports;
+
+before(async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-turn-cert-'));
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  await run('openssl', [
+    'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '1',
+    '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    '-keyout', key, '-out', cert,
+  ]);
+  ports = { udp: await freeTcpPort(), tcp: await freeTcpPort(), tls: await freeTcpPort() };
+  server = await startServer({
+    extraConfig: [
+      '[turn]',
+      'enabled = true',
+      'listen_ip = "127.0.0.1"',
+      `udp_port = ${ports.udp}`,
+      `tcp_port = ${ports.tcp}`,
+      `tls_port = ${ports.tls}`,
+      `tls_cert = ${JSON.stringify(cert)}`,
+      `tls_key = ${JSON.stringify(key)}`,
+      'host = "localhost"',
+    ].join('\n'),
+  });
+  // The self-signed certificate stands in for the deployment's certbot one, which browsers trust.
+  browser = await launchBrowser({ extraArgs: ['--ignore-certificate-errors'] });
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await server?.stop();
+});
+
+async function relayedCall(label, iceServers, expectedRelay) {
+  const doctor = await openParticipant(browser, server, 'doctor');
+  const patient = await openParticipant(browser, server, 'patient');
+  try {
+    const room = `turn-${label}-${process.pid}`;
+    const common = { media: { audio: true, video: HD }, iceTransportPolicy: 'relay', iceServers };
+    for (const [p, id, role] of [[doctor, 'dr-ana', 'doctor'], [patient, 'pt-joao', 'patient']]) {
+      const res = await p.join({ token: await server.token({ room, identity: id, role }), ...common });
+      assert.equal(res.ok, true, `${id}: ${res.code} ${res.message}`);
+    }
+    for (const [who, from] of [[doctor, 'pt-joao'], [patient, 'dr-ana']]) {
+      const { second } = await waitForVideo(who, from, { ...HD, timeout: 30_000 });
+      assert.equal(second.frameWidth, 1280);
+      assert.equal(second.frameHeight, 720);
+      await waitForAudio(who, from);
+      const { candidatePair } = await who.stats();
+      assert.equal(candidatePair.localType, 'relay', `${who.name} is relayed`);
+      assert.equal(candidatePair.relayProtocol, expectedRelay, `${who.name} reaches TURN over ${expectedRelay}`);
+    }
+    const metrics = await (await fetch(`${server.httpUrl}/metrics`)).text();
+    const allocations = Number(metrics.match(/^consulta_turn_allocations (\d+)/m)?.[1]);
+    assert.ok(allocations >= 2, `TURN allocations are live (${allocations})`);
+  } finally {
+    await doctor.close();
+    await patient.close();
+  }
+}
+
+describe('built-in TURN', () => {
+  it('joined.ice_servers carry working credentials: relay over UDP', { timeout: 120_000 }, () =>
+    relayedCall('udp', undefined, 'udp'));
+
+  it('relay over TCP', { timeout: 120_000 }, async () => {
+    const creds = await server.turnCredentials('tcp-test');
+    const urls = creds.urls.filter((u) => u.startsWith('turn:') && u.endsWith('transport=tcp'));
+    assert.equal(urls.length, 1, JSON.stringify(creds.urls));
+    await relayedCall('tcp', [{ ...creds, urls }], 'tcp');
+  });
+
+  it('relay over TLS', { timeout: 120_000 }, async () => {
+    const creds = await server.turnCredentials('tls-test');
+    const urls = creds.urls.filter((u) => u.startsWith('turns:'));
+    assert.deepEqual(urls, [`turns:localhost:${ports.tls}?transport=tcp`]);
+    await relayedCall('tls', [{ ...creds, urls }], 'tls');
+  });
+});
