@@ -311,17 +311,22 @@ pub fn render(s: &SfuStats, turn: Option<&CountersSnapshot>, started: Instant) -
         &s.jitter,
     );
 
-    // Direct paths only until TURN lands: host candidates over UDP or ICE-TCP.
+    // As the SFU sees it: UDP or ICE-TCP straight from the browser, or UDP from a TURN relay.
     o.head(
         "consulta_ice_connected_total",
         "counter",
         "Media connections established, by path.",
     );
-    o.labelled(
-        "consulta_ice_connected_total",
-        "transport=\"udp\",candidate=\"host\"",
-        s.ice_connected,
-    );
+    for (labels, n) in [
+        ("transport=\"udp\",candidate=\"host\"", s.ice_connected),
+        ("transport=\"tcp\",candidate=\"host\"", s.ice_connected_tcp),
+        (
+            "transport=\"udp\",candidate=\"relay\"",
+            s.ice_connected_relay,
+        ),
+    ] {
+        o.labelled("consulta_ice_connected_total", labels, n);
+    }
     o.head(
         "consulta_ice_time_to_connect_seconds",
         "histogram",
@@ -338,6 +343,24 @@ pub fn render(s: &SfuStats, turn: Option<&CountersSnapshot>, started: Instant) -
         "counter",
         "Media connections lost.",
         s.ice_disconnected,
+    );
+    o.one(
+        "consulta_ice_tcp_sessions_total",
+        "counter",
+        "ICE-TCP connections routed to a participant.",
+        s.ice_tcp_sessions,
+    );
+    o.one(
+        "consulta_ice_tcp_connections",
+        "gauge",
+        "ICE-TCP connections open now.",
+        s.ice_tcp_open,
+    );
+    o.one(
+        "consulta_ice_tcp_drops_total",
+        "counter",
+        "ICE-TCP frames dropped: worker queue full.",
+        s.ice_tcp_drops,
     );
 
     o.head(

@@ -62,6 +62,11 @@ pub async fn serve(cfg: Config) -> Result<()> {
         public_ips: cfg.media.public_ips.clone(),
         workers: cfg.workers(),
         max_publishers: cfg.media.max_publishers,
+        relay_ips: if cfg.turn.enabled {
+            vec![cfg.turn.relay_bind_ip(), cfg.turn.relay_advertised_ip()]
+        } else {
+            Vec::new()
+        },
     })?;
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await

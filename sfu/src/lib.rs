@@ -55,6 +55,8 @@ pub struct SfuConfig {
     pub workers: usize,
     /// Most participants (each publishing) a room admits.
     pub max_publishers: usize,
+    /// Addresses of the built-in TURN relays (for the path metrics); empty without TURN.
+    pub relay_ips: Vec<IpAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +230,7 @@ impl Sfu {
             } else {
                 on(tcp_port)
             },
+            relay_ips: cfg.relay_ips.clone(),
         };
         let mut links = Vec::new();
         let mut packet_senders = Vec::new();

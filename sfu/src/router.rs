@@ -141,6 +141,7 @@ impl<W: Wire> RouterHost<W> {
             );
             self.drive(peer, |t, io| {
                 t.last_proto = proto;
+                t.last_source = Some(source);
                 t.rtc.handle_input(input)?;
                 t.drain(io)
             });
@@ -637,6 +638,14 @@ impl<W: Wire> RouterHost<W> {
             for peer in std::mem::take(&mut self.outbox.connected) {
                 if let Some(t) = self.transports.get_mut(&peer) {
                     t.connected = true;
+                    let relayed = t
+                        .last_source
+                        .is_some_and(|a| self.advertised.relay_ips.contains(&a.ip()));
+                    match (t.last_proto, relayed) {
+                        (_, true) => self.counters.ice_connected_relay += 1,
+                        (Protocol::Udp, false) => self.counters.ice_connected += 1,
+                        _ => self.counters.ice_connected_tcp += 1,
+                    }
                 }
                 let sources: Vec<(PeerId, Mid)> = self
                     .transports
@@ -962,7 +971,7 @@ mod tests {
     fn a_panic_closes_only_that_participant() {
         let advertised = Advertised {
             udp: vec!["127.0.0.1:7882".parse().unwrap()],
-            tcp: Vec::new(),
+            ..Default::default()
         };
         let mut host = RouterHost::new(0, NullWire, advertised, 5);
         let mut a = join(&mut host, 1, "a");

@@ -226,6 +226,7 @@ counters!(
     firs_to_publishers,
     ice_connected,
     ice_connected_tcp,
+    ice_connected_relay,
     ice_disconnected,
     send_errors,
     peer_panics,

@@ -155,8 +155,9 @@ pub(crate) struct Transport {
     pub next_timeout: Instant,
     /// ICE and DTLS are up.
     pub connected: bool,
-    /// Transport of the latest datagram (ICE-TCP or UDP), for the path metrics.
+    /// Transport and source of the latest datagram, for the path metrics.
     pub last_proto: Protocol,
+    pub last_source: Option<SocketAddr>,
     created: Instant,
 }
 
@@ -196,6 +197,8 @@ impl Wire for NetWire {
 pub struct Advertised {
     pub udp: Vec<SocketAddr>,
     pub tcp: Vec<SocketAddr>,
+    /// Addresses of the built-in TURN server's relays: media from them is relayed.
+    pub relay_ips: Vec<std::net::IpAddr>,
 }
 
 /// The parts of the worker a drain needs.
@@ -252,6 +255,7 @@ impl Transport {
             next_timeout: now,
             connected: false,
             last_proto: Protocol::Udp,
+            last_source: None,
             created: now,
         })
     }
@@ -423,11 +427,7 @@ impl Transport {
                 }
             }
             Event::Connected => {
-                if self.last_proto == Protocol::Udp {
-                    c.ice_connected += 1;
-                } else {
-                    c.ice_connected_tcp += 1;
-                }
+                // The path is classified by the worker, which knows the TURN relay addresses.
                 c.time_to_connect
                     .observe_duration(&CONNECT_BUCKETS, self.created.elapsed());
                 outbox.connected.push(self.id);

@@ -57,6 +57,9 @@ describe('ICE-TCP with UDP blocked', () => {
         assert.equal(candidatePair.protocol, 'tcp', `${who.name} uses ICE-TCP`);
         assert.equal(candidatePair.remoteType, 'host');
       }
+      const metrics = await (await fetch(`${server.httpUrl}/metrics`)).text();
+      const tcp = Number(metrics.match(/^consulta_ice_connected_total\{transport="tcp",candidate="host"\} (\d+)/m)?.[1]);
+      assert.equal(tcp, 2, 'the SFU counts two ICE-TCP connections');
     } finally {
       await doctor.close();
       await patient.close();

@@ -67,6 +67,8 @@ async function relayedCall(label, iceServers, expectedRelay) {
     const metrics = await (await fetch(`${server.httpUrl}/metrics`)).text();
     const allocations = Number(metrics.match(/^consulta_turn_allocations (\d+)/m)?.[1]);
     assert.ok(allocations >= 2, `TURN allocations are live (${allocations})`);
+    const relayed = Number(metrics.match(/^consulta_ice_connected_total\{transport="udp",candidate="relay"\} (\d+)/m)?.[1]);
+    assert.ok(relayed >= 2, `the SFU counts relayed connections (${relayed})`);
   } finally {
     await doctor.close();
     await patient.close();

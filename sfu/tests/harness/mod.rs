@@ -76,7 +76,7 @@ impl Net {
                 wire,
                 Advertised {
                     udp: vec![SERVER.parse().unwrap()],
-                    tcp: Vec::new(),
+                    ..Default::default()
                 },
                 max_publishers,
             ),
