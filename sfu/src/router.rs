@@ -705,7 +705,7 @@ impl<W: Wire> RouterHost<W> {
             codecs,
             throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL),
             codec: None,
-            feedback: (0, 0, 0),
+            feedback: Default::default(),
         });
         let (room, identity) = (t.room, t.identity.clone());
         let others: Vec<PeerId> = self

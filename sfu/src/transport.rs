@@ -22,7 +22,9 @@ use str0m::{Candidate, Event, IceConnectionState, Output, Rtc, RtcError};
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::forwarder::{Forwarder, KeyframeThrottle, PtMap};
-use crate::stats::{LocalCounters, CONNECT_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS};
+use crate::stats::{
+    LocalCounters, LocalHistogram, CONNECT_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS,
+};
 use crate::{PeerEvent, PeerId};
 
 /// Minimum spacing of keyframe requests to one publisher track.
@@ -75,8 +77,8 @@ pub(crate) struct Producer {
     pub throttle: KeyframeThrottle,
     /// The codec of the first packet (for the track gauges).
     pub codec: Option<Codec>,
-    /// Last cumulative RTCP feedback counts sent upstream: (nacks, plis, firs).
-    pub feedback: (u64, u64, u64),
+    /// RTCP feedback sent upstream so far.
+    pub feedback: FeedbackCounts,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,8 +107,8 @@ pub(crate) struct Consumer {
     pub pts: PtMap,
     /// When the housekeeping last asked the publisher for a keyframe for this consumer.
     pub asked_keyframe: Option<Instant>,
-    /// Last cumulative RTCP feedback counts from the subscriber: (nacks, plis, firs).
-    pub feedback: (u64, u64, u64),
+    /// RTCP feedback from the subscriber so far.
+    pub feedback: FeedbackCounts,
 }
 
 impl Consumer {
@@ -123,7 +125,7 @@ impl Consumer {
             forwarder: Forwarder::new(kind == MediaKind::Video, first),
             pts: PtMap::default(),
             asked_keyframe: None,
-            feedback: (0, 0, 0),
+            feedback: FeedbackCounts::default(),
         }
     }
 }
@@ -440,17 +442,11 @@ impl Transport {
                 let Some(p) = self.producers.iter_mut().find(|p| p.mid == s.mid) else {
                     return;
                 };
-                let (n, pl, f) = p.feedback;
-                c.nacks_to_publishers += s.nacks.saturating_sub(n);
-                c.plis_to_publishers += s.plis.saturating_sub(pl);
-                c.firs_to_publishers += s.firs.saturating_sub(f);
-                p.feedback = (s.nacks, s.plis, s.firs);
-                if let Some(loss) = s.loss {
-                    c.loss_ingress.observe(&LOSS_BUCKETS, f64::from(loss));
-                }
-                if let Some(rtt) = s.rtt {
-                    c.rtt.observe_duration(&RTT_BUCKETS, rtt);
-                }
+                let [n, pl, f] = p.feedback.advance(s.nacks, s.plis, s.firs);
+                c.nacks_to_publishers += n;
+                c.plis_to_publishers += pl;
+                c.firs_to_publishers += f;
+                observe_quality(&mut c.loss_ingress, &mut c.rtt, s.loss, s.rtt);
                 let clock = if p.kind == MediaKind::Audio {
                     48_000.0
                 } else {
@@ -463,20 +459,49 @@ impl Transport {
                 let Some(k) = self.consumers.iter_mut().find(|k| k.mid == Some(s.mid)) else {
                     return;
                 };
-                let (n, pl, f) = k.feedback;
-                c.nacks_from_subscribers += s.nacks.saturating_sub(n);
-                c.plis_from_subscribers += s.plis.saturating_sub(pl);
-                c.firs_from_subscribers += s.firs.saturating_sub(f);
-                k.feedback = (s.nacks, s.plis, s.firs);
-                if let Some(loss) = s.loss {
-                    c.loss_egress.observe(&LOSS_BUCKETS, f64::from(loss));
-                }
-                if let Some(rtt) = s.rtt {
-                    c.rtt.observe_duration(&RTT_BUCKETS, rtt);
-                }
+                let [n, pl, f] = k.feedback.advance(s.nacks, s.plis, s.firs);
+                c.nacks_from_subscribers += n;
+                c.plis_from_subscribers += pl;
+                c.firs_from_subscribers += f;
+                observe_quality(&mut c.loss_egress, &mut c.rtt, s.loss, s.rtt);
             }
             _ => {}
         }
+    }
+}
+
+/// Cumulative RTCP feedback counts of one stream: str0m reports totals, metrics want deltas.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FeedbackCounts {
+    nacks: u64,
+    plis: u64,
+    firs: u64,
+}
+
+impl FeedbackCounts {
+    /// Records new totals and returns what was added since the last ones.
+    fn advance(&mut self, nacks: u64, plis: u64, firs: u64) -> [u64; 3] {
+        let added = [
+            nacks.saturating_sub(self.nacks),
+            plis.saturating_sub(self.plis),
+            firs.saturating_sub(self.firs),
+        ];
+        *self = FeedbackCounts { nacks, plis, firs };
+        added
+    }
+}
+
+fn observe_quality(
+    loss_hist: &mut LocalHistogram<8>,
+    rtt_hist: &mut LocalHistogram<10>,
+    loss: Option<f32>,
+    rtt: Option<std::time::Duration>,
+) {
+    if let Some(loss) = loss {
+        loss_hist.observe(&LOSS_BUCKETS, f64::from(loss));
+    }
+    if let Some(rtt) = rtt {
+        rtt_hist.observe_duration(&RTT_BUCKETS, rtt);
     }
 }
 
