@@ -32,6 +32,9 @@ pub struct Config {
 pub struct HttpConfig {
     /// Address of the HTTP listener: signaling (/ws), SDK, demo page, health.
     pub listen: SocketAddr,
+    /// On SIGTERM, how long calls in progress may go on (no new joins, /readyz says 503) before
+    /// they are ended, in seconds. A second SIGTERM ends them at once.
+    pub drain_timeout: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,6 +100,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7880)),
+            drain_timeout: 25,
         }
     }
 }

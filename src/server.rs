@@ -31,6 +31,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub started: std::time::Instant,
     pub turn: Option<Arc<Turn>>,
+    /// Set on the first SIGTERM: no new joins, /readyz answers 503.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The running built-in TURN server and what signaling needs to hand out credentials.
@@ -114,7 +116,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
         shutdown: stop_rx,
         started: std::time::Instant::now(),
         turn,
+        draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
+    let draining = state.draining.clone();
+    let drain_timeout = std::time::Duration::from_secs(cfg.http.drain_timeout);
     let mut app = router(state.clone());
     match cfg.metrics.listen {
         Some(addr) => {
@@ -141,6 +146,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
+            drain(&draining, drain_timeout).await;
             let _ = stop_tx.send(true);
         })
         .await?;
@@ -197,7 +203,41 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Lets the calls in progress end by themselves, up to `timeout` or a second signal.
+async fn drain(draining: &std::sync::atomic::AtomicBool, timeout: std::time::Duration) {
+    use std::sync::atomic::Ordering;
+    draining.store(true, Ordering::SeqCst);
+    let open = || crate::metrics::SIGNALING.ws_open.load(Ordering::Relaxed);
+    tracing::info!(
+        sessions = open(),
+        timeout_secs = timeout.as_secs(),
+        "draining: no new joins"
+    );
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let again = shutdown_signal();
+    tokio::pin!(again);
+    while open() > 0 {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = &mut again => break,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+    }
+    tracing::info!(
+        sessions = open(),
+        "drain over; ending the remaining sessions"
+    );
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "draining" })),
+        )
+            .into_response();
+    }
     if state.sfu.workers_alive() {
         Json(json!({ "status": "ready" })).into_response()
     } else {

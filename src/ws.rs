@@ -142,7 +142,10 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                     break;
                 }
             }
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => {
+                let _ = send(&mut sink, &ServerMessage::error(ErrorCode::ServerDraining, "the server is shutting down")).await;
+                break;
+            }
         }
     }
     if let Some(j) = joined {
@@ -163,6 +166,19 @@ async fn on_client(
     let reply = |m: ServerMessage| m;
     match (msg, joined.as_mut()) {
         (ClientMessage::Ping, _) => flow(send(sink, &ServerMessage::Pong).await),
+        (ClientMessage::Join { .. }, None)
+            if state.draining.load(std::sync::atomic::Ordering::Relaxed) =>
+        {
+            let _ = send(
+                sink,
+                &ServerMessage::error(
+                    ErrorCode::ServerDraining,
+                    "the server is shutting down; join another server or retry",
+                ),
+            )
+            .await;
+            Flow::Close
+        }
         (ClientMessage::Join { v, token, room, .. }, None) => {
             if v != PROTOCOL_VERSION {
                 let _ = send(

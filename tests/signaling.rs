@@ -550,3 +550,54 @@ async fn turn_credentials_from_join_and_cli_relay_media() {
     let _ = peer.kill();
     let _ = peer.wait();
 }
+
+fn http_status(server: &Server, path: &str) -> String {
+    let mut s = TcpStream::connect(&server.http).unwrap();
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn sigterm_drains_calls_in_progress_then_exits() {
+    let mut server = start("");
+    let (mut call, _) = Client::join(&server, "appt-drain", "dr", Role::Doctor).await;
+    assert!(http_status(&server, "/readyz").contains(" 200"));
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // No new joins, and load balancers are told.
+    let mut late = Client::connect(&server, "").await;
+    late.send(json!({"type":"join","v":1,"token":token("appt-drain","pt",Role::Patient)}))
+        .await;
+    late.expect_error("server_draining").await;
+    assert!(http_status(&server, "/readyz").contains(" 503"));
+    // The consultation in progress goes on...
+    call.send(json!({"type":"ping"})).await;
+    call.expect("pong").await;
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "still serving the call"
+    );
+    // ...and once it ends, the server exits cleanly.
+    call.send(json!({"type":"leave"})).await;
+    call.expect("left").await;
+    drop(call);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server exits after its last call"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "clean exit: {status:?}");
+}

@@ -262,11 +262,12 @@ pub enum ErrorCode {
     JoinTimeout,
     IdleTimeout,
     ServerBusy,
+    ServerDraining,
     InternalError,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 20] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -286,6 +287,7 @@ impl ErrorCode {
         ErrorCode::JoinTimeout,
         ErrorCode::IdleTimeout,
         ErrorCode::ServerBusy,
+        ErrorCode::ServerDraining,
         ErrorCode::InternalError,
     ];
 
@@ -303,6 +305,7 @@ impl ErrorCode {
                 | JoinTimeout
                 | IdleTimeout
                 | ServerBusy
+                | ServerDraining
                 | InternalError
         )
     }
@@ -330,6 +333,7 @@ impl ErrorCode {
             JoinTimeout => "join_timeout",
             IdleTimeout => "idle_timeout",
             ServerBusy => "server_busy",
+            ServerDraining => "server_draining",
             InternalError => "internal_error",
         }
     }
