@@ -25,6 +25,64 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The built-in TURN server (see `consulta_turn::TurnConfig` for every key).
     pub turn: consulta_turn::TurnConfig,
+    pub database: DatabaseConfig,
+    pub api: ApiConfig,
+    pub webhooks: WebhooksConfig,
+    pub consultation: ConsultationConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user:pass@host/db`. Unset: SQLite at `<data_dir>/consulta.db`.
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer keys of the control API (`/api/v1`). Empty: one is generated into
+    /// `<data_dir>/api_key`.
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Every call event is POSTed to each of these.
+    pub urls: Vec<String>,
+    /// HMAC-SHA256 key of `X-Consulta-Signature` (at least 16 characters when urls are set).
+    pub secret: Option<String>,
+    /// Give up on a delivery after this many seconds (default 3 days).
+    pub max_age: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsultationConfig {
+    /// A started call ends when its room stays empty this many seconds.
+    pub empty_room_end: u64,
+    /// `no_show` for a role nobody joined in, this many seconds after the scheduled start.
+    pub no_show_after: u64,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        WebhooksConfig {
+            urls: Vec::new(),
+            secret: None,
+            max_age: 3 * 86_400,
+        }
+    }
+}
+
+impl Default for ConsultationConfig {
+    fn default() -> Self {
+        ConsultationConfig {
+            empty_room_end: 300,
+            no_show_after: 900,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -92,6 +150,10 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             turn: consulta_turn::TurnConfig::default(),
+            database: DatabaseConfig::default(),
+            api: ApiConfig::default(),
+            webhooks: WebhooksConfig::default(),
+            consultation: ConsultationConfig::default(),
         }
     }
 }
@@ -137,7 +199,18 @@ impl Default for LogConfig {
 }
 
 /// Sections whose keys the environment may set, and the top-level keys.
-const SECTIONS: &[&str] = &["http", "media", "auth", "log", "metrics", "turn"];
+const SECTIONS: &[&str] = &[
+    "http",
+    "media",
+    "auth",
+    "log",
+    "metrics",
+    "turn",
+    "database",
+    "api",
+    "webhooks",
+    "consultation",
+];
 const TOP_LEVEL: &[&str] = &["data_dir"];
 /// Environment variables that are not config keys.
 const NOT_KEYS: &[&str] = &["CONSULTA_CONFIG", "CONSULTA_BIN"];
@@ -202,6 +275,27 @@ impl Config {
                 bail!("turn.secrets must each be at least 16 characters");
             }
         }
+        if !self.webhooks.urls.is_empty()
+            && self.webhooks.secret.as_ref().is_none_or(|s| s.len() < 16)
+        {
+            bail!("webhooks.secret (at least 16 characters) is needed when webhooks.urls are set");
+        }
+        for u in &self.webhooks.urls {
+            if !(u.starts_with("http://") || u.starts_with("https://")) {
+                bail!("webhooks.urls: {u:?} is not an http(s) URL");
+            }
+        }
+        if let Some(u) = &self.database.url {
+            if !(u.starts_with("postgres://")
+                || u.starts_with("postgresql://")
+                || u.starts_with("sqlite:"))
+            {
+                bail!("database.url must start with postgres:// (or sqlite:)");
+            }
+        }
+        if self.api.keys.iter().any(|k| k.len() < 16) {
+            bail!("api.keys must each be at least 16 characters");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be `text` or `json`");
         }
@@ -259,6 +353,15 @@ impl Config {
         Ok(secret.into_bytes())
     }
 
+    /// The control API keys: configured, or one generated once and kept in the data dir.
+    pub fn api_keys(&self) -> Result<Vec<String>> {
+        if !self.api.keys.is_empty() {
+            return Ok(self.api.keys.clone());
+        }
+        let key = self.kept_secret("api_key")?;
+        Ok(vec![String::from_utf8(key).context("api_key is not UTF-8")?])
+    }
+
     /// The TURN secrets: configured, or one generated once and kept in the data dir.
     pub fn turn_secrets(&self) -> Result<Vec<String>> {
         if !self.turn.secrets.is_empty() {
@@ -284,8 +387,19 @@ impl Config {
         if c.auth.token_secret.is_some() {
             c.auth.token_secret = Some("<redacted>".into());
         }
-        for s in &mut c.turn.secrets {
+        for s in c.turn.secrets.iter_mut().chain(c.api.keys.iter_mut()) {
             *s = "<redacted>".into();
+        }
+        if c.webhooks.secret.is_some() {
+            c.webhooks.secret = Some("<redacted>".into());
+        }
+        if let Some(u) = &mut c.database.url {
+            // postgres://user:password@host → postgres://user:<redacted>@host
+            if let (Some(at), Some(scheme)) = (u.find('@'), u.find("://")) {
+                if let Some(colon) = u[scheme + 3..at].find(':') {
+                    u.replace_range(scheme + 3 + colon + 1..at, "<redacted>");
+                }
+            }
         }
         toml::to_string_pretty(&c).unwrap_or_default()
     }
@@ -325,6 +439,8 @@ fn optional_keys(section: &str) -> &'static [&'static str] {
         "auth" => &["token_secret"],
         "metrics" => &["listen"],
         "turn" => &["tls_cert", "tls_key", "relay_ip", "relay_public_ip", "host"],
+        "database" => &["url"],
+        "webhooks" => &["secret"],
         _ => &[],
     }
 }
@@ -419,6 +535,18 @@ mod tests {
 
     #[test]
     fn defaults_are_laptop_safe() {
+        // A section present but partial keeps the other keys' defaults.
+        let dir = std::env::temp_dir().join(format!("consulta-partial-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("c.toml"),
+            "[webhooks]\nurls = []\n[consultation]\nno_show_after = 60\n",
+        )
+        .unwrap();
+        let partial = Config::load(Some(&dir.join("c.toml")), env(&[])).unwrap();
+        assert_eq!(partial.webhooks.max_age, 3 * 86_400);
+        assert_eq!(partial.consultation.empty_room_end, 300);
+        std::fs::remove_dir_all(&dir).unwrap();
         let c = Config::load(None, env(&[])).unwrap();
         c.validate().unwrap();
         assert_eq!(c.http.listen.to_string(), "127.0.0.1:7880");
@@ -480,6 +608,9 @@ mod tests {
                 | "CONSULTA_TURN_RELAY_PUBLIC_IP" => "127.0.0.1",
                 "CONSULTA_TURN_ENABLED" | "CONSULTA_TURN_LEGACY_CHANNEL_NUMBERS" => "true",
                 "CONSULTA_TURN_ALLOWED_PEER_RANGES" => "10.0.0.0/8,192.168.0.0/16",
+                "CONSULTA_DATABASE_URL" => "postgres://u:p@127.0.0.1/test",
+                "CONSULTA_WEBHOOKS_URLS" => "",
+                "CONSULTA_API_KEYS" | "CONSULTA_WEBHOOKS_SECRET" => "something-long-enough",
                 "CONSULTA_TURN_REALM"
                 | "CONSULTA_TURN_HOST"
                 | "CONSULTA_TURN_TLS_CERT"

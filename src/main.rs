@@ -4,9 +4,14 @@
 //! WebSocket, SDK, demo page, health); `token` mints join tokens; `config check` validates a
 //! configuration. Errors reach the user here as `anyhow` chains with a non-zero exit.
 
+mod api;
 mod config;
+mod consultations;
+mod events;
 mod metrics;
 mod server;
+mod store;
+mod webhooks;
 mod ws;
 
 use std::net::{IpAddr, SocketAddr};
@@ -51,6 +56,8 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Create or update the database schema ([database] url, or SQLite in the data dir).
+    Migrate,
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -203,6 +210,22 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&server)?);
             Ok(())
         }
+        Command::Migrate => {
+            let cfg = load(cli.config.as_deref())?;
+            cfg.validate()?;
+            std::fs::create_dir_all(&cfg.data_dir)
+                .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+            let url = store::database_url(cfg.database.url.as_deref(), &cfg.data_dir);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let applied = runtime.block_on(async {
+                let store = store::Store::connect_lazy(&url)?;
+                store.migrate().await
+            })?;
+            eprintln!("database schema is current ({applied} migration(s) applied)");
+            Ok(())
+        }
         Command::Config {
             action: ConfigAction::Check { env },
         } => {
@@ -240,4 +263,26 @@ pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+pub(crate) fn unix_millis() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Unix milliseconds as an RFC 3339 UTC time with milliseconds.
+pub(crate) fn rfc3339(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let f = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&f).unwrap_or_default()
+}
+
+/// An RFC 3339 time as unix milliseconds.
+pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
 }

@@ -96,7 +96,12 @@ impl Out {
 
 /// Formats the metrics (Prometheus text format 0.0.4). TURN families are present (zero) when TURN
 /// is off, so dashboards and alerts never miss a series.
-pub fn render(s: &SfuStats, turn: Option<&CountersSnapshot>, started: Instant) -> String {
+pub fn render(
+    s: &SfuStats,
+    turn: Option<&CountersSnapshot>,
+    store: &StoreStats,
+    started: Instant,
+) -> String {
     let mut o = Out(String::with_capacity(16 * 1024));
     o.head(
         "consulta_build_info",
@@ -395,6 +400,7 @@ pub fn render(s: &SfuStats, turn: Option<&CountersSnapshot>, started: Instant) -
     );
 
     render_turn(&mut o, &turn.copied().unwrap_or_default());
+    render_store(&mut o, store);
 
     o.one(
         "consulta_ws_connections",
@@ -422,6 +428,79 @@ pub fn render(s: &SfuStats, turn: Option<&CountersSnapshot>, started: Instant) -
         );
     }
     o.0
+}
+
+/// The event writer's and the webhook sender's numbers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StoreStats {
+    pub events_written: u64,
+    pub events_journaled: u64,
+    pub events_replayed: u64,
+    pub journal_pending: i64,
+    pub queue_depth: i64,
+    pub webhooks_delivered: u64,
+    pub webhooks_failed: u64,
+    pub webhooks_abandoned: u64,
+    pub webhook_backlog: i64,
+}
+
+fn render_store(o: &mut Out, s: &StoreStats) {
+    o.one(
+        "consulta_events_written_total",
+        "counter",
+        "Call events stored in the database.",
+        s.events_written,
+    );
+    o.one(
+        "consulta_events_journaled_total",
+        "counter",
+        "Call events written to the local journal while the database was unreachable.",
+        s.events_journaled,
+    );
+    o.one(
+        "consulta_events_replayed_total",
+        "counter",
+        "Journaled call events replayed into the database.",
+        s.events_replayed,
+    );
+    o.one(
+        "consulta_events_journal_pending",
+        "gauge",
+        "Call events in the journal waiting for the database.",
+        s.journal_pending,
+    );
+    o.one(
+        "consulta_events_queue_depth",
+        "gauge",
+        "Call events queued for the database writer.",
+        s.queue_depth,
+    );
+    o.head(
+        "consulta_webhook_deliveries_total",
+        "counter",
+        "Webhook delivery attempts by outcome.",
+    );
+    o.labelled(
+        "consulta_webhook_deliveries_total",
+        "outcome=\"delivered\"",
+        s.webhooks_delivered,
+    );
+    o.labelled(
+        "consulta_webhook_deliveries_total",
+        "outcome=\"failed\"",
+        s.webhooks_failed,
+    );
+    o.labelled(
+        "consulta_webhook_deliveries_total",
+        "outcome=\"abandoned\"",
+        s.webhooks_abandoned,
+    );
+    o.one(
+        "consulta_webhook_backlog",
+        "gauge",
+        "Webhook deliveries not made yet (outbox rows).",
+        s.webhook_backlog,
+    );
 }
 
 fn render_turn(o: &mut Out, t: &CountersSnapshot) {
@@ -533,7 +612,12 @@ fn render_turn(o: &mut Out, t: &CountersSnapshot) {
 /// Names of every metric family [`render`] writes (histograms without their suffixes).
 #[cfg(test)]
 pub fn metric_names() -> Vec<String> {
-    let text = render(&SfuStats::default(), None, Instant::now());
+    let text = render(
+        &SfuStats::default(),
+        None,
+        &StoreStats::default(),
+        Instant::now(),
+    );
     text.lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_whitespace().next())
@@ -554,6 +638,7 @@ mod tests {
                 ..Default::default()
             },
             None,
+            &StoreStats::default(),
             Instant::now(),
         );
         assert!(text.contains("consulta_worker_busy_seconds_total{worker=\"0\"} 1.5\n"));

@@ -33,6 +33,13 @@ pub struct AppState {
     pub turn: Option<Arc<Turn>>,
     /// Set on the first SIGTERM: no new joins, /readyz answers 503.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    pub store: crate::store::Store,
+    pub consultations: crate::consultations::Consultations,
+    pub events: crate::events::EventSink,
+    pub event_factory: Arc<crate::events::EventFactory>,
+    pub api_keys: Arc<Vec<String>>,
+    pub token_ttl: u64,
+    pub webhook_stats: Option<Arc<crate::webhooks::WebhookStats>>,
 }
 
 /// The running built-in TURN server and what signaling needs to hand out credentials.
@@ -82,6 +89,45 @@ pub async fn serve(cfg: Config) -> Result<()> {
         cfg.http.listen
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    let store = crate::store::Store::connect_lazy(&crate::store::database_url(
+        cfg.database.url.as_deref(),
+        &cfg.data_dir,
+    ))?;
+    match tokio::time::timeout(std::time::Duration::from_secs(5), store.migrate()).await {
+        Ok(Ok(n)) => tracing::info!(applied = n, "database schema is current"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "database unavailable at start; events are journaled until it answers")
+        }
+        Err(_) => tracing::warn!(
+            "database did not answer at start; events are journaled until it answers"
+        ),
+    }
+    let event_factory = Arc::new(crate::events::EventFactory::default());
+    let events = crate::events::start_writer(
+        store.clone(),
+        cfg.data_dir.join("events.journal"),
+        cfg.webhooks.urls.clone(),
+    );
+    let consultations = crate::consultations::start(
+        store.clone(),
+        events.clone(),
+        event_factory.clone(),
+        crate::consultations::Timings {
+            empty_room_end: std::time::Duration::from_secs(cfg.consultation.empty_room_end),
+            no_show_after: std::time::Duration::from_secs(cfg.consultation.no_show_after),
+        },
+    );
+    let webhook_stats = match (&cfg.webhooks.secret, cfg.webhooks.urls.is_empty()) {
+        (Some(secret), false) => Some(crate::webhooks::start(
+            store.clone(),
+            secret.as_bytes().to_vec(),
+            cfg.webhooks.max_age,
+        )),
+        _ => None,
+    };
+    let api_keys = Arc::new(cfg.api_keys()?);
     let turn = if cfg.turn.enabled {
         let mut config = cfg.turn.clone();
         config.secrets = cfg.turn_secrets()?;
@@ -117,6 +163,13 @@ pub async fn serve(cfg: Config) -> Result<()> {
         started: std::time::Instant::now(),
         turn,
         draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        store,
+        consultations,
+        events,
+        event_factory,
+        api_keys,
+        token_ttl: cfg.auth.token_ttl,
+        webhook_stats,
     };
     let draining = state.draining.clone();
     let drain_timeout = std::time::Duration::from_secs(cfg.http.drain_timeout);
@@ -176,6 +229,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(readyz))
+        .nest("/api/v1", crate::api::routes(state.clone()))
         .with_state(state)
 }
 
@@ -184,6 +238,8 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         [
             (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-cache"),
+            // The SDK is imported as a module from the app's own origin.
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
         ],
         body,
     )
@@ -192,7 +248,20 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     let turn = state.turn.as_ref().map(|t| t.handle.counters());
-    let body = crate::metrics::render(&state.sfu.stats(), turn.as_ref(), state.started);
+    use std::sync::atomic::Ordering::Relaxed;
+    let (e, w) = (&state.events.stats, state.webhook_stats.as_deref());
+    let store = crate::metrics::StoreStats {
+        events_written: e.written.load(Relaxed),
+        events_journaled: e.journaled.load(Relaxed),
+        events_replayed: e.replayed.load(Relaxed),
+        journal_pending: e.journal_pending.load(Relaxed),
+        queue_depth: e.queue_depth.load(Relaxed),
+        webhooks_delivered: w.map_or(0, |w| w.delivered.load(Relaxed)),
+        webhooks_failed: w.map_or(0, |w| w.failed_attempts.load(Relaxed)),
+        webhooks_abandoned: w.map_or(0, |w| w.abandoned.load(Relaxed)),
+        webhook_backlog: w.map_or(0, |w| w.backlog.load(Relaxed)),
+    };
+    let body = crate::metrics::render(&state.sfu.stats(), turn.as_ref(), &store, state.started);
     (
         [(
             header::CONTENT_TYPE,
@@ -235,6 +304,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "draining" })),
+        )
+            .into_response();
+    }
+    if !state.store.ping().await {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "database_unreachable" })),
         )
             .into_response();
     }

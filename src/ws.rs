@@ -1,19 +1,29 @@
 //! One participant's signaling session on `/ws`: the state machine from `join` to goodbye.
 //!
-//! The session validates the join token, pins the room to a worker (`RoomLease`), turns client
-//! frames into `Command`s for that worker and the worker's `PeerEvent`s into frames. It enforces
-//! the protocol's limits (frame size, message rate, join and idle timeouts) with stable error
-//! codes. It never logs tokens, identities or SDP at info level.
+//! ```text
+//! connected ──join (token ok)──► entered ──admitted──► joined (media) ──leave/close──► gone
+//!                                   │ waiting room: `waiting` until a doctor or the API admits
+//! ```
+//!
+//! The session validates the join token, asks the consultation service to enter the room
+//! (waiting room, closed consultations), pins the room to a media worker (`RoomLease`), turns
+//! client frames into `Command`s for that worker and the worker's `PeerEvent`s into frames, and
+//! reports presence to the consultation service. It enforces the protocol's limits (frame size,
+//! message rate, join and idle timeouts) with stable error codes, and never logs tokens,
+//! identities or SDP at info level.
 
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket};
 use consulta_sfu::{Command, JoinRequest, PeerEvent, PeerId, RoomLease};
-use consulta_signaling::protocol::{ClientMessage, ErrorCode, LeaveReason, ServerMessage};
+use consulta_signaling::protocol::{
+    ClientMessage, ErrorCode, LeaveReason, ParticipantInfo, ServerMessage,
+};
 use consulta_signaling::{JoinToken, PROTOCOL_VERSION};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
+use crate::consultations::{Admission, Request as Svc, SessionControl};
 use crate::server::AppState;
 
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,11 +36,29 @@ const RATE_BURST: f64 = 100.0;
 /// Messages refused for rate in a row before the socket is closed.
 const RATE_STRIKES: u32 = 200;
 
-struct Joined {
+/// Who this session is, once its token is accepted.
+struct Entered {
     peer: PeerId,
+    room: String,
+    identity: String,
+    role: String,
+    client_sdk: Option<String>,
+    control: mpsc::Receiver<SessionControl>,
+}
+
+/// The media side of a session, once admitted.
+struct Joined {
     lease: RoomLease,
     events: mpsc::Receiver<PeerEvent>,
-    left: bool,
+}
+
+struct Session {
+    entered: Option<Entered>,
+    joined: Option<Joined>,
+    /// Why the session ends, for the worker and the call events.
+    reason: LeaveReason,
+    /// The worker removed this participant already.
+    worker_done: bool,
 }
 
 struct Limiter {
@@ -65,7 +93,12 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
     let (mut sink, mut stream) = socket.split();
     let started = Instant::now();
     let mut last_seen = Instant::now();
-    let mut joined: Option<Joined> = None;
+    let mut s = Session {
+        entered: None,
+        joined: None,
+        reason: LeaveReason::Disconnected,
+        worker_done: false,
+    };
     let mut limiter = Limiter {
         tokens: RATE_BURST,
         last: Instant::now(),
@@ -76,8 +109,14 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
 
     loop {
         let event = async {
-            match joined.as_mut() {
+            match s.joined.as_mut() {
                 Some(j) => j.events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let control = async {
+            match s.entered.as_mut() {
+                Some(e) => e.control.recv().await,
                 None => std::future::pending().await,
             }
         };
@@ -109,8 +148,7 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                         if send(&mut sink, &ServerMessage::error(code, message)).await.is_err() { break }
                     }
                     Ok(msg) => {
-                        let flow = on_client(msg, &state, url_room.as_deref(), &mut joined, &mut sink).await;
-                        if matches!(flow, Flow::Close) { break }
+                        if let Flow::Close = on_client(msg, &state, url_room.as_deref(), &mut s, &mut sink).await { break }
                     }
                 }
             }
@@ -119,21 +157,54 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                     Some(PeerEvent::Message(mut msg)) => {
                         if let ServerMessage::Joined { ice_servers, session_id, .. } = &mut msg {
                             *ice_servers = state.ice_servers(&format!("s{session_id}"));
+                            if let Some(e) = &s.entered {
+                                state.consultations.request(Svc::Joined {
+                                    room: e.room.clone(), identity: e.identity.clone(), role: e.role.clone(),
+                                    session: e.peer.to_string(), client_sdk: e.client_sdk.clone(),
+                                }).await;
+                            }
                         }
                         if send(&mut sink, &msg).await.is_err() { break }
                     }
                     Some(PeerEvent::Closed(msg)) => {
                         // The worker has already removed this participant.
-                        if let Some(j) = joined.as_mut() { j.left = true; }
+                        s.worker_done = true;
+                        if let ServerMessage::Error { code: ErrorCode::SessionReplaced, .. } = msg {
+                            s.reason = LeaveReason::Replaced;
+                        }
                         let _ = send(&mut sink, &msg).await;
                         break;
                     }
                     None => break,
                 }
             }
+            ctl = control => {
+                let Some(ctl) = ctl else { continue };
+                match ctl {
+                    SessionControl::Admitted => {
+                        if s.joined.is_none() {
+                            if let Flow::Close = join_media(&state, &mut s, &mut sink).await { break }
+                        }
+                    }
+                    SessionControl::Waiting { identity, role } => {
+                        let participant = ParticipantInfo { identity, role, muted: Default::default() };
+                        if send(&mut sink, &ServerMessage::ParticipantWaiting { participant }).await.is_err() { break }
+                    }
+                    SessionControl::Kick => {
+                        s.reason = LeaveReason::Kicked;
+                        let _ = send(&mut sink, &ServerMessage::error(ErrorCode::Kicked, "you were removed from the consultation")).await;
+                        break;
+                    }
+                    SessionControl::End => {
+                        s.reason = LeaveReason::Ended;
+                        let _ = send(&mut sink, &ServerMessage::error(ErrorCode::CallEnded, "the consultation was ended")).await;
+                        break;
+                    }
+                }
+            }
             _ = tick.tick() => {
                 let now = Instant::now();
-                if joined.is_none() && now.duration_since(started) > JOIN_TIMEOUT {
+                if s.entered.is_none() && now.duration_since(started) > JOIN_TIMEOUT {
                     let _ = send(&mut sink, &ServerMessage::error(ErrorCode::JoinTimeout, "no join within 10 seconds")).await;
                     break;
                 }
@@ -148,10 +219,25 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
             }
         }
     }
-    if let Some(j) = joined {
-        if !j.left {
-            leave(&state, &j, LeaveReason::Disconnected);
+    if let (Some(j), Some(e)) = (&s.joined, &s.entered) {
+        if !s.worker_done {
+            leave(&state, j, e.peer, s.reason);
         }
+    }
+    if let Some(e) = &s.entered {
+        let reason = serde_json::to_value(s.reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        state
+            .consultations
+            .request(Svc::Gone {
+                room: e.room.clone(),
+                identity: e.identity.clone(),
+                session: e.peer.to_string(),
+                reason,
+            })
+            .await;
     }
     let _ = sink.close().await;
 }
@@ -160,15 +246,24 @@ async fn on_client(
     msg: ClientMessage,
     state: &AppState,
     url_room: Option<&str>,
-    joined: &mut Option<Joined>,
+    s: &mut Session,
     sink: &mut (impl SinkExt<Message> + Unpin),
 ) -> Flow {
-    let reply = |m: ServerMessage| m;
-    match (msg, joined.as_mut()) {
-        (ClientMessage::Ping, _) => flow(send(sink, &ServerMessage::Pong).await),
-        (ClientMessage::Join { .. }, None)
-            if state.draining.load(std::sync::atomic::Ordering::Relaxed) =>
-        {
+    match msg {
+        ClientMessage::Ping => return flow(send(sink, &ServerMessage::Pong).await),
+        ClientMessage::Join { .. } if s.entered.is_some() => {
+            return flow(
+                send(
+                    sink,
+                    &ServerMessage::error(
+                        ErrorCode::AlreadyJoined,
+                        "this session has joined already",
+                    ),
+                )
+                .await,
+            )
+        }
+        ClientMessage::Join { .. } if state.draining.load(std::sync::atomic::Ordering::Relaxed) => {
             let _ = send(
                 sink,
                 &ServerMessage::error(
@@ -177,111 +272,213 @@ async fn on_client(
                 ),
             )
             .await;
-            Flow::Close
+            return Flow::Close;
         }
-        (ClientMessage::Join { v, token, room, .. }, None) => {
-            if v != PROTOCOL_VERSION {
-                let _ = send(
-                    sink,
-                    &ServerMessage::error(
-                        ErrorCode::UnsupportedVersion,
-                        format!("this server speaks protocol version {PROTOCOL_VERSION}"),
-                    ),
-                )
-                .await;
-                return Flow::Close;
-            }
-            let claims = match JoinToken::verify(&token, &state.token_secret, crate::unix_now()) {
-                Ok(c) => c,
-                Err(e) => {
-                    let code = ErrorCode::from(e.clone());
-                    let _ = send(sink, &ServerMessage::error(code, e.to_string())).await;
-                    return Flow::Close;
-                }
-            };
-            for wanted in [url_room, room.as_deref()].into_iter().flatten() {
-                if wanted != claims.room {
-                    let _ = send(
+        ClientMessage::Join {
+            v,
+            token,
+            room,
+            client,
+        } => return enter(state, url_room, s, sink, v, &token, room, client.sdk).await,
+        ClientMessage::Leave if s.entered.is_some() => {
+            s.reason = LeaveReason::Left;
+            let _ = send(sink, &ServerMessage::Left).await;
+            return Flow::Close;
+        }
+        _ => {}
+    }
+    let (Some(j), Some(e)) = (s.joined.as_ref(), s.entered.as_ref()) else {
+        return flow(
+            send(
+                sink,
+                &ServerMessage::error(
+                    ErrorCode::NotJoined,
+                    "send join first (or wait to be admitted)",
+                ),
+            )
+            .await,
+        );
+    };
+    let peer = e.peer;
+    let cmd = match msg {
+        ClientMessage::Offer { sdp } => Command::Offer { peer, sdp },
+        ClientMessage::Answer { sdp } => Command::Answer { peer, sdp },
+        ClientMessage::Candidate { candidate } => Command::Candidate { peer, candidate },
+        ClientMessage::Mute { kind, muted } => Command::Mute { peer, kind, muted },
+        ClientMessage::Admit { identity } => {
+            if e.role != "doctor" {
+                return flow(
+                    send(
                         sink,
                         &ServerMessage::error(
-                            ErrorCode::TokenRoomMismatch,
-                            "the token is for another room",
+                            ErrorCode::Forbidden,
+                            "only a doctor admits participants",
                         ),
                     )
-                    .await;
-                    return Flow::Close;
-                }
+                    .await,
+                );
             }
-            let lease = state.sfu.lease_room(&claims.room);
-            let peer = state.sfu.next_peer_id();
-            let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-            let req = JoinRequest {
-                peer,
-                room: claims.room,
-                identity: claims.identity,
-                role: claims.role.as_str().to_owned(),
-                events: tx,
-            };
-            if state.sfu.send(lease.worker(), Command::Join(req)).is_err() {
-                let _ = send(sink, &busy()).await;
-                return Flow::Close;
+            let (room, by) = (e.room.clone(), e.identity.clone());
+            let ok = state
+                .consultations
+                .ask(|reply| Svc::Admit {
+                    room,
+                    identity,
+                    by,
+                    reply,
+                })
+                .await
+                .unwrap_or(false);
+            if !ok {
+                return flow(
+                    send(
+                        sink,
+                        &ServerMessage::error(
+                            ErrorCode::ParticipantNotWaiting,
+                            "nobody by that identity is waiting",
+                        ),
+                    )
+                    .await,
+                );
             }
-            tracing::debug!(peer, "join accepted");
-            *joined = Some(Joined {
-                peer,
-                lease,
-                events: rx,
-                left: false,
-            });
-            Flow::Continue
+            return Flow::Continue;
         }
-        (ClientMessage::Join { .. }, Some(_)) => flow(
-            send(
+        ClientMessage::Ping | ClientMessage::Leave | ClientMessage::Join { .. } => {
+            return Flow::Continue
+        }
+    };
+    if state.sfu.send(j.lease.worker(), cmd).is_err() {
+        let _ = send(sink, &busy()).await;
+        return Flow::Close;
+    }
+    Flow::Continue
+}
+
+/// `join`: checks the token and the room, then enters (or waits in) the consultation.
+#[allow(clippy::too_many_arguments)]
+async fn enter(
+    state: &AppState,
+    url_room: Option<&str>,
+    s: &mut Session,
+    sink: &mut (impl SinkExt<Message> + Unpin),
+    v: u32,
+    token: &str,
+    room: Option<String>,
+    client_sdk: Option<String>,
+) -> Flow {
+    if v != PROTOCOL_VERSION {
+        let _ = send(
+            sink,
+            &ServerMessage::error(
+                ErrorCode::UnsupportedVersion,
+                format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+            ),
+        )
+        .await;
+        return Flow::Close;
+    }
+    let claims = match JoinToken::verify(token, &state.token_secret, crate::unix_now()) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = send(
                 sink,
-                &reply(ServerMessage::error(
-                    ErrorCode::AlreadyJoined,
-                    "this session has joined already",
-                )),
+                &ServerMessage::error(ErrorCode::from(e.clone()), e.to_string()),
             )
-            .await,
-        ),
-        (_, None) => flow(
-            send(
+            .await;
+            return Flow::Close;
+        }
+    };
+    for wanted in [url_room, room.as_deref()].into_iter().flatten() {
+        if wanted != claims.room {
+            let _ = send(
                 sink,
-                &ServerMessage::error(ErrorCode::NotJoined, "send join first"),
+                &ServerMessage::error(
+                    ErrorCode::TokenRoomMismatch,
+                    "the token is for another room",
+                ),
             )
-            .await,
-        ),
-        (ClientMessage::Leave, Some(j)) => {
-            leave(state, j, LeaveReason::Left);
-            j.left = true;
-            let _ = send(sink, &ServerMessage::Left).await;
+            .await;
+            return Flow::Close;
+        }
+    }
+    let peer = state.sfu.next_peer_id();
+    let (control_tx, control) = mpsc::channel(16);
+    let role = claims.role.as_str().to_owned();
+    let admission = state
+        .consultations
+        .ask(|reply| Svc::Enter {
+            room: claims.room.clone(),
+            identity: claims.identity.clone(),
+            role: role.clone(),
+            session: peer.to_string(),
+            control: control_tx,
+            reply,
+        })
+        .await;
+    s.entered = Some(Entered {
+        peer,
+        room: claims.room,
+        identity: claims.identity,
+        role,
+        client_sdk,
+        control,
+    });
+    match admission {
+        Some(Admission::Proceed) => join_media(state, s, sink).await,
+        Some(Admission::Wait) => flow(send(sink, &ServerMessage::Waiting).await),
+        Some(Admission::Closed) => {
+            let _ = send(
+                sink,
+                &ServerMessage::error(ErrorCode::ConsultationClosed, "the consultation is closed"),
+            )
+            .await;
             Flow::Close
         }
-        (msg, Some(j)) => {
-            let peer = j.peer;
-            let cmd = match msg {
-                ClientMessage::Offer { sdp } => Command::Offer { peer, sdp },
-                ClientMessage::Answer { sdp } => Command::Answer { peer, sdp },
-                ClientMessage::Candidate { candidate } => Command::Candidate { peer, candidate },
-                ClientMessage::Mute { kind, muted } => Command::Mute { peer, kind, muted },
-                ClientMessage::Ping | ClientMessage::Leave | ClientMessage::Join { .. } => {
-                    return Flow::Continue
-                }
-            };
-            if state.sfu.send(j.lease.worker(), cmd).is_err() {
-                let _ = send(sink, &busy()).await;
-                return Flow::Close;
-            }
-            Flow::Continue
+        None => {
+            let _ = send(
+                sink,
+                &ServerMessage::error(
+                    ErrorCode::InternalError,
+                    "the consultation service is not running",
+                ),
+            )
+            .await;
+            Flow::Close
         }
     }
 }
 
+/// Admitted: pins the room to a worker and joins the media side.
+async fn join_media(
+    state: &AppState,
+    s: &mut Session,
+    sink: &mut (impl SinkExt<Message> + Unpin),
+) -> Flow {
+    let Some(e) = &s.entered else {
+        return Flow::Continue;
+    };
+    let lease = state.sfu.lease_room(&e.room);
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let req = JoinRequest {
+        peer: e.peer,
+        room: e.room.clone(),
+        identity: e.identity.clone(),
+        role: e.role.clone(),
+        events: tx,
+    };
+    if state.sfu.send(lease.worker(), Command::Join(req)).is_err() {
+        let _ = send(sink, &busy()).await;
+        return Flow::Close;
+    }
+    tracing::debug!(peer = e.peer, "join accepted");
+    s.joined = Some(Joined { lease, events: rx });
+    Flow::Continue
+}
+
 /// Tells the worker the participant is gone. The queue may be momentarily full: retry briefly in
 /// the background so no ghost participant stays behind.
-fn leave(state: &AppState, j: &Joined, reason: LeaveReason) {
-    let (sfu, worker, peer) = (state.sfu.clone(), j.lease.worker(), j.peer);
+fn leave(state: &AppState, j: &Joined, peer: PeerId, reason: LeaveReason) {
+    let (sfu, worker) = (state.sfu.clone(), j.lease.worker());
     if sfu.send(worker, Command::Leave { peer, reason }).is_ok() {
         return;
     }

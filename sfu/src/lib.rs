@@ -110,6 +110,12 @@ pub enum Command {
         kind: TrackKind,
         muted: bool,
     },
+    /// The control API mutes a participant's track (the server stops forwarding it).
+    ForceMute {
+        room: String,
+        identity: String,
+        kind: TrackKind,
+    },
     /// The participant left or its socket closed.
     Leave {
         peer: PeerId,

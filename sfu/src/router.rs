@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// How often a subscriber that still waits for a keyframe asks again.
 const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
 
-use consulta_signaling::protocol::{ErrorCode, LeaveReason, ServerMessage};
+use consulta_signaling::protocol::{ErrorCode, LeaveReason, ServerMessage, TrackKind};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
@@ -184,24 +184,26 @@ impl<W: Wire> RouterHost<W> {
                     });
                 }
             }
-            Command::Mute { peer, kind, muted } => {
-                let Some(t) = self.transports.get_mut(&peer) else {
-                    return;
-                };
-                match kind {
-                    consulta_signaling::protocol::TrackKind::Audio => t.muted.audio = muted,
-                    consulta_signaling::protocol::TrackKind::Video => t.muted.video = muted,
+            Command::Mute { peer, kind, muted } => self.mute(peer, kind, muted, false),
+            Command::ForceMute {
+                room,
+                identity,
+                kind,
+            } => {
+                let peer = self
+                    .router_by_name
+                    .get(&room)
+                    .and_then(|r| self.routers.get(r))
+                    .and_then(|r| {
+                        r.participants.iter().copied().find(|p| {
+                            self.transports
+                                .get(p)
+                                .is_some_and(|t| t.identity == identity)
+                        })
+                    });
+                if let Some(peer) = peer {
+                    self.mute(peer, kind, true, true);
                 }
-                let (room, identity) = (t.room, t.identity.clone());
-                self.broadcast(
-                    room,
-                    peer,
-                    ServerMessage::Mute {
-                        identity,
-                        kind,
-                        muted,
-                    },
-                );
             }
             Command::Leave { peer, reason } => self.remove(peer, reason, None),
         }
@@ -209,6 +211,55 @@ impl<W: Wire> RouterHost<W> {
     }
 
     // ---- commands -----------------------------------------------------------------------
+
+    /// A participant's track muted or unmuted: the room is told, and a muted track stops being
+    /// forwarded (its consumers pause; video resumes at a keyframe). `tell_self` when the mute
+    /// comes from the control API, so the participant's own client learns it too.
+    fn mute(&mut self, peer: PeerId, kind: TrackKind, muted: bool, tell_self: bool) {
+        let Some(t) = self.transports.get_mut(&peer) else {
+            return;
+        };
+        let media = match kind {
+            TrackKind::Audio => {
+                t.muted.audio = muted;
+                MediaKind::Audio
+            }
+            TrackKind::Video => {
+                t.muted.video = muted;
+                MediaKind::Video
+            }
+        };
+        let (room, identity) = (t.room, t.identity.clone());
+        let msg = ServerMessage::Mute {
+            identity,
+            kind,
+            muted,
+        };
+        if tell_self {
+            t.emit(msg.clone(), &mut self.outbox);
+        }
+        let others: Vec<PeerId> = self
+            .routers
+            .get(&room)
+            .map(|r| r.participants.clone())
+            .unwrap_or_default();
+        for q in others.into_iter().filter(|q| *q != peer) {
+            if let Some(tq) = self.transports.get_mut(&q) {
+                for c in tq
+                    .consumers
+                    .iter_mut()
+                    .filter(|c| c.source == peer && c.kind == media)
+                {
+                    if muted {
+                        c.forwarder.pause();
+                    } else {
+                        c.forwarder.resume();
+                    }
+                }
+            }
+        }
+        self.broadcast(room, peer, msg);
+    }
 
     fn join(&mut self, req: JoinRequest) {
         let now = Instant::now();

@@ -30,6 +30,8 @@ export interface ConnectOptions {
   /** A non-empty list replaces the server's `ice_servers` (its TURN credentials); `[]` or absent keeps them. */
   iceServers?: RTCIceServer[];
   iceTransportPolicy?: RTCIceTransportPolicy;
+  /** Called when the server puts this participant in the waiting room; connect() resolves once admitted. */
+  onWaiting?: () => void;
 }
 
 export interface Participant {
@@ -187,6 +189,10 @@ export declare class Call {
 
   /** Enables/disables the local tracks of `kind` and tells the others. */
   setMuted(kind: MediaKind, muted: boolean): Promise<void>;
+  /** Doctors: admit a participant waiting in the waiting room (see the 'participant-waiting' event). */
+  admit(identity: string): Promise<void>;
+  /** True while this participant is in the waiting room. */
+  readonly waiting: boolean;
   /** Sends `leave`, waits up to 1 s for `left`, then closes everything. Idempotent. */
   leave(): Promise<void>;
   stats(): Promise<CallStats>;

@@ -329,6 +329,8 @@ export class Call {
         JOIN_TIMEOUT_MS,
       );
       this._joinWaiter = {
+        // In the waiting room there is no deadline: a doctor admits when ready.
+        waiting: () => clearTimeout(timer),
         resolve: (m) => {
           clearTimeout(timer);
           resolve(m);
@@ -356,7 +358,17 @@ export class Call {
       const obj = this._participant(p.identity, p);
       this._announced.add(obj);
     }
-    this._pingTimer = setInterval(() => this._send({ type: 'ping' }), PING_INTERVAL_MS);
+    this.waiting = false;
+    this._startPing();
+  }
+
+  _startPing() {
+    if (!this._pingTimer) this._pingTimer = setInterval(() => this._send({ type: 'ping' }), PING_INTERVAL_MS);
+  }
+
+  /** Doctors: lets `identity` in from the waiting room. */
+  async admit(identity) {
+    this._send({ type: 'admit', identity });
   }
 
   async _getLocalMedia() {
@@ -669,6 +681,25 @@ export class Call {
         if (this._joinWaiter) this._joinWaiter.resolve(m);
         this._joinWaiter = null;
         break;
+      case 'waiting':
+        // connect() resolves once a doctor admits us and `joined` arrives.
+        this.waiting = true;
+        if (this._joinWaiter && this._joinWaiter.waiting) this._joinWaiter.waiting();
+        this._startPing();
+        if (typeof this.options.onWaiting === 'function') {
+          try {
+            this.options.onWaiting();
+          } catch (e) {
+            reportListenerError('onWaiting', e);
+          }
+        }
+        this._emit('waiting');
+        break;
+      case 'participant-waiting': {
+        const info = m.participant || {};
+        if (info.identity) this._emit('participant-waiting', { identity: info.identity, role: info.role ?? null });
+        break;
+      }
       case 'answer':
         if (this._pendingAnswer) this._pendingAnswer.resolve(m);
         break;
@@ -712,6 +743,17 @@ export class Call {
         break;
       }
       case 'mute': {
+        if (this.participant && m.identity === this.participant.identity) {
+          // Muted by the server (the control API): follow it locally.
+          if (m.kind === 'audio' || m.kind === 'video') {
+            this.muted[m.kind] = !!m.muted;
+            for (const t of this.localStream ? this.localStream.getTracks() : []) {
+              if (t.kind === m.kind) t.enabled = !m.muted;
+            }
+            this._emit('muted', { kind: m.kind, muted: !!m.muted, by: 'server' });
+          }
+          break;
+        }
         const p = this.participants.get(m.identity);
         if (!p || (m.kind !== 'audio' && m.kind !== 'video')) break;
         p.muted[m.kind] = !!m.muted;

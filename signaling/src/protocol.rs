@@ -50,6 +50,10 @@ pub enum ClientMessage {
         kind: TrackKind,
         muted: bool,
     },
+    /// A doctor admits a participant from the waiting room.
+    Admit {
+        identity: String,
+    },
     Ping,
     Leave,
 }
@@ -70,6 +74,10 @@ struct SdpFields {
 #[derive(Deserialize)]
 struct CandidateFields {
     candidate: String,
+}
+#[derive(Deserialize)]
+struct AdmitFields {
+    identity: String,
 }
 #[derive(Deserialize)]
 struct MuteFields {
@@ -131,6 +139,9 @@ impl ClientMessage {
                     muted: f.muted,
                 }
             }
+            "admit" => ClientMessage::Admit {
+                identity: fields::<AdmitFields>(&ty, value)?.identity,
+            },
             "ping" => ClientMessage::Ping,
             "leave" => ClientMessage::Leave,
             other => {
@@ -205,6 +216,12 @@ pub enum ServerMessage {
         kind: TrackKind,
         muted: bool,
     },
+    /// The session is in the waiting room until a doctor admits it.
+    Waiting,
+    /// Someone waits to be admitted (sent to doctors).
+    ParticipantWaiting {
+        participant: ParticipantInfo,
+    },
     Pong,
     Left,
     Error {
@@ -237,6 +254,7 @@ pub enum LeaveReason {
     Disconnected,
     Replaced,
     Kicked,
+    Ended,
 }
 
 /// Stable error codes of the signaling protocol (see `docs/protocol.md`).
@@ -263,11 +281,16 @@ pub enum ErrorCode {
     IdleTimeout,
     ServerBusy,
     ServerDraining,
+    ConsultationClosed,
+    Kicked,
+    CallEnded,
+    Forbidden,
+    ParticipantNotWaiting,
     InternalError,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -288,6 +311,11 @@ impl ErrorCode {
         ErrorCode::IdleTimeout,
         ErrorCode::ServerBusy,
         ErrorCode::ServerDraining,
+        ErrorCode::ConsultationClosed,
+        ErrorCode::Kicked,
+        ErrorCode::CallEnded,
+        ErrorCode::Forbidden,
+        ErrorCode::ParticipantNotWaiting,
         ErrorCode::InternalError,
     ];
 
@@ -306,6 +334,9 @@ impl ErrorCode {
                 | IdleTimeout
                 | ServerBusy
                 | ServerDraining
+                | ConsultationClosed
+                | Kicked
+                | CallEnded
                 | InternalError
         )
     }
@@ -334,6 +365,11 @@ impl ErrorCode {
             IdleTimeout => "idle_timeout",
             ServerBusy => "server_busy",
             ServerDraining => "server_draining",
+            ConsultationClosed => "consultation_closed",
+            Kicked => "kicked",
+            CallEnded => "call_ended",
+            Forbidden => "forbidden",
+            ParticipantNotWaiting => "participant_not_waiting",
             InternalError => "internal_error",
         }
     }

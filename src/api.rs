@@ -1,0 +1,566 @@
+//! The control API (`/api/v1`, see docs/api.md): what the Laravel app uses to create a
+//! consultation, mint join tokens, act on participants, end the call and read its events.
+//!
+//! Every route needs `Authorization: Bearer <key>`. Errors are `{code, message}` with a 4xx for
+//! anything the caller sent wrong (bad JSON, wrong types, unknown ids, oversized bodies); a 503
+//! only when the database is unreachable. Handlers never block: they await the store or the
+//! consultation service, both bounded.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use consulta_signaling::token::validate_id;
+use consulta_signaling::{JoinToken, Role};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::consultations::{Presence, Request as Svc};
+use crate::events::EventView;
+use crate::server::AppState;
+use crate::store::{Consultation, Policy, StoreError};
+
+const MAX_BODY: usize = 64 * 1024;
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// An API error: a status and a stable code.
+pub struct ApiError(StatusCode, &'static str, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "code": self.1, "message": self.2 }))).into_response()
+    }
+}
+
+fn bad(code: &'static str, msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, code, msg.into())
+}
+
+fn not_found(code: &'static str, msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, code, msg.into())
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(error = %e, "database unavailable for the API");
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database is unreachable; retry".into(),
+        )
+    }
+}
+
+/// JSON bodies with our error codes instead of axum's plain-text rejections.
+pub struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send Content-Type: application/json".into(),
+            )),
+            Err(JsonRejection::JsonSyntaxError(e)) => Err(bad("bad_json", e.body_text())),
+            Err(JsonRejection::JsonDataError(e)) => Err(bad("invalid_body", e.body_text())),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("bodies are limited to {MAX_BODY} bytes"),
+                ))
+            }
+            Err(e) => Err(bad("bad_request", e.body_text())),
+        }
+    }
+}
+
+pub fn routes(state: AppState) -> Router<AppState> {
+    let protected = Router::new()
+        .route("/consultations", post(create).get(list))
+        .route("/consultations/{id}", get(fetch))
+        .route("/consultations/{id}/tokens", post(mint_token))
+        .route("/consultations/{id}/participants", get(participants))
+        .route(
+            "/consultations/{id}/participants/{identity}/admit",
+            post(admit),
+        )
+        .route(
+            "/consultations/{id}/participants/{identity}/kick",
+            post(kick),
+        )
+        .route(
+            "/consultations/{id}/participants/{identity}/mute",
+            post(mute),
+        )
+        .route("/consultations/{id}/end", post(end))
+        .route("/consultations/{id}/close", post(close))
+        .route("/consultations/{id}/events", get(events))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
+        .layer(DefaultBodyLimit::max(MAX_BODY));
+    Router::new()
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .merge(protected)
+        .fallback(|| async { not_found("not_found", "no such API path") })
+}
+
+async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = given.is_some_and(|k| {
+        state
+            .api_keys
+            .iter()
+            .any(|key| constant_eq(key.as_bytes(), k.as_bytes()))
+    });
+    if !ok {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid `Authorization: Bearer <api key>` is needed".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+fn constant_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn view(c: &Consultation, present: usize) -> Value {
+    json!({
+        "id": c.id,
+        "status": c.status,
+        "scheduled_start": c.scheduled_start.map(crate::rfc3339),
+        "scheduled_end": c.scheduled_end.map(crate::rfc3339),
+        "policy": c.policy,
+        "created_at": crate::rfc3339(c.created_at),
+        "started_at": c.started_at.map(crate::rfc3339),
+        "ended_at": c.ended_at.map(crate::rfc3339),
+        "participants_present": present,
+    })
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    validate_id(id, "id").map_err(|_| {
+        bad(
+            "invalid_id",
+            "ids are 1-128 printable characters without spaces",
+        )
+    })
+}
+
+async fn load(state: &AppState, id: &str) -> Result<Consultation, ApiError> {
+    check_id(id)?;
+    state
+        .store
+        .consultation(id)
+        .await?
+        .ok_or_else(|| not_found("consultation_not_found", format!("no consultation {id}")))
+}
+
+async fn presence(state: &AppState, id: &str) -> Presence {
+    state
+        .consultations
+        .ask(|reply| Svc::Presence {
+            room: id.to_owned(),
+            reply,
+        })
+        .await
+        .unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    id: String,
+    #[serde(default)]
+    scheduled_start: Option<String>,
+    #[serde(default)]
+    scheduled_end: Option<String>,
+    #[serde(default)]
+    policy: Option<Policy>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Body(b): Body<CreateBody>,
+) -> Result<Response, ApiError> {
+    check_id(&b.id)?;
+    let parse = |what: &str, v: &Option<String>| -> Result<Option<i64>, ApiError> {
+        v.as_deref()
+            .map(|s| {
+                crate::parse_rfc3339(s)
+                    .ok_or_else(|| bad("invalid_time", format!("{what} must be an RFC 3339 time")))
+            })
+            .transpose()
+    };
+    let (start, end) = (
+        parse("scheduled_start", &b.scheduled_start)?,
+        parse("scheduled_end", &b.scheduled_end)?,
+    );
+    if let (Some(s), Some(e)) = (start, end) {
+        if e <= s {
+            return Err(bad(
+                "invalid_time",
+                "scheduled_end must be after scheduled_start",
+            ));
+        }
+    }
+    let policy = b.policy.unwrap_or_default();
+    if !(1..=16).contains(&policy.max_participants) {
+        return Err(bad(
+            "invalid_policy",
+            "policy.max_participants must be between 1 and 16",
+        ));
+    }
+    if !matches!(policy.recording.as_str(), "off" | "on_request" | "required") {
+        return Err(bad(
+            "invalid_policy",
+            "policy.recording must be off, on_request or required",
+        ));
+    }
+    let c = Consultation {
+        id: b.id.clone(),
+        status: "scheduled".into(),
+        scheduled_start: start,
+        scheduled_end: end,
+        policy: policy.clone(),
+        created_at: crate::unix_millis(),
+        started_at: None,
+        ended_at: None,
+    };
+    match state.store.create_consultation(&c).await {
+        Ok(()) => {}
+        Err(StoreError::Exists) => {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                "consultation_exists",
+                format!("consultation {} exists", c.id),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    state
+        .consultations
+        .request(Svc::Created {
+            room: c.id.clone(),
+            policy: policy.clone(),
+            scheduled_start: start,
+        })
+        .await;
+    let payload = json!({ "scheduled_start": start.map(crate::rfc3339), "scheduled_end": end.map(crate::rfc3339), "policy": policy });
+    state
+        .events
+        .send(state.event_factory.make(&c.id, "created", payload))
+        .await;
+    Ok((StatusCode::CREATED, Json(view(&c, 0))).into_response())
+}
+
+async fn fetch(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let c = load(&state, &id).await?;
+    let n = presence(&state, &id).await.present.len();
+    Ok(Json(view(&c, n)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+    after: Option<String>,
+}
+
+async fn list(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| bad("invalid_query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(bad("invalid_query", "limit must be between 1 and 200"));
+    }
+    if let Some(s) = &q.status {
+        if !matches!(s.as_str(), "scheduled" | "active" | "ended" | "closed") {
+            return Err(bad(
+                "invalid_query",
+                "status must be scheduled, active, ended or closed",
+            ));
+        }
+    }
+    let items = state
+        .store
+        .consultations(q.status.as_deref(), q.after.as_deref().unwrap_or(""), limit)
+        .await?;
+    let next = if items.len() as i64 == limit {
+        items.last().map(|c| c.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(
+        json!({ "items": items.iter().map(|c| view(c, 0)).collect::<Vec<_>>(), "next_after": next }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    identity: String,
+    role: Role,
+    #[serde(default)]
+    ttl: Option<u64>,
+}
+
+async fn mint_token(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+    Body(b): Body<TokenBody>,
+) -> Result<Response, ApiError> {
+    let c = load(&state, &id).await?;
+    if c.status == "closed" || presence(&state, &id).await.closed {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            "consultation_closed",
+            "the consultation is closed".into(),
+        ));
+    }
+    let ttl = b.ttl.unwrap_or(state.token_ttl);
+    if !(1..=86_400).contains(&ttl) {
+        return Err(bad(
+            "invalid_ttl",
+            "ttl must be between 1 and 86400 seconds",
+        ));
+    }
+    let claims = JoinToken::new(&id, &b.identity, b.role, crate::unix_now(), ttl)
+        .map_err(|e| bad("invalid_identity", e.to_string()))?;
+    let token = claims
+        .sign(&state.token_secret)
+        .map_err(|e| bad("invalid_token", e.to_string()))?;
+    // The signaling URL as the caller reaches this server (behind a TLS proxy: wss).
+    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
+    let host = header("x-forwarded-host")
+        .or(header("host"))
+        .unwrap_or("127.0.0.1:7880");
+    let scheme = if header("x-forwarded-proto") == Some("https") {
+        "wss"
+    } else {
+        "ws"
+    };
+    let body = json!({ "token": token, "expires_at": crate::rfc3339(claims.exp as i64 * 1000), "ws_url": format!("{scheme}://{host}/ws") });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn participants(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    load(&state, &id).await?;
+    let rows = state.store.participants(&id).await?;
+    let p = presence(&state, &id).await;
+    let mut items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "identity": r.identity, "role": r.role,
+                "present": p.present.iter().any(|(i, _)| *i == r.identity),
+                "waiting": p.waiting.iter().any(|(i, _)| *i == r.identity),
+                "admitted": p.admitted.contains(&r.identity),
+                "first_joined_at": r.first_joined_at.map(crate::rfc3339),
+                "last_left_at": r.last_left_at.map(crate::rfc3339),
+                "sessions": r.sessions,
+            })
+        })
+        .collect();
+    // Who is here or waiting now but not in the table yet (never joined, or its event is still
+    // on its way to the database).
+    for (identity, role) in p
+        .present
+        .iter()
+        .chain(p.waiting.iter())
+        .filter(|(i, _)| !rows.iter().any(|r| r.identity == *i))
+    {
+        let present = p.present.iter().any(|(i, _)| i == identity);
+        items.push(json!({ "identity": identity, "role": role, "present": present, "waiting": !present,
+            "admitted": p.admitted.contains(identity), "first_joined_at": null, "last_left_at": null, "sessions": 0 }));
+    }
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn admit(
+    State(state): State<AppState>,
+    Path((id, identity)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    load(&state, &id).await?;
+    let ok = state
+        .consultations
+        .ask(|reply| Svc::Admit {
+            room: id.clone(),
+            identity: identity.clone(),
+            by: "api".into(),
+            reply,
+        })
+        .await
+        .unwrap_or(false);
+    if !ok {
+        return Err(not_found(
+            "participant_not_waiting",
+            format!("{identity} is not in the waiting room"),
+        ));
+    }
+    Ok(Json(json!({ "admitted": identity })))
+}
+
+async fn kick(
+    State(state): State<AppState>,
+    Path((id, identity)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    load(&state, &id).await?;
+    let ok = state
+        .consultations
+        .ask(|reply| Svc::Kick {
+            room: id.clone(),
+            identity: identity.clone(),
+            reply,
+        })
+        .await
+        .unwrap_or(false);
+    if !ok {
+        return Err(not_found(
+            "participant_not_present",
+            format!("{identity} is not in the consultation"),
+        ));
+    }
+    Ok(Json(json!({ "kicked": identity })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MuteBody {
+    kind: consulta_signaling::protocol::TrackKind,
+}
+
+async fn mute(
+    State(state): State<AppState>,
+    Path((id, identity)): Path<(String, String)>,
+    Body(b): Body<MuteBody>,
+) -> Result<Json<Value>, ApiError> {
+    load(&state, &id).await?;
+    let p = presence(&state, &id).await;
+    if !p.present.iter().any(|(i, _)| *i == identity) {
+        return Err(not_found(
+            "participant_not_present",
+            format!("{identity} is not in the consultation"),
+        ));
+    }
+    let lease = state.sfu.lease_room(&id);
+    let cmd = consulta_sfu::Command::ForceMute {
+        room: id.clone(),
+        identity: identity.clone(),
+        kind: b.kind,
+    };
+    state.sfu.send(lease.worker(), cmd).map_err(|_| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_busy",
+            "the media server is overloaded; retry".into(),
+        )
+    })?;
+    let kind = match b.kind {
+        consulta_signaling::protocol::TrackKind::Audio => "audio",
+        consulta_signaling::protocol::TrackKind::Video => "video",
+    };
+    state
+        .events
+        .send(
+            state
+                .event_factory
+                .make(&id, "muted", json!({ "identity": identity, "kind": kind })),
+        )
+        .await;
+    Ok(Json(json!({ "muted": identity, "kind": kind })))
+}
+
+async fn finish(state: AppState, id: String, close: bool) -> Result<Json<Value>, ApiError> {
+    load(&state, &id).await?;
+    state
+        .consultations
+        .ask(|reply| Svc::End {
+            room: id.clone(),
+            close,
+            reply,
+        })
+        .await;
+    // The ended event is on its way to the store; answer with what it will say.
+    let mut c = load(&state, &id).await?;
+    c.status = if close {
+        "closed".into()
+    } else if c.status == "closed" {
+        c.status
+    } else {
+        "ended".into()
+    };
+    Ok(Json(view(&c, 0)))
+}
+
+async fn end(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    finish(state, id, false).await
+}
+
+async fn close(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    finish(state, id, true).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = q.map_err(|e| bad("invalid_query", e.body_text()))?;
+    load(&state, &id).await?;
+    let limit = q.limit.unwrap_or(200);
+    if !(1..=1000).contains(&limit) {
+        return Err(bad("invalid_query", "limit must be between 1 and 1000"));
+    }
+    let items = state.store.events(&id, q.after.unwrap_or(0), limit).await?;
+    let next = if items.len() as i64 == limit {
+        items.last().map(|e| e.seq)
+    } else {
+        None
+    };
+    let views: Vec<EventView> = items.iter().map(EventView::from).collect();
+    Ok(Json(json!({ "items": views, "next_after": next })))
+}

@@ -1,0 +1,491 @@
+//! Consultation semantics (no SFU has these; they are ours): who is present, the waiting room,
+//! when a consultation really started (doctor and patient both in) and ended (ended through the
+//! API, or the room stayed empty), and no-shows after the scheduled start.
+//!
+//! One task owns this state. Signaling sessions and the API talk to it through a bounded queue;
+//! it turns what happens into call events for the [`EventSink`] and never touches the database
+//! on its own path except to read a consultation's policy once (cached, with a default when the
+//! database is down, so a call never waits on it).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::events::{EventFactory, EventSink};
+use crate::store::{Policy, Store};
+
+/// What a session is told to do by the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionControl {
+    /// Waiting-room admission came through.
+    Admitted,
+    /// (To doctors) someone waits to be admitted.
+    Waiting {
+        identity: String,
+        role: String,
+    },
+    Kick,
+    /// The call was ended through the API.
+    End,
+}
+
+pub enum Admission {
+    Proceed,
+    /// Wait for `SessionControl::Admitted` on the session's control channel.
+    Wait,
+    Closed,
+}
+
+pub enum Request {
+    /// A session with a valid token asks to enter `room`.
+    Enter {
+        room: String,
+        identity: String,
+        role: String,
+        session: String,
+        control: mpsc::Sender<SessionControl>,
+        reply: oneshot::Sender<Admission>,
+    },
+    /// The media side accepted the session.
+    Joined {
+        room: String,
+        identity: String,
+        role: String,
+        session: String,
+        client_sdk: Option<String>,
+    },
+    /// The session ended (after `Enter`, whether or not it joined).
+    Gone {
+        room: String,
+        identity: String,
+        session: String,
+        reason: String,
+    },
+    Admit {
+        room: String,
+        identity: String,
+        by: String,
+        reply: oneshot::Sender<bool>,
+    },
+    Kick {
+        room: String,
+        identity: String,
+        reply: oneshot::Sender<bool>,
+    },
+    End {
+        room: String,
+        close: bool,
+        reply: oneshot::Sender<()>,
+    },
+    Presence {
+        room: String,
+        reply: oneshot::Sender<Presence>,
+    },
+    /// The API created a consultation: remember its policy and schedule.
+    Created {
+        room: String,
+        policy: Policy,
+        scheduled_start: Option<i64>,
+    },
+}
+
+/// Who is in a room now.
+#[derive(Debug, Default, Clone)]
+pub struct Presence {
+    /// Closed through the API (the store may not show it yet).
+    pub closed: bool,
+    pub present: Vec<(String, String)>,
+    pub waiting: Vec<(String, String)>,
+    pub admitted: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct Consultations {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Consultations {
+    pub async fn request(&self, r: Request) {
+        let _ = self.tx.send(r).await;
+    }
+
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Request) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Timings of `[consultation]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    pub empty_room_end: Duration,
+    pub no_show_after: Duration,
+}
+
+struct Session {
+    identity: String,
+    role: String,
+    control: mpsc::Sender<SessionControl>,
+    joined_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Room {
+    policy: Option<Policy>,
+    closed: bool,
+    scheduled_start: Option<i64>,
+    sessions: HashMap<String, Session>,
+    admitted: HashSet<String>,
+    /// Identities of each role ever present.
+    seen_roles: HashSet<String>,
+    started: bool,
+    ended: bool,
+    empty_since: Option<Instant>,
+    no_show_reported: bool,
+}
+
+impl Room {
+    fn present(&self) -> impl Iterator<Item = &Session> {
+        self.sessions.values().filter(|s| s.joined_at.is_some())
+    }
+}
+
+pub fn start(
+    store: Store,
+    sink: EventSink,
+    factory: std::sync::Arc<EventFactory>,
+    timings: Timings,
+) -> Consultations {
+    let (tx, rx) = mpsc::channel(1024);
+    let service = Service {
+        store,
+        sink,
+        factory,
+        timings,
+        rooms: HashMap::new(),
+    };
+    tokio::spawn(service.run(rx));
+    Consultations { tx }
+}
+
+struct Service {
+    store: Store,
+    sink: EventSink,
+    factory: std::sync::Arc<EventFactory>,
+    timings: Timings,
+    rooms: HashMap<String, Room>,
+}
+
+impl Service {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                r = rx.recv() => match r {
+                    Some(r) => self.handle(r).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.timers().await,
+            }
+        }
+    }
+
+    async fn emit(&self, room: &str, kind: &str, payload: serde_json::Value) {
+        self.sink.send(self.factory.make(room, kind, payload)).await;
+    }
+
+    /// The room's policy: cached, else read once (default when unknown or unreachable).
+    async fn room(&mut self, name: &str) -> &mut Room {
+        if !self.rooms.contains_key(name) {
+            let known =
+                tokio::time::timeout(Duration::from_secs(1), self.store.consultation(name)).await;
+            let mut room = Room::default();
+            match known {
+                Ok(Ok(Some(c))) => {
+                    room.closed = c.status == "closed";
+                    room.started = c.started_at.is_some();
+                    room.scheduled_start = c.scheduled_start;
+                    room.policy = Some(c.policy);
+                }
+                Ok(Ok(None)) => {
+                    // First seen here: record it as created (ad hoc, default policy).
+                    self.sink
+                        .send(self.factory.make(
+                            name,
+                            "created",
+                            json!({ "policy": Policy::default(), "ad_hoc": true }),
+                        ))
+                        .await;
+                }
+                _ => {}
+            }
+            self.rooms.insert(name.to_owned(), room);
+        }
+        self.rooms.get_mut(name).expect("inserted above")
+    }
+
+    async fn handle(&mut self, r: Request) {
+        match r {
+            Request::Created {
+                room,
+                policy,
+                scheduled_start,
+            } => {
+                let entry = self.rooms.entry(room).or_default();
+                entry.policy = Some(policy);
+                entry.scheduled_start = scheduled_start;
+            }
+            Request::Enter {
+                room,
+                identity,
+                role,
+                session,
+                control,
+                reply,
+            } => {
+                let r = self.room(&room).await;
+                if r.closed {
+                    let _ = reply.send(Admission::Closed);
+                    return;
+                }
+                let waiting_room = r.policy.as_ref().is_some_and(|p| p.waiting_room);
+                let must_wait = waiting_room && role != "doctor" && !r.admitted.contains(&identity);
+                r.sessions.insert(
+                    session,
+                    Session {
+                        identity: identity.clone(),
+                        role: role.clone(),
+                        control,
+                        joined_at: None,
+                    },
+                );
+                if must_wait {
+                    let _ = reply.send(Admission::Wait);
+                    for d in r.present().filter(|s| s.role == "doctor") {
+                        let _ = d.control.try_send(SessionControl::Waiting {
+                            identity: identity.clone(),
+                            role: role.clone(),
+                        });
+                    }
+                    self.emit(
+                        &room,
+                        "waiting",
+                        json!({ "identity": identity, "role": role }),
+                    )
+                    .await;
+                } else {
+                    r.admitted.insert(identity);
+                    let _ = reply.send(Admission::Proceed);
+                }
+            }
+            Request::Joined {
+                room,
+                identity,
+                role,
+                session,
+                client_sdk,
+            } => {
+                let r = self.room(&room).await;
+                if let Some(s) = r.sessions.get_mut(&session) {
+                    s.joined_at = Some(Instant::now());
+                }
+                if role == "doctor" {
+                    // A doctor arriving learns who is already waiting.
+                    if let Some(me) = r.sessions.get(&session) {
+                        for w in r
+                            .sessions
+                            .values()
+                            .filter(|w| w.joined_at.is_none() && !r.admitted.contains(&w.identity))
+                        {
+                            let _ = me.control.try_send(SessionControl::Waiting {
+                                identity: w.identity.clone(),
+                                role: w.role.clone(),
+                            });
+                        }
+                    }
+                }
+                r.seen_roles.insert(role.clone());
+                r.empty_since = None;
+                r.ended = false;
+                let both = ["doctor", "patient"]
+                    .iter()
+                    .all(|want| r.present().any(|s| s.role == *want));
+                let start = both && !r.started;
+                if start {
+                    r.started = true;
+                }
+                let doctor = r
+                    .present()
+                    .find(|s| s.role == "doctor")
+                    .map(|s| s.identity.clone());
+                let patient = r
+                    .present()
+                    .find(|s| s.role == "patient")
+                    .map(|s| s.identity.clone());
+                self.emit(&room, "participant_joined", json!({ "identity": identity, "role": role, "session_id": session, "client_sdk": client_sdk }))
+                    .await;
+                if start {
+                    self.emit(
+                        &room,
+                        "started",
+                        json!({ "doctor": doctor, "patient": patient }),
+                    )
+                    .await;
+                }
+            }
+            Request::Gone {
+                room,
+                identity,
+                session,
+                reason,
+            } => {
+                let Some(r) = self.rooms.get_mut(&room) else {
+                    return;
+                };
+                let Some(s) = r.sessions.remove(&session) else {
+                    return;
+                };
+                if let Some(at) = s.joined_at {
+                    if r.present().next().is_none() {
+                        r.empty_since = Some(Instant::now());
+                    }
+                    let payload = json!({ "identity": identity, "role": s.role, "session_id": session, "reason": reason, "seconds": at.elapsed().as_secs() });
+                    self.emit(&room, "participant_left", payload).await;
+                }
+            }
+            Request::Admit {
+                room,
+                identity,
+                by,
+                reply,
+            } => {
+                let r = self.room(&room).await;
+                let waiting: Vec<mpsc::Sender<SessionControl>> = r
+                    .sessions
+                    .values()
+                    .filter(|s| s.identity == identity && s.joined_at.is_none())
+                    .map(|s| s.control.clone())
+                    .collect();
+                let was_waiting = !waiting.is_empty() && !r.admitted.contains(&identity);
+                r.admitted.insert(identity.clone());
+                for c in waiting {
+                    let _ = c.try_send(SessionControl::Admitted);
+                }
+                let _ = reply.send(was_waiting);
+                if was_waiting {
+                    self.emit(&room, "admitted", json!({ "identity": identity, "by": by }))
+                        .await;
+                }
+            }
+            Request::Kick {
+                room,
+                identity,
+                reply,
+            } => {
+                let controls: Vec<_> = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| {
+                        r.sessions
+                            .values()
+                            .filter(|s| s.identity == identity)
+                            .map(|s| s.control.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let found = !controls.is_empty();
+                for c in controls {
+                    let _ = c.try_send(SessionControl::Kick);
+                }
+                let _ = reply.send(found);
+                if found {
+                    if let Some(r) = self.rooms.get_mut(&room) {
+                        r.admitted.remove(&identity);
+                    }
+                    self.emit(&room, "kicked", json!({ "identity": identity }))
+                        .await;
+                }
+            }
+            Request::End { room, close, reply } => {
+                let r = self.room(&room).await;
+                let controls: Vec<_> = r.sessions.values().map(|s| s.control.clone()).collect();
+                let was_running = r.started && !r.ended;
+                r.ended = true;
+                r.started = false;
+                if close {
+                    r.closed = true;
+                }
+                for c in controls {
+                    let _ = c.try_send(SessionControl::End);
+                }
+                if was_running || close {
+                    let reason = if close { "closed" } else { "api" };
+                    self.emit(&room, "ended", json!({ "reason": reason })).await;
+                }
+                let _ = reply.send(());
+            }
+            Request::Presence { room, reply } => {
+                let p = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| Presence {
+                        closed: r.closed,
+                        present: r
+                            .present()
+                            .map(|s| (s.identity.clone(), s.role.clone()))
+                            .collect(),
+                        waiting: r
+                            .sessions
+                            .values()
+                            .filter(|s| s.joined_at.is_none() && !r.admitted.contains(&s.identity))
+                            .map(|s| (s.identity.clone(), s.role.clone()))
+                            .collect(),
+                        admitted: r.admitted.iter().cloned().collect(),
+                    })
+                    .unwrap_or_default();
+                let _ = reply.send(p);
+            }
+        }
+    }
+
+    async fn timers(&mut self) {
+        let now = Instant::now();
+        let now_ms = crate::unix_millis();
+        let mut out = Vec::new();
+        for (name, r) in &mut self.rooms {
+            if r.started
+                && !r.ended
+                && r.empty_since
+                    .is_some_and(|t| now.duration_since(t) >= self.timings.empty_room_end)
+            {
+                r.ended = true;
+                r.started = false;
+                out.push((name.clone(), "ended", json!({ "reason": "empty_room" })));
+            }
+            if let Some(start) = r.scheduled_start {
+                if !r.no_show_reported
+                    && now_ms >= start + self.timings.no_show_after.as_millis() as i64
+                {
+                    r.no_show_reported = true;
+                    for role in ["doctor", "patient"] {
+                        if !r.seen_roles.contains(role) {
+                            out.push((name.clone(), "no_show", json!({ "role": role })));
+                        }
+                    }
+                }
+            }
+        }
+        // Forget idle rooms that are over.
+        self.rooms.retain(|_, r| {
+            !r.sessions.is_empty()
+                || (r.started && !r.ended)
+                || (r.scheduled_start.is_some() && !r.no_show_reported)
+        });
+        for (room, kind, payload) in out {
+            self.emit(&room, kind, payload).await;
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Shared by the integration tests: a real `consulta serve` process on free ports, a WebSocket
+//! signaling client, tokens.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use consulta_signaling::{JoinToken, Role};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+pub struct Server {
+    pub child: Child,
+    pub http: String,
+    pub dir: std::path::PathBuf,
+}
+
+impl Server {
+    pub fn config(&self) -> std::path::PathBuf {
+        self.dir.join("consulta.toml")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn free_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+pub fn free_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn start(extra: &str) -> Server {
+    start_full(extra, "")
+}
+
+/// `media` goes into `[media]`; `tail` is appended (whole sections).
+pub fn start_full(extra: &str, tail: &str) -> Server {
+    let dir = std::env::temp_dir().join(format!(
+        "consulta-sig-{}-{}",
+        std::process::id(),
+        free_tcp()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let http = format!("127.0.0.1:{}", free_tcp());
+    let cfg = format!(
+        "data_dir = \"{}\"\n[http]\nlisten = \"{http}\"\n[media]\nudp_port = {}\ntcp_port = {}\nworkers = 2\n{extra}\n[auth]\ntoken_secret = \"{SECRET}\"\n",
+        dir.join("data").display(),
+        free_udp(),
+        free_tcp()
+    );
+    let cfg_path = dir.join("consulta.toml");
+    std::fs::write(&cfg_path, format!("{cfg}{tail}")).unwrap();
+    let log = std::fs::File::create(dir.join("server.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_consulta"))
+        .args(["serve", "--log-format", "json", "--config"])
+        .arg(&cfg_path)
+        .env("CONSULTA_LOG_LEVEL", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("consulta starts");
+    let server = Server { child, http, dir };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(&server.http) {
+            let _ = write!(s, "GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n");
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            if body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200") {
+                return server;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not become healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn token(room: &str, identity: &str, role: Role) -> String {
+    JoinToken::new(room, identity, role, now(), 600)
+        .unwrap()
+        .sign(SECRET.as_bytes())
+        .unwrap()
+}
+
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub struct Client {
+    pub ws: WsStream,
+}
+
+impl Client {
+    pub async fn connect(server: &Server, query: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws{query}", server.http))
+            .await
+            .expect("ws connects");
+        Client { ws }
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.unwrap();
+    }
+
+    /// Next JSON message, or None when the socket closes.
+    pub async fn recv(&mut self) -> Option<Value> {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+                .await
+                .expect("a message within 5 s");
+            match m {
+                Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Skips messages until one of type `ty`.
+    pub async fn expect(&mut self, ty: &str) -> Value {
+        loop {
+            let m = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("socket closed while waiting for {ty}"));
+            if m["type"] == ty {
+                return m;
+            }
+        }
+    }
+
+    pub async fn expect_error(&mut self, code: &str) -> Value {
+        let m = self.expect("error").await;
+        assert_eq!(m["code"], code, "{m}");
+        m
+    }
+
+    pub async fn join(server: &Server, room: &str, identity: &str, role: Role) -> (Client, Value) {
+        let mut c = Client::connect(server, "").await;
+        c.send(json!({"type":"join","v":1,"token":token(room, identity, role)}))
+            .await;
+        let joined = c.expect("joined").await;
+        (c, joined)
+    }
+
+    pub async fn closes(&mut self) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match self.ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+}
+
+pub fn http_status(server: &Server, path: &str) -> String {
+    let mut s = TcpStream::connect(&server.http).unwrap();
+    let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines().next().unwrap_or_default().to_owned()
+}
