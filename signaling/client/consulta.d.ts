@@ -193,6 +193,8 @@ export declare class Call {
   admit(identity: string): Promise<void>;
   /** True while this participant is in the waiting room. */
   readonly waiting: boolean;
+  /** (Doctors) who waits to be admitted, by identity; see also the 'participant-waiting' event. */
+  readonly waitingRoom: Map<string, { identity: string; role: string | null }>;
   /** Sends `leave`, waits up to 1 s for `left`, then closes everything. Idempotent. */
   leave(): Promise<void>;
   stats(): Promise<CallStats>;

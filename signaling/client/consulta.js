@@ -75,6 +75,8 @@ export class Call {
     this.connectionState = 'new';
     this.closed = false;
     this.muted = { audio: false, video: false };
+    /** identity -> {identity, role}: who waits for a doctor to admit them (doctors only). */
+    this.waitingRoom = new Map();
 
     this._listeners = new Map();
     this._ws = null;
@@ -697,7 +699,11 @@ export class Call {
         break;
       case 'participant-waiting': {
         const info = m.participant || {};
-        if (info.identity) this._emit('participant-waiting', { identity: info.identity, role: info.role ?? null });
+        if (info.identity) {
+          const w = { identity: info.identity, role: info.role ?? null };
+          this.waitingRoom.set(w.identity, w);
+          this._emit('participant-waiting', w);
+        }
         break;
       }
       case 'answer':
@@ -714,6 +720,7 @@ export class Call {
       case 'participant-joined': {
         const info = m.participant || {};
         if (!info.identity) break;
+        this.waitingRoom.delete(info.identity);
         const p = this._participant(info.identity, info);
         this._announced.add(p);
         this._emit('participant-joined', p);

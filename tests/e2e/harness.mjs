@@ -306,6 +306,7 @@ async function joinInPage(opts) {
   const { connect, ConsultaError } = await import('/sdk/consulta.js');
   window.events = window.events || [];
   const record = (e) => window.events.push({ t: Date.now(), ...e });
+  opts.onWaiting = () => record({ type: 'waiting' });
   try {
     const call = await connect(opts);
     window.call = call;
