@@ -21,6 +21,7 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 # coturn's independent TURN client tests our TURN server; openssl makes test certificates.
 command -v turnutils_uclient >/dev/null || need_apt+=(coturn)
 command -v openssl >/dev/null || need_apt+=(openssl)
+command -v curl >/dev/null || need_apt+=(curl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing ${need_apt[*]}"
   as_root apt-get update -qq
@@ -45,6 +46,9 @@ fi
 
 say "deployment files (promtool, nginx -t, compose, dashboard, live smoke test)"
 CONSULTA_BIN="$PWD/target/release/consulta" tests/deploy/check.sh
+
+say "control API against its OpenAPI document (schemathesis): no server errors"
+CONSULTA_BIN="$PWD/target/release/consulta" tests/api-fuzz/schemathesis.sh
 
 if [ -z "${SKIP_E2E:-}" ]; then
   say "end-to-end tests in headless Chromium"
