@@ -128,6 +128,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
         _ => None,
     };
     let api_keys = Arc::new(cfg.api_keys()?);
+    if cfg.api.keys.is_empty() {
+        tracing::info!(path = %cfg.data_dir.join("api_key").display(), "control API key generated (set [api] keys to choose your own)");
+    }
     let turn = if cfg.turn.enabled {
         let mut config = cfg.turn.clone();
         config.secrets = cfg.turn_secrets()?;
