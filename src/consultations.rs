@@ -45,16 +45,15 @@ pub enum Request {
         identity: String,
         role: String,
         session: String,
+        client_sdk: Option<String>,
         control: mpsc::Sender<SessionControl>,
         reply: oneshot::Sender<Admission>,
     },
     /// The media side accepted the session.
     Joined {
         room: String,
-        identity: String,
         role: String,
         session: String,
-        client_sdk: Option<String>,
     },
     /// The session ended (after `Enter`, whether or not it joined).
     Gone {
@@ -129,6 +128,9 @@ struct Session {
     identity: String,
     role: String,
     control: mpsc::Sender<SessionControl>,
+    /// When it entered the consultation (the waiting room included).
+    entered_at: Instant,
+    /// When its media joined the room (after admission).
     joined_at: Option<Instant>,
 }
 
@@ -243,6 +245,7 @@ impl Service {
                 identity,
                 role,
                 session,
+                client_sdk,
                 control,
                 reply,
             } => {
@@ -253,15 +256,14 @@ impl Service {
                 }
                 let waiting_room = r.policy.as_ref().is_some_and(|p| p.waiting_room);
                 let must_wait = waiting_room && role != "doctor" && !r.admitted.contains(&identity);
-                r.sessions.insert(
-                    session,
-                    Session {
-                        identity: identity.clone(),
-                        role: role.clone(),
-                        control,
-                        joined_at: None,
-                    },
-                );
+                let entry = Session {
+                    identity: identity.clone(),
+                    role: role.clone(),
+                    control,
+                    entered_at: Instant::now(),
+                    joined_at: None,
+                };
+                r.sessions.insert(session.clone(), entry);
                 if must_wait {
                     let _ = reply.send(Admission::Wait);
                     for d in r.present().filter(|s| s.role == "doctor") {
@@ -270,23 +272,18 @@ impl Service {
                             role: role.clone(),
                         });
                     }
-                    self.emit(
-                        &room,
-                        "waiting",
-                        json!({ "identity": identity, "role": role }),
-                    )
-                    .await;
                 } else {
-                    r.admitted.insert(identity);
+                    r.admitted.insert(identity.clone());
                     let _ = reply.send(Admission::Proceed);
                 }
+                // Joined the consultation (into the waiting room when `waiting`).
+                let payload = json!({ "identity": identity, "role": role, "session_id": session, "client_sdk": client_sdk, "waiting": must_wait });
+                self.emit(&room, "participant_joined", payload).await;
             }
             Request::Joined {
                 room,
-                identity,
                 role,
                 session,
-                client_sdk,
             } => {
                 let r = self.room(&room).await;
                 if let Some(s) = r.sessions.get_mut(&session) {
@@ -325,8 +322,6 @@ impl Service {
                     .present()
                     .find(|s| s.role == "patient")
                     .map(|s| s.identity.clone());
-                self.emit(&room, "participant_joined", json!({ "identity": identity, "role": role, "session_id": session, "client_sdk": client_sdk }))
-                    .await;
                 if start {
                     self.emit(
                         &room,
@@ -348,13 +343,11 @@ impl Service {
                 let Some(s) = r.sessions.remove(&session) else {
                     return;
                 };
-                if let Some(at) = s.joined_at {
-                    if r.present().next().is_none() {
-                        r.empty_since = Some(Instant::now());
-                    }
-                    let payload = json!({ "identity": identity, "role": s.role, "session_id": session, "reason": reason, "seconds": at.elapsed().as_secs() });
-                    self.emit(&room, "participant_left", payload).await;
+                if s.joined_at.is_some() && r.present().next().is_none() {
+                    r.empty_since = Some(Instant::now());
                 }
+                let payload = json!({ "identity": identity, "role": s.role, "session_id": session, "reason": reason, "seconds": s.entered_at.elapsed().as_secs() });
+                self.emit(&room, "participant_left", payload).await;
             }
             Request::Admit {
                 room,

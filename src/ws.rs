@@ -42,7 +42,6 @@ struct Entered {
     room: String,
     identity: String,
     role: String,
-    client_sdk: Option<String>,
     control: mpsc::Receiver<SessionControl>,
 }
 
@@ -159,8 +158,7 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                             *ice_servers = state.ice_servers(&format!("s{session_id}"));
                             if let Some(e) = &s.entered {
                                 state.consultations.request(Svc::Joined {
-                                    room: e.room.clone(), identity: e.identity.clone(), role: e.role.clone(),
-                                    session: e.peer.to_string(), client_sdk: e.client_sdk.clone(),
+                                    room: e.room.clone(), role: e.role.clone(), session: e.peer.to_string(),
                                 }).await;
                             }
                         }
@@ -411,6 +409,7 @@ async fn enter(
             identity: claims.identity.clone(),
             role: role.clone(),
             session: peer.to_string(),
+            client_sdk,
             control: control_tx,
             reply,
         })
@@ -420,7 +419,6 @@ async fn enter(
         room: claims.room,
         identity: claims.identity,
         role,
-        client_sdk,
         control,
     });
     match admission {

@@ -255,9 +255,23 @@ async fn consultation_flow(server: &Server, id: &str) {
         last.iter().any(|t| t == "ended")
     })
     .await;
+    assert_eq!(
+        last,
+        [
+            "created",
+            "participant_joined",
+            "participant_joined",
+            "admitted",
+            "started",
+            "participant_left",
+            "participant_left",
+            "ended"
+        ],
+        "the call's events, in order"
+    );
     for (a, b) in [
-        ("created", "waiting"),
-        ("waiting", "admitted"),
+        ("created", "participant_joined"),
+        ("participant_joined", "admitted"),
         ("admitted", "started"),
         ("started", "participant_left"),
         ("participant_left", "ended"),
