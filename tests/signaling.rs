@@ -415,3 +415,45 @@ async fn sigterm_drains_calls_in_progress_then_exits() {
     };
     assert!(status.success(), "clean exit: {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_generator_short_run_completes_without_loss() {
+    let server = start("");
+    let (http, pid) = (server.http.clone(), server.child.id().to_string());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_consulta-bench"))
+            .args(["--url", &format!("ws://{http}/ws")])
+            .args(["--metrics", &format!("http://{http}/metrics")])
+            .args([
+                "--secret",
+                SECRET,
+                "--rooms",
+                "2",
+                "--participants",
+                "2",
+                "--duration",
+                "4",
+            ])
+            .args(["--server-pid", &pid])
+            .output()
+            .expect("consulta-bench runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(r["errors"], json!([]), "{r}");
+    assert!(r["frames_received"].as_u64().unwrap() > 100, "{r}");
+    assert!(r["audio_frames_received"].as_u64().unwrap() > 100, "{r}");
+    assert_eq!(r["frames_lost"], 0, "{r}");
+    assert!(
+        r["server"]["rtp_forwarded"].as_f64().unwrap() > 1000.0,
+        "{r}"
+    );
+    assert!(r["server"]["cpu_seconds"].as_f64().is_some(), "{r}");
+    assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+}
