@@ -407,27 +407,41 @@ async fn participants(
     Ok(Json(json!({ "items": items })))
 }
 
+/// Asks the consultation service to act on one participant; `missing` when nobody matched.
+async fn act_on(
+    state: &AppState,
+    id: &str,
+    identity: &str,
+    make: impl FnOnce(tokio::sync::oneshot::Sender<bool>) -> Svc,
+    missing: (&'static str, &str),
+) -> Result<(), ApiError> {
+    load(state, id).await?;
+    if state.consultations.ask(make).await.unwrap_or(false) {
+        Ok(())
+    } else {
+        Err(not_found(missing.0, format!("{identity} {}", missing.1)))
+    }
+}
+
 async fn admit(
     State(state): State<AppState>,
     Path((id, identity)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    load(&state, &id).await?;
-    let ok = state
-        .consultations
-        .ask(|reply| Svc::Admit {
-            room: id.clone(),
-            identity: identity.clone(),
-            by: "api".into(),
-            reply,
-        })
-        .await
-        .unwrap_or(false);
-    if !ok {
-        return Err(not_found(
-            "participant_not_waiting",
-            format!("{identity} is not in the waiting room"),
-        ));
-    }
+    let (room, who) = (id.clone(), identity.clone());
+    let make = |reply| Svc::Admit {
+        room,
+        identity: who,
+        by: "api".into(),
+        reply,
+    };
+    act_on(
+        &state,
+        &id,
+        &identity,
+        make,
+        ("participant_not_waiting", "is not in the waiting room"),
+    )
+    .await?;
     Ok(Json(json!({ "admitted": identity })))
 }
 
@@ -435,22 +449,20 @@ async fn kick(
     State(state): State<AppState>,
     Path((id, identity)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    load(&state, &id).await?;
-    let ok = state
-        .consultations
-        .ask(|reply| Svc::Kick {
-            room: id.clone(),
-            identity: identity.clone(),
-            reply,
-        })
-        .await
-        .unwrap_or(false);
-    if !ok {
-        return Err(not_found(
-            "participant_not_present",
-            format!("{identity} is not in the consultation"),
-        ));
-    }
+    let (room, who) = (id.clone(), identity.clone());
+    let make = |reply| Svc::Kick {
+        room,
+        identity: who,
+        reply,
+    };
+    act_on(
+        &state,
+        &id,
+        &identity,
+        make,
+        ("participant_not_present", "is not in the consultation"),
+    )
+    .await?;
     Ok(Json(json!({ "kicked": identity })))
 }
 

@@ -98,6 +98,10 @@ pub struct OutboxRow {
     pub created_at: i64,
 }
 
+/// `delivered_at` of a webhook given up after `max_age`: not NULL (so it is no longer due, and not
+/// in the backlog), and not a time (so it never reads as delivered). `last_error` says why.
+const ABANDONED: i64 = -1;
+
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -444,7 +448,7 @@ impl Store {
         sqlx::query(
             "UPDATE webhook_outbox SET attempts = attempts + 1, delivered_at = $1, next_attempt_at = $2, last_error = $3 WHERE id = $4",
         )
-        .bind(delivered_at.or(if next_at.is_none() { Some(-1) } else { None }))
+        .bind(delivered_at.or(next_at.is_none().then_some(ABANDONED)))
         .bind(next_at.unwrap_or(i64::MAX))
         .bind(error.map(str::to_owned))
         .bind(id)
