@@ -22,6 +22,8 @@ command -v cc >/dev/null || need_apt+=(build-essential)
 command -v turnutils_uclient >/dev/null || need_apt+=(coturn)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
+# Debian's ffmpeg is the independent decoder of recordings.
+command -v ffprobe >/dev/null || need_apt+=(ffmpeg)
 if [ ${#need_apt[@]} -gt 0 ]; then
   say "installing ${need_apt[*]}"
   as_root apt-get update -qq
@@ -51,6 +53,13 @@ say "control API against its OpenAPI document (schemathesis): no server errors"
 CONSULTA_BIN="$PWD/target/release/consulta" tests/api-fuzz/schemathesis.sh
 
 if [ -z "${SKIP_E2E:-}" ]; then
+  # A real S3 server that checks SigV4, for the recording tests (HARNESS: 0.15+ needs a newer rustc).
+  S3S_FS_BIN="${S3S_FS_BIN:-$HOME/.cargo/bin/s3s-fs}"
+  if [ ! -x "$S3S_FS_BIN" ]; then
+    say "installing s3s-fs 0.14.1 (S3 server for the recording tests)"
+    cargo install s3s-fs --version 0.14.1 --features binary --locked --quiet
+  fi
+  export S3S_FS_BIN
   say "end-to-end tests in headless Chromium"
   (cd tests/e2e && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
   CONSULTA_BIN="$PWD/target/release/consulta" node --test --test-concurrency=1 tests/e2e/

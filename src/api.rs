@@ -102,6 +102,9 @@ pub fn routes(state: AppState) -> Router<AppState> {
             "/consultations/{id}/participants/{identity}/mute",
             post(mute),
         )
+        .route("/consultations/{id}/recording", get(recording_status))
+        .route("/consultations/{id}/recording/start", post(recording_start))
+        .route("/consultations/{id}/recording/stop", post(recording_stop))
         .route("/consultations/{id}/end", post(end))
         .route("/consultations/{id}/close", post(close))
         .route("/consultations/{id}/events", get(events))
@@ -511,6 +514,63 @@ async fn mute(
         )
         .await;
     Ok(Json(json!({ "muted": identity, "kind": kind })))
+}
+
+async fn recording_status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    load(&state, &id).await?;
+    let room = id.clone();
+    let s = state
+        .consultations
+        .ask(|reply| Svc::RecordingStatus { room, reply })
+        .await
+        .unwrap_or_default();
+    Ok(Json(json!(s)))
+}
+
+async fn record(state: AppState, id: String, start: bool) -> Result<Json<Value>, ApiError> {
+    load(&state, &id).await?;
+    let room = id.clone();
+    let answer = state
+        .consultations
+        .ask(|reply| Svc::Record { room, start, reply })
+        .await
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_busy",
+                "the consultation service is not answering; retry".into(),
+            )
+        })?;
+    match answer {
+        Ok(s) => Ok(Json(json!(s))),
+        Err("recording_not_allowed") => Err(ApiError(
+            StatusCode::CONFLICT,
+            "recording_not_allowed",
+            "this consultation's policy.recording is off".into(),
+        )),
+        Err(code) => Err(ApiError(
+            StatusCode::CONFLICT,
+            code,
+            "the consultation is closed".into(),
+        )),
+    }
+}
+
+async fn recording_start(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    record(state, id, true).await
+}
+
+async fn recording_stop(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    record(state, id, false).await
 }
 
 async fn finish(state: AppState, id: String, close: bool) -> Result<Json<Value>, ApiError> {

@@ -29,6 +29,75 @@ pub struct Config {
     pub api: ApiConfig,
     pub webhooks: WebhooksConfig,
     pub consultation: ConsultationConfig,
+    pub recording: RecordingConfig,
+    pub s3: S3Config,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Where recordings are written first (and kept until their upload is verified).
+    /// Default `<data_dir>/recordings`.
+    pub spool_dir: Option<PathBuf>,
+    /// Most bytes the spool may hold; a recording that would go past it stops (`spool_full`).
+    pub max_spool_bytes: u64,
+    /// Recordings older than this many days are deleted (0 keeps them forever).
+    pub retention_days: u64,
+    /// Base64 of a 32-byte key: recordings are stored with SSE-C under this key (the storage
+    /// server encrypts them and cannot read them back without it). Unset: no customer key
+    /// (see `[s3] server_side_encryption`).
+    pub encryption_key: Option<String>,
+    /// Multipart part size in bytes (at least 5 MiB, the S3 minimum).
+    pub part_size: u64,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            spool_dir: None,
+            max_spool_bytes: 4 << 30,
+            retention_days: 0,
+            encryption_key: None,
+            part_size: 8 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    /// Endpoint of an S3-compatible store (`http://pc1:3900`). Unset: AWS's endpoint for the
+    /// region.
+    pub endpoint: Option<String>,
+    /// Bucket of the recordings. Unset: recordings stay on local disk under
+    /// `<spool_dir>/done/`.
+    pub bucket: Option<String>,
+    pub region: String,
+    /// Credentials; unset, the standard AWS environment is used (AWS_ACCESS_KEY_ID,
+    /// ~/.aws/credentials, instance roles...).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// Path-style URLs (`endpoint/bucket/key`), which most self-hosted stores need.
+    pub path_style: bool,
+    /// Prefix of every object key: `<prefix><consultation>/<recording>.webm`.
+    pub prefix: String,
+    /// `AES256` asks the store for SSE-S3 encryption at rest; empty asks nothing.
+    pub server_side_encryption: String,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            endpoint: None,
+            bucket: None,
+            region: "us-east-1".into(),
+            access_key_id: None,
+            secret_access_key: None,
+            path_style: true,
+            prefix: "recordings/".into(),
+            server_side_encryption: String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -154,6 +223,8 @@ impl Default for Config {
             api: ApiConfig::default(),
             webhooks: WebhooksConfig::default(),
             consultation: ConsultationConfig::default(),
+            recording: RecordingConfig::default(),
+            s3: S3Config::default(),
         }
     }
 }
@@ -210,6 +281,8 @@ const SECTIONS: &[&str] = &[
     "api",
     "webhooks",
     "consultation",
+    "recording",
+    "s3",
 ];
 const TOP_LEVEL: &[&str] = &["data_dir"];
 /// Environment variables that are not config keys.
@@ -296,12 +369,67 @@ impl Config {
         if self.api.keys.iter().any(|k| k.len() < 16) {
             bail!("api.keys must each be at least 16 characters");
         }
+        if self.recording.part_size < 5 << 20 || self.recording.part_size > 5 << 30 {
+            bail!("recording.part_size must be between 5 MiB (5242880) and 5 GiB");
+        }
+        if self.recording.max_spool_bytes < self.recording.part_size {
+            bail!("recording.max_spool_bytes must be at least recording.part_size");
+        }
+        if let Some(k) = &self.recording.encryption_key {
+            self.recording_key()?;
+            if self.s3.bucket.is_none() {
+                bail!("recording.encryption_key is used with S3 (SSE-C); set s3.bucket");
+            }
+            let _ = k;
+        }
+        if self.s3.access_key_id.is_some() != self.s3.secret_access_key.is_some() {
+            bail!("s3.access_key_id and s3.secret_access_key go together");
+        }
+        if let Some(e) = &self.s3.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                bail!("s3.endpoint: {e:?} is not an http(s) URL");
+            }
+        }
+        if let Some(b) = &self.s3.bucket {
+            let ok = (3..=63).contains(&b.len())
+                && b.bytes().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'
+                });
+            if !ok {
+                bail!("s3.bucket: {b:?} is not a valid bucket name (3-63 of a-z 0-9 . -)");
+            }
+        }
+        if !matches!(self.s3.server_side_encryption.as_str(), "" | "AES256") {
+            bail!("s3.server_side_encryption must be empty or AES256");
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be `text` or `json`");
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| anyhow::anyhow!("log.level is not a valid filter: {e}"))?;
         Ok(())
+    }
+
+    /// The SSE-C key of recordings, when configured (32 bytes).
+    pub fn recording_key(&self) -> Result<Option<[u8; 32]>> {
+        use base64::Engine;
+        let Some(k) = &self.recording.encryption_key else {
+            return Ok(None);
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(k.trim())
+            .map_err(|_| anyhow::anyhow!("recording.encryption_key is not base64"))?;
+        let key: [u8; 32] = raw.try_into().map_err(|_| {
+            anyhow::anyhow!("recording.encryption_key must be 32 bytes (openssl rand -base64 32)")
+        })?;
+        Ok(Some(key))
+    }
+
+    pub fn spool_dir(&self) -> PathBuf {
+        self.recording
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("recordings"))
     }
 
     pub fn workers(&self) -> usize {
@@ -390,8 +518,14 @@ impl Config {
         for s in c.turn.secrets.iter_mut().chain(c.api.keys.iter_mut()) {
             *s = "<redacted>".into();
         }
-        if c.webhooks.secret.is_some() {
-            c.webhooks.secret = Some("<redacted>".into());
+        for s in [
+            &mut c.webhooks.secret,
+            &mut c.recording.encryption_key,
+            &mut c.s3.secret_access_key,
+        ] {
+            if s.is_some() {
+                *s = Some("<redacted>".into());
+            }
         }
         if let Some(u) = &mut c.database.url {
             // postgres://user:password@host → postgres://user:<redacted>@host
@@ -441,6 +575,8 @@ fn optional_keys(section: &str) -> &'static [&'static str] {
         "turn" => &["tls_cert", "tls_key", "relay_ip", "relay_public_ip", "host"],
         "database" => &["url"],
         "webhooks" => &["secret"],
+        "recording" => &["spool_dir", "encryption_key"],
+        "s3" => &["endpoint", "bucket", "access_key_id", "secret_access_key"],
         _ => &[],
     }
 }
@@ -606,7 +742,9 @@ mod tests {
                 | "CONSULTA_TURN_LISTEN_IP"
                 | "CONSULTA_TURN_RELAY_IP"
                 | "CONSULTA_TURN_RELAY_PUBLIC_IP" => "127.0.0.1",
-                "CONSULTA_TURN_ENABLED" | "CONSULTA_TURN_LEGACY_CHANNEL_NUMBERS" => "true",
+                "CONSULTA_TURN_ENABLED"
+                | "CONSULTA_TURN_LEGACY_CHANNEL_NUMBERS"
+                | "CONSULTA_S3_PATH_STYLE" => "true",
                 "CONSULTA_TURN_ALLOWED_PEER_RANGES" => "10.0.0.0/8,192.168.0.0/16",
                 "CONSULTA_DATABASE_URL" => "postgres://u:p@127.0.0.1/test",
                 "CONSULTA_WEBHOOKS_URLS" => "",

@@ -13,6 +13,12 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
+use consulta_signaling::protocol::RecordingState;
+
+/// A recording stopped by a full spool or a disk error is tried again after this, once the
+/// spool has room.
+const BLOCKED_RETRY: Duration = Duration::from_secs(60);
+
 use crate::events::{EventFactory, EventSink};
 use crate::store::{Policy, Store};
 
@@ -29,6 +35,8 @@ pub enum SessionControl {
     Kick,
     /// The call was ended through the API.
     End,
+    /// The recording state changed (or, after joining, what it is).
+    Recording(RecordingState),
 }
 
 pub enum Admission {
@@ -82,6 +90,29 @@ pub enum Request {
         room: String,
         reply: oneshot::Sender<Presence>,
     },
+    /// A participant gives or withdraws consent to be recorded.
+    Consent {
+        room: String,
+        identity: String,
+        session: String,
+        consent: bool,
+    },
+    /// The API starts (`start`) or stops recording; `Err(code)` when it cannot.
+    Record {
+        room: String,
+        start: bool,
+        reply: oneshot::Sender<Result<RecordingState, &'static str>>,
+    },
+    RecordingStatus {
+        room: String,
+        reply: oneshot::Sender<RecordingState>,
+    },
+    /// A recording stopped on its own (spool full, disk error).
+    RecordingStopped {
+        room: String,
+        id: String,
+        reason: &'static str,
+    },
     /// The API created a consultation: remember its policy and schedule.
     Created {
         room: String,
@@ -132,6 +163,10 @@ struct Session {
     entered_at: Instant,
     /// When its media joined the room (after admission).
     joined_at: Option<Instant>,
+    /// Consents to being recorded.
+    consent: bool,
+    /// Has been told the recording state.
+    told_recording: bool,
 }
 
 #[derive(Default)]
@@ -147,11 +182,61 @@ struct Room {
     ended: bool,
     empty_since: Option<Instant>,
     no_show_reported: bool,
+    /// Recording asked (`Some(true)`) or stopped (`Some(false)`) through the API; `None`
+    /// follows the policy.
+    api_recording: Option<bool>,
+    /// The running recording's id.
+    recording: Option<String>,
+    /// Why recording cannot run now although wanted (`spool_full`, ...) and since when;
+    /// cleared by the API, when the spool has room again, or after a minute.
+    recording_blocked: Option<(&'static str, Instant)>,
+    /// What participants were last told.
+    told: Option<RecordingState>,
 }
 
 impl Room {
     fn present(&self) -> impl Iterator<Item = &Session> {
         self.sessions.values().filter(|s| s.joined_at.is_some())
+    }
+
+    /// Recording is wanted: policy `required`, or `on_request` and asked through the API.
+    fn recording_requested(&self) -> bool {
+        let policy = self.policy.as_ref().map_or("off", |p| p.recording.as_str());
+        match self.api_recording {
+            Some(asked) => asked && policy != "off",
+            None => policy == "required",
+        }
+    }
+
+    /// What the recording should be now: everyone present must have consented.
+    fn recording_state(&self) -> RecordingState {
+        let requested = self.recording_requested() && !self.closed;
+        let mut waiting_for: Vec<String> = self
+            .present()
+            .filter(|s| !s.consent)
+            .map(|s| s.identity.clone())
+            .collect();
+        waiting_for.sort();
+        waiting_for.dedup();
+        // A call needs two: nobody is recorded alone (a doctor waiting for the patient).
+        let call = self.present().take(2).count() == 2;
+        let active =
+            requested && call && waiting_for.is_empty() && self.recording_blocked.is_none();
+        let reason = if active || !requested {
+            None
+        } else if let Some((b, _)) = self.recording_blocked {
+            Some(b.to_owned())
+        } else if !waiting_for.is_empty() {
+            Some("consent".to_owned())
+        } else {
+            Some("alone".to_owned())
+        };
+        RecordingState {
+            active,
+            requested,
+            waiting_for,
+            reason,
+        }
     }
 }
 
@@ -160,6 +245,8 @@ pub fn start(
     sink: EventSink,
     factory: std::sync::Arc<EventFactory>,
     timings: Timings,
+    sfu: consulta_sfu::SfuHandle,
+    recordings: crate::recording::Recordings,
 ) -> Consultations {
     let (tx, rx) = mpsc::channel(1024);
     let service = Service {
@@ -168,6 +255,9 @@ pub fn start(
         factory,
         timings,
         rooms: HashMap::new(),
+        sfu,
+        recordings,
+        me: tx.clone(),
     };
     tokio::spawn(service.run(rx));
     Consultations { tx }
@@ -179,6 +269,10 @@ struct Service {
     factory: std::sync::Arc<EventFactory>,
     timings: Timings,
     rooms: HashMap<String, Room>,
+    sfu: consulta_sfu::SfuHandle,
+    recordings: crate::recording::Recordings,
+    /// This service's own queue, for recorder threads to report back.
+    me: mpsc::Sender<Request>,
 }
 
 impl Service {
@@ -187,7 +281,22 @@ impl Service {
         loop {
             tokio::select! {
                 r = rx.recv() => match r {
-                    Some(r) => self.handle(r).await,
+                    Some(r) => {
+                    let room = match &r {
+                        Request::Enter { room, .. }
+                        | Request::Joined { room, .. }
+                        | Request::Gone { room, .. }
+                        | Request::Consent { room, .. }
+                        | Request::End { room, .. }
+                        | Request::Created { room, .. }
+                        | Request::RecordingStopped { room, .. } => Some(room.clone()),
+                        _ => None,
+                    };
+                    self.handle(r).await;
+                    if let Some(room) = room {
+                        self.reconcile(&room).await;
+                    }
+                }
                     None => break,
                 },
                 _ = tick.tick() => self.timers().await,
@@ -262,6 +371,8 @@ impl Service {
                     control,
                     entered_at: Instant::now(),
                     joined_at: None,
+                    consent: false,
+                    told_recording: false,
                 };
                 r.sessions.insert(session.clone(), entry);
                 if must_wait {
@@ -420,6 +531,61 @@ impl Service {
                 }
                 let _ = reply.send(());
             }
+            Request::Consent {
+                room,
+                identity,
+                session,
+                consent,
+            } => {
+                let Some(r) = self.rooms.get_mut(&room) else {
+                    return;
+                };
+                let Some(s) = r.sessions.get_mut(&session) else {
+                    return;
+                };
+                if s.consent == consent {
+                    return;
+                }
+                s.consent = consent;
+                self.emit(
+                    &room,
+                    "recording_consent",
+                    json!({ "identity": identity, "session_id": session, "consent": consent }),
+                )
+                .await;
+            }
+            Request::Record { room, start, reply } => {
+                let r = self.room(&room).await;
+                let policy = r.policy.as_ref().map_or("off", |p| p.recording.as_str());
+                if start && policy == "off" {
+                    let _ = reply.send(Err("recording_not_allowed"));
+                    return;
+                }
+                if r.closed {
+                    let _ = reply.send(Err("consultation_closed"));
+                    return;
+                }
+                r.api_recording = Some(start);
+                r.recording_blocked = None;
+                self.reconcile(&room).await;
+                let state = self
+                    .rooms
+                    .get(&room)
+                    .map(|r| r.recording_state())
+                    .unwrap_or_default();
+                let _ = reply.send(Ok(state));
+            }
+            Request::RecordingStatus { room, reply } => {
+                let state = self.room(&room).await.recording_state();
+                let _ = reply.send(state);
+            }
+            Request::RecordingStopped { room, id, reason } => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    if r.recording.as_deref() == Some(id.as_str()) {
+                        r.recording_blocked = Some((reason, Instant::now()));
+                    }
+                }
+            }
             Request::Presence { room, reply } => {
                 let p = self
                     .rooms
@@ -444,7 +610,79 @@ impl Service {
         }
     }
 
+    /// Starts or stops the room's recording to match what it should be, and tells every
+    /// participant when that changes.
+    async fn reconcile(&mut self, name: &str) {
+        let Some(r) = self.rooms.get_mut(name) else {
+            return;
+        };
+        if let Some((_, since)) = r.recording_blocked {
+            if self.recordings.has_room() && since.elapsed() >= BLOCKED_RETRY {
+                r.recording_blocked = None;
+            }
+        }
+        let mut want = r.recording_state();
+        if want.active && r.recording.is_none() {
+            let me = self.me.clone();
+            let on_stop: crate::recording::StopNotice = Box::new(move |room, id, reason| {
+                let _ = me.try_send(Request::RecordingStopped { room, id, reason });
+            });
+            match self.recordings.start_room(name, &self.sfu, on_stop) {
+                Ok(id) => {
+                    let who: Vec<String> = r.present().map(|s| s.identity.clone()).collect();
+                    r.recording = Some(id.clone());
+                    self.sink
+                        .send(self.factory.make(
+                            name,
+                            "recording_started",
+                            json!({ "recording_id": id, "participants": who }),
+                        ))
+                        .await;
+                }
+                Err(crate::recording::RecordingError::SpoolFull) => {
+                    r.recording_blocked = Some(("spool_full", Instant::now()));
+                    want = r.recording_state();
+                }
+                Err(e) => {
+                    // Tried again on the next tick.
+                    tracing::warn!(error = %e, "recording cannot start yet");
+                    want.active = false;
+                    want.reason = Some("unavailable".into());
+                }
+            }
+        } else if !want.active && r.recording.is_some() {
+            let id = r.recording.take().unwrap_or_default();
+            self.recordings.stop_room(name, &self.sfu);
+            let reason = want.reason.clone().unwrap_or_else(|| "stopped".into());
+            self.sink
+                .send(self.factory.make(
+                    name,
+                    "recording_stopped",
+                    json!({ "recording_id": id, "reason": reason }),
+                ))
+                .await;
+        }
+        let Some(r) = self.rooms.get_mut(name) else {
+            return;
+        };
+        // Everyone hears of a change once recording matters (wanted, or was); a newcomer hears
+        // the current state when recording is wanted.
+        let changed = r.told.as_ref() != Some(&want);
+        let matters = want.requested || r.told.as_ref().is_some_and(|t| t.active || t.requested);
+        for s in r.sessions.values_mut() {
+            if (changed && matters) || (!s.told_recording && want.requested) {
+                let _ = s.control.try_send(SessionControl::Recording(want.clone()));
+                s.told_recording = true;
+            }
+        }
+        r.told = Some(want);
+    }
+
     async fn timers(&mut self) {
+        let names: Vec<String> = self.rooms.keys().cloned().collect();
+        for n in names {
+            self.reconcile(&n).await;
+        }
         let now = Instant::now();
         let now_ms = crate::unix_millis();
         let mut out = Vec::new();
@@ -473,7 +711,9 @@ impl Service {
         }
         // Forget idle rooms that are over.
         self.rooms.retain(|_, r| {
-            !r.sessions.is_empty()
+            r.recording.is_some()
+                || (r.api_recording == Some(true) && !r.ended && !r.closed)
+                || !r.sessions.is_empty()
                 || (r.started && !r.ended)
                 || (r.scheduled_start.is_some() && !r.no_show_reported)
         });

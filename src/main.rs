@@ -9,6 +9,7 @@ mod config;
 mod consultations;
 mod events;
 mod metrics;
+mod recording;
 mod server;
 mod store;
 mod webhooks;
@@ -62,6 +63,25 @@ enum Command {
     Config {
         #[command(subcommand)]
         action: ConfigAction,
+    },
+    /// Manage recordings in the store ([s3]) or on local disk.
+    Recordings {
+        #[command(subcommand)]
+        action: RecordingsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecordingsAction {
+    /// Delete recordings older than the retention period, each logged as a
+    /// `recording_deleted` call event.
+    Purge {
+        /// Age in days beyond which recordings go (default [recording] retention_days).
+        #[arg(long)]
+        older_than_days: Option<u64>,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -225,6 +245,54 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             eprintln!("database schema is current ({applied} migration(s) applied)");
             Ok(())
+        }
+        Command::Recordings {
+            action:
+                RecordingsAction::Purge {
+                    older_than_days,
+                    dry_run,
+                },
+        } => {
+            let cfg = load(cli.config.as_deref())?;
+            cfg.validate()?;
+            let days = older_than_days.unwrap_or(cfg.recording.retention_days);
+            if days == 0 && older_than_days.is_none() {
+                anyhow::bail!(
+                    "[recording] retention_days is 0 (keep forever): pass --older-than-days N"
+                );
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let s3 = recording::S3Store::from_config(&cfg.s3, cfg.recording_key()?).await;
+                let gone =
+                    recording::purge(s3.as_ref(), &cfg.spool_dir(), &cfg.s3.prefix, days, dry_run)
+                        .await?;
+                if !dry_run && !gone.is_empty() {
+                    let url = store::database_url(cfg.database.url.as_deref(), &cfg.data_dir);
+                    let db = store::Store::connect_lazy(&url)?;
+                    db.migrate().await?;
+                    let factory = events::EventFactory::default();
+                    for p in &gone {
+                        db.apply_event(
+                            &factory.make(&p.consultation, "recording_deleted", p.payload()),
+                            &cfg.webhooks.urls,
+                        )
+                        .await?;
+                    }
+                }
+                for p in &gone {
+                    println!(
+                        "{} {} ({} days)",
+                        if dry_run { "would delete" } else { "deleted" },
+                        p.key,
+                        p.age_days
+                    );
+                }
+                eprintln!("{} recording(s) past {days} days", gone.len());
+                anyhow::Ok(())
+            })
         }
         Command::Config {
             action: ConfigAction::Check { env },

@@ -442,6 +442,24 @@ pub struct StoreStats {
     pub webhooks_failed: u64,
     pub webhooks_abandoned: u64,
     pub webhook_backlog: i64,
+    pub recording: RecordingNumbers,
+}
+
+/// The recording pipeline's numbers (see `recording::RecordingStats`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecordingNumbers {
+    pub active: u64,
+    pub started: u64,
+    pub tap_dropped: u64,
+    pub frames_dropped: u64,
+    pub spool_bytes: u64,
+    pub spool_limit: u64,
+    pub spool_full: u64,
+    pub pending: u64,
+    pub uploaded_bytes: u64,
+    pub upload_errors: u64,
+    pub ready: u64,
+    pub purged: u64,
 }
 
 fn render_store(o: &mut Out, s: &StoreStats) {
@@ -501,6 +519,23 @@ fn render_store(o: &mut Out, s: &StoreStats) {
         "Webhook deliveries not made yet (outbox rows).",
         s.webhook_backlog,
     );
+    let r = &s.recording;
+    for (name, kind, help, v) in [
+        ("consulta_recordings_active", "gauge", "Recordings running now.", r.active),
+        ("consulta_recordings_started_total", "counter", "Recordings started.", r.started),
+        ("consulta_recording_tap_dropped_total", "counter", "Packets the recorder could not take in time (its queue was full); forwarding was not slowed.", r.tap_dropped),
+        ("consulta_recording_frames_dropped_total", "counter", "Frames left out of recordings (incomplete after loss, before a keyframe).", r.frames_dropped),
+        ("consulta_recording_spool_bytes", "gauge", "Bytes of recordings in the local spool.", r.spool_bytes),
+        ("consulta_recording_spool_limit_bytes", "gauge", "The spool's limit ([recording] max_spool_bytes).", r.spool_limit),
+        ("consulta_recording_spool_full_total", "counter", "Recordings stopped or refused because the spool was full.", r.spool_full),
+        ("consulta_recording_uploads_pending", "gauge", "Recordings in the spool not yet stored (being written or waiting for the store).", r.pending),
+        ("consulta_recording_uploaded_bytes_total", "counter", "Bytes of recordings uploaded to the store.", r.uploaded_bytes),
+        ("consulta_recording_upload_errors_total", "counter", "Failed recording upload attempts (retried with backoff).", r.upload_errors),
+        ("consulta_recordings_ready_total", "counter", "Recordings stored and verified.", r.ready),
+        ("consulta_recordings_purged_total", "counter", "Recordings deleted by the retention period.", r.purged),
+    ] {
+        o.one(name, kind, help, v);
+    }
 }
 
 fn render_turn(o: &mut Out, t: &CountersSnapshot) {

@@ -40,6 +40,7 @@ pub struct AppState {
     pub api_keys: Arc<Vec<String>>,
     pub token_ttl: u64,
     pub webhook_stats: Option<Arc<crate::webhooks::WebhookStats>>,
+    pub recordings: crate::recording::Recordings,
 }
 
 /// The running built-in TURN server and what signaling needs to hand out credentials.
@@ -110,6 +111,40 @@ pub async fn serve(cfg: Config) -> Result<()> {
         cfg.data_dir.join("events.journal"),
         cfg.webhooks.urls.clone(),
     );
+    let s3 = crate::recording::S3Store::from_config(&cfg.s3, cfg.recording_key()?).await;
+    let settings = crate::recording::Settings {
+        spool_dir: cfg.spool_dir(),
+        max_spool_bytes: cfg.recording.max_spool_bytes,
+        part_size: cfg.recording.part_size,
+        retention_days: cfg.recording.retention_days,
+        prefix: cfg.s3.prefix.clone(),
+    };
+    tracing::info!(
+        spool = %settings.spool_dir.display(),
+        storage = if s3.is_some() { "s3" } else { "local" },
+        "recording pipeline ready"
+    );
+    let recordings = crate::recording::Recordings::start(
+        settings.clone(),
+        s3.clone(),
+        events.clone(),
+        event_factory.clone(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot create the recording spool {}",
+            settings.spool_dir.display()
+        )
+    })?;
+    if settings.retention_days > 0 {
+        tokio::spawn(crate::recording::retention_task(
+            settings.clone(),
+            s3,
+            events.clone(),
+            event_factory.clone(),
+            recordings.stats().clone(),
+        ));
+    }
     let consultations = crate::consultations::start(
         store.clone(),
         events.clone(),
@@ -118,6 +153,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
             empty_room_end: std::time::Duration::from_secs(cfg.consultation.empty_room_end),
             no_show_after: std::time::Duration::from_secs(cfg.consultation.no_show_after),
         },
+        sfu.handle(),
+        recordings.clone(),
     );
     let webhook_stats = match (&cfg.webhooks.secret, cfg.webhooks.urls.is_empty()) {
         (Some(secret), false) => Some(crate::webhooks::start(
@@ -173,6 +210,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         api_keys,
         token_ttl: cfg.auth.token_ttl,
         webhook_stats,
+        recordings: recordings.clone(),
     };
     let draining = state.draining.clone();
     let drain_timeout = std::time::Duration::from_secs(cfg.http.drain_timeout);
@@ -208,6 +246,11 @@ pub async fn serve(cfg: Config) -> Result<()> {
         .await?;
     tracing::info!("shutting down");
     tokio::task::spawn_blocking(move || sfu.shutdown()).await?;
+    // The workers dropped their taps: recorder threads close their files; uploads in flight get
+    // a moment, the rest continues on the next start.
+    recordings
+        .shutdown(std::time::Duration::from_secs(10))
+        .await;
     Ok(())
 }
 
@@ -263,6 +306,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
         webhooks_failed: w.map_or(0, |w| w.failed_attempts.load(Relaxed)),
         webhooks_abandoned: w.map_or(0, |w| w.abandoned.load(Relaxed)),
         webhook_backlog: w.map_or(0, |w| w.backlog.load(Relaxed)),
+        recording: state.recordings.numbers(),
     };
     let body = crate::metrics::render(&state.sfu.stats(), turn.as_ref(), &store, state.started);
     (

@@ -193,6 +193,9 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                         let _ = send(&mut sink, &ServerMessage::error(ErrorCode::Kicked, "you were removed from the consultation")).await;
                         break;
                     }
+                    SessionControl::Recording(state) => {
+                        if send(&mut sink, &ServerMessage::Recording(state)).await.is_err() { break }
+                    }
                     SessionControl::End => {
                         s.reason = LeaveReason::Ended;
                         let _ = send(&mut sink, &ServerMessage::error(ErrorCode::CallEnded, "the consultation was ended")).await;
@@ -283,6 +286,21 @@ async fn on_client(
             let _ = send(sink, &ServerMessage::Left).await;
             return Flow::Close;
         }
+        ClientMessage::RecordingConsent { consent } if s.entered.is_some() => {
+            // Consent counts in the waiting room too: it is asked before the call is joined.
+            if let Some(e) = s.entered.as_ref() {
+                state
+                    .consultations
+                    .request(Svc::Consent {
+                        room: e.room.clone(),
+                        identity: e.identity.clone(),
+                        session: e.peer.to_string(),
+                        consent,
+                    })
+                    .await;
+            }
+            return Flow::Continue;
+        }
         _ => {}
     }
     let (Some(j), Some(e)) = (s.joined.as_ref(), s.entered.as_ref()) else {
@@ -341,9 +359,10 @@ async fn on_client(
             }
             return Flow::Continue;
         }
-        ClientMessage::Ping | ClientMessage::Leave | ClientMessage::Join { .. } => {
-            return Flow::Continue
-        }
+        ClientMessage::Ping
+        | ClientMessage::Leave
+        | ClientMessage::Join { .. }
+        | ClientMessage::RecordingConsent { .. } => return Flow::Continue,
     };
     if state.sfu.send(j.lease.worker(), cmd).is_err() {
         let _ = send(sink, &busy()).await;

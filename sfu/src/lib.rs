@@ -116,10 +116,53 @@ pub enum Command {
         identity: String,
         kind: TrackKind,
     },
+    /// Starts (`Some`) or stops (`None`) tapping a room's media for the recorder. Starting asks
+    /// every video publisher of the room for a keyframe.
+    Record {
+        room: String,
+        tap: Option<RecordTap>,
+    },
+    /// The recorder lost video and needs a keyframe from this publisher (throttled like any).
+    RequestKeyframe {
+        peer: PeerId,
+        mid: str0m::media::Mid,
+    },
     /// The participant left or its socket closed.
     Leave {
         peer: PeerId,
         reason: consulta_signaling::protocol::LeaveReason,
+    },
+}
+
+/// The recorder's end of a room tap: a bounded queue. When it is full the worker drops the
+/// packet and counts it in `dropped`; forwarding never waits for the recorder.
+#[derive(Clone)]
+pub struct RecordTap {
+    pub tx: crossbeam_channel::Sender<TapEvent>,
+    pub dropped: Arc<AtomicU64>,
+}
+
+/// What the worker hands the recorder: a track once (before its first packet), then packets.
+#[derive(Debug)]
+pub enum TapEvent {
+    Track {
+        /// The worker's key of this track in this recording (publisher and track index).
+        key: u64,
+        peer: PeerId,
+        mid: str0m::media::Mid,
+        identity: String,
+        role: String,
+        kind: TrackKind,
+        codec: Option<str0m::format::Codec>,
+    },
+    Packet {
+        key: u64,
+        seq: u16,
+        timestamp: u32,
+        marker: bool,
+        /// Shared with the forwarded copies: no copy per packet.
+        payload: Arc<[u8]>,
+        arrival: std::time::Instant,
     },
 }
 
@@ -361,6 +404,12 @@ impl SfuHandle {
             room: room.to_owned(),
             worker,
         }
+    }
+
+    /// The worker hosting `room` now, if any session holds it.
+    pub fn room_worker(&self, room: &str) -> Option<usize> {
+        let rooms = self.0.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.get(room).map(|(w, _)| *w)
     }
 
     /// Sends a command to a worker without waiting; a full queue is `Busy`.

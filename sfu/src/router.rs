@@ -35,6 +35,13 @@ use crate::{Command, JoinRequest, PeerId};
 struct Router {
     name: String,
     participants: Vec<PeerId>,
+    recording: Option<Recording>,
+}
+
+/// A room being recorded: the tap and the tracks already announced to the recorder.
+struct Recording {
+    tap: crate::RecordTap,
+    announced: Vec<u64>,
 }
 
 /// The rooms of one worker and everything needed to route their media.
@@ -205,6 +212,8 @@ impl<W: Wire> RouterHost<W> {
                     self.mute(peer, kind, true, true);
                 }
             }
+            Command::Record { room, tap } => self.record(&room, tap),
+            Command::RequestKeyframe { peer, mid } => self.request_keyframe(peer, mid),
             Command::Leave { peer, reason } => self.remove(peer, reason, None),
         }
         self.process_outbox();
@@ -259,6 +268,38 @@ impl<W: Wire> RouterHost<W> {
             }
         }
         self.broadcast(room, peer, msg);
+    }
+
+    /// Starts or stops the recorder's tap on a room.
+    fn record(&mut self, room: &str, tap: Option<crate::RecordTap>) {
+        let Some(id) = self.router_by_name.get(room).copied() else {
+            return;
+        };
+        let Some(router) = self.routers.get_mut(&id) else {
+            return;
+        };
+        let starting = tap.is_some();
+        router.recording = tap.map(|tap| Recording {
+            tap,
+            announced: Vec::new(),
+        });
+        if starting {
+            // The recording starts at a keyframe of every video track.
+            let video: Vec<(PeerId, Mid)> = router
+                .participants
+                .iter()
+                .filter_map(|p| self.transports.get(p))
+                .flat_map(|t| {
+                    t.producers
+                        .iter()
+                        .filter(|p| p.kind == MediaKind::Video)
+                        .map(move |p| (t.id, p.mid))
+                })
+                .collect();
+            for (peer, mid) in video {
+                self.request_keyframe(peer, mid);
+            }
+        }
     }
 
     fn join(&mut self, req: JoinRequest) {
@@ -376,6 +417,7 @@ impl<W: Wire> RouterHost<W> {
             Router {
                 name: name.to_owned(),
                 participants: Vec::new(),
+                recording: None,
             },
         );
         id
@@ -831,6 +873,20 @@ impl<W: Wire> RouterHost<W> {
             _ => true,
         };
         let room = t.room;
+        if let Some(rec) = self
+            .routers
+            .get_mut(&room)
+            .and_then(|r| r.recording.as_mut())
+        {
+            let muted = match kind {
+                MediaKind::Audio => t.muted.audio,
+                MediaKind::Video => t.muted.video,
+            };
+            // A muted track is not recorded either.
+            if !muted {
+                tap(rec, t, idx, &pkt);
+            }
+        }
         let Some(router) = self.routers.get(&room) else {
             return;
         };
@@ -961,6 +1017,45 @@ impl<W: Wire> RouterHost<W> {
 }
 
 /// Registers the transport's newest deadline if it is earlier than the one already queued.
+/// Hands one packet to a room's recorder: never blocks; a full queue drops and counts.
+fn tap(rec: &mut Recording, t: &Transport, idx: usize, pkt: &RtpPacket) {
+    let Some(p) = t.producers.get(idx) else {
+        return;
+    };
+    let key = (t.id << 8) | idx as u64;
+    if !rec.announced.contains(&key) {
+        let track = crate::TapEvent::Track {
+            key,
+            peer: t.id,
+            mid: p.mid,
+            identity: t.identity.clone(),
+            role: t.role.clone(),
+            kind: track_kind(p.kind),
+            codec: p.codec,
+        };
+        if rec.tap.tx.try_send(track).is_err() {
+            rec.tap
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        rec.announced.push(key);
+    }
+    let packet = crate::TapEvent::Packet {
+        key,
+        seq: pkt.header.sequence_number,
+        timestamp: pkt.header.timestamp,
+        marker: pkt.header.marker,
+        payload: pkt.payload.clone(),
+        arrival: pkt.timestamp,
+    };
+    if rec.tap.tx.try_send(packet).is_err() {
+        rec.tap
+            .dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn schedule(timers: &mut BinaryHeap<Reverse<(Instant, PeerId)>>, t: &mut Transport) {
     if t.next_timeout < t.scheduled {
         t.scheduled = t.next_timeout;

@@ -32,6 +32,20 @@ export interface ConnectOptions {
   iceTransportPolicy?: RTCIceTransportPolicy;
   /** Called when the server puts this participant in the waiting room; connect() resolves once admitted. */
   onWaiting?: () => void;
+  /** Consent to being recorded, given up front; same as calling setRecordingConsent(true) after joining. */
+  recordingConsent?: boolean;
+}
+
+/** The consultation's recording state ('recording' event, `call.recording`). */
+export interface RecordingState {
+  /** Media is being recorded now. */
+  active: boolean;
+  /** Recording is wanted (policy `required`, or started through the control API). */
+  requested: boolean;
+  /** Identities present that have not consented yet: recording waits for them. */
+  waitingFor: string[];
+  /** Why it is not recording although requested: `consent`, `spool_full`, `spool_error`, `unavailable`, `alone` (fewer than two in the call). */
+  reason: string | null;
 }
 
 export interface Participant {
@@ -155,6 +169,8 @@ export interface CallEvents {
   'connection-state': (state: RTCPeerConnectionState) => void;
   error: (error: CallErrorEvent) => void;
   closed: (event: ClosedEvent) => void;
+  /** Recording started, stopped, or now waits for someone's consent. */
+  recording: (state: RecordingState) => void;
 }
 
 export declare class ConsultaError extends Error {
@@ -191,6 +207,11 @@ export declare class Call {
   setMuted(kind: MediaKind, muted: boolean): Promise<void>;
   /** Doctors: admit a participant waiting in the waiting room (see the 'participant-waiting' event). */
   admit(identity: string): Promise<void>;
+  /** Gives (`true`) or withdraws (`false`) consent to be recorded (LGPD): recording runs only
+   * while everyone present has consented. */
+  setRecordingConsent(consent: boolean): void;
+  readonly recordingConsent: boolean;
+  readonly recording: RecordingState;
   /** True while this participant is in the waiting room. */
   readonly waiting: boolean;
   /** (Doctors) who waits to be admitted, by identity; see also the 'participant-waiting' event. */

@@ -77,6 +77,10 @@ export class Call {
     this.muted = { audio: false, video: false };
     /** identity -> {identity, role}: who waits for a doctor to admit them (doctors only). */
     this.waitingRoom = new Map();
+    /** The consultation's recording state: {active, requested, waitingFor, reason}. */
+    this.recording = { active: false, requested: false, waitingFor: [], reason: null };
+    /** Whether we consented to being recorded. */
+    this.recordingConsent = false;
 
     this._listeners = new Map();
     this._ws = null;
@@ -350,6 +354,8 @@ export class Call {
       };
       if (this.options.room != null) join.room = this.options.room;
       this._send(join);
+      // Consent given up front (e.g. on the app's consent screen) goes right after the join.
+      if (this.options.recordingConsent === true) this.setRecordingConsent(true);
     });
   }
 
@@ -366,6 +372,18 @@ export class Call {
 
   _startPing() {
     if (!this._pingTimer) this._pingTimer = setInterval(() => this._send({ type: 'ping' }), PING_INTERVAL_MS);
+  }
+
+  /**
+   * Gives (`true`) or withdraws (`false`) this participant's consent to be recorded. Recording
+   * runs only while everyone present has consented; withdrawing stops it at once.
+   */
+  setRecordingConsent(consent) {
+    if (typeof consent !== 'boolean') {
+      throw new ConsultaError('bad_options', 'setRecordingConsent(): pass true or false');
+    }
+    this.recordingConsent = consent;
+    this._send({ type: 'recording-consent', consent });
   }
 
   /** Doctors: lets `identity` in from the waiting room. */
@@ -697,6 +715,16 @@ export class Call {
         }
         this._emit('waiting');
         break;
+      case 'recording': {
+        this.recording = {
+          active: !!m.active,
+          requested: !!m.requested,
+          waitingFor: Array.isArray(m.waiting_for) ? m.waiting_for : [],
+          reason: m.reason || null,
+        };
+        this._emit('recording', this.recording);
+        break;
+      }
       case 'participant-waiting': {
         const info = m.participant || {};
         if (info.identity) {

@@ -54,6 +54,10 @@ pub enum ClientMessage {
     Admit {
         identity: String,
     },
+    /// The participant gives (`true`) or withdraws (`false`) consent to be recorded.
+    RecordingConsent {
+        consent: bool,
+    },
     Ping,
     Leave,
 }
@@ -78,6 +82,10 @@ struct CandidateFields {
 #[derive(Deserialize)]
 struct AdmitFields {
     identity: String,
+}
+#[derive(Deserialize)]
+struct ConsentFields {
+    consent: bool,
 }
 #[derive(Deserialize)]
 struct MuteFields {
@@ -141,6 +149,9 @@ impl ClientMessage {
             }
             "admit" => ClientMessage::Admit {
                 identity: fields::<AdmitFields>(&ty, value)?.identity,
+            },
+            "recording-consent" => ClientMessage::RecordingConsent {
+                consent: fields::<ConsentFields>(&ty, value)?.consent,
             },
             "ping" => ClientMessage::Ping,
             "leave" => ClientMessage::Leave,
@@ -222,6 +233,8 @@ pub enum ServerMessage {
     ParticipantWaiting {
         participant: ParticipantInfo,
     },
+    /// The consultation's recording state, sent on every change and once after joining.
+    Recording(RecordingState),
     Pong,
     Left,
     Error {
@@ -244,6 +257,21 @@ impl ServerMessage {
         // Serializing these plain types cannot fail.
         serde_json::to_string(self).expect("server messages serialize")
     }
+}
+
+/// Whether the consultation is being recorded, and why not when it is not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct RecordingState {
+    /// Media is being recorded now.
+    pub active: bool,
+    /// Recording is wanted (policy `required`, or started through the API).
+    pub requested: bool,
+    /// Identities present that have not consented (recording waits for them).
+    pub waiting_for: Vec<String>,
+    /// Why it is not recording although requested (`consent`, `spool_full`, `unavailable`), or
+    /// why it stopped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// Why a participant left.

@@ -114,7 +114,8 @@ done
 run "compose files: structure, ports, mounts, variables" "$PY" - deploy/compose <<'EOF'
 import os, re, sys, yaml
 d = sys.argv[1]
-env = {l.split('=', 1)[0] for l in open(os.path.join(d, '.env.example'))
+env_text = open(os.path.join(d, '.env.example')).read()
+env = {l.split('=', 1)[0] for l in env_text.splitlines()
        if re.match(r'^[A-Z_][A-Z0-9_]*=', l)}
 port_re = re.compile(r'^((\d{1,3}(\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?(\d+(-\d+)?:)?\d+(-\d+)?(/(tcp|udp))?$')
 errors = []
@@ -166,6 +167,13 @@ for f in files:
             elif not src.startswith('/') and src not in declared:
                 err(f'{name}: volume {src} not declared')
         for k, v in (s.get('environment') or {}).items():
+            if v is None:
+                # `KEY:` with no value: Compose passes KEY through from .env or the shell when it is
+                # set there and leaves it unset otherwise (optional settings). It must be in
+                # .env.example, set or commented out.
+                if not re.search(r'^(# ?)?' + re.escape(k) + '=', env_text, re.M):
+                    err(f'{name}: environment {k} (passed through) is not in .env.example')
+                continue
             if not isinstance(v, str):
                 err(f'{name}: environment {k} must be a string (quote it)')
         if s.get('restart') not in (None, 'no', 'always', 'on-failure', 'unless-stopped'):

@@ -1,0 +1,243 @@
+// Recording with consent, end to end: real Chromium participants, a real S3 server (s3s-fs,
+// SigV4), and an independent decoder (Debian's ffprobe/ffmpeg) on the downloaded object.
+
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { launchBrowser, openParticipant, pollUntil, sleep, startServer, waitForAudio, waitForVideo } from './harness.mjs';
+import { ACCESS_KEY, S3S_BIN, SECRET_KEY, sha256, startS3 } from './s3.mjs';
+
+const KEY = 'e2e-api-key-0123456789';
+const BUCKET = 'consulta-rec';
+const skip = !fs.existsSync(S3S_BIN) ? `s3s-fs not installed (${S3S_BIN})` : false;
+
+let s3;
+let server;
+let browser;
+
+before(async () => {
+  if (skip) return;
+  s3 = await startS3(BUCKET);
+  server = await startServer({
+    extraConfig: [
+      '[api]',
+      `keys = ["${KEY}"]`,
+      '[recording]',
+      'part_size = 5242880',
+      '[s3]',
+      `endpoint = "${s3.endpoint}"`,
+      `bucket = "${BUCKET}"`,
+      `access_key_id = "${ACCESS_KEY}"`,
+      `secret_access_key = "${SECRET_KEY}"`,
+    ].join('\n'),
+  });
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await server?.stop();
+  await s3?.stop();
+});
+
+async function api(method, p, body) {
+  const res = await fetch(`${server.httpUrl}/api/v1${p}`, {
+    method,
+    headers: { Authorization: `Bearer ${KEY}`, ...(body ? { 'Content-Type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  return { status: res.status, body: await res.json() };
+}
+
+async function consultation(id, recording) {
+  const created = await api('POST', '/consultations', { id, policy: { recording } });
+  assert.equal(created.status, 201, JSON.stringify(created.body));
+  return async (identity, role) => {
+    const r = await api('POST', `/consultations/${id}/tokens`, { identity, role });
+    assert.equal(r.status, 201, JSON.stringify(r.body));
+    return r.body.token;
+  };
+}
+
+async function events(id) {
+  return (await api('GET', `/consultations/${id}/events`)).body.items;
+}
+
+/** Records the SDK's 'recording' events in the page. */
+const watchRecording = (p) =>
+  p.evaluate(() => {
+    window.recordingStates = [];
+    window.call.on('recording', (s) => window.recordingStates.push({ t: Date.now(), ...s }));
+    window.recordingStates.push({ t: Date.now(), ...window.call.recording });
+  });
+
+const MEDIA = { audio: true, video: { width: 1280, height: 720 } };
+
+/** ffprobe's view of a file: streams by codec and the container duration. */
+function probe(file) {
+  const out = execFileSync('ffprobe', ['-v', 'error', '-show_streams', '-show_format', '-of', 'json', file], { encoding: 'utf8' });
+  return JSON.parse(out);
+}
+
+/** Decodes every frame with ffmpeg; returns stderr (empty when clean). */
+function decode(file) {
+  const r = spawnSync('ffmpeg', ['-v', 'error', '-i', file, '-f', 'null', '-'], { encoding: 'utf8' });
+  assert.equal(r.status, 0, `ffmpeg failed: ${r.stderr}`);
+  return r.stderr.trim();
+}
+
+async function startCall(id, { doctorConsent, patientConsent }) {
+  const token = await consultation(id, 'required');
+  const doctor = await openParticipant(browser, server, 'doctor');
+  const patient = await openParticipant(browser, server, 'patient');
+  const d = await doctor.join({ token: await token('dr-ana', 'doctor'), media: MEDIA, recordingConsent: doctorConsent });
+  assert.equal(d.ok, true, `${d.code} ${d.message}`);
+  const p = await patient.join({ token: await token('pt-joao', 'patient'), media: MEDIA, recordingConsent: patientConsent });
+  assert.equal(p.ok, true, `${p.code} ${p.message}`);
+  await watchRecording(doctor);
+  await watchRecording(patient);
+  await waitForVideo(doctor, 'pt-joao', { timeout: 30_000 });
+  await waitForVideo(patient, 'dr-ana', { timeout: 30_000 });
+  return { doctor, patient };
+}
+
+const activeIn = (p) => p.evaluate(() => window.call.recording.active);
+/** When the participant was told recording became active (page clock = this machine's clock). */
+const activeSince = (p) => p.evaluate(() => window.recordingStates.find((s) => s.active)?.t);
+
+describe('recording with consent', { skip }, () => {
+  it('records a 10 s HD call to S3: Opus + VP8, right duration, decodes cleanly, forwarding unaffected', { timeout: 180_000 }, async () => {
+    const id = `rec-ok-${process.pid}`;
+    const { doctor, patient } = await startCall(id, { doctorConsent: true, patientConsent: true });
+    try {
+      await pollUntil(async () => (await activeIn(doctor)) && (await activeIn(patient)), { what: 'both told recording is active' });
+      const startedAt = await activeSince(doctor);
+      // Forwarding goes on while recording: frames keep being decoded both ways.
+      const before = await waitForVideo(doctor, 'pt-joao');
+      await sleep(10_000);
+      const afterTen = await waitForVideo(doctor, 'pt-joao');
+      assert.ok(afterTen.second.framesDecoded - before.second.framesDecoded > 150, `frames decoded while recording: ${before.second.framesDecoded} -> ${afterTen.second.framesDecoded}`);
+      await waitForVideo(patient, 'dr-ana');
+      await waitForAudio(patient, 'dr-ana');
+      await patient.leave();
+      await doctor.leave();
+      const callSeconds = (Date.now() - startedAt) / 1000;
+
+      const ready = await pollUntil(async () => (await events(id)).find((e) => e.type === 'recording_ready'), {
+        what: 'recording_ready',
+        timeout: 60_000,
+      });
+      const types = (await events(id)).map((e) => e.type);
+      assert.ok(types.includes('recording_consent'), types.join());
+      assert.ok(types.indexOf('recording_started') < types.indexOf('recording_stopped'), types.join());
+      const r = ready.payload;
+      assert.equal(r.storage, 's3');
+      assert.equal(r.bucket, BUCKET);
+      assert.ok(r.key.startsWith(`recordings/${id}/`), r.key);
+      const body = await s3.get(r.key);
+      assert.equal(body.length, r.size);
+      assert.equal(sha256(body), r.sha256);
+      console.log(`recording ${r.key}: ${r.size} bytes, ${r.duration_ms} ms, call ${callSeconds} s`);
+      const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-rec-')), 'call.webm');
+      fs.writeFileSync(file, body);
+
+      const info = probe(file);
+      const codecs = info.streams.map((s) => s.codec_name).sort();
+      assert.deepEqual(codecs, ['opus', 'opus', 'vp8', 'vp8'], JSON.stringify(info.streams.map((s) => [s.codec_name, s.tags])));
+      const video = info.streams.filter((s) => s.codec_type === 'video');
+      assert.ok(video.every((v) => v.width > 0 && v.height > 0));
+      const duration = Number(info.format.duration);
+      assert.ok(Math.abs(duration - callSeconds) <= 1, `ffprobe duration ${duration}s vs call ${callSeconds}s`);
+      assert.equal(decode(file), '', 'ffmpeg decodes without errors');
+    } finally {
+      await doctor.close();
+      await patient.close();
+    }
+  });
+
+  it('records nothing when one participant did not consent', { timeout: 120_000 }, async () => {
+    const id = `rec-no-${process.pid}`;
+    const { doctor, patient } = await startCall(id, { doctorConsent: true, patientConsent: false });
+    try {
+      const state = await pollUntil(
+        async () => {
+          const s = await doctor.evaluate(() => window.call.recording);
+          return s.requested && s.waitingFor.includes('pt-joao') ? s : null;
+        },
+        { what: 'the doctor told recording waits for the patient' },
+      );
+      assert.equal(state.active, false);
+      assert.equal(state.reason, 'consent');
+      await sleep(5_000);
+      assert.equal(await activeIn(doctor), false);
+      assert.equal(await activeIn(patient), false);
+      await patient.leave();
+      await doctor.leave();
+    } finally {
+      await doctor.close();
+      await patient.close();
+    }
+    await sleep(3_000);
+    const types = (await events(id)).map((e) => e.type);
+    assert.ok(!types.includes('recording_started'), types.join());
+    assert.ok(!types.includes('recording_ready'), types.join());
+    assert.deepEqual(await s3.list(`recordings/${id}/`), []);
+    const spool = path.join(server.dir, 'data', 'recordings');
+    assert.deepEqual(fs.readdirSync(spool).filter((f) => f !== 'done'), []);
+  });
+
+  it('S3 down during the call and back 30 s after it ended: the spooled recording arrives intact', { timeout: 240_000 }, async () => {
+    const id = `rec-outage-${process.pid}`;
+    const { doctor, patient } = await startCall(id, { doctorConsent: true, patientConsent: true });
+    const spool = path.join(server.dir, 'data', 'recordings');
+    let spooled;
+    try {
+      await pollUntil(async () => activeIn(doctor), { what: 'recording active' });
+      const startedAt = await activeSince(doctor);
+      await sleep(2_000);
+      await s3.stop();
+      await sleep(8_000);
+      await patient.leave();
+      await doctor.leave();
+      const callSeconds = (Date.now() - startedAt) / 1000;
+      // The recording is closed in the spool and waits for the store.
+      const meta = await pollUntil(
+        () => {
+          const f = fs.readdirSync(spool).find((n) => n.endsWith('.json'));
+          if (!f) return null;
+          const m = JSON.parse(fs.readFileSync(path.join(spool, f), 'utf8'));
+          return m.state === 'closed' && m.consultation === id ? m : null;
+        },
+        { what: 'the closed recording in the spool', timeout: 30_000 },
+      );
+      spooled = fs.readFileSync(path.join(spool, `${meta.id}.${meta.ext}`));
+      assert.equal(sha256(spooled), meta.sha256);
+      await sleep(30_000);
+      assert.ok(!(await events(id)).some((e) => e.type === 'recording_ready'), 'not ready while S3 is down');
+      const metrics = await (await fetch(`${server.httpUrl}/metrics`)).text();
+      assert.match(metrics, /consulta_recording_uploads_pending [1-9]/);
+      await s3.start();
+      const ready = await pollUntil(async () => (await events(id)).find((e) => e.type === 'recording_ready'), {
+        what: 'recording_ready after S3 came back',
+        timeout: 90_000,
+      });
+      const body = await s3.get(ready.payload.key);
+      assert.ok(body.equals(spooled), 'the object is byte for byte the spooled recording');
+      // The spool copy is gone only now that the upload is verified.
+      assert.ok(!fs.existsSync(path.join(spool, `${meta.id}.${meta.ext}`)));
+      const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-rec-')), 'outage.webm');
+      fs.writeFileSync(file, body);
+      const info = probe(file);
+      assert.deepEqual(info.streams.map((s) => s.codec_name).sort(), ['opus', 'opus', 'vp8', 'vp8']);
+      assert.ok(Math.abs(Number(info.format.duration) - callSeconds) <= 1, `${info.format.duration} vs ${callSeconds}`);
+      assert.equal(decode(file), '');
+    } finally {
+      await doctor.close();
+      await patient.close();
+      await s3.start().catch(() => {});
+    }
+  });
+});
