@@ -120,20 +120,21 @@ export function run(bin, args, { timeout = 15_000 } = {}) {
 const SERVER_IP = process.env.CONSULTA_SERVER_IP || '127.0.0.1';
 const SERVER_NETNS = process.env.CONSULTA_NETNS_SERVER;
 
-export async function startServer({ extraConfig = '', media = {}, httpPort: wantedHttpPort } = {}) {
+export async function startServer({ extraConfig = '', media = {}, httpPort: wantedHttpPort, restartOf } = {}) {
   if (!fs.existsSync(CONSULTA_BIN)) {
     throw new Error(`server binary not found at ${CONSULTA_BIN} (build it with cargo build --release, or set CONSULTA_BIN)`);
   }
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-e2e-'));
-  const httpPort = wantedHttpPort ?? (await freeTcpPort());
-  const udpPort = await freeMediaPort(httpPort);
+  // `restartOf`: a stopped server whose config, ports and data dir are used again.
+  const dir = restartOf ? restartOf.dir : fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-e2e-'));
+  const httpPort = restartOf ? restartOf.httpPort : wantedHttpPort ?? (await freeTcpPort());
+  const udpPort = restartOf ? restartOf.udpPort : await freeMediaPort(httpPort);
   let tcpPort = media.tcp_port;
-  while (tcpPort === undefined || tcpPort === httpPort || tcpPort === udpPort) tcpPort = await freeTcpPort();
+  while (!restartOf && (tcpPort === undefined || tcpPort === httpPort || tcpPort === udpPort)) tcpPort = await freeTcpPort();
   const mediaExtra = Object.entries(media)
     .filter(([k]) => k !== 'tcp_port')
     .map(([k, v]) => `${k} = ${JSON.stringify(v)}`);
   const configPath = path.join(dir, 'consulta.toml');
-  fs.writeFileSync(
+  if (!restartOf) fs.writeFileSync(
     configPath,
     [
       `data_dir = ${JSON.stringify(path.join(dir, 'data'))}`,
@@ -174,6 +175,13 @@ export async function startServer({ extraConfig = '', media = {}, httpPort: want
   const httpUrl = `http://${SERVER_IP}:${httpPort}`;
   const log = () => (fs.existsSync(logPath) ? fs.readFileSync(logPath, 'utf8') : '');
   const tail = () => log().split('\n').slice(-40).join('\n');
+
+  /** Kills the server without warning (a crash). */
+  const kill = async () => {
+    if (exited) return;
+    child.kill('SIGKILL');
+    while (!exited) await sleep(20);
+  };
 
   const stop = async () => {
     if (exited) return;
@@ -229,6 +237,7 @@ export async function startServer({ extraConfig = '', media = {}, httpPort: want
     configPath,
     token,
     stop,
+    kill,
     log,
     tail,
     get exited() {

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { launchBrowser, openParticipant, pollUntil, sleep, startServer, waitForAudio, waitForVideo } from './harness.mjs';
+import { CONSULTA_BIN, launchBrowser, openParticipant, pollUntil, run, sleep, startServer, waitForAudio, waitForVideo } from './harness.mjs';
 import { ACCESS_KEY, S3S_BIN, SECRET_KEY, sha256, startS3 } from './s3.mjs';
 
 const KEY = 'e2e-api-key-0123456789';
@@ -239,5 +239,54 @@ describe('recording with consent', { skip }, () => {
       await patient.close();
       await s3.start().catch(() => {});
     }
+  });
+
+  it('a crash mid-recording: the unfinished spool is repaired and uploaded on the next start', { timeout: 180_000 }, async () => {
+    const id = `rec-crash-${process.pid}`;
+    const { doctor, patient } = await startCall(id, { doctorConsent: true, patientConsent: true });
+    const spool = path.join(server.dir, 'data', 'recordings');
+    try {
+      await pollUntil(async () => activeIn(doctor), { what: 'recording active' });
+      await sleep(6_000);
+      await server.kill();
+    } finally {
+      await doctor.close();
+      await patient.close();
+    }
+    const unfinished = fs
+      .readdirSync(spool)
+      .filter((n) => n.endsWith('.json'))
+      .map((n) => JSON.parse(fs.readFileSync(path.join(spool, n), 'utf8')))
+      .find((m) => m.consultation === id);
+    assert.equal(unfinished?.state, 'recording', 'the crash left an unfinished recording in the spool');
+    server = await startServer({ restartOf: server });
+    const ready = await pollUntil(async () => (await events(id)).find((e) => e.type === 'recording_ready'), {
+      what: 'recording_ready after the restart',
+      timeout: 60_000,
+    });
+    assert.equal(ready.payload.recording_id, unfinished.id);
+    const body = await s3.get(ready.payload.key);
+    assert.equal(sha256(body), ready.payload.sha256);
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-rec-')), 'crash.webm');
+    fs.writeFileSync(file, body);
+    const info = probe(file);
+    assert.deepEqual(info.streams.map((s) => s.codec_name).sort(), ['opus', 'opus', 'vp8', 'vp8']);
+    assert.ok(Number(info.format.duration) > 4, `duration ${info.format.duration}`);
+    assert.equal(decode(file), '');
+  });
+
+  it('consulta recordings purge deletes expired recordings and logs each as an event', { timeout: 60_000 }, async () => {
+    const id = `rec-crash-${process.pid}`;
+    const before = await s3.list(`recordings/${id}/`);
+    assert.equal(before.length, 1, 'the recording of the previous test is in the store');
+    const dry = await run(CONSULTA_BIN, ['recordings', 'purge', '--config', server.configPath, '--older-than-days', '0', '--dry-run']);
+    assert.match(dry.stdout, new RegExp(`would delete ${before[0]}`));
+    assert.equal((await s3.list(`recordings/${id}/`)).length, 1, 'a dry run deletes nothing');
+    const done = await run(CONSULTA_BIN, ['recordings', 'purge', '--config', server.configPath, '--older-than-days', '0']);
+    assert.match(done.stdout, new RegExp(`deleted ${before[0]}`));
+    assert.deepEqual(await s3.list(`recordings/${id}/`), []);
+    const deleted = (await events(id)).find((e) => e.type === 'recording_deleted');
+    assert.equal(deleted?.payload.key, before[0]);
+    assert.equal(deleted?.payload.reason, 'retention');
   });
 });
