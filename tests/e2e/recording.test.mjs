@@ -89,13 +89,13 @@ function decode(file) {
   return r.stderr.trim();
 }
 
-async function startCall(id, { doctorConsent, patientConsent }) {
+async function startCall(id, { doctorConsent, patientConsent, codec }) {
   const token = await consultation(id, 'required');
   const doctor = await openParticipant(browser, server, 'doctor');
   const patient = await openParticipant(browser, server, 'patient');
-  const d = await doctor.join({ token: await token('dr-ana', 'doctor'), media: MEDIA, recordingConsent: doctorConsent });
+  const d = await doctor.join({ token: await token('dr-ana', 'doctor'), media: MEDIA, recordingConsent: doctorConsent, preferredVideoCodec: codec });
   assert.equal(d.ok, true, `${d.code} ${d.message}`);
-  const p = await patient.join({ token: await token('pt-joao', 'patient'), media: MEDIA, recordingConsent: patientConsent });
+  const p = await patient.join({ token: await token('pt-joao', 'patient'), media: MEDIA, recordingConsent: patientConsent, preferredVideoCodec: codec });
   assert.equal(p.ok, true, `${p.code} ${p.message}`);
   await watchRecording(doctor);
   await watchRecording(patient);
@@ -156,6 +156,31 @@ describe('recording with consent', { skip }, () => {
       await doctor.close();
       await patient.close();
     }
+  });
+
+  it('records an H264 call into Matroska', { timeout: 120_000 }, async () => {
+    const id = `rec-h264-${process.pid}`;
+    const { doctor, patient } = await startCall(id, { doctorConsent: true, patientConsent: true, codec: 'H264' });
+    try {
+      await pollUntil(async () => activeIn(doctor), { what: 'recording active' });
+      await sleep(5_000);
+      await patient.leave();
+      await doctor.leave();
+    } finally {
+      await doctor.close();
+      await patient.close();
+    }
+    const ready = await pollUntil(async () => (await events(id)).find((e) => e.type === 'recording_ready'), {
+      what: 'recording_ready',
+      timeout: 60_000,
+    });
+    assert.ok(ready.payload.key.endsWith('.mkv'), ready.payload.key);
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-rec-')), 'h264.mkv');
+    fs.writeFileSync(file, await s3.get(ready.payload.key));
+    const info = probe(file);
+    assert.deepEqual(info.streams.map((s) => s.codec_name).sort(), ['h264', 'h264', 'opus', 'opus']);
+    assert.ok(info.streams.filter((s) => s.codec_name === 'h264').every((v) => v.width > 0 && v.height > 0));
+    assert.equal(decode(file), '');
   });
 
   it('records nothing when one participant did not consent', { timeout: 120_000 }, async () => {
