@@ -56,7 +56,20 @@ struct Args {
     /// Server process id, for CPU time and RSS from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Ramp to find capacity: `START:STEP:MAX` consultations; each level runs `--duration`
+    /// seconds and the ramp stops at the first level with frame loss ≥ 0.1% or errors.
+    #[arg(long)]
+    ramp: Option<String>,
+    /// Also write a human report (Markdown, with a chart) to this file.
+    #[arg(long)]
+    report_md: Option<std::path::PathBuf>,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
 }
+
+/// The loss a level may have and still count as within capacity.
+const MAX_LOSS: f64 = 0.001;
 
 #[derive(Default)]
 struct Stats {
@@ -66,6 +79,10 @@ struct Stats {
     bytes_received: AtomicU64,
     audio_received: AtomicU64,
     latencies_us: Mutex<Vec<u64>>,
+    /// Participants receiving media (everyone has joined when it reaches the total).
+    receiving: AtomicU64,
+    /// Set once the measured window is over: participants stop sending and leave.
+    stop: std::sync::atomic::AtomicBool,
     join_ms: Mutex<Vec<u64>>,
     first_media_ms: Mutex<Vec<u64>>,
     errors: Mutex<Vec<String>>,
@@ -96,13 +113,71 @@ async fn main() -> Result<()> {
     if !(2..=5).contains(&args.participants) {
         bail!("--participants must be 2 to 5");
     }
+    let levels: Vec<usize> = match &args.ramp {
+        None => vec![args.rooms],
+        Some(r) => {
+            let parts: Vec<usize> = r
+                .split(':')
+                .map(|x| x.trim().parse())
+                .collect::<Result<_, _>>()
+                .context("--ramp is START:STEP:MAX (numbers of consultations)")?;
+            let [start, step, max] = parts[..] else {
+                bail!("--ramp is START:STEP:MAX");
+            };
+            if start == 0 || step == 0 || max < start {
+                bail!("--ramp needs START >= 1, STEP >= 1, MAX >= START");
+            }
+            (start..=max).step_by(step).collect()
+        }
+    };
+    let mut reports = Vec::new();
+    let mut capacity = None;
+    for (i, rooms) in levels.iter().enumerate() {
+        let report = run_level(&args, *rooms, i).await?;
+        let ok = report["frame_loss_ratio"].as_f64().unwrap_or(1.0) < MAX_LOSS
+            && report["errors"].as_array().is_some_and(|e| e.is_empty());
+        reports.push(report);
+        if !ok {
+            break;
+        }
+        capacity = Some(*rooms);
+        if i + 1 < levels.len() {
+            // Let the server settle (sessions closed) before the next level.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    let out = if args.ramp.is_some() {
+        json!({
+            "mode": "ramp",
+            "participants_per_room": args.participants,
+            "video_kbps": args.video_kbps,
+            "max_loss": MAX_LOSS,
+            "capacity_rooms": capacity,
+            "levels": reports,
+        })
+    } else {
+        reports.pop().unwrap_or(Value::Null)
+    };
+    if let Some(path) = &args.report_md {
+        let levels = out["levels"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| vec![out.clone()]);
+        std::fs::write(path, markdown(&args, &levels, capacity))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// One fixed load: `rooms` consultations join, media flows, and a window of `--duration`
+/// seconds is measured once everyone receives media (joins and DTLS handshakes excluded).
+async fn run_level(args: &Args, rooms: usize, level: usize) -> Result<Value> {
     let stats = Arc::new(Stats::default());
-    let cpu0 = args.server_pid.and_then(proc_cpu_seconds);
-    let fwd0 = forwarded(&args.metrics).await;
     let started = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(args.duration + 5);
+    let total = (rooms * args.participants) as u64;
     let mut tasks = Vec::new();
-    for r in 0..args.rooms {
+    for r in 0..rooms {
         for p in 0..args.participants {
             let (args, stats) = (args.clone(), stats.clone());
             let role = match p {
@@ -111,9 +186,9 @@ async fn main() -> Result<()> {
                 _ => Role::Guest,
             };
             tasks.push(tokio::spawn(async move {
-                let room = format!("bench-{}-{r}", std::process::id());
+                let room = format!("bench-{}-{level}-{r}", std::process::id());
                 let id = (r * 10 + p) as u32;
-                if let Err(e) = participant(&args, &room, id, role, deadline, &stats).await {
+                if let Err(e) = participant(&args, &room, id, role, &stats).await {
                     stats
                         .errors
                         .lock()
@@ -123,10 +198,36 @@ async fn main() -> Result<()> {
             }));
         }
     }
-    for t in tasks {
-        let _ = t.await;
+    // Everyone joined and receives media (or 30 s passed), then one second of warm-up.
+    let join_deadline = Instant::now() + Duration::from_secs(30);
+    while stats.receiving.load(Ordering::Relaxed) < total && Instant::now() < join_deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    let joined_s = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The measured window starts now: counters from zero, server CPU and forwarded packets.
+    stats.latencies_us.lock().unwrap().clear();
+    for c in [
+        &stats.frames_sent,
+        &stats.frames_received,
+        &stats.frames_lost,
+        &stats.bytes_received,
+        &stats.audio_received,
+    ] {
+        c.store(0, Ordering::Relaxed);
+    }
+    let cpu0 = args.server_pid.and_then(proc_cpu_seconds);
+    let fwd0 = forwarded(&args.metrics).await;
+    let window = Instant::now();
+    let mut last_print = Instant::now();
+    while window.elapsed() < Duration::from_secs(args.duration) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !args.quiet && last_print.elapsed() >= Duration::from_secs(1) {
+            last_print = Instant::now();
+            progress(rooms, &stats, window.elapsed().as_secs(), args.duration);
+        }
+    }
+    let elapsed = window.elapsed().as_secs_f64();
     let cpu = match (cpu0, args.server_pid.and_then(proc_cpu_seconds)) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
@@ -135,6 +236,14 @@ async fn main() -> Result<()> {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
+    // Frames still in flight at the end of the window arrive during this grace period.
+    stats.stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    if !args.quiet {
+        eprintln!();
+    }
     let mut lat = stats.latencies_us.lock().unwrap().clone();
     lat.sort_unstable();
     let pct = |p: f64| {
@@ -144,9 +253,11 @@ async fn main() -> Result<()> {
     let received = stats.frames_received.load(Ordering::Relaxed);
     let lost = stats.frames_lost.load(Ordering::Relaxed);
     let report = json!({
-        "rooms": args.rooms,
+        "rooms": rooms,
         "participants_per_room": args.participants,
+        "streams_forwarded": rooms * args.participants * (args.participants - 1) * 2,
         "seconds": elapsed,
+        "join_phase_seconds": joined_s,
         "video_kbps": args.video_kbps,
         "frames_sent": stats.frames_sent.load(Ordering::Relaxed),
         "frames_received": received,
@@ -160,14 +271,80 @@ async fn main() -> Result<()> {
         "first_media_ms": summary(&stats.first_media_ms.lock().unwrap()),
         "server": {
             "cpu_seconds": cpu,
+            "cpu_percent_of_one_core": cpu.map(|c| c * 100.0 / elapsed),
             "rss_bytes": args.server_pid.and_then(proc_rss_bytes),
             "rtp_forwarded": fwd,
             "cpu_us_per_forwarded_packet": match (cpu, fwd) { (Some(c), Some(f)) if f > 0.0 => Some(c * 1e6 / f), _ => None },
         },
         "errors": *stats.errors.lock().unwrap(),
     });
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(())
+    Ok(report)
+}
+
+/// One status line on stderr, rewritten in place.
+fn progress(rooms: usize, stats: &Stats, t: u64, of: u64) {
+    let rx = stats.frames_received.load(Ordering::Relaxed);
+    let lost = stats.frames_lost.load(Ordering::Relaxed);
+    let width = 30usize;
+    let done = (t as usize * width / of.max(1) as usize).min(width);
+    eprint!(
+        "\r{rooms:>4} consultations [{}{}] {t:>3}/{of}s  frames {rx}  lost {lost}   ",
+        "#".repeat(done),
+        ".".repeat(width - done)
+    );
+}
+
+/// The human report: the numbers per level and a bar chart of CPU per packet and loss.
+fn markdown(args: &Args, levels: &[Value], capacity: Option<usize>) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(s, "# consulta-bench report\n");
+    let _ = writeln!(
+        s,
+        "{} participants per consultation, video {} kbit/s per publisher, {} s measured per level, target {}.\n",
+        args.participants, args.video_kbps, args.duration, args.url
+    );
+    if let Some(c) = capacity {
+        let _ = writeln!(
+            s,
+            "**Capacity: {c} concurrent consultations** (largest load with frame loss < {}%).\n",
+            MAX_LOSS * 100.0
+        );
+    }
+    let _ = writeln!(s, "| consultations | streams | loss % | latency p50 ms | p99 ms | server CPU % of a core | µs/forwarded packet | RSS MB |");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
+    for l in levels {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.3} | {} | {} | {} | {} | {} |",
+            l["rooms"],
+            l["streams_forwarded"],
+            l["frame_loss_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+            f(&l["latency_ms"]["p50"]),
+            f(&l["latency_ms"]["p99"]),
+            f(&l["server"]["cpu_percent_of_one_core"]),
+            f(&l["server"]["cpu_us_per_forwarded_packet"]),
+            l["server"]["rss_bytes"]
+                .as_f64()
+                .map_or("-".into(), |b| format!("{:.0}", b / 1e6)),
+        );
+    }
+    let _ = writeln!(s, "\n## Server CPU per forwarded packet (µs)\n\n```");
+    let max = levels
+        .iter()
+        .filter_map(|l| l["server"]["cpu_us_per_forwarded_packet"].as_f64())
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    for l in levels {
+        let v = l["server"]["cpu_us_per_forwarded_packet"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let bar = "█".repeat(((v / max) * 40.0).round() as usize);
+        let _ = writeln!(s, "{:>5} consultations |{bar} {v:.2}", l["rooms"]);
+    }
+    let _ = writeln!(s, "```");
+    s
 }
 
 fn summary(v: &[u64]) -> Value {
@@ -223,14 +400,7 @@ async fn send(ws: &mut Ws, v: Value) -> Result<()> {
         .context("signaling send")
 }
 
-async fn participant(
-    args: &Args,
-    room: &str,
-    id: u32,
-    role: Role,
-    deadline: Instant,
-    stats: &Stats,
-) -> Result<()> {
+async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats) -> Result<()> {
     let t0 = Instant::now();
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let token = JoinToken::new(room, &format!("bench-{id}"), role, now, 3600)?
@@ -258,8 +428,13 @@ async fn participant(
     let mut force_key = false;
     let mut video_tick = tokio::time::interval(Duration::from_millis(33));
     let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
-    let send_until = deadline - Duration::from_secs(2);
+    // After the window: stop sending, let the last frames arrive, leave.
+    let mut leave_at: Option<Instant> = None;
     loop {
+        if leave_at.is_none() && stats.stop.load(Ordering::Relaxed) {
+            leave_at = Some(Instant::now() + Duration::from_millis(500));
+        }
+        let sending = leave_at.is_none();
         // Drain the Rtc: transmits out, media in.
         let timeout = loop {
             match rtc.poll_output()? {
@@ -295,6 +470,7 @@ async fn participant(
                         stats.frames_received.fetch_add(1, Ordering::Relaxed);
                         if !first_media {
                             first_media = true;
+                            stats.receiving.fetch_add(1, Ordering::Relaxed);
                             stats
                                 .first_media_ms
                                 .lock()
@@ -308,12 +484,12 @@ async fn participant(
                 Output::Event(_) => {}
             }
         };
-        if Instant::now() >= deadline {
+        if leave_at.is_some_and(|t| Instant::now() >= t) {
             let _ = send(&mut ws, json!({"type":"leave"})).await;
             return Ok(());
         }
         let wait = timeout
-            .min(deadline)
+            .min(Instant::now() + Duration::from_millis(100))
             .saturating_duration_since(Instant::now());
         tokio::select! {
             msg = ws.next() => {
@@ -344,14 +520,14 @@ async fn participant(
                     rtc.handle_input(Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source: from, destination: local, contents }))?;
                 }
             }
-            _ = video_tick.tick(), if offered && rtc.is_connected() && Instant::now() < send_until => {
+            _ = video_tick.tick(), if offered && rtc.is_connected() && sending => {
                 let key = vn % 60 == 0 || std::mem::take(&mut force_key);
                 video_frame(&mut frame, key, if key { frame_len * 4 } else { frame_len }, id, vn);
                 write(&mut rtc, video, Codec::Vp8, MediaTime::from_90khz(u64::from(vn) * 3000), &frame)?;
                 vn += 1;
                 stats.frames_sent.fetch_add(1, Ordering::Relaxed);
             }
-            _ = audio_tick.tick(), if offered && rtc.is_connected() && Instant::now() < send_until => {
+            _ = audio_tick.tick(), if offered && rtc.is_connected() && sending => {
                 frame.clear();
                 frame.resize(80, 0xAA);
                 write(&mut rtc, audio, Codec::Opus, MediaTime::from_millis(u64::from(an) * 20), &frame)?;
