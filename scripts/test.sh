@@ -69,6 +69,19 @@ if [ -z "${SKIP_E2E:-}" ]; then
       node --test --test-concurrency=1 tests/e2e-netns/ice-tcp.test.mjs
     CONSULTA_BIN="$PWD/target/release/consulta" scripts/netns-two-hosts.sh tcp443 7880 \
       env SIGNALING_PORT=7880 node --test --test-concurrency=1 tests/e2e-netns/turn-tls-443.test.mjs
+    say "load generator against Consulta and Janus VideoRoom (side by side, small load): both forward everything"
+    OUT="$(mktemp -d)" && export OUT
+    scripts/bench-vs-janus.sh --rooms 2 --participants 2 --duration 4 --quiet
+    python3 - "$OUT/consulta.json" "$OUT/janus.json" <<'PY'
+import json, sys
+for path in sys.argv[1:]:
+    r = json.load(open(path))
+    assert not r["errors"], (path, r["errors"])
+    assert r["frames_lost"] == 0, (path, r["frames_lost"])
+    assert r["rtp_packets_received"] > 1000, (path, r["rtp_packets_received"])
+    assert r["server"]["cpu_seconds"] is not None, path
+print("consulta-bench: both targets forwarded every frame")
+PY
   else
     echo "network namespaces need root (unshare -n): these tests did not run"
     exit 1

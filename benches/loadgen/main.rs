@@ -26,6 +26,8 @@ use str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
+mod janus;
+
 #[derive(Parser, Clone)]
 #[command(
     name = "consulta-bench",
@@ -66,6 +68,13 @@ struct Args {
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// What `--url` is: `consulta` (its /ws signaling) or `janus` (Janus VideoRoom over its
+    /// WebSocket API, e.g. ws://127.0.0.1:8188; see scripts/bench-vs-janus.sh).
+    #[arg(long, default_value = "consulta")]
+    target: String,
+    /// Local address of the synthetic participants' UDP sockets.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_ip: std::net::IpAddr,
 }
 
 /// The loss a level may have and still count as within capacity.
@@ -79,6 +88,8 @@ struct Stats {
     bytes_received: AtomicU64,
     audio_received: AtomicU64,
     latencies_us: Mutex<Vec<u64>>,
+    /// RTP packets (SRTP, not RTCP) received by all subscribers: what the server forwarded.
+    rtp_received: AtomicU64,
     /// Participants receiving media (everyone has joined when it reaches the total).
     receiving: AtomicU64,
     /// Set once the measured window is over: participants stop sending and leave.
@@ -112,6 +123,9 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     if !(2..=5).contains(&args.participants) {
         bail!("--participants must be 2 to 5");
+    }
+    if !matches!(args.target.as_str(), "consulta" | "janus") {
+        bail!("--target is consulta or janus");
     }
     let levels: Vec<usize> = match &args.ramp {
         None => vec![args.rooms],
@@ -188,7 +202,14 @@ async fn run_level(args: &Args, rooms: usize, level: usize) -> Result<Value> {
             tasks.push(tokio::spawn(async move {
                 let room = format!("bench-{}-{level}-{r}", std::process::id());
                 let id = (r * 10 + p) as u32;
-                if let Err(e) = participant(&args, &room, id, role, &stats).await {
+                let res = if args.target == "janus" {
+                    // Janus rooms are numbers.
+                    let room = 1_000_000 + (level * 10_000 + r) as u64;
+                    janus::participant(&args, room, id, &stats).await
+                } else {
+                    participant(&args, &room, id, role, &stats).await
+                };
+                if let Err(e) = res {
                     stats
                         .errors
                         .lock()
@@ -213,6 +234,7 @@ async fn run_level(args: &Args, rooms: usize, level: usize) -> Result<Value> {
         &stats.frames_lost,
         &stats.bytes_received,
         &stats.audio_received,
+        &stats.rtp_received,
     ] {
         c.store(0, Ordering::Relaxed);
     }
@@ -252,6 +274,7 @@ async fn run_level(args: &Args, rooms: usize, level: usize) -> Result<Value> {
     };
     let received = stats.frames_received.load(Ordering::Relaxed);
     let lost = stats.frames_lost.load(Ordering::Relaxed);
+    let rtp = stats.rtp_received.load(Ordering::Relaxed);
     let report = json!({
         "rooms": rooms,
         "participants_per_room": args.participants,
@@ -275,7 +298,12 @@ async fn run_level(args: &Args, rooms: usize, level: usize) -> Result<Value> {
             "rss_bytes": args.server_pid.and_then(proc_rss_bytes),
             "rtp_forwarded": fwd,
             "cpu_us_per_forwarded_packet": match (cpu, fwd) { (Some(c), Some(f)) if f > 0.0 => Some(c * 1e6 / f), _ => None },
+            // The same from the receiving side (works for any server): CPU per RTP packet
+            // that reached a subscriber.
+            "cpu_us_per_received_packet": match cpu { Some(c) if rtp > 0 => Some(c * 1e6 / rtp as f64), _ => None },
         },
+        "target": args.target,
+        "rtp_packets_received": rtp,
         "errors": *stats.errors.lock().unwrap(),
     });
     Ok(report)
@@ -409,7 +437,7 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
         .await
         .context("signaling connect")?;
     send(&mut ws, json!({"type":"join","v":1,"token":token})).await?;
-    let socket = UdpSocket::bind("127.0.0.1:0").await?;
+    let socket = UdpSocket::bind((args.bind_ip, 0)).await?;
     let local = socket.local_addr()?;
     let mut rtc = Rtc::builder().build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp")?);
@@ -443,41 +471,7 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
                     let _ = socket.send_to(&t.contents, t.destination).await;
                 }
                 Output::Event(Event::MediaData(m)) => {
-                    stats
-                        .bytes_received
-                        .fetch_add(m.data.len() as u64, Ordering::Relaxed);
-                    if m.params.spec().codec == Codec::Opus {
-                        stats.audio_received.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    if m.data.len() >= 24 {
-                        let sent = u64::from_be_bytes(m.data[8..16].try_into().unwrap_or_default());
-                        let from =
-                            u32::from_be_bytes(m.data[16..20].try_into().unwrap_or_default());
-                        let n = u32::from_be_bytes(m.data[20..24].try_into().unwrap_or_default());
-                        stats
-                            .latencies_us
-                            .lock()
-                            .unwrap()
-                            .push(now_us().saturating_sub(sent));
-                        if let Some(prev) = last_seen.insert(from, n) {
-                            if n > prev + 1 {
-                                stats
-                                    .frames_lost
-                                    .fetch_add(u64::from(n - prev - 1), Ordering::Relaxed);
-                            }
-                        }
-                        stats.frames_received.fetch_add(1, Ordering::Relaxed);
-                        if !first_media {
-                            first_media = true;
-                            stats.receiving.fetch_add(1, Ordering::Relaxed);
-                            stats
-                                .first_media_ms
-                                .lock()
-                                .unwrap()
-                                .push(t0.elapsed().as_millis() as u64);
-                        }
-                    }
+                    on_media(&m, stats, &mut last_seen, &mut first_media, t0);
                 }
                 // The SFU asks for a keyframe for a new subscriber: send one next.
                 Output::Event(Event::KeyframeRequest(_)) => force_key = true,
@@ -516,6 +510,7 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
             }
             r = socket.recv_from(&mut buf) => {
                 let (n, from) = r?;
+                count_rtp(&buf[..n], stats);
                 if let Ok(contents) = buf[..n].try_into() {
                     rtc.handle_input(Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source: from, destination: local, contents }))?;
                 }
@@ -537,6 +532,58 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
                 rtc.handle_input(Input::Timeout(Instant::now()))?;
             }
         }
+    }
+}
+
+/// One received frame: bytes, latency from the send time inside, lost frames from the counter.
+fn on_media(
+    m: &str0m::media::MediaData,
+    stats: &Stats,
+    last_seen: &mut HashMap<u32, u32>,
+    first_media: &mut bool,
+    t0: Instant,
+) {
+    stats
+        .bytes_received
+        .fetch_add(m.data.len() as u64, Ordering::Relaxed);
+    if m.params.spec().codec == Codec::Opus {
+        stats.audio_received.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    if m.data.len() < 24 {
+        return;
+    }
+    let sent = u64::from_be_bytes(m.data[8..16].try_into().unwrap_or_default());
+    let from = u32::from_be_bytes(m.data[16..20].try_into().unwrap_or_default());
+    let n = u32::from_be_bytes(m.data[20..24].try_into().unwrap_or_default());
+    stats
+        .latencies_us
+        .lock()
+        .unwrap()
+        .push(now_us().saturating_sub(sent));
+    if let Some(prev) = last_seen.insert(from, n) {
+        if n > prev + 1 {
+            stats
+                .frames_lost
+                .fetch_add(u64::from(n - prev - 1), Ordering::Relaxed);
+        }
+    }
+    stats.frames_received.fetch_add(1, Ordering::Relaxed);
+    if !*first_media {
+        *first_media = true;
+        stats.receiving.fetch_add(1, Ordering::Relaxed);
+        stats
+            .first_media_ms
+            .lock()
+            .unwrap()
+            .push(t0.elapsed().as_millis() as u64);
+    }
+}
+
+/// Counts SRTP packets (not RTCP, STUN or DTLS): RFC 5761/7983 demultiplexing on the header.
+fn count_rtp(d: &[u8], stats: &Stats) {
+    if d.len() >= 12 && (128..192).contains(&d[0]) && !(192..=223).contains(&d[1]) {
+        stats.rtp_received.fetch_add(1, Ordering::Relaxed);
     }
 }
 
