@@ -222,7 +222,7 @@ impl Receiver {
     }
 
     pub fn run(mut self) {
-        let mut buf = self.pool.take();
+        let mut batch = crate::batch::RecvBatch::new(&self.pool);
         let (mut datagrams, mut unroutable, mut drops) = (0u64, 0u64, 0u64);
         let mut last_publish = Instant::now();
         while !self.stopping.load(Ordering::Relaxed) {
@@ -239,8 +239,8 @@ impl Receiver {
                     .fetch_add(std::mem::take(&mut drops), Ordering::Relaxed);
                 last_publish = now;
             }
-            let (len, source) = match self.socket.recv_from(&mut buf[..]) {
-                Ok(r) => r,
+            let n = match batch.recv(&self.socket) {
+                Ok(n) => n,
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -256,39 +256,46 @@ impl Receiver {
                     continue;
                 }
             };
-            datagrams += 1;
-            if len >= MAX_DATAGRAM {
-                unroutable += 1;
-                continue;
-            }
-            let route = match self.table.lookup(&source) {
-                Some(r) => Some(r),
-                None => {
-                    self.drain_updates();
-                    self.table.learn(source, &buf[..len])
+            let at = Instant::now();
+            for i in 0..n {
+                datagrams += 1;
+                let (len, source) = batch.get(i);
+                let Some(source) = source else {
+                    unroutable += 1;
+                    continue;
+                };
+                if len >= MAX_DATAGRAM {
+                    unroutable += 1;
+                    continue;
                 }
-            };
-            let Some(route) = route else {
-                unroutable += 1;
-                continue;
-            };
-            let next = self.pool.take();
-            let packet = RxPacket {
-                peer: route.peer,
-                proto: Protocol::Udp,
-                source,
-                len,
-                at: Instant::now(),
-                buf: std::mem::replace(&mut buf, next),
-            };
-            match self.workers[route.worker].try_send(WorkerInput::Packet(packet)) {
-                Ok(()) => {}
-                Err(TrySendError::Full(WorkerInput::Packet(p)))
-                | Err(TrySendError::Disconnected(WorkerInput::Packet(p))) => {
-                    drops += 1;
-                    self.pool.put(p.buf);
+                let route = match self.table.lookup(&source) {
+                    Some(r) => Some(r),
+                    None => {
+                        self.drain_updates();
+                        self.table.learn(source, &batch.buf(i)[..len])
+                    }
+                };
+                let Some(route) = route else {
+                    unroutable += 1;
+                    continue;
+                };
+                let packet = RxPacket {
+                    peer: route.peer,
+                    proto: Protocol::Udp,
+                    source,
+                    len,
+                    at,
+                    buf: batch.take(i, &self.pool),
+                };
+                match self.workers[route.worker].try_send(WorkerInput::Packet(packet)) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(WorkerInput::Packet(p)))
+                    | Err(TrySendError::Disconnected(WorkerInput::Packet(p))) => {
+                        drops += 1;
+                        self.pool.put(p.buf);
+                    }
+                    Err(_) => drops += 1,
                 }
-                Err(_) => drops += 1,
             }
         }
     }

@@ -19,6 +19,7 @@
 //! [`Command`]s in, bounded per-participant channels of [`PeerEvent`]s out. A panic inside one
 //! participant's `Rtc` is caught, counted, and closes only that participant.
 
+mod batch;
 mod demux;
 pub mod forwarder;
 pub mod router;

@@ -174,15 +174,40 @@ pub trait Wire {
     }
 }
 
-/// The production wire: the shared UDP socket plus this worker's ICE-TCP connections.
+/// The production wire: the shared UDP socket plus this worker's ICE-TCP connections. UDP
+/// datagrams are queued and sent in batches ([`NetWire::flush`], after every round of the
+/// worker, or when the batch is full).
 pub struct NetWire {
     pub udp: Arc<UdpSocket>,
     pub tcp: HashMap<SocketAddr, tokio::sync::mpsc::Sender<Vec<u8>>>,
+    pub(crate) batch: std::cell::RefCell<crate::batch::SendBatch>,
+}
+
+impl NetWire {
+    pub fn new(udp: Arc<UdpSocket>) -> Self {
+        NetWire {
+            udp,
+            tcp: HashMap::new(),
+            batch: Default::default(),
+        }
+    }
+
+    /// Sends the queued datagrams; returns how many the kernel refused since the last call.
+    pub fn flush(&mut self) -> u64 {
+        let b = self.batch.get_mut();
+        b.flush(&self.udp);
+        std::mem::take(&mut b.errors)
+    }
 }
 
 impl Wire for NetWire {
     fn send(&self, to: SocketAddr, data: &[u8]) -> std::io::Result<usize> {
-        self.udp.send_to(data, to)
+        let mut b = self.batch.borrow_mut();
+        if b.is_full() {
+            b.flush(&self.udp);
+        }
+        b.push(to, data);
+        Ok(data.len())
     }
 
     fn send_tcp(&self, to: SocketAddr, data: &[u8]) -> std::io::Result<usize> {

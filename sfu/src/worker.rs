@@ -39,10 +39,7 @@ pub(crate) struct WorkerContext {
 
 pub(crate) fn run(ctx: WorkerContext) {
     ctx.stats.alive.store(true, Ordering::Relaxed);
-    let wire = NetWire {
-        udp: ctx.socket.clone(),
-        tcp: Default::default(),
-    };
+    let wire = NetWire::new(ctx.socket.clone());
     let mut host = RouterHost::new(ctx.index, wire, ctx.advertised.clone(), ctx.max_publishers);
     // Demux updates that did not fit the channel; retried every tick.
     let mut backlog: Vec<DemuxUpdate> = Vec::new();
@@ -53,8 +50,23 @@ pub(crate) fn run(ctx: WorkerContext) {
         let deadline = host
             .next_deadline()
             .map_or(next_housekeeping, |t| t.min(next_housekeeping));
+        // Under load input is already queued: take it without registering with the channels
+        // (select! locks both wakers every time).
+        let mut ready = false;
+        for _ in 0..BATCH {
+            let Ok(p) = ctx.packets.try_recv() else { break };
+            on_input(&mut host, &ctx, p);
+            ready = true;
+        }
+        if let Ok(cmd) = ctx.commands.try_recv() {
+            host.on_command(cmd);
+            ready = true;
+        }
         // When this round's work began (after waiting), for the busy ratio.
-        let woke = select! {
+        let woke = if ready {
+            now
+        } else {
+            select! {
             recv(ctx.commands) -> cmd => {
                 let woke = Instant::now();
                 match cmd {
@@ -75,6 +87,7 @@ pub(crate) fn run(ctx: WorkerContext) {
                 woke
             },
             default(deadline.saturating_duration_since(now)) => Instant::now(),
+            }
         };
         let now = Instant::now();
         host.fire_timers(now);
@@ -101,6 +114,8 @@ pub(crate) fn run(ctx: WorkerContext) {
             ctx.stats.publish(&mut host.counters);
             next_housekeeping = now + HOUSEKEEPING;
         }
+        // Everything this round produced goes out before the thread may wait again.
+        host.counters.send_errors += host.wire_mut().flush();
         busy += woke.elapsed();
         if busy >= Duration::from_millis(10) {
             ctx.stats
