@@ -800,7 +800,9 @@ impl<W: Write> Recorder<W> {
                 return Ok(());
             }
         };
-        let mut ts = ts_ms.max(last.unwrap_or(0)).max(0);
+        // Strictly increasing per track: a late frame moved forward must not share its time
+        // with the next one (muxers and decoders reject equal timestamps in a stream).
+        let mut ts = ts_ms.max(last.map_or(0, |l| l + 1)).max(0);
         let video_key = video && keyframe;
         if self.cluster.is_open() {
             let start = i64::try_from(self.cluster.timestamp_ms()).unwrap_or(i64::MAX);

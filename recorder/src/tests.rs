@@ -601,3 +601,54 @@ fn unknown_track_and_write_failure() {
     assert!(matches!(r.tick(10), Err(RecorderError::Io(_))));
     assert!(r.finish(20).is_err());
 }
+
+/// A backlog of old packets arriving after the clock moved on (a starved recorder thread) is
+/// clamped forward, but a track's block times stay strictly increasing: muxers and decoders
+/// reject equal timestamps within a stream.
+#[test]
+fn late_frames_keep_block_times_strictly_increasing() {
+    let mut r = Recorder::new(
+        Vec::new(),
+        vec![spec(AUDIO, Codec::Opus, "a"), spec(VIDEO, Codec::Vp8, "v")],
+        0,
+    );
+    let key = vp8_key(64, 48);
+    r.push(&pkt(VIDEO, 1, 0, true, &key, 0)).unwrap();
+    r.push(&pkt(AUDIO, 1, 0, false, &OPUS, 0)).unwrap();
+    // The clock runs 2 s ahead (tick) while packets of the first 2 s are still queued. Audio
+    // of that time is taken first (clusters move on), then the video arrives: every video
+    // frame lands before the open cluster and is moved forward.
+    r.tick(2_000).unwrap();
+    for i in 1..100u16 {
+        let at = u64::from(i) * 20;
+        r.push(&pkt(AUDIO, 1 + i, u32::from(i) * 960, false, &OPUS, at))
+            .unwrap();
+    }
+    for i in 1..60u16 {
+        let at = u64::from(i) * 33;
+        r.push(&pkt(
+            VIDEO,
+            1 + i,
+            u32::from(i) * 3000,
+            true,
+            &VP8_DELTA,
+            at,
+        ))
+        .unwrap();
+    }
+    let (bytes, _) = r.finish(5_000).unwrap();
+    let f = File::read(&bytes);
+    for track in [1, 2] {
+        let times: Vec<i64> = f
+            .blocks()
+            .iter()
+            .filter(|b| b.track == track)
+            .map(|b| b.ts)
+            .collect();
+        assert!(times.len() > 50, "track {track}: {} blocks", times.len());
+        assert!(
+            times.windows(2).all(|w| w[1] > w[0]),
+            "track {track} not strictly increasing: {times:?}"
+        );
+    }
+}

@@ -16,6 +16,28 @@ use crate::demux::{BufferPool, PacketBuf, MAX_DATAGRAM};
 pub(crate) const RECV_BATCH: usize = 32;
 /// Datagrams queued before a `sendmmsg` (the worker also flushes after every round).
 pub(crate) const SEND_BATCH: usize = 64;
+/// Linux UDP generic segmentation offload (not in every libc target's constants).
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+/// Most bytes one GSO send may carry (the IP datagram limit, with headroom).
+const GSO_MAX_BYTES: usize = 60_000;
+
+/// Whether the kernel segments UDP for us (Linux ≥ 4.18).
+pub(crate) fn gso_supported(socket: &UdpSocket) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            SOL_UDP,
+            UDP_SEGMENT,
+            &mut v as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    r == 0
+}
 
 fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     let sa = socket2::SockAddr::from(*addr);
@@ -129,16 +151,27 @@ impl RecvBatch {
     }
 }
 
-/// Queues datagrams and sends them with one `sendmmsg`.
+/// Queues datagrams and sends them with one `sendmmsg`. Runs of datagrams to the same
+/// destination with the same size (the packets of one video frame to one subscriber) go as one
+/// message with UDP GSO when the kernel has it: one trip through the IP stack for the run.
 pub(crate) struct SendBatch {
     data: Vec<u8>,
     /// (offset in `data`, length, destination)
     msgs: Vec<(usize, usize, SocketAddr)>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<(libc::sockaddr_storage, libc::socklen_t)>,
+    /// One control buffer per message (a UDP_SEGMENT cmsg), 8-byte aligned.
+    ctrl: Vec<[u64; 4]>,
     hdrs: Vec<libc::mmsghdr>,
+    /// Datagrams per message, to count refusals.
+    counts: Vec<usize>,
+    /// GSO segment size per message (0: a single datagram).
+    segs: Vec<u16>,
+    gso: bool,
     /// Datagrams the kernel refused (unreachable destination, full buffer).
     pub errors: u64,
+    /// Datagrams sent inside GSO messages (for the benchmarks).
+    pub gso_datagrams: u64,
 }
 
 impl Default for SendBatch {
@@ -148,13 +181,25 @@ impl Default for SendBatch {
             msgs: Vec::with_capacity(SEND_BATCH),
             iovs: Vec::with_capacity(SEND_BATCH),
             addrs: Vec::with_capacity(SEND_BATCH),
+            ctrl: Vec::with_capacity(SEND_BATCH),
             hdrs: Vec::with_capacity(SEND_BATCH),
+            counts: Vec::with_capacity(SEND_BATCH),
+            segs: Vec::with_capacity(SEND_BATCH),
+            gso: false,
             errors: 0,
+            gso_datagrams: 0,
         }
     }
 }
 
 impl SendBatch {
+    pub fn with_gso(gso: bool) -> Self {
+        SendBatch {
+            gso,
+            ..Default::default()
+        }
+    }
+
     pub fn is_full(&self) -> bool {
         self.msgs.len() >= SEND_BATCH || self.data.len() + MAX_DATAGRAM > self.data.capacity()
     }
@@ -172,21 +217,67 @@ impl SendBatch {
         }
         self.iovs.clear();
         self.addrs.clear();
+        self.ctrl.clear();
         self.hdrs.clear();
-        for (at, len, to) in &self.msgs {
+        self.counts.clear();
+        // Group runs: same destination, same size (the last of a run may be shorter); the
+        // bytes of a run are contiguous in `data`, so one iovec covers it.
+        self.segs.clear();
+        let mut i = 0;
+        while i < self.msgs.len() {
+            let (at, len, to) = self.msgs[i];
+            let mut j = i + 1;
+            let mut total = len;
+            if self.gso && len > 0 {
+                while j < self.msgs.len()
+                    && j - i < 64
+                    && self.msgs[j].2 == to
+                    && self.msgs[j].1 <= len
+                    && self.msgs[j].1 > 0
+                    && total + self.msgs[j].1 <= GSO_MAX_BYTES
+                {
+                    total += self.msgs[j].1;
+                    j += 1;
+                    if self.msgs[j - 1].1 < len {
+                        break; // only the last segment may be short
+                    }
+                }
+            }
             self.iovs.push(libc::iovec {
-                iov_base: self.data[*at..].as_ptr() as *mut libc::c_void,
-                iov_len: *len,
+                iov_base: self.data[at..].as_ptr() as *mut libc::c_void,
+                iov_len: total,
             });
-            self.addrs.push(to_storage(to));
+            self.addrs.push(to_storage(&to));
+            self.ctrl.push([0u64; 4]);
+            self.segs.push(if j - i > 1 { len as u16 } else { 0 });
+            self.counts.push(j - i);
+            if j - i > 1 {
+                self.gso_datagrams += (j - i) as u64;
+            }
+            i = j;
         }
-        for i in 0..self.msgs.len() {
+        for k in 0..self.iovs.len() {
             // SAFETY: plain old data; all zeroes is valid.
             let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_name = &mut self.addrs[i].0 as *mut _ as *mut libc::c_void;
-            h.msg_hdr.msg_namelen = self.addrs[i].1;
-            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_name = &mut self.addrs[k].0 as *mut _ as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = self.addrs[k].1;
+            h.msg_hdr.msg_iov = &mut self.iovs[k];
             h.msg_hdr.msg_iovlen = 1;
+            if self.segs[k] > 0 {
+                let buf = &mut self.ctrl[k];
+                h.msg_hdr.msg_control = buf.as_mut_ptr() as *mut libc::c_void;
+                // SAFETY: CMSG_SPACE of a u16 (24 bytes on 64-bit) fits the 32-byte buffer;
+                // the header points at it, and CMSG_FIRSTHDR/CMSG_DATA stay inside it.
+                unsafe {
+                    h.msg_hdr.msg_controllen =
+                        libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as _;
+                    let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+                    (*c).cmsg_level = SOL_UDP;
+                    (*c).cmsg_type = UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut u16, self.segs[k]);
+                }
+            }
             self.hdrs.push(h);
         }
         let mut start = 0;
@@ -206,8 +297,8 @@ impl SendBatch {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                // The first datagram failed: skip it, send the rest.
-                self.errors += 1;
+                // The first message failed: skip it, send the rest.
+                self.errors += self.counts[start] as u64;
                 start += 1;
             } else {
                 start += n as usize;
@@ -254,5 +345,51 @@ mod tests {
         }
         assert_eq!(got[40], b"last");
         assert_eq!(out.errors, 1);
+    }
+
+    #[test]
+    fn runs_to_one_destination_go_as_one_gso_send_and_arrive_as_datagrams() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for s in [&b, &c] {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+        }
+        if !gso_supported(&a) {
+            eprintln!("no UDP GSO in this kernel; skipped");
+            return;
+        }
+        let mut out = SendBatch::with_gso(true);
+        // A frame of 5 packets to b (the last shorter), one to c, 3 more to b.
+        for i in 0..5u8 {
+            let len = if i == 4 { 300 } else { 1100 };
+            out.push(b.local_addr().unwrap(), &vec![i; len]);
+        }
+        out.push(c.local_addr().unwrap(), b"audio");
+        for i in 5..8u8 {
+            out.push(b.local_addr().unwrap(), &[i; 900]);
+        }
+        out.flush(&a);
+        assert_eq!(out.errors, 0);
+        assert_eq!(out.gso_datagrams, 8);
+        let pool = BufferPool::new(64);
+        let mut rx = RecvBatch::new(&pool);
+        let mut got = Vec::new();
+        while got.len() < 8 {
+            let n = rx.recv(&b).unwrap();
+            for i in 0..n {
+                let (len, _) = rx.get(i);
+                got.push(rx.buf(i)[..len].to_vec());
+            }
+        }
+        let sizes: Vec<usize> = got.iter().map(|d| d.len()).collect();
+        assert_eq!(sizes, [1100, 1100, 1100, 1100, 300, 900, 900, 900]);
+        for (i, d) in got.iter().enumerate() {
+            assert!(d.iter().all(|x| usize::from(*x) == i), "datagram {i}");
+        }
+        let mut buf = [0u8; 64];
+        let (n, _) = c.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"audio");
     }
 }

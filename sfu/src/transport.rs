@@ -185,10 +185,11 @@ pub struct NetWire {
 
 impl NetWire {
     pub fn new(udp: Arc<UdpSocket>) -> Self {
+        let gso = crate::batch::gso_supported(&udp);
         NetWire {
             udp,
             tcp: HashMap::new(),
-            batch: Default::default(),
+            batch: std::cell::RefCell::new(crate::batch::SendBatch::with_gso(gso)),
         }
     }
 

@@ -164,6 +164,9 @@ pub fn run(ctx: Context) {
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
         let now = ms(Instant::now());
+        // The recorder's clock follows packet arrivals while they flow; the wall clock only
+        // when the queue is idle (a backlog of older packets must not find the clock ahead).
+        let idle = ctx.rx.is_empty();
         if current.is_none() && !tracks.is_empty() && gather_until.is_none() {
             gather_until = Some(now + GATHER.as_millis() as u64);
         }
@@ -213,7 +216,7 @@ pub fn run(ctx: Context) {
                 }
             }
         }
-        if let Some(seg) = current.as_mut() {
+        if let (Some(seg), true) = (current.as_mut(), idle) {
             if let Err(e) = seg.rec.tick(now) {
                 stop_reason = Some(failure(&ctx, seg, &e));
                 break;
