@@ -29,6 +29,17 @@ use super::spool::{Meta, Part};
 use super::{RecordingStats, Settings};
 use crate::config::S3Config;
 
+/// Adds the SSE-C headers (algorithm, key, key MD5) to a request when a key is configured.
+macro_rules! with_sse_c {
+    ($store:expr, $req:ident) => {
+        if let Some((key, md5)) = &$store.sse_c {
+            $req = $req
+                .sse_customer_algorithm("AES256")
+                .sse_customer_key(key)
+                .sse_customer_key_md5(md5);
+        }
+    };
+}
 pub enum Notice {
     /// A recording file opened: stream its parts while it grows.
     Opened(String),
@@ -118,12 +129,7 @@ impl S3Store {
         if self.sse_s3 {
             req = req.server_side_encryption(ServerSideEncryption::Aes256);
         }
-        if let Some((k, md5)) = &self.sse_c {
-            req = req
-                .sse_customer_algorithm("AES256")
-                .sse_customer_key(k)
-                .sse_customer_key_md5(md5);
-        }
+        with_sse_c!(self, req);
         let out = req.send().await.context("CreateMultipartUpload")?;
         out.upload_id
             .context("the store answered CreateMultipartUpload without an upload id")
@@ -147,12 +153,7 @@ impl S3Store {
             .part_number(number)
             .content_length(size as i64)
             .body(ByteStream::from(body));
-        if let Some((k, m)) = &self.sse_c {
-            req = req
-                .sse_customer_algorithm("AES256")
-                .sse_customer_key(k)
-                .sse_customer_key_md5(m);
-        }
+        with_sse_c!(self, req);
         let out = req.send().await.map_err(|e| {
             if e.code() == Some("NoSuchUpload") {
                 PartError::NoSuchUpload
@@ -196,12 +197,7 @@ impl S3Store {
             .key(key)
             .upload_id(upload_id)
             .multipart_upload(done);
-        if let Some((k, m)) = &self.sse_c {
-            req = req
-                .sse_customer_algorithm("AES256")
-                .sse_customer_key(k)
-                .sse_customer_key_md5(m);
-        }
+        with_sse_c!(self, req);
         req.send().await.map_err(|e| {
             if e.code() == Some("NoSuchUpload") {
                 PartError::NoSuchUpload
@@ -215,12 +211,7 @@ impl S3Store {
     /// Size and ETag of an object as the store has it.
     async fn head(&self, key: &str) -> Result<(u64, String)> {
         let mut req = self.client.head_object().bucket(&self.bucket).key(key);
-        if let Some((k, m)) = &self.sse_c {
-            req = req
-                .sse_customer_algorithm("AES256")
-                .sse_customer_key(k)
-                .sse_customer_key_md5(m);
-        }
+        with_sse_c!(self, req);
         let out = req.send().await.context("HeadObject")?;
         Ok((
             out.content_length.unwrap_or(-1).max(0) as u64,
