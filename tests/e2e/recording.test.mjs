@@ -183,6 +183,42 @@ describe('recording with consent', { skip }, () => {
     assert.equal(decode(file), '');
   });
 
+  it('demo page: the recording bar asks for consent, then shows the recording', { timeout: 120_000 }, async () => {
+    const id = `rec-demo-${process.pid}`;
+    const token = await consultation(id, 'required');
+    const doctor = await openParticipant(browser, server, 'doctor-demo');
+    const patient = await openParticipant(browser, server, 'patient-demo');
+    try {
+      await doctor.page.goto(`${server.httpUrl}/demo?token=${encodeURIComponent(await token('dr-ana', 'doctor'))}`);
+      await patient.page.goto(`${server.httpUrl}/demo?token=${encodeURIComponent(await token('pt-joao', 'patient'))}`);
+      for (const p of [doctor, patient]) {
+        await pollUntil(() => p.page.isVisible('#recording'), { what: `${p.name} to see the recording bar` });
+        assert.equal(await p.page.getAttribute('#recording', 'data-active'), 'false');
+      }
+      await doctor.page.click('#consent');
+      await sleep(1_000);
+      assert.equal(await doctor.page.getAttribute('#recording', 'data-active'), 'false', 'one consent is not enough');
+      await patient.page.click('#consent');
+      for (const p of [doctor, patient]) {
+        await pollUntil(async () => (await p.page.getAttribute('#recording', 'data-active')) === 'true', {
+          what: `${p.name}'s bar to show the recording`,
+        });
+        assert.match(await p.page.textContent('#recording-text'), /Gravando/);
+      }
+      // Withdrawing consent stops it for everyone.
+      await patient.page.click('#consent');
+      await pollUntil(async () => (await doctor.page.getAttribute('#recording', 'data-active')) === 'false', {
+        what: 'the doctor to see the recording stop',
+      });
+      await pollUntil(async () => (await events(id)).some((e) => e.type === 'recording_stopped' && e.payload.reason === 'consent'), {
+        what: 'recording_stopped (consent)',
+      });
+    } finally {
+      await doctor.close();
+      await patient.close();
+    }
+  });
+
   it('records nothing when one participant did not consent', { timeout: 120_000 }, async () => {
     const id = `rec-no-${process.pid}`;
     const { doctor, patient } = await startCall(id, { doctorConsent: true, patientConsent: false });
