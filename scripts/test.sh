@@ -65,8 +65,11 @@ if [ -z "${SKIP_E2E:-}" ]; then
   CONSULTA_BIN="$PWD/target/release/consulta" node --test --test-concurrency=1 tests/e2e/
   say "hostile networks in network namespaces: UDP dropped (ICE-TCP); only TCP 443 open (TURN/TLS)"
   if unshare -n true 2>/dev/null; then
-    CONSULTA_BIN="$PWD/target/release/consulta" scripts/netns-udp-blocked.sh \
-      node --test --test-concurrency=1 tests/e2e-netns/ice-tcp.test.mjs
+    # ICE-TCP with a receive thread (2 workers) and with one worker reading the socket itself.
+    for workers in 2 1; do
+      CONSULTA_E2E_WORKERS=$workers CONSULTA_BIN="$PWD/target/release/consulta" scripts/netns-udp-blocked.sh \
+        node --test --test-concurrency=1 tests/e2e-netns/ice-tcp.test.mjs
+    done
     CONSULTA_BIN="$PWD/target/release/consulta" scripts/netns-two-hosts.sh tcp443 7880 \
       env SIGNALING_PORT=7880 node --test --test-concurrency=1 tests/e2e-netns/turn-tls-443.test.mjs
     say "load generator against Consulta and Janus VideoRoom (side by side, small load): both forward everything"

@@ -176,7 +176,8 @@ pub struct MediaConfig {
     /// Address the UDP socket binds to; default 127.0.0.1 when every public ip is loopback,
     /// otherwise 0.0.0.0.
     pub bind_ip: Option<IpAddr>,
-    /// Media worker threads; 0 means one per CPU core.
+    /// Media worker threads; 0 means one per CPU core but one (at least one). With one worker
+    /// there is no receive thread: the worker reads the socket itself, the cheapest per packet.
     pub workers: usize,
     /// Most participants (each publishing audio and video) a room admits.
     pub max_publishers: usize,
@@ -317,7 +318,7 @@ impl Config {
             bail!("media.public_ips: {ip} cannot be advertised; give the server's real address");
         }
         if self.media.workers > 256 {
-            bail!("media.workers must be between 0 (one per core) and 256");
+            bail!("media.workers must be between 0 (automatic) and 256");
         }
         if !(1..=16).contains(&self.media.max_publishers) {
             bail!("media.max_publishers must be between 1 and 16");
@@ -434,7 +435,11 @@ impl Config {
 
     pub fn workers(&self) -> usize {
         match self.media.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // One core is left to the receive thread, signaling, TURN and recording; with a
+            // single worker there is no receive thread at all.
+            0 => {
+                std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+            }
             n => n,
         }
     }

@@ -99,7 +99,7 @@ struct ServeArgs {
     /// Address advertised to browsers; repeat for several ([media] public_ips).
     #[arg(long = "public-ip")]
     public_ip: Vec<IpAddr>,
-    /// Media worker threads, 0 = one per core ([media] workers).
+    /// Media worker threads, 0 = one per core but one ([media] workers).
     #[arg(long)]
     workers: Option<usize>,
     /// Data directory (data_dir).

@@ -96,6 +96,18 @@ impl RecvBatch {
     /// Blocks (up to the socket's read timeout) for at least one datagram, then takes what is
     /// queued up to the batch size. Returns how many arrived.
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.recv_with(socket, libc::MSG_WAITFORONE)
+    }
+
+    /// Takes what is queued without waiting (0 when nothing is).
+    pub fn recv_now(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        match self.recv_with(socket, libc::MSG_DONTWAIT) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            r => r,
+        }
+    }
+
+    fn recv_with(&mut self, socket: &UdpSocket, flags: libc::c_int) -> io::Result<usize> {
         for i in 0..RECV_BATCH {
             self.iovs[i] = libc::iovec {
                 iov_base: self.bufs[i].as_mut_ptr() as *mut libc::c_void,
@@ -118,7 +130,7 @@ impl RecvBatch {
                 socket.as_raw_fd(),
                 self.hdrs.as_mut_ptr(),
                 RECV_BATCH as libc::c_uint,
-                libc::MSG_WAITFORONE,
+                flags,
                 std::ptr::null_mut(),
             )
         };
@@ -148,6 +160,73 @@ impl RecvBatch {
     /// Takes datagram `i`'s buffer (for a worker), leaving a fresh one from the pool.
     pub fn take(&mut self, i: usize, pool: &BufferPool) -> PacketBuf {
         std::mem::replace(&mut self.bufs[i], pool.take())
+    }
+}
+
+/// Wakes a worker that waits on its socket (an eventfd), for input that comes through channels
+/// (signaling commands, ICE-TCP frames) rather than the socket.
+pub(crate) struct Waker {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Waker {
+    pub fn new() -> io::Result<Waker> {
+        // SAFETY: eventfd has no pointer arguments; the result is checked.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nobody else.
+        Ok(Waker {
+            fd: unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) },
+        })
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64. A full counter (EAGAIN) is already a wake.
+        unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                &one as *const u64 as *const libc::c_void,
+                8,
+            )
+        };
+    }
+
+    /// Clears pending wakes (before the channels are drained, so none is lost).
+    pub fn reset(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads at most 8 bytes into a live u64; EAGAIN when nothing is pending.
+        unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                &mut v as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
+    }
+
+    /// Waits until the socket has a datagram, a wake comes, or `timeout` passes.
+    pub fn wait(&self, socket: &UdpSocket, timeout: std::time::Duration) {
+        let mut fds = [
+            libc::pollfd {
+                fd: socket.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs().min(10) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: `fds` and `ts` are live for the call; no signal mask is passed.
+        unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
     }
 }
 

@@ -48,6 +48,24 @@ pub(crate) enum WorkerInput {
     },
 }
 
+/// A worker's input queue; a worker that reads the socket itself also gets a wake, since it
+/// waits on the socket rather than on the queue.
+#[derive(Clone)]
+pub(crate) struct WorkerTx {
+    pub tx: ChanTx<WorkerInput>,
+    pub waker: Option<Arc<crate::batch::Waker>>,
+}
+
+impl WorkerTx {
+    pub fn try_send(&self, input: WorkerInput) -> Result<(), TrySendError<WorkerInput>> {
+        self.tx.try_send(input)?;
+        if let Some(w) = &self.waker {
+            w.wake();
+        }
+        Ok(())
+    }
+}
+
 /// ICE ufrag -> (worker, participant), for the ICE-TCP acceptor (read once per connection).
 pub(crate) type IceDirectory = Arc<std::sync::Mutex<HashMap<String, (usize, PeerId)>>>;
 
@@ -109,9 +127,9 @@ pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 #[derive(Clone, Copy)]
-struct Route {
-    worker: usize,
-    peer: PeerId,
+pub(crate) struct Route {
+    pub worker: usize,
+    pub peer: PeerId,
 }
 
 /// The routing tables (pure; the thread loop is in [`Receiver::run`]).
@@ -147,12 +165,12 @@ impl RouteTable {
         }
     }
 
-    fn lookup(&self, source: &SocketAddr) -> Option<Route> {
+    pub(crate) fn lookup(&self, source: &SocketAddr) -> Option<Route> {
         self.by_addr.get(source).copied()
     }
 
     /// Routes a datagram from an unknown address by its STUN USERNAME, learning the address.
-    fn learn(&mut self, source: SocketAddr, datagram: &[u8]) -> Option<Route> {
+    pub(crate) fn learn(&mut self, source: SocketAddr, datagram: &[u8]) -> Option<Route> {
         let ufrag = stun_local_ufrag(datagram)?;
         let route = *self.by_ufrag.get(ufrag)?;
         if let Some((_, addrs)) = self.owned.get_mut(&route.peer) {
@@ -193,7 +211,7 @@ pub(crate) fn stun_local_ufrag(d: &[u8]) -> Option<&str> {
 
 pub(crate) struct Receiver {
     socket: Arc<UdpSocket>,
-    workers: Vec<ChanTx<WorkerInput>>,
+    workers: Vec<WorkerTx>,
     updates: ChanRx<DemuxUpdate>,
     pool: BufferPool,
     stats: Arc<DemuxStats>,
@@ -204,7 +222,7 @@ pub(crate) struct Receiver {
 impl Receiver {
     pub fn new(
         socket: Arc<UdpSocket>,
-        workers: Vec<ChanTx<WorkerInput>>,
+        workers: Vec<WorkerTx>,
         updates: ChanRx<DemuxUpdate>,
         pool: BufferPool,
         stats: Arc<DemuxStats>,

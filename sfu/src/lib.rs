@@ -180,6 +180,8 @@ pub enum PeerEvent {
 struct WorkerLink {
     commands: crossbeam_channel::Sender<Command>,
     stats: Arc<WorkerStats>,
+    /// Set when the worker waits on the socket itself (one worker): commands must wake it.
+    waker: Option<Arc<batch::Waker>>,
 }
 
 struct Inner {
@@ -285,10 +287,18 @@ impl Sfu {
         let mut links = Vec::new();
         let mut packet_senders = Vec::new();
         let mut threads = Vec::new();
+        let demux_stats = Arc::new(demux::DemuxStats::default());
+        // One worker reads the socket itself: no receive thread, no hand-over per datagram.
+        let direct = cfg.workers == 1;
         for index in 0..cfg.workers {
             let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(1024);
             let (pkt_tx, pkt_rx) = crossbeam_channel::bounded(2048);
             let stats = Arc::new(WorkerStats::default());
+            let waker = if direct {
+                Some(Arc::new(batch::Waker::new().map_err(SfuError::Thread)?))
+            } else {
+                None
+            };
             let ctx = worker::WorkerContext {
                 index,
                 socket: socket.clone(),
@@ -301,6 +311,8 @@ impl Sfu {
                 pool: pool.clone(),
                 stats: stats.clone(),
                 stopping: stopping.clone(),
+                direct: direct.then(|| demux_stats.clone()),
+                waker: waker.clone(),
             };
             let t = std::thread::Builder::new()
                 .name(format!("consulta-worker-{index}"))
@@ -310,8 +322,9 @@ impl Sfu {
             links.push(WorkerLink {
                 commands: cmd_tx,
                 stats,
+                waker: waker.clone(),
             });
-            packet_senders.push(pkt_tx);
+            packet_senders.push(demux::WorkerTx { tx: pkt_tx, waker });
         }
         let tcp_stats = Arc::new(tcp::TcpStats::default());
         if let Some(l) = tcp_listener {
@@ -330,21 +343,22 @@ impl Sfu {
                 }
             });
         }
-        let demux_stats = Arc::new(demux::DemuxStats::default());
-        let rx = demux::Receiver::new(
-            socket,
-            packet_senders,
-            demux_rx,
-            pool,
-            demux_stats.clone(),
-            stopping.clone(),
-        );
-        threads.push(
-            std::thread::Builder::new()
-                .name("consulta-udp-rx".into())
-                .spawn(move || rx.run())
-                .map_err(SfuError::Thread)?,
-        );
+        if !direct {
+            let rx = demux::Receiver::new(
+                socket,
+                packet_senders,
+                demux_rx,
+                pool,
+                demux_stats.clone(),
+                stopping.clone(),
+            );
+            threads.push(
+                std::thread::Builder::new()
+                    .name("consulta-udp-rx".into())
+                    .spawn(move || rx.run())
+                    .map_err(SfuError::Thread)?,
+            );
+        }
         let inner = Inner {
             workers: links,
             rooms: Mutex::new(HashMap::new()),
@@ -419,7 +433,11 @@ impl SfuHandle {
         link.commands.try_send(cmd).map_err(|e| match e {
             crossbeam_channel::TrySendError::Full(_) => SfuError::Busy,
             crossbeam_channel::TrySendError::Disconnected(_) => SfuError::Stopped,
-        })
+        })?;
+        if let Some(w) = &link.waker {
+            w.wake();
+        }
+        Ok(())
     }
 
     /// The ICE-TCP port, 0 when off.

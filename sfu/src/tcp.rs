@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
 use str0m::net::Protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,7 +36,7 @@ pub(crate) struct TcpStats {
 }
 
 pub(crate) struct TcpContext {
-    pub workers: Vec<Sender<WorkerInput>>,
+    pub workers: Vec<crate::demux::WorkerTx>,
     pub directory: IceDirectory,
     pub pool: BufferPool,
     pub stats: Arc<TcpStats>,

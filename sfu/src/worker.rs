@@ -35,9 +35,17 @@ pub(crate) struct WorkerContext {
     pub pool: BufferPool,
     pub stats: Arc<WorkerStats>,
     pub stopping: Arc<AtomicBool>,
+    /// The only worker reads the socket itself (counting into the receive stats); `None` when
+    /// a receive thread hands datagrams over.
+    pub direct: Option<Arc<crate::demux::DemuxStats>>,
+    /// Wakes this worker while it waits on the socket (direct mode).
+    pub waker: Option<Arc<crate::batch::Waker>>,
 }
 
 pub(crate) fn run(ctx: WorkerContext) {
+    if let (Some(demux_stats), Some(waker)) = (ctx.direct.clone(), ctx.waker.clone()) {
+        return run_direct(ctx, demux_stats, waker);
+    }
     ctx.stats.alive.store(true, Ordering::Relaxed);
     let wire = NetWire::new(ctx.socket.clone());
     let mut host = RouterHost::new(ctx.index, wire, ctx.advertised.clone(), ctx.max_publishers);
@@ -117,6 +125,126 @@ pub(crate) fn run(ctx: WorkerContext) {
         // Everything this round produced goes out before the thread may wait again.
         host.counters.send_errors += host.wire_mut().flush();
         busy += woke.elapsed();
+        if busy >= Duration::from_millis(10) {
+            ctx.stats
+                .busy_nanos
+                .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+            busy = Duration::ZERO;
+        }
+    }
+    ctx.stats.alive.store(false, Ordering::Relaxed);
+}
+
+/// The single worker: waits on the socket and its wake, reads datagrams in batches and routes
+/// them itself. Same work as [`run`] plus the receive thread's, without handing each datagram
+/// from one thread to another.
+fn run_direct(
+    ctx: WorkerContext,
+    demux_stats: Arc<crate::demux::DemuxStats>,
+    waker: Arc<crate::batch::Waker>,
+) {
+    ctx.stats.alive.store(true, Ordering::Relaxed);
+    let wire = NetWire::new(ctx.socket.clone());
+    let mut host = RouterHost::new(ctx.index, wire, ctx.advertised.clone(), ctx.max_publishers);
+    let mut table = crate::demux::RouteTable::default();
+    let mut rx = crate::batch::RecvBatch::new(&ctx.pool);
+    let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
+    let mut busy = Duration::ZERO;
+    let (mut datagrams, mut unroutable) = (0u64, 0u64);
+    while !ctx.stopping.load(Ordering::Relaxed) {
+        let round = Instant::now();
+        let mut worked = false;
+        // Datagrams first: a few batches, then the other inputs get their turn.
+        for _ in 0..4 {
+            let n = match rx.recv_now(&ctx.socket) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp receive error");
+                    0
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            worked = true;
+            let at = Instant::now();
+            for i in 0..n {
+                datagrams += 1;
+                let (len, source) = rx.get(i);
+                let Some(source) = source.filter(|_| len < crate::demux::MAX_DATAGRAM) else {
+                    unroutable += 1;
+                    continue;
+                };
+                let route = match table.lookup(&source) {
+                    Some(r) => Some(r),
+                    None => table.learn(source, &rx.buf(i)[..len]),
+                };
+                match route {
+                    Some(r) => host.on_datagram(
+                        r.peer,
+                        str0m::net::Protocol::Udp,
+                        source,
+                        &rx.buf(i)[..len],
+                        at,
+                    ),
+                    None => unroutable += 1,
+                }
+            }
+            if n < crate::batch::RECV_BATCH {
+                break;
+            }
+        }
+        // Wakes are cleared before the queues are read, so none is lost.
+        waker.reset();
+        for _ in 0..BATCH {
+            let Ok(p) = ctx.packets.try_recv() else { break };
+            on_input(&mut host, &ctx, p);
+            worked = true;
+        }
+        while let Ok(cmd) = ctx.commands.try_recv() {
+            host.on_command(cmd);
+            worked = true;
+        }
+        let now = Instant::now();
+        host.fire_timers(now);
+        for u in host.demux_updates.drain(..) {
+            update_directory(&ctx.directory, &u, ctx.index);
+            table.apply(u);
+        }
+        if now >= next_housekeeping {
+            host.housekeeping(now);
+            for u in host.demux_updates.drain(..) {
+                update_directory(&ctx.directory, &u, ctx.index);
+                table.apply(u);
+            }
+            ctx.stats
+                .rooms
+                .store(host.rooms() as u64, Ordering::Relaxed);
+            ctx.stats
+                .participants
+                .store(host.participants() as u64, Ordering::Relaxed);
+            ctx.stats.set_tracks(&host.track_counts());
+            ctx.stats.publish(&mut host.counters);
+            demux_stats
+                .datagrams
+                .fetch_add(std::mem::take(&mut datagrams), Ordering::Relaxed);
+            demux_stats
+                .unroutable
+                .fetch_add(std::mem::take(&mut unroutable), Ordering::Relaxed);
+            next_housekeeping = now + HOUSEKEEPING;
+        }
+        host.counters.send_errors += host.wire_mut().flush();
+        if worked {
+            busy += round.elapsed();
+        } else {
+            let deadline = host
+                .next_deadline()
+                .map_or(next_housekeeping, |t| t.min(next_housekeeping));
+            waker.wait(
+                &ctx.socket,
+                deadline.saturating_duration_since(Instant::now()),
+            );
+        }
         if busy >= Duration::from_millis(10) {
             ctx.stats
                 .busy_nanos

@@ -131,7 +131,7 @@ export async function startServer({ extraConfig = '', media = {}, httpPort: want
   let tcpPort = media.tcp_port;
   while (!restartOf && (tcpPort === undefined || tcpPort === httpPort || tcpPort === udpPort)) tcpPort = await freeTcpPort();
   const mediaExtra = Object.entries(media)
-    .filter(([k]) => k !== 'tcp_port')
+    .filter(([k]) => k !== 'tcp_port' && k !== 'workers')
     .map(([k, v]) => `${k} = ${JSON.stringify(v)}`);
   const configPath = path.join(dir, 'consulta.toml');
   if (!restartOf) fs.writeFileSync(
@@ -146,7 +146,7 @@ export async function startServer({ extraConfig = '', media = {}, httpPort: want
       `udp_port = ${udpPort}`,
       `tcp_port = ${tcpPort}`,
       `public_ips = ["${SERVER_IP}"]`,
-      'workers = 2',
+      `workers = ${media.workers ?? process.env.CONSULTA_E2E_WORKERS ?? 2}`,
       ...mediaExtra,
       '',
       '[auth]',

@@ -22,6 +22,8 @@ before(async () => {
   if (skip) return;
   s3 = await startS3(BUCKET);
   server = await startServer({
+    // One worker: the recording tests also cover the worker that reads the socket itself.
+    media: { workers: 1 },
     extraConfig: [
       '[api]',
       `keys = ["${KEY}"]`,
