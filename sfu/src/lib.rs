@@ -14,6 +14,10 @@
 //!                    ◄─PeerEvent (bounded per peer)── Worker
 //! ```
 //!
+//! With a single worker there is no demux thread: the worker reads the socket itself (batched,
+//! `recvmmsg`) and an eventfd wakes it for commands and ICE-TCP frames. Sends are batched per
+//! worker round (`sendmmsg`, UDP GSO for a frame's packets to one subscriber).
+//!
 //! A room lives on exactly one worker, so forwarding never crosses threads and takes no lock.
 //! The tokio side talks to workers only through [`SfuHandle`]: bounded channels of typed
 //! [`Command`]s in, bounded per-participant channels of [`PeerEvent`]s out. A panic inside one
