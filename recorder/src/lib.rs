@@ -46,8 +46,8 @@
 //! The sink is append-only, so the Segment has an unknown size and Info has no Duration:
 //! players and decoders handle that (it is what browsers' MediaRecorder produces), but ffprobe
 //! and similar tools then report the duration as unknown. The header reserves an 11-byte Void
-//! where a Duration fits; a caller whose sink is in fact a seekable file may write
-//! [`Summary::duration_patch`] there after [`Recorder::finish`]. Nothing depends on it.
+//! where a Duration fits; once the file is on disk, [`scan::scan`] finds it (and the end of the
+//! last complete cluster, after a crash) and [`scan::patch_duration`] writes it.
 //!
 //! # Allocation
 //! In steady state a packet costs no allocation: frames are assembled in per-track buffers that
@@ -60,6 +60,7 @@ mod bits;
 mod depack;
 mod h264;
 mod mkv;
+pub mod scan;
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
@@ -134,22 +135,6 @@ pub struct Summary {
     pub packets_ignored: u64,
     /// H.264 tracks left out of the file because no SPS had arrived when the header was due.
     pub tracks_omitted: u64,
-    /// For callers whose sink turns out to be seekable (a plain file): how to add the Duration
-    /// the append-only stream could not carry. `None` if no header was written.
-    pub duration_patch: Option<DurationPatch>,
-}
-
-/// A Duration element to write over the 11-byte Void the header reserves for it in Info.
-///
-/// The recording itself never seeks, so without this patch the file has no Duration: it plays
-/// and decodes normally, but tools report the duration as unknown (as with browser
-/// MediaRecorder files) and seeking is slower. Applying the patch is optional and safe at any
-/// time after `finish`; both the Void and the Duration are valid in that position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DurationPatch {
-    /// Offset from the first byte this recorder wrote.
-    pub offset: u64,
-    pub bytes: [u8; 11],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -418,7 +403,6 @@ pub struct Recorder<W: Write> {
     tracks: Vec<Track>,
     header_written: bool,
     segment_data_start: u64,
-    duration_slot: Option<u64>,
     video_in_file: bool,
     queue: FrameQueue,
     cluster: mkv::Cluster,
@@ -470,7 +454,6 @@ impl<W: Write> Recorder<W> {
             tracks: list,
             header_written: false,
             segment_data_start: 0,
-            duration_slot: None,
             video_in_file: false,
             queue: FrameQueue::default(),
             cluster: mkv::Cluster::default(),
@@ -546,11 +529,6 @@ impl<W: Write> Recorder<W> {
             frames_dropped: self.frames_dropped,
             packets_ignored: self.packets_ignored,
             tracks_omitted: self.tracks_omitted,
-            duration_patch: self.duration_slot.map(|offset| DurationPatch {
-                offset,
-                // The segment timeline starts at 0; it ends with the last block.
-                bytes: mkv::duration_element(self.last_block_ms.unwrap_or(0).max(0) as f64),
-            }),
         };
         for t in &self.tracks {
             summary.frames.insert(t.st.key, t.st.frames_written);
@@ -754,7 +732,6 @@ impl<W: Write> Recorder<W> {
         }
 
         self.segment_data_start = self.bytes + layout.segment_data_start;
-        self.duration_slot = Some(self.bytes + layout.duration_slot);
         self.write_out(&bytes)?;
         let r = self.out.flush();
         self.io(r)?;

@@ -182,7 +182,7 @@ pub(crate) fn codec_id(codec: Codec) -> &'static str {
 
 /// Size of a Duration element with an 8-byte float: ID (2) + size (1) + value (8). The header
 /// reserves exactly this much as a Void element, so that a caller whose sink *can* seek may
-/// overwrite it afterwards (see `DurationPatch`).
+/// overwrite it afterwards (see `scan::patch_duration`).
 pub(crate) const DURATION_ELEMENT_LEN: usize = 11;
 
 pub(crate) fn duration_element(ms: f64) -> [u8; DURATION_ELEMENT_LEN] {
@@ -196,8 +196,6 @@ pub(crate) fn duration_element(ms: f64) -> [u8; DURATION_ELEMENT_LEN] {
 pub(crate) struct HeaderLayout {
     /// Start of the Segment's data (Cues positions are relative to it).
     pub segment_data_start: u64,
-    /// The Void element reserved for a Duration.
-    pub duration_slot: u64,
 }
 
 /// Serialises EBML header, Segment start, Info and Tracks.
@@ -223,13 +221,9 @@ pub(crate) fn header(doc_type: &str, tracks: &[TrackHeader<'_>]) -> (Vec<u8>, He
     put_uint(&mut info, id::TIMESTAMP_SCALE, 1_000_000);
     put_str(&mut info, id::MUXING_APP, "consulta");
     put_str(&mut info, id::WRITING_APP, "consulta");
-    let slot_in_info = info.len();
-    // Void of 11 bytes: ID, size 9, nine zero bytes.
+    // Void of 11 bytes (ID, size 9, nine zero bytes): room for the Duration (see `scan`).
     put_bytes(&mut info, id::VOID, &[0; DURATION_ELEMENT_LEN - 2]);
-    let info_start = out.len();
     put_bytes(&mut out, id::INFO, &info);
-    let info_header_len = out.len() - info_start - info.len();
-    let duration_slot = (info_start + info_header_len + slot_in_info) as u64;
 
     let mut list = Vec::with_capacity(256);
     for t in tracks {
@@ -264,13 +258,7 @@ pub(crate) fn header(doc_type: &str, tracks: &[TrackHeader<'_>]) -> (Vec<u8>, He
     }
     put_bytes(&mut out, id::TRACKS, &list);
 
-    (
-        out,
-        HeaderLayout {
-            segment_data_start,
-            duration_slot,
-        },
-    )
+    (out, HeaderLayout { segment_data_start })
 }
 
 /// One index entry: a cluster that begins with a keyframe of `track`.
@@ -405,9 +393,8 @@ mod tests {
 
     #[test]
     fn duration_slot_is_a_void_a_duration_can_replace() {
-        let (h, layout) = header("webm", &[]);
-        let at = layout.duration_slot as usize;
-        assert_eq!(&h[at..at + 2], &[0xEC, 0x89]);
+        let (h, _) = header("webm", &[]);
+        let at = h.windows(2).position(|w| w == [0xEC, 0x89]).unwrap();
         assert!(h[at + 2..at + DURATION_ELEMENT_LEN].iter().all(|&b| b == 0));
         let d = duration_element(3000.0);
         assert_eq!(&d[..3], &[0x44, 0x89, 0x88]);

@@ -274,15 +274,16 @@ fn header_waits_for_keyframe_then_lists_tracks() {
         &bytes[cluster_at..cluster_at + 4],
         &[0x1F, 0x43, 0xB6, 0x75]
     );
-    // The optional Duration patch lands on the reserved Void inside Info.
-    let patch = summary.duration_patch.unwrap();
-    let at = patch.offset as usize;
+    // The Duration lands on the Void reserved inside Info: the last block (380 ms) plus one
+    // 20 ms frame.
+    let scan = crate::scan::scan(&mut std::io::Cursor::new(&bytes)).unwrap();
+    let at = scan.duration_slot.unwrap() as usize;
     assert_eq!(&bytes[at..at + 2], &[0xEC, 0x89]);
-    let mut patched = bytes.clone();
-    patched[at..at + 11].copy_from_slice(&patch.bytes);
-    let info = File::read(&patched).segment.one(id::INFO).clone();
+    let mut patched = std::io::Cursor::new(bytes.clone());
+    assert!(crate::scan::patch_duration(&mut patched, &scan, scan.duration_ms).unwrap());
+    let info = File::read(patched.get_ref()).segment.one(id::INFO).clone();
     let d = f64::from_be_bytes(info.one(id::DURATION).data().try_into().unwrap());
-    assert_eq!(d, 380.0);
+    assert_eq!(d, 400.0);
 }
 
 #[test]
@@ -651,4 +652,42 @@ fn late_frames_keep_block_times_strictly_increasing() {
             "track {track} not strictly increasing: {times:?}"
         );
     }
+}
+
+/// A file cut by a crash: the scan finds where the last complete cluster ends and how long the
+/// recording is, and the Duration lands in the Void the header reserved.
+#[test]
+fn scan_repairs_a_cut_file_and_patches_its_duration() {
+    let mut r = Recorder::new(
+        Vec::new(),
+        vec![spec(AUDIO, Codec::Opus, "a"), spec(VIDEO, Codec::Vp8, "v")],
+        0,
+    );
+    let key = vp8_key(64, 48);
+    r.push(&pkt(VIDEO, 1, 0, true, &key, 0)).unwrap();
+    for i in 0..150u16 {
+        let at = u64::from(i) * 20;
+        r.push(&pkt(AUDIO, 1 + i, u32::from(i) * 960, false, &OPUS, at))
+            .unwrap();
+    }
+    r.tick(4_000).unwrap();
+    let (whole, _) = r.finish(4_000).unwrap();
+    let full = crate::scan::scan(&mut std::io::Cursor::new(&whole)).unwrap();
+    assert_eq!(full.complete_len, whole.len() as u64);
+    assert!(full.has_tracks && full.clusters >= 3, "{full:?}");
+    assert!((2_980..=3_020).contains(&full.duration_ms), "{full:?}");
+    assert!(full.duration_slot.is_some() && full.duration_at.is_none());
+
+    // Cut near the end: into the Cues (written last) or the last cluster.
+    let cut = &whole[..whole.len() - 60];
+    let s = crate::scan::scan(&mut std::io::Cursor::new(cut)).unwrap();
+    assert!(s.complete_len < cut.len() as u64, "{s:?}");
+    assert!(s.clusters < full.clusters || s.complete_len < full.complete_len);
+    let mut repaired = std::io::Cursor::new(cut[..s.complete_len as usize].to_vec());
+    assert!(crate::scan::patch_duration(&mut repaired, &s, s.duration_ms).unwrap());
+    let f = File::read(repaired.get_ref());
+    let info = f.segment.one(id::INFO);
+    let d = f64::from_be_bytes(info.one(id::DURATION).data().try_into().unwrap());
+    assert_eq!(d, s.duration_ms as f64);
+    assert!(!f.blocks().is_empty());
 }

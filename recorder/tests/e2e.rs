@@ -513,17 +513,21 @@ fn decodes_clean(file: &Path) {
 /// Applies the optional Duration patch to a copy of the recording; ffprobe must then report a
 /// format duration of 3 s.
 fn patched_duration(file: &Path, summary: &Summary) -> f64 {
-    let patch = summary.duration_patch.expect("header was written");
-    let mut bytes = fs::read(file).unwrap();
-    let at = patch.offset as usize;
-    assert_eq!(
-        &bytes[at..at + 2],
-        &[0xEC, 0x89],
-        "the slot is the reserved Void"
+    let mut bytes = std::io::Cursor::new(fs::read(file).unwrap());
+    let scan = consulta_recorder::scan::scan(&mut bytes).unwrap();
+    assert!(
+        scan.duration_slot.is_some(),
+        "the header reserves a Void for the Duration"
     );
-    bytes[at..at + patch.bytes.len()].copy_from_slice(&patch.bytes);
+    assert!(
+        (summary.duration_ms..=summary.duration_ms + 200).contains(&scan.duration_ms),
+        "scan {} ms vs recorder {} ms",
+        scan.duration_ms,
+        summary.duration_ms
+    );
+    assert!(consulta_recorder::scan::patch_duration(&mut bytes, &scan, scan.duration_ms).unwrap());
     let copy = file.with_extension("patched.mkv");
-    fs::write(&copy, bytes).unwrap();
+    fs::write(&copy, bytes.into_inner()).unwrap();
     let out = Command::new(FFPROBE)
         .args(["-v", "error", "-show_format", "-of", "json"])
         .arg(&copy)

@@ -20,7 +20,6 @@
 //!   `max_spool_bytes`; after a crash, unfinished spools are repaired (cut to the last complete
 //!   cluster) and uploaded on start.
 
-mod scan;
 mod spool;
 mod upload;
 mod writer;

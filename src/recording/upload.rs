@@ -598,7 +598,7 @@ fn finalize_file(dir: &Path, id: &str, part_size: u64) -> Result<Option<Meta>> {
         .write(true)
         .open(&path)
         .with_context(|| format!("open {}", path.display()))?;
-    let scan = super::scan::scan(&mut f)?;
+    let scan = consulta_recorder::scan::scan(&mut f)?;
     if !scan.has_tracks || scan.clusters == 0 {
         drop(f);
         tracing::warn!(recording = %id, "recording holds no media; removed");
@@ -607,7 +607,7 @@ fn finalize_file(dir: &Path, id: &str, part_size: u64) -> Result<Option<Meta>> {
         return Ok(None);
     }
     f.set_len(scan.complete_len)?;
-    if !super::scan::patch_duration(&mut f, &scan, scan.duration_ms)? {
+    if !consulta_recorder::scan::patch_duration(&mut f, &scan, scan.duration_ms)? {
         tracing::warn!(recording = %id, "recording header has no room for its Duration");
     }
     f.sync_all()?;

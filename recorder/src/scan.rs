@@ -1,18 +1,15 @@
-//! Reads back a spooled Matroska file: where its last complete element ends (a crash can leave
-//! half a cluster), where the Info's Duration value sits (to patch it in place before part 1 is
-//! uploaded), and how long the recording is (from the block timestamps).
+//! Reads back a file this crate wrote, once it is on disk: where its last complete element ends
+//! (a crash can leave half a cluster), where the Duration goes (over the Void the header
+//! reserves, or an existing Duration), and how long the recording is (from the block times).
+//! The caller patches the Duration in place with [`patch_duration`].
 
 use std::io::{Read, Seek, SeekFrom, Write};
 
-const EBML: u32 = 0x1A45_DFA3;
-const SEGMENT: u32 = 0x1853_8067;
-const INFO: u32 = 0x1549_A966;
-const TRACKS: u32 = 0x1654_AE6B;
-const CLUSTER: u32 = 0x1F43_B675;
-const DURATION: u32 = 0x4489;
-const VOID: u32 = 0xEC;
-const TIMESTAMP: u32 = 0xE7;
-const SIMPLE_BLOCK: u32 = 0xA3;
+use crate::mkv::id::{
+    CLUSTER, DURATION, EBML, INFO, SEGMENT, SIMPLE_BLOCK, TIMESTAMP, TRACKS, VOID,
+};
+
+/// Not written by this crate, but valid Matroska a scan must step through.
 const BLOCK_GROUP: u32 = 0xA0;
 const BLOCK: u32 = 0xA1;
 
@@ -132,8 +129,8 @@ pub fn scan<F: Read + Seek>(f: &mut F) -> std::io::Result<Scan> {
                         if cid == DURATION && (l == 4 || l == 8) {
                             out.duration_at = Some((data_at + at as u64, l));
                         }
-                        // A 9-byte Void with its 1-byte ID and size: room for a Duration.
-                        if cid == VOID && l == 9 && at >= 2 {
+                        // The Void the header reserves (1-byte ID and size): room for a Duration.
+                        if cid == VOID && l == crate::mkv::DURATION_ELEMENT_LEN - 2 && at >= 2 {
                             out.duration_slot = Some(data_at + at as u64 - 2);
                         }
                     }
@@ -190,10 +187,7 @@ pub fn patch_duration<F: Write + Seek>(f: &mut F, scan: &Scan, ms: u64) -> std::
     }
     if let Some(at) = scan.duration_slot {
         f.seek(SeekFrom::Start(at))?;
-        let mut el = [0u8; 11];
-        el[..3].copy_from_slice(&[0x44, 0x89, 0x88]);
-        el[3..].copy_from_slice(&(ms as f64).to_be_bytes());
-        f.write_all(&el)?;
+        f.write_all(&crate::mkv::duration_element(ms as f64))?;
         return Ok(true);
     }
     Ok(false)
