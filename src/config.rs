@@ -376,12 +376,8 @@ impl Config {
         if self.recording.max_spool_bytes < self.recording.part_size {
             bail!("recording.max_spool_bytes must be at least recording.part_size");
         }
-        if let Some(k) = &self.recording.encryption_key {
-            self.recording_key()?;
-            if self.s3.bucket.is_none() {
-                bail!("recording.encryption_key is used with S3 (SSE-C); set s3.bucket");
-            }
-            let _ = k;
+        if self.recording_key()?.is_some() && self.s3.bucket.is_none() {
+            bail!("recording.encryption_key is used with S3 (SSE-C); set s3.bucket");
         }
         if self.s3.access_key_id.is_some() != self.s3.secret_access_key.is_some() {
             bail!("s3.access_key_id and s3.secret_access_key go together");

@@ -50,6 +50,17 @@ pub struct RecordingStats {
     pub purged: AtomicU64,
 }
 
+impl RecordingStats {
+    /// A recording of `bytes` left the spool (uploaded, moved, or dropped empty).
+    pub fn release_spool(&self, bytes: u64) {
+        let _ = self
+            .spool_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+    }
+}
+
 /// Why a recording could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordingError {

@@ -154,13 +154,10 @@ impl S3Store {
             .content_length(size as i64)
             .body(ByteStream::from(body));
         with_sse_c!(self, req);
-        let out = req.send().await.map_err(|e| {
-            if e.code() == Some("NoSuchUpload") {
-                PartError::NoSuchUpload
-            } else {
-                PartError::Other(anyhow::Error::new(e).context(format!("UploadPart {number}")))
-            }
-        })?;
+        let out = req
+            .send()
+            .await
+            .map_err(|e| part_error(e, format!("UploadPart {number}")))?;
         let etag = out.e_tag.unwrap_or_default();
         let plain = etag.trim_matches('"').to_ascii_lowercase();
         if self.sse_c.is_none() && is_md5(&plain) && plain != md5 {
@@ -198,25 +195,37 @@ impl S3Store {
             .upload_id(upload_id)
             .multipart_upload(done);
         with_sse_c!(self, req);
-        req.send().await.map_err(|e| {
-            if e.code() == Some("NoSuchUpload") {
-                PartError::NoSuchUpload
-            } else {
-                PartError::Other(anyhow::Error::new(e).context("CompleteMultipartUpload"))
-            }
-        })?;
+        req.send()
+            .await
+            .map_err(|e| part_error(e, "CompleteMultipartUpload".into()))?;
         Ok(())
     }
 
-    /// Size and ETag of an object as the store has it.
-    async fn head(&self, key: &str) -> Result<(u64, String)> {
+    /// Size and ETag of an object as the store has it; `None` when it does not have it.
+    async fn head(&self, key: &str) -> Result<Option<(u64, String)>> {
         let mut req = self.client.head_object().bucket(&self.bucket).key(key);
         with_sse_c!(self, req);
-        let out = req.send().await.context("HeadObject")?;
-        Ok((
-            out.content_length.unwrap_or(-1).max(0) as u64,
-            out.e_tag.unwrap_or_default(),
-        ))
+        match req.send().await {
+            Ok(out) => Ok(Some((
+                out.content_length.unwrap_or(-1).max(0) as u64,
+                out.e_tag.unwrap_or_default(),
+            ))),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(anyhow::Error::new(e).context("HeadObject")),
+        }
+    }
+}
+
+/// A failed multipart request: the store forgot the upload, or anything else (retried).
+fn part_error<E, R>(e: aws_sdk_s3::error::SdkError<E, R>, what: String) -> PartError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    if e.code() == Some("NoSuchUpload") {
+        PartError::NoSuchUpload
+    } else {
+        PartError::Other(anyhow::Error::new(e).context(what))
     }
 }
 
@@ -372,7 +381,8 @@ impl Uploader {
         let dir = self.settings.spool_dir.clone();
         let part = self.settings.part_size;
         let id = id.to_owned();
-        let res = tokio::task::spawn_blocking(move || finalize_file(&dir, &id, part)).await;
+        let stats = self.stats.clone();
+        let res = tokio::task::spawn_blocking(move || finalize_file(&dir, &id, part, &stats)).await;
         match res {
             Ok(Ok(Some(m))) => {
                 tracing::info!(recording = %m.id, bytes = m.size, duration_ms = m.duration_ms, "recording file closed")
@@ -407,7 +417,9 @@ impl Uploader {
                         m.parts.push(part);
                         m.save(dir)?;
                     }
-                    Err(PartError::NoSuchUpload) => return self.restart(m),
+                    Err(PartError::NoSuchUpload) => {
+                        return self.restart(m, "the store lost the multipart upload")
+                    }
                     Err(PartError::Other(e)) => return Err(e),
                 }
             }
@@ -427,12 +439,14 @@ impl Uploader {
     }
 
     /// The store forgot the upload: start it again from the spooled file.
-    fn restart(&self, mut m: Meta) -> Result<()> {
-        tracing::warn!(recording = %m.id, "the store lost the multipart upload; uploading again");
+    /// Forgets the upload so the next attempt sends the spooled file again from the start;
+    /// always an error, so the attempt is counted and backed off.
+    fn restart<T>(&self, mut m: Meta, why: &str) -> Result<T> {
+        tracing::warn!(recording = %m.id, why, "uploading the recording again from the start");
         m.upload_id = None;
         m.parts.clear();
         m.save(&self.settings.spool_dir)?;
-        bail!("multipart upload restarted")
+        bail!("{why}: uploading again from the start")
     }
 
     /// A closed file: the rest of its parts, completion, verification. `Ok(true)` when it is
@@ -463,7 +477,9 @@ impl Uploader {
                     m.parts.push(part);
                     m.save(&dir)?;
                 }
-                Err(PartError::NoSuchUpload) => return self.restart(m).map(|_| false),
+                Err(PartError::NoSuchUpload) => {
+                    return self.restart(m, "the store lost the multipart upload")
+                }
                 Err(PartError::Other(e)) => return Err(e),
             }
         }
@@ -475,20 +491,13 @@ impl Uploader {
             Err(PartError::NoSuchUpload) => {}
             Err(PartError::Other(e)) => return Err(e),
         }
-        let (stored, etag) = match store.head(&key).await {
-            Ok(h) => h,
-            Err(e) => {
-                // Not there at all: upload again from the start.
-                if store.sse_c.is_none() {
-                    let _ = self.restart(m.clone());
-                }
-                return Err(e);
-            }
+        // A store that is down is retried as it is; only an object that is missing or of the
+        // wrong size is uploaded again from the start.
+        let etag = match store.head(&key).await? {
+            Some((stored, etag)) if stored == size => etag,
+            _ => return self.restart(m, "the stored object is missing or of the wrong size"),
         };
         let etag = etag.trim_matches('"').to_ascii_lowercase();
-        if stored != size {
-            self.restart(m.clone())?;
-        }
         // Every part's ETag was checked against its MD5 as it went up; the object's ETag is
         // checked too where the store computes it a known way. An unknown scheme is not a
         // reason to upload forever: the size and the parts already match.
@@ -563,13 +572,7 @@ impl Uploader {
             }
         }
         let _ = std::fs::remove_file(Meta::meta_path(dir, &m.id));
-        let size = m.size.unwrap_or(0);
-        let _ = self
-            .stats
-            .spool_bytes
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-                Some(v.saturating_sub(size))
-            });
+        self.stats.release_spool(m.size.unwrap_or(0));
         self.stats.ready.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -587,7 +590,12 @@ fn read_range(path: &Path, start: u64, len: u64) -> Result<Vec<u8>> {
 
 /// Closes a spooled file for upload (blocking I/O). `None` when there is nothing to upload
 /// (no usable media): the file is removed.
-fn finalize_file(dir: &Path, id: &str, part_size: u64) -> Result<Option<Meta>> {
+fn finalize_file(
+    dir: &Path,
+    id: &str,
+    part_size: u64,
+    stats: &RecordingStats,
+) -> Result<Option<Meta>> {
     let mut m = Meta::load(&Meta::meta_path(dir, id))?;
     if m.state == "closed" {
         return Ok(Some(m));
@@ -598,15 +606,18 @@ fn finalize_file(dir: &Path, id: &str, part_size: u64) -> Result<Option<Meta>> {
         .write(true)
         .open(&path)
         .with_context(|| format!("open {}", path.display()))?;
+    let written = f.metadata()?.len();
     let scan = consulta_recorder::scan::scan(&mut f)?;
     if !scan.has_tracks || scan.clusters == 0 {
         drop(f);
         tracing::warn!(recording = %id, "recording holds no media; removed");
         let _ = std::fs::remove_file(&path);
         let _ = std::fs::remove_file(Meta::meta_path(dir, id));
+        stats.release_spool(written);
         return Ok(None);
     }
     f.set_len(scan.complete_len)?;
+    stats.release_spool(written.saturating_sub(scan.complete_len));
     if !consulta_recorder::scan::patch_duration(&mut f, &scan, scan.duration_ms)? {
         tracing::warn!(recording = %id, "recording header has no room for its Duration");
     }

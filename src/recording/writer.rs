@@ -342,7 +342,7 @@ fn close(ctx: &Context, seg: Segment, now: u64) {
         let size = std::fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
         let _ = std::fs::remove_file(&data);
         let _ = std::fs::remove_file(Meta::meta_path(dir, &id));
-        ctx.stats.spool_bytes.fetch_sub(size, Ordering::Relaxed);
+        ctx.stats.release_spool(size);
         return;
     }
     let _ = ctx.uploader.send(Notice::Closed(id));
