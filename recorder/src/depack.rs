@@ -408,6 +408,18 @@ pub(crate) struct Vp8Descriptor {
     pub header_len: usize,
 }
 
+/// A 7- or 15-bit PictureID (M bit first) at `*i`, as VP8 and VP9 descriptors carry it.
+fn read_picture_id(p: &[u8], i: &mut usize) -> Option<u16> {
+    let m = *p.get(*i)?;
+    *i += 1;
+    if m & 0x80 == 0 {
+        return Some(u16::from(m));
+    }
+    let lo = *p.get(*i)?;
+    *i += 1;
+    Some((u16::from(m & 0x7F) << 8) | u16::from(lo))
+}
+
 pub(crate) fn vp8_descriptor(p: &[u8]) -> Option<Vp8Descriptor> {
     let b0 = *p.first()?;
     let mut i = 1;
@@ -416,15 +428,7 @@ pub(crate) fn vp8_descriptor(p: &[u8]) -> Option<Vp8Descriptor> {
         let x = *p.get(i)?;
         i += 1;
         if x & 0x80 != 0 {
-            let m = *p.get(i)?;
-            i += 1;
-            if m & 0x80 != 0 {
-                let lo = *p.get(i)?;
-                i += 1;
-                picture_id = Some((u16::from(m & 0x7F) << 8) | u16::from(lo));
-            } else {
-                picture_id = Some(u16::from(m));
-            }
+            picture_id = Some(read_picture_id(p, &mut i)?);
         }
         if x & 0x40 != 0 {
             p.get(i)?; // TL0PICIDX
@@ -481,15 +485,7 @@ pub(crate) fn vp9_descriptor(p: &[u8]) -> Option<Vp9Descriptor> {
 
     let mut picture_id = None;
     if has_pid {
-        let m = *p.get(i)?;
-        i += 1;
-        if m & 0x80 != 0 {
-            let lo = *p.get(i)?;
-            i += 1;
-            picture_id = Some((u16::from(m & 0x7F) << 8) | u16::from(lo));
-        } else {
-            picture_id = Some(u16::from(m));
-        }
+        picture_id = Some(read_picture_id(p, &mut i)?);
     }
 
     let mut sid = 0;

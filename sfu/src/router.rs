@@ -247,12 +247,7 @@ impl<W: Wire> RouterHost<W> {
         if tell_self {
             t.emit(msg.clone(), &mut self.outbox);
         }
-        let others: Vec<PeerId> = self
-            .routers
-            .get(&room)
-            .map(|r| r.participants.clone())
-            .unwrap_or_default();
-        for q in others.into_iter().filter(|q| *q != peer) {
+        for q in self.others_in(room, peer) {
             if let Some(tq) = self.transports.get_mut(&q) {
                 for c in tq
                     .consumers
@@ -268,6 +263,20 @@ impl<W: Wire> RouterHost<W> {
             }
         }
         self.broadcast(room, peer, msg);
+    }
+
+    /// The participants of `room` but `peer` (a copy: the caller then mutates transports).
+    fn others_in(&self, room: u64, peer: PeerId) -> Vec<PeerId> {
+        self.routers
+            .get(&room)
+            .map(|r| {
+                r.participants
+                    .iter()
+                    .copied()
+                    .filter(|q| *q != peer)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Starts or stops the recorder's tap on a room.
@@ -647,12 +656,7 @@ impl<W: Wire> RouterHost<W> {
         if let Some(r) = self.routers.get_mut(&room) {
             r.participants.retain(|p| *p != peer);
         }
-        let others: Vec<PeerId> = self
-            .routers
-            .get(&room)
-            .map(|r| r.participants.clone())
-            .unwrap_or_default();
-        for q in others {
+        for q in self.others_in(room, peer) {
             let Some(tq) = self.transports.get_mut(&q) else {
                 continue;
             };
@@ -801,12 +805,7 @@ impl<W: Wire> RouterHost<W> {
             feedback: Default::default(),
         });
         let (room, identity) = (t.room, t.identity.clone());
-        let others: Vec<PeerId> = self
-            .routers
-            .get(&room)
-            .map(|r| r.participants.clone())
-            .unwrap_or_default();
-        for q in others.into_iter().filter(|q| *q != peer) {
+        for q in self.others_in(room, peer) {
             let Some(tq) = self.transports.get_mut(&q) else {
                 continue;
             };

@@ -97,42 +97,67 @@ pub(crate) fn run(ctx: WorkerContext) {
             default(deadline.saturating_duration_since(now)) => Instant::now(),
             }
         };
-        let now = Instant::now();
-        host.fire_timers(now);
-        for u in host.demux_updates.drain(..) {
-            update_directory(&ctx.directory, &u, ctx.index);
+        let housekept = end_round(&mut host, &ctx, &mut next_housekeeping, |u| {
             if let Err(e) = ctx.demux.try_send(u) {
                 backlog.push(e.into_inner());
             }
-        }
-        if now >= next_housekeeping {
-            host.housekeeping(now);
+        });
+        if housekept {
             for u in std::mem::take(&mut backlog) {
                 if let Err(e) = ctx.demux.try_send(u) {
                     backlog.push(e.into_inner());
                 }
             }
-            ctx.stats
-                .rooms
-                .store(host.rooms() as u64, Ordering::Relaxed);
-            ctx.stats
-                .participants
-                .store(host.participants() as u64, Ordering::Relaxed);
-            ctx.stats.set_tracks(&host.track_counts());
-            ctx.stats.publish(&mut host.counters);
-            next_housekeeping = now + HOUSEKEEPING;
         }
-        // Everything this round produced goes out before the thread may wait again.
-        host.counters.send_errors += host.wire_mut().flush();
-        busy += woke.elapsed();
-        if busy >= Duration::from_millis(10) {
-            ctx.stats
-                .busy_nanos
-                .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
-            busy = Duration::ZERO;
-        }
+        account_busy(&ctx, &mut busy, woke.elapsed());
     }
     ctx.stats.alive.store(false, Ordering::Relaxed);
+}
+
+/// How every round ends, in both modes: timers, housekeeping, the new ICE registrations (to
+/// `route`), the round's batched sends, and the counters every [`HOUSEKEEPING`]. Returns
+/// whether housekeeping ran.
+fn end_round(
+    host: &mut RouterHost<NetWire>,
+    ctx: &WorkerContext,
+    next_housekeeping: &mut Instant,
+    mut route: impl FnMut(DemuxUpdate),
+) -> bool {
+    let now = Instant::now();
+    host.fire_timers(now);
+    let housekeep = now >= *next_housekeeping;
+    if housekeep {
+        host.housekeeping(now);
+        *next_housekeeping = now + HOUSEKEEPING;
+    }
+    for u in host.demux_updates.drain(..) {
+        update_directory(&ctx.directory, &u, ctx.index);
+        route(u);
+    }
+    // Everything this round produced goes out before the thread may wait again.
+    host.counters.send_errors += host.wire_mut().flush();
+    if housekeep {
+        ctx.stats
+            .rooms
+            .store(host.rooms() as u64, Ordering::Relaxed);
+        ctx.stats
+            .participants
+            .store(host.participants() as u64, Ordering::Relaxed);
+        ctx.stats.set_tracks(&host.track_counts());
+        ctx.stats.publish(&mut host.counters);
+    }
+    housekeep
+}
+
+/// Adds a round's working time to the busy counter, published every 10 ms of work.
+fn account_busy(ctx: &WorkerContext, busy: &mut Duration, round: Duration) {
+    *busy += round;
+    if *busy >= Duration::from_millis(10) {
+        ctx.stats
+            .busy_nanos
+            .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
+        *busy = Duration::ZERO;
+    }
 }
 
 /// The single worker: waits on the socket and its wake, reads datagrams in batches and routes
@@ -205,37 +230,16 @@ fn run_direct(
             host.on_command(cmd);
             worked = true;
         }
-        let now = Instant::now();
-        host.fire_timers(now);
-        for u in host.demux_updates.drain(..) {
-            update_directory(&ctx.directory, &u, ctx.index);
-            table.apply(u);
-        }
-        if now >= next_housekeeping {
-            host.housekeeping(now);
-            for u in host.demux_updates.drain(..) {
-                update_directory(&ctx.directory, &u, ctx.index);
-                table.apply(u);
-            }
-            ctx.stats
-                .rooms
-                .store(host.rooms() as u64, Ordering::Relaxed);
-            ctx.stats
-                .participants
-                .store(host.participants() as u64, Ordering::Relaxed);
-            ctx.stats.set_tracks(&host.track_counts());
-            ctx.stats.publish(&mut host.counters);
+        if end_round(&mut host, &ctx, &mut next_housekeeping, |u| table.apply(u)) {
             demux_stats
                 .datagrams
                 .fetch_add(std::mem::take(&mut datagrams), Ordering::Relaxed);
             demux_stats
                 .unroutable
                 .fetch_add(std::mem::take(&mut unroutable), Ordering::Relaxed);
-            next_housekeeping = now + HOUSEKEEPING;
         }
-        host.counters.send_errors += host.wire_mut().flush();
         if worked {
-            busy += round.elapsed();
+            account_busy(&ctx, &mut busy, round.elapsed());
         } else {
             let deadline = host
                 .next_deadline()
@@ -244,12 +248,6 @@ fn run_direct(
                 &ctx.socket,
                 deadline.saturating_duration_since(Instant::now()),
             );
-        }
-        if busy >= Duration::from_millis(10) {
-            ctx.stats
-                .busy_nanos
-                .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
-            busy = Duration::ZERO;
         }
     }
     ctx.stats.alive.store(false, Ordering::Relaxed);
