@@ -190,8 +190,6 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
                 &mut pcs,
                 &sub_by_handle,
                 &mut c,
-                t0,
-                stats,
             )
             .await?;
         }
@@ -325,8 +323,6 @@ async fn handle_event(
     pcs: &mut [Pc],
     sub_by_handle: &HashMap<u64, usize>,
     c: &mut Conn,
-    _t0: Instant,
-    _stats: &Stats,
 ) -> Result<()> {
     if v["janus"] == "keepalive" || v["janus"] == "ack" || v["janus"] == "success" {
         return Ok(());

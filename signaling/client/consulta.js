@@ -61,6 +61,25 @@ export async function connect(options) {
   return call;
 }
 
+/**
+ * A promise's settle functions that give up with a `timeout` error after `ms` unless settled
+ * (or `cancelDeadline()` is called) first.
+ */
+function withDeadline(resolve, reject, ms, what) {
+  const timer = setTimeout(() => reject(new ConsultaError('timeout', what)), ms);
+  return {
+    resolve: (m) => {
+      clearTimeout(timer);
+      resolve(m);
+    },
+    reject: (e) => {
+      clearTimeout(timer);
+      reject(e);
+    },
+    cancelDeadline: () => clearTimeout(timer),
+  };
+}
+
 export class Call {
   constructor(options) {
     if (!options.token) throw new ConsultaError('bad_options', 'connect(): `token` is required');
@@ -330,22 +349,9 @@ export class Call {
 
   _join() {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new ConsultaError('timeout', 'no `joined` from the server')),
-        JOIN_TIMEOUT_MS,
-      );
-      this._joinWaiter = {
-        // In the waiting room there is no deadline: a doctor admits when ready.
-        waiting: () => clearTimeout(timer),
-        resolve: (m) => {
-          clearTimeout(timer);
-          resolve(m);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      };
+      const waiter = withDeadline(resolve, reject, JOIN_TIMEOUT_MS, 'no `joined` from the server');
+      // In the waiting room there is no deadline: a doctor admits when ready.
+      this._joinWaiter = { ...waiter, waiting: waiter.cancelDeadline };
       const join = {
         type: 'join',
         v: PROTOCOL_VERSION,
@@ -479,20 +485,7 @@ export class Call {
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
     const answer = new Promise((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new ConsultaError('timeout', 'no answer to our offer from the server')),
-        ANSWER_TIMEOUT_MS,
-      );
-      this._pendingAnswer = {
-        resolve: (m) => {
-          clearTimeout(timer);
-          resolve(m);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      };
+      this._pendingAnswer = withDeadline(resolve, reject, ANSWER_TIMEOUT_MS, 'no answer to our offer from the server');
     });
     this._send({ type: 'offer', sdp: pc.localDescription.sdp });
     this._offerSent = true;
