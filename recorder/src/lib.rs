@@ -253,6 +253,9 @@ struct TrackState {
     freeze_pending: bool,
     size: Option<(u32, u32)>,
     last_block_ms: Option<i64>,
+    /// The earliest time this track's next block may have: video one ms after the last,
+    /// audio the end of the last frame (overlapping audio is rejected by muxers).
+    next_free_ms: Option<i64>,
     frames_written: u64,
     pool: Vec<Vec<u8>>,
 }
@@ -382,6 +385,30 @@ fn rel_ms(t: u64, base: u64) -> i64 {
     i64::try_from(d).unwrap_or(if d < 0 { i64::MIN } else { i64::MAX })
 }
 
+/// How far a late audio frame may be moved forward before it is dropped instead.
+const MAX_AUDIO_SHIFT_MS: i64 = 100;
+
+/// How long an Opus packet plays, in whole ms (at least 1), from its TOC byte (RFC 6716 3.1).
+fn opus_duration_ms(packet: &[u8]) -> i64 {
+    let Some(&toc) = packet.first() else {
+        return 20;
+    };
+    let config = toc >> 3;
+    // Frame length in tenths of a millisecond.
+    let frame = match config {
+        0..=11 => [100, 200, 400, 600][usize::from(config % 4)],
+        12..=15 => [100, 200][usize::from(config % 2)],
+        _ => [25, 50, 100, 200][usize::from(config % 4)],
+    };
+    let frames = match toc & 0x03 {
+        0 => 1,
+        1 | 2 => 2,
+        _ => i64::from(packet.get(1).map_or(1, |c| (c & 0x3F).max(1))),
+    };
+    // RFC 6716 caps a packet at 120 ms.
+    (frame * frames / 10).clamp(1, 120)
+}
+
 /// A stable, non-zero TrackUID per key (SplitMix64 is a bijection, so distinct keys never
 /// collide).
 fn track_uid(key: u64) -> u64 {
@@ -440,6 +467,7 @@ impl<W: Write> Recorder<W> {
                     freeze_pending: false,
                     size: None,
                     last_block_ms: None,
+                    next_free_ms: None,
                     frames_written: 0,
                     pool: Vec::new(),
                 },
@@ -770,16 +798,27 @@ impl<W: Write> Recorder<W> {
         keyframe: bool,
         data: &[u8],
     ) -> Result<(), RecorderError> {
-        let (number, video, last) = match self.tracks.get(track) {
-            Some(t) if t.st.number != 0 => (t.st.number, t.st.codec.is_video(), t.st.last_block_ms),
+        let (number, video, next_free) = match self.tracks.get(track) {
+            Some(t) if t.st.number != 0 => (t.st.number, t.st.codec.is_video(), t.st.next_free_ms),
             _ => {
                 self.frames_dropped += 1;
                 return Ok(());
             }
         };
-        // Strictly increasing per track: a late frame moved forward must not share its time
-        // with the next one (muxers and decoders reject equal timestamps in a stream).
-        let mut ts = ts_ms.max(last.map_or(0, |l| l + 1)).max(0);
+        // A late frame (after a backlog, a retransmission) cannot go back in time: it moves
+        // forward, after the end of the track's last block (video: 1 ms after it; audio: after
+        // its whole frame, since overlapping audio is rejected by decoders). Audio that would
+        // move more than MAX_AUDIO_SHIFT_MS is dropped instead (Opus conceals the gap), so a
+        // burst of late frames cannot push the sound away from the picture.
+        // Clusters never go back in time either: the floor is the latest cluster's start.
+        let earliest = next_free
+            .unwrap_or(0)
+            .max(i64::try_from(self.last_cluster_ms).unwrap_or(i64::MAX));
+        if !video && earliest - ts_ms > MAX_AUDIO_SHIFT_MS {
+            self.frames_dropped += 1;
+            return Ok(());
+        }
+        let mut ts = ts_ms.max(next_free.unwrap_or(0)).max(0);
         let video_key = video && keyframe;
         if self.cluster.is_open() {
             let start = i64::try_from(self.cluster.timestamp_ms()).unwrap_or(i64::MAX);
@@ -809,6 +848,8 @@ impl<W: Write> Recorder<W> {
 
         if let Some(t) = self.tracks.get_mut(track) {
             t.st.last_block_ms = Some(ts);
+            let length = if video { 1 } else { opus_duration_ms(data) };
+            t.st.next_free_ms = Some(ts + length);
             t.st.frames_written += 1;
         }
         self.first_block_ms = Some(self.first_block_ms.map_or(ts, |f| f.min(ts)));

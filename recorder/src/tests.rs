@@ -637,8 +637,39 @@ fn late_frames_keep_block_times_strictly_increasing() {
         ))
         .unwrap();
     }
-    let (bytes, _) = r.finish(5_000).unwrap();
+    // Now the other way round: video of the next second first, then its audio, late.
+    for i in 60..90u16 {
+        let at = 2_000 + u64::from(i) * 33;
+        r.push(&pkt(
+            VIDEO,
+            1 + i,
+            u32::from(i) * 3000,
+            true,
+            &VP8_DELTA,
+            at,
+        ))
+        .unwrap();
+    }
+    r.tick(5_200).unwrap();
+    for i in 100..150u16 {
+        let at = 5_200 + u64::from(i - 100) * 20;
+        r.push(&pkt(AUDIO, 1 + i, u32::from(i) * 960, false, &OPUS, at))
+            .unwrap();
+    }
+    let (bytes, summary) = r.finish(8_000).unwrap();
+    assert!(
+        summary.frames_dropped > 0,
+        "audio later than 100 ms is dropped, not moved"
+    );
     let f = File::read(&bytes);
+    // Audio never overlaps: blocks at least one 20 ms frame apart.
+    let audio: Vec<i64> = f
+        .blocks()
+        .iter()
+        .filter(|b| b.track == 1)
+        .map(|b| b.ts)
+        .collect();
+    assert!(audio.windows(2).all(|w| w[1] - w[0] >= 20), "{audio:?}");
     for track in [1, 2] {
         let times: Vec<i64> = f
             .blocks()

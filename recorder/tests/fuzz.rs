@@ -123,8 +123,11 @@ fn run(seed: u64, plausible: bool) {
     }
     assert!(rec.header_written());
     let (_, summary) = rec.finish(now + 1_000).unwrap();
-    // Opus takes any non-empty payload: most of its packets become blocks.
-    assert!(summary.frames[&0] > 10_000, "{summary:?}");
+    // Opus takes any non-empty payload that does not overlap the one before it. Here 40% of
+    // the packets repeat the previous timestamp and random TOC bytes claim up to 120 ms each,
+    // so most overlap and are dropped (overlapping audio made ffmpeg reject real recordings);
+    // thousands still become blocks.
+    assert!(summary.frames[&0] > 1_000, "{summary:?}");
     assert!(summary.bytes > 100_000);
     assert!(keyframes_wanted > 0);
     // Whatever the timestamps did, re-anchoring keeps the file's timeline near the call's.
