@@ -256,6 +256,9 @@ struct TrackState {
     /// The earliest time this track's next block may have: video one ms after the last,
     /// audio the end of the last frame (overlapping audio is rejected by muxers).
     next_free_ms: Option<i64>,
+    /// Video: a late frame was dropped at write time; frames already queued after it are
+    /// dropped too until a keyframe (they reference it).
+    skip_to_keyframe: bool,
     frames_written: u64,
     pool: Vec<Vec<u8>>,
 }
@@ -468,6 +471,7 @@ impl<W: Write> Recorder<W> {
                     size: None,
                     last_block_ms: None,
                     next_free_ms: None,
+                    skip_to_keyframe: false,
                     frames_written: 0,
                     pool: Vec::new(),
                 },
@@ -817,6 +821,24 @@ impl<W: Write> Recorder<W> {
         if !video && earliest - ts_ms > MAX_AUDIO_SHIFT_MS {
             self.frames_dropped += 1;
             return Ok(());
+        }
+        // Late video is not moved either: two frames a millisecond apart share a frame slot
+        // for decoders (ffmpeg rejects the file). It is dropped, and so is everything that
+        // references it until the next keyframe, which is asked for.
+        if video {
+            if let Some(t) = self.tracks.get_mut(track) {
+                if keyframe {
+                    t.st.skip_to_keyframe = false;
+                }
+                if ts_ms < earliest || t.st.skip_to_keyframe {
+                    if !t.st.skip_to_keyframe {
+                        t.st.skip_to_keyframe = true;
+                        t.st.need_keyframe = true;
+                    }
+                    self.frames_dropped += 1;
+                    return Ok(());
+                }
+            }
         }
         let mut ts = ts_ms.max(next_free.unwrap_or(0)).max(0);
         let video_key = video && keyframe;
