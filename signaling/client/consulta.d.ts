@@ -44,7 +44,7 @@ export interface RecordingState {
   requested: boolean;
   /** Identities present that have not consented yet: recording waits for them. */
   waitingFor: string[];
-  /** Why it is not recording although requested: `consent`, `spool_full`, `spool_error`, `unavailable`, `alone` (fewer than two in the call). */
+  /** Why it is not recording although requested: `consent`, `spool_full`, `spool_error`, `recorder_error`, `unavailable`, `alone` (fewer than two in the call). */
   reason: string | null;
 }
 

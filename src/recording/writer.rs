@@ -82,6 +82,10 @@ pub fn run(ctx: Context) {
     let mut rotate = false;
     let mut stop_reason: Option<&'static str> = None;
     ctx.stats.active.fetch_add(1, Ordering::Relaxed);
+    let mut guard = Unwinding {
+        ctx: &ctx,
+        file: None,
+    };
     loop {
         match ctx.rx.recv_timeout(Duration::from_millis(100)) {
             Ok(TapEvent::Track {
@@ -178,6 +182,7 @@ pub fn run(ctx: Context) {
         if open_now {
             if let Some(seg) = current.take() {
                 close(&ctx, seg, now);
+                guard.file = None;
             }
             rotate = false;
             let id = next_id.take().unwrap_or_else(super::recording_id);
@@ -204,6 +209,7 @@ pub fn run(ctx: Context) {
                             ask_keyframe(&ctx, &tracks, *k);
                         }
                     }
+                    guard.file = Some(seg.meta.id.clone());
                     current = Some(seg);
                     if stop_reason.is_some() {
                         break;
@@ -226,9 +232,37 @@ pub fn run(ctx: Context) {
     if let Some(seg) = current.take() {
         close(&ctx, seg, ms(Instant::now()));
     }
+    guard.file = None;
+    drop(guard);
     ctx.stats.active.fetch_sub(1, Ordering::Relaxed);
     if let Some(reason) = stop_reason {
         (ctx.on_stop)(ctx.room.clone(), ctx.first_id.clone(), reason);
+    }
+}
+
+/// A bug in the recorder must not lose the call: if the thread panics, the file it was
+/// writing goes to the uploader as if the server had crashed (cut at its last complete
+/// cluster, Duration patched, uploaded), and the consultation hears the recording stopped.
+struct Unwinding<'a> {
+    ctx: &'a Context,
+    file: Option<String>,
+}
+
+impl Drop for Unwinding<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        tracing::error!("the recorder failed; what it wrote is repaired and uploaded");
+        if let Some(id) = self.file.take() {
+            let _ = self.ctx.uploader.send(Notice::Closed(id));
+        }
+        self.ctx.stats.active.fetch_sub(1, Ordering::Relaxed);
+        (self.ctx.on_stop)(
+            self.ctx.room.clone(),
+            self.ctx.first_id.clone(),
+            "recorder_error",
+        );
     }
 }
 

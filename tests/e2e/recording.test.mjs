@@ -68,6 +68,23 @@ async function events(id) {
   return (await api('GET', `/consultations/${id}/events`)).body.items;
 }
 
+/**
+ * Waits for the consultation's `recording_ready` event; on timeout the error carries what the
+ * server logged about recordings and uploads, so a CI failure says why.
+ */
+async function readyEvent(id, what, timeout) {
+  try {
+    return await pollUntil(async () => (await events(id)).find((e) => e.type === 'recording_ready'), { what, timeout });
+  } catch (e) {
+    const lines = server
+      .log()
+      .split('\n')
+      .filter((l) => /record|upload|spool|panick|s3/i.test(l));
+    e.message += `\nevents: ${(await events(id)).map((x) => x.type).join(', ')}\n--- server log (recording lines) ---\n${lines.slice(-30).join('\n')}`;
+    throw e;
+  }
+}
+
 /** Records the SDK's 'recording' events in the page. */
 const watchRecording = (p) =>
   p.evaluate(() => {
@@ -128,10 +145,7 @@ describe('recording with consent', { skip }, () => {
       await doctor.leave();
       const callSeconds = (Date.now() - startedAt) / 1000;
 
-      const ready = await pollUntil(async () => (await events(id)).find((e) => e.type === 'recording_ready'), {
-        what: 'recording_ready',
-        timeout: 60_000,
-      });
+      const ready = await readyEvent(id, 'recording_ready', 60_000);
       const types = (await events(id)).map((e) => e.type);
       assert.ok(types.includes('recording_consent'), types.join());
       assert.ok(types.indexOf('recording_started') < types.indexOf('recording_stopped'), types.join());
@@ -172,10 +186,7 @@ describe('recording with consent', { skip }, () => {
       await doctor.close();
       await patient.close();
     }
-    const ready = await pollUntil(async () => (await events(id)).find((e) => e.type === 'recording_ready'), {
-      what: 'recording_ready',
-      timeout: 60_000,
-    });
+    const ready = await readyEvent(id, 'recording_ready', 60_000);
     assert.ok(ready.payload.key.endsWith('.mkv'), ready.payload.key);
     const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-rec-')), 'h264.mkv');
     fs.writeFileSync(file, await s3.get(ready.payload.key));
@@ -283,10 +294,7 @@ describe('recording with consent', { skip }, () => {
       const metrics = await (await fetch(`${server.httpUrl}/metrics`)).text();
       assert.match(metrics, /consulta_recording_uploads_pending [1-9]/);
       await s3.start();
-      const ready = await pollUntil(async () => (await events(id)).find((e) => e.type === 'recording_ready'), {
-        what: 'recording_ready after S3 came back',
-        timeout: 90_000,
-      });
+      const ready = await readyEvent(id, 'recording_ready after S3 came back', 90_000);
       const body = await s3.get(ready.payload.key);
       assert.ok(body.equals(spooled), 'the object is byte for byte the spooled recording');
       // The spool copy is gone only now that the upload is verified.
@@ -323,10 +331,7 @@ describe('recording with consent', { skip }, () => {
       .find((m) => m.consultation === id);
     assert.equal(unfinished?.state, 'recording', 'the crash left an unfinished recording in the spool');
     server = await startServer({ restartOf: server });
-    const ready = await pollUntil(async () => (await events(id)).find((e) => e.type === 'recording_ready'), {
-      what: 'recording_ready after the restart',
-      timeout: 60_000,
-    });
+    const ready = await readyEvent(id, 'recording_ready after the restart', 60_000);
     assert.equal(ready.payload.recording_id, unfinished.id);
     const body = await s3.get(ready.payload.key);
     assert.equal(sha256(body), ready.payload.sha256);
