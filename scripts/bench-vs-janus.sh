@@ -99,6 +99,8 @@ rows = [
     ("frame loss %", ("frame_loss_ratio",)),
     ("latency p50 ms", ("latency_ms", "p50")),
     ("latency p99 ms", ("latency_ms", "p99")),
+    ("time in server p50 ms (kernel in to send)", ("server", "forward_delay_ms", "p50")),
+    ("time in server p99 ms", ("server", "forward_delay_ms", "p99")),
     ("server CPU s", ("server", "cpu_seconds")),
     ("server CPU % of one core", ("server", "cpu_percent_of_one_core")),
     ("server CPU µs per received packet", ("server", "cpu_us_per_received_packet")),

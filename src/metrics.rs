@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use consulta_sfu::{HistogramSnapshot, SfuStats, CODEC_LABELS};
-use consulta_sfu::{CONNECT_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS};
+use consulta_sfu::{
+    CONNECT_BUCKETS, FORWARD_DELAY_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS,
+};
 use consulta_signaling::ErrorCode;
 use consulta_turn::CountersSnapshot;
 
@@ -314,6 +316,17 @@ pub fn render(
         "",
         &JITTER_BUCKETS,
         &s.jitter,
+    );
+    o.head(
+        "consulta_forward_delay_seconds",
+        "histogram",
+        "Time a forwarded packet spends in the server: kernel receive timestamp to the send call.",
+    );
+    o.histogram(
+        "consulta_forward_delay_seconds",
+        "",
+        &FORWARD_DELAY_BUCKETS,
+        &s.forward_delay,
     );
 
     // As the SFU sees it: UDP or ICE-TCP straight from the browser, or UDP from a TURN relay.

@@ -239,7 +239,7 @@ async fn run_level(args: &Args, rooms: usize, level: usize) -> Result<Value> {
         c.store(0, Ordering::Relaxed);
     }
     let cpu0 = args.server_pid.and_then(proc_cpu_seconds);
-    let fwd0 = forwarded(&args.metrics).await;
+    let scrape0 = scrape(&args.metrics).await;
     let window = Instant::now();
     let mut last_print = Instant::now();
     while window.elapsed() < Duration::from_secs(args.duration) {
@@ -254,10 +254,17 @@ async fn run_level(args: &Args, rooms: usize, level: usize) -> Result<Value> {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
-    let fwd = match (fwd0, forwarded(&args.metrics).await) {
-        (Some(a), Some(b)) => Some(b - a),
+    let scrape1 = scrape(&args.metrics).await;
+    let fwd = match (&scrape0, &scrape1) {
+        (Some(a), Some(b)) => Some(b.forwarded - a.forwarded),
         _ => None,
     };
+    // The server's own view of its forwarding delay over the window (Consulta only).
+    let in_server = match (&scrape0, &scrape1) {
+        (Some(a), Some(b)) => b.delay_since(a),
+        _ => Vec::new(),
+    };
+    let in_server_pct = |q: f64| quantile_ms(&in_server, q);
     // Frames still in flight at the end of the window arrive during this grace period.
     stats.stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -297,6 +304,9 @@ async fn run_level(args: &Args, rooms: usize, level: usize) -> Result<Value> {
             "cpu_percent_of_one_core": cpu.map(|c| c * 100.0 / elapsed),
             "rss_bytes": args.server_pid.and_then(proc_rss_bytes),
             "rtp_forwarded": fwd,
+            // From the kernel's receive timestamp to the send call, per forwarded copy
+            // (consulta_forward_delay_seconds): the delay the SFU adds, without the generator's.
+            "forward_delay_ms": { "p50": in_server_pct(0.5), "p99": in_server_pct(0.99) },
             "cpu_us_per_forwarded_packet": match (cpu, fwd) { (Some(c), Some(f)) if f > 0.0 => Some(c * 1e6 / f), _ => None },
             // The same from the receiving side (works for any server): CPU per RTP packet
             // that reached a subscriber.
@@ -339,18 +349,21 @@ fn markdown(args: &Args, levels: &[Value], capacity: Option<usize>) -> String {
             MAX_LOSS * 100.0
         );
     }
-    let _ = writeln!(s, "| consultations | streams | loss % | latency p50 ms | p99 ms | server CPU % of a core | µs/forwarded packet | RSS MB |");
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| consultations | streams | loss % | latency p50 ms | p99 ms | in server p50 ms | p99 ms | server CPU % of a core | µs/forwarded packet | RSS MB |");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
+    let f3 = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.3}"));
     for l in levels {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.3} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.3} | {} | {} | {} | {} | {} | {} | {} |",
             l["rooms"],
             l["streams_forwarded"],
             l["frame_loss_ratio"].as_f64().unwrap_or(0.0) * 100.0,
             f(&l["latency_ms"]["p50"]),
             f(&l["latency_ms"]["p99"]),
+            f3(&l["server"]["forward_delay_ms"]["p50"]),
+            f3(&l["server"]["forward_delay_ms"]["p99"]),
             f(&l["server"]["cpu_percent_of_one_core"]),
             f(&l["server"]["cpu_us_per_forwarded_packet"]),
             l["server"]["rss_bytes"]
@@ -401,7 +414,57 @@ fn proc_rss_bytes(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-async fn forwarded(url: &str) -> Option<f64> {
+/// What the run reads from the server's /metrics.
+struct Scrape {
+    forwarded: f64,
+    /// `consulta_forward_delay_seconds` buckets: (upper bound in s, cumulative count).
+    delay: Vec<(f64, f64)>,
+}
+
+impl Scrape {
+    /// The histogram's buckets over the time between `before` and `self`.
+    fn delay_since(&self, before: &Scrape) -> Vec<(f64, f64)> {
+        self.delay
+            .iter()
+            .map(|(le, n)| {
+                let was = before
+                    .delay
+                    .iter()
+                    .find(|(l, _)| l == le)
+                    .map_or(0.0, |(_, c)| *c);
+                (*le, n - was)
+            })
+            .collect()
+    }
+}
+
+/// Quantile `q` of a cumulative histogram in ms, interpolated within its bucket (Prometheus'
+/// `histogram_quantile`); `None` without observations or when it falls in the `+Inf` bucket.
+fn quantile_ms(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let (mut lo, mut below) = (0.0, 0.0);
+    for (le, n) in buckets {
+        if *n >= rank {
+            if le.is_infinite() {
+                return None;
+            }
+            let within = if *n > below {
+                (rank - below) / (n - below)
+            } else {
+                1.0
+            };
+            return Some((lo + (le - lo) * within) * 1000.0);
+        }
+        (lo, below) = (*le, *n);
+    }
+    None
+}
+
+async fn scrape(url: &str) -> Option<Scrape> {
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
@@ -411,12 +474,26 @@ async fn forwarded(url: &str) -> Option<f64> {
         .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).await.ok()?;
-    text.lines().find_map(|l| {
+    let forwarded = text.lines().find_map(|l| {
         l.strip_prefix("consulta_rtp_forwarded_total ")?
             .trim()
             .parse()
             .ok()
-    })
+    })?;
+    let delay = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("consulta_forward_delay_seconds_bucket{le=\"")?;
+            let (le, n) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, n.trim().parse().ok()?))
+        })
+        .collect();
+    Some(Scrape { forwarded, delay })
 }
 
 type Ws =
@@ -600,4 +677,31 @@ fn write(rtc: &mut Rtc, mid: Mid, codec: Codec, time: MediaTime, data: &[u8]) ->
     };
     w.write(pt, Instant::now(), time, data.to_vec())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantile_ms;
+
+    #[test]
+    fn quantiles_interpolate_within_the_bucket_like_prometheus() {
+        // 100 observations: 50 up to 0.1 ms, 40 in (0.1, 0.2], 10 in (0.2, 1].
+        let b = [
+            (0.0001, 50.0),
+            (0.0002, 90.0),
+            (0.001, 100.0),
+            (f64::INFINITY, 100.0),
+        ];
+        assert!((quantile_ms(&b, 0.5).unwrap() - 0.1).abs() < 1e-9);
+        assert!((quantile_ms(&b, 0.7).unwrap() - 0.15).abs() < 1e-9);
+        assert!((quantile_ms(&b, 0.99).unwrap() - 0.92).abs() < 1e-9);
+        assert_eq!(
+            quantile_ms(&[(0.001, 0.0), (f64::INFINITY, 0.0)], 0.5),
+            None
+        );
+        assert_eq!(
+            quantile_ms(&[(0.001, 0.0), (f64::INFINITY, 5.0)], 0.5),
+            None
+        );
+    }
 }

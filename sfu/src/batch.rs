@@ -74,11 +74,53 @@ fn from_storage(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Optio
     sa.as_socket()
 }
 
+/// Asks the kernel to stamp every received datagram with its arrival time (`SO_TIMESTAMPNS`,
+/// wall clock), read back by [`RecvBatch::arrival`].
+pub(crate) fn enable_rx_timestamps(socket: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: passes a live c_int of the stated size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            &on as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Both clocks read once per batch, to turn kernel timestamps (wall clock) into `Instant`s.
+pub(crate) struct Clocks {
+    mono: std::time::Instant,
+    wall_ns: i128,
+}
+
+impl Clocks {
+    pub fn now() -> Clocks {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        Clocks {
+            mono: std::time::Instant::now(),
+            wall_ns: wall,
+        }
+    }
+}
+
+/// Room for one `SCM_TIMESTAMPNS` control message (CMSG_SPACE of a timespec), 8-byte aligned.
+type Control = [u64; 6];
+
 /// Receives up to [`RECV_BATCH`] datagrams per syscall into pool buffers.
 pub(crate) struct RecvBatch {
     bufs: Vec<PacketBuf>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
+    controls: Vec<Control>,
     hdrs: Vec<libc::mmsghdr>,
 }
 
@@ -89,6 +131,7 @@ impl RecvBatch {
             // SAFETY (all three): plain old data, all zeroes is valid; filled before each call.
             iovs: vec![unsafe { std::mem::zeroed() }; RECV_BATCH],
             addrs: vec![unsafe { std::mem::zeroed() }; RECV_BATCH],
+            controls: vec![[0; 6]; RECV_BATCH],
             hdrs: vec![unsafe { std::mem::zeroed() }; RECV_BATCH],
         }
     }
@@ -118,8 +161,8 @@ impl RecvBatch {
             h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             h.msg_iov = &mut self.iovs[i];
             h.msg_iovlen = 1;
-            h.msg_control = std::ptr::null_mut();
-            h.msg_controllen = 0;
+            h.msg_control = self.controls[i].as_mut_ptr() as *mut libc::c_void;
+            h.msg_controllen = std::mem::size_of::<Control>() as _;
             h.msg_flags = 0;
             self.hdrs[i].msg_len = 0;
         }
@@ -151,6 +194,42 @@ impl RecvBatch {
             h.msg_len as usize
         };
         (len, from_storage(&self.addrs[i], h.msg_hdr.msg_namelen))
+    }
+
+    /// When datagram `i` of the last call reached the kernel, as an `Instant` (`clocks` read
+    /// right after the call). Without a kernel timestamp, or with one that does not fit the
+    /// clocks (the wall clock was stepped), the time of the read.
+    pub fn arrival(&self, i: usize, clocks: &Clocks) -> std::time::Instant {
+        let Some(h) = self.hdrs.get(i).map(|m| &m.msg_hdr) else {
+            return clocks.mono;
+        };
+        let mut ts: Option<libc::timespec> = None;
+        // SAFETY: the header's control buffer is ours and the kernel set its length; the CMSG
+        // macros stay within it, and the timestamp is read unaligned from the message data.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(h);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                    ts = Some(std::ptr::read_unaligned(
+                        libc::CMSG_DATA(c) as *const libc::timespec
+                    ));
+                    break;
+                }
+                c = libc::CMSG_NXTHDR(h, c);
+            }
+        }
+        let Some(ts) = ts else {
+            return clocks.mono;
+        };
+        let kernel_ns = i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec);
+        let age = clocks.wall_ns - kernel_ns;
+        if !(0..1_000_000_000).contains(&age) {
+            return clocks.mono;
+        }
+        clocks
+            .mono
+            .checked_sub(std::time::Duration::from_nanos(age as u64))
+            .unwrap_or(clocks.mono)
     }
 
     pub fn buf(&self, i: usize) -> &[u8] {
@@ -424,6 +503,46 @@ mod tests {
         }
         assert_eq!(got[40], b"last");
         assert_eq!(out.errors, 1);
+    }
+
+    #[test]
+    fn arrival_is_when_the_kernel_received_the_datagram_not_when_it_was_read() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        enable_rx_timestamps(&b).unwrap();
+        let pool = BufferPool::new(4);
+        let mut rx = RecvBatch::new(&pool);
+        // The kernel switches timestamping on a moment after the first socket asks (a deferred
+        // static key): until then it stamps datagrams when they are read. A few tries.
+        let mut ages = Vec::new();
+        for _ in 0..10 {
+            a.send_to(b"early", b.local_addr().unwrap()).unwrap();
+            let sent = std::time::Instant::now();
+            // Read well after it arrived.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert_eq!(rx.recv_now(&b).unwrap(), 1);
+            let clocks = Clocks::now();
+            let at = rx.arrival(0, &clocks);
+            // Never before the datagram was sent (clock conversion within a millisecond).
+            assert!(at + std::time::Duration::from_millis(1) >= sent);
+            let age = clocks.mono.duration_since(at);
+            ages.push(age);
+            if age >= std::time::Duration::from_millis(40) {
+                break;
+            }
+        }
+        assert!(
+            ages.last()
+                .is_some_and(|a| *a >= std::time::Duration::from_millis(40)),
+            "arrivals before the read: {ages:?}"
+        );
+        // Without the socket option: the time of the read.
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        a.send_to(b"plain", c.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(rx.recv_now(&c).unwrap(), 1);
+        let clocks = Clocks::now();
+        assert_eq!(rx.arrival(0, &clocks), clocks.mono);
     }
 
     #[test]

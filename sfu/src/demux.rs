@@ -121,6 +121,11 @@ pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     let _ = socket.set_send_buffer_size(8 << 20);
     socket.bind(&addr.into())?;
     let socket: UdpSocket = socket.into();
+    // Kernel receive timestamps: a packet's time in the server counts from its arrival, not
+    // from when a thread got to it. Without them the time of the read is used.
+    if let Err(e) = crate::batch::enable_rx_timestamps(&socket) {
+        tracing::debug!(error = %e, "no kernel receive timestamps");
+    }
     // Lets the thread notice shutdown and registrations while the socket is idle.
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     Ok(socket)
@@ -274,9 +279,10 @@ impl Receiver {
                     continue;
                 }
             };
-            let at = Instant::now();
+            let clocks = crate::batch::Clocks::now();
             for i in 0..n {
                 datagrams += 1;
+                let at = batch.arrival(i, &clocks);
                 let (len, source) = batch.get(i);
                 let Some(source) = source else {
                     unroutable += 1;

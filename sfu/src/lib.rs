@@ -40,7 +40,9 @@ use std::thread::JoinHandle;
 
 pub use consulta_signaling::protocol::{ServerMessage, TrackKind};
 pub use stats::{HistogramSnapshot, SfuStats, WorkerStats, CODEC_LABELS};
-pub use stats::{CONNECT_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS};
+pub use stats::{
+    CONNECT_BUCKETS, FORWARD_DELAY_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS,
+};
 
 /// Identifies one participant session (one WebSocket, one `Rtc`). Never reused.
 pub type PeerId = u64;

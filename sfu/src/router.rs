@@ -59,7 +59,13 @@ pub struct RouterHost<W: Wire> {
     pub(crate) counters: LocalCounters,
     /// Registrations for the demux thread, collected by the worker shell.
     pub(crate) demux_updates: Vec<DemuxUpdate>,
+    /// When each packet forwarded this round arrived (one entry per copy, bounded), so the
+    /// worker can observe the time it spent in the server once the round's sends are out.
+    pub(crate) forwarded_arrivals: Vec<Instant>,
 }
+
+/// Copies per round whose time in the server is observed (beyond: not sampled).
+const FORWARD_SAMPLES: usize = 4096;
 
 impl<W: Wire> RouterHost<W> {
     pub fn new(index: usize, wire: W, advertised: Advertised, max_publishers: usize) -> Self {
@@ -76,6 +82,7 @@ impl<W: Wire> RouterHost<W> {
             outbox: Outbox::default(),
             counters: LocalCounters::default(),
             demux_updates: Vec::new(),
+            forwarded_arrivals: Vec::with_capacity(FORWARD_SAMPLES),
         }
     }
 
@@ -954,6 +961,9 @@ impl<W: Wire> RouterHost<W> {
             });
             if sent == Some(true) {
                 self.counters.rtp_forwarded += 1;
+                if self.forwarded_arrivals.len() < FORWARD_SAMPLES {
+                    self.forwarded_arrivals.push(pkt.timestamp);
+                }
             }
             schedule(&mut self.timers, tq);
         }

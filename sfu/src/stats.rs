@@ -34,6 +34,11 @@ pub const LOSS_BUCKETS: [f64; 8] = [0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.
 pub const RTT_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6];
 pub const JITTER_BUCKETS: [f64; 8] = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16];
 pub const CONNECT_BUCKETS: [f64; 9] = [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0];
+/// Time a forwarded packet spent in the server: from the kernel's receive timestamp to the
+/// `sendmmsg` that sent the copy.
+pub const FORWARD_DELAY_BUCKETS: [f64; 12] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1,
+];
 
 /// A histogram one worker fills locally.
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +114,7 @@ macro_rules! counters {
             pub rtt: LocalHistogram<10>,
             pub jitter: LocalHistogram<8>,
             pub time_to_connect: LocalHistogram<9>,
+            pub forward_delay: LocalHistogram<12>,
         }
 
         /// One worker's published counters.
@@ -127,6 +133,7 @@ macro_rules! counters {
             rtt: SharedHistogram,
             jitter: SharedHistogram,
             time_to_connect: SharedHistogram,
+            forward_delay: SharedHistogram,
         }
 
         /// A snapshot of the whole SFU.
@@ -151,6 +158,7 @@ macro_rules! counters {
             pub rtt: HistogramSnapshot,
             pub jitter: HistogramSnapshot,
             pub time_to_connect: HistogramSnapshot,
+            pub forward_delay: HistogramSnapshot,
         }
 
         impl WorkerStats {
@@ -161,6 +169,7 @@ macro_rules! counters {
                 self.rtt.publish(&mut c.rtt);
                 self.jitter.publish(&mut c.jitter);
                 self.time_to_connect.publish(&mut c.time_to_connect);
+                self.forward_delay.publish(&mut c.forward_delay);
             }
 
             pub(crate) fn set_tracks(&self, t: &TrackCounts) {
@@ -200,6 +209,7 @@ macro_rules! counters {
                     w.rtt.add_to(&mut s.rtt);
                     w.jitter.add_to(&mut s.jitter);
                     w.time_to_connect.add_to(&mut s.time_to_connect);
+                    w.forward_delay.add_to(&mut s.forward_delay);
                 }
                 s
             }

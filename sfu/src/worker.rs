@@ -136,6 +136,13 @@ fn end_round(
     }
     // Everything this round produced goes out before the thread may wait again.
     host.counters.send_errors += host.wire_mut().flush();
+    let sent = Instant::now();
+    for arrived in host.forwarded_arrivals.drain(..) {
+        host.counters.forward_delay.observe_duration(
+            &crate::stats::FORWARD_DELAY_BUCKETS,
+            sent.saturating_duration_since(arrived),
+        );
+    }
     if housekeep {
         ctx.stats
             .rooms
@@ -192,9 +199,10 @@ fn run_direct(
                 break;
             }
             worked = true;
-            let at = Instant::now();
+            let clocks = crate::batch::Clocks::now();
             for i in 0..n {
                 datagrams += 1;
+                let at = rx.arrival(i, &clocks);
                 let (len, source) = rx.get(i);
                 let Some(source) = source.filter(|_| len < crate::demux::MAX_DATAGRAM) else {
                     unroutable += 1;
