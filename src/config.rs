@@ -181,6 +181,11 @@ pub struct MediaConfig {
     pub workers: usize,
     /// Most participants (each publishing audio and video) a room admits.
     pub max_publishers: usize,
+    /// Scheduling priority (nice, -20..19) of the media worker threads; 0 leaves it alone.
+    /// Below 0 a worker preempts other work as soon as media arrives: less time in the server
+    /// per packet, smaller batches (more CPU per packet). Needs CAP_SYS_NICE; without it the
+    /// server says so and runs at the default priority.
+    pub worker_nice: i32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -248,6 +253,7 @@ impl Default for MediaConfig {
             bind_ip: None,
             workers: 0,
             max_publishers: 5,
+            worker_nice: 0,
         }
     }
 }
@@ -319,6 +325,9 @@ impl Config {
         }
         if self.media.workers > 256 {
             bail!("media.workers must be between 0 (automatic) and 256");
+        }
+        if !(-20..=19).contains(&self.media.worker_nice) {
+            bail!("media.worker_nice must be between -20 and 19 (0 leaves the priority alone)");
         }
         if !(1..=16).contains(&self.media.max_publishers) {
             bail!("media.max_publishers must be between 1 and 16");

@@ -72,6 +72,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         public_ips: cfg.media.public_ips.clone(),
         workers: cfg.workers(),
         max_publishers: cfg.media.max_publishers,
+        worker_nice: cfg.media.worker_nice,
         relay_ips: if cfg.turn.enabled {
             vec![cfg.turn.relay_bind_ip(), cfg.turn.relay_advertised_ip()]
         } else {

@@ -62,6 +62,8 @@ pub struct SfuConfig {
     pub workers: usize,
     /// Most participants (each publishing) a room admits.
     pub max_publishers: usize,
+    /// Nice value of the worker threads (0: unchanged).
+    pub worker_nice: i32,
     /// Addresses of the built-in TURN relays (for the path metrics); empty without TURN.
     pub relay_ips: Vec<IpAddr>,
 }
@@ -320,9 +322,13 @@ impl Sfu {
                 direct: direct.then(|| demux_stats.clone()),
                 waker: waker.clone(),
             };
+            let nice = cfg.worker_nice;
             let t = std::thread::Builder::new()
                 .name(format!("consulta-worker-{index}"))
-                .spawn(move || worker::run(ctx))
+                .spawn(move || {
+                    set_thread_nice(nice);
+                    worker::run(ctx)
+                })
                 .map_err(SfuError::Thread)?;
             threads.push(t);
             links.push(WorkerLink {
@@ -469,5 +475,22 @@ impl SfuHandle {
         s.ice_tcp_open = self.0.tcp_stats.open.load(Ordering::Relaxed);
         s.ice_tcp_drops = self.0.tcp_stats.drops.load(Ordering::Relaxed);
         s
+    }
+}
+
+/// Gives the calling thread a nice value (Linux: per thread). Refused (no CAP_SYS_NICE for a
+/// negative value): a warning, and the thread runs at the default priority.
+fn set_thread_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: plain syscalls on the calling thread's own id.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if r != 0 {
+        tracing::warn!(
+            nice,
+            error = %std::io::Error::last_os_error(),
+            "cannot set the media workers' priority (media.worker_nice needs CAP_SYS_NICE); running at the default"
+        );
     }
 }

@@ -22,6 +22,8 @@ use crate::Command;
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// Datagrams handled back to back before timers and commands get a look.
 const BATCH: usize = 64;
+/// Datagrams handled before what they forwarded is sent (direct mode).
+const SEND_EVERY: usize = 8;
 
 pub(crate) struct WorkerContext {
     pub index: usize,
@@ -135,14 +137,7 @@ fn end_round(
         route(u);
     }
     // Everything this round produced goes out before the thread may wait again.
-    host.counters.send_errors += host.wire_mut().flush();
-    let sent = Instant::now();
-    for arrived in host.forwarded_arrivals.drain(..) {
-        host.counters.forward_delay.observe_duration(
-            &crate::stats::FORWARD_DELAY_BUCKETS,
-            sent.saturating_duration_since(arrived),
-        );
-    }
+    send_queued(host);
     if housekeep {
         ctx.stats
             .rooms
@@ -154,6 +149,19 @@ fn end_round(
         ctx.stats.publish(&mut host.counters);
     }
     housekeep
+}
+
+/// Hands the queued datagrams to the kernel (one `sendmmsg`) and observes how long each
+/// forwarded copy was in the server.
+fn send_queued(host: &mut RouterHost<NetWire>) {
+    host.counters.send_errors += host.wire_mut().flush();
+    let sent = Instant::now();
+    for arrived in host.forwarded_arrivals.drain(..) {
+        host.counters.forward_delay.observe_duration(
+            &crate::stats::FORWARD_DELAY_BUCKETS,
+            sent.saturating_duration_since(arrived),
+        );
+    }
 }
 
 /// Adds a round's working time to the busy counter, published every 10 ms of work.
@@ -222,7 +230,13 @@ fn run_direct(
                     ),
                     None => unroutable += 1,
                 }
+                // What is forwarded leaves every few datagrams, not after the whole batch:
+                // a packet's wait for the others is part of the delay the SFU adds.
+                if i % SEND_EVERY == SEND_EVERY - 1 {
+                    send_queued(&mut host);
+                }
             }
+            send_queued(&mut host);
             if n < crate::batch::RECV_BATCH {
                 break;
             }
