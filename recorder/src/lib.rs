@@ -147,6 +147,10 @@ pub enum RecorderError {
 
 /// Header is written this long after `start_ms` even if some track has not started.
 const HEADER_TIMEOUT_MS: u64 = 3_000;
+/// Least distance between two frames of a video track, in ms (the track's DefaultDuration;
+/// see `mkv::VIDEO_DEFAULT_DURATION_NS`). A frame closer than that to the one before is late.
+pub const VIDEO_MIN_SPACING_MS: i64 = 2;
+
 /// Bounds of the queue while the header is pending.
 const PREHEADER_MAX_SPAN_MS: i64 = 3_000;
 /// Bound of the queue at any time (beyond it frames are written early or, pre-header, dropped).
@@ -253,7 +257,7 @@ struct TrackState {
     freeze_pending: bool,
     size: Option<(u32, u32)>,
     last_block_ms: Option<i64>,
-    /// The earliest time this track's next block may have: video one ms after the last,
+    /// The earliest time this track's next block may have: video VIDEO_MIN_SPACING_MS after the last,
     /// audio the end of the last frame (overlapping audio is rejected by muxers).
     next_free_ms: Option<i64>,
     /// Video: a late frame was dropped at write time; frames already queued after it are
@@ -810,7 +814,7 @@ impl<W: Write> Recorder<W> {
             }
         };
         // A late frame (after a backlog, a retransmission) cannot go back in time: it moves
-        // forward, after the end of the track's last block (video: 1 ms after it; audio: after
+        // forward, after the end of the track's last block (video: VIDEO_MIN_SPACING_MS after it; audio: after
         // its whole frame, since overlapping audio is rejected by decoders). Audio that would
         // move more than MAX_AUDIO_SHIFT_MS is dropped instead (Opus conceals the gap), so a
         // burst of late frames cannot push the sound away from the picture.
@@ -870,7 +874,11 @@ impl<W: Write> Recorder<W> {
 
         if let Some(t) = self.tracks.get_mut(track) {
             t.st.last_block_ms = Some(ts);
-            let length = if video { 1 } else { opus_duration_ms(data) };
+            let length = if video {
+                VIDEO_MIN_SPACING_MS
+            } else {
+                opus_duration_ms(data)
+            };
             t.st.next_free_ms = Some(ts + length);
             t.st.frames_written += 1;
         }

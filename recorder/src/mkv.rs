@@ -59,6 +59,7 @@ pub(crate) mod id {
     pub const CODEC_DELAY: u32 = 0x56AA;
     pub const SEEK_PRE_ROLL: u32 = 0x56BB;
     pub const VIDEO: u32 = 0xE0;
+    pub const DEFAULT_DURATION: u32 = 0x23_E383;
     pub const PIXEL_WIDTH: u32 = 0xB0;
     pub const PIXEL_HEIGHT: u32 = 0xBA;
     pub const AUDIO: u32 = 0xE1;
@@ -86,6 +87,12 @@ const OPUS_PRE_SKIP: u16 = 312;
 const OPUS_CODEC_DELAY_NS: u64 = 6_500_000;
 /// 80 ms: Opus needs that much decoded audio before a seek point to converge.
 const OPUS_SEEK_PRE_ROLL_NS: u64 = 80_000_000;
+/// Video tracks' DefaultDuration: the shortest distance between two of their frames
+/// ([`crate::VIDEO_MIN_SPACING_MS`]), not a frame rate: calls are variable frame rate. Without
+/// it ffmpeg guesses a rate from the first frames (30 fps) and, decoding, puts two frames
+/// captured 20 ms apart into one 1/30 s slot ("non monotonically increasing dts"); with it the
+/// slot is 2 ms and every frame keeps its own.
+pub(crate) const VIDEO_DEFAULT_DURATION_NS: u64 = crate::VIDEO_MIN_SPACING_MS as u64 * 1_000_000;
 
 pub(crate) fn put_id(buf: &mut Vec<u8>, id: u32) {
     let bytes = id.to_be_bytes();
@@ -249,6 +256,7 @@ pub(crate) fn header(doc_type: &str, tracks: &[TrackHeader<'_>]) -> (Vec<u8>, He
             if let Some(cp) = t.codec_private {
                 put_bytes(&mut e, id::CODEC_PRIVATE, cp);
             }
+            put_uint(&mut e, id::DEFAULT_DURATION, VIDEO_DEFAULT_DURATION_NS);
             let mut v = Vec::with_capacity(16);
             put_uint(&mut v, id::PIXEL_WIDTH, u64::from(t.size.0));
             put_uint(&mut v, id::PIXEL_HEIGHT, u64::from(t.size.1));

@@ -831,3 +831,74 @@ fn vp9_and_opus() {
     decodes_clean(&file);
     patched_duration(&file, s);
 }
+
+/// Cameras (and Chrome under load) do not capture on an exact grid: some frames come 20 ms
+/// after the one before, others 45 ms. The file must still decode with `ffmpeg -f null`, whose
+/// encoder clock is the stream's guessed frame rate: two frames must never fall into one slot.
+#[test]
+fn video_with_irregular_capture_times_decodes_clean() {
+    if !ffmpeg_with(&["libvpx", "libopus"]) {
+        return;
+    }
+    let dir = TempDir::new("vfr");
+    let ivf = dir.path("video.ivf");
+    run_ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=640x360:rate=30",
+        "-t",
+        "3",
+        "-c:v",
+        "libvpx",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-lag-in-frames",
+        "0",
+        "-auto-alt-ref",
+        "0",
+        "-g",
+        "30",
+        "-b:v",
+        "1M",
+        "-f",
+        "ivf",
+        ivf.to_str().unwrap(),
+    ]);
+    let video = read_ivf(&ivf);
+    let audio = opus_source(&dir);
+    // 30 frames a second, but every tenth frame was captured early: 13 to 23 ms after the
+    // one before it (as seen from Chrome under load), the next one correspondingly late.
+    let ticks = |n: usize| -> u32 {
+        let early = match n % 10 {
+            5 => 900 + 90 * (n as u32 % 3) * 5,
+            _ => 0,
+        };
+        n as u32 * 3000 - early
+    };
+    let mut pkts: Vec<Pkt> = vp8_packets(&video, 2, 100, 10)
+        .into_iter()
+        .map(|mut p| {
+            p.ts = 777_000 + ticks(p.frame);
+            p.arrival_ms = START_MS + 10 + u64::from(ticks(p.frame)) / 90 + p.part as u64 / 3;
+            p
+        })
+        .collect();
+    pkts.extend(opus_packets(&audio, 1, 5));
+    let file = dir.path("vfr.webm");
+    let rec = record(
+        &file,
+        vec![
+            spec(1, Codec::Opus, "doctor-audio"),
+            spec(2, Codec::Vp8, "doctor-video"),
+        ],
+        pkts,
+    );
+    // Every frame is kept, at its own time.
+    assert_eq!(rec.summary.frames[&2], video.len() as u64);
+    let p = probe(&file);
+    assert_eq!(p.codecs, vec!["opus", "vp8"]);
+    decodes_clean(&file);
+}

@@ -21,16 +21,30 @@ export async function startS3(bucket) {
   let child = null;
   const start = async () => {
     if (child) return;
-    const log = fs.openSync(path.join(dir, '..', `s3s-${port}.log`), 'a');
+    const logPath = path.join(dir, '..', `s3s-${port}.log`);
+    const log = fs.openSync(logPath, 'a');
     child = spawn(
       S3S_BIN,
       ['--host', '127.0.0.1', '--port', String(port), '--access-key', ACCESS_KEY, '--secret-key', SECRET_KEY, dir],
       { stdio: ['ignore', log, log] },
     );
     fs.closeSync(log);
+    let exited = null;
+    child.once('exit', (code, signal) => {
+      exited = { code, signal };
+    });
     const deadline = Date.now() + 15_000;
     for (;;) {
-      const up = await fetch(endpoint, { signal: AbortSignal.timeout(1_000) }).then(() => true, () => false);
+      // Up means s3s-fs itself answers: an S3 error document for an unsigned request. Anything
+      // else on that port (the port was taken meanwhile) must not pass for the store.
+      const up = await fetch(endpoint, { signal: AbortSignal.timeout(1_000) }).then(
+        async (r) => r.status === 403 && (await r.text()).includes('<Code>AccessDenied</Code>'),
+        () => false,
+      );
+      if (exited) {
+        child = null;
+        throw new Error(`s3s-fs exited at start (${JSON.stringify(exited)}); log: ${fs.readFileSync(logPath, 'utf8').slice(-500)}`);
+      }
       if (up) return;
       if (Date.now() > deadline) throw new Error(`s3s-fs did not start on ${endpoint}`);
       await sleep(100);
