@@ -151,6 +151,14 @@ fn end_round(
     housekeep
 }
 
+/// Sends what the last datagrams forwarded. str0m sends a written RTP packet only after a
+/// timeout has stamped it (the subscriber's deadline is then already due), so the due timers
+/// run first; then one `sendmmsg`.
+fn release_forwarded(host: &mut RouterHost<NetWire>) {
+    host.fire_timers(Instant::now());
+    send_queued(host);
+}
+
 /// Hands the queued datagrams to the kernel (one `sendmmsg`) and observes how long each
 /// forwarded copy was in the server.
 fn send_queued(host: &mut RouterHost<NetWire>) {
@@ -233,10 +241,10 @@ fn run_direct(
                 // What is forwarded leaves every few datagrams, not after the whole batch:
                 // a packet's wait for the others is part of the delay the SFU adds.
                 if i % SEND_EVERY == SEND_EVERY - 1 {
-                    send_queued(&mut host);
+                    release_forwarded(&mut host);
                 }
             }
-            send_queued(&mut host);
+            release_forwarded(&mut host);
             if n < crate::batch::RECV_BATCH {
                 break;
             }
