@@ -74,6 +74,13 @@ fn codec_of(c: Option<str0m::format::Codec>) -> Option<Codec> {
 pub fn run(ctx: Context) {
     let epoch = Instant::now();
     let ms = |t: Instant| t.saturating_duration_since(epoch).as_millis() as u64;
+    ctx.stats.active.fetch_add(1, Ordering::Relaxed);
+    // Declared before the file so that, unwinding, the file is closed (its buffer flushed)
+    // before the uploader is told to repair it.
+    let mut guard = Unwinding {
+        ctx: &ctx,
+        file: None,
+    };
     let mut tracks: BTreeMap<u64, Track> = BTreeMap::new();
     let mut held: Vec<Held> = Vec::new();
     let mut gather_until: Option<u64> = None;
@@ -81,11 +88,6 @@ pub fn run(ctx: Context) {
     let mut next_id = Some(ctx.first_id.clone());
     let mut rotate = false;
     let mut stop_reason: Option<&'static str> = None;
-    ctx.stats.active.fetch_add(1, Ordering::Relaxed);
-    let mut guard = Unwinding {
-        ctx: &ctx,
-        file: None,
-    };
     loop {
         match ctx.rx.recv_timeout(Duration::from_millis(100)) {
             Ok(TapEvent::Track {
