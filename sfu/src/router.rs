@@ -947,16 +947,18 @@ impl<W: Wire> RouterHost<W> {
                 counters: &mut self.counters,
                 outbox: &mut self.outbox,
             };
-            let sent = guarded(tq, io, |tq, io| {
+            let due = pkt.timestamp;
+            let sent = guarded(tq, io, |tq, _| {
                 let Some(cmid) = cmid else { return Ok(false) };
-                {
-                    let mut api = tq.rtc.direct_api();
-                    let Some(tx) = api.stream_tx_by_mid(cmid, None) else {
-                        return Ok(false);
-                    };
-                    tx.write_rtp(write);
-                }
-                tq.drain(io)?;
+                let mut api = tq.rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(cmid, None) else {
+                    return Ok(false);
+                };
+                tx.write_rtp(write);
+                // str0m sends the packet only once a timeout has stamped it: no output to poll
+                // now. The subscriber's timer is due at once; it fires (with one output poll
+                // for every packet written to this subscriber meanwhile) before the next send.
+                tq.next_timeout = tq.next_timeout.min(due);
                 Ok(true)
             });
             if sent == Some(true) {
