@@ -283,6 +283,14 @@ async fn on_client(
         } => return enter(state, url_room, s, sink, v, &token, room, client.sdk).await,
         ClientMessage::Leave if s.entered.is_some() => {
             s.reason = LeaveReason::Left;
+            // The worker hears it before the client does: a client that then closes its peer
+            // connection must not be taken for one that dropped (`disconnected`).
+            if let (Some(j), Some(e)) = (&s.joined, &s.entered) {
+                if !s.worker_done {
+                    leave(state, j, e.peer, LeaveReason::Left);
+                    s.worker_done = true;
+                }
+            }
             let _ = send(sink, &ServerMessage::Left).await;
             return Flow::Close;
         }

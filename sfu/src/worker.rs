@@ -63,13 +63,14 @@ pub(crate) fn run(ctx: WorkerContext) {
         // Under load input is already queued: take it without registering with the channels
         // (select! locks both wakers every time).
         let mut ready = false;
+        // Commands first (see `run_direct`).
+        if let Ok(cmd) = ctx.commands.try_recv() {
+            host.on_command(cmd);
+            ready = true;
+        }
         for _ in 0..BATCH {
             let Ok(p) = ctx.packets.try_recv() else { break };
             on_input(&mut host, &ctx, p);
-            ready = true;
-        }
-        if let Ok(cmd) = ctx.commands.try_recv() {
-            host.on_command(cmd);
             ready = true;
         }
         // When this round's work began (after waiting), for the busy ratio.
@@ -202,7 +203,15 @@ fn run_direct(
     while !ctx.stopping.load(Ordering::Relaxed) {
         let round = Instant::now();
         let mut worked = false;
-        // Datagrams first: a few batches, then the other inputs get their turn.
+        // Wakes are cleared before the queues are read, so none is lost. Commands go first: a
+        // participant's `Leave` is queued before the browser is told it left, so it is handled
+        // before the datagrams its closing connection sends next.
+        waker.reset();
+        while let Ok(cmd) = ctx.commands.try_recv() {
+            host.on_command(cmd);
+            worked = true;
+        }
+        // Then datagrams: a few batches, then the other inputs get their turn.
         for _ in 0..4 {
             let n = match rx.recv_now(&ctx.socket) {
                 Ok(n) => n,
@@ -249,15 +258,9 @@ fn run_direct(
                 break;
             }
         }
-        // Wakes are cleared before the queues are read, so none is lost.
-        waker.reset();
         for _ in 0..BATCH {
             let Ok(p) = ctx.packets.try_recv() else { break };
             on_input(&mut host, &ctx, p);
-            worked = true;
-        }
-        while let Ok(cmd) = ctx.commands.try_recv() {
-            host.on_command(cmd);
             worked = true;
         }
         if end_round(&mut host, &ctx, &mut next_housekeeping, |u| table.apply(u)) {
