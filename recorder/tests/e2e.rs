@@ -556,6 +556,37 @@ fn assert_lasts_3s(p: &Probe, summary: &Summary) {
     );
 }
 
+/// 3 s of 640x360 VP8 at 30 fps from libvpx (real-time settings, a keyframe every second).
+fn vp8_source(dir: &TempDir) -> Vec<Vec<u8>> {
+    let ivf = dir.path("video.ivf");
+    run_ffmpeg(&[
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=size=640x360:rate=30",
+        "-t",
+        "3",
+        "-c:v",
+        "libvpx",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-lag-in-frames",
+        "0",
+        "-auto-alt-ref",
+        "0",
+        "-g",
+        "30",
+        "-b:v",
+        "1M",
+        "-f",
+        "ivf",
+        ivf.to_str().unwrap(),
+    ]);
+    read_ivf(&ivf)
+}
+
 fn opus_source(dir: &TempDir) -> Vec<Vec<u8>> {
     let ogg = dir.path("tone.ogg");
     run_ffmpeg(&[
@@ -626,33 +657,7 @@ fn vp8_and_opus_two_participants() {
         return;
     }
     let dir = TempDir::new("vp8");
-    let ivf = dir.path("video.ivf");
-    run_ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=640x360:rate=30",
-        "-t",
-        "3",
-        "-c:v",
-        "libvpx",
-        "-deadline",
-        "realtime",
-        "-cpu-used",
-        "8",
-        "-lag-in-frames",
-        "0",
-        "-auto-alt-ref",
-        "0",
-        "-g",
-        "30",
-        "-b:v",
-        "1M",
-        "-f",
-        "ivf",
-        ivf.to_str().unwrap(),
-    ]);
-    let video = read_ivf(&ivf);
+    let video = vp8_source(&dir);
     let audio = opus_source(&dir);
     assert_eq!(video.len(), 90);
     assert!(video.iter().skip(45).take(3).any(|f| f.len() > MTU));
@@ -841,33 +846,7 @@ fn video_with_irregular_capture_times_decodes_clean() {
         return;
     }
     let dir = TempDir::new("vfr");
-    let ivf = dir.path("video.ivf");
-    run_ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=640x360:rate=30",
-        "-t",
-        "3",
-        "-c:v",
-        "libvpx",
-        "-deadline",
-        "realtime",
-        "-cpu-used",
-        "8",
-        "-lag-in-frames",
-        "0",
-        "-auto-alt-ref",
-        "0",
-        "-g",
-        "30",
-        "-b:v",
-        "1M",
-        "-f",
-        "ivf",
-        ivf.to_str().unwrap(),
-    ]);
-    let video = read_ivf(&ivf);
+    let video = vp8_source(&dir);
     let audio = opus_source(&dir);
     // 30 frames a second, but every tenth frame was captured early: 13 to 23 ms after the
     // one before it (as seen from Chrome under load), the next one correspondingly late.
