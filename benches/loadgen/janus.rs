@@ -11,24 +11,22 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, MediaTime};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
-use tokio::net::UdpSocket;
+use str0m::{Candidate, Input, Rtc};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{count_rtp, on_media, video_frame, write, Args, Stats};
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use crate::media::{poll, split_ws, Inbox, MediaSocket, WsSink, BURST};
+use crate::{count_rtp, video_frame, write, Args, Stats};
 
 struct Conn {
-    ws: Ws,
+    ws: WsSink,
+    /// Janus's messages, read on their own task (see [`split_ws`]).
+    rx: tokio::sync::mpsc::Receiver<String>,
     session: u64,
     next_tx: u64,
 }
@@ -52,10 +50,10 @@ impl Conn {
     async fn reply(&mut self, tx: &str, backlog: &mut Vec<Value>) -> Result<Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let msg = tokio::time::timeout_at(deadline.into(), self.ws.next())
+            let msg = tokio::time::timeout_at(deadline.into(), self.rx.recv())
                 .await
                 .context("janus did not answer")?;
-            let Some(Ok(Message::Text(t))) = msg else {
+            let Some(t) = msg else {
                 bail!("janus closed the WebSocket");
             };
             let v: Value = serde_json::from_str(&t)?;
@@ -113,8 +111,10 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
     let (ws, _) = tokio_tungstenite::connect_async(req)
         .await
         .context("janus connect")?;
+    let (ws, rx) = split_ws(ws);
     let mut c = Conn {
         ws,
+        rx,
         session: 0,
         next_tx: 0,
     };
@@ -136,8 +136,8 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
     }
     // Janus answers ICE checks only on the interface its candidate is on (the veth of
     // scripts/bench-vs-janus.sh): our candidate lives there too.
-    let socket = UdpSocket::bind((args.bind_ip, 0)).await?;
-    let local = socket.local_addr()?;
+    let mut udp = MediaSocket::bind(args.bind_ip)?;
+    let local = udp.local;
     let new_rtc = || {
         let mut rtc = Rtc::builder().build(Instant::now());
         rtc.add_local_candidate(Candidate::host(local, "udp").expect("a host candidate"));
@@ -157,16 +157,16 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
     let (mut audio_mid, mut video_mid) = (None, None);
     let mut publishing = false;
     let mut joined = false;
-    let mut buf = vec![0u8; 2048];
     let mut frame = Vec::with_capacity(16 * 1024);
     let frame_len = (args.video_kbps * 1000 / 8 / 30) as usize;
     let (mut vn, mut an) = (0u32, 0u32);
-    let mut last_seen = HashMap::new();
-    let mut first_media = false;
-    let mut force_key = false;
+    let mut inbox = Inbox::default();
     let mut video_tick = tokio::time::interval(Duration::from_millis(33));
     let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
     let mut keepalive = tokio::time::interval(Duration::from_secs(20));
+    // One timer for the Rtcs' deadlines, moved rather than made anew each turn.
+    let wake = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(wake);
     let mut leave_at: Option<Instant> = None;
     loop {
         if leave_at.is_none() && stats.stop.load(Ordering::Relaxed) {
@@ -239,50 +239,45 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
         // Drain every PeerConnection.
         let mut next = Instant::now() + Duration::from_millis(100);
         for pc in &mut pcs {
-            loop {
-                match pc.rtc.poll_output()? {
-                    Output::Timeout(t) => {
-                        next = next.min(t);
-                        break;
-                    }
-                    Output::Transmit(t) => {
-                        let _ = socket.send_to(&t.contents, t.destination).await;
-                    }
-                    Output::Event(Event::MediaData(m)) => {
-                        on_media(&m, stats, &mut last_seen, &mut first_media, t0)
-                    }
-                    Output::Event(Event::KeyframeRequest(_)) => force_key = true,
-                    Output::Event(e) => {
-                        if std::env::var_os("CONSULTA_BENCH_DEBUG").is_some() {
-                            eprintln!("janus {id} pc {}: {e:?}", pc.handle);
-                        }
-                    }
+            let handle = pc.handle;
+            let t = poll(&mut pc.rtc, &mut udp, &mut inbox, stats, t0, |e| {
+                if std::env::var_os("CONSULTA_BENCH_DEBUG").is_some() {
+                    eprintln!("janus {id} pc {handle}: {e:?}");
                 }
-            }
+            })?;
+            next = next.min(t);
         }
+        udp.flush();
         let sending = leave_at.is_none();
         let pub_ready = pcs
             .first()
             .is_some_and(|p| p.pending.is_none() && p.rtc.is_connected());
-        let wait = next.saturating_duration_since(Instant::now());
+        let deadline = tokio::time::Instant::from_std(next);
+        if wake.deadline() != deadline {
+            wake.as_mut().reset(deadline);
+        }
         tokio::select! {
-            msg = c.ws.next() => {
-                let Some(Ok(Message::Text(t))) = msg else { bail!("janus closed the WebSocket") };
+            msg = c.rx.recv() => {
+                let Some(t) = msg else { bail!("janus closed the WebSocket") };
                 let v: Value = serde_json::from_str(&t)?;
                 backlog.push(v);
             }
-            r = socket.recv_from(&mut buf) => {
-                let (n, from) = r?;
-                count_rtp(&buf[..n], stats);
-                if let Ok(contents) = buf[..n].try_into() {
-                    let input = Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source: from, destination: local, contents });
+            r = udp.socket.readable() => {
+                r?;
+                // Every datagram that is there (up to a burst), each followed by its Rtc's
+                // output; what that sends leaves in one batch.
+                for _ in 0..BURST {
+                    let Some((n, from)) = udp.try_recv()? else { break };
+                    count_rtp(udp.data(n), stats);
+                    let Some(input) = udp.input(n, from) else { continue };
                     if let Some(pc) = pcs.iter_mut().find(|p| p.rtc.accepts(&input)) {
                         pc.rtc.handle_input(input)?;
+                        poll(&mut pc.rtc, &mut udp, &mut inbox, stats, t0, |_| {})?;
                     }
                 }
             }
             _ = video_tick.tick(), if pub_ready && sending => {
-                let key = vn % 60 == 0 || std::mem::take(&mut force_key);
+                let key = vn % 60 == 0 || std::mem::take(&mut inbox.force_key);
                 video_frame(&mut frame, key, if key { frame_len * 4 } else { frame_len }, id, vn);
                 if let (Some(pc), Some(mid)) = (pcs.first_mut(), video_mid) {
                     write(&mut pc.rtc, mid, Codec::Vp8, MediaTime::from_90khz(u64::from(vn) * 3000), &frame)?;
@@ -301,7 +296,7 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
             _ = keepalive.tick() => {
                 c.send(json!({"janus":"keepalive"})).await?;
             }
-            _ = tokio::time::sleep(wait) => {
+            _ = &mut wake => {
                 let now = Instant::now();
                 for pc in &mut pcs {
                     pc.rtc.handle_input(Input::Timeout(now))?;

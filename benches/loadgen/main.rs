@@ -16,17 +16,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use consulta_signaling::{JoinToken, Role};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, MediaTime, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc};
-use tokio::net::UdpSocket;
+use str0m::{Candidate, Input, Rtc};
 use tokio_tungstenite::tungstenite::Message;
 
 mod janus;
+mod media;
 
 #[derive(Parser, Clone)]
 #[command(
@@ -239,6 +238,7 @@ async fn run_level(args: &Args, rooms: usize, level: usize) -> Result<Value> {
         c.store(0, Ordering::Relaxed);
     }
     let cpu0 = args.server_pid.and_then(proc_cpu_seconds);
+    let gen0 = proc_cpu_seconds(std::process::id());
     let scrape0 = scrape(&args.metrics).await;
     let window = Instant::now();
     let mut last_print = Instant::now();
@@ -251,6 +251,10 @@ async fn run_level(args: &Args, rooms: usize, level: usize) -> Result<Value> {
     }
     let elapsed = window.elapsed().as_secs_f64();
     let cpu = match (cpu0, args.server_pid.and_then(proc_cpu_seconds)) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let gen = match (gen0, proc_cpu_seconds(std::process::id())) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
@@ -311,6 +315,11 @@ async fn run_level(args: &Args, rooms: usize, level: usize) -> Result<Value> {
             // The same from the receiving side (works for any server): CPU per RTP packet
             // that reached a subscriber.
             "cpu_us_per_received_packet": match cpu { Some(c) if rtp > 0 => Some(c * 1e6 / rtp as f64), _ => None },
+        },
+        // The load generator itself, on the same machine: what it leaves of the cores.
+        "generator": {
+            "cpu_seconds": gen,
+            "cpu_percent_of_one_core": gen.map(|c| c * 100.0 / elapsed),
         },
         "target": args.target,
         "rtp_packets_received": rtp,
@@ -496,10 +505,7 @@ async fn scrape(url: &str) -> Option<Scrape> {
     Some(Scrape { forwarded, delay })
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn send(ws: &mut Ws, v: Value) -> Result<()> {
+async fn send(ws: &mut media::WsSink, v: Value) -> Result<()> {
     ws.send(Message::Text(v.to_string().into()))
         .await
         .context("signaling send")
@@ -510,29 +516,29 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let token = JoinToken::new(room, &format!("bench-{id}"), role, now, 3600)?
         .sign(args.secret.as_bytes())?;
-    let (mut ws, _) = tokio_tungstenite::connect_async(&args.url)
+    let (ws, _) = tokio_tungstenite::connect_async(&args.url)
         .await
         .context("signaling connect")?;
+    let (mut ws, mut signals) = media::split_ws(ws);
     send(&mut ws, json!({"type":"join","v":1,"token":token})).await?;
-    let socket = UdpSocket::bind((args.bind_ip, 0)).await?;
-    let local = socket.local_addr()?;
+    let mut udp = media::MediaSocket::bind(args.bind_ip)?;
     let mut rtc = Rtc::builder().build(Instant::now());
-    rtc.add_local_candidate(Candidate::host(local, "udp")?);
+    rtc.add_local_candidate(Candidate::host(udp.local, "udp")?);
     let mut change = rtc.sdp_api();
     let audio = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
     let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
     let (offer, pending) = change.apply().context("an offer")?;
     let mut pending = Some(pending);
     let mut offered = false;
-    let mut buf = vec![0u8; 2048];
     let mut frame = Vec::with_capacity(16 * 1024);
     let frame_len = (args.video_kbps * 1000 / 8 / 30) as usize;
     let (mut vn, mut an) = (0u32, 0u32);
-    let mut last_seen: HashMap<u32, u32> = HashMap::new();
-    let mut first_media = false;
-    let mut force_key = false;
+    let mut inbox = media::Inbox::default();
     let mut video_tick = tokio::time::interval(Duration::from_millis(33));
     let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
+    // One timer for the Rtc's deadlines, moved rather than made anew each turn.
+    let wake = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(wake);
     // After the window: stop sending, let the last frames arrive, leave.
     let mut leave_at: Option<Instant> = None;
     loop {
@@ -540,31 +546,22 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
             leave_at = Some(Instant::now() + Duration::from_millis(500));
         }
         let sending = leave_at.is_none();
-        // Drain the Rtc: transmits out, media in.
-        let timeout = loop {
-            match rtc.poll_output()? {
-                Output::Timeout(t) => break t,
-                Output::Transmit(t) => {
-                    let _ = socket.send_to(&t.contents, t.destination).await;
-                }
-                Output::Event(Event::MediaData(m)) => {
-                    on_media(&m, stats, &mut last_seen, &mut first_media, t0);
-                }
-                // The SFU asks for a keyframe for a new subscriber: send one next.
-                Output::Event(Event::KeyframeRequest(_)) => force_key = true,
-                Output::Event(_) => {}
-            }
-        };
+        // Drain the Rtc: transmits out (one batch), media in.
+        let timeout = media::poll(&mut rtc, &mut udp, &mut inbox, stats, t0, |_| {})?;
+        udp.flush();
         if leave_at.is_some_and(|t| Instant::now() >= t) {
             let _ = send(&mut ws, json!({"type":"leave"})).await;
             return Ok(());
         }
-        let wait = timeout
-            .min(Instant::now() + Duration::from_millis(100))
-            .saturating_duration_since(Instant::now());
+        let deadline = tokio::time::Instant::from_std(
+            timeout.min(Instant::now() + Duration::from_millis(100)),
+        );
+        if wake.deadline() != deadline {
+            wake.as_mut().reset(deadline);
+        }
         tokio::select! {
-            msg = ws.next() => {
-                let Some(Ok(Message::Text(t))) = msg else { bail!("signaling closed") };
+            msg = signals.recv() => {
+                let Some(t) = msg else { bail!("signaling closed") };
                 let m: Value = serde_json::from_str(&t)?;
                 match m["type"].as_str() {
                     Some("joined") => {
@@ -585,15 +582,21 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
                     _ => {}
                 }
             }
-            r = socket.recv_from(&mut buf) => {
-                let (n, from) = r?;
-                count_rtp(&buf[..n], stats);
-                if let Ok(contents) = buf[..n].try_into() {
-                    rtc.handle_input(Input::Receive(Instant::now(), Receive { proto: Protocol::Udp, source: from, destination: local, contents }))?;
+            r = udp.socket.readable() => {
+                r?;
+                // Every datagram that is there (up to a burst), each followed by the Rtc's
+                // output; what that sends leaves in one batch after the loop.
+                for _ in 0..media::BURST {
+                    let Some((n, from)) = udp.try_recv()? else { break };
+                    count_rtp(udp.data(n), stats);
+                    if let Some(input) = udp.input(n, from) {
+                        rtc.handle_input(input)?;
+                    }
+                    media::poll(&mut rtc, &mut udp, &mut inbox, stats, t0, |_| {})?;
                 }
             }
             _ = video_tick.tick(), if offered && rtc.is_connected() && sending => {
-                let key = vn % 60 == 0 || std::mem::take(&mut force_key);
+                let key = vn % 60 == 0 || std::mem::take(&mut inbox.force_key);
                 video_frame(&mut frame, key, if key { frame_len * 4 } else { frame_len }, id, vn);
                 write(&mut rtc, video, Codec::Vp8, MediaTime::from_90khz(u64::from(vn) * 3000), &frame)?;
                 vn += 1;
@@ -605,7 +608,7 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
                 write(&mut rtc, audio, Codec::Opus, MediaTime::from_millis(u64::from(an) * 20), &frame)?;
                 an += 1;
             }
-            _ = tokio::time::sleep(wait) => {
+            _ = &mut wake => {
                 rtc.handle_input(Input::Timeout(Instant::now()))?;
             }
         }

@@ -23,7 +23,7 @@ const UDP_SEGMENT: libc::c_int = 103;
 const GSO_MAX_BYTES: usize = 60_000;
 
 /// Whether the kernel segments UDP for us (Linux ≥ 4.18).
-pub(crate) fn gso_supported(socket: &UdpSocket) -> bool {
+pub fn gso_supported(socket: &UdpSocket) -> bool {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `v` and `len` are valid for the call.
@@ -312,7 +312,7 @@ impl Waker {
 /// Queues datagrams and sends them with one `sendmmsg`. Runs of datagrams to the same
 /// destination with the same size (the packets of one video frame to one subscriber) go as one
 /// message with UDP GSO when the kernel has it: one trip through the IP stack for the run.
-pub(crate) struct SendBatch {
+pub struct SendBatch {
     data: Vec<u8>,
     /// (offset in `data`, length, destination)
     msgs: Vec<(usize, usize, SocketAddr)>,
@@ -331,6 +331,11 @@ pub(crate) struct SendBatch {
     /// Datagrams sent inside GSO messages (for the benchmarks).
     pub gso_datagrams: u64,
 }
+
+// SAFETY: the raw pointers in `iovs` and `hdrs` point into the batch's own buffers; they are
+// rebuilt at the start of every `flush` and never read outside it, so moving the batch to
+// another thread between flushes is sound.
+unsafe impl Send for SendBatch {}
 
 impl Default for SendBatch {
     fn default() -> Self {

@@ -32,6 +32,10 @@ mod tcp;
 pub mod transport;
 mod worker;
 
+/// Batched UDP sending (one `sendmmsg`, UDP GSO for runs to one destination), also used by the
+/// load generator's synthetic participants.
+pub use batch::{gso_supported, SendBatch};
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
