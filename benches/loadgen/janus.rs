@@ -20,7 +20,7 @@ use str0m::{Candidate, Input, Rtc};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::media::{poll, split_ws, Inbox, MediaSocket, WsSink, BURST};
+use crate::media::{burst_time, poll, split_ws, Inbox, MediaSocket, WsSink, BURST};
 use crate::{count_rtp, video_frame, write, Args, Stats};
 
 struct Conn {
@@ -266,10 +266,15 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
                 r?;
                 // Every datagram that is there (up to a burst), each followed by its Rtc's
                 // output; what that sends leaves in one batch.
+                let now = Instant::now();
+                for pc in &mut pcs {
+                    pc.rtc.handle_input(Input::Timeout(now))?;
+                }
+                let at = burst_time(now);
                 for _ in 0..BURST {
                     let Some((n, from)) = udp.try_recv()? else { break };
                     count_rtp(udp.data(n), stats);
-                    let Some(input) = udp.input(n, from) else { continue };
+                    let Some(input) = udp.input(n, from, at) else { continue };
                     if let Some(pc) = pcs.iter_mut().find(|p| p.rtc.accepts(&input)) {
                         pc.rtc.handle_input(input)?;
                         poll(&mut pc.rtc, &mut udp, &mut inbox, stats, t0, |_| {})?;

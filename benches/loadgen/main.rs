@@ -586,10 +586,13 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
                 r?;
                 // Every datagram that is there (up to a burst), each followed by the Rtc's
                 // output; what that sends leaves in one batch after the loop.
+                let now = Instant::now();
+                rtc.handle_input(Input::Timeout(now))?;
+                let at = media::burst_time(now);
                 for _ in 0..media::BURST {
                     let Some((n, from)) = udp.try_recv()? else { break };
                     count_rtp(udp.data(n), stats);
-                    if let Some(input) = udp.input(n, from) {
+                    if let Some(input) = udp.input(n, from, at) {
                         rtc.handle_input(input)?;
                     }
                     media::poll(&mut rtc, &mut udp, &mut inbox, stats, t0, |_| {})?;
