@@ -16,12 +16,12 @@ use serde_json::{json, Value};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, MediaTime};
-use str0m::{Candidate, Input, Rtc};
+use str0m::{Candidate, Rtc};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::media::{burst_time, poll, split_ws, Inbox, MediaSocket, WsSink, BURST};
-use crate::{count_rtp, video_frame, write, Args, Stats};
+use crate::media::{burst_time, poll, split_ws, tick, write, Inbox, MediaSocket, WsSink, BURST};
+use crate::{count_rtp, video_frame, Args, Stats};
 
 struct Conn {
     ws: WsSink,
@@ -160,7 +160,7 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
     let mut frame = Vec::with_capacity(16 * 1024);
     let frame_len = (args.video_kbps * 1000 / 8 / 30) as usize;
     let (mut vn, mut an) = (0u32, 0u32);
-    let mut inbox = Inbox::default();
+    let mut inbox = Inbox::new(stats, t0);
     let mut video_tick = tokio::time::interval(Duration::from_millis(33));
     let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
     let mut keepalive = tokio::time::interval(Duration::from_secs(20));
@@ -240,7 +240,7 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
         let mut next = Instant::now() + Duration::from_millis(100);
         for pc in &mut pcs {
             let handle = pc.handle;
-            let t = poll(&mut pc.rtc, &mut udp, &mut inbox, stats, t0, |e| {
+            let t = poll(&mut pc.rtc, &mut udp, &mut inbox, |e| {
                 if std::env::var_os("CONSULTA_BENCH_DEBUG").is_some() {
                     eprintln!("janus {id} pc {handle}: {e:?}");
                 }
@@ -268,7 +268,7 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
                 // output; what that sends leaves in one batch.
                 let now = Instant::now();
                 for pc in &mut pcs {
-                    pc.rtc.handle_input(Input::Timeout(now))?;
+                    tick(&mut pc.rtc, &mut udp, &mut inbox, now)?;
                 }
                 let at = burst_time(now);
                 for _ in 0..BURST {
@@ -277,7 +277,7 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
                     let Some(input) = udp.input(n, from, at) else { continue };
                     if let Some(pc) = pcs.iter_mut().find(|p| p.rtc.accepts(&input)) {
                         pc.rtc.handle_input(input)?;
-                        poll(&mut pc.rtc, &mut udp, &mut inbox, stats, t0, |_| {})?;
+                        poll(&mut pc.rtc, &mut udp, &mut inbox, |_| {})?;
                     }
                 }
             }
@@ -285,7 +285,7 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
                 let key = vn % 60 == 0 || std::mem::take(&mut inbox.force_key);
                 video_frame(&mut frame, key, if key { frame_len * 4 } else { frame_len }, id, vn);
                 if let (Some(pc), Some(mid)) = (pcs.first_mut(), video_mid) {
-                    write(&mut pc.rtc, mid, Codec::Vp8, MediaTime::from_90khz(u64::from(vn) * 3000), &frame)?;
+                    write(&mut pc.rtc, &mut udp, &mut inbox, mid, Codec::Vp8, MediaTime::from_90khz(u64::from(vn) * 3000), &frame)?;
                 }
                 vn += 1;
                 stats.frames_sent.fetch_add(1, Ordering::Relaxed);
@@ -294,7 +294,7 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
                 frame.clear();
                 frame.resize(80, 0xAA);
                 if let (Some(pc), Some(mid)) = (pcs.first_mut(), audio_mid) {
-                    write(&mut pc.rtc, mid, Codec::Opus, MediaTime::from_millis(u64::from(an) * 20), &frame)?;
+                    write(&mut pc.rtc, &mut udp, &mut inbox, mid, Codec::Opus, MediaTime::from_millis(u64::from(an) * 20), &frame)?;
                 }
                 an += 1;
             }
@@ -304,7 +304,7 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
             _ = &mut wake => {
                 let now = Instant::now();
                 for pc in &mut pcs {
-                    pc.rtc.handle_input(Input::Timeout(now))?;
+                    tick(&mut pc.rtc, &mut udp, &mut inbox, now)?;
                 }
             }
         }

@@ -20,8 +20,8 @@ use futures_util::SinkExt;
 use serde_json::{json, Value};
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, MediaTime, Mid};
-use str0m::{Candidate, Input, Rtc};
+use str0m::media::{Direction, MediaKind, MediaTime};
+use str0m::{Candidate, Rtc};
 use tokio_tungstenite::tungstenite::Message;
 
 mod janus;
@@ -533,7 +533,7 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
     let mut frame = Vec::with_capacity(16 * 1024);
     let frame_len = (args.video_kbps * 1000 / 8 / 30) as usize;
     let (mut vn, mut an) = (0u32, 0u32);
-    let mut inbox = media::Inbox::default();
+    let mut inbox = media::Inbox::new(stats, t0);
     let mut video_tick = tokio::time::interval(Duration::from_millis(33));
     let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
     // One timer for the Rtc's deadlines, moved rather than made anew each turn.
@@ -547,7 +547,7 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
         }
         let sending = leave_at.is_none();
         // Drain the Rtc: transmits out (one batch), media in.
-        let timeout = media::poll(&mut rtc, &mut udp, &mut inbox, stats, t0, |_| {})?;
+        let timeout = media::poll(&mut rtc, &mut udp, &mut inbox, |_| {})?;
         udp.flush();
         if leave_at.is_some_and(|t| Instant::now() >= t) {
             let _ = send(&mut ws, json!({"type":"leave"})).await;
@@ -587,7 +587,7 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
                 // Every datagram that is there (up to a burst), each followed by the Rtc's
                 // output; what that sends leaves in one batch after the loop.
                 let now = Instant::now();
-                rtc.handle_input(Input::Timeout(now))?;
+                media::tick(&mut rtc, &mut udp, &mut inbox, now)?;
                 let at = media::burst_time(now);
                 for _ in 0..media::BURST {
                     let Some((n, from)) = udp.try_recv()? else { break };
@@ -595,24 +595,24 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
                     if let Some(input) = udp.input(n, from, at) {
                         rtc.handle_input(input)?;
                     }
-                    media::poll(&mut rtc, &mut udp, &mut inbox, stats, t0, |_| {})?;
+                    media::poll(&mut rtc, &mut udp, &mut inbox, |_| {})?;
                 }
             }
             _ = video_tick.tick(), if offered && rtc.is_connected() && sending => {
                 let key = vn % 60 == 0 || std::mem::take(&mut inbox.force_key);
                 video_frame(&mut frame, key, if key { frame_len * 4 } else { frame_len }, id, vn);
-                write(&mut rtc, video, Codec::Vp8, MediaTime::from_90khz(u64::from(vn) * 3000), &frame)?;
+                media::write(&mut rtc, &mut udp, &mut inbox, video, Codec::Vp8, MediaTime::from_90khz(u64::from(vn) * 3000), &frame)?;
                 vn += 1;
                 stats.frames_sent.fetch_add(1, Ordering::Relaxed);
             }
             _ = audio_tick.tick(), if offered && rtc.is_connected() && sending => {
                 frame.clear();
                 frame.resize(80, 0xAA);
-                write(&mut rtc, audio, Codec::Opus, MediaTime::from_millis(u64::from(an) * 20), &frame)?;
+                media::write(&mut rtc, &mut udp, &mut inbox, audio, Codec::Opus, MediaTime::from_millis(u64::from(an) * 20), &frame)?;
                 an += 1;
             }
             _ = &mut wake => {
-                rtc.handle_input(Input::Timeout(Instant::now()))?;
+                media::tick(&mut rtc, &mut udp, &mut inbox, Instant::now())?;
             }
         }
     }
@@ -668,21 +668,6 @@ fn count_rtp(d: &[u8], stats: &Stats) {
     if d.len() >= 12 && (128..192).contains(&d[0]) && !(192..=223).contains(&d[1]) {
         stats.rtp_received.fetch_add(1, Ordering::Relaxed);
     }
-}
-
-fn write(rtc: &mut Rtc, mid: Mid, codec: Codec, time: MediaTime, data: &[u8]) -> Result<()> {
-    let Some(w) = rtc.writer(mid) else {
-        return Ok(());
-    };
-    let Some(pt) = w
-        .payload_params()
-        .find(|p| p.spec().codec == codec)
-        .map(|p| p.pt())
-    else {
-        return Ok(());
-    };
-    w.write(pt, Instant::now(), time, data.to_vec())?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ use std::time::Instant;
 use anyhow::Result;
 use consulta_sfu::SendBatch;
 use futures_util::StreamExt;
+use str0m::format::Codec;
+use str0m::media::{MediaTime, Mid};
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
@@ -105,19 +107,37 @@ pub fn burst_time(now: Instant) -> Instant {
 }
 
 /// What a participant keeps of the media it receives, and whether it owes a keyframe.
-#[derive(Default)]
-pub struct Inbox {
+pub struct Inbox<'a> {
+    pub stats: &'a Stats,
+    /// When the participant started (for the time to first media).
+    pub t0: Instant,
     pub last_seen: HashMap<u32, u32>,
     pub first_media: bool,
     /// The SFU asked for a keyframe (a new subscriber): the next video frame is one.
     pub force_key: bool,
 }
 
-impl Inbox {
-    pub fn on_event(&mut self, e: Event, stats: &Stats, t0: Instant) -> Option<Event> {
+impl<'a> Inbox<'a> {
+    pub fn new(stats: &'a Stats, t0: Instant) -> Self {
+        Inbox {
+            stats,
+            t0,
+            last_seen: HashMap::new(),
+            first_media: false,
+            force_key: false,
+        }
+    }
+
+    fn on_event(&mut self, e: Event) -> Option<Event> {
         match e {
             Event::MediaData(m) => {
-                on_media(&m, stats, &mut self.last_seen, &mut self.first_media, t0);
+                on_media(
+                    &m,
+                    self.stats,
+                    &mut self.last_seen,
+                    &mut self.first_media,
+                    self.t0,
+                );
                 None
             }
             Event::KeyframeRequest(_) => {
@@ -129,14 +149,13 @@ impl Inbox {
     }
 }
 
-/// Polls an `Rtc` until it asks for a timeout: transmits are queued on `udp` (sent at its next
-/// flush), events go to `inbox`, and those it does not take to `other`. Returns the deadline.
+/// Polls an `Rtc` until it asks for a timeout (str0m wants that after every change to it):
+/// transmits are queued on `udp` (sent at its next flush), events go to `inbox`, and those it
+/// does not take to `other`. Returns the deadline.
 pub fn poll(
     rtc: &mut Rtc,
     udp: &mut MediaSocket,
     inbox: &mut Inbox,
-    stats: &Stats,
-    t0: Instant,
     mut other: impl FnMut(Event),
 ) -> Result<Instant> {
     loop {
@@ -144,12 +163,46 @@ pub fn poll(
             Output::Timeout(t) => return Ok(t),
             Output::Transmit(t) => udp.queue(&t),
             Output::Event(e) => {
-                if let Some(e) = inbox.on_event(e, stats, t0) {
+                if let Some(e) = inbox.on_event(e) {
                     other(e);
                 }
             }
         }
     }
+}
+
+/// Moves an `Rtc`'s clock to `now` and polls it.
+pub fn tick(rtc: &mut Rtc, udp: &mut MediaSocket, inbox: &mut Inbox, now: Instant) -> Result<()> {
+    rtc.handle_input(Input::Timeout(now))?;
+    poll(rtc, udp, inbox, |_| {})?;
+    Ok(())
+}
+
+/// Writes one frame of `codec` on `mid` and has it packetized at once: str0m packetizes a
+/// written frame when its clock next moves, so the clock is moved to now (received datagrams no
+/// longer move it one by one; see [`burst_time`]).
+pub fn write(
+    rtc: &mut Rtc,
+    udp: &mut MediaSocket,
+    inbox: &mut Inbox,
+    mid: Mid,
+    codec: Codec,
+    time: MediaTime,
+    data: &[u8],
+) -> Result<()> {
+    let Some(w) = rtc.writer(mid) else {
+        return Ok(());
+    };
+    let Some(pt) = w
+        .payload_params()
+        .find(|p| p.spec().codec == codec)
+        .map(|p| p.pt())
+    else {
+        return Ok(());
+    };
+    w.write(pt, Instant::now(), time, data.to_vec())?;
+    poll(rtc, udp, inbox, |_| {})?;
+    tick(rtc, udp, inbox, Instant::now())
 }
 
 /// The sending half of a participant's signaling WebSocket.
