@@ -78,6 +78,11 @@ struct Args {
     /// consultation's participants share one). Default: one per CPU.
     #[arg(long)]
     threads: Option<usize>,
+    /// Nice value of those threads (0-19). The generator shares the machine with the server
+    /// it measures; by default it yields the CPU to it (10), so that the server's numbers are
+    /// its own rather than the scheduler's. 0: the same priority.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    nice: i32,
 }
 
 /// The loss a level may have and still count as within capacity.
@@ -153,7 +158,7 @@ async fn main() -> Result<()> {
     if threads == 0 {
         bail!("--threads must be at least 1");
     }
-    let shards = shards(threads)?;
+    let shards = shards(threads, args.nice)?;
     let mut reports = Vec::new();
     let mut capacity = None;
     for (i, rooms) in levels.iter().enumerate() {
@@ -197,7 +202,7 @@ async fn main() -> Result<()> {
 /// Threads for the synthetic participants, each driving a single-threaded runtime: a
 /// participant's socket, timers and signaling wake only its own thread (tokio's work-stealing
 /// scheduler cost the generator a fifth more CPU, taken from the server it measures).
-fn shards(n: usize) -> Result<Vec<tokio::runtime::Handle>> {
+fn shards(n: usize, nice: i32) -> Result<Vec<tokio::runtime::Handle>> {
     (0..n)
         .map(|i| {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -207,7 +212,12 @@ fn shards(n: usize) -> Result<Vec<tokio::runtime::Handle>> {
             // Runs until the process exits.
             std::thread::Builder::new()
                 .name(format!("participants-{i}"))
-                .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+                .spawn(move || {
+                    if let Err(e) = consulta_sfu::thread_nice(nice) {
+                        eprintln!("consulta-bench: cannot set nice {nice}: {e}");
+                    }
+                    rt.block_on(std::future::pending::<()>())
+                })?;
             Ok(handle)
         })
         .collect()

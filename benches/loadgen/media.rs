@@ -228,3 +228,48 @@ pub fn split_ws(ws: Ws) -> (WsSink, tokio::sync::mpsc::Receiver<String>) {
     });
     (sink, rx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A video frame's packets queued to one peer leave in one flush (as one GSO send where the
+    /// kernel has it) and arrive as the separate datagrams they were; an empty socket reads as
+    /// nothing rather than blocking.
+    #[tokio::test(flavor = "current_thread")]
+    async fn queued_datagrams_leave_in_one_flush_and_arrive_whole() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let (mut a, mut b) = (
+            MediaSocket::bind(ip).unwrap(),
+            MediaSocket::bind(ip).unwrap(),
+        );
+        assert!(b.try_recv().unwrap().is_none());
+        let sizes = [1200usize, 1200, 1200, 700];
+        for (i, n) in sizes.iter().enumerate() {
+            let t = Transmit {
+                proto: Protocol::Udp,
+                source: a.local,
+                destination: b.local,
+                contents: vec![i as u8; *n].into(),
+            };
+            a.queue(&t);
+        }
+        // Nothing leaves before the flush.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(b.try_recv().unwrap().is_none());
+        a.flush();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        while got.len() < sizes.len() && Instant::now() < deadline {
+            b.socket.readable().await.unwrap();
+            while let Some((n, from)) = b.try_recv().unwrap() {
+                assert_eq!(from, a.local);
+                got.push((n, b.data(n)[0]));
+            }
+        }
+        assert_eq!(got, vec![(1200, 0), (1200, 1), (1200, 2), (700, 3)]);
+        // Dated just before the clock move that precedes the burst.
+        let now = Instant::now();
+        assert!(burst_time(now) < now);
+    }
+}

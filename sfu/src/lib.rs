@@ -488,13 +488,22 @@ fn set_thread_nice(nice: i32) {
     if nice == 0 {
         return;
     }
-    // SAFETY: plain syscalls on the calling thread's own id.
-    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
-    if r != 0 {
+    if let Err(error) = thread_nice(nice) {
         tracing::warn!(
             nice,
-            error = %std::io::Error::last_os_error(),
+            %error,
             "cannot set the media workers' priority (media.worker_nice needs CAP_SYS_NICE); running at the default"
         );
     }
+}
+
+/// Sets the calling thread's nice value (Linux: per thread). A negative value needs
+/// CAP_SYS_NICE; a positive one (yielding to other threads) never does.
+pub fn thread_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on the calling thread's own id.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
