@@ -403,14 +403,14 @@ fn markdown(args: &Args, levels: &[Value], capacity: Option<usize>) -> String {
             MAX_LOSS * 100.0
         );
     }
-    let _ = writeln!(s, "| consultations | streams | loss % | latency p50 ms | p99 ms | in server p50 ms | p99 ms | server CPU % of a core | µs/forwarded packet | RSS MB |");
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "| consultations | streams | loss % | latency p50 ms | p99 ms | in server p50 ms | p99 ms | server CPU % of a core | µs/forwarded packet | RSS MB | generator CPU % of a core |");
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
     let f3 = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.3}"));
     for l in levels {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.3} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} |",
             l["rooms"],
             l["streams_forwarded"],
             l["frame_loss_ratio"].as_f64().unwrap_or(0.0) * 100.0,
@@ -423,6 +423,7 @@ fn markdown(args: &Args, levels: &[Value], capacity: Option<usize>) -> String {
             l["server"]["rss_bytes"]
                 .as_f64()
                 .map_or("-".into(), |b| format!("{:.0}", b / 1e6)),
+            f(&l["generator"]["cpu_percent_of_one_core"]),
         );
     }
     let _ = writeln!(s, "\n## Server CPU per forwarded packet (µs)\n\n```");
