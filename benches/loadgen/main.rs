@@ -404,7 +404,10 @@ fn markdown(args: &Args, levels: &[Value], capacity: Option<usize>) -> String {
         );
     }
     let _ = writeln!(s, "| consultations | streams | loss % | latency p50 ms | p99 ms | in server p50 ms | p99 ms | server CPU % of a core | µs/forwarded packet | RSS MB | generator CPU % of a core |");
-    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        s,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
     let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
     let f3 = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.3}"));
     for l in levels {
