@@ -20,7 +20,9 @@ use str0m::{Candidate, Rtc};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::media::{burst_time, poll, split_ws, tick, write, Inbox, MediaSocket, WsSink, BURST};
+use crate::media::{
+    burst_time, capture_ticks, poll, split_ws, tick, write, Inbox, MediaSocket, WsSink, BURST,
+};
 use crate::{count_rtp, video_frame, Args, Stats};
 
 struct Conn {
@@ -161,8 +163,7 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
     let frame_len = (args.video_kbps * 1000 / 8 / 30) as usize;
     let (mut vn, mut an) = (0u32, 0u32);
     let mut inbox = Inbox::new(stats, t0);
-    let mut video_tick = tokio::time::interval(Duration::from_millis(33));
-    let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
+    let (mut video_tick, mut audio_tick) = capture_ticks(id);
     let mut keepalive = tokio::time::interval(Duration::from_secs(20));
     // One timer for the Rtcs' deadlines, moved rather than made anew each turn.
     let wake = tokio::time::sleep(Duration::ZERO);

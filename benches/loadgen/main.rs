@@ -583,8 +583,7 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
     let frame_len = (args.video_kbps * 1000 / 8 / 30) as usize;
     let (mut vn, mut an) = (0u32, 0u32);
     let mut inbox = media::Inbox::new(stats, t0);
-    let mut video_tick = tokio::time::interval(Duration::from_millis(33));
-    let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
+    let (mut video_tick, mut audio_tick) = media::capture_ticks(id);
     // One timer for the Rtc's deadlines, moved rather than made anew each turn.
     let wake = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(wake);

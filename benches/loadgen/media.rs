@@ -106,6 +106,21 @@ pub fn burst_time(now: Instant) -> Instant {
         .unwrap_or(now)
 }
 
+/// A participant's capture clocks: a video frame every 33 ms and an audio frame every 20 ms,
+/// each starting at a phase of its own (spread by the participant's id), as independent cameras
+/// and microphones are. Started together, every publisher's frames would reach the server in
+/// the same millisecond, a burst no real consultation sends.
+pub fn capture_ticks(id: u32) -> (tokio::time::Interval, tokio::time::Interval) {
+    // The golden ratio's fractional part spreads consecutive ids evenly over a period.
+    let phase = (f64::from(id) * 0.618_033_988_75).fract();
+    let start = tokio::time::Instant::now();
+    let tick = |period_ms: u64| {
+        let period = std::time::Duration::from_millis(period_ms);
+        tokio::time::interval_at(start + period.mul_f64(phase), period)
+    };
+    (tick(33), tick(20))
+}
+
 /// What a participant keeps of the media it receives, and whether it owes a keyframe.
 pub struct Inbox<'a> {
     pub stats: &'a Stats,
