@@ -457,6 +457,7 @@ async fn load_generator_short_run_completes_without_loss() {
     assert!(r["server"]["cpu_seconds"].as_f64().is_some(), "{r}");
     assert!(r["generator"]["cpu_seconds"].as_f64().is_some(), "{r}");
     assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["jitter_ms"]["max"].as_f64().is_some(), "{r}");
     // The server's own forwarding delay histogram was filled and read over the window.
     let in_server = r["server"]["forward_delay_ms"]["p50"].as_f64();
     assert!(in_server.is_some_and(|ms| ms > 0.0), "{r}");

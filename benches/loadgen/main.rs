@@ -96,6 +96,8 @@ struct Stats {
     bytes_received: AtomicU64,
     audio_received: AtomicU64,
     latencies_us: Mutex<Vec<u64>>,
+    /// Each received video frame's RFC 3550 jitter estimate for its stream, µs.
+    jitter_us: Mutex<Vec<u64>>,
     /// RTP packets (SRTP, not RTCP) received by all subscribers: what the server forwarded.
     rtp_received: AtomicU64,
     /// Participants receiving media (everyone has joined when it reaches the total).
@@ -272,6 +274,7 @@ async fn run_level(
     tokio::time::sleep(Duration::from_secs(1)).await;
     // The measured window starts now: counters from zero, server CPU and forwarded packets.
     stats.latencies_us.lock().unwrap().clear();
+    stats.jitter_us.lock().unwrap().clear();
     for c in [
         &stats.frames_sent,
         &stats.frames_received,
@@ -324,10 +327,10 @@ async fn run_level(
     }
     let mut lat = stats.latencies_us.lock().unwrap().clone();
     lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .map(|v| *v as f64 / 1000.0)
-    };
+    let pct = |p: f64| percentile_ms(&lat, p);
+    let mut jit = stats.jitter_us.lock().unwrap().clone();
+    jit.sort_unstable();
+    let jpct = |p: f64| percentile_ms(&jit, p);
     let received = stats.frames_received.load(Ordering::Relaxed);
     let lost = stats.frames_lost.load(Ordering::Relaxed);
     let rtp = stats.rtp_received.load(Ordering::Relaxed);
@@ -346,6 +349,9 @@ async fn run_level(
         "bytes_received": stats.bytes_received.load(Ordering::Relaxed),
         "receive_kbps": stats.bytes_received.load(Ordering::Relaxed) as f64 * 8.0 / 1000.0 / elapsed,
         "latency_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": lat.last().map(|v| *v as f64 / 1000.0) },
+        // Interarrival jitter of the video streams (RFC 3550 estimator over the send times inside
+        // the frames), over every frame received in the window.
+        "jitter_ms": { "p50": jpct(0.5), "p99": jpct(0.99), "max": jit.last().map(|v| *v as f64 / 1000.0) },
         "join_ms": summary(&stats.join_ms.lock().unwrap()),
         "first_media_ms": summary(&stats.first_media_ms.lock().unwrap()),
         "server": {
@@ -444,6 +450,12 @@ fn markdown(args: &Args, levels: &[Value], capacity: Option<usize>) -> String {
     }
     let _ = writeln!(s, "```");
     s
+}
+
+/// The `p` quantile of sorted µs values, in ms (nearest rank).
+fn percentile_ms(sorted_us: &[u64], p: f64) -> Option<f64> {
+    let i = ((sorted_us.len() as f64 * p) as usize).min(sorted_us.len().saturating_sub(1));
+    sorted_us.get(i).map(|v| *v as f64 / 1000.0)
 }
 
 fn summary(v: &[u64]) -> Value {
@@ -667,10 +679,27 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
 }
 
 /// One received frame: bytes, latency from the send time inside, lost frames from the counter.
+/// What a subscriber last heard from one publisher's video.
+pub struct Heard {
+    /// The frame counter.
+    n: u32,
+    /// Receive time minus send time, µs (both wall clock on this machine).
+    transit_us: i64,
+    /// RFC 3550 interarrival jitter, µs.
+    jitter_us: f64,
+}
+
+/// One step of RFC 3550's interarrival jitter estimator (section 6.4.1): J += (|D| - J) / 16,
+/// D the difference of two consecutive frames' transit times.
+fn next_jitter(jitter_us: f64, prev_transit_us: i64, transit_us: i64) -> f64 {
+    let d = (transit_us - prev_transit_us).unsigned_abs() as f64;
+    jitter_us + (d - jitter_us) / 16.0
+}
+
 fn on_media(
     m: &str0m::media::MediaData,
     stats: &Stats,
-    last_seen: &mut HashMap<u32, u32>,
+    heard: &mut HashMap<u32, Heard>,
     first_media: &mut bool,
     t0: Instant,
 ) {
@@ -687,18 +716,31 @@ fn on_media(
     let sent = u64::from_be_bytes(m.data[8..16].try_into().unwrap_or_default());
     let from = u32::from_be_bytes(m.data[16..20].try_into().unwrap_or_default());
     let n = u32::from_be_bytes(m.data[20..24].try_into().unwrap_or_default());
+    let now = now_us();
     stats
         .latencies_us
         .lock()
         .unwrap()
-        .push(now_us().saturating_sub(sent));
-    if let Some(prev) = last_seen.insert(from, n) {
-        if n > prev + 1 {
+        .push(now.saturating_sub(sent));
+    let transit_us = now as i64 - sent as i64;
+    let mut jitter_us = 0.0;
+    if let Some(prev) = heard.get(&from) {
+        if n > prev.n + 1 {
             stats
                 .frames_lost
-                .fetch_add(u64::from(n - prev - 1), Ordering::Relaxed);
+                .fetch_add(u64::from(n - prev.n - 1), Ordering::Relaxed);
         }
+        jitter_us = next_jitter(prev.jitter_us, prev.transit_us, transit_us);
+        stats.jitter_us.lock().unwrap().push(jitter_us as u64);
     }
+    heard.insert(
+        from,
+        Heard {
+            n,
+            transit_us,
+            jitter_us,
+        },
+    );
     stats.frames_received.fetch_add(1, Ordering::Relaxed);
     if !*first_media {
         *first_media = true;
@@ -720,7 +762,28 @@ fn count_rtp(d: &[u8], stats: &Stats) {
 
 #[cfg(test)]
 mod tests {
-    use super::quantile_ms;
+    use super::{next_jitter, quantile_ms};
+
+    /// RFC 3550's estimator: constant transit times give no jitter; a transit time that
+    /// alternates by 1 ms converges to 1 ms; one late frame moves it by a sixteenth.
+    #[test]
+    fn jitter_follows_rfc_3550() {
+        let mut j = 0.0;
+        for _ in 0..100 {
+            j = next_jitter(j, 5_000, 5_000);
+        }
+        assert_eq!(j, 0.0);
+        for k in 0..400 {
+            let (a, b) = if k % 2 == 0 {
+                (5_000, 6_000)
+            } else {
+                (6_000, 5_000)
+            };
+            j = next_jitter(j, a, b);
+        }
+        assert!((j - 1_000.0).abs() < 1.0, "{j}");
+        assert_eq!(next_jitter(0.0, 5_000, 21_000), 1_000.0);
+    }
 
     #[test]
     fn quantiles_interpolate_within_the_bucket_like_prometheus() {

@@ -18,7 +18,7 @@ use str0m::{Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{on_media, Stats};
+use crate::{on_media, Heard, Stats};
 
 /// Datagrams read back to back before the participant's other inputs get a turn.
 pub const BURST: usize = 64;
@@ -126,7 +126,7 @@ pub struct Inbox<'a> {
     pub stats: &'a Stats,
     /// When the participant started (for the time to first media).
     pub t0: Instant,
-    pub last_seen: HashMap<u32, u32>,
+    pub heard: HashMap<u32, Heard>,
     pub first_media: bool,
     /// The SFU asked for a keyframe (a new subscriber): the next video frame is one.
     pub force_key: bool,
@@ -137,7 +137,7 @@ impl<'a> Inbox<'a> {
         Inbox {
             stats,
             t0,
-            last_seen: HashMap::new(),
+            heard: HashMap::new(),
             first_media: false,
             force_key: false,
         }
@@ -149,7 +149,7 @@ impl<'a> Inbox<'a> {
                 on_media(
                     &m,
                     self.stats,
-                    &mut self.last_seen,
+                    &mut self.heard,
                     &mut self.first_media,
                     self.t0,
                 );
