@@ -456,6 +456,7 @@ async fn load_generator_short_run_completes_without_loss() {
     );
     assert!(r["server"]["cpu_seconds"].as_f64().is_some(), "{r}");
     assert!(r["generator"]["cpu_seconds"].as_f64().is_some(), "{r}");
+    assert_eq!(r["generator"]["datagrams_refused"], 0, "{r}");
     assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
     assert!(r["jitter_ms"]["max"].as_f64().is_some(), "{r}");
     // The server's own forwarding delay histogram was filled and read over the window.

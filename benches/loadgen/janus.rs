@@ -248,7 +248,7 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
             })?;
             next = next.min(t);
         }
-        udp.flush();
+        udp.flush(stats);
         let sending = leave_at.is_none();
         let pub_ready = pcs
             .first()

@@ -100,6 +100,8 @@ struct Stats {
     jitter_us: Mutex<Vec<u64>>,
     /// RTP packets (SRTP, not RTCP) received by all subscribers: what the server forwarded.
     rtp_received: AtomicU64,
+    /// Datagrams the participants' own sockets refused to send (full buffers).
+    send_refused: AtomicU64,
     /// Participants receiving media (everyone has joined when it reaches the total).
     receiving: AtomicU64,
     /// Set once the measured window is over: participants stop sending and leave.
@@ -282,6 +284,7 @@ async fn run_level(
         &stats.bytes_received,
         &stats.audio_received,
         &stats.rtp_received,
+        &stats.send_refused,
     ] {
         c.store(0, Ordering::Relaxed);
     }
@@ -371,6 +374,8 @@ async fn run_level(
         "generator": {
             "cpu_seconds": gen,
             "cpu_percent_of_one_core": gen.map(|c| c * 100.0 / elapsed),
+            // Losses of its own making, if any: datagrams its sockets refused to send.
+            "datagrams_refused": stats.send_refused.load(Ordering::Relaxed),
         },
         "target": args.target,
         "rtp_packets_received": rtp,
@@ -608,7 +613,7 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
         let sending = leave_at.is_none();
         // Drain the Rtc: transmits out (one batch), media in.
         let timeout = media::poll(&mut rtc, &mut udp, &mut inbox, |_| {})?;
-        udp.flush();
+        udp.flush(stats);
         if leave_at.is_some_and(|t| Instant::now() >= t) {
             let _ = send(&mut ws, json!({"type":"leave"})).await;
             return Ok(());

@@ -56,10 +56,16 @@ impl MediaSocket {
         self.out.push(t.destination, &t.contents);
     }
 
-    /// Sends what is queued (a datagram the kernel refuses is lost, as on a real network).
-    pub fn flush(&mut self) {
+    /// Sends what is queued. A datagram the kernel refuses (a full send buffer) is lost, as on
+    /// a real network, and counted: a loss the generator caused, not the server.
+    pub fn flush(&mut self, stats: &Stats) {
         self.out.flush(&self.send);
-        self.out.errors = 0;
+        let refused = std::mem::take(&mut self.out.errors);
+        if refused > 0 {
+            stats
+                .send_refused
+                .fetch_add(refused, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// The next datagram that has arrived, if any: its length and source.
@@ -272,7 +278,14 @@ mod tests {
         // Nothing leaves before the flush.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(b.try_recv().unwrap().is_none());
-        a.flush();
+        let stats = Stats::default();
+        a.flush(&stats);
+        assert_eq!(
+            stats
+                .send_refused
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
         let mut got = Vec::new();
         let deadline = Instant::now() + std::time::Duration::from_secs(2);
         while got.len() < sizes.len() && Instant::now() < deadline {
