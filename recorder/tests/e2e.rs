@@ -556,34 +556,44 @@ fn assert_lasts_3s(p: &Probe, summary: &Summary) {
     );
 }
 
-/// 3 s of 640x360 VP8 at 30 fps from libvpx (real-time settings, a keyframe every second).
-fn vp8_source(dir: &TempDir) -> Vec<Vec<u8>> {
-    let ivf = dir.path("video.ivf");
-    run_ffmpeg(&[
+/// Encodes 3 s of a 640x360 test pattern at 30 fps (a keyframe every second, 1 Mbit/s) with
+/// `codec` (ffmpeg's video codec options) into `out`, a file of ffmpeg format `format`.
+fn encode_test_video(out: &Path, codec: &[&str], format: &str) {
+    let mut args = vec![
         "-f",
         "lavfi",
         "-i",
         "testsrc=size=640x360:rate=30",
         "-t",
         "3",
-        "-c:v",
-        "libvpx",
-        "-deadline",
-        "realtime",
-        "-cpu-used",
-        "8",
-        "-lag-in-frames",
-        "0",
-        "-auto-alt-ref",
-        "0",
-        "-g",
-        "30",
-        "-b:v",
-        "1M",
-        "-f",
+        "-pix_fmt",
+        "yuv420p",
+    ];
+    args.extend_from_slice(codec);
+    args.extend_from_slice(&["-g", "30", "-b:v", "1M", "-f", format]);
+    args.push(out.to_str().unwrap());
+    run_ffmpeg(&args);
+}
+
+/// 3 s of 640x360 VP8 at 30 fps from libvpx (real-time settings, a keyframe every second).
+fn vp8_source(dir: &TempDir) -> Vec<Vec<u8>> {
+    let ivf = dir.path("video.ivf");
+    encode_test_video(
+        &ivf,
+        &[
+            "-c:v",
+            "libvpx",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-lag-in-frames",
+            "0",
+            "-auto-alt-ref",
+            "0",
+        ],
         "ivf",
-        ivf.to_str().unwrap(),
-    ]);
+    );
     read_ivf(&ivf)
 }
 
@@ -711,31 +721,20 @@ fn h264_and_opus() {
     }
     let dir = TempDir::new("h264");
     let es = dir.path("video.h264");
-    run_ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=640x360:rate=30",
-        "-t",
-        "3",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:v",
-        "libx264",
-        "-profile:v",
-        "baseline",
-        "-bf",
-        "0",
-        "-g",
-        "30",
-        "-threads",
-        "1",
-        "-b:v",
-        "1M",
-        "-f",
+    encode_test_video(
+        &es,
+        &[
+            "-c:v",
+            "libx264",
+            "-profile:v",
+            "baseline",
+            "-bf",
+            "0",
+            "-threads",
+            "1",
+        ],
         "h264",
-        es.to_str().unwrap(),
-    ]);
+    );
     let aus = read_annexb_access_units(&es);
     let audio = opus_source(&dir);
     assert_eq!(aus.len(), 90);
@@ -779,31 +778,20 @@ fn vp9_and_opus() {
     }
     let dir = TempDir::new("vp9");
     let ivf = dir.path("video.ivf");
-    run_ffmpeg(&[
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc=size=640x360:rate=30",
-        "-t",
-        "3",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:v",
-        "libvpx-vp9",
-        "-deadline",
-        "realtime",
-        "-cpu-used",
-        "8",
-        "-lag-in-frames",
-        "0",
-        "-g",
-        "30",
-        "-b:v",
-        "1M",
-        "-f",
+    encode_test_video(
+        &ivf,
+        &[
+            "-c:v",
+            "libvpx-vp9",
+            "-deadline",
+            "realtime",
+            "-cpu-used",
+            "8",
+            "-lag-in-frames",
+            "0",
+        ],
         "ivf",
-        ivf.to_str().unwrap(),
-    ]);
+    );
     let video = read_ivf(&ivf);
     let audio = opus_source(&dir);
     assert_eq!(video.len(), 90);
