@@ -8,7 +8,6 @@
 //! packet count from /metrics, so the report's µs per forwarded packet can be checked against
 //! both. The report is JSON on stdout.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -657,9 +656,8 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
                 for _ in 0..media::BURST {
                     let Some((n, from)) = udp.try_recv()? else { break };
                     count_rtp(udp.data(n), stats);
-                    if let Some(input) = udp.input(n, from, at) {
-                        rtc.handle_input(input)?;
-                    }
+                    let Some(input) = udp.input(n, from, at) else { continue };
+                    rtc.handle_input(input)?;
                     media::poll(&mut rtc, &mut udp, &mut inbox, |_| {})?;
                 }
             }
@@ -683,7 +681,6 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
     }
 }
 
-/// One received frame: bytes, latency from the send time inside, lost frames from the counter.
 /// What a subscriber last heard from one publisher's video.
 pub struct Heard {
     /// The frame counter.
@@ -701,13 +698,10 @@ fn next_jitter(jitter_us: f64, prev_transit_us: i64, transit_us: i64) -> f64 {
     jitter_us + (d - jitter_us) / 16.0
 }
 
-fn on_media(
-    m: &str0m::media::MediaData,
-    stats: &Stats,
-    heard: &mut HashMap<u32, Heard>,
-    first_media: &mut bool,
-    t0: Instant,
-) {
+/// One received frame: bytes, latency from the send time inside, lost frames from the counter,
+/// the stream's jitter.
+fn on_media(m: &str0m::media::MediaData, inbox: &mut media::Inbox) {
+    let stats = inbox.stats;
     stats
         .bytes_received
         .fetch_add(m.data.len() as u64, Ordering::Relaxed);
@@ -729,7 +723,7 @@ fn on_media(
         .push(now.saturating_sub(sent));
     let transit_us = now as i64 - sent as i64;
     let mut jitter_us = 0.0;
-    if let Some(prev) = heard.get(&from) {
+    if let Some(prev) = inbox.heard.get(&from) {
         if n > prev.n + 1 {
             stats
                 .frames_lost
@@ -738,7 +732,7 @@ fn on_media(
         jitter_us = next_jitter(prev.jitter_us, prev.transit_us, transit_us);
         stats.jitter_us.lock().unwrap().push(jitter_us as u64);
     }
-    heard.insert(
+    inbox.heard.insert(
         from,
         Heard {
             n,
@@ -747,14 +741,14 @@ fn on_media(
         },
     );
     stats.frames_received.fetch_add(1, Ordering::Relaxed);
-    if !*first_media {
-        *first_media = true;
+    if !inbox.first_media {
+        inbox.first_media = true;
         stats.receiving.fetch_add(1, Ordering::Relaxed);
         stats
             .first_media_ms
             .lock()
             .unwrap()
-            .push(t0.elapsed().as_millis() as u64);
+            .push(inbox.t0.elapsed().as_millis() as u64);
     }
 }
 

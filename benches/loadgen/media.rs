@@ -152,13 +152,7 @@ impl<'a> Inbox<'a> {
     fn on_event(&mut self, e: Event) -> Option<Event> {
         match e {
             Event::MediaData(m) => {
-                on_media(
-                    &m,
-                    self.stats,
-                    &mut self.heard,
-                    &mut self.first_media,
-                    self.t0,
-                );
+                on_media(&m, self);
                 None
             }
             Event::KeyframeRequest(_) => {
