@@ -521,15 +521,21 @@ mod tests {
         // static key): until then it stamps datagrams when they are read. A few tries.
         let mut ages = Vec::new();
         for _ in 0..10 {
+            // Read before the send: on loopback the datagram arrives inside `send_to`, and the
+            // thread may be preempted before it could read the clock after it.
+            let sending = std::time::Instant::now();
             a.send_to(b"early", b.local_addr().unwrap()).unwrap();
-            let sent = std::time::Instant::now();
             // Read well after it arrived.
             std::thread::sleep(std::time::Duration::from_millis(50));
             assert_eq!(rx.recv_now(&b).unwrap(), 1);
             let clocks = Clocks::now();
             let at = rx.arrival(0, &clocks);
             // Never before the datagram was sent (clock conversion within a millisecond).
-            assert!(at + std::time::Duration::from_millis(1) >= sent);
+            assert!(
+                at + std::time::Duration::from_millis(1) >= sending,
+                "arrived {:?} before the send began",
+                sending.duration_since(at)
+            );
             let age = clocks.mono.duration_since(at);
             ages.push(age);
             if age >= std::time::Duration::from_millis(40) {
