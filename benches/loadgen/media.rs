@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use anyhow::Result;
-use consulta_sfu::SendBatch;
+use consulta_sfu::{GroRecv, SendBatch};
 use futures_util::StreamExt;
 use str0m::format::Codec;
 use str0m::media::{MediaTime, Mid};
@@ -29,7 +29,7 @@ pub struct MediaSocket {
     /// The same socket, for `sendmmsg`.
     send: std::net::UdpSocket,
     out: SendBatch,
-    buf: Vec<u8>,
+    rx: GroRecv,
     pub local: SocketAddr,
 }
 
@@ -41,9 +41,9 @@ impl MediaSocket {
         let socket = UdpSocket::from_std(send.try_clone()?)?;
         Ok(MediaSocket {
             out: SendBatch::with_gso(consulta_sfu::gso_supported(&send)),
+            rx: GroRecv::new(&send),
             socket,
             send,
-            buf: vec![0u8; 2048],
             local,
         })
     }
@@ -68,28 +68,39 @@ impl MediaSocket {
         }
     }
 
-    /// The next datagram that has arrived, if any: its length and source.
+    /// The next datagram that has arrived, if any: its length and source. A run of datagrams the
+    /// server sent as one GSO message is read in one call (`UDP_GRO`): the kernel queues it
+    /// whole instead of splitting it and queueing and waking this participant per datagram. On
+    /// loopback that work runs inside the sender's `sendmmsg` and was charged to the server; on
+    /// a network the receiving machine does it.
     pub fn try_recv(&mut self) -> Result<Option<(usize, SocketAddr)>> {
         loop {
-            match self.socket.try_recv_from(&mut self.buf) {
-                Ok(r) => return Ok(Some(r)),
+            if let Some(r) = self.rx.next_datagram() {
+                return Ok(Some(r));
+            }
+            let (rx, send) = (&mut self.rx, &self.send);
+            match self
+                .socket
+                .try_io(tokio::io::Interest::READABLE, || rx.read(send))
+            {
+                Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
                 // An ICMP error from an earlier send: nothing to read, keep going.
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// The bytes of the datagram [`MediaSocket::try_recv`] returned.
+    /// The bytes of the datagram [`MediaSocket::try_recv`] returned (`n` bytes long).
     pub fn data(&self, n: usize) -> &[u8] {
-        &self.buf[..n]
+        &self.rx.data()[..n]
     }
 
     /// That datagram as an `Rtc` input (`None` if it is nothing WebRTC), received at `at`
     /// (see [`burst_time`]).
     pub fn input(&self, n: usize, source: SocketAddr, at: Instant) -> Option<Input<'_>> {
-        let contents = self.buf[..n].try_into().ok()?;
+        let contents = self.data(n).try_into().ok()?;
         Some(Input::Receive(
             at,
             Receive {

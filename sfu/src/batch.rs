@@ -1,4 +1,5 @@
-//! Batched UDP I/O: `recvmmsg` for the demux thread, `sendmmsg` for the workers.
+//! Batched UDP I/O: `recvmmsg` for the demux thread, `sendmmsg` for the workers, and a `UDP_GRO`
+//! receiver for the load generator.
 //!
 //! One syscall per datagram was a large share of the server's CPU under load (profile in the
 //! README's Performance section). Receiving takes up to [`RECV_BATCH`] datagrams per call (the
@@ -19,6 +20,8 @@ pub(crate) const SEND_BATCH: usize = 64;
 /// Linux UDP generic segmentation offload (not in every libc target's constants).
 const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
+/// Linux UDP generic receive offload: runs arrive whole, with their segment size.
+const UDP_GRO: libc::c_int = 104;
 /// Most bytes one GSO send may carry (the IP datagram limit, with headroom).
 const GSO_MAX_BYTES: usize = 60_000;
 
@@ -472,6 +475,126 @@ impl SendBatch {
     }
 }
 
+/// Receives one datagram per call, with UDP generic receive offload (`UDP_GRO`, Linux ≥ 5.0)
+/// when the kernel has it: a run of same-size datagrams from one source that its sender sent
+/// as one GSO message (or that the NIC coalesced) is read whole, in one call, and split here
+/// into its datagrams. Without it the receiving kernel splits the run and queues, wakes and
+/// copies out each datagram on its own. Nothing is allocated per datagram.
+pub struct GroRecv {
+    buf: Vec<u8>,
+    /// Bytes of the last read, its segment size, and where the current datagram starts and
+    /// the next one will.
+    len: usize,
+    seg: usize,
+    start: usize,
+    next: usize,
+    from: Option<SocketAddr>,
+    addr: libc::sockaddr_storage,
+    control: [u64; 4],
+    /// Whether the socket delivers runs whole.
+    pub gro: bool,
+    /// Reads made (runs count once), against datagrams returned.
+    pub reads: u64,
+}
+
+impl GroRecv {
+    /// Asks `socket` for `UDP_GRO`; without it, every read is one datagram.
+    pub fn new(socket: &impl AsRawFd) -> GroRecv {
+        let on: libc::c_int = 1;
+        // SAFETY: passes a live c_int of the stated size.
+        let gro = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                SOL_UDP,
+                UDP_GRO,
+                &on as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        } == 0;
+        GroRecv {
+            buf: vec![0; if gro { u16::MAX as usize } else { 2048 }],
+            len: 0,
+            seg: 0,
+            start: 0,
+            next: 0,
+            from: None,
+            // SAFETY: plain old data, all zeroes is valid.
+            addr: unsafe { std::mem::zeroed() },
+            control: [0; 4],
+            gro,
+            reads: 0,
+        }
+    }
+
+    /// The next datagram of the last read (its length and source), or `None` once it is used up.
+    pub fn next_datagram(&mut self) -> Option<(usize, SocketAddr)> {
+        while self.next < self.len {
+            self.start = self.next;
+            self.next = (self.start + self.seg).min(self.len);
+            if let Some(from) = self.from {
+                return Some((self.next - self.start, from));
+            }
+        }
+        None
+    }
+
+    /// The bytes of the datagram [`GroRecv::next_datagram`] returned last.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.next]
+    }
+
+    /// Reads what is queued on `socket` without waiting: one datagram, or one whole run. A
+    /// `WouldBlock` error when nothing is; the datagrams of the previous read are dropped.
+    pub fn read(&mut self, socket: &impl AsRawFd) -> io::Result<()> {
+        self.len = 0;
+        self.next = 0;
+        self.start = 0;
+        let mut iov = libc::iovec {
+            iov_base: self.buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: self.buf.len(),
+        };
+        // SAFETY: plain old data, all zeroes is valid; the pointers are set below.
+        let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
+        h.msg_name = &mut self.addr as *mut _ as *mut libc::c_void;
+        h.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        h.msg_iov = &mut iov;
+        h.msg_iovlen = 1;
+        h.msg_control = self.control.as_mut_ptr() as *mut libc::c_void;
+        h.msg_controllen = std::mem::size_of_val(&self.control) as _;
+        // SAFETY: the header points at live buffers of the sizes it states, owned by `self`.
+        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut h, libc::MSG_DONTWAIT) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.reads += 1;
+        let n = n as usize;
+        let mut seg = n;
+        // SAFETY: the kernel set the control length; the CMSG macros stay within the buffer,
+        // and the segment size is read unaligned from the message data.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&h);
+            while !c.is_null() {
+                if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                    let g = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                    if g > 0 {
+                        seg = g as usize;
+                    }
+                    break;
+                }
+                c = libc::CMSG_NXTHDR(&h, c);
+            }
+        }
+        // A truncated datagram (only possible without GRO, past 2 KiB) is no RTP of ours.
+        if h.msg_flags & libc::MSG_TRUNC != 0 {
+            return Ok(());
+        }
+        self.len = n;
+        self.seg = seg.max(1);
+        self.from = from_storage(&self.addr, h.msg_namelen);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,6 +677,52 @@ mod tests {
         assert_eq!(rx.recv_now(&c).unwrap(), 1);
         let clocks = Clocks::now();
         assert_eq!(rx.arrival(0, &clocks), clocks.mono);
+    }
+
+    #[test]
+    fn a_gso_run_is_read_whole_and_split_into_its_datagrams() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut rx = GroRecv::new(&b);
+        let gso = gso_supported(&a);
+        let to = b.local_addr().unwrap();
+        let mut out = SendBatch::with_gso(gso);
+        let mut sent: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000]).collect();
+        // A run's last datagram may be shorter; a longer one starts the next message.
+        sent.push(vec![9; 300]);
+        sent.push(vec![7; 1200]);
+        for d in &sent {
+            out.push(to, d);
+        }
+        out.flush(&a);
+        assert_eq!(out.errors, 0);
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while got.len() < sent.len() && std::time::Instant::now() < deadline {
+            match rx.read(&b) {
+                Ok(()) => {
+                    while let Some((n, from)) = rx.next_datagram() {
+                        assert_eq!(from, a.local_addr().unwrap());
+                        assert_eq!(rx.data().len(), n);
+                        got.push(rx.data().to_vec());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, sent);
+        if gso && rx.gro {
+            // The six of the run in one read, the seventh in another.
+            assert_eq!(rx.reads, 2);
+        } else {
+            assert_eq!(rx.reads, sent.len() as u64);
+        }
+        // Nothing more: the read says so, and the old datagrams are gone.
+        assert_eq!(rx.read(&b).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert!(rx.next_datagram().is_none());
     }
 
     #[test]

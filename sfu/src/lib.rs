@@ -34,7 +34,7 @@ mod worker;
 
 /// Batched UDP sending (one `sendmmsg`, UDP GSO for runs to one destination), also used by the
 /// load generator's synthetic participants.
-pub use batch::{gso_supported, SendBatch};
+pub use batch::{gso_supported, GroRecv, SendBatch};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
