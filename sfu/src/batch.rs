@@ -115,32 +115,105 @@ impl Clocks {
     }
 }
 
-/// Room for one `SCM_TIMESTAMPNS` control message (CMSG_SPACE of a timespec), 8-byte aligned.
-type Control = [u64; 6];
+/// Room for an `SCM_TIMESTAMPNS` and a `UDP_GRO` control message (CMSG_SPACE of a timespec and
+/// of an int), 8-byte aligned.
+type Control = [u64; 8];
 
-/// Receives up to [`RECV_BATCH`] datagrams per syscall into pool buffers.
+/// Bytes one message may bring with `UDP_GRO` on: a whole run (at most 64 KiB).
+const GRO_SLOT: usize = 65_536;
+/// Slots are this far apart rather than exactly 64 KiB, so that the starts of the messages of
+/// one call do not all fall in the same cache sets.
+const GRO_STRIDE: usize = GRO_SLOT + 256;
+
+/// Asks the kernel to deliver runs of same-size datagrams from one source whole (`UDP_GRO`,
+/// Linux ≥ 5.0): the NIC's GRO coalesces the back-to-back packets of a video frame, a sender's
+/// GSO run stays one buffer, and [`RecvBatch`] splits them again. One skb and one message per
+/// run instead of per datagram.
+pub(crate) fn enable_gro(socket: &impl AsRawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: passes a live c_int of the stated size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            SOL_UDP,
+            UDP_GRO,
+            &on as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `UDP_GRO` is on for `socket`.
+fn gro_enabled(socket: &UdpSocket) -> bool {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are valid for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            SOL_UDP,
+            UDP_GRO,
+            &mut v as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    r == 0 && v != 0
+}
+
+/// One datagram of the last call: its message, where it starts in the arena, its length.
+#[derive(Clone, Copy)]
+struct Datagram {
+    msg: u16,
+    truncated: bool,
+    start: u32,
+    len: u32,
+}
+
+/// Receives up to [`RECV_BATCH`] messages per syscall into one arena, and splits the runs that
+/// `UDP_GRO` delivered whole back into their datagrams. Nothing is allocated per datagram.
 pub(crate) struct RecvBatch {
-    bufs: Vec<PacketBuf>,
+    arena: Vec<u8>,
+    /// Bytes one message may take, and the distance between two messages' slots.
+    slot: usize,
+    stride: usize,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
     controls: Vec<Control>,
     hdrs: Vec<libc::mmsghdr>,
+    messages: usize,
+    datagrams: Vec<Datagram>,
 }
 
 impl RecvBatch {
-    pub fn new(pool: &BufferPool) -> Self {
+    /// For `socket`: 64 KiB per message when it has `UDP_GRO` on, one datagram's room if not.
+    pub fn new(socket: &UdpSocket) -> Self {
+        let (slot, stride) = if gro_enabled(socket) {
+            (GRO_SLOT, GRO_STRIDE)
+        } else {
+            (MAX_DATAGRAM, MAX_DATAGRAM)
+        };
         RecvBatch {
-            bufs: (0..RECV_BATCH).map(|_| pool.take()).collect(),
+            arena: vec![0; stride * RECV_BATCH],
+            slot,
+            stride,
             // SAFETY (all three): plain old data, all zeroes is valid; filled before each call.
             iovs: vec![unsafe { std::mem::zeroed() }; RECV_BATCH],
             addrs: vec![unsafe { std::mem::zeroed() }; RECV_BATCH],
-            controls: vec![[0; 6]; RECV_BATCH],
+            controls: vec![[0; 8]; RECV_BATCH],
             hdrs: vec![unsafe { std::mem::zeroed() }; RECV_BATCH],
+            messages: 0,
+            // A run holds at most 64 datagrams (the kernel's UDP_GRO_CNT_MAX; a local GSO
+            // sender's at most 128): room for the usual case up front.
+            datagrams: Vec::with_capacity(RECV_BATCH * 8),
         }
     }
 
-    /// Blocks (up to the socket's read timeout) for at least one datagram, then takes what is
-    /// queued up to the batch size. Returns how many arrived.
+    /// Waits for at least one datagram (up to the socket's read timeout), then takes what is
+    /// queued up to the batch size. Returns how many datagrams arrived.
     pub fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         self.recv_with(socket, libc::MSG_WAITFORONE)
     }
@@ -153,11 +226,20 @@ impl RecvBatch {
         }
     }
 
+    /// Whether the last call filled every message slot (more may be queued).
+    pub fn was_full(&self) -> bool {
+        self.messages == RECV_BATCH
+    }
+
     fn recv_with(&mut self, socket: &UdpSocket, flags: libc::c_int) -> io::Result<usize> {
+        self.messages = 0;
+        self.datagrams.clear();
+        let base = self.arena.as_mut_ptr();
         for i in 0..RECV_BATCH {
             self.iovs[i] = libc::iovec {
-                iov_base: self.bufs[i].as_mut_ptr() as *mut libc::c_void,
-                iov_len: MAX_DATAGRAM,
+                // SAFETY: slot `i` lies within the arena (RECV_BATCH strides of `slot` or more).
+                iov_base: unsafe { base.add(i * self.stride) } as *mut libc::c_void,
+                iov_len: self.slot,
             };
             let h = &mut self.hdrs[i].msg_hdr;
             h.msg_name = &mut self.addrs[i] as *mut _ as *mut libc::c_void;
@@ -183,29 +265,59 @@ impl RecvBatch {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(n as usize)
+        self.messages = n as usize;
+        for m in 0..self.messages {
+            let h = &self.hdrs[m];
+            let len = (h.msg_len as usize).min(self.slot);
+            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let seg = match gro_segment(&h.msg_hdr) {
+                Some(g) if !truncated && g < len => g,
+                _ => len.max(1),
+            };
+            let at = m * self.stride;
+            let mut off = 0;
+            loop {
+                let l = seg.min(len - off);
+                self.datagrams.push(Datagram {
+                    msg: m as u16,
+                    truncated,
+                    start: (at + off) as u32,
+                    len: l as u32,
+                });
+                off += l;
+                if off >= len {
+                    break;
+                }
+            }
+        }
+        Ok(self.datagrams.len())
     }
 
     /// Datagram `i` of the last call: its length (truncated ones report MAX_DATAGRAM or more)
     /// and source.
     pub fn get(&self, i: usize) -> (usize, Option<SocketAddr>) {
-        let h = &self.hdrs[i];
-        let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-        let len = if truncated {
-            MAX_DATAGRAM
+        let d = self.datagrams[i];
+        let len = if d.truncated {
+            MAX_DATAGRAM.max(d.len as usize)
         } else {
-            h.msg_len as usize
+            d.len as usize
         };
-        (len, from_storage(&self.addrs[i], h.msg_hdr.msg_namelen))
+        let m = usize::from(d.msg);
+        (
+            len,
+            from_storage(&self.addrs[m], self.hdrs[m].msg_hdr.msg_namelen),
+        )
     }
 
     /// When datagram `i` of the last call reached the kernel, as an `Instant` (`clocks` read
     /// right after the call). Without a kernel timestamp, or with one that does not fit the
-    /// clocks (the wall clock was stepped), the time of the read.
+    /// clocks (the wall clock was stepped), the time of the read. The datagrams of one run
+    /// share their message's time.
     pub fn arrival(&self, i: usize, clocks: &Clocks) -> std::time::Instant {
-        let Some(h) = self.hdrs.get(i).map(|m| &m.msg_hdr) else {
+        let Some(d) = self.datagrams.get(i) else {
             return clocks.mono;
         };
+        let h = &self.hdrs[usize::from(d.msg)].msg_hdr;
         let mut ts: Option<libc::timespec> = None;
         // SAFETY: the header's control buffer is ours and the kernel set its length; the CMSG
         // macros stay within it, and the timestamp is read unaligned from the message data.
@@ -235,14 +347,37 @@ impl RecvBatch {
             .unwrap_or(clocks.mono)
     }
 
+    /// The bytes of datagram `i` of the last call.
     pub fn buf(&self, i: usize) -> &[u8] {
-        &self.bufs[i][..]
+        let d = self.datagrams[i];
+        &self.arena[d.start as usize..][..d.len as usize]
     }
 
-    /// Takes datagram `i`'s buffer (for a worker), leaving a fresh one from the pool.
+    /// Datagram `i` copied into a buffer from the pool (for a worker).
     pub fn take(&mut self, i: usize, pool: &BufferPool) -> PacketBuf {
-        std::mem::replace(&mut self.bufs[i], pool.take())
+        let mut b = pool.take();
+        let data = self.buf(i);
+        let n = data.len().min(MAX_DATAGRAM);
+        b[..n].copy_from_slice(&data[..n]);
+        b
     }
+}
+
+/// The segment size of a run `UDP_GRO` delivered whole, from the message's control data.
+fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+    // SAFETY: the header's control buffer is ours and the kernel set its length; the CMSG
+    // macros stay within it, and the value is read unaligned from the message data.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
+                let g = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
+                return usize::try_from(g).ok().filter(|g| *g > 0);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
 }
 
 /// Wakes a worker that waits on its socket (an eventfd), for input that comes through channels
@@ -500,17 +635,7 @@ pub struct GroRecv {
 impl GroRecv {
     /// Asks `socket` for `UDP_GRO`; without it, every read is one datagram.
     pub fn new(socket: &impl AsRawFd) -> GroRecv {
-        let on: libc::c_int = 1;
-        // SAFETY: passes a live c_int of the stated size.
-        let gro = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                SOL_UDP,
-                UDP_GRO,
-                &on as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        } == 0;
+        let gro = enable_gro(socket).is_ok();
         GroRecv {
             buf: vec![0; if gro { u16::MAX as usize } else { 2048 }],
             len: 0,
@@ -568,22 +693,7 @@ impl GroRecv {
         }
         self.reads += 1;
         let n = n as usize;
-        let mut seg = n;
-        // SAFETY: the kernel set the control length; the CMSG macros stay within the buffer,
-        // and the segment size is read unaligned from the message data.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&h);
-            while !c.is_null() {
-                if (*c).cmsg_level == SOL_UDP && (*c).cmsg_type == UDP_GRO {
-                    let g = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::c_int);
-                    if g > 0 {
-                        seg = g as usize;
-                    }
-                    break;
-                }
-                c = libc::CMSG_NXTHDR(&h, c);
-            }
-        }
+        let seg = gro_segment(&h).unwrap_or(n);
         // A truncated datagram (only possible without GRO, past 2 KiB) is no RTP of ours.
         if h.msg_flags & libc::MSG_TRUNC != 0 {
             return Ok(());
@@ -614,8 +724,7 @@ mod tests {
         out.push("255.255.255.255:9".parse().unwrap(), b"nowhere");
         out.push(to, b"last");
         out.flush(&a);
-        let pool = BufferPool::new(64);
-        let mut rx = RecvBatch::new(&pool);
+        let mut rx = RecvBatch::new(&b);
         let mut got = Vec::new();
         while got.len() < 41 {
             let n = rx.recv(&b).unwrap();
@@ -638,8 +747,7 @@ mod tests {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();
         enable_rx_timestamps(&b).unwrap();
-        let pool = BufferPool::new(4);
-        let mut rx = RecvBatch::new(&pool);
+        let mut rx = RecvBatch::new(&b);
         // The kernel switches timestamping on a moment after the first socket asks (a deferred
         // static key): until then it stamps datagrams when they are read. A few tries.
         let mut ages = Vec::new();
@@ -677,6 +785,53 @@ mod tests {
         assert_eq!(rx.recv_now(&c).unwrap(), 1);
         let clocks = Clocks::now();
         assert_eq!(rx.arrival(0, &clocks), clocks.mono);
+    }
+
+    #[test]
+    fn runs_received_whole_are_split_into_their_datagrams() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let gro = enable_gro(&b).is_ok();
+        enable_rx_timestamps(&b).unwrap();
+        b.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let mut rx = RecvBatch::new(&b);
+        let to = b.local_addr().unwrap();
+        let mut out = SendBatch::with_gso(gso_supported(&a));
+        // A run of five with a shorter last one, a single, and a datagram too big for a buffer.
+        let mut sent: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000]).collect();
+        sent.push(vec![9; 300]);
+        sent.push(vec![7; 1200]);
+        for d in &sent {
+            out.push(to, d);
+        }
+        out.flush(&a);
+        a.send_to(&[1; MAX_DATAGRAM + 10], to).unwrap();
+        let pool = BufferPool::new(4);
+        let (mut got, mut oversized, mut messages) = (Vec::new(), 0, 0);
+        while got.len() + oversized < sent.len() + 1 {
+            let n = rx.recv(&b).unwrap();
+            let clocks = Clocks::now();
+            for i in 0..n {
+                let (len, from) = rx.get(i);
+                assert_eq!(from, Some(a.local_addr().unwrap()));
+                assert!(rx.arrival(i, &clocks) <= clocks.mono);
+                if len >= MAX_DATAGRAM {
+                    oversized += 1;
+                    continue;
+                }
+                assert_eq!(rx.buf(i).len(), len);
+                let taken = rx.take(i, &pool);
+                assert_eq!(&taken[..len], rx.buf(i));
+                got.push(rx.buf(i).to_vec());
+            }
+            assert!(!rx.was_full());
+            messages += rx.messages;
+        }
+        assert_eq!(got, sent);
+        assert_eq!(oversized, 1);
+        // With GRO the run of six came as one message, and no datagram lost its bytes.
+        assert_eq!(messages, if gro { 3 } else { 8 });
     }
 
     #[test]
@@ -751,8 +906,7 @@ mod tests {
         out.flush(&a);
         assert_eq!(out.errors, 0);
         assert_eq!(out.gso_datagrams, 8);
-        let pool = BufferPool::new(64);
-        let mut rx = RecvBatch::new(&pool);
+        let mut rx = RecvBatch::new(&b);
         let mut got = Vec::new();
         while got.len() < 8 {
             let n = rx.recv(&b).unwrap();

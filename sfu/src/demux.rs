@@ -126,6 +126,10 @@ pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     if let Err(e) = crate::batch::enable_rx_timestamps(&socket) {
         tracing::debug!(error = %e, "no kernel receive timestamps");
     }
+    // Runs of datagrams from one source arrive whole and are split by the reader.
+    if let Err(e) = crate::batch::enable_gro(&socket) {
+        tracing::debug!(error = %e, "no UDP GRO");
+    }
     // Lets the thread notice shutdown and registrations while the socket is idle.
     socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     Ok(socket)
@@ -245,7 +249,7 @@ impl Receiver {
     }
 
     pub fn run(mut self) {
-        let mut batch = crate::batch::RecvBatch::new(&self.pool);
+        let mut batch = crate::batch::RecvBatch::new(&self.socket);
         let (mut datagrams, mut unroutable, mut drops) = (0u64, 0u64, 0u64);
         let mut last_publish = Instant::now();
         while !self.stopping.load(Ordering::Relaxed) {

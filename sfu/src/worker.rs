@@ -196,7 +196,7 @@ fn run_direct(
     let wire = NetWire::new(ctx.socket.clone());
     let mut host = RouterHost::new(ctx.index, wire, ctx.advertised.clone(), ctx.max_publishers);
     let mut table = crate::demux::RouteTable::default();
-    let mut rx = crate::batch::RecvBatch::new(&ctx.pool);
+    let mut rx = crate::batch::RecvBatch::new(&ctx.socket);
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
     let mut busy = Duration::ZERO;
     let (mut datagrams, mut unroutable) = (0u64, 0u64);
@@ -254,7 +254,7 @@ fn run_direct(
                 }
             }
             release_forwarded(&mut host);
-            if n < crate::batch::RECV_BATCH {
+            if !rx.was_full() {
                 break;
             }
         }
