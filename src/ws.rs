@@ -28,6 +28,8 @@ use crate::server::AppState;
 
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a closed session keeps reading, waiting for the client's answer to its close.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Events a worker may queue for one session before it is considered stuck.
 const EVENT_QUEUE: usize = 256;
 /// Token bucket: sustained messages per second and burst.
@@ -241,6 +243,17 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
             .await;
     }
     let _ = sink.close().await;
+    // Read what the client still sends until it answers the close, for a moment at most: a
+    // socket closed with unread data is reset by the kernel, and a reset drops what was not yet
+    // delivered to the client, the error that says why it was closed included.
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn on_client(
