@@ -1,5 +1,6 @@
-//! Batched UDP I/O: `recvmmsg` for the demux thread, `sendmmsg` for the workers, and a `UDP_GRO`
-//! receiver for the load generator.
+//! Batched UDP I/O: `recvmmsg` (with `UDP_GRO` runs split back into datagrams) for the demux
+//! thread or the direct worker, `sendmmsg` (with UDP GSO) for the workers, and a one-at-a-time
+//! `UDP_GRO` receiver for the load generator.
 //!
 //! One syscall per datagram was a large share of the server's CPU under load (profile in the
 //! README's Performance section). Receiving takes up to [`RECV_BATCH`] datagrams per call (the
