@@ -28,19 +28,54 @@ const GSO_MAX_BYTES: usize = 60_000;
 
 /// Whether the kernel segments UDP for us (Linux ≥ 4.18).
 pub fn gso_supported(socket: &UdpSocket) -> bool {
+    int_option(socket, SOL_UDP, UDP_SEGMENT).is_ok()
+}
+
+/// Sets an int socket option.
+fn set_int_option(
+    socket: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a live c_int of the stated size.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            &value as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads an int socket option (an error if the kernel does not know it).
+fn int_option(
+    socket: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `v` and `len` are valid for the call.
     let r = unsafe {
         libc::getsockopt(
             socket.as_raw_fd(),
-            SOL_UDP,
-            UDP_SEGMENT,
+            level,
+            name,
             &mut v as *mut _ as *mut libc::c_void,
             &mut len,
         )
     };
-    r == 0
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
 }
 
 fn to_storage(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -81,21 +116,7 @@ fn from_storage(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Optio
 /// Asks the kernel to stamp every received datagram with its arrival time (`SO_TIMESTAMPNS`,
 /// wall clock), read back by [`RecvBatch::arrival`].
 pub(crate) fn enable_rx_timestamps(socket: &UdpSocket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: passes a live c_int of the stated size.
-    let r = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            &on as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
 }
 
 /// Both clocks read once per batch, to turn kernel timestamps (wall clock) into `Instant`s.
@@ -131,38 +152,12 @@ const GRO_STRIDE: usize = GRO_SLOT + 256;
 /// GSO run stays one buffer, and [`RecvBatch`] splits them again. One skb and one message per
 /// run instead of per datagram.
 pub(crate) fn enable_gro(socket: &impl AsRawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: passes a live c_int of the stated size.
-    let r = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            SOL_UDP,
-            UDP_GRO,
-            &on as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    set_int_option(socket, SOL_UDP, UDP_GRO, 1)
 }
 
 /// Whether `UDP_GRO` is on for `socket`.
 fn gro_enabled(socket: &UdpSocket) -> bool {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `v` and `len` are valid for the call.
-    let r = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            SOL_UDP,
-            UDP_GRO,
-            &mut v as *mut _ as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    r == 0 && v != 0
+    int_option(socket, SOL_UDP, UDP_GRO).is_ok_and(|v| v != 0)
 }
 
 /// One datagram of the last call: its message, where it starts in the arena, its length.
