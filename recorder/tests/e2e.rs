@@ -577,23 +577,17 @@ fn encode_test_video(out: &Path, codec: &[&str], format: &str) {
 
 /// 3 s of 640x360 VP8 at 30 fps from libvpx (real-time settings, a keyframe every second).
 fn vp8_source(dir: &TempDir) -> Vec<Vec<u8>> {
+    libvpx_source(dir, "libvpx", &["-auto-alt-ref", "0"])
+}
+
+/// The 3 s test pattern from a libvpx encoder (`libvpx` or `libvpx-vp9`) at real-time settings
+/// with no frame lag, plus `extra` options, read back from IVF.
+fn libvpx_source(dir: &TempDir, encoder: &str, extra: &[&str]) -> Vec<Vec<u8>> {
     let ivf = dir.path("video.ivf");
-    encode_test_video(
-        &ivf,
-        &[
-            "-c:v",
-            "libvpx",
-            "-deadline",
-            "realtime",
-            "-cpu-used",
-            "8",
-            "-lag-in-frames",
-            "0",
-            "-auto-alt-ref",
-            "0",
-        ],
-        "ivf",
-    );
+    let mut args = vec!["-c:v", encoder, "-deadline", "realtime", "-cpu-used", "8"];
+    args.extend(["-lag-in-frames", "0"]);
+    args.extend_from_slice(extra);
+    encode_test_video(&ivf, &args, "ivf");
     read_ivf(&ivf)
 }
 
@@ -777,22 +771,7 @@ fn vp9_and_opus() {
         return;
     }
     let dir = TempDir::new("vp9");
-    let ivf = dir.path("video.ivf");
-    encode_test_video(
-        &ivf,
-        &[
-            "-c:v",
-            "libvpx-vp9",
-            "-deadline",
-            "realtime",
-            "-cpu-used",
-            "8",
-            "-lag-in-frames",
-            "0",
-        ],
-        "ivf",
-    );
-    let video = read_ivf(&ivf);
+    let video = libvpx_source(&dir, "libvpx-vp9", &[]);
     let audio = opus_source(&dir);
     assert_eq!(video.len(), 90);
     assert!(vp9_is_key(&video[0]) && vp9_is_key(&video[30]) && !vp9_is_key(&video[1]));
