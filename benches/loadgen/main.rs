@@ -327,12 +327,6 @@ async fn run_level(
     if !args.quiet {
         eprintln!();
     }
-    let mut lat = stats.latencies_us.lock().unwrap().clone();
-    lat.sort_unstable();
-    let pct = |p: f64| percentile_ms(&lat, p);
-    let mut jit = stats.jitter_us.lock().unwrap().clone();
-    jit.sort_unstable();
-    let jpct = |p: f64| percentile_ms(&jit, p);
     let received = stats.frames_received.load(Ordering::Relaxed);
     let lost = stats.frames_lost.load(Ordering::Relaxed);
     let rtp = stats.rtp_received.load(Ordering::Relaxed);
@@ -350,10 +344,10 @@ async fn run_level(
         "audio_frames_received": stats.audio_received.load(Ordering::Relaxed),
         "bytes_received": stats.bytes_received.load(Ordering::Relaxed),
         "receive_kbps": stats.bytes_received.load(Ordering::Relaxed) as f64 * 8.0 / 1000.0 / elapsed,
-        "latency_ms": { "p50": pct(0.5), "p99": pct(0.99), "max": lat.last().map(|v| *v as f64 / 1000.0) },
+        "latency_ms": summary_us_as_ms(&stats.latencies_us.lock().unwrap()),
         // Interarrival jitter of the video streams (RFC 3550 estimator over the send times inside
         // the frames), over every frame received in the window.
-        "jitter_ms": { "p50": jpct(0.5), "p99": jpct(0.99), "max": jit.last().map(|v| *v as f64 / 1000.0) },
+        "jitter_ms": summary_us_as_ms(&stats.jitter_us.lock().unwrap()),
         "join_ms": summary(&stats.join_ms.lock().unwrap()),
         "first_media_ms": summary(&stats.first_media_ms.lock().unwrap()),
         "server": {
@@ -456,10 +450,16 @@ fn markdown(args: &Args, levels: &[Value], capacity: Option<usize>) -> String {
     s
 }
 
-/// The `p` quantile of sorted µs values, in ms (nearest rank).
-fn percentile_ms(sorted_us: &[u64], p: f64) -> Option<f64> {
-    let i = ((sorted_us.len() as f64 * p) as usize).min(sorted_us.len().saturating_sub(1));
-    sorted_us.get(i).map(|v| *v as f64 / 1000.0)
+/// p50, p99 (nearest rank) and max of µs values, in ms.
+fn summary_us_as_ms(us: &[u64]) -> Value {
+    let mut v = us.to_vec();
+    v.sort_unstable();
+    let ms = |i: usize| {
+        v.get(i.min(v.len().saturating_sub(1)))
+            .map(|x| *x as f64 / 1000.0)
+    };
+    let rank = |p: f64| (v.len() as f64 * p) as usize;
+    json!({ "p50": ms(rank(0.5)), "p99": ms(rank(0.99)), "max": ms(v.len()) })
 }
 
 fn summary(v: &[u64]) -> Value {
