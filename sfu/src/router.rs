@@ -848,7 +848,7 @@ impl<W: Wire> RouterHost<W> {
     }
 
     /// Sends one RTP packet of `src` to every consumer of its track.
-    fn forward(&mut self, src: PeerId, pkt: RtpPacket) {
+    fn forward(&mut self, src: PeerId, mut pkt: RtpPacket) {
         self.counters.rtp_in += 1;
         let Some(t) = self.transports.get_mut(&src) else {
             return;
@@ -904,7 +904,10 @@ impl<W: Wire> RouterHost<W> {
             video_orientation: pkt.header.ext_vals.video_orientation,
             ..Default::default()
         };
-        for q in &router.participants {
+        // The last subscriber gets the payload itself, the others a copy: in a 1:1 call
+        // forwarding copies nothing (str0m keeps what it is given for retransmissions).
+        let last = router.participants.iter().rposition(|q| *q != src);
+        for (i, q) in router.participants.iter().enumerate() {
             if *q == src {
                 continue;
             }
@@ -937,7 +940,11 @@ impl<W: Wire> RouterHost<W> {
                 out_seq.into(),
                 pkt.header.timestamp,
                 pkt.timestamp,
-                pkt.payload.clone(),
+                if Some(i) == last {
+                    std::mem::take(&mut pkt.payload)
+                } else {
+                    pkt.payload.clone()
+                },
             )
             .marker(pkt.header.marker)
             .ext_vals(ext.clone())

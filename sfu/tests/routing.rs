@@ -73,6 +73,51 @@ fn two_participants_exchange_audio_and_video() {
 }
 
 #[test]
+fn every_subscriber_of_a_room_gets_each_frame_whole() {
+    // The last subscriber of a packet is given its payload, the others copies: whichever way
+    // the room is ordered, everyone gets every byte.
+    let mut net = Net::new(5);
+    let a = net.join("room-3", "doctor", true);
+    let b = net.join("room-3", "patient", false);
+    let c = net.join("room-3", "interpreter", true);
+    net.until(10, "all connected", connected);
+    net.settle(30);
+    for n in 0..20u32 {
+        for (from, size) in [(a, 900), (c, 600)] {
+            net.write(
+                from,
+                MediaKind::Video,
+                Codec::Vp8,
+                MediaTime::from_90khz(3000 * u64::from(n)),
+                &vp8_frame(n == 0, n, size),
+            );
+        }
+        net.settle(3);
+    }
+    // a's frames reach b and c; c's frames (c joined last) reach a and b.
+    net.until(5, "frames arrive", |n| {
+        [a, b, c]
+            .iter()
+            .all(|&i| n.received(i, MediaKind::Video).len() >= 18)
+    });
+    let frames = |sizes: &[usize], n: u32| -> Vec<Vec<u8>> {
+        sizes.iter().map(|&s| vp8_frame(n == 0, n, s)).collect()
+    };
+    for (at, sizes) in [(a, vec![600]), (b, vec![900, 600]), (c, vec![900])] {
+        let got = net.received(at, MediaKind::Video);
+        for n in 0..10u32 {
+            for want in frames(&sizes, n) {
+                assert!(
+                    got.iter().any(|m| *m.data == want[..]),
+                    "participant {at} is missing frame {n} of {} bytes",
+                    want.len()
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn late_joiner_starts_at_a_requested_keyframe() {
     let mut net = Net::new(5);
     let a = net.join("room-2", "doctor", true);
