@@ -420,8 +420,9 @@ impl Waker {
         };
     }
 
-    /// Waits until the socket has a datagram, a wake comes, or `timeout` passes.
-    pub fn wait(&self, socket: &UdpSocket, timeout: std::time::Duration) {
+    /// Waits until the socket has a datagram, a wake comes, or `timeout` passes, and says
+    /// which of them is ready.
+    pub fn wait(&self, socket: &UdpSocket, timeout: std::time::Duration) -> Ready {
         let mut fds = [
             libc::pollfd {
                 fd: socket.as_raw_fd(),
@@ -439,8 +440,34 @@ impl Waker {
             tv_nsec: timeout.subsec_nanos() as libc::c_long,
         };
         // SAFETY: `fds` and `ts` are live for the call; no signal mask is passed.
-        unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
+        let n = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
+        if n < 0 {
+            // EINTR (or worse): the caller looks at everything, as before a first wait.
+            return Ready::ALL;
+        }
+        // An error or hang-up condition counts as readable: the next read reports and clears it.
+        Ready {
+            socket: fds[0].revents != 0,
+            woken: fds[1].revents != 0,
+        }
     }
+}
+
+/// What a [`Waker::wait`] found ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ready {
+    /// The socket has a datagram (or an error) to read.
+    pub socket: bool,
+    /// A wake came: the worker's channels have input.
+    pub woken: bool,
+}
+
+impl Ready {
+    /// Everything may be ready: no wait told otherwise.
+    pub const ALL: Ready = Ready {
+        socket: true,
+        woken: true,
+    };
 }
 
 /// Queues datagrams and sends them with one `sendmmsg`. Runs of datagrams to the same

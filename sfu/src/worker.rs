@@ -200,62 +200,72 @@ fn run_direct(
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
     let mut busy = Duration::ZERO;
     let (mut datagrams, mut unroutable) = (0u64, 0u64);
+    // What the last wait found ready; before the first one, everything may be.
+    let mut ready = crate::batch::Ready::ALL;
     while !ctx.stopping.load(Ordering::Relaxed) {
         let round = Instant::now();
         let mut worked = false;
-        // Wakes are cleared before the queues are read, so none is lost. Commands go first: a
-        // participant's `Leave` is queued before the browser is told it left, so it is handled
-        // before the datagrams its closing connection sends next.
-        waker.reset();
+        // A wake is cleared before the queues are read, so none is lost; the eventfd is read
+        // only when the wait saw it set. Commands go first: a participant's `Leave` is queued
+        // before the browser is told it left, so it is handled before the datagrams its
+        // closing connection sends next.
+        if ready.woken {
+            waker.reset();
+        }
         while let Ok(cmd) = ctx.commands.try_recv() {
             host.on_command(cmd);
             worked = true;
         }
-        // Then datagrams: a few batches, then the other inputs get their turn.
-        for _ in 0..4 {
-            let n = match rx.recv_now(&ctx.socket) {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::debug!(error = %e, "udp receive error");
-                    0
-                }
-            };
-            if n == 0 {
-                break;
-            }
-            worked = true;
-            let clocks = crate::batch::Clocks::now();
-            for i in 0..n {
-                datagrams += 1;
-                let at = rx.arrival(i, &clocks);
-                let (len, source) = rx.get(i);
-                let Some(source) = source.filter(|_| len < crate::demux::MAX_DATAGRAM) else {
-                    unroutable += 1;
-                    continue;
+        // Then datagrams, when the wait saw some: a few batches, then the other inputs get
+        // their turn. `pending`: the last batch filled every slot, so more are likely queued.
+        let mut pending = false;
+        if ready.socket {
+            for _ in 0..4 {
+                let n = match rx.recv_now(&ctx.socket) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "udp receive error");
+                        0
+                    }
                 };
-                let route = match table.lookup(&source) {
-                    Some(r) => Some(r),
-                    None => table.learn(source, &rx.buf(i)[..len]),
-                };
-                match route {
-                    Some(r) => host.on_datagram(
-                        r.peer,
-                        str0m::net::Protocol::Udp,
-                        source,
-                        &rx.buf(i)[..len],
-                        at,
-                    ),
-                    None => unroutable += 1,
+                if n == 0 {
+                    break;
                 }
-                // What is forwarded leaves every few datagrams, not after the whole batch:
-                // a packet's wait for the others is part of the delay the SFU adds.
-                if i % SEND_EVERY == SEND_EVERY - 1 {
-                    release_forwarded(&mut host);
+                worked = true;
+                let clocks = crate::batch::Clocks::now();
+                for i in 0..n {
+                    datagrams += 1;
+                    let at = rx.arrival(i, &clocks);
+                    let (len, source) = rx.get(i);
+                    let Some(source) = source.filter(|_| len < crate::demux::MAX_DATAGRAM) else {
+                        unroutable += 1;
+                        continue;
+                    };
+                    let route = match table.lookup(&source) {
+                        Some(r) => Some(r),
+                        None => table.learn(source, &rx.buf(i)[..len]),
+                    };
+                    match route {
+                        Some(r) => host.on_datagram(
+                            r.peer,
+                            str0m::net::Protocol::Udp,
+                            source,
+                            &rx.buf(i)[..len],
+                            at,
+                        ),
+                        None => unroutable += 1,
+                    }
+                    // What is forwarded leaves every few datagrams, not after the whole batch:
+                    // a packet's wait for the others is part of the delay the SFU adds.
+                    if i % SEND_EVERY == SEND_EVERY - 1 {
+                        release_forwarded(&mut host);
+                    }
                 }
-            }
-            release_forwarded(&mut host);
-            if !rx.was_full() {
-                break;
+                release_forwarded(&mut host);
+                pending = rx.was_full();
+                if !pending {
+                    break;
+                }
             }
         }
         for _ in 0..BATCH {
@@ -273,6 +283,14 @@ fn run_direct(
         }
         if worked {
             account_busy(&ctx, &mut busy, round.elapsed());
+        }
+        // The socket was not drained: read on at once. Otherwise wait; a datagram that came
+        // meanwhile ends the wait at once, and a wait that ends on a deadline reads nothing.
+        ready = if pending {
+            crate::batch::Ready {
+                socket: true,
+                woken: false,
+            }
         } else {
             let deadline = host
                 .next_deadline()
@@ -280,8 +298,8 @@ fn run_direct(
             waker.wait(
                 &ctx.socket,
                 deadline.saturating_duration_since(Instant::now()),
-            );
-        }
+            )
+        };
     }
     ctx.stats.alive.store(false, Ordering::Relaxed);
 }
