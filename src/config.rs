@@ -186,6 +186,11 @@ pub struct MediaConfig {
     /// per packet, smaller batches (more CPU per packet). Needs CAP_SYS_NICE; without it the
     /// server says so and runs at the default priority.
     pub worker_nice: i32,
+    /// Sent video packets each subscriber's stream keeps to answer NACKs with a retransmission
+    /// (RTX); older losses are not repaired. 0 turns retransmission off, else 16..=10000. The memory is about
+    /// 1.6 KB per packet per subscribed video track, and str0m drops packets older than 3 s
+    /// anyway.
+    pub nack_history: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,6 +259,7 @@ impl Default for MediaConfig {
             workers: 0,
             max_publishers: 5,
             worker_nice: 0,
+            nack_history: 500,
         }
     }
 }
@@ -292,6 +298,8 @@ const SECTIONS: &[&str] = &[
     "s3",
 ];
 const TOP_LEVEL: &[&str] = &["data_dir"];
+/// Most sent video packets kept per subscribed track (`media.nack_history`): ~16 MB a track.
+const MAX_NACK_HISTORY: usize = 10_000;
 /// Environment variables that are not config keys.
 const NOT_KEYS: &[&str] = &["CONSULTA_CONFIG", "CONSULTA_BIN"];
 
@@ -331,6 +339,10 @@ impl Config {
         }
         if !(1..=16).contains(&self.media.max_publishers) {
             bail!("media.max_publishers must be between 1 and 16");
+        }
+        let history = self.media.nack_history;
+        if !(history == 0 || (16..=MAX_NACK_HISTORY).contains(&history)) {
+            bail!("media.nack_history must be 0 (no retransmission) or 16 to {MAX_NACK_HISTORY}");
         }
         if let Some(s) = &self.auth.token_secret {
             if s.len() < 16 {
@@ -699,6 +711,7 @@ mod tests {
         assert_eq!(c.media.udp_port, 7882);
         assert_eq!(c.bind_ip().to_string(), "127.0.0.1");
         assert_eq!(c.media.max_publishers, 5);
+        assert_eq!(c.media.nack_history, 500);
         assert_eq!(c.data_dir, PathBuf::from("./data"));
     }
 
@@ -740,6 +753,13 @@ mod tests {
         assert!(c.validate().is_err());
         let c = Config::load(None, env(&[("CONSULTA_MEDIA_PUBLIC_IPS", "0.0.0.0")])).unwrap();
         assert!(c.validate().is_err());
+        for bad in ["100000", "5"] {
+            let c = Config::load(None, env(&[("CONSULTA_MEDIA_NACK_HISTORY", bad)])).unwrap();
+            assert!(c.validate().is_err());
+        }
+        let c = Config::load(None, env(&[("CONSULTA_MEDIA_NACK_HISTORY", "0")])).unwrap();
+        assert_eq!(c.media.nack_history, 0);
+        c.validate().unwrap();
     }
 
     #[test]

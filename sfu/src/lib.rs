@@ -68,6 +68,8 @@ pub struct SfuConfig {
     pub max_publishers: usize,
     /// Nice value of the worker threads (0: unchanged).
     pub worker_nice: i32,
+    /// Sent video packets kept per subscribed track to answer NACKs (0: no retransmission).
+    pub nack_history: usize,
     /// Addresses of the built-in TURN relays (for the path metrics); empty without TURN.
     pub relay_ips: Vec<IpAddr>,
 }
@@ -315,7 +317,10 @@ impl Sfu {
                 index,
                 socket: socket.clone(),
                 advertised: advertised.clone(),
-                max_publishers: cfg.max_publishers,
+                limits: router::Limits {
+                    max_publishers: cfg.max_publishers,
+                    nack_history: cfg.nack_history,
+                },
                 directory: directory.clone(),
                 commands: cmd_rx,
                 packets: pkt_rx,

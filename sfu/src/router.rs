@@ -26,8 +26,8 @@ use crate::demux::DemuxUpdate;
 use crate::forwarder::{gates_on_keyframes, is_keyframe_start, KeyframeThrottle, PtMap, Verdict};
 use crate::stats::{codec_index, LocalCounters, TrackCounts};
 use crate::transport::{
-    far_future, track_kind, Advertised, Consumer, ConsumerState, Fault, Io, Outbox, Producer,
-    Transport, Wire, KEYFRAME_INTERVAL,
+    far_future, new_rtc, track_kind, Advertised, Consumer, ConsumerState, Fault, Io, Outbox,
+    Producer, Transport, Wire, KEYFRAME_INTERVAL,
 };
 use crate::{Command, JoinRequest, PeerId};
 
@@ -49,7 +49,7 @@ pub struct RouterHost<W: Wire> {
     index: usize,
     wire: W,
     advertised: Advertised,
-    max_publishers: usize,
+    limits: Limits,
     transports: HashMap<PeerId, Transport>,
     routers: HashMap<u64, Router>,
     router_by_name: HashMap<String, u64>,
@@ -64,16 +64,35 @@ pub struct RouterHost<W: Wire> {
     pub(crate) forwarded_arrivals: Vec<Instant>,
 }
 
+/// What a worker admits and keeps per participant.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most participants (each publishing) a room admits.
+    pub max_publishers: usize,
+    /// Sent video packets kept per subscribed track to answer NACKs (0: no retransmission;
+    /// str0m keeps at least 10).
+    pub nack_history: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_publishers: 5,
+            nack_history: 500,
+        }
+    }
+}
+
 /// Copies per round whose time in the server is observed (beyond: not sampled).
 const FORWARD_SAMPLES: usize = 4096;
 
 impl<W: Wire> RouterHost<W> {
-    pub fn new(index: usize, wire: W, advertised: Advertised, max_publishers: usize) -> Self {
+    pub fn new(index: usize, wire: W, advertised: Advertised, limits: Limits) -> Self {
         RouterHost {
             index,
             wire,
             advertised,
-            max_publishers,
+            limits,
             transports: HashMap::new(),
             routers: HashMap::new(),
             router_by_name: HashMap::new(),
@@ -344,29 +363,29 @@ impl<W: Wire> RouterHost<W> {
         }
         let room_id = self.router_for(&req.room);
         let occupants = self.routers[&room_id].participants.len();
-        if occupants >= self.max_publishers {
+        if occupants >= self.limits.max_publishers {
             let _ = req
                 .events
                 .try_send(crate::PeerEvent::Closed(ServerMessage::error(
                     ErrorCode::RoomFull,
                     format!(
                         "the room already holds {} participants",
-                        self.max_publishers
+                        self.limits.max_publishers
                     ),
                 )));
             self.drop_router_if_empty(room_id);
             return;
         }
-        let transport = match Transport::new(
-            req.peer,
-            room_id,
-            req.identity,
-            req.role,
-            req.events.clone(),
-            &self.advertised,
-            now,
-        ) {
-            Ok(t) => t,
+        let transport = match new_rtc(&self.advertised, self.limits.nack_history, now) {
+            Ok(rtc) => Transport::new(
+                req.peer,
+                room_id,
+                req.identity,
+                req.role,
+                req.events.clone(),
+                rtc,
+                now,
+            ),
             Err(e) => {
                 tracing::error!(error = %e, "cannot create transport");
                 let _ = req
@@ -896,7 +915,8 @@ impl<W: Wire> RouterHost<W> {
         let Some(router) = self.routers.get(&room) else {
             return;
         };
-        let video = kind == MediaKind::Video;
+        // Video is kept for retransmissions unless there is no history to keep it in.
+        let nackable = kind == MediaKind::Video && self.limits.nack_history > 0;
         // Forward what the receiver renders with; transport-level extensions are per hop.
         let ext = ExtensionValues {
             audio_level: pkt.header.ext_vals.audio_level,
@@ -948,7 +968,7 @@ impl<W: Wire> RouterHost<W> {
             )
             .marker(pkt.header.marker)
             .ext_vals(ext.clone())
-            .nackable(video);
+            .nackable(nackable);
             let io = &mut Io {
                 wire: &self.wire,
                 counters: &mut self.counters,
@@ -1137,7 +1157,7 @@ mod tests {
             udp: vec!["127.0.0.1:7882".parse().unwrap()],
             ..Default::default()
         };
-        let mut host = RouterHost::new(0, NullWire, advertised, 5);
+        let mut host = RouterHost::new(0, NullWire, advertised, Limits::default());
         let mut a = join(&mut host, 1, "a");
         let mut b = join(&mut host, 2, "b");
         let t = host.transports.get_mut(&2).unwrap();

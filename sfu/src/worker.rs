@@ -29,7 +29,7 @@ pub(crate) struct WorkerContext {
     pub index: usize,
     pub socket: Arc<UdpSocket>,
     pub advertised: Advertised,
-    pub max_publishers: usize,
+    pub limits: crate::router::Limits,
     pub directory: IceDirectory,
     pub commands: Receiver<Command>,
     pub packets: Receiver<WorkerInput>,
@@ -50,7 +50,7 @@ pub(crate) fn run(ctx: WorkerContext) {
     }
     ctx.stats.alive.store(true, Ordering::Relaxed);
     let wire = NetWire::new(ctx.socket.clone());
-    let mut host = RouterHost::new(ctx.index, wire, ctx.advertised.clone(), ctx.max_publishers);
+    let mut host = RouterHost::new(ctx.index, wire, ctx.advertised.clone(), ctx.limits);
     // Demux updates that did not fit the channel; retried every tick.
     let mut backlog: Vec<DemuxUpdate> = Vec::new();
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
@@ -194,7 +194,7 @@ fn run_direct(
 ) {
     ctx.stats.alive.store(true, Ordering::Relaxed);
     let wire = NetWire::new(ctx.socket.clone());
-    let mut host = RouterHost::new(ctx.index, wire, ctx.advertised.clone(), ctx.max_publishers);
+    let mut host = RouterHost::new(ctx.index, wire, ctx.advertised.clone(), ctx.limits);
     let mut table = crate::demux::RouteTable::default();
     let mut rx = crate::batch::RecvBatch::new(&ctx.socket);
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;

@@ -3,6 +3,7 @@
 
 mod harness;
 
+use consulta_sfu::router::Limits;
 use consulta_sfu::ServerMessage;
 use harness::{vp8_frame, Net};
 use str0m::format::Codec;
@@ -217,4 +218,92 @@ fn a_track_is_offered_once_whatever_the_join_order() {
             .expect("an offer");
         assert_eq!(last.len(), 2, "one audio and one video track: {last:?}");
     }
+}
+
+/// Forwards one frame from `a` but loses its packet to `b` on the way; returns the frame.
+fn lose_one_frame_to(net: &mut Net, a: usize, b: usize, n: u32) -> Vec<u8> {
+    let frame = vp8_frame(false, n, 900);
+    net.write(
+        a,
+        MediaKind::Video,
+        Codec::Vp8,
+        MediaTime::from_90khz(3000 * u64::from(n)),
+        &frame,
+    );
+    let now = std::time::Instant::now();
+    let (peer, addr) = (net.clients[a].peer, net.clients[a].addr);
+    for (_, data) in std::mem::take(&mut net.clients[a].outbox) {
+        net.host
+            .on_datagram(peer, str0m::net::Protocol::Udp, addr, &data, now);
+    }
+    net.host.fire_timers(std::time::Instant::now());
+    let to = net.clients[b].addr;
+    let mut queue = net.wire.queue.borrow_mut();
+    let before = queue.len();
+    // SRTP leaves the RTP header in clear: version 2, and not one of RTCP's types 200..=206.
+    let rtp = |d: &[u8]| d.len() > 900 && d[0] >> 6 == 2 && !(200..=206).contains(&d[1]);
+    queue.retain(|(dst, d)| !(*dst == to && rtp(d)));
+    assert_eq!(
+        before - queue.len(),
+        1,
+        "one video packet to the subscriber was dropped"
+    );
+    frame
+}
+
+/// Runs `a` → `b` with `nack_history`, loses one packet, and says whether its frame arrived.
+fn lost_frame_arrives(nack_history: usize) -> bool {
+    let mut net = Net::with_limits(Limits {
+        nack_history,
+        ..Limits::default()
+    });
+    let a = net.join("room-nack", "doctor", true);
+    let b = net.join("room-nack", "patient", false);
+    net.until(10, "both connected", connected);
+    net.settle(30);
+    let send = |net: &mut Net, n: u32| {
+        net.write(
+            a,
+            MediaKind::Video,
+            Codec::Vp8,
+            MediaTime::from_90khz(3000 * u64::from(n)),
+            &vp8_frame(n == 0, n, 900),
+        );
+        net.settle(3);
+    };
+    for n in 0..10 {
+        send(&mut net, n);
+    }
+    net.until(5, "frames before the loss", |n| {
+        n.received(b, MediaKind::Video).len() >= 10
+    });
+    let lost = lose_one_frame_to(&mut net, a, b, 10);
+    for n in 11..40 {
+        send(&mut net, n);
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    net.until(5, "frames after the loss", |n| {
+        n.received(b, MediaKind::Video)
+            .iter()
+            .any(|m| *m.data == vp8_frame(false, 39, 900)[..])
+    });
+    net.received(b, MediaKind::Video)
+        .iter()
+        .any(|m| *m.data == lost[..])
+}
+
+#[test]
+fn a_lost_packet_is_retransmitted_from_the_nack_history() {
+    assert!(
+        lost_frame_arrives(500),
+        "the subscriber's NACK is answered from the history"
+    );
+}
+
+#[test]
+fn without_nack_history_a_lost_packet_stays_lost() {
+    assert!(
+        !lost_frame_arrives(0),
+        "nack_history = 0: nothing to retransmit"
+    );
 }

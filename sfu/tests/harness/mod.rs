@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use consulta_sfu::router::RouterHost;
+use consulta_sfu::router::{Limits, RouterHost};
 use consulta_sfu::transport::{Advertised, Wire};
 use consulta_sfu::{Command, JoinRequest, PeerEvent, PeerId, ServerMessage};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -68,6 +68,13 @@ impl Wire for &'static MemWire {
 
 impl Net {
     pub fn new(max_publishers: usize) -> Net {
+        Net::with_limits(Limits {
+            max_publishers,
+            ..Limits::default()
+        })
+    }
+
+    pub fn with_limits(limits: Limits) -> Net {
         let wire: &'static MemWire = Box::leak(Box::default());
         wire.keep.set(true);
         Net {
@@ -78,7 +85,7 @@ impl Net {
                     udp: vec![SERVER.parse().unwrap()],
                     ..Default::default()
                 },
-                max_publishers,
+                limits,
             ),
             wire,
             clients: Vec::new(),
