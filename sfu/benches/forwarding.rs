@@ -58,23 +58,11 @@ fn forward(c: &mut Criterion) {
                 for _ in 0..iters {
                     // Untimed: the publisher encrypts a batch of single-packet frames.
                     for _ in 0..BATCH {
-                        let frame = vp8_frame(false, n, 1100);
-                        net.write(
-                            a,
-                            MediaKind::Video,
-                            Codec::Vp8,
-                            MediaTime::from_90khz(3000 * u64::from(n)),
-                            &frame,
-                        );
+                        net.write_vp8(a, n, false, 1100);
                         n += 1;
                     }
-                    let out = std::mem::take(&mut net.clients[a].outbox);
-                    let (peer, addr) = (net.clients[a].peer, net.clients[a].addr);
                     let t0 = Instant::now();
-                    for (_, data) in &out {
-                        net.host
-                            .on_datagram(peer, str0m::net::Protocol::Udp, addr, data, t0);
-                    }
+                    net.deliver_from(a, t0);
                     net.host.fire_timers(Instant::now());
                     spent += t0.elapsed();
                 }

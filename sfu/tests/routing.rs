@@ -85,13 +85,7 @@ fn every_subscriber_of_a_room_gets_each_frame_whole() {
     net.settle(30);
     for n in 0..20u32 {
         for (from, size) in [(a, 900), (c, 600)] {
-            net.write(
-                from,
-                MediaKind::Video,
-                Codec::Vp8,
-                MediaTime::from_90khz(3000 * u64::from(n)),
-                &vp8_frame(n == 0, n, size),
-            );
+            net.write_vp8(from, n, n == 0, size);
         }
         net.settle(3);
     }
@@ -126,13 +120,7 @@ fn late_joiner_starts_at_a_requested_keyframe() {
     // The publisher's stream is running before anyone subscribes.
     let mut n = 0u32;
     let mut send = |net: &mut Net, key: bool| {
-        net.write(
-            a,
-            MediaKind::Video,
-            Codec::Vp8,
-            MediaTime::from_90khz(3000 * u64::from(n)),
-            &vp8_frame(key, n, 800),
-        );
+        net.write_vp8(a, n, key, 800);
         n += 1;
         net.settle(2);
     };
@@ -222,20 +210,8 @@ fn a_track_is_offered_once_whatever_the_join_order() {
 
 /// Forwards one frame from `a` but loses its packet to `b` on the way; returns the frame.
 fn lose_one_frame_to(net: &mut Net, a: usize, b: usize, n: u32) -> Vec<u8> {
-    let frame = vp8_frame(false, n, 900);
-    net.write(
-        a,
-        MediaKind::Video,
-        Codec::Vp8,
-        MediaTime::from_90khz(3000 * u64::from(n)),
-        &frame,
-    );
-    let now = std::time::Instant::now();
-    let (peer, addr) = (net.clients[a].peer, net.clients[a].addr);
-    for (_, data) in std::mem::take(&mut net.clients[a].outbox) {
-        net.host
-            .on_datagram(peer, str0m::net::Protocol::Udp, addr, &data, now);
-    }
+    let frame = net.write_vp8(a, n, false, 900);
+    net.deliver_from(a, std::time::Instant::now());
     net.host.fire_timers(std::time::Instant::now());
     let to = net.clients[b].addr;
     let mut queue = net.wire.queue.borrow_mut();
@@ -263,13 +239,7 @@ fn lost_frame_arrives(nack_history: usize) -> bool {
     net.until(10, "both connected", connected);
     net.settle(30);
     let send = |net: &mut Net, n: u32| {
-        net.write(
-            a,
-            MediaKind::Video,
-            Codec::Vp8,
-            MediaTime::from_90khz(3000 * u64::from(n)),
-            &vp8_frame(n == 0, n, 900),
-        );
+        net.write_vp8(a, n, n == 0, 900);
         net.settle(3);
     };
     for n in 0..10 {

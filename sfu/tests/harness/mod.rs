@@ -179,12 +179,7 @@ impl Net {
             // Client output.
             for i in 0..self.clients.len() {
                 drain_client(&mut self.clients[i], now);
-                let out = std::mem::take(&mut self.clients[i].outbox);
-                let (peer, addr) = (self.clients[i].peer, self.clients[i].addr);
-                for (_, data) in out {
-                    moved = true;
-                    self.host.on_datagram(peer, Protocol::Udp, addr, &data, now);
-                }
+                moved |= self.deliver_from(i, now);
             }
             // Server output.
             let queued = std::mem::take(&mut *self.wire.queue.borrow_mut());
@@ -265,6 +260,26 @@ impl Net {
             .pt();
         w.write(pt, Instant::now(), time, data.to_vec()).unwrap();
         drain_client(c, Instant::now());
+    }
+
+    /// Writes VP8 frame `n` of `len` bytes (timestamp 3000·n at 90 kHz) from client `i`;
+    /// returns the frame.
+    pub fn write_vp8(&mut self, i: usize, n: u32, keyframe: bool, len: usize) -> Vec<u8> {
+        let frame = vp8_frame(keyframe, n, len);
+        let time = MediaTime::from_90khz(3000 * u64::from(n));
+        self.write(i, MediaKind::Video, Codec::Vp8, time, &frame);
+        frame
+    }
+
+    /// Hands client `i`'s queued datagrams to the server, received at `now`; whether there
+    /// were any.
+    pub fn deliver_from(&mut self, i: usize, now: Instant) -> bool {
+        let out = std::mem::take(&mut self.clients[i].outbox);
+        let (peer, addr) = (self.clients[i].peer, self.clients[i].addr);
+        for (_, data) in &out {
+            self.host.on_datagram(peer, Protocol::Udp, addr, data, now);
+        }
+        !out.is_empty()
     }
 
     pub fn received(&self, i: usize, kind: MediaKind) -> Vec<&MediaData> {
