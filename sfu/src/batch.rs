@@ -810,6 +810,22 @@ mod tests {
         assert_eq!(rx.arrival(0, &clocks), clocks.mono);
     }
 
+    /// Sends, in one `sendmmsg` with GSO where the kernel has it, a run of six (five of 1000
+    /// bytes and a shorter last one: a run's last datagram may be shorter) and a single of 1200
+    /// (a longer one starts the next message). Returns them in order.
+    fn send_run_and_single(from: &UdpSocket, to: SocketAddr) -> Vec<Vec<u8>> {
+        let mut out = SendBatch::with_gso(gso_supported(from));
+        let mut sent: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000]).collect();
+        sent.push(vec![9; 300]);
+        sent.push(vec![7; 1200]);
+        for d in &sent {
+            out.push(to, d);
+        }
+        out.flush(from);
+        assert_eq!(out.errors, 0);
+        sent
+    }
+
     #[test]
     fn runs_received_whole_are_split_into_their_datagrams() {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -820,15 +836,8 @@ mod tests {
             .unwrap();
         let mut rx = RecvBatch::new(&b);
         let to = b.local_addr().unwrap();
-        let mut out = SendBatch::with_gso(gso_supported(&a));
-        // A run of five with a shorter last one, a single, and a datagram too big for a buffer.
-        let mut sent: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000]).collect();
-        sent.push(vec![9; 300]);
-        sent.push(vec![7; 1200]);
-        for d in &sent {
-            out.push(to, d);
-        }
-        out.flush(&a);
+        // The run of six and the single, then a datagram too big for a buffer.
+        let sent = send_run_and_single(&a, to);
         a.send_to(&[1; MAX_DATAGRAM + 10], to).unwrap();
         let pool = BufferPool::new(4);
         let (mut got, mut oversized, mut messages) = (Vec::new(), 0, 0);
@@ -864,16 +873,7 @@ mod tests {
         let mut rx = GroRecv::new(&b);
         let gso = gso_supported(&a);
         let to = b.local_addr().unwrap();
-        let mut out = SendBatch::with_gso(gso);
-        let mut sent: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1000]).collect();
-        // A run's last datagram may be shorter; a longer one starts the next message.
-        sent.push(vec![9; 300]);
-        sent.push(vec![7; 1200]);
-        for d in &sent {
-            out.push(to, d);
-        }
-        out.flush(&a);
-        assert_eq!(out.errors, 0);
+        let sent = send_run_and_single(&a, to);
         let mut got = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while got.len() < sent.len() && std::time::Instant::now() < deadline {
