@@ -187,9 +187,9 @@ pub struct MediaConfig {
     /// server says so and runs at the default priority.
     pub worker_nice: i32,
     /// Sent video packets each subscriber's stream keeps to answer NACKs with a retransmission
-    /// (RTX); older losses are not repaired. 0 turns retransmission off, else 16..=10000. The memory is about
-    /// 1.6 KB per packet per subscribed video track, and str0m drops packets older than 3 s
-    /// anyway.
+    /// (RTX); older losses are not repaired. 0 turns retransmission off, else 16..=10000. The
+    /// memory is about 1.6 KB per packet per subscribed video track, and str0m drops packets
+    /// older than 3 s anyway.
     pub nack_history: usize,
 }
 
@@ -251,15 +251,16 @@ impl Default for HttpConfig {
 
 impl Default for MediaConfig {
     fn default() -> Self {
+        let limits = consulta_sfu::router::Limits::default();
         MediaConfig {
             udp_port: 7882,
             tcp_port: 7881,
             public_ips: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
             bind_ip: None,
             workers: 0,
-            max_publishers: 5,
+            max_publishers: limits.max_publishers,
             worker_nice: 0,
-            nack_history: 500,
+            nack_history: limits.nack_history,
         }
     }
 }

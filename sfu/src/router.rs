@@ -64,7 +64,8 @@ pub struct RouterHost<W: Wire> {
     pub(crate) forwarded_arrivals: Vec<Instant>,
 }
 
-/// What a worker admits and keeps per participant.
+/// What a worker admits and keeps per participant. The defaults are the server's
+/// (`media.max_publishers`, `media.nack_history`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Most participants (each publishing) a room admits.
