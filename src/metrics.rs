@@ -217,6 +217,27 @@ pub fn render(
         "Datagrams dropped: worker queue full.",
         s.demux_queue_drops,
     );
+    o.one(
+        "consulta_udp_receive_drops_total",
+        "counter",
+        "Datagrams the kernel dropped on the media socket (receive queue full: the server did not read fast enough).",
+        s.udp_socket.drops,
+    );
+    o.head(
+        "consulta_udp_socket_buffer_bytes",
+        "gauge",
+        "Kernel queue sizes of the media socket, as the kernel reports them.",
+    );
+    o.labelled(
+        "consulta_udp_socket_buffer_bytes",
+        "direction=\"receive\"",
+        s.udp_socket.receive_buffer,
+    );
+    o.labelled(
+        "consulta_udp_socket_buffer_bytes",
+        "direction=\"send\"",
+        s.udp_socket.send_buffer,
+    );
 
     o.one(
         "consulta_rtp_received_total",

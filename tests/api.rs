@@ -539,19 +539,6 @@ fn psql(db: &str, sql: &str) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn metric(server: &Server, name: &str) -> f64 {
-    let mut s = TcpStream::connect(&server.http).unwrap();
-    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut text = String::new();
-    let _ = s.read_to_string(&mut text);
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(&format!("{name} "))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(f64::NAN)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_mid_call_loses_no_event_and_duplicates_none() {
     if psql("test", "SELECT 1").is_none() {

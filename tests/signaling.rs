@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -414,6 +415,57 @@ async fn sigterm_drains_calls_in_progress_then_exits() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(status.success(), "clean exit: {status:?}");
+}
+
+/// A server that stops reading (SIGSTOP) while datagrams keep coming: the kernel drops what its
+/// socket's queue cannot hold, and /metrics says how many, exactly.
+#[tokio::test]
+async fn kernel_drops_on_the_media_socket_are_counted() {
+    let server = start("");
+    let queue = metric(
+        &server,
+        "consulta_udp_socket_buffer_bytes{direction=\"receive\"}",
+    );
+    assert!(queue > 0.0, "the receive queue is reported: {queue}");
+    assert!(
+        metric(
+            &server,
+            "consulta_udp_socket_buffer_bytes{direction=\"send\"}"
+        ) > 0.0
+    );
+    assert_eq!(metric(&server, "consulta_udp_receive_drops_total"), 0.0);
+    let unroutable0 = metric(&server, "consulta_udp_unroutable_total");
+    let pid = server.child.id().to_string();
+    let signal = |s: &str| {
+        assert!(Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    // More than the queue holds, whatever it is (each datagram costs the queue more than its
+    // payload). Not STUN, DTLS or RTP: the server reads and discards what it gets to.
+    let sent = (queue / 500.0) as u64 + 2000;
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = format!("127.0.0.1:{}", udp_port(&server));
+    signal("-STOP");
+    for _ in 0..sent {
+        tx.send_to(&[0xEEu8; 1000], &to).unwrap();
+    }
+    signal("-CONT");
+    let mut seen = (0.0, 0.0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.0 + seen.1 < sent as f64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen = (
+            metric(&server, "consulta_udp_receive_drops_total"),
+            metric(&server, "consulta_udp_unroutable_total") - unroutable0,
+        );
+    }
+    let (dropped, read) = seen;
+    assert!(dropped > 0.0, "the kernel dropped some: {seen:?} of {sent}");
+    assert!(read > 0.0, "the queued ones were read: {seen:?} of {sent}");
+    assert_eq!(dropped + read, sent as f64, "every datagram accounted for");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

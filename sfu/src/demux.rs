@@ -113,14 +113,39 @@ impl BufferPool {
     }
 }
 
+/// Bytes asked for each of the media socket's kernel queues.
+pub(crate) const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Logs the queues the kernel granted the media socket; a receive queue capped below what was
+/// asked is worth knowing before a busy hour (consulta_udp_receive_drops_total counts the cost).
+fn report_buffers(socket: &UdpSocket) {
+    let Ok(m) = crate::batch::socket_memory(socket) else {
+        return;
+    };
+    // The kernel reports twice what it granted (its bookkeeping overhead).
+    let (receive, send) = (m.receive_buffer / 2, m.send_buffer / 2);
+    if receive < SOCKET_BUFFER as u64 {
+        tracing::info!(
+            granted = receive,
+            asked = SOCKET_BUFFER,
+            "the kernel capped the media socket's receive buffer; for busy servers raise \
+             net.core.rmem_max (see docs/operations.md)"
+        );
+    } else {
+        tracing::debug!(receive, send, "media socket buffers");
+    }
+}
+
 pub(crate) fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // Large kernel buffers absorb bursts (keyframes from several publishers at once).
-    let _ = socket.set_recv_buffer_size(8 << 20);
-    let _ = socket.set_send_buffer_size(8 << 20);
+    // Large kernel buffers absorb bursts (keyframes from several publishers at once) and the
+    // moments the worker is not on a CPU. The kernel caps them at net.core.rmem_max/wmem_max.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
     socket.bind(&addr.into())?;
     let socket: UdpSocket = socket.into();
+    report_buffers(&socket);
     // Kernel receive timestamps: a packet's time in the server counts from its arrival, not
     // from when a thread got to it. Without them the time of the read is used.
     if let Err(e) = crate::batch::enable_rx_timestamps(&socket) {

@@ -34,10 +34,10 @@ mod worker;
 
 /// Batched UDP sending (one `sendmmsg`, UDP GSO for runs to one destination), also used by the
 /// load generator's synthetic participants.
-pub use batch::{gso_supported, GroRecv, SendBatch};
+pub use batch::{gso_supported, socket_memory, GroRecv, SendBatch, SocketMemory};
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -204,6 +204,8 @@ struct Inner {
     rooms: Mutex<HashMap<String, (usize, usize)>>,
     next_peer: AtomicU64,
     local_addr: SocketAddr,
+    /// The media socket, for the kernel's view of its queues (`SO_MEMINFO`) at scrape time.
+    socket: Arc<UdpSocket>,
     tcp_port: u16,
     demux_stats: Arc<demux::DemuxStats>,
     tcp_stats: Arc<tcp::TcpStats>,
@@ -263,6 +265,7 @@ impl Sfu {
             .local_addr()
             .map_err(|source| SfuError::Bind { addr, source })?;
         let socket = Arc::new(socket);
+        let udp_socket = socket.clone();
         // ICE-TCP: bound now so a taken port fails the start, served on the tokio runtime.
         let tcp_listener = if cfg.tcp_port != 0 {
             let addr = SocketAddr::new(cfg.bind_ip, cfg.tcp_port);
@@ -385,6 +388,7 @@ impl Sfu {
             rooms: Mutex::new(HashMap::new()),
             next_peer: AtomicU64::new(1),
             local_addr,
+            socket: udp_socket,
             tcp_port,
             demux_stats,
             tcp_stats,
@@ -483,6 +487,8 @@ impl SfuHandle {
         s.ice_tcp_sessions = self.0.tcp_stats.sessions.load(Ordering::Relaxed);
         s.ice_tcp_open = self.0.tcp_stats.open.load(Ordering::Relaxed);
         s.ice_tcp_drops = self.0.tcp_stats.drops.load(Ordering::Relaxed);
+        // One getsockopt per scrape; an error (not Linux) leaves zeros.
+        s.udp_socket = batch::socket_memory(&*self.0.socket).unwrap_or_default();
         s
     }
 }

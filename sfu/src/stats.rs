@@ -152,6 +152,8 @@ macro_rules! counters {
             pub ice_tcp_sessions: u64,
             pub ice_tcp_open: u64,
             pub ice_tcp_drops: u64,
+            /// The media UDP socket's queues and the datagrams the kernel dropped on it.
+            pub udp_socket: crate::batch::SocketMemory,
             $(pub $name: u64,)*
             pub loss_ingress: HistogramSnapshot,
             pub loss_egress: HistogramSnapshot,

@@ -96,6 +96,30 @@ pub fn start_full(extra: &str, tail: &str) -> Server {
     }
 }
 
+/// One sample of the server's /metrics: `name` with its labels as exposed, e.g.
+/// `consulta_media_packets_total{direction="in"}`. NaN when absent.
+pub fn metric(server: &Server, name: &str) -> f64 {
+    let mut s = TcpStream::connect(&server.http).unwrap();
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("{name} "))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// The `[media] udp_port` the server was started with.
+pub fn udp_port(server: &Server) -> u16 {
+    std::fs::read_to_string(server.config())
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("udp_port = ")?.parse().ok())
+        .expect("udp_port in the test config")
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
