@@ -289,6 +289,8 @@ async fn run_level(
     }
     let cpu0 = args.server_pid.and_then(proc_cpu_seconds);
     let gen0 = proc_cpu_seconds(std::process::id());
+    let drops0 = args.server_pid.and_then(proc_udp_drops);
+    let gen_drops0 = proc_udp_drops(std::process::id());
     let scrape0 = scrape(&args.metrics).await;
     let window = Instant::now();
     let mut last_print = Instant::now();
@@ -306,6 +308,16 @@ async fn run_level(
     };
     let gen = match (gen0, proc_cpu_seconds(std::process::id())) {
         (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    // Where datagrams were lost inside the machine, if anywhere: the server's sockets or the
+    // participants' (the generator fell behind). The kernel counts in 32 bits per socket.
+    let drops = match (drops0, args.server_pid.and_then(proc_udp_drops)) {
+        (Some(a), Some(b)) => Some(b.wrapping_sub(a) & 0xffff_ffff),
+        _ => None,
+    };
+    let gen_drops = match (gen_drops0, proc_udp_drops(std::process::id())) {
+        (Some(a), Some(b)) => Some(b.wrapping_sub(a) & 0xffff_ffff),
         _ => None,
     };
     let scrape1 = scrape(&args.metrics).await;
@@ -362,6 +374,9 @@ async fn run_level(
             // The same from the receiving side (works for any server): CPU per RTP packet
             // that reached a subscriber.
             "cpu_us_per_received_packet": match cpu { Some(c) if rtp > 0 => Some(c * 1e6 / rtp as f64), _ => None },
+            // Datagrams the kernel dropped at the server's full socket queues over the window
+            // (from /proc, for any server): loss the server's reading caused.
+            "udp_receive_drops": drops,
         },
         // The load generator itself, on the same machine: what it leaves of the cores.
         "generator": {
@@ -369,6 +384,9 @@ async fn run_level(
             "cpu_percent_of_one_core": gen.map(|c| c * 100.0 / elapsed),
             // Losses of its own making, if any: datagrams its sockets refused to send.
             "datagrams_refused": stats.send_refused.load(Ordering::Relaxed),
+            // ...and datagrams dropped at its participants' full socket queues: loss the
+            // generator caused by falling behind, not the server.
+            "udp_receive_drops": gen_drops,
         },
         "target": args.target,
         "rtp_packets_received": rtp,
@@ -407,17 +425,18 @@ fn markdown(args: &Args, levels: &[Value], capacity: Option<usize>) -> String {
             MAX_LOSS * 100.0
         );
     }
-    let _ = writeln!(s, "| consultations | streams | loss % | latency p50 ms | p99 ms | in server p50 ms | p99 ms | server CPU % of a core | µs/forwarded packet | RSS MB | generator CPU % of a core |");
+    let _ = writeln!(s, "| consultations | streams | loss % | latency p50 ms | p99 ms | in server p50 ms | p99 ms | server CPU % of a core | µs/forwarded packet | RSS MB | generator CPU % of a core | kernel drops: server / generator |");
     let _ = writeln!(
         s,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
+    let n = |v: &Value| v.as_u64().map_or("-".into(), |x| x.to_string());
     let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
     let f3 = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.3}"));
     for l in levels {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.3} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
             l["rooms"],
             l["streams_forwarded"],
             l["frame_loss_ratio"].as_f64().unwrap_or(0.0) * 100.0,
@@ -431,6 +450,8 @@ fn markdown(args: &Args, levels: &[Value], capacity: Option<usize>) -> String {
                 .as_f64()
                 .map_or("-".into(), |b| format!("{:.0}", b / 1e6)),
             f(&l["generator"]["cpu_percent_of_one_core"]),
+            n(&l["server"]["udp_receive_drops"]),
+            n(&l["generator"]["udp_receive_drops"]),
         );
     }
     let _ = writeln!(s, "\n## Server CPU per forwarded packet (µs)\n\n```");
@@ -486,6 +507,46 @@ fn proc_rss_bytes(pid: u32) -> Option<u64> {
         .parse()
         .ok()?;
     Some(kb * 1024)
+}
+
+/// Datagrams the kernel dropped on their way into `pid`'s UDP sockets (their receive queues
+/// were full), summed over the sockets it has open now: `/proc/<pid>/fd` names the sockets,
+/// `/proc/<pid>/net/udp{,6}` (its network namespace) their drop counters. Works for any server.
+fn proc_udp_drops(pid: u32) -> Option<u64> {
+    let mut inodes = std::collections::HashSet::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy();
+        if let Some(i) = link
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|r| r.parse::<u64>().ok())
+        {
+            inodes.insert(i);
+        }
+    }
+    let mut total = 0;
+    for table in ["udp", "udp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        total += udp_table_drops(&text)
+            .filter(|(inode, _)| inodes.contains(inode))
+            .map(|(_, d)| d)
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
+/// (inode, drops) of every socket in a `/proc/net/udp` table (header line skipped).
+fn udp_table_drops(text: &str) -> impl Iterator<Item = (u64, u64)> + '_ {
+    text.lines().skip(1).filter_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // sl local rem st tx:rx tr:when retrnsmt uid timeout inode ref pointer drops
+        Some((f.get(9)?.parse().ok()?, f.last()?.parse().ok()?))
+    })
 }
 
 /// What the run reads from the server's /metrics.
@@ -761,7 +822,53 @@ fn count_rtp(d: &[u8], stats: &Stats) {
 
 #[cfg(test)]
 mod tests {
-    use super::{next_jitter, quantile_ms};
+    use super::{next_jitter, proc_udp_drops, quantile_ms, udp_table_drops};
+
+    #[test]
+    fn udp_table_drops_reads_inode_and_drops() {
+        let t = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+  123: 0100007F:1EC4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 48213 2 ffff8d0c9f6a8000 17\n\
+  124: 0100007F:1EC5 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 48214 2 ffff8d0c9f6a8400 0\n";
+        assert_eq!(
+            udp_table_drops(t).collect::<Vec<_>>(),
+            vec![(48213, 17), (48214, 0)]
+        );
+    }
+
+    /// The generator's own sockets: a queue overflowed on purpose shows up in /proc.
+    #[test]
+    fn proc_udp_drops_counts_this_process_sockets() {
+        use std::net::UdpSocket;
+        let rx = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        rx.set_recv_buffer_size(1).unwrap();
+        rx.bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
+        let rx: UdpSocket = rx.into();
+        let before = proc_udp_drops(std::process::id()).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            tx.send_to(&[1u8; 1000], rx.local_addr().unwrap()).unwrap();
+        }
+        // /proc must agree with the socket's own counter (SO_MEMINFO) once delivery is done.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let own = consulta_sfu::socket_memory(&rx).unwrap().drops;
+            let seen = proc_udp_drops(std::process::id()).unwrap() - before;
+            if own > 0 && seen == own {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "socket dropped {own}, /proc says {seen}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
 
     /// RFC 3550's estimator: constant transit times give no jitter; a transit time that
     /// alternates by 1 ms converges to 1 ms; one late frame moves it by a sixteenth.
