@@ -425,6 +425,28 @@ fn markdown(args: &Args, levels: &[Value], capacity: Option<usize>) -> String {
             MAX_LOSS * 100.0
         );
     }
+    // A ramp that stopped on a failing level: say where that level's datagrams were lost.
+    if let Some(l) = levels.last().filter(|l| {
+        l["frame_loss_ratio"]
+            .as_f64()
+            .is_some_and(|r| r >= MAX_LOSS)
+    }) {
+        let drops = |side: &str| {
+            l[side]["udp_receive_drops"]
+                .as_u64()
+                .map_or("an unknown number of".to_owned(), |d| d.to_string())
+        };
+        let _ = writeln!(
+            s,
+            "At {} consultations {:.3} % of the frames were lost; the kernel dropped {} datagrams at \
+             the server's full socket queue (the server fell behind) and {} at the generator's (the \
+             generator fell behind).\n",
+            l["rooms"],
+            l["frame_loss_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+            drops("server"),
+            drops("generator"),
+        );
+    }
     let _ = writeln!(s, "| consultations | streams | loss % | latency p50 ms | p99 ms | in server p50 ms | p99 ms | server CPU % of a core | µs/forwarded packet | RSS MB | generator CPU % of a core | kernel drops: server / generator |");
     let _ = writeln!(
         s,
@@ -822,7 +844,37 @@ fn count_rtp(d: &[u8], stats: &Stats) {
 
 #[cfg(test)]
 mod tests {
-    use super::{next_jitter, proc_udp_drops, quantile_ms, udp_table_drops};
+    use super::{markdown, next_jitter, proc_udp_drops, quantile_ms, udp_table_drops, Args};
+    use clap::Parser;
+    use serde_json::json;
+
+    /// The human report names where a failing level's datagrams were lost.
+    #[test]
+    fn the_report_says_which_side_dropped() {
+        let args = Args::parse_from(["consulta-bench", "--secret", "s"]);
+        let level = |rooms: u64, loss: f64, server: u64, generator: u64| {
+            json!({
+                "rooms": rooms, "streams_forwarded": rooms * 4, "frame_loss_ratio": loss,
+                "latency_ms": {}, "server": {"forward_delay_ms": {}, "udp_receive_drops": server},
+                "generator": {"udp_receive_drops": generator},
+            })
+        };
+        let md = markdown(
+            &args,
+            &[level(25, 0.0, 0, 0), level(50, 0.02, 1234, 7)],
+            Some(25),
+        );
+        assert!(md.contains("| 0 / 0 |"), "{md}");
+        assert!(md.contains("| 1234 / 7 |"), "{md}");
+        assert!(
+            md.contains("At 50 consultations 2.000 % of the frames were lost; the kernel dropped 1234 datagrams at the server's full socket queue"),
+            "{md}"
+        );
+        assert!(md.contains("and 7 at the generator's"), "{md}");
+        // A ramp that never failed says nothing of the kind.
+        let md = markdown(&args, &[level(25, 0.0, 0, 0)], Some(25));
+        assert!(!md.contains("were lost"), "{md}");
+    }
 
     #[test]
     fn udp_table_drops_reads_inode_and_drops() {
