@@ -186,6 +186,12 @@ pub struct MediaConfig {
     /// per packet, smaller batches (more CPU per packet). Needs CAP_SYS_NICE; without it the
     /// server says so and runs at the default priority.
     pub worker_nice: i32,
+    /// CPUs to pin the media workers to, as a Linux CPU list (`"1"`, `"2-3"`, `"0,2"`; the
+    /// syntax of `taskset -c`): worker `i` runs on the list's `i`-th CPU (wrapping). Empty (the
+    /// default): not pinned. A pinned worker keeps its caches warm instead of following the
+    /// threads that wake it from CPU to CPU, but it cannot flee to an idle CPU when its own is
+    /// busy: for machines whose other work stays off that CPU.
+    pub worker_cpus: String,
     /// Sent video packets each subscriber's stream keeps to answer NACKs with a retransmission
     /// (RTX); older losses are not repaired. 0 turns retransmission off, else 16..=10000. The
     /// memory is about 1.6 KB per packet per subscribed video track, and str0m drops packets
@@ -260,6 +266,7 @@ impl Default for MediaConfig {
             workers: 0,
             max_publishers: limits.max_publishers,
             worker_nice: 0,
+            worker_cpus: String::new(),
             nack_history: limits.nack_history,
         }
     }
@@ -338,6 +345,7 @@ impl Config {
         if !(-20..=19).contains(&self.media.worker_nice) {
             bail!("media.worker_nice must be between -20 and 19 (0 leaves the priority alone)");
         }
+        self.worker_cpus()?;
         if !(1..=16).contains(&self.media.max_publishers) {
             bail!("media.max_publishers must be between 1 and 16");
         }
@@ -449,6 +457,12 @@ impl Config {
             .spool_dir
             .clone()
             .unwrap_or_else(|| self.data_dir.join("recordings"))
+    }
+
+    /// `media.worker_cpus` as CPU numbers (empty: the workers are not pinned).
+    pub fn worker_cpus(&self) -> Result<Vec<usize>> {
+        consulta_sfu::parse_cpu_list(&self.media.worker_cpus)
+            .map_err(|e| anyhow::anyhow!("media.worker_cpus: {e}"))
     }
 
     pub fn workers(&self) -> usize {
@@ -761,6 +775,18 @@ mod tests {
         let c = Config::load(None, env(&[("CONSULTA_MEDIA_NACK_HISTORY", "0")])).unwrap();
         assert_eq!(c.media.nack_history, 0);
         c.validate().unwrap();
+        for bad in ["one", "3-1", "1,1", "4096"] {
+            let c = Config::load(None, env(&[("CONSULTA_MEDIA_WORKER_CPUS", bad)])).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.starts_with("media.worker_cpus: "), "{bad}: {e}");
+        }
+        let c = Config::load(None, env(&[("CONSULTA_MEDIA_WORKER_CPUS", "1,2-3")])).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.worker_cpus().unwrap(), vec![1, 2, 3]);
+        assert_eq!(
+            Config::default().worker_cpus().unwrap(),
+            Vec::<usize>::new()
+        );
     }
 
     #[test]

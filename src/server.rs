@@ -73,6 +73,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         workers: cfg.workers(),
         max_publishers: cfg.media.max_publishers,
         worker_nice: cfg.media.worker_nice,
+        worker_cpus: cfg.worker_cpus()?,
         nack_history: cfg.media.nack_history,
         relay_ips: if cfg.turn.enabled {
             vec![cfg.turn.relay_bind_ip(), cfg.turn.relay_advertised_ip()]

@@ -468,6 +468,79 @@ async fn kernel_drops_on_the_media_socket_are_counted() {
     assert_eq!(dropped + read, sent as f64, "every datagram accounted for");
 }
 
+/// `media.worker_cpus`: each worker thread runs on its CPU only; a CPU the process may not use
+/// stops the start with the key's name.
+#[tokio::test]
+async fn media_workers_are_pinned_to_the_configured_cpus() {
+    let allowed = consulta_sfu::allowed_cpus().unwrap();
+    let cpu = *allowed.last().unwrap();
+    // Two workers on one CPU: both threads pinned there.
+    let server = start(&format!("worker_cpus = \"{cpu}\""));
+    let task = format!("/proc/{}/task", server.child.id());
+    // (worker thread?, Cpus_allowed_list) of every thread; names are cut to 15 characters.
+    let mut threads = Vec::new();
+    for t in std::fs::read_dir(&task).unwrap().flatten() {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        let Some(list) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        else {
+            continue;
+        };
+        threads.push((comm.trim() == "consulta-worker", list.trim().to_owned()));
+    }
+    let workers: Vec<&String> = threads.iter().filter(|t| t.0).map(|t| &t.1).collect();
+    assert_eq!(
+        workers,
+        vec![&cpu.to_string(), &cpu.to_string()],
+        "{threads:?}"
+    );
+    // The other threads keep every CPU.
+    let all = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(
+        threads.iter().filter(|t| !t.0).all(|t| t.1 == all),
+        "{threads:?}"
+    );
+    // A pinned worker serves joins.
+    let (mut a, _) = Client::join(&server, "appt-pin", "dr", Role::Doctor).await;
+    a.send(json!({"type":"ping"})).await;
+    a.expect("pong").await;
+    drop(server);
+
+    let dir = std::env::temp_dir().join(format!("consulta-pin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("consulta.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[media]\nudp_port = {}\ntcp_port = 0\nworker_cpus = \"1023\"\n[auth]\ntoken_secret = \"{SECRET}\"\n",
+            dir.join("data").display(),
+            free_tcp(),
+            free_udp()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_consulta"))
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("media.worker_cpus: CPU 1023 is not one this process may run on"),
+        "{err}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_generator_short_run_completes_without_loss() {
     let server = start("");

@@ -68,6 +68,8 @@ pub struct SfuConfig {
     pub max_publishers: usize,
     /// Nice value of the worker threads (0: unchanged).
     pub worker_nice: i32,
+    /// CPUs the workers are pinned to, worker `i` on `worker_cpus[i % len]`; empty: not pinned.
+    pub worker_cpus: Vec<usize>,
     /// Sent video packets kept per subscribed track to answer NACKs (0: no retransmission).
     pub nack_history: usize,
     /// Addresses of the built-in TURN relays (for the path metrics); empty without TURN.
@@ -259,6 +261,15 @@ impl Sfu {
         if cfg.max_publishers == 0 {
             return Err(SfuError::Config("max_publishers must be at least 1".into()));
         }
+        if !cfg.worker_cpus.is_empty() {
+            let allowed = allowed_cpus().map_err(SfuError::Thread)?;
+            if let Some(cpu) = cfg.worker_cpus.iter().find(|c| !allowed.contains(c)) {
+                return Err(SfuError::Config(format!(
+                    "media.worker_cpus: CPU {cpu} is not one this process may run on ({})",
+                    cpu_list(&allowed)
+                )));
+            }
+        }
         let addr = SocketAddr::new(cfg.bind_ip, cfg.udp_port);
         let socket = demux::bind_udp(addr).map_err(|source| SfuError::Bind { addr, source })?;
         let local_addr = socket
@@ -335,10 +346,17 @@ impl Sfu {
                 waker: waker.clone(),
             };
             let nice = cfg.worker_nice;
+            let cpu = (!cfg.worker_cpus.is_empty())
+                .then(|| cfg.worker_cpus[index % cfg.worker_cpus.len()]);
             let t = std::thread::Builder::new()
                 .name(format!("consulta-worker-{index}"))
                 .spawn(move || {
                     set_thread_nice(nice);
+                    if let Some(cpu) = cpu {
+                        if let Err(error) = pin_thread(cpu) {
+                            tracing::warn!(cpu, %error, "cannot pin a media worker to its CPU; it runs unpinned");
+                        }
+                    }
                     worker::run(ctx)
                 })
                 .map_err(SfuError::Thread)?;
@@ -508,6 +526,93 @@ fn set_thread_nice(nice: i32) {
     }
 }
 
+/// Parses a Linux CPU list as `taskset -c` and systemd's `CPUAffinity=` write it: numbers and
+/// ranges separated by commas (`"1"`, `"0,2"`, `"2-3,6"`). Empty or blank: no CPUs.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let num = |n: &str| {
+            n.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|c| *c < MAX_CPUS)
+                .ok_or_else(|| {
+                    format!(
+                        "{part:?} is not a CPU number (0 to {}) or a range a-b",
+                        MAX_CPUS - 1
+                    )
+                })
+        };
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (num(a)?, num(b)?),
+            None => (num(part)?, num(part)?),
+        };
+        if a > b {
+            return Err(format!("{part:?}: a range goes from low to high"));
+        }
+        for c in a..=b {
+            if cpus.contains(&c) {
+                return Err(format!("CPU {c} is listed twice"));
+            }
+            cpus.push(c);
+        }
+    }
+    Ok(cpus)
+}
+
+/// The CPUs `sched_setaffinity` can name (glibc's `CPU_SETSIZE`).
+const MAX_CPUS: usize = 1024;
+
+/// Writes CPUs back as a list (`0-3,6`).
+fn cpu_list(cpus: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            cpus[i].to_string()
+        } else {
+            format!("{}-{}", cpus[i], cpus[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// The CPUs this process may run on (its affinity, e.g. a container's cpuset), ascending.
+pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; the kernel fills at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((0..MAX_CPUS)
+            .filter(|c| libc::CPU_ISSET(*c, &set))
+            .collect())
+    }
+}
+
+/// Pins the calling thread to one CPU: the scheduler no longer moves it (and its warm caches)
+/// to the CPU of whichever thread woke it.
+pub fn pin_thread(cpu: usize) -> std::io::Result<()> {
+    if cpu >= MAX_CPUS {
+        return Err(std::io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: as in `allowed_cpus`; `cpu` < MAX_CPUS.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Sets the calling thread's nice value (Linux: per thread). A negative value needs
 /// CAP_SYS_NICE; a positive one (yielding to other threads) never does.
 pub fn thread_nice(nice: i32) -> std::io::Result<()> {
@@ -517,4 +622,39 @@ pub fn thread_nice(nice: i32) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_parse_like_taskset() {
+        assert_eq!(parse_cpu_list(""), Ok(vec![]));
+        assert_eq!(parse_cpu_list(" 1 "), Ok(vec![1]));
+        assert_eq!(parse_cpu_list("0,2"), Ok(vec![0, 2]));
+        assert_eq!(parse_cpu_list("2-4,7"), Ok(vec![2, 3, 4, 7]));
+        for bad in ["x", "1-", "3-1", "1,1", "0-2,2", "-1", "1024", "1.5"] {
+            assert!(parse_cpu_list(bad).is_err(), "{bad:?} is refused");
+        }
+        assert_eq!(cpu_list(&[0, 1, 2, 3, 6, 8, 9]), "0-3,6,8-9");
+        assert_eq!(cpu_list(&[]), "");
+    }
+
+    #[test]
+    fn a_pinned_thread_runs_on_its_cpu_only() {
+        let allowed = allowed_cpus().unwrap();
+        assert!(!allowed.is_empty());
+        let cpu = *allowed.last().unwrap();
+        let seen = std::thread::spawn(move || {
+            pin_thread(cpu).unwrap();
+            allowed_cpus().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(seen, vec![cpu]);
+        // This thread is untouched.
+        assert_eq!(allowed_cpus().unwrap(), allowed);
+        assert!(pin_thread(MAX_CPUS).is_err());
+    }
 }
