@@ -476,20 +476,27 @@ async fn media_workers_are_pinned_to_the_configured_cpus() {
     let cpu = *allowed.last().unwrap();
     // Two workers on one CPU: both threads pinned there.
     let server = start(&format!("worker_cpus = \"{cpu}\""));
+    // A thread's (or process's) `Cpus_allowed_list` from its /proc status file.
+    let cpus_allowed = |status: std::path::PathBuf| {
+        std::fs::read_to_string(status).ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|l| l.trim().to_owned())
+        })
+    };
+    // (worker thread?, CPUs) of every thread; names are cut to 15 characters.
     let task = format!("/proc/{}/task", server.child.id());
-    // (worker thread?, Cpus_allowed_list) of every thread; names are cut to 15 characters.
-    let mut threads = Vec::new();
-    for t in std::fs::read_dir(&task).unwrap().flatten() {
-        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-        let Some(list) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        else {
-            continue;
-        };
-        threads.push((comm.trim() == "consulta-worker", list.trim().to_owned()));
-    }
+    let threads: Vec<(bool, String)> = std::fs::read_dir(&task)
+        .unwrap()
+        .flatten()
+        .filter_map(|t| {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            Some((
+                comm.trim() == "consulta-worker",
+                cpus_allowed(t.path().join("status"))?,
+            ))
+        })
+        .collect();
     let workers: Vec<&String> = threads.iter().filter(|t| t.0).map(|t| &t.1).collect();
     assert_eq!(
         workers,
@@ -497,44 +504,16 @@ async fn media_workers_are_pinned_to_the_configured_cpus() {
         "{threads:?}"
     );
     // The other threads keep every CPU.
-    let all = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let all = cpus_allowed("/proc/self/status".into()).unwrap();
     assert!(
         threads.iter().filter(|t| !t.0).all(|t| t.1 == all),
         "{threads:?}"
     );
-    // A pinned worker serves joins.
-    let (mut a, _) = Client::join(&server, "appt-pin", "dr", Role::Doctor).await;
-    a.send(json!({"type":"ping"})).await;
-    a.expect("pong").await;
+    // A pinned worker serves joins (`joined` comes from the worker).
+    let _joined = Client::join(&server, "appt-pin", "dr", Role::Doctor).await;
     drop(server);
 
-    let dir = std::env::temp_dir().join(format!("consulta-pin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("consulta.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "data_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{}\"\n[media]\nudp_port = {}\ntcp_port = 0\nworker_cpus = \"1023\"\n[auth]\ntoken_secret = \"{SECRET}\"\n",
-            dir.join("data").display(),
-            free_tcp(),
-            free_udp()
-        ),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_consulta"))
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = serve_refused("worker_cpus = \"1023\"");
     assert!(
         err.contains("media.worker_cpus: CPU 1023 is not one this process may run on"),
         "{err}"

@@ -54,8 +54,9 @@ pub fn start(extra: &str) -> Server {
     start_full(extra, "")
 }
 
-/// `media` goes into `[media]`; `tail` is appended (whole sections).
-pub fn start_full(extra: &str, tail: &str) -> Server {
+/// A fresh directory holding a test `consulta.toml` (free ports, two workers, `extra` in
+/// `[media]`, `tail` appended as whole sections); returns it and the HTTP address.
+fn write_config(extra: &str, tail: &str) -> (std::path::PathBuf, String) {
     let dir = std::env::temp_dir().join(format!(
         "consulta-sig-{}-{}",
         std::process::id(),
@@ -69,8 +70,29 @@ pub fn start_full(extra: &str, tail: &str) -> Server {
         free_udp(),
         free_tcp()
     );
+    std::fs::write(dir.join("consulta.toml"), format!("{cfg}{tail}")).unwrap();
+    (dir, http)
+}
+
+/// Runs `consulta serve` with `extra` in `[media]`, which must refuse to start; returns what
+/// it said on stderr.
+pub fn serve_refused(extra: &str) -> String {
+    let (dir, _) = write_config(extra, "");
+    let out = Command::new(env!("CARGO_BIN_EXE_consulta"))
+        .args(["serve", "--config"])
+        .arg(dir.join("consulta.toml"))
+        .output()
+        .expect("consulta runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the server started: {err}");
+    err
+}
+
+/// `media` goes into `[media]`; `tail` is appended (whole sections).
+pub fn start_full(extra: &str, tail: &str) -> Server {
+    let (dir, http) = write_config(extra, tail);
     let cfg_path = dir.join("consulta.toml");
-    std::fs::write(&cfg_path, format!("{cfg}{tail}")).unwrap();
     let log = std::fs::File::create(dir.join("server.log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_consulta"))
         .args(["serve", "--log-format", "json", "--config"])
