@@ -311,15 +311,11 @@ async fn run_level(
         _ => None,
     };
     // Where datagrams were lost inside the machine, if anywhere: the server's sockets or the
-    // participants' (the generator fell behind). The kernel counts in 32 bits per socket.
-    let drops = match (drops0, args.server_pid.and_then(proc_udp_drops)) {
-        (Some(a), Some(b)) => Some(b.wrapping_sub(a) & 0xffff_ffff),
-        _ => None,
-    };
-    let gen_drops = match (gen_drops0, proc_udp_drops(std::process::id())) {
-        (Some(a), Some(b)) => Some(b.wrapping_sub(a) & 0xffff_ffff),
-        _ => None,
-    };
+    // participants' (the generator fell behind). A socket closed meanwhile takes its count
+    // with it: that reads as none rather than as a wrap.
+    let grew = |before: Option<u64>, after: Option<u64>| Some(after?.saturating_sub(before?));
+    let drops = grew(drops0, args.server_pid.and_then(proc_udp_drops));
+    let gen_drops = grew(gen_drops0, proc_udp_drops(std::process::id()));
     let scrape1 = scrape(&args.metrics).await;
     let fwd = match (&scrape0, &scrape1) {
         (Some(a), Some(b)) => Some(b.forwarded - a.forwarded),
