@@ -6,7 +6,16 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { freeTcpPort, launchBrowser, openParticipant, run, startServer, waitForAudio, waitForVideo } from './harness.mjs';
+import {
+  freeTcpPort,
+  launchBrowser,
+  openParticipant,
+  pollUntil,
+  run,
+  startServer,
+  waitForAudio,
+  waitForVideo,
+} from './harness.mjs';
 
 const HD = { width: 1280, height: 720 };
 let server;
@@ -45,6 +54,27 @@ after(async () => {
   await server?.stop();
 });
 
+/** Every candidate pair of `who`'s connection: which relay path each uses and how far its checks got. */
+function candidatePairs(who) {
+  return who.page.evaluate(async () => {
+    const report = await window.call.peerConnection.getStats();
+    const byId = new Map();
+    report.forEach((s) => byId.set(s.id, s));
+    return [...byId.values()]
+      .filter((s) => s.type === 'candidate-pair')
+      .map((p) => {
+        const local = byId.get(p.localCandidateId) || {};
+        return {
+          local: `${local.candidateType}/${local.relayProtocol ?? local.protocol}`,
+          state: p.state,
+          nominated: p.nominated,
+          requestsSent: p.requestsSent,
+          responsesReceived: p.responsesReceived,
+        };
+      });
+  });
+}
+
 async function relayedCall(label, iceServers, expectedRelay) {
   const doctor = await openParticipant(browser, server, 'doctor');
   const patient = await openParticipant(browser, server, 'patient');
@@ -60,7 +90,22 @@ async function relayedCall(label, iceServers, expectedRelay) {
       assert.equal(second.frameWidth, 1280);
       assert.equal(second.frameHeight, 720);
       await waitForAudio(who, from);
-      const { candidatePair } = await who.stats();
+      // Chromium sends media on the first relay path whose checks succeed and moves to a better one
+      // (TURN over UDP ranks above TCP, TCP above TLS) once that one answers too; on a busy machine
+      // the UDP path can answer a moment after the TCP one, so the test waits for the move.
+      let candidatePair;
+      try {
+        await pollUntil(
+          async () => {
+            ({ candidatePair } = await who.stats());
+            return candidatePair?.localType === 'relay' && candidatePair.relayProtocol === expectedRelay;
+          },
+          { timeout: 20_000, what: `${who.name} to send over a relay reached by ${expectedRelay}` },
+        );
+      } catch (e) {
+        e.message += `\nselected: ${JSON.stringify(candidatePair)}\nall pairs: ${JSON.stringify(await candidatePairs(who))}`;
+        throw e;
+      }
       assert.equal(candidatePair.localType, 'relay', `${who.name} is relayed`);
       assert.equal(candidatePair.relayProtocol, expectedRelay, `${who.name} reaches TURN over ${expectedRelay}`);
     }
