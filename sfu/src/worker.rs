@@ -22,8 +22,11 @@ use crate::Command;
 const HOUSEKEEPING: Duration = Duration::from_millis(100);
 /// Datagrams handled back to back before timers and commands get a look.
 const BATCH: usize = 64;
-/// Datagrams handled before what they forwarded is sent (direct mode).
-const SEND_EVERY: usize = 8;
+/// Datagrams handled before what they forwarded is sent, at the end of a sender's run (direct
+/// mode; see [`Runs`]).
+const SEND_AFTER: usize = 8;
+/// Datagrams handled before what they forwarded is sent, whatever the run.
+const SEND_MAX: usize = 16;
 
 pub(crate) struct WorkerContext {
     pub index: usize,
@@ -233,6 +236,7 @@ fn run_direct(
                 }
                 worked = true;
                 let clocks = crate::batch::Clocks::now();
+                let mut runs = Runs::default();
                 for i in 0..n {
                     datagrams += 1;
                     let at = rx.arrival(i, &clocks);
@@ -245,6 +249,11 @@ fn run_direct(
                         Some(r) => Some(r),
                         None => table.learn(source, &rx.buf(i)[..len]),
                     };
+                    // What the sender's run before this datagram forwarded leaves first: a
+                    // packet's wait for the others is part of the delay the SFU adds.
+                    if runs.release_before(route.map(|r| r.peer)) {
+                        release_forwarded(&mut host);
+                    }
                     match route {
                         Some(r) => host.on_datagram(
                             r.peer,
@@ -254,11 +263,6 @@ fn run_direct(
                             at,
                         ),
                         None => unroutable += 1,
-                    }
-                    // What is forwarded leaves every few datagrams, not after the whole batch:
-                    // a packet's wait for the others is part of the delay the SFU adds.
-                    if i % SEND_EVERY == SEND_EVERY - 1 {
-                        release_forwarded(&mut host);
                     }
                 }
                 release_forwarded(&mut host);
@@ -304,6 +308,35 @@ fn run_direct(
     ctx.stats.alive.store(false, Ordering::Relaxed);
 }
 
+/// When what a receive batch forwarded is sent (direct mode): once [`SEND_AFTER`] datagrams
+/// were handled, at the end of the current run of datagrams from one peer — a publisher's
+/// burst, one frame's packets, often one `UDP_GRO` message — and after [`SEND_MAX`] in any case
+/// (a keyframe). A subscriber written to during a run then gets one str0m timeout and output
+/// poll for the whole run (str0m sends a written packet only after a timeout), and one
+/// `sendmmsg` carries it. Sending every 8 datagrams split most video frames in two; sending at
+/// every change of sender multiplied the `sendmmsg` calls when a large batch interleaves many
+/// senders.
+#[derive(Default)]
+struct Runs {
+    peer: Option<crate::PeerId>,
+    /// Datagrams handled since the last release.
+    unsent: usize,
+}
+
+impl Runs {
+    /// Called before a datagram from `peer` (`None`: unroutable) is handled: whether what the
+    /// datagrams before it forwarded must be sent first.
+    fn release_before(&mut self, peer: Option<crate::PeerId>) -> bool {
+        let release = (self.unsent >= SEND_AFTER && peer != self.peer) || self.unsent >= SEND_MAX;
+        if release {
+            self.unsent = 0;
+        }
+        self.peer = peer;
+        self.unsent += 1;
+        release
+    }
+}
+
 fn on_input(host: &mut RouterHost<NetWire>, ctx: &WorkerContext, input: WorkerInput) {
     match input {
         WorkerInput::Packet(p) => {
@@ -327,5 +360,52 @@ fn update_directory(directory: &IceDirectory, u: &DemuxUpdate, worker: usize) {
             dir.insert(ufrag.clone(), (worker, *peer));
         }
         DemuxUpdate::Forget { peer } => dir.retain(|_, v| v.1 != *peer),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Indexes of the datagrams before which the forwarded packets are sent.
+    fn releases(senders: &[Option<crate::PeerId>]) -> Vec<usize> {
+        let mut runs = Runs::default();
+        (0..senders.len())
+            .filter(|&i| runs.release_before(senders[i]))
+            .collect()
+    }
+
+    #[test]
+    fn a_run_from_one_sender_is_not_split() {
+        // A 10-packet frame from peer 1, 3 packets from peer 2, one from 1 again: the frame goes
+        // out whole, the rest with the batch.
+        let mut senders = vec![Some(1); 10];
+        senders.extend([Some(2); 3]);
+        senders.push(Some(1));
+        assert_eq!(releases(&senders), [10]);
+        // Two short runs: nothing before the end of the batch.
+        let mut senders = vec![Some(1); 5];
+        senders.extend([Some(2); 5]);
+        assert_eq!(releases(&senders), Vec::<usize>::new());
+        // Unroutable datagrams end a run too.
+        let mut senders = vec![Some(1); SEND_AFTER];
+        senders.push(None);
+        assert_eq!(releases(&senders), [SEND_AFTER]);
+    }
+
+    #[test]
+    fn interleaved_senders_are_sent_every_send_after_datagrams() {
+        let senders: Vec<_> = (0..20).map(|i| Some(i % 2)).collect();
+        assert_eq!(releases(&senders), [SEND_AFTER, 2 * SEND_AFTER]);
+    }
+
+    #[test]
+    fn a_long_run_is_sent_every_send_max_datagrams() {
+        let senders = vec![Some(3); 2 * SEND_MAX + 1];
+        assert_eq!(releases(&senders), [SEND_MAX, 2 * SEND_MAX]);
+        // A run that began before the count reached SEND_AFTER is cut at SEND_MAX.
+        let mut senders = vec![Some(1); SEND_AFTER - 1];
+        senders.extend(vec![Some(2); SEND_MAX]);
+        assert_eq!(releases(&senders), [SEND_MAX]);
     }
 }
