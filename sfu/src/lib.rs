@@ -322,10 +322,12 @@ impl Sfu {
             let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(1024);
             let (pkt_tx, pkt_rx) = crossbeam_channel::bounded(2048);
             let stats = Arc::new(WorkerStats::default());
-            let waker = if direct {
-                Some(Arc::new(batch::Waker::new().map_err(SfuError::Thread)?))
+            let (waker, poller) = if direct {
+                let waker = batch::Waker::new().map_err(SfuError::Thread)?;
+                let poller = batch::Poller::new(&socket, &waker).map_err(SfuError::Thread)?;
+                (Some(Arc::new(waker)), Some(poller))
             } else {
-                None
+                (None, None)
             };
             let ctx = worker::WorkerContext {
                 index,
@@ -344,6 +346,7 @@ impl Sfu {
                 stopping: stopping.clone(),
                 direct: direct.then(|| demux_stats.clone()),
                 waker: waker.clone(),
+                poller,
             };
             let nice = cfg.worker_nice;
             let cpu = (!cfg.worker_cpus.is_empty())

@@ -45,11 +45,15 @@ pub(crate) struct WorkerContext {
     pub direct: Option<Arc<crate::demux::DemuxStats>>,
     /// Wakes this worker while it waits on the socket (direct mode).
     pub waker: Option<Arc<crate::batch::Waker>>,
+    /// What it waits on: the socket and the waker (direct mode).
+    pub poller: Option<crate::batch::Poller>,
 }
 
-pub(crate) fn run(ctx: WorkerContext) {
-    if let (Some(demux_stats), Some(waker)) = (ctx.direct.clone(), ctx.waker.clone()) {
-        return run_direct(ctx, demux_stats, waker);
+pub(crate) fn run(mut ctx: WorkerContext) {
+    if let (Some(demux_stats), Some(waker), Some(poller)) =
+        (ctx.direct.clone(), ctx.waker.clone(), ctx.poller.take())
+    {
+        return run_direct(ctx, demux_stats, waker, poller);
     }
     ctx.stats.alive.store(true, Ordering::Relaxed);
     let wire = NetWire::new(ctx.socket.clone());
@@ -194,6 +198,7 @@ fn run_direct(
     ctx: WorkerContext,
     demux_stats: Arc<crate::demux::DemuxStats>,
     waker: Arc<crate::batch::Waker>,
+    poller: crate::batch::Poller,
 ) {
     ctx.stats.alive.store(true, Ordering::Relaxed);
     let wire = NetWire::new(ctx.socket.clone());
@@ -299,10 +304,7 @@ fn run_direct(
             let deadline = host
                 .next_deadline()
                 .map_or(next_housekeeping, |t| t.min(next_housekeeping));
-            waker.wait(
-                &ctx.socket,
-                deadline.saturating_duration_since(Instant::now()),
-            )
+            poller.wait(deadline.saturating_duration_since(Instant::now()))
         };
     }
     ctx.stats.alive.store(false, Ordering::Relaxed);
