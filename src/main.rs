@@ -4,6 +4,22 @@
 //! WebSocket, SDK, demo page, health); `token` mints join tokens; `config check` validates a
 //! configuration. Errors reach the user here as `anyhow` chains with a non-zero exit.
 
+/// mimalloc instead of glibc's malloc: str0m allocates and frees a few buffers per packet
+/// (decrypted payloads, encrypted datagrams) on the media worker, and mimalloc does that for
+/// ~7 % less CPU per forwarded packet (README, Performance).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc.h (the bindings name no constant for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Freed memory goes back to the OS at once rather than after mimalloc's default second: with
+/// the default, a server at 25 consultations held ~125 MB instead of ~70, for no measurable CPU.
+fn tune_allocator() {
+    // SAFETY: sets a plain option value; mimalloc reads it when it next purges.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 mod api;
 mod config;
 mod consultations;
@@ -143,6 +159,7 @@ enum ConfigAction {
 }
 
 fn main() {
+    tune_allocator();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
@@ -353,4 +370,23 @@ pub(crate) fn rfc3339(ms: i64) -> String {
 pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_allocator_option_set_is_the_purge_delay() {
+        // Option 15 is the purge delay only if it still holds mimalloc's default for it
+        // (1000 ms in mimalloc 3): a renumbered enum would fail here, not tune something else.
+        // SAFETY: reads and sets plain option values.
+        let default = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
+        assert_eq!(default, 1000);
+        tune_allocator();
+        assert_eq!(
+            unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) },
+            0
+        );
+    }
 }
