@@ -479,8 +479,9 @@ impl Waker {
 /// the worker waits thousands of times a second: ~5 % of its CPU time at 25 consultations.)
 pub(crate) struct Poller {
     epoll: std::os::fd::OwnedFd,
-    /// `epoll_pwait2` (Linux 5.11, nanosecond timeouts) works here; otherwise `epoll_wait`,
-    /// with the timeout rounded up to whole milliseconds.
+    /// `epoll_pwait2` (Linux 5.11, nanosecond timeouts) works here; otherwise (an older kernel,
+    /// or a seccomp filter that refuses it) `epoll_wait`, with the timeout rounded up to whole
+    /// milliseconds.
     pwait2: std::cell::Cell<bool>,
 }
 
@@ -540,7 +541,9 @@ impl Poller {
                     0usize,
                 )
             } as i32;
-            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+            // ENOSYS before Linux 5.11; EPERM where a seccomp filter (an older container
+            // runtime's default) does not know the call. Anything but EINTR: epoll_wait from now.
+            if n < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
                 self.pwait2.set(false);
             }
         }
