@@ -317,18 +317,23 @@ impl Sfu {
         let mut threads = Vec::new();
         let demux_stats = Arc::new(demux::DemuxStats::default());
         // One worker reads the socket itself: no receive thread, no hand-over per datagram.
-        let direct = cfg.workers == 1;
+        let one_worker = cfg.workers == 1;
         for index in 0..cfg.workers {
             let (cmd_tx, cmd_rx) = crossbeam_channel::bounded(1024);
             let (pkt_tx, pkt_rx) = crossbeam_channel::bounded(2048);
             let stats = Arc::new(WorkerStats::default());
-            let (waker, poller) = if direct {
+            let direct = if one_worker {
                 let waker = batch::Waker::new().map_err(SfuError::Thread)?;
                 let poller = batch::Poller::new(&socket, &waker).map_err(SfuError::Thread)?;
-                (Some(Arc::new(waker)), Some(poller))
+                Some(worker::Direct {
+                    stats: demux_stats.clone(),
+                    waker: Arc::new(waker),
+                    poller,
+                })
             } else {
-                (None, None)
+                None
             };
+            let waker = direct.as_ref().map(|d| d.waker.clone());
             let ctx = worker::WorkerContext {
                 index,
                 socket: socket.clone(),
@@ -344,9 +349,7 @@ impl Sfu {
                 pool: pool.clone(),
                 stats: stats.clone(),
                 stopping: stopping.clone(),
-                direct: direct.then(|| demux_stats.clone()),
-                waker: waker.clone(),
-                poller,
+                direct,
             };
             let nice = cfg.worker_nice;
             let cpu = (!cfg.worker_cpus.is_empty())
@@ -388,7 +391,7 @@ impl Sfu {
                 }
             });
         }
-        if !direct {
+        if !one_worker {
             let rx = demux::Receiver::new(
                 socket,
                 packet_senders,

@@ -40,20 +40,24 @@ pub(crate) struct WorkerContext {
     pub pool: BufferPool,
     pub stats: Arc<WorkerStats>,
     pub stopping: Arc<AtomicBool>,
-    /// The only worker reads the socket itself (counting into the receive stats); `None` when
-    /// a receive thread hands datagrams over.
-    pub direct: Option<Arc<crate::demux::DemuxStats>>,
-    /// Wakes this worker while it waits on the socket (direct mode).
-    pub waker: Option<Arc<crate::batch::Waker>>,
-    /// What it waits on: the socket and the waker (direct mode).
-    pub poller: Option<crate::batch::Poller>,
+    /// The only worker reads the socket itself; `None` when a receive thread hands datagrams
+    /// over.
+    pub direct: Option<Direct>,
+}
+
+/// What the only worker needs to read the socket itself.
+pub(crate) struct Direct {
+    /// Counts into the receive stats, as the receive thread would.
+    pub stats: Arc<crate::demux::DemuxStats>,
+    /// Wakes the worker while it waits on the socket (commands, ICE-TCP frames).
+    pub waker: Arc<crate::batch::Waker>,
+    /// What it waits on: the socket and the waker.
+    pub poller: crate::batch::Poller,
 }
 
 pub(crate) fn run(mut ctx: WorkerContext) {
-    if let (Some(demux_stats), Some(waker), Some(poller)) =
-        (ctx.direct.clone(), ctx.waker.clone(), ctx.poller.take())
-    {
-        return run_direct(ctx, demux_stats, waker, poller);
+    if let Some(direct) = ctx.direct.take() {
+        return run_direct(ctx, direct);
     }
     ctx.stats.alive.store(true, Ordering::Relaxed);
     let wire = NetWire::new(ctx.socket.clone());
@@ -196,9 +200,11 @@ fn account_busy(ctx: &WorkerContext, busy: &mut Duration, round: Duration) {
 /// from one thread to another.
 fn run_direct(
     ctx: WorkerContext,
-    demux_stats: Arc<crate::demux::DemuxStats>,
-    waker: Arc<crate::batch::Waker>,
-    poller: crate::batch::Poller,
+    Direct {
+        stats: demux_stats,
+        waker,
+        poller,
+    }: Direct,
 ) {
     ctx.stats.alive.store(true, Ordering::Relaxed);
     let wire = NetWire::new(ctx.socket.clone());
