@@ -90,7 +90,25 @@ pub fn serve_refused(extra: &str) -> String {
 }
 
 /// `media` goes into `[media]`; `tail` is appended (whole sections).
+///
+/// The ports come from binding port 0 and letting go, so another test running at the same time
+/// can take one before the server binds it. When the server exits because an address is in
+/// use, it is started again on fresh ports (up to three times); any other early exit, or no
+/// health within 20 s, fails with the server's log.
 pub fn start_full(extra: &str, tail: &str) -> Server {
+    for attempt in 1..=3 {
+        match try_start(extra, tail) {
+            Ok(server) => return server,
+            Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
+            Err(log) => panic!("server did not become healthy (attempt {attempt}), {log}"),
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
+/// One start on fresh ports: the server once healthy, or its log once it has exited or the
+/// deadline passed (then it is killed).
+fn try_start(extra: &str, tail: &str) -> Result<Server, String> {
     let (dir, http) = write_config(extra, tail);
     let cfg_path = dir.join("consulta.toml");
     let log = std::fs::File::create(dir.join("server.log")).unwrap();
@@ -102,18 +120,35 @@ pub fn start_full(extra: &str, tail: &str) -> Server {
         .stderr(log)
         .spawn()
         .expect("consulta starts");
-    let server = Server { child, http, dir };
+    let mut server = Server { child, http, dir };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(mut s) = TcpStream::connect(&server.http) {
-            let _ = write!(s, "GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n");
-            let mut body = String::new();
-            let _ = s.read_to_string(&mut body);
-            if body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200") {
-                return server;
+        // Health counts only once this server says it serves: until then, a port it could not
+        // bind may be answered by another test's server.
+        let exited = server.child.try_wait().unwrap().is_some();
+        let serving = std::fs::read_to_string(server.dir.join("server.log"))
+            .is_ok_and(|log| log.contains("consulta is serving"));
+        if serving && !exited {
+            if let Ok(mut s) = TcpStream::connect(&server.http) {
+                let _ = write!(s, "GET /healthz HTTP/1.0\r\nHost: x\r\n\r\n");
+                let mut body = String::new();
+                let _ = s.read_to_string(&mut body);
+                if body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200") {
+                    return Ok(server);
+                }
             }
         }
-        assert!(Instant::now() < deadline, "server did not become healthy");
+        if exited || Instant::now() >= deadline {
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+            let log = std::fs::read_to_string(server.dir.join("server.log")).unwrap_or_default();
+            let why = if exited {
+                "it exited"
+            } else {
+                "no health within 20 s"
+            };
+            return Err(format!("{why}:\n{log}"));
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
