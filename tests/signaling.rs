@@ -268,14 +268,16 @@ async fn turn_credentials_from_join_and_cli_relay_media() {
         eprintln!("SKIPPED: coturn's turnutils are not installed (apt-get install -y coturn)");
         return;
     }
-    let (udp, tcp, peer_port) = (free_udp(), free_tcp(), free_udp());
-    let server = start_full(
-        "",
-        &format!(
+    let ports = std::cell::Cell::new((0, 0));
+    let server = start_with("", || {
+        let (udp, tcp) = (free_udp(), free_tcp());
+        ports.set((udp, tcp));
+        format!(
             "[turn]\nenabled = true\nudp_port = {udp}\ntcp_port = {tcp}\ntls_port = 0\n\
              allowed_peer_ranges = [\"127.0.0.0/8\"]\nlegacy_channel_numbers = true\n"
-        ),
-    );
+        )
+    });
+    let ((udp, tcp), peer_port) = (ports.get(), free_udp());
     // The join response carries fresh credentials for this session.
     let (_c, joined) = Client::join(&server, "appt-turn", "dr", Role::Doctor).await;
     let ice = &joined["ice_servers"][0];

@@ -96,8 +96,14 @@ pub fn serve_refused(extra: &str) -> String {
 /// use, it is started again on fresh ports (up to three times); any other early exit, or no
 /// health within 20 s, fails with the server's log.
 pub fn start_full(extra: &str, tail: &str) -> Server {
+    start_with(extra, || tail.to_owned())
+}
+
+/// [`start_full`] with the sections appended made by `tail` for each attempt, so that ports
+/// they name (a TURN listener's) are picked afresh too.
+pub fn start_with(extra: &str, tail: impl Fn() -> String) -> Server {
     for attempt in 1..=3 {
-        match try_start(extra, tail) {
+        match try_start(extra, &tail()) {
             Ok(server) => return server,
             Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
             Err(log) => panic!("server did not become healthy (attempt {attempt}), {log}"),
