@@ -5,6 +5,10 @@
 //! subscriber, transmit into a counting wire — with real str0m peers set up in memory. Divide the
 //! time per element by the subscriber count for the cost per forwarded packet.
 //! `forwarder/on_packet`: the pure per-consumer decision alone.
+//!
+//! With `CONSULTA_FORWARD_PACKETS=N` it skips Criterion and forwards N packets 1:1, the same
+//! way, then exits: a fixed workload for `scripts/callgrind-forwarding.sh`, which counts the
+//! instructions per forwarded packet (repeatable on a noisy machine, where times are not).
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;
@@ -12,7 +16,7 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use consulta_sfu::forwarder::{is_keyframe_start, Forwarder};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use harness::{vp8_frame, Net};
 use str0m::format::Codec;
 use str0m::media::{MediaKind, MediaTime};
@@ -89,5 +93,32 @@ fn forwarder(c: &mut Criterion) {
     });
 }
 
+/// `packets` single-packet VP8 frames from a publisher to one subscriber, in batches of
+/// [`BATCH`], as `forward/1x1` does.
+fn fixed(packets: usize) {
+    let (mut net, a) = setup(1);
+    let before = net.wire.sent.get();
+    let mut n = 1u32;
+    for _ in 0..packets.div_ceil(BATCH) {
+        for _ in 0..BATCH {
+            net.write_vp8(a, n, false, 1100);
+            n += 1;
+        }
+        net.deliver_from(a, Instant::now());
+        net.host.fire_timers(Instant::now());
+    }
+    println!("forwarded: {}", net.wire.sent.get() - before);
+}
+
 criterion_group!(benches, forward, forwarder);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(packets) = std::env::var("CONSULTA_FORWARD_PACKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return fixed(packets);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
