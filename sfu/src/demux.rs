@@ -169,7 +169,7 @@ pub(crate) struct Route {
 /// The routing tables (pure; the thread loop is in [`Receiver::run`]).
 #[derive(Default)]
 pub(crate) struct RouteTable {
-    by_addr: HashMap<SocketAddr, Route>,
+    by_addr: crate::FastMap<SocketAddr, Route>,
     by_ufrag: HashMap<String, Route>,
     /// What to forget when a participant goes.
     owned: HashMap<PeerId, (String, Vec<SocketAddr>)>,
