@@ -442,13 +442,16 @@ impl Transport {
     /// Drains the `Rtc` until it asks for a timeout: transmits go out, events to the outbox.
     pub fn drain<W: Wire>(&mut self, io: &mut Io<W>) -> Result<(), RtcError> {
         loop {
-            match self.rtc.poll_output()? {
-                Output::Timeout(t) => {
+            // Matched where str0m returned it: `?` and by-value bindings would each copy the
+            // 520-byte `Output` (its largest variant is an event carrying an RTP packet).
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
                     self.next_timeout = t;
                     return Ok(());
                 }
-                Output::Transmit(t) => send(io, &t),
-                Output::Event(e) => self.on_event(e, io),
+                Ok(Output::Transmit(ref t)) => send(io, t),
+                Ok(Output::Event(e)) => self.on_event(e, io),
+                Err(e) => return Err(e),
             }
         }
     }
