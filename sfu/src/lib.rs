@@ -54,8 +54,8 @@ pub type PeerId = u64;
 /// The maps looked up for every datagram: by source address, participant and room. foldhash
 /// instead of std's SipHash: a few multiplies per small key where SipHash runs its rounds. In
 /// `scripts/callgrind-forwarding.sh` it cut the instructions per forwarded packet by 4 %
-/// (medians of 16,118 and 15,451, three and five runs). It is seeded per process, so keys a client chooses (its source address) cannot
-/// be aimed at one bucket from outside.
+/// (medians of 16,118 and 15,451, three and five runs). It is seeded per process, so keys a
+/// client chooses (its source address) cannot be aimed at one bucket from outside.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Media settings the SFU needs (a slice of the binary's config).
