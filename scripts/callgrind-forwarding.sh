@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per forwarded packet on the in-memory 1:1 forwarding path of
 # sfu/benches/forwarding.rs (SRTP decrypt, routing, rewrite, SRTP encrypt, no system calls),
-# counted by callgrind inside RouterHost::on_datagram and RouterHost::fire_timers only:
+# counted by callgrind inside the benchmark's `server_round` only (the datagrams in, then the
+# subscriber's timeout and output poll; not the publisher's encryption):
 #   scripts/callgrind-forwarding.sh [N1 N2]      (KEEP=1: keep the callgrind files)
 # Runs the benchmark binary's fixed workload (CONSULTA_FORWARD_PACKETS) twice, with N1 and N2
 # packets (default 640 and 1920), and divides the difference, so the peers' setup cancels out.
@@ -20,12 +21,14 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 count() {
   CONSULTA_FORWARD_PACKETS=$1 valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$1" \
-    '--toggle-collect=*RouterHost*on_datagram*' '--toggle-collect=*RouterHost*fire_timers*' \
+    '--toggle-collect=*forwarding*server_round*' \
     "$bin" 2>&1 | sed -n 's/.*Collected : *//p'
 }
 c1=$(count "$n1")
 c2=$(count "$n2")
 echo "instructions: $c1 for $n1 packets, $c2 for $n2"
+# A toggle that matches no function (inlined, renamed) collects nothing: refuse that.
+[ "${c2:-0}" -gt "${c1:-0}" ] || { echo "nothing collected in server_round" >&2; exit 1; }
 echo "instructions per forwarded packet: $(( (c2 - c1) / (n2 - n1) ))"
 if [ -n "${KEEP:-}" ]; then
   trap - EXIT
