@@ -4,6 +4,8 @@
 # counted by callgrind inside the benchmark's `server_round` only (the datagrams in, then the
 # subscriber's timeout and output poll; not the publisher's encryption):
 #   scripts/callgrind-forwarding.sh [N1 N2]      (KEEP=1: keep the callgrind files)
+# The subscriber publishes too, as in a consultation; CONSULTA_FORWARD_RECEIVE_ONLY=1 makes it a
+# receive-only one (a data channel in its offer, as the SDK's without a camera).
 # Runs the benchmark binary's fixed workload (CONSULTA_FORWARD_PACKETS) twice, with N1 and N2
 # packets (default 640 and 1920), and divides the difference, so the peers' setup cancels out.
 # Repeatable to ~0.1 % whatever else the machine does, where times on this 2-core VM drift by

@@ -3,12 +3,15 @@
 //! `forward/1x1` and `forward/1x4`: one encrypted RTP datagram from a publisher goes through
 //! `RouterHost::on_datagram` — SRTP decrypt, routing, sequence rewrite, SRTP encrypt for each
 //! subscriber, transmit into a counting wire — with real str0m peers set up in memory. Divide the
-//! time per element by the subscriber count for the cost per forwarded packet.
+//! time per element by the subscriber count for the cost per forwarded packet. The subscribers
+//! there are receive-only (a data channel in their offer, as the SDK's without a camera).
 //! `forwarder/on_packet`: the pure per-consumer decision alone.
 //!
 //! With `CONSULTA_FORWARD_PACKETS=N` it skips Criterion and forwards N packets 1:1, the same
-//! way, then exits: a fixed workload for `scripts/callgrind-forwarding.sh`, which counts the
-//! instructions per forwarded packet (repeatable on a noisy machine, where times are not).
+//! way, to a subscriber that publishes too, as in a consultation (or a receive-only one with
+//! `CONSULTA_FORWARD_RECEIVE_ONLY=1`), then exits: a fixed workload for
+//! `scripts/callgrind-forwarding.sh`, which counts the instructions per forwarded packet
+//! (repeatable on a noisy machine, where times are not).
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;
@@ -23,11 +26,14 @@ use str0m::media::{MediaKind, MediaTime};
 
 const BATCH: usize = 64;
 
-fn setup(subscribers: usize) -> (Net, usize) {
+/// A publisher and `subscribers` others: receive-only ones (as the SDK joins without a camera:
+/// a data channel keeps the offer valid), or ones that publish too, as in a consultation. What
+/// the others publish is not sent during the measurement.
+fn setup(subscribers: usize, publishing: bool) -> (Net, usize) {
     let mut net = Net::new(8);
     let a = net.join("bench", "pub", true);
     for i in 0..subscribers {
-        net.join("bench", &format!("sub{i}"), false);
+        net.join("bench", &format!("sub{i}"), publishing);
     }
     net.until(20, "all connected", |n| {
         n.clients.iter().all(|c| c.connected)
@@ -53,7 +59,7 @@ fn forward(c: &mut Criterion) {
     let mut group = c.benchmark_group("forward");
     group.measurement_time(Duration::from_secs(8));
     for subs in [1usize, 4] {
-        let (mut net, a) = setup(subs);
+        let (mut net, a) = setup(subs, false);
         let mut n = 1u32;
         group.throughput(Throughput::Elements(BATCH as u64));
         group.bench_function(BenchmarkId::from_parameter(format!("1x{subs}")), |b| {
@@ -94,9 +100,9 @@ fn forwarder(c: &mut Criterion) {
 }
 
 /// `packets` single-packet VP8 frames from a publisher to one subscriber, in batches of
-/// [`BATCH`], as `forward/1x1` does.
-fn fixed(packets: usize) {
-    let (mut net, a) = setup(1);
+/// [`BATCH`], as `forward/1x1` does; the subscriber `publishing` too, or receive-only as there.
+fn fixed(packets: usize, publishing: bool) {
+    let (mut net, a) = setup(1, publishing);
     let before = net.wire.sent.get();
     let mut n = 1u32;
     for _ in 0..packets.div_ceil(BATCH) {
@@ -132,7 +138,9 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
     {
-        return fixed(packets);
+        // A 1:1 consultation (both publish) unless told the subscriber only receives.
+        let receive_only = std::env::var_os("CONSULTA_FORWARD_RECEIVE_ONLY").is_some();
+        return fixed(packets, !receive_only);
     }
     benches();
     Criterion::default().configure_from_args().final_summary();
