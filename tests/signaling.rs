@@ -561,6 +561,12 @@ async fn load_generator_short_run_completes_without_loss() {
         "{r}"
     );
     assert!(r["server"]["cpu_seconds"].as_f64().is_some(), "{r}");
+    // Memory from /proc as the window ended, and the process's peak, never below it.
+    let rss = r["server"]["rss_bytes"].as_u64().expect("server RSS");
+    let peak = r["server"]["rss_peak_bytes"]
+        .as_u64()
+        .expect("server peak RSS");
+    assert!(rss > 1_000_000 && peak >= rss, "{r}");
     assert!(r["generator"]["cpu_seconds"].as_f64().is_some(), "{r}");
     assert_eq!(r["generator"]["datagrams_refused"], 0, "{r}");
     assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");

@@ -306,6 +306,10 @@ async fn run_level(
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
+    // Memory as the window ends, while every participant is still in: read after the
+    // participants have gone, it shows a server that has already freed their state.
+    let rss = args.server_pid.and_then(|p| proc_status_bytes(p, "VmRSS:"));
+    let rss_peak = args.server_pid.and_then(|p| proc_status_bytes(p, "VmHWM:"));
     let gen = match (gen0, proc_cpu_seconds(std::process::id())) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
@@ -361,7 +365,8 @@ async fn run_level(
         "server": {
             "cpu_seconds": cpu,
             "cpu_percent_of_one_core": cpu.map(|c| c * 100.0 / elapsed),
-            "rss_bytes": args.server_pid.and_then(proc_rss_bytes),
+            "rss_bytes": rss,
+            "rss_peak_bytes": rss_peak,
             "rtp_forwarded": fwd,
             // From the kernel's receive timestamp to the send call, per forwarded copy
             // (consulta_forward_delay_seconds): the delay the SFU adds, without the generator's.
@@ -515,11 +520,12 @@ fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-fn proc_rss_bytes(pid: u32) -> Option<u64> {
+/// A memory figure of `/proc/<pid>/status` (`VmRSS:` resident now, `VmHWM:` its peak), in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: u64 = status
         .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()
