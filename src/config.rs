@@ -194,7 +194,7 @@ pub struct MediaConfig {
     pub worker_cpus: String,
     /// Sent video packets each subscriber's stream keeps to answer NACKs with a retransmission
     /// (RTX); older losses are not repaired. 0 turns retransmission off, else 16..=10000. The
-    /// memory is about 1.6 KB per packet per subscribed video track, and str0m drops packets
+    /// memory is about 2 KB per packet per subscribed video track, and str0m drops packets
     /// older than 3 s anyway.
     pub nack_history: usize,
 }
