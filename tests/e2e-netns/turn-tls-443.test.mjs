@@ -5,10 +5,9 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { launchBrowser, openParticipant, run, startServer, waitForAudio, waitForVideo } from '../e2e/harness.mjs';
+import { launchBrowser, openParticipant, run, startServer, tempDir, waitForAudio, waitForVideo } from '../e2e/harness.mjs';
 
 const SIGNALING_PORT = Number(process.env.SIGNALING_PORT);
 let server;
@@ -17,7 +16,7 @@ let browser;
 before(async () => {
   assert.ok(process.env.CONSULTA_NETNS_SERVER && SIGNALING_PORT, 'run through scripts/netns-two-hosts.sh tcp443');
   const ip = process.env.CONSULTA_SERVER_IP;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-turn443-'));
+  const dir = tempDir('consulta-turn443-');
   const cert = path.join(dir, 'cert.pem');
   const key = path.join(dir, 'key.pem');
   await run('openssl', [

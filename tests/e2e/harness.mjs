@@ -18,6 +18,21 @@ import { chromium } from 'playwright-core';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 export const REPO = path.resolve(HERE, '..', '..');
+
+// Temp dirs of this test process: removed when it exits with success, kept (with the servers'
+// logs in them) when a test failed, or always with KEEP_E2E_DIRS=1.
+const TEMP_DIRS = [];
+process.on('exit', (code) => {
+  if (code !== 0 || process.exitCode || process.env.KEEP_E2E_DIRS) return;
+  for (const dir of TEMP_DIRS) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** A fresh directory under the system temp dir, `prefix` + random; see TEMP_DIRS. */
+export function tempDir(prefix) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  TEMP_DIRS.push(dir);
+  return dir;
+}
 export const CONSULTA_BIN = process.env.CONSULTA_BIN || path.join(REPO, 'target', 'release', 'consulta');
 export const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 
@@ -125,7 +140,7 @@ export async function startServer({ extraConfig = '', media = {}, httpPort: want
     throw new Error(`server binary not found at ${CONSULTA_BIN} (build it with cargo build --release, or set CONSULTA_BIN)`);
   }
   // `restartOf`: a stopped server whose config, ports and data dir are used again.
-  const dir = restartOf ? restartOf.dir : fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-e2e-'));
+  const dir = restartOf ? restartOf.dir : tempDir('consulta-e2e-');
   const httpPort = restartOf ? restartOf.httpPort : wantedHttpPort ?? (await freeTcpPort());
   const udpPort = restartOf ? restartOf.udpPort : await freeMediaPort(httpPort);
   let tcpPort = media.tcp_port;

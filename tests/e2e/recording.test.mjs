@@ -4,10 +4,9 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { CONSULTA_BIN, launchBrowser, openParticipant, pollUntil, run, sleep, startServer, waitForAudio, waitForVideo } from './harness.mjs';
+import { CONSULTA_BIN, launchBrowser, openParticipant, pollUntil, run, sleep, startServer, tempDir, waitForAudio, waitForVideo } from './harness.mjs';
 import { ACCESS_KEY, S3S_BIN, SECRET_KEY, sha256, startS3 } from './s3.mjs';
 
 const KEY = 'e2e-api-key-0123456789';
@@ -157,7 +156,7 @@ describe('recording with consent', { skip }, () => {
       assert.equal(body.length, r.size);
       assert.equal(sha256(body), r.sha256);
       console.log(`recording ${r.key}: ${r.size} bytes, ${r.duration_ms} ms, call ${callSeconds} s`);
-      const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-rec-')), 'call.webm');
+      const file = path.join(tempDir('consulta-rec-'), 'call.webm');
       fs.writeFileSync(file, body);
 
       const info = probe(file);
@@ -188,7 +187,7 @@ describe('recording with consent', { skip }, () => {
     }
     const ready = await readyEvent(id, 'recording_ready', 60_000);
     assert.ok(ready.payload.key.endsWith('.mkv'), ready.payload.key);
-    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-rec-')), 'h264.mkv');
+    const file = path.join(tempDir('consulta-rec-'), 'h264.mkv');
     fs.writeFileSync(file, await s3.get(ready.payload.key));
     const info = probe(file);
     assert.deepEqual(info.streams.map((s) => s.codec_name).sort(), ['h264', 'h264', 'opus', 'opus']);
@@ -299,7 +298,7 @@ describe('recording with consent', { skip }, () => {
       assert.ok(body.equals(spooled), 'the object is byte for byte the spooled recording');
       // The spool copy is gone only now that the upload is verified.
       assert.ok(!fs.existsSync(path.join(spool, `${meta.id}.${meta.ext}`)));
-      const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-rec-')), 'outage.webm');
+      const file = path.join(tempDir('consulta-rec-'), 'outage.webm');
       fs.writeFileSync(file, body);
       const info = probe(file);
       assert.deepEqual(info.streams.map((s) => s.codec_name).sort(), ['opus', 'opus', 'vp8', 'vp8']);
@@ -335,7 +334,7 @@ describe('recording with consent', { skip }, () => {
     assert.equal(ready.payload.recording_id, unfinished.id);
     const body = await s3.get(ready.payload.key);
     assert.equal(sha256(body), ready.payload.sha256);
-    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-rec-')), 'crash.webm');
+    const file = path.join(tempDir('consulta-rec-'), 'crash.webm');
     fs.writeFileSync(file, body);
     const info = probe(file);
     assert.deepEqual(info.streams.map((s) => s.codec_name).sort(), ['opus', 'opus', 'vp8', 'vp8']);

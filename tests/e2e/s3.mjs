@@ -6,7 +6,7 @@ import { createHash, createHmac } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { freeTcpPort, sleep } from './harness.mjs';
+import { freeTcpPort, sleep, tempDir } from './harness.mjs';
 
 export const S3S_BIN = process.env.S3S_FS_BIN || path.join(os.homedir(), '.cargo', 'bin', 's3s-fs');
 export const ACCESS_KEY = 'consulta-e2e-access';
@@ -14,7 +14,7 @@ export const SECRET_KEY = 'consulta-e2e-secret-0123456789';
 
 /** Starts s3s-fs with one bucket; `stop()` kills it, `start()` brings it back on the same port. */
 export async function startS3(bucket) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-s3-'));
+  const dir = tempDir('consulta-s3-');
   fs.mkdirSync(path.join(dir, bucket));
   const port = await freeTcpPort();
   const endpoint = `http://127.0.0.1:${port}`;

@@ -3,7 +3,6 @@
 
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
@@ -13,6 +12,7 @@ import {
   pollUntil,
   run,
   startServer,
+  tempDir,
   waitForAudio,
   waitForVideo,
 } from './harness.mjs';
@@ -23,7 +23,7 @@ let browser;
 let ports;
 
 before(async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'consulta-turn-cert-'));
+  const dir = tempDir('consulta-turn-cert-');
   const cert = path.join(dir, 'cert.pem');
   const key = path.join(dir, 'key.pem');
   await run('openssl', [
