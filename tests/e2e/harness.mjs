@@ -33,6 +33,7 @@ export function tempDir(prefix) {
   TEMP_DIRS.push(dir);
   return dir;
 }
+
 export const CONSULTA_BIN = process.env.CONSULTA_BIN || path.join(REPO, 'target', 'release', 'consulta');
 export const CHROMIUM_BIN = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 
