@@ -23,7 +23,7 @@ export const REPO = path.resolve(HERE, '..', '..');
 // logs in them) when a test failed, or always with KEEP_E2E_DIRS=1.
 const TEMP_DIRS = [];
 process.on('exit', (code) => {
-  if (code !== 0 || process.exitCode || process.env.KEEP_E2E_DIRS) return;
+  if (code !== 0 || process.env.KEEP_E2E_DIRS) return;
   for (const dir of TEMP_DIRS) fs.rmSync(dir, { recursive: true, force: true });
 });
 
