@@ -6,23 +6,26 @@
 # Both servers run in a private network namespace (Janus never gathers ICE candidates on
 # loopback, so it gets a veth carrying 127.0.0.2), one after the other on the same load, each
 # measured by consulta-bench from /proc (CPU, RSS) and from what its subscribers received.
-# Needs root (unshare -n), Debian's janus (installed if missing) and release builds of
-# consulta and consulta-bench (built if missing). Prints both JSON reports and a comparison;
-# writes them to $OUT (default ./bench-results).
+# Needs root (unshare -n), Debian's janus (installed if missing) and builds of consulta and
+# consulta-bench in cargo profile $PROFILE (default production, what ships: see Cargo.toml; built
+# if missing). Prints both JSON reports and a comparison; writes them to $OUT (default
+# ./bench-results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/bench-results}
+PROFILE=${PROFILE:-production}
+bin=target/$PROFILE
 
 if [ -z "${CONSULTA_BENCH_NETNS:-}" ]; then
   command -v janus >/dev/null || {
     echo "installing janus" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq janus >/dev/null
   }
-  [ -x target/release/consulta ] && [ -x target/release/consulta-bench ] ||
-    cargo build --release --bin consulta --bin consulta-bench
+  [ -x "$bin/consulta" ] && [ -x "$bin/consulta-bench" ] ||
+    cargo build --profile "$PROFILE" --bin consulta --bin consulta-bench
   mkdir -p "$OUT"
-  exec unshare -n env CONSULTA_BENCH_NETNS=1 OUT="$OUT" "$0" "$@"
+  exec unshare -n env CONSULTA_BENCH_NETNS=1 OUT="$OUT" PROFILE="$PROFILE" "$0" "$@"
 fi
 
 ip link set lo up
@@ -67,7 +70,7 @@ wait_port() {
   return 1
 }
 
-target/release/consulta serve --config "$work/consulta.toml" >"$work/consulta.log" 2>&1 &
+"$bin/consulta" serve --config "$work/consulta.toml" >"$work/consulta.log" 2>&1 &
 consulta_pid=$!
 pids+=("$consulta_pid")
 janus -F "$work/janus" -C "$work/janus/janus.jcfg" -L "$work/janus.log" -N >/dev/null 2>&1 &
@@ -77,12 +80,12 @@ wait_port 7880
 wait_port 8188
 
 echo "== Consulta" >&2
-target/release/consulta-bench --target consulta --url ws://127.0.0.1:7880/ws \
+"$bin/consulta-bench" --target consulta --url ws://127.0.0.1:7880/ws \
   --metrics http://127.0.0.1:7880/metrics --secret "$SECRET" --server-pid "$consulta_pid" \
   --report-md "$OUT/consulta.md" "$@" >"$OUT/consulta.json"
 sleep 2
 echo "== Janus" >&2
-target/release/consulta-bench --target janus --url ws://127.0.0.1:8188 --metrics "" --bind-ip 127.0.0.2 \
+"$bin/consulta-bench" --target janus --url ws://127.0.0.1:8188 --metrics "" --bind-ip 127.0.0.2 \
   --secret "$SECRET" --server-pid "$janus_pid" --report-md "$OUT/janus.md" "$@" >"$OUT/janus.json" ||
   { echo "--- janus log" >&2; tail -30 "$work/janus.log" >&2; exit 1; }
 

@@ -11,12 +11,14 @@
 # Repeatable to ~0.1 % whatever else the machine does, where times on this 2-core VM drift by
 # 10-20 %: the way to see a change of a few percent on the per-packet path. Instructions are not
 # time (SipHash's are cheap, a cache miss is one), so confirm a gain with consulta-bench.
+# Built in cargo profile $PROFILE (default production, what ships: release with fat LTO).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n1=${1:-640}
 n2=${2:-1920}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install -y valgrind)" >&2; exit 1; }
-bin=$(cargo bench -p consulta-sfu --bench forwarding --no-run --message-format=json 2>/dev/null |
+PROFILE=${PROFILE:-production}
+bin=$(cargo bench --profile "$PROFILE" -p consulta-sfu --bench forwarding --no-run --message-format=json 2>/dev/null |
   grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
 [ -x "$bin" ] || { echo "could not build the forwarding benchmark" >&2; exit 1; }
 tmp=$(mktemp -d)
