@@ -262,7 +262,9 @@ run "systemd unit: hardening and drain" grep -Pzq \
 dockerfile_check() {
   local f=deploy/Dockerfile
   [ "$(grep -c '^FROM ' $f)" -ge 2 ] || { echo "not multi-stage"; return 1; }
-  grep -q 'cargo build --release --locked --bin consulta' $f || { echo "no locked release build"; return 1; }
+  grep -q 'cargo build --profile production --locked --bin consulta' $f || { echo "no locked production-profile build"; return 1; }
+  grep -q 'install .* target/production/consulta ' $f || { echo "does not ship target/production/consulta"; return 1; }
+  grep -q "^\[profile.production\]" Cargo.toml || { echo "Cargo.toml has no production profile"; return 1; }
   grep -q '^USER consulta' $f || { echo "no non-root USER"; return 1; }
   grep -q '^EXPOSE 7880/tcp 7882/udp' $f || { echo "EXPOSE"; return 1; }
   grep -Pzq '\nHEALTHCHECK [^\n]*\\\n +CMD [^\n]*/healthz' $f || { echo "HEALTHCHECK"; return 1; }
