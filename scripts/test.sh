@@ -86,6 +86,8 @@ for path in sys.argv[1:]:
     assert r["server"]["cpu_seconds"] is not None, path
 print("consulta-bench: both targets forwarded every frame")
 PY
+    # Kept when a check above fails (set -e stops first): the reports say why.
+    rm -rf "$OUT"
   else
     echo "network namespaces need root (unshare -n): these tests did not run"
     exit 1
