@@ -8,14 +8,23 @@
 # measured by consulta-bench from /proc (CPU, RSS) and from what its subscribers received.
 # Needs root (unshare -n), Debian's janus (installed if missing) and builds of consulta and
 # consulta-bench in cargo profile $PROFILE (default production, what ships: see Cargo.toml; built
-# if missing). Prints both JSON reports and a comparison; writes them to $OUT (default
-# ./bench-results).
+# if missing). Prints a comparison and writes it, with both JSON and Markdown reports, to $OUT
+# (default ./bench-results).
+#
+# ROUNDS=N (default 1) measures both servers N times in one run, in the order C J, J C, C J,
+# ... so that a machine drifting during the run weighs on both alike. The comparison then gives
+# the median of each figure (the lower middle one when N is even) and the ratio of each round
+# with their median, and the reports are consulta-R.json and janus-R.json (R = 1..N) instead
+# of consulta.json and janus.json. One round's ratio moves by ~10 % from run to run on a 2-core
+# VM, because the two servers are measured one after the other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 OUT=${OUT:-$ROOT/bench-results}
 PROFILE=${PROFILE:-production}
+ROUNDS=${ROUNDS:-1}
 bin=target/$PROFILE
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a whole number from 1, not '$ROUNDS'" >&2; exit 2; }
 
 if [ -z "${CONSULTA_BENCH_NETNS:-}" ]; then
   command -v janus >/dev/null || {
@@ -25,7 +34,7 @@ if [ -z "${CONSULTA_BENCH_NETNS:-}" ]; then
   [ -x "$bin/consulta" ] && [ -x "$bin/consulta-bench" ] ||
     cargo build --profile "$PROFILE" --bin consulta --bin consulta-bench
   mkdir -p "$OUT"
-  exec unshare -n env CONSULTA_BENCH_NETNS=1 OUT="$OUT" PROFILE="$PROFILE" "$0" "$@"
+  exec unshare -n env CONSULTA_BENCH_NETNS=1 OUT="$OUT" PROFILE="$PROFILE" ROUNDS="$ROUNDS" "$0" "$@"
 fi
 
 ip link set lo up
@@ -79,23 +88,46 @@ pids+=("$janus_pid")
 wait_port 7880
 wait_port 8188
 
-echo "== Consulta" >&2
-"$bin/consulta-bench" --target consulta --url ws://127.0.0.1:7880/ws \
-  --metrics http://127.0.0.1:7880/metrics --secret "$SECRET" --server-pid "$consulta_pid" \
-  --report-md "$OUT/consulta.md" "$@" >"$OUT/consulta.json"
-sleep 2
-echo "== Janus" >&2
-"$bin/consulta-bench" --target janus --url ws://127.0.0.1:8188 --metrics "" --bind-ip 127.0.0.2 \
-  --secret "$SECRET" --server-pid "$janus_pid" --report-md "$OUT/janus.md" "$@" >"$OUT/janus.json" ||
-  { echo "--- janus log" >&2; tail -30 "$work/janus.log" >&2; exit 1; }
+measure_consulta() { # REPORT_NAME
+  echo "== Consulta" >&2
+  "$bin/consulta-bench" --target consulta --url ws://127.0.0.1:7880/ws \
+    --metrics http://127.0.0.1:7880/metrics --secret "$SECRET" --server-pid "$consulta_pid" \
+    --report-md "$OUT/$1.md" "${bench_args[@]}" >"$OUT/$1.json"
+}
+measure_janus() { # REPORT_NAME
+  echo "== Janus" >&2
+  "$bin/consulta-bench" --target janus --url ws://127.0.0.1:8188 --metrics "" --bind-ip 127.0.0.2 \
+    --secret "$SECRET" --server-pid "$janus_pid" --report-md "$OUT/$1.md" "${bench_args[@]}" \
+    >"$OUT/$1.json" || { echo "--- janus log" >&2; tail -30 "$work/janus.log" >&2; exit 1; }
+}
+bench_args=("$@")
+reports=()
+for round in $(seq 1 "$ROUNDS"); do
+  c=consulta j=janus
+  if [ "$ROUNDS" -gt 1 ]; then
+    c=consulta-$round j=janus-$round
+    echo "== round $round of $ROUNDS" >&2
+  fi
+  if [ $((round % 2)) = 1 ]; then
+    measure_consulta "$c"; sleep 2; measure_janus "$j"
+  else
+    measure_janus "$j"; sleep 2; measure_consulta "$c"
+  fi
+  reports+=("$OUT/$c.json" "$OUT/$j.json")
+  [ "$round" = "$ROUNDS" ] || sleep 2
+done
 
-python3 - "$OUT/consulta.json" "$OUT/janus.json" <<'PY' | tee "$OUT/comparison.md"
-import json, sys
-c, j = (json.load(open(p)) for p in sys.argv[1:3])
+python3 - "${reports[@]}" <<'PY' | tee "$OUT/comparison.md"
+import json, statistics, sys
+runs = [json.load(open(p)) for p in sys.argv[1:]]
+cs, js = runs[0::2], runs[1::2]
 def g(r, *path):
     for k in path:
         r = (r or {}).get(k)
     return r
+def med(rs, path):
+    vals = [v for v in (g(r, *path) for r in rs) if v is not None]
+    return statistics.median_low(vals) if vals else None
 rows = [
     ("consultations", ("rooms",)),
     ("RTP packets received by subscribers", ("rtp_packets_received",)),
@@ -109,20 +141,34 @@ rows = [
     ("server CPU µs per received packet", ("server", "cpu_us_per_received_packet")),
     ("server RSS MB", ("server", "rss_bytes")),
 ]
+n = len(cs)
+if n > 1:
+    print(f"Each figure: the median of {n} rounds (the lower middle one when even).\n")
 print("| | Consulta | Janus |\n|---|---:|---:|")
 for name, path in rows:
-    a, b = g(c, *path), g(j, *path)
+    a, b = med(cs, path), med(js, path)
     if name.startswith("frame loss"):
         a, b = (x * 100 if x is not None else None for x in (a, b))
     if name.startswith("server RSS"):
         a, b = (x / 1e6 if x is not None else None for x in (a, b))
     f = lambda x: "-" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
     print(f"| {name} | {f(a)} | {f(b)} |")
-a, b = g(c, "server", "cpu_seconds"), g(j, "server", "cpu_seconds")
-pa, pb = g(c, "rtp_packets_received"), g(j, "rtp_packets_received")
-if a and b and pa and pb:
-    print(f"\nConsulta / Janus CPU per received packet: {(a / pa) / (b / pb):.2f}x")
-for name, r in (("Consulta", c), ("Janus", j)):
-    if r.get("errors"):
-        print(f"\n{name} errors: {r['errors'][:5]}")
+ratios = []
+for c, j in zip(cs, js):
+    a, b = g(c, "server", "cpu_seconds"), g(j, "server", "cpu_seconds")
+    pa, pb = g(c, "rtp_packets_received"), g(j, "rtp_packets_received")
+    if a and b and pa and pb:
+        ratios.append((a / pa) / (b / pb))
+if n == 1 and ratios:
+    print(f"\nConsulta / Janus CPU per received packet: {ratios[0]:.3f}x")
+elif ratios:
+    each = ", ".join(f"{r:.3f}" for r in ratios)
+    print(f"\nConsulta / Janus CPU per received packet, each round: {each}")
+    print(f"Consulta / Janus CPU per received packet, median of {len(ratios)}: "
+          f"{statistics.median(ratios):.3f}x")
+for i, (c, j) in enumerate(zip(cs, js), 1):
+    for name, r in (("Consulta", c), ("Janus", j)):
+        if r.get("errors"):
+            where = f" (round {i})" if n > 1 else ""
+            print(f"\n{name} errors{where}: {r['errors'][:5]}")
 PY

@@ -75,16 +75,21 @@ if [ -z "${SKIP_E2E:-}" ]; then
     say "load generator against Consulta and Janus VideoRoom (side by side, small load): both forward everything"
     OUT="$(mktemp -d)" && export OUT
     # The release build the tests use: the production profile's LTO link is not worth it here.
-    PROFILE=release scripts/bench-vs-janus.sh --rooms 2 --participants 2 --duration 4 --quiet
-    python3 - "$OUT/consulta.json" "$OUT/janus.json" <<'PY'
-import json, sys
-for path in sys.argv[1:]:
+    # Two rounds (C J, then J C), so that the rounds' comparison is exercised too.
+    PROFILE=release ROUNDS=2 scripts/bench-vs-janus.sh --rooms 2 --participants 2 --duration 4 --quiet
+    python3 - "$OUT"/consulta-{1,2}.json "$OUT"/janus-{1,2}.json "$OUT/comparison.md" <<'PY'
+import json, re, sys
+for path in sys.argv[1:5]:
     r = json.load(open(path))
     assert not r["errors"], (path, r["errors"])
     assert r["frames_lost"] == 0, (path, r["frames_lost"])
     assert r["rtp_packets_received"] > 1000, (path, r["rtp_packets_received"])
     assert r["server"]["cpu_seconds"] is not None, path
-print("consulta-bench: both targets forwarded every frame")
+md = open(sys.argv[5]).read()
+each = re.search(r"each round: ([0-9.]+), ([0-9.]+)\n", md)
+assert each and all(float(x) > 0 for x in each.groups()), md
+assert re.search(r"median of 2: [0-9.]+x", md), md
+print("consulta-bench: both targets forwarded every frame, in both rounds")
 PY
     # Kept when a check above fails (set -e stops first): the reports say why.
     rm -rf "$OUT"
