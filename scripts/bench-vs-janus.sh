@@ -24,7 +24,8 @@ OUT=${OUT:-$ROOT/bench-results}
 PROFILE=${PROFILE:-production}
 ROUNDS=${ROUNDS:-1}
 bin=target/$PROFILE
-[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a whole number from 1, not '$ROUNDS'" >&2; exit 2; }
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] ||
+  { echo "ROUNDS must be a whole number from 1, not '$ROUNDS'" >&2; exit 2; }
 
 if [ -z "${CONSULTA_BENCH_NETNS:-}" ]; then
   command -v janus >/dev/null || {
@@ -166,6 +167,8 @@ elif ratios:
     print(f"\nConsulta / Janus CPU per received packet, each round: {each}")
     print(f"Consulta / Janus CPU per received packet, median of {len(ratios)}: "
           f"{statistics.median(ratios):.3f}x")
+if len(ratios) < n:
+    print(f"({n - len(ratios)} of {n} rounds gave no ratio: a report without CPU or packets)")
 for i, (c, j) in enumerate(zip(cs, js), 1):
     for name, r in (("Consulta", c), ("Janus", j)):
         if r.get("errors"):
