@@ -35,7 +35,8 @@ if [ -z "${CONSULTA_BENCH_NETNS:-}" ]; then
   [ -x "$bin/consulta" ] && [ -x "$bin/consulta-bench" ] ||
     cargo build --profile "$PROFILE" --bin consulta --bin consulta-bench
   mkdir -p "$OUT"
-  exec unshare -n env CONSULTA_BENCH_NETNS=1 OUT="$OUT" PROFILE="$PROFILE" ROUNDS="$ROUNDS" "$0" "$@"
+  exec unshare -n env CONSULTA_BENCH_NETNS=1 OUT="$OUT" PROFILE="$PROFILE" ROUNDS="$ROUNDS" \
+    "$0" "$@"
 fi
 
 ip link set lo up

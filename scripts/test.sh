@@ -76,7 +76,8 @@ if [ -z "${SKIP_E2E:-}" ]; then
     OUT="$(mktemp -d)" && export OUT
     # The release build the tests use: the production profile's LTO link is not worth it here.
     # Two rounds (C J, then J C), so that the rounds' comparison is exercised too.
-    PROFILE=release ROUNDS=2 scripts/bench-vs-janus.sh --rooms 2 --participants 2 --duration 4 --quiet
+    PROFILE=release ROUNDS=2 scripts/bench-vs-janus.sh --rooms 2 --participants 2 --duration 4 \
+      --quiet
     python3 - "$OUT"/consulta-{1,2}.json "$OUT"/janus-{1,2}.json "$OUT/comparison.md" <<'PY'
 import json, re, sys
 for path in sys.argv[1:5]:
