@@ -16,12 +16,13 @@ export const SECRET_KEY = 'consulta-e2e-secret-0123456789';
 export async function startS3(bucket) {
   const dir = tempDir('consulta-s3-');
   fs.mkdirSync(path.join(dir, bucket));
+  // Not inside `dir`, which s3s-fs serves (a file there would be listed as a bucket).
+  const logPath = path.join(tempDir('consulta-s3-log-'), 's3s.log');
   const port = await freeTcpPort();
   const endpoint = `http://127.0.0.1:${port}`;
   let child = null;
   const start = async () => {
     if (child) return;
-    const logPath = path.join(dir, '..', `s3s-${port}.log`);
     const log = fs.openSync(logPath, 'a');
     child = spawn(
       S3S_BIN,
