@@ -18,7 +18,8 @@ n1=${1:-640}
 n2=${2:-1920}
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install -y valgrind)" >&2; exit 1; }
 PROFILE=${PROFILE:-production}
-bin=$(cargo bench --profile "$PROFILE" -p consulta-sfu --bench forwarding --no-run --message-format=json 2>/dev/null |
+bin=$(cargo bench --profile "$PROFILE" -p consulta-sfu --bench forwarding --no-run \
+  --message-format=json 2>/dev/null |
   grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
 [ -x "$bin" ] || { echo "could not build the forwarding benchmark" >&2; exit 1; }
 tmp=$(mktemp -d)
