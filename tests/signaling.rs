@@ -526,6 +526,10 @@ async fn media_workers_are_pinned_to_the_configured_cpus() {
 async fn load_generator_short_run_completes_without_loss() {
     let server = start("");
     let (http, pid) = (server.http.clone(), server.child.id().to_string());
+    // The server's CPU time as /proc gives it, read here on both sides of the run: the report
+    // reads the same counters at its window's edges, inside this span.
+    let server_pid = server.child.id();
+    let cpu_before = proc_cpu_seconds_of(server_pid);
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_consulta-bench"))
             .args(["--url", &format!("ws://{http}/ws")])
@@ -567,6 +571,26 @@ async fn load_generator_short_run_completes_without_loss() {
         .as_u64()
         .expect("server peak RSS");
     assert!(rss > 1_000_000 && peak >= rss, "{r}");
+    // What the report says of the server matches /proc, read independently: its window's CPU
+    // time is inside what the process spent over the whole run, and its memory figures are not
+    // above the peak the kernel keeps (both monotonic, so no timing enters these checks).
+    let cpu_after = proc_cpu_seconds_of(server_pid);
+    let cpu = r["server"]["cpu_seconds"].as_f64().unwrap();
+    assert!(
+        cpu > 0.0 && cpu <= cpu_after - cpu_before + 1e-6,
+        "report {cpu} s against /proc {cpu_before} -> {cpu_after} s: {r}"
+    );
+    let hwm = proc_status_kib(server_pid, "VmHWM:") * 1024;
+    assert!(
+        peak <= hwm,
+        "report's peak {peak} B above /proc's VmHWM {hwm} B"
+    );
+    let per_packet = r["server"]["cpu_us_per_forwarded_packet"].as_f64().unwrap();
+    let forwarded = r["server"]["rtp_forwarded"].as_f64().unwrap();
+    assert!(
+        (per_packet - cpu * 1e6 / forwarded).abs() < 1e-6 * per_packet,
+        "cpu_us_per_forwarded_packet is not cpu_seconds / rtp_forwarded: {r}"
+    );
     assert!(r["generator"]["cpu_seconds"].as_f64().is_some(), "{r}");
     assert_eq!(r["generator"]["datagrams_refused"], 0, "{r}");
     assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
@@ -574,4 +598,28 @@ async fn load_generator_short_run_completes_without_loss() {
     // The server's own forwarding delay histogram was filled and read over the window.
     let in_server = r["server"]["forward_delay_ms"]["p50"].as_f64();
     assert!(in_server.is_some_and(|ms| ms > 0.0), "{r}");
+}
+
+/// User plus system CPU seconds of a process from `/proc/<pid>/stat` (fields 14 and 15, in
+/// clock ticks of `getconf CLK_TCK`).
+fn proc_cpu_seconds_of(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/<pid>/stat");
+    // The command name may hold spaces: fields count from the closing parenthesis.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    let tck = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf");
+    let tck: f64 = String::from_utf8_lossy(&tck.stdout).trim().parse().unwrap();
+    ticks / tck
+}
+
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS:`, `VmHWM:`).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
