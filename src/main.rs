@@ -6,7 +6,7 @@
 
 /// mimalloc instead of glibc's malloc: str0m allocates and frees a few buffers per packet
 /// (decrypted payloads, encrypted datagrams) on the media worker, and mimalloc does that for
-/// ~7 % less CPU per forwarded packet (README, Performance).
+/// ~7 % less CPU per forwarded packet (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -18,7 +18,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// 127-141); what it buys is memory returned as soon as calls end (~74 MB after those 25, where
 /// the default still held ~124 five seconds later). CPU: 11 alternating pairs, 8.55 against 8.24 µs
 /// per packet, the default ahead in 7, with the same few `madvise` calls and page faults in both
-/// (README, Performance).
+/// (docs/performance.md).
 fn tune_allocator() {
     // SAFETY: sets a plain option value; mimalloc reads it when it next purges.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };

@@ -2,8 +2,8 @@
 //! thread or the direct worker, `sendmmsg` (with UDP GSO) for the workers, and a one-at-a-time
 //! `UDP_GRO` receiver for the load generator.
 //!
-//! One syscall per datagram was a large share of the server's CPU under load (profile in the
-//! README's Performance section). Receiving takes up to [`RECV_BATCH`] datagrams per call (the
+//! One syscall per datagram was a large share of the server's CPU under load (profile in
+//! docs/performance.md). Receiving takes up to [`RECV_BATCH`] datagrams per call (the
 //! packets of a video frame arrive back to back); sending queues a worker's datagrams while it
 //! handles a round of input and hands them to the kernel in one call per round. Both reuse
 //! their arrays: nothing is allocated per datagram.
