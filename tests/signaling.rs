@@ -525,10 +525,10 @@ async fn media_workers_are_pinned_to_the_configured_cpus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_generator_short_run_completes_without_loss() {
     let server = start("");
-    let (http, pid) = (server.http.clone(), server.child.id().to_string());
     // The server's CPU time as /proc gives it, read here on both sides of the run: the report
     // reads the same counters at its window's edges, inside this span.
     let server_pid = server.child.id();
+    let (http, pid) = (server.http.clone(), server_pid.to_string());
     let cpu_before = proc_cpu_seconds_of(server_pid);
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_consulta-bench"))
