@@ -72,6 +72,11 @@ if [ -z "${SKIP_E2E:-}" ]; then
     done
     CONSULTA_BIN="$PWD/target/release/consulta" scripts/netns-two-hosts.sh tcp443 7880 \
       env SIGNALING_PORT=7880 node --test --test-concurrency=1 tests/e2e-netns/turn-tls-443.test.mjs
+    say "reconnection (three namespaces): network change mid-call, WebSocket cut, grace period expiry"
+    # ROAMING_RUNS network changes (default 5), each a fresh call; the times are printed.
+    CONSULTA_BIN="$PWD/target/release/consulta" scripts/netns-roaming.sh \
+      node --test --test-concurrency=1 tests/e2e-netns/roaming.test.mjs tests/e2e-netns/ws-cut.test.mjs \
+      tests/e2e-netns/grace.test.mjs
     say "load generator against Consulta and Janus VideoRoom (side by side, small load): both forward everything"
     OUT="$(mktemp -d)" && export OUT
     # The release build the tests use: the production profile's LTO link is not worth it here.

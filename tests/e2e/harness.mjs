@@ -264,15 +264,28 @@ export async function startServer({ extraConfig = '', media = {}, httpPort: want
 
 // ----- browser --------------------------------------------------------------------------------------
 
-export async function launchBrowser({ extraArgs = [] } = {}) {
+/**
+ * Starts headless Chromium. `netns`: run it in that network namespace (through a wrapper that
+ * execs `ip netns exec NETNS chromium`; Playwright drives it over a pipe, which the wrapper passes
+ * on). `disableFeatures`: added to the one --disable-features flag (a second flag would replace
+ * the first).
+ */
+export async function launchBrowser({ extraArgs = [], netns, disableFeatures = [] } = {}) {
   const args = [...CHROMIUM_ARGS, ...extraArgs];
+  const features = [...disableFeatures];
   if (process.env.CONSULTA_E2E_SDK === 'disk') {
     // A document fulfilled by Playwright has no address space, so Chromium would treat its
     // WebSocket to 127.0.0.1 as a public->local request and block it.
-    const i = args.findIndex((a) => a.startsWith('--disable-features='));
-    args[i] += ',LocalNetworkAccessChecks';
+    features.push('LocalNetworkAccessChecks');
   }
-  return chromium.launch({ executablePath: CHROMIUM_BIN, headless: true, args });
+  const i = args.findIndex((a) => a.startsWith('--disable-features='));
+  for (const f of features) if (!args[i].split(/[=,]/).includes(f)) args[i] += `,${f}`;
+  let executablePath = CHROMIUM_BIN;
+  if (netns) {
+    executablePath = path.join(tempDir('consulta-netns-chromium-'), 'chromium');
+    fs.writeFileSync(executablePath, `#!/bin/sh\nexec ip netns exec ${netns} ${CHROMIUM_BIN} "$@"\n`, { mode: 0o755 });
+  }
+  return chromium.launch({ executablePath, headless: true, args });
 }
 
 /**
@@ -280,8 +293,10 @@ export async function launchBrowser({ extraArgs = [] } = {}) {
  * `join(opts)` connects through the SDK; the call lives on window.call, its events in
  * window.events.
  */
-export async function openParticipant(browser, server, name) {
+export async function openParticipant(browser, server, name, { initScript } = {}) {
   const context = await browser.newContext({ permissions: ['camera', 'microphone'] });
+  // `initScript`: a function run in the page before its own scripts (e.g. to watch WebSockets).
+  if (initScript) await context.addInitScript(initScript);
   if (process.env.CONSULTA_E2E_SDK === 'disk') {
     // Test the SDK and demo in this work tree rather than the copies compiled into the binary.
     const client = path.join(REPO, 'signaling', 'client');
@@ -348,6 +363,11 @@ async function joinInPage(opts) {
     call.on('error', (e) => record({ type: 'error', code: e.code, fatal: e.fatal, message: e.message }));
     call.on('closed', (e) => record({ type: 'closed', reason: e.reason }));
     call.on('connection-state', (s) => record({ type: 'connection-state', state: s }));
+    // Reconnection (issue 22): this call's own, and the other participants'.
+    call.on('reconnecting', () => record({ type: 'reconnecting' }));
+    call.on('reconnected', () => record({ type: 'reconnected' }));
+    call.on('participant-reconnecting', (p) => record({ type: 'participant-reconnecting', identity: p && p.identity }));
+    call.on('participant-reconnected', (p) => record({ type: 'participant-reconnected', identity: p && p.identity }));
     return {
       ok: true,
       participant: call.participant,
