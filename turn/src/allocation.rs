@@ -22,8 +22,9 @@ pub const MAX_CHANNELS: usize = 32;
 pub struct Permission {
     pub ip: IpAddr,
     pub expires: Instant,
-    /// The IP is internal and allowed only at the always-allowed ports.
-    pub exact_only: bool,
+    /// Only some ports of this IP are allowed peers (the SFU's, or a range with ports): every
+    /// packet's port is checked against the policy.
+    pub port_checked: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -125,11 +126,11 @@ impl Allocation {
     }
 
     /// Installs or refreshes a permission; false when the table is full.
-    pub fn permit(&mut self, ip: IpAddr, exact_only: bool, now: Instant) -> bool {
+    pub fn permit(&mut self, ip: IpAddr, port_checked: bool, now: Instant) -> bool {
         let expires = now + PERMISSION_LIFETIME;
         if let Some(p) = self.permissions.iter_mut().find(|p| p.ip == ip) {
             p.expires = expires;
-            p.exact_only = exact_only;
+            p.port_checked = port_checked;
             return true;
         }
         self.permissions.retain(|p| p.expires > now);
@@ -139,7 +140,7 @@ impl Allocation {
         self.permissions.push(Permission {
             ip,
             expires,
-            exact_only,
+            port_checked,
         });
         true
     }

@@ -48,10 +48,27 @@ pub struct TurnConfig {
     /// Lifetime of minted credentials in seconds. An allocation cannot be refreshed after its
     /// credential expires, so this should exceed the longest consultation.
     pub credential_ttl: u64,
-    /// CIDR ranges of internal addresses peers may nevertheless have (e.g. "10.0.0.0/8").
+    /// Peers the relay may reach besides the SFU's own media addresses (which are always
+    /// allowed, at their exact port). Default empty: a relay talks to the SFU and nothing else,
+    /// public or private, so a credential cannot turn the server into a UDP proxy. Each entry
+    /// is a CIDR range with an optional port or inclusive port range: `"10.0.0.0/8"`,
+    /// `"203.0.113.5/32:5000-5100"`, `"192.0.2.1:3478"`, `"[2001:db8::/32]:3478"`. A
+    /// peer outside every entry gets 403 (CreatePermission, ChannelBind) or is dropped (Send
+    /// indication, ChannelData, datagrams from it).
     pub allowed_peer_ranges: Vec<String>,
     pub max_allocations_per_user: u32,
+    /// Allocations alive at once from one client IP address, all ports and transports
+    /// together (486 beyond). A browser makes up to three (UDP, TCP, TLS), so 32 serves about
+    /// ten participants behind one NAT while one address cannot take the whole
+    /// `max_allocations`.
+    pub max_allocations_per_ip: u32,
     pub max_allocations: u32,
+    /// TCP and TLS connections open at once from one client IP address, both listeners
+    /// together; the next one is closed as soon as it is accepted.
+    pub max_connections_per_ip: u32,
+    /// Seconds a TCP or TLS connection (TLS handshake included) may stay open without an
+    /// allocation, i.e. without a successful authenticated Allocate; then it is closed.
+    pub auth_timeout: u64,
     /// Bytes per second per allocation in each direction; 0 = unlimited.
     pub max_bandwidth_per_allocation: u64,
     /// Longest allocation lifetime a client may ask for, in seconds.
@@ -84,7 +101,10 @@ impl Default for TurnConfig {
             credential_ttl: 3600,
             allowed_peer_ranges: Vec::new(),
             max_allocations_per_user: 10,
+            max_allocations_per_ip: 32,
             max_allocations: 1000,
+            max_connections_per_ip: 32,
+            auth_timeout: 5,
             max_bandwidth_per_allocation: 4_000_000,
             max_lifetime: 3600,
             relay_ip: None,
@@ -137,6 +157,15 @@ impl TurnConfig {
                  address clients can reach"
             )));
         }
+        for (key, value) in [
+            ("max_allocations_per_ip", self.max_allocations_per_ip as u64),
+            ("max_connections_per_ip", self.max_connections_per_ip as u64),
+            ("auth_timeout", self.auth_timeout),
+        ] {
+            if value == 0 {
+                return Err(TurnError::Config(format!("{key} must be at least 1")));
+            }
+        }
         let policy = PeerPolicy::from_strings(&self.allowed_peer_ranges, always_allowed)
             .map_err(|e| TurnError::Config(e.to_string()))?;
         let mut c = ServerConfig::new(&self.realm, self.secrets.clone(), advertised);
@@ -144,6 +173,7 @@ impl TurnConfig {
         c.max_lifetime = Duration::from_secs(self.max_lifetime.max(1));
         c.max_allocations = self.max_allocations;
         c.max_allocations_per_user = self.max_allocations_per_user;
+        c.max_allocations_per_ip = self.max_allocations_per_ip;
         c.max_bandwidth = self.max_bandwidth_per_allocation;
         c.legacy_channel_numbers = self.legacy_channel_numbers;
         Ok(c)
@@ -226,8 +256,16 @@ mod tests {
         assert!(c.server_config(vec![]).is_err(), "0.0.0.0 advertised");
         c.relay_public_ip = Some("203.0.113.7".parse().unwrap());
         assert!(c.server_config(vec![]).is_ok());
+        c.allowed_peer_ranges = vec!["203.0.113.5/32:5000-5100".into()];
+        assert!(c.server_config(vec![]).is_ok());
         c.allowed_peer_ranges = vec!["bogus".into()];
         assert!(c.server_config(vec![]).is_err());
+        c.allowed_peer_ranges = vec![];
+        c.auth_timeout = 0;
+        assert!(c.server_config(vec![]).is_err(), "auth_timeout 0");
+        c.auth_timeout = 5;
+        c.max_connections_per_ip = 0;
+        assert!(c.server_config(vec![]).is_err(), "max_connections_per_ip 0");
         let parsed: TurnConfig =
             serde_json::from_str(r#"{"enabled":true,"secrets":["x"]}"#).unwrap();
         assert_eq!(parsed.udp_port, 3478);

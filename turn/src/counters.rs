@@ -52,10 +52,14 @@ counters! {
     auth_stale_nonce,
     /// A request used another username than the one that created its allocation (441).
     auth_wrong_credentials,
-    /// Peer addresses refused by policy (403, or dropped Send indications).
+    /// Peers refused by policy (403 to CreatePermission or ChannelBind).
     permission_refusals,
-    /// Allocations refused for quota (486).
+    /// Allocations refused for quota (486): total, per user or per source IP.
     quota_refusals,
+    /// TCP/TLS connections closed at accept: their source already had `max_connections_per_ip`.
+    connection_refusals,
+    /// TCP/TLS connections closed for holding no allocation after `auth_timeout`.
+    auth_timeouts,
     /// Packets dropped because the allocation's bandwidth budget was spent.
     bandwidth_drops,
     /// Packets dropped for lack of a permission or channel.

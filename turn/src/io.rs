@@ -14,6 +14,11 @@
 //! `handle_*` calls, never across an await: simpler than a command channel and one hop
 //! shorter per packet. Stream clients get a bounded send queue; when it is full, packets for
 //! that client are dropped and counted (`client_queue_drops`), never buffered without bound.
+//!
+//! Stream connections are bounded three ways: a global cap, `max_connections_per_ip` per source
+//! ([`PerIpLimit`]), and `auth_timeout`: a connection (TLS handshake included) that holds no
+//! allocation by then — no successful authenticated Allocate — is closed, so unauthenticated
+//! sockets cannot pile up.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,6 +34,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::allocation::{AllocationId, ClientKey, Transport};
 pub use crate::config::{IceServer, TurnConfig, TurnError};
 use crate::counters::{Counters, CountersSnapshot};
+use crate::per_ip::PerIpLimit;
 use crate::server::{ClientAction, PeerAction, PendingAllocation, RelayRequest, TurnServer};
 use crate::stun::{frame_len, MAX_FRAME_LEN};
 
@@ -67,6 +73,10 @@ struct Ctx {
     counters: Arc<Counters>,
     relay_bind_ip: std::net::IpAddr,
     relay_advertised_ip: std::net::IpAddr,
+    /// Open TCP/TLS connections per source, both listeners together.
+    per_ip: Arc<PerIpLimit>,
+    /// How long a stream connection may stay without an allocation.
+    auth_timeout: Duration,
 }
 
 impl Ctx {
@@ -145,6 +155,8 @@ pub async fn start(
         counters,
         relay_bind_ip: config.relay_bind_ip(),
         relay_advertised_ip: config.relay_advertised_ip(),
+        per_ip: PerIpLimit::new(config.max_connections_per_ip),
+        auth_timeout: Duration::from_secs(config.auth_timeout),
     });
     let max_conns = (config.max_allocations as usize).saturating_mul(2).max(16);
     let udp_addr = udp.local_addr()?;
@@ -465,8 +477,9 @@ async fn udp_listener(ctx: Arc<Ctx>, socket: Arc<UdpSocket>) {
     }
 }
 
-/// Accepts TCP (or TLS when `tls` is set) connections, at most `max_conns` at once. Dropping
-/// this task (abort) drops the `JoinSet` and so every connection.
+/// Accepts TCP (or TLS when `tls` is set) connections, at most `max_conns` at once and
+/// `max_connections_per_ip` per source. Dropping this task (abort) drops the `JoinSet` and so
+/// every connection.
 async fn stream_listener(
     ctx: Arc<Ctx>,
     listener: TcpListener,
@@ -489,18 +502,28 @@ async fn stream_listener(
                 continue;
             }
         };
+        let Some(slot) = ctx.per_ip.try_acquire(addr.ip()) else {
+            Counters::inc(&ctx.counters.connection_refusals);
+            continue; // dropping the stream closes it
+        };
         let _ = stream.set_nodelay(true);
+        let now = tokio::time::Instant::now();
+        let auth_deadline = now + ctx.auth_timeout;
         let ctx = ctx.clone();
         let tls = tls.clone();
         conns.spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             match tls {
-                None => serve_stream(ctx, stream, addr, Transport::Tcp).await,
+                None => serve_stream(ctx, stream, addr, Transport::Tcp, auth_deadline).await,
                 Some(acc) => {
-                    if let Ok(Ok(s)) =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acc.accept(stream)).await
-                    {
-                        serve_stream(ctx, s, addr, Transport::Tls).await;
+                    let until = auth_deadline.min(now + TLS_HANDSHAKE_TIMEOUT);
+                    match tokio::time::timeout_at(until, acc.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            serve_stream(ctx, s, addr, Transport::Tls, auth_deadline).await;
+                        }
+                        Ok(Err(_)) => {}
+                        Err(_) => Counters::inc(&ctx.counters.auth_timeouts),
                     }
                 }
             }
@@ -509,9 +532,15 @@ async fn stream_listener(
 }
 
 /// One TCP/TLS client: frames in, replies and relayed data out through a bounded queue. When
-/// the connection ends, so does its allocation.
-async fn serve_stream<S>(ctx: Arc<Ctx>, stream: S, addr: SocketAddr, transport: Transport)
-where
+/// the connection ends, so does its allocation. Closed at `auth_deadline` unless it has an
+/// allocation by then.
+async fn serve_stream<S>(
+    ctx: Arc<Ctx>,
+    stream: S,
+    addr: SocketAddr,
+    transport: Transport,
+    auth_deadline: tokio::time::Instant,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let key = ClientKey { addr, transport };
@@ -539,8 +568,21 @@ where
         let mut buf = vec![0u8; MAX_FRAME_LEN + 16 * 1024];
         let mut filled = 0;
         let mut out = Vec::with_capacity(2048);
+        let mut authenticated = false;
         loop {
-            match rd.read(&mut buf[filled..]).await {
+            let read = rd.read(&mut buf[filled..]);
+            let read = if authenticated {
+                read.await
+            } else {
+                match tokio::time::timeout_at(auth_deadline, read).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        Counters::inc(&ctx.counters.auth_timeouts);
+                        return;
+                    }
+                }
+            };
+            match read {
                 Ok(0) | Err(_) => return,
                 Ok(n) => filled += n,
             }
@@ -560,6 +602,11 @@ where
             }
             buf.copy_within(start..filled, 0);
             filled -= start;
+            // Only an Allocate that succeeded creates an allocation, so having one means the
+            // client proved its credentials; from then on the connection may be quiet.
+            if !authenticated {
+                authenticated = ctx.lock().core.allocation(&key).is_some();
+            }
         }
     };
     tokio::select! {

@@ -4,7 +4,7 @@
 //! networks that block UDP or everything but port 443. This crate relays their media: a TURN
 //! server (RFC 8656) over UDP, TCP and TLS, with STUN (RFC 8489) Binding, long-term credentials
 //! in coturn's REST scheme (minted by signaling with [`credentials`], checked here with no user
-//! table), and a peer policy that keeps the relay from reaching inside the operator's network.
+//! table), and a peer policy that lets a relay reach the SFU and nothing else unless configured.
 //!
 //! ```text
 //!  browser ──UDP/TCP/TLS :3478/:5349──► io (tokio shell) ──► server::TurnServer (sans-IO core)
@@ -16,8 +16,9 @@
 //! * [`stun`]: wire formats, parse without allocation, never panic ([`stun::fuzz_parse`]).
 //! * [`server`]: the sans-IO core — bytes and time in, actions out; unit-tested without sockets.
 //! * [`io`]: listeners, relay sockets, timers, TLS; [`TurnConfig`] and [`start`].
-//! * [`auth`], [`policy`], [`allocation`], [`counters`]: credentials and nonces, the peer
-//!   address policy, per-allocation state, and every counter.
+//! * [`auth`], [`policy`], [`allocation`], [`counters`], [`per_ip`]: credentials and nonces,
+//!   the peer address policy (the SFU only, unless ranges are allowed), per-allocation state,
+//!   every counter, and the per-source connection limit.
 //!
 //! In mediasoup's vocabulary this is a *Transport*-side helper: it never sees RTP, only the
 //! datagrams a Transport exchanges with a browser that cannot reach the SFU directly.
@@ -27,6 +28,7 @@ pub mod auth;
 mod config;
 pub mod counters;
 pub mod io;
+pub mod per_ip;
 pub mod policy;
 pub mod server;
 pub mod stun;

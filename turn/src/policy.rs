@@ -1,13 +1,20 @@
 //! Which peer addresses a relay may talk to.
 //!
-//! A TURN relay is an open proxy for whoever holds a credential, so by default it refuses
-//! every address that reaches *inside* the operator's network: loopback, RFC 1918, CGNAT, link
-//! local, multicast, unspecified, broadcast and reserved IPv4; `::1`, `::`, ULA, link-local and
-//! multicast IPv6; IPv4-mapped and NAT64 IPv6 addresses are judged by the IPv4 they embed.
-//! Operators re-open ranges with `allowed_peer_ranges`; the SFU's own media addresses are always
-//! allowed, but only at their exact port.
+//! The TURN server embedded in an SFU has one legitimate peer: the SFU's own media sockets. A
+//! relay that reaches anything else is a UDP proxy for whoever ever held a credential (from the
+//! clinic's address, to the internet or into the clinic's network), so the policy is an allow
+//! list and nothing else:
+//!
+//! * the SFU's media addresses (`always`), at their exact IP **and port**;
+//! * the operator's `allowed_peer_ranges` ([`PeerRange`]): a CIDR range, optionally limited to
+//!   a port range (`10.0.0.0/8`, `203.0.113.5/32:5000-5100`, `[2001:db8::/32]:3478`).
+//!
+//! Everything else — public or private, any port — is refused (403, as coturn answers for a
+//! denied peer). TURN permissions are per IP (RFC 8656 §9), so an IP whose allowed ports are
+//! limited gets a [`PeerVerdict::SomePorts`] permission and the server checks the port of every
+//! packet, channel binding and Send indication against [`PeerPolicy::allows`].
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 /// A CIDR range such as `10.0.0.0/8` or `fc00::/7`; a bare address is a single host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,109 +84,143 @@ impl Cidr {
     }
 }
 
-/// True for addresses a relay must not reach unless an operator allows them.
-pub fn is_internal(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => is_internal_v4(a),
-        IpAddr::V6(a) => {
-            if let Some(v4) = embedded_v4(a) {
-                return is_internal_v4(v4);
+/// An allowed peer range: a CIDR range and the ports allowed in it (inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerRange {
+    pub cidr: Cidr,
+    pub ports: (u16, u16),
+}
+
+/// A `allowed_peer_ranges` entry that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid peer range {0:?}: expected CIDR[:PORT[-PORT]], e.g. \"10.0.0.0/8\", \"203.0.113.5/32:5000-5100\" or \"[2001:db8::/32]:3478\"")]
+pub struct PeerRangeError(pub String);
+
+impl From<CidrError> for PeerRangeError {
+    fn from(e: CidrError) -> Self {
+        PeerRangeError(e.0)
+    }
+}
+
+const ALL_PORTS: (u16, u16) = (0, u16::MAX);
+
+fn parse_ports(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = match s.split_once('-') {
+        Some((lo, hi)) => (lo.trim().parse().ok()?, hi.trim().parse().ok()?),
+        None => {
+            let p = s.trim().parse().ok()?;
+            (p, p)
+        }
+    };
+    (lo <= hi).then_some((lo, hi))
+}
+
+impl PeerRange {
+    /// Parses `CIDR`, `CIDR:PORTS`, `IPv4:PORTS` or `[IPv6 CIDR]:PORTS`, where PORTS is a port
+    /// or an inclusive range `LOW-HIGH`. Without ports, every port of the range is allowed.
+    pub fn parse(s: &str) -> Result<Self, PeerRangeError> {
+        let err = || PeerRangeError(s.to_owned());
+        let t = s.trim();
+        let (cidr, ports) = if let Some(rest) = t.strip_prefix('[') {
+            let (inside, after) = rest.split_once(']').ok_or_else(err)?;
+            let ports = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(err)?),
+            };
+            (inside, ports)
+        } else if let Some((ip, after)) = t.split_once('/') {
+            // The prefix length is digits only, so a colon after it starts the ports.
+            match after.split_once(':') {
+                Some((prefix, ports)) => (&t[..ip.len() + 1 + prefix.len()], Some(ports)),
+                None => (t, None),
             }
-            let s = a.segments();
-            a.is_unspecified()
-                || a.is_loopback()
-                || (s[0] & 0xfe00) == 0xfc00 // ULA fc00::/7
-                || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated)
-                || (s[0] & 0xff00) == 0xff00 // multicast
-                || (s[0..6] == [0; 6]) // IPv4-compatible ::/96 (deprecated)
+        } else if t.parse::<IpAddr>().is_ok() {
+            (t, None)
+        } else {
+            // "a.b.c.d:PORTS" (an IPv6 address with ports needs brackets).
+            let (ip, ports) = t.rsplit_once(':').ok_or_else(err)?;
+            (ip, Some(ports))
+        };
+        let cidr = Cidr::parse(cidr).map_err(|_| err())?;
+        let ports = match ports {
+            None => ALL_PORTS,
+            Some(p) => parse_ports(p).ok_or_else(err)?,
+        };
+        Ok(PeerRange { cidr, ports })
+    }
+
+    /// A range with every port.
+    pub fn any_port(cidr: Cidr) -> Self {
+        PeerRange {
+            cidr,
+            ports: ALL_PORTS,
         }
     }
-}
 
-fn is_internal_v4(a: Ipv4Addr) -> bool {
-    let o = a.octets();
-    o[0] == 0 // "this network", includes unspecified
-        || o[0] == 10
-        || o[0] == 127
-        || (o[0] == 100 && (o[1] & 0xc0) == 64) // CGNAT 100.64/10
-        || (o[0] == 169 && o[1] == 254)
-        || (o[0] == 172 && (o[1] & 0xf0) == 16)
-        || (o[0] == 192 && o[1] == 168)
-        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
-        || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking 198.18/15
-        || o[0] >= 224 // multicast 224/4, reserved 240/4, broadcast
-}
+    fn all_ports(&self) -> bool {
+        self.ports == ALL_PORTS
+    }
 
-/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`) or NAT64 (`64:ff9b::/96`) address.
-fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
-    let s = a.segments();
-    let o = a.octets();
-    let v4 = Ipv4Addr::new(o[12], o[13], o[14], o[15]);
-    let mapped = s[0..5] == [0; 5] && s[5] == 0xffff;
-    let nat64 = s[0..6] == [0x64, 0xff9b, 0, 0, 0, 0];
-    if mapped || nat64 {
-        Some(v4)
-    } else {
-        None
+    pub fn contains(&self, addr: SocketAddr) -> bool {
+        self.cidr.contains(addr.ip()) && (self.ports.0..=self.ports.1).contains(&addr.port())
     }
 }
 
-/// The decision for one peer address.
+/// The decision for a permission on one IP (RFC 8656 permissions carry no port).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerVerdict {
-    /// Public, or inside an allowed range: any port.
+    /// An allowed range covers this IP on every port.
     Allowed,
-    /// Internal, but one of the always-allowed addresses has this IP: only those exact ports.
-    ExactOnly,
+    /// Some ports of this IP are allowed (an SFU address, or a range with ports): the port of
+    /// every packet, binding and Send indication is checked with [`PeerPolicy::allows`].
+    SomePorts,
     Refused,
 }
 
-/// Peer address policy: built-in internal ranges, the operator's allowed ranges, and the
-/// always-allowed exact addresses (the SFU's media sockets).
+/// Peer address policy: the SFU's exact media addresses and the operator's allowed ranges.
+/// The default refuses every peer.
 #[derive(Debug, Clone, Default)]
 pub struct PeerPolicy {
-    allowed: Vec<Cidr>,
+    allowed: Vec<PeerRange>,
     always: Vec<SocketAddr>,
 }
 
 impl PeerPolicy {
-    pub fn new(allowed: Vec<Cidr>, always: Vec<SocketAddr>) -> Self {
+    pub fn new(allowed: Vec<PeerRange>, always: Vec<SocketAddr>) -> Self {
         PeerPolicy { allowed, always }
     }
 
-    /// Parses `allowed` CIDR strings.
-    pub fn from_strings(allowed: &[String], always: Vec<SocketAddr>) -> Result<Self, CidrError> {
+    /// Parses `allowed_peer_ranges` strings (see [`PeerRange::parse`]).
+    pub fn from_strings(
+        allowed: &[String],
+        always: Vec<SocketAddr>,
+    ) -> Result<Self, PeerRangeError> {
         let allowed = allowed
             .iter()
-            .map(|s| Cidr::parse(s))
+            .map(|s| PeerRange::parse(s))
             .collect::<Result<_, _>>()?;
         Ok(Self::new(allowed, always))
     }
 
     /// The verdict for a permission on `ip` (ports are not known yet).
     pub fn check_ip(&self, ip: IpAddr) -> PeerVerdict {
-        if !is_internal(ip) || self.allowed.iter().any(|c| c.contains(ip)) {
-            PeerVerdict::Allowed
-        } else if self.always.iter().any(|a| a.ip() == ip) {
-            PeerVerdict::ExactOnly
+        let mut some = self.always.iter().any(|a| a.ip() == ip);
+        for r in self.allowed.iter().filter(|r| r.cidr.contains(ip)) {
+            if r.all_ports() {
+                return PeerVerdict::Allowed;
+            }
+            some = true;
+        }
+        if some {
+            PeerVerdict::SomePorts
         } else {
             PeerVerdict::Refused
         }
     }
 
-    /// Whether `addr` is one of the always-allowed exact addresses.
-    pub fn is_always(&self, addr: SocketAddr) -> bool {
-        self.always.contains(&addr)
-    }
-
-    /// Whether traffic to or from exactly `addr` is allowed.
+    /// Whether traffic to or from exactly `addr` (IP and port) is allowed.
     pub fn allows(&self, addr: SocketAddr) -> bool {
-        match self.check_ip(addr.ip()) {
-            PeerVerdict::Allowed => true,
-            PeerVerdict::ExactOnly => self.is_always(addr),
-            PeerVerdict::Refused => false,
-        }
+        self.always.contains(&addr) || self.allowed.iter().any(|r| r.contains(addr))
     }
 }
 
@@ -191,42 +232,8 @@ mod tests {
         s.parse().unwrap()
     }
 
-    #[test]
-    fn internal_ranges() {
-        for s in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "172.31.255.255",
-            "192.168.1.1",
-            "100.64.0.1",
-            "100.127.255.255",
-            "169.254.1.1",
-            "224.0.0.1",
-            "255.255.255.255",
-            "0.0.0.0",
-            "::1",
-            "::",
-            "fc00::1",
-            "fd12::1",
-            "fe80::1",
-            "ff02::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "64:ff9b::a00:1",
-        ] {
-            assert!(is_internal(ip(s)), "{s} must be internal");
-        }
-        for s in [
-            "8.8.8.8",
-            "172.32.0.1",
-            "100.128.0.1",
-            "2001:db8::1",
-            "2606:4700::1",
-            "::ffff:8.8.8.8",
-        ] {
-            assert!(!is_internal(ip(s)), "{s} must be public");
-        }
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
     }
 
     #[test]
@@ -244,15 +251,85 @@ mod tests {
     }
 
     #[test]
-    fn always_allowed_is_exact() {
-        let sfu: SocketAddr = "127.0.0.1:7882".parse().unwrap();
+    fn peer_range_parse() {
+        let all = |s: &str| PeerRange::any_port(Cidr::parse(s).unwrap());
+        assert_eq!(PeerRange::parse("10.0.0.0/8").unwrap(), all("10.0.0.0/8"));
+        assert_eq!(
+            PeerRange::parse(" 203.0.113.5 ").unwrap(),
+            all("203.0.113.5")
+        );
+        assert_eq!(PeerRange::parse("2001:db8::1").unwrap(), all("2001:db8::1"));
+        assert_eq!(PeerRange::parse("fc00::/7").unwrap(), all("fc00::/7"));
+        let r = PeerRange::parse("203.0.113.5/32:5000-5100").unwrap();
+        assert_eq!(r.ports, (5000, 5100));
+        assert!(r.contains(sa("203.0.113.5:5050")));
+        assert!(!r.contains(sa("203.0.113.5:5101")));
+        assert!(!r.contains(sa("203.0.113.6:5050")));
+        assert_eq!(
+            PeerRange::parse("192.0.2.1:3478").unwrap().ports,
+            (3478, 3478)
+        );
+        let r = PeerRange::parse("[2001:db8::/32]:3478").unwrap();
+        assert!(r.contains(sa("[2001:db8::9]:3478")));
+        assert!(!r.contains(sa("[2001:db8::9]:3479")));
+        assert_eq!(PeerRange::parse("[fc00::/7]").unwrap(), all("fc00::/7"));
+        assert_eq!(PeerRange::parse("fc00::/7:1-2").unwrap().ports, (1, 2));
+        for bad in [
+            "",
+            "bogus",
+            "10.0.0.0/33",
+            "10.0.0.0/8:",
+            "10.0.0.0/8:6000-5000",
+            "10.0.0.0/8:70000",
+            "10.0.0.0/8:a-b",
+            "[fc00::/7",
+            "[fc00::/7]5000",
+            "1.2.3.4:",
+        ] {
+            assert!(PeerRange::parse(bad).is_err(), "{bad:?} must not parse");
+        }
+    }
+
+    #[test]
+    fn default_refuses_everything() {
+        let p = PeerPolicy::default();
+        for a in [
+            "203.0.113.50:5000",
+            "8.8.8.8:53",
+            "10.1.2.3:1",
+            "127.0.0.1:3480",
+        ] {
+            assert!(!p.allows(sa(a)), "{a}");
+            assert_eq!(p.check_ip(sa(a).ip()), PeerVerdict::Refused, "{a}");
+        }
+    }
+
+    #[test]
+    fn sfu_addresses_are_exact() {
+        let sfu = sa("203.0.113.7:7882");
         let p = PeerPolicy::new(vec![], vec![sfu]);
         assert!(p.allows(sfu));
-        assert!(!p.allows("127.0.0.1:5432".parse().unwrap()));
-        assert_eq!(p.check_ip(ip("127.0.0.1")), PeerVerdict::ExactOnly);
-        assert_eq!(p.check_ip(ip("10.0.0.1")), PeerVerdict::Refused);
-        assert!(p.allows("8.8.8.8:53".parse().unwrap()));
-        let p = PeerPolicy::from_strings(&["127.0.0.0/8".into()], vec![]).unwrap();
-        assert!(p.allows("127.0.0.1:5432".parse().unwrap()));
+        assert!(!p.allows(sa("203.0.113.7:5432")));
+        assert_eq!(p.check_ip(ip("203.0.113.7")), PeerVerdict::SomePorts);
+        assert_eq!(p.check_ip(ip("203.0.113.8")), PeerVerdict::Refused);
+        assert!(!p.allows(sa("8.8.8.8:53")), "public is not open any more");
+    }
+
+    #[test]
+    fn ranges_with_and_without_ports() {
+        let p = PeerPolicy::from_strings(
+            &["127.0.0.0/8".into(), "10.0.0.0/8:5000-5001".into()],
+            vec![sa("10.9.9.9:7882")],
+        )
+        .unwrap();
+        assert!(p.allows(sa("127.0.0.1:5432")));
+        assert_eq!(p.check_ip(ip("127.0.0.1")), PeerVerdict::Allowed);
+        assert_eq!(p.check_ip(ip("10.1.2.3")), PeerVerdict::SomePorts);
+        assert!(p.allows(sa("10.1.2.3:5001")));
+        assert!(!p.allows(sa("10.1.2.3:5002")));
+        assert!(p.allows(sa("10.9.9.9:7882")));
+        assert!(p.allows(sa("10.9.9.9:5000")));
+        assert!(!p.allows(sa("10.9.9.9:7883")));
+        assert!(PeerPolicy::from_strings(&["10.0.0.0/8:x".into()], vec![]).is_err());
     }
 }

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::allocation::{Allocation, AllocationId, ClientKey};
 use crate::auth::{self, NonceCheck, NonceMinter, UsernameCheck};
 use crate::counters::Counters;
+use crate::per_ip::source_of;
 use crate::policy::PeerPolicy;
 use crate::stun::{
     attr, method, write_channel_data, ChannelData, Class, IntegrityKind, Message, MessageWriter,
@@ -51,6 +52,9 @@ pub struct ServerConfig {
     pub max_lifetime: Duration,
     pub nonce_ttl: Duration,
     pub max_allocations_per_user: u32,
+    /// Allocations alive at once from one client source (an IPv4 address or an IPv6 /64,
+    /// [`crate::per_ip::source_of`]), all its ports and transports together.
+    pub max_allocations_per_ip: u32,
     pub max_allocations: u32,
     /// Bytes per second per allocation in each direction; 0 = unlimited.
     pub max_bandwidth: u64,
@@ -71,6 +75,7 @@ impl ServerConfig {
             max_lifetime: Duration::from_secs(3600),
             nonce_ttl: Duration::from_secs(600),
             max_allocations_per_user: 10,
+            max_allocations_per_ip: 16,
             max_allocations: 1000,
             max_bandwidth: 4_000_000,
             legacy_channel_numbers: false,
@@ -170,6 +175,7 @@ pub struct TurnServer {
     cfg: ServerConfig,
     allocations: HashMap<ClientKey, Allocation>,
     per_user: HashMap<String, u32>,
+    per_ip: HashMap<IpAddr, u32>,
     nonces: NonceMinter,
     counters: Arc<Counters>,
     anchor: Instant,
@@ -189,6 +195,7 @@ impl TurnServer {
             cfg,
             allocations: HashMap::new(),
             per_user: HashMap::new(),
+            per_ip: HashMap::new(),
             counters: Arc::new(Counters::default()),
             anchor: now,
             anchor_unix: unix_now,
@@ -387,7 +394,7 @@ impl TurnServer {
     /// Whether a packet to or from `peer` may pass `alloc`'s permissions.
     fn permitted(alloc: &Allocation, policy: &PeerPolicy, peer: SocketAddr, now: Instant) -> bool {
         match alloc.permission(peer.ip(), now) {
-            Some(p) => !p.exact_only || policy.is_always(peer),
+            Some(p) => !p.port_checked || policy.allows(peer),
             None => false,
         }
     }
@@ -526,6 +533,13 @@ impl TurnServer {
             *n -= 1;
             if *n == 0 {
                 self.per_user.remove(&a.username);
+            }
+        }
+        let source = source_of(client.addr.ip());
+        if let Some(n) = self.per_ip.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&source);
             }
         }
         Counters::dec(&self.counters.allocations_current);

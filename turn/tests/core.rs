@@ -1,196 +1,15 @@
 //! The sans-IO core driven with in-memory packets: authentication, policy, channels, relay,
-//! lifetimes and quotas. No socket anywhere.
+//! lifetimes and quotas. No socket anywhere. The peer policy's tests (relay to the SFU only
+//! by default) are in `tests/policy.rs`.
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+mod sans_io;
 
-use consulta_turn::auth::{credentials, long_term_key};
+use consulta_turn::auth::credentials;
 use consulta_turn::policy::PeerPolicy;
-use consulta_turn::server::{ClientAction, PeerAction, PendingAllocation};
-use consulta_turn::stun::{
-    attr, method, ChannelData, Class, IntegrityKind, Message, MessageWriter,
-};
-use consulta_turn::{ClientKey, ServerConfig, Transport, TurnServer};
-
-const SECRET: &str = "s3cret";
-const REALM: &str = "consulta.test";
-const T0_UNIX: u64 = 1_700_000_000;
-const PEER: &str = "203.0.113.9:5000";
-const RELAY: &str = "198.51.100.1:50000";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-fn config() -> ServerConfig {
-    ServerConfig::new(REALM, vec![SECRET.into()], "198.51.100.1".parse().unwrap())
-}
-
-/// A TURN client speaking to the core directly.
-struct Client {
-    key: ClientKey,
-    username: String,
-    password: String,
-    nonce: Vec<u8>,
-    seq: u8,
-}
-
-impl Client {
-    fn new(a: &str, transport: Transport, ttl: u64) -> Self {
-        let (username, password) = credentials(SECRET, "alice", ttl, T0_UNIX);
-        Client {
-            key: ClientKey {
-                addr: addr(a),
-                transport,
-            },
-            username,
-            password,
-            nonce: Vec::new(),
-            seq: 0,
-        }
-    }
-
-    fn txid(&mut self) -> [u8; 12] {
-        self.seq += 1;
-        [self.seq; 12]
-    }
-
-    /// A request signed with this client's credentials (unless `signed` is false).
-    fn request(&mut self, m: u16, signed: bool, attrs: impl FnOnce(&mut MessageWriter)) -> Vec<u8> {
-        let txid = self.txid();
-        let mut buf = Vec::new();
-        let mut w = MessageWriter::new(&mut buf, m, Class::Request, txid);
-        attrs(&mut w);
-        if signed {
-            w.bytes(attr::USERNAME, self.username.as_bytes())
-                .bytes(attr::REALM, REALM.as_bytes())
-                .bytes(attr::NONCE, &self.nonce);
-            let key = long_term_key(&self.username, REALM, &self.password);
-            w.integrity(IntegrityKind::Sha1, &key);
-        }
-        w.fingerprint();
-        buf
-    }
-
-    fn key(&self) -> [u8; 16] {
-        long_term_key(&self.username, REALM, &self.password)
-    }
-}
-
-struct Harness {
-    server: TurnServer,
-    t0: Instant,
-    out: Vec<u8>,
-}
-
-impl Harness {
-    fn new(cfg: ServerConfig) -> Self {
-        let t0 = Instant::now();
-        Harness {
-            server: TurnServer::new(cfg, [7; 32], t0, T0_UNIX),
-            t0,
-            out: Vec::new(),
-        }
-    }
-
-    fn at(&self, secs: u64) -> Instant {
-        self.t0 + Duration::from_secs(secs)
-    }
-
-    /// Sends `bytes`, expects a reply, returns (class, error code).
-    fn call(&mut self, now: u64, c: &ClientKey, bytes: &[u8]) -> (Class, Option<u16>) {
-        let now = self.at(now);
-        match self.server.handle_client(now, *c, bytes, &mut self.out) {
-            ClientAction::Reply | ClientAction::ReplyAndClose(_) => {}
-            other => panic!("expected a reply, got {other:?}"),
-        }
-        let m = Message::parse(&self.out).expect("reply parses");
-        (m.class, m.attrs.error_code.map(|e| e.code))
-    }
-
-    fn reply(&self) -> Message<'_> {
-        Message::parse(&self.out).unwrap()
-    }
-
-    /// Gets a nonce (401 challenge) then allocates; returns the pending allocation.
-    fn start_allocate(&mut self, now: u64, c: &mut Client) -> Result<PendingAllocation, u16> {
-        let req = c.request(method::ALLOCATE, false, |w| {
-            w.u32(attr::REQUESTED_TRANSPORT, 17 << 24);
-        });
-        let (_, code) = self.call(now, &c.key, &req);
-        assert_eq!(code, Some(401));
-        c.nonce = self.reply().attrs.nonce.unwrap().to_vec();
-        let req = c.request(method::ALLOCATE, true, |w| {
-            w.u32(attr::REQUESTED_TRANSPORT, 17 << 24);
-        });
-        match self
-            .server
-            .handle_client(self.at(now), c.key, &req, &mut self.out)
-        {
-            ClientAction::BindRelay(p) => Ok(p),
-            ClientAction::Reply => Err(self.reply().attrs.error_code.unwrap().code),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    fn allocate(&mut self, now: u64, c: &mut Client) -> u64 {
-        let p = self.start_allocate(now, c).expect("allocate accepted");
-        let id = self
-            .server
-            .complete_allocation(self.at(now), p, Some(addr(RELAY)), None, &mut self.out)
-            .expect("allocation created");
-        let m = self.reply();
-        assert_eq!(m.class, Class::Success);
-        assert_eq!(m.attrs.xor_relayed, Some(addr(RELAY)));
-        assert_eq!(m.attrs.xor_mapped, Some(c.key.addr));
-        assert_eq!(m.attrs.lifetime, Some(600));
-        assert_eq!(
-            m.verify_integrity(&c.key()),
-            Some(true),
-            "response is signed"
-        );
-        id
-    }
-
-    fn create_permission(&mut self, now: u64, c: &mut Client, peer: &str) -> Option<u16> {
-        let req = c.request(method::CREATE_PERMISSION, true, |w| {
-            w.xor_addr(attr::XOR_PEER_ADDRESS, addr(peer));
-        });
-        self.call(now, &c.key, &req).1
-    }
-
-    fn channel_bind(&mut self, now: u64, c: &mut Client, number: u16, peer: &str) -> Option<u16> {
-        let req = c.request(method::CHANNEL_BIND, true, |w| {
-            w.u32(attr::CHANNEL_NUMBER, (number as u32) << 16)
-                .xor_addr(attr::XOR_PEER_ADDRESS, addr(peer));
-        });
-        self.call(now, &c.key, &req).1
-    }
-
-    fn send_indication(
-        &mut self,
-        now: u64,
-        c: &Client,
-        peer: &str,
-        data: &[u8],
-    ) -> Option<SocketAddr> {
-        let mut buf = Vec::new();
-        MessageWriter::new(&mut buf, method::SEND, Class::Indication, [9; 12])
-            .xor_addr(attr::XOR_PEER_ADDRESS, addr(peer))
-            .bytes(attr::DATA, data);
-        match self
-            .server
-            .handle_client(self.at(now), c.key, &buf, &mut self.out)
-        {
-            ClientAction::ToPeer { peer, data: d, .. } => {
-                assert_eq!(d, data);
-                Some(peer)
-            }
-            ClientAction::None => None,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
+use consulta_turn::server::{ClientAction, PeerAction};
+use consulta_turn::stun::{attr, method, ChannelData, Class, Message};
+use consulta_turn::Transport;
+use sans_io::*;
 
 #[test]
 fn binding_needs_no_credentials() {
@@ -312,15 +131,6 @@ fn allocate_checks_transport_and_mismatch() {
     d.nonce = h.server_nonce_for(&d);
     let req = d.request(method::REFRESH, true, |_| {});
     assert_eq!(h.call(0, &d.key, &req).1, Some(437));
-}
-
-impl Harness {
-    fn server_nonce_for(&mut self, c: &Client) -> Vec<u8> {
-        let mut probe = Client::new(&c.key.addr.to_string(), c.key.transport, 1);
-        let req = probe.request(method::REFRESH, false, |_| {});
-        self.call(0, &c.key, &req);
-        self.reply().attrs.nonce.unwrap().to_vec()
-    }
 }
 
 #[test]
@@ -623,4 +433,44 @@ fn other_users_cannot_touch_an_allocation() {
     h.allocate(0, &mut c);
     (c.username, c.password) = credentials(SECRET, "mallory", 3600, T0_UNIX);
     assert_eq!(h.create_permission(0, &mut c, PEER), Some(441));
+}
+
+#[test]
+fn allocations_per_source_ip() {
+    let mut cfg = config();
+    cfg.max_allocations_per_ip = 2;
+    let mut h = Harness::new(cfg);
+    // Two users, two ports and two transports of one IP share its quota.
+    let mut a = Client::new("192.0.2.10:1", Transport::Udp, 3600);
+    h.allocate(0, &mut a);
+    let mut b = Client::new("192.0.2.10:2", Transport::Tcp, 3600);
+    (b.username, b.password) = credentials(SECRET, "bob", 3600, T0_UNIX);
+    h.allocate(0, &mut b);
+    let mut c = Client::new("192.0.2.10:3", Transport::Tls, 3600);
+    (c.username, c.password) = credentials(SECRET, "carol", 3600, T0_UNIX);
+    assert_eq!(
+        h.start_allocate(0, &mut c).unwrap_err(),
+        486,
+        "third from the IP"
+    );
+    // Another IP is not affected.
+    let mut d = Client::new("192.0.2.11:3", Transport::Udp, 3600);
+    (d.username, d.password) = credentials(SECRET, "dave", 3600, T0_UNIX);
+    h.allocate(0, &mut d);
+    // A closed allocation gives its place back.
+    assert!(h.server.client_closed(b.key).is_some());
+    h.allocate(0, &mut c);
+    assert_eq!(h.server.counters().snapshot().quota_refusals, 1);
+
+    // IPv6 clients (of an IPv4 relay) count per /64.
+    let mut cfg = config();
+    cfg.max_allocations_per_ip = 1;
+    let mut h = Harness::new(cfg);
+    let mut e = Client::new("[2001:db8:1:2::1]:1", Transport::Udp, 3600);
+    h.allocate(0, &mut e);
+    let mut f = Client::new("[2001:db8:1:2::ffff]:1", Transport::Udp, 3600);
+    (f.username, f.password) = credentials(SECRET, "frank", 3600, T0_UNIX);
+    assert_eq!(h.start_allocate(0, &mut f).unwrap_err(), 486, "same /64");
+    let mut g = Client::new("[2001:db8:1:3::1]:1", Transport::Udp, 3600);
+    assert!(h.start_allocate(0, &mut g).is_ok(), "another /64");
 }

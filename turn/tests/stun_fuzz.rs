@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use consulta_turn::auth::{credentials, long_term_key, NonceMinter};
+use consulta_turn::policy::PeerPolicy;
 use consulta_turn::stun::{
     attr, fuzz_parse, method, write_channel_data, Class, IntegrityKind, Message, MessageWriter,
 };
@@ -159,6 +160,8 @@ fn parsers_never_panic_on_mutated_messages() {
 fn server_never_panics_on_mutated_traffic() {
     let mut cfg = ServerConfig::new("r", vec!["s".into()], "198.51.100.1".parse().unwrap());
     cfg.legacy_channel_numbers = true;
+    // The seeds' peer is the SFU, the only peer the default policy allows (at its port).
+    cfg.policy = PeerPolicy::new(vec![], vec!["203.0.113.1:9".parse().unwrap()]);
     let t0 = Instant::now();
     let mut server = TurnServer::new(cfg, [1; 32], t0, 1_700_000_000);
     // Seeds carry a nonce the server accepts from 192.0.2.0:1000, so unmutated ones allocate,

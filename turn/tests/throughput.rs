@@ -89,6 +89,8 @@ async fn relay_throughput_vs_coturn() {
 
     let mut cfg = config(true);
     cfg.max_allocations_per_user = 1000;
+    cfg.max_allocations_per_ip = 1000;
+    cfg.max_connections_per_ip = 1000;
     cfg.max_bandwidth_per_allocation = 0;
     let ours = start(cfg).await;
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use super::{Authed, ClientAction, PendingAllocation, RelayRequest, ReplyTo, TurnServer, UDP};
 use crate::allocation::{Allocation, AllocationId, ClientKey, TokenBucket};
 use crate::counters::Counters;
+use crate::per_ip::source_of;
 use crate::policy::PeerVerdict;
 use crate::stun::{attr, Class, Message, MessageWriter, PeerAddrs};
 
@@ -24,11 +25,15 @@ impl TurnServer {
         ip.is_ipv4() == self.cfg.relay_ip.is_ipv4()
     }
 
-    /// The quota check shared by Allocate and its completion: 486 when over.
-    fn over_quota(&self, username: &str) -> bool {
+    /// The quota check shared by Allocate and its completion: 486 when over the total, the
+    /// user's or the client's source ([`source_of`]) share.
+    fn over_quota(&self, username: &str, source: IpAddr) -> bool {
         let total = self.allocations.len() as u64 >= self.cfg.max_allocations as u64;
         let mine = self.per_user.get(username).copied().unwrap_or(0);
-        total || mine >= self.cfg.max_allocations_per_user
+        let this_ip = self.per_ip.get(&source).copied().unwrap_or(0);
+        total
+            || mine >= self.cfg.max_allocations_per_user
+            || this_ip >= self.cfg.max_allocations_per_ip
     }
 
     pub(super) fn allocate<'a>(
@@ -83,7 +88,7 @@ impl TurnServer {
             (None, Some(token)) => RelayRequest::Reserved(token),
             (None, None) => RelayRequest::Any,
         };
-        if self.over_quota(a.username) {
+        if self.over_quota(a.username, source_of(client.addr.ip())) {
             Counters::inc(&self.counters.quota_refusals);
             error(out, to, 486, Some(&a));
             return ClientAction::Reply;
@@ -124,7 +129,7 @@ impl TurnServer {
             error(out, p.to, 437, Some(&a));
             return None;
         }
-        if self.over_quota(&p.username) {
+        if self.over_quota(&p.username, source_of(p.client.addr.ip())) {
             Counters::inc(&self.counters.quota_refusals);
             error(out, p.to, 486, Some(&a));
             return None;
@@ -141,6 +146,10 @@ impl TurnServer {
         let id = self.next_id;
         self.next_id += 1;
         *self.per_user.entry(p.username.clone()).or_insert(0) += 1;
+        *self
+            .per_ip
+            .entry(source_of(p.client.addr.ip()))
+            .or_insert(0) += 1;
         let rate = self.cfg.max_bandwidth;
         self.allocations.insert(
             p.client,
@@ -211,14 +220,16 @@ impl TurnServer {
         ClientAction::Reply
     }
 
-    /// Checks a peer against family and policy; `Err(code)` to refuse.
+    /// Checks a peer against family and policy; `Ok(port_checked)`, or `Err(code)` to refuse.
+    /// `exact`: the request names the peer's port too (ChannelBind), so the port must be
+    /// allowed; a CreatePermission only needs some allowed port on the IP.
     fn check_peer(&self, peer: SocketAddr, exact: bool) -> Result<bool, u16> {
         if !self.family_matches(peer.ip()) {
             return Err(443);
         }
         match self.cfg.policy.check_ip(peer.ip()) {
             PeerVerdict::Allowed => Ok(false),
-            PeerVerdict::ExactOnly if !exact || self.cfg.policy.is_always(peer) => Ok(true),
+            PeerVerdict::SomePorts if !exact || self.cfg.policy.allows(peer) => Ok(true),
             _ => {
                 Counters::inc(&self.counters.permission_refusals);
                 Err(403)
@@ -247,7 +258,7 @@ impl TurnServer {
         let mut verdicts = [false; PeerAddrs::CAP];
         for (i, peer) in peers.iter().enumerate() {
             match self.check_peer(peer, false) {
-                Ok(exact_only) => verdicts[i] = exact_only,
+                Ok(port_checked) => verdicts[i] = port_checked,
                 Err(code) => {
                     error(out, to, code, Some(a));
                     return ClientAction::Reply;
@@ -258,7 +269,7 @@ impl TurnServer {
         let installed = peers
             .iter()
             .zip(verdicts)
-            .all(|(peer, exact_only)| alloc.permit(peer.ip(), exact_only, now));
+            .all(|(peer, port_checked)| alloc.permit(peer.ip(), port_checked, now));
         if !installed {
             error(out, to, 508, Some(a));
             return ClientAction::Reply;
@@ -293,7 +304,7 @@ impl TurnServer {
         if self.own_allocation(client, to, a, out).is_none() {
             return ClientAction::Reply;
         }
-        let exact_only = match self.check_peer(peer, true) {
+        let port_checked = match self.check_peer(peer, true) {
             Ok(e) => e,
             Err(code) => {
                 error(out, to, code, Some(a));
@@ -301,7 +312,7 @@ impl TurnServer {
             }
         };
         let alloc = self.allocations.get_mut(&client).expect("checked above");
-        if !alloc.bind_channel(number, peer, now) || !alloc.permit(peer.ip(), exact_only, now) {
+        if !alloc.bind_channel(number, peer, now) || !alloc.permit(peer.ip(), port_checked, now) {
             error(out, to, 400, Some(a));
             return ClientAction::Reply;
         }
