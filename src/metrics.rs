@@ -401,6 +401,18 @@ pub fn render(
         "ICE-TCP frames dropped: worker queue full.",
         s.ice_tcp_drops,
     );
+    o.one(
+        "consulta_ice_tcp_refused_total",
+        "counter",
+        "ICE-TCP connections refused at accept: the connection cap was reached.",
+        s.ice_tcp_refused,
+    );
+    o.one(
+        "consulta_ice_tcp_idle_closed_total",
+        "counter",
+        "ICE-TCP connections closed after 30 s without a frame.",
+        s.ice_tcp_idle_closed,
+    );
 
     o.head(
         "consulta_worker_busy_seconds_total",

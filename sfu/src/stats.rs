@@ -152,6 +152,10 @@ macro_rules! counters {
             pub ice_tcp_sessions: u64,
             pub ice_tcp_open: u64,
             pub ice_tcp_drops: u64,
+            /// ICE-TCP connections refused at accept (the connection cap was reached), and
+            /// routed ones closed after sending nothing for the idle timeout.
+            pub ice_tcp_refused: u64,
+            pub ice_tcp_idle_closed: u64,
             /// The media UDP socket's queues and the datagrams the kernel dropped on it.
             pub udp_socket: crate::batch::SocketMemory,
             $(pub $name: u64,)*

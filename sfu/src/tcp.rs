@@ -6,6 +6,10 @@
 //! frames go to the owning worker's bounded input channel like UDP datagrams, and the worker
 //! writes its transmits back through a bounded per-connection queue (full: dropped and counted,
 //! as UDP would lose them). No lock is taken per frame.
+//!
+//! A connection is closed when it sends nothing for [`IDLE_TIMEOUT`]: a live ICE agent sends a
+//! consent check (RFC 7675) every few seconds, so only abandoned or hostile sockets go quiet.
+//! [`TcpStats`] counts refused and idle-closed connections for the metrics endpoint.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,13 +30,33 @@ const OUT_QUEUE: usize = 512;
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Concurrent ICE-TCP connections accepted.
 const MAX_CONNECTIONS: usize = 4096;
+/// A routed connection that sends no frame for this long is closed. Browsers send an ICE
+/// consent check every ~5 s (RFC 7675, plus RTCP while media flows), so 30 s of silence means
+/// the peer is gone or is only holding the socket.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Default)]
 pub(crate) struct TcpStats {
     pub sessions: AtomicU64,
     pub open: AtomicU64,
     pub drops: AtomicU64,
+    /// Connections closed at accept: `MAX_CONNECTIONS` were open.
     pub refused: AtomicU64,
+    /// Routed connections closed after [`IDLE_TIMEOUT`] without a frame.
+    pub idle_closed: AtomicU64,
+}
+
+impl TcpStats {
+    /// Copies the counters into an SFU snapshot.
+    // Called by `SfuHandle::stats` once it is wired there (sfu/src/lib.rs).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn export(&self, s: &mut crate::SfuStats) {
+        s.ice_tcp_sessions = self.sessions.load(Ordering::Relaxed);
+        s.ice_tcp_open = self.open.load(Ordering::Relaxed);
+        s.ice_tcp_drops = self.drops.load(Ordering::Relaxed);
+        s.ice_tcp_refused = self.refused.load(Ordering::Relaxed);
+        s.ice_tcp_idle_closed = self.idle_closed.load(Ordering::Relaxed);
+    }
 }
 
 pub(crate) struct TcpContext {
@@ -43,6 +67,11 @@ pub(crate) struct TcpContext {
 }
 
 pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<TcpContext>) {
+    accept_with_idle_timeout(listener, ctx, IDLE_TIMEOUT).await
+}
+
+/// [`accept_loop`] with the idle timeout as a parameter (tests use a short one).
+async fn accept_with_idle_timeout(listener: TcpListener, ctx: Arc<TcpContext>, idle: Duration) {
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, remote)) = listener.accept().await else {
@@ -57,7 +86,7 @@ pub(crate) async fn accept_loop(listener: TcpListener, ctx: Arc<TcpContext>) {
         tokio::spawn(async move {
             let _permit = permit;
             let _ = stream.set_nodelay(true);
-            serve(stream, remote, &ctx).await;
+            serve(stream, remote, &ctx, idle).await;
         });
     }
 }
@@ -84,7 +113,7 @@ async fn read_frame(
     Ok(Some(len))
 }
 
-async fn serve(stream: TcpStream, remote: SocketAddr, ctx: &TcpContext) {
+async fn serve(stream: TcpStream, remote: SocketAddr, ctx: &TcpContext, idle: Duration) {
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = ctx.pool.take();
     // Route by the first STUN request's ufrag.
@@ -134,9 +163,13 @@ async fn serve(stream: TcpStream, remote: SocketAddr, ctx: &TcpContext) {
                 ctx.pool.put(p.buf);
             }
         }
-        match read_frame(&mut rd, &mut buf[..MAX_DATAGRAM]).await {
-            Ok(Some(n)) => len = n,
-            _ => break,
+        match tokio::time::timeout(idle, read_frame(&mut rd, &mut buf[..MAX_DATAGRAM])).await {
+            Ok(Ok(Some(n))) => len = n,
+            Ok(_) => break,
+            Err(_) => {
+                ctx.stats.idle_closed.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
         }
     }
     ctx.pool.put(buf);
@@ -144,4 +177,74 @@ async fn serve(stream: TcpStream, remote: SocketAddr, ctx: &TcpContext) {
     // Best effort: the worker also forgets connections of removed participants.
     let _ = input.try_send(WorkerInput::TcpClosed { remote });
     ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::demux::WorkerTx;
+
+    /// A framed STUN Binding request whose USERNAME is "`ufrag`:client".
+    fn framed_binding(ufrag: &str) -> Vec<u8> {
+        let username = format!("{ufrag}:client");
+        let padded = username.len().div_ceil(4) * 4;
+        let mut m = vec![0x00, 0x01];
+        m.extend_from_slice(&((4 + padded) as u16).to_be_bytes());
+        m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+        m.extend_from_slice(&[7; 12]);
+        m.extend_from_slice(&[0x00, 0x06]);
+        m.extend_from_slice(&(username.len() as u16).to_be_bytes());
+        m.extend_from_slice(username.as_bytes());
+        m.resize(20 + 4 + padded, 0);
+        let mut framed = (m.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&m);
+        framed
+    }
+
+    #[tokio::test]
+    async fn idle_connection_is_closed_and_counted() {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let directory = IceDirectory::default();
+        directory.lock().unwrap().insert("srv".into(), (0, 1));
+        let ctx = Arc::new(TcpContext {
+            workers: vec![WorkerTx { tx, waker: None }],
+            directory,
+            pool: BufferPool::new(8),
+            stats: Arc::new(TcpStats::default()),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let idle = Duration::from_millis(300);
+        let acceptor = tokio::spawn(accept_with_idle_timeout(listener, ctx.clone(), idle));
+
+        let mut live = TcpStream::connect(at).await.unwrap();
+        let mut quiet = TcpStream::connect(at).await.unwrap();
+        live.write_all(&framed_binding("srv")).await.unwrap();
+        quiet.write_all(&framed_binding("srv")).await.unwrap();
+        // The live one keeps talking more often than the timeout...
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(900) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            live.write_all(&framed_binding("srv")).await.unwrap();
+        }
+        // ...the quiet one is closed by the server well within a generous bound.
+        let mut b = [0u8; 16];
+        let closed = tokio::time::timeout(Duration::from_secs(10), quiet.read(&mut b)).await;
+        assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+        assert!(t0.elapsed() >= Duration::from_millis(300));
+        // The live one is still open: nothing to read, no EOF.
+        let open = tokio::time::timeout(Duration::from_millis(100), live.read(&mut b)).await;
+        assert!(open.is_err(), "live connection closed: {open:?}");
+        let mut s = crate::SfuStats::default();
+        ctx.stats.export(&mut s);
+        assert_eq!((s.ice_tcp_sessions, s.ice_tcp_idle_closed), (2, 1), "{s:?}");
+        assert_eq!(s.ice_tcp_open, 1);
+        // Both were routed to worker 0, and the live one's frames reached it.
+        let frames = rx
+            .try_iter()
+            .filter(|i| matches!(i, WorkerInput::Packet(_)))
+            .count();
+        assert!(frames >= 5, "{frames} frames reached the worker");
+        acceptor.abort();
+    }
 }
