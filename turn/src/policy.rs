@@ -93,7 +93,7 @@ pub struct PeerRange {
 
 /// A `allowed_peer_ranges` entry that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid peer range {0:?}: expected CIDR[:PORT[-PORT]], e.g. \"10.0.0.0/8\", \"203.0.113.5/32:5000-5100\" or \"[2001:db8::/32]:3478\"")]
+#[error("invalid peer range {0:?}: expected CIDR[:PORT[-PORT]], e.g. \"10.0.0.0/8:5000-5100\"")]
 pub struct PeerRangeError(pub String);
 
 impl From<CidrError> for PeerRangeError {

@@ -443,19 +443,16 @@ fn allocations_per_source_ip() {
     // Two users, two ports and two transports of one IP share its quota.
     let mut a = Client::new("192.0.2.10:1", Transport::Udp, 3600);
     h.allocate(0, &mut a);
-    let mut b = Client::new("192.0.2.10:2", Transport::Tcp, 3600);
-    (b.username, b.password) = credentials(SECRET, "bob", 3600, T0_UNIX);
+    let mut b = Client::of("bob", "192.0.2.10:2", Transport::Tcp);
     h.allocate(0, &mut b);
-    let mut c = Client::new("192.0.2.10:3", Transport::Tls, 3600);
-    (c.username, c.password) = credentials(SECRET, "carol", 3600, T0_UNIX);
+    let mut c = Client::of("carol", "192.0.2.10:3", Transport::Tls);
     assert_eq!(
         h.start_allocate(0, &mut c).unwrap_err(),
         486,
         "third from the IP"
     );
     // Another IP is not affected.
-    let mut d = Client::new("192.0.2.11:3", Transport::Udp, 3600);
-    (d.username, d.password) = credentials(SECRET, "dave", 3600, T0_UNIX);
+    let mut d = Client::of("dave", "192.0.2.11:3", Transport::Udp);
     h.allocate(0, &mut d);
     // A closed allocation gives its place back.
     assert!(h.server.client_closed(b.key).is_some());
@@ -468,8 +465,7 @@ fn allocations_per_source_ip() {
     let mut h = Harness::new(cfg);
     let mut e = Client::new("[2001:db8:1:2::1]:1", Transport::Udp, 3600);
     h.allocate(0, &mut e);
-    let mut f = Client::new("[2001:db8:1:2::ffff]:1", Transport::Udp, 3600);
-    (f.username, f.password) = credentials(SECRET, "frank", 3600, T0_UNIX);
+    let mut f = Client::of("frank", "[2001:db8:1:2::ffff]:1", Transport::Udp);
     assert_eq!(h.start_allocate(0, &mut f).unwrap_err(), 486, "same /64");
     let mut g = Client::new("[2001:db8:1:3::1]:1", Transport::Udp, 3600);
     assert!(h.start_allocate(0, &mut g).is_ok(), "another /64");

@@ -59,6 +59,13 @@ impl Client {
         }
     }
 
+    /// A client of user `user` (credential valid an hour).
+    pub fn of(user: &str, a: &str, transport: Transport) -> Self {
+        let mut c = Self::new(a, transport, 3600);
+        (c.username, c.password) = credentials(SECRET, user, 3600, T0_UNIX);
+        c
+    }
+
     pub fn txid(&mut self) -> [u8; 12] {
         self.seq += 1;
         [self.seq; 12]
