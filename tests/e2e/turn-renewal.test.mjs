@@ -2,6 +2,7 @@
 // the credentials handed out at join expire a minute in; the call must hold for 3 minutes with
 // video decoded throughout (both sides' framesDecoded grow in every 2 s window, sampled each
 // second) and stay on a relay path (the server renews the credentials, the SDK applies them).
+// `max_lifetime = 60` makes Chromium refresh its allocations (authenticated) every 30 s.
 // TURN_RENEWAL_SECONDS shortens the call for a quick local run (default 180, what CI runs).
 
 import assert from 'node:assert/strict';
@@ -24,6 +25,11 @@ before(async () => {
       `tcp_port = ${ports.tcp}`,
       'tls_port = 0',
       `credential_ttl = ${TTL}`,
+      // Allocations live 60 s, so Chromium refreshes each one every 30 s (half the lifetime
+      // under 2 minutes): with the default 600 s its first refresh (and its first permission
+      // refresh, at 4 minutes) would fall after the call, and expired credentials would go
+      // unnoticed. This is the 65-minute failure of the defaults (3600 s credentials), sped up.
+      `max_lifetime = ${TTL}`,
     ].join('\n'),
   });
   browser = await launchBrowser();
