@@ -21,12 +21,15 @@ use consulta_turn::CountersSnapshot;
 pub struct SignalingMetrics {
     pub ws_open: AtomicU64,
     pub ws_total: AtomicU64,
+    /// Sessions taken over by a new connection (`resume`).
+    pub resumes: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
 }
 
 pub static SIGNALING: SignalingMetrics = SignalingMetrics {
     ws_open: AtomicU64::new(0),
     ws_total: AtomicU64::new(0),
+    resumes: AtomicU64::new(0),
     errors: [const { AtomicU64::new(0) }; ErrorCode::ALL.len()],
 };
 
@@ -35,6 +38,10 @@ impl SignalingMetrics {
         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
             self.errors[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn resumed(&self) {
+        self.resumes.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -384,6 +391,30 @@ pub fn render(
         s.ice_disconnected,
     );
     o.one(
+        "consulta_reconnects_total",
+        "counter",
+        "Participants that lost their signaling or ICE path and were held for the reconnect grace period.",
+        s.reconnects_started,
+    );
+    o.one(
+        "consulta_reconnects_completed_total",
+        "counter",
+        "Held participants whose paths all came back within the grace period.",
+        s.reconnects_completed,
+    );
+    o.one(
+        "consulta_reconnects_expired_total",
+        "counter",
+        "Held participants removed when the grace period ran out (reason lost).",
+        s.reconnects_expired,
+    );
+    o.one(
+        "consulta_ice_restarts_total",
+        "counter",
+        "ICE restarts offered to clients (network change, broken path, renewed TURN credentials).",
+        s.ice_restarts,
+    );
+    o.one(
         "consulta_ice_tcp_sessions_total",
         "counter",
         "ICE-TCP connections routed to a participant.",
@@ -459,6 +490,12 @@ pub fn render(
         "counter",
         "Signaling WebSockets accepted.",
         SIGNALING.ws_total.load(Ordering::Relaxed),
+    );
+    o.one(
+        "consulta_ws_resumes_total",
+        "counter",
+        "Sessions resumed on a new WebSocket after theirs was lost (refusals count as signaling errors, code resume_refused).",
+        SIGNALING.resumes.load(Ordering::Relaxed),
     );
     o.head(
         "consulta_signaling_errors_total",
@@ -670,6 +707,16 @@ fn render_turn(o: &mut Out, t: &CountersSnapshot) {
         "consulta_turn_refusals_total",
         "reason=\"relay_bind\"",
         t.relay_bind_failures,
+    );
+    o.labelled(
+        "consulta_turn_refusals_total",
+        "reason=\"connections_per_ip\"",
+        t.connection_refusals,
+    );
+    o.labelled(
+        "consulta_turn_refusals_total",
+        "reason=\"auth_timeout\"",
+        t.auth_timeouts,
     );
     o.head(
         "consulta_turn_dropped_packets_total",

@@ -82,6 +82,9 @@ pub struct SfuConfig {
     pub nack_history: usize,
     /// Addresses of the built-in TURN relays (for the path metrics); empty without TURN.
     pub relay_ips: Vec<IpAddr>,
+    /// How long a participant whose signaling or ICE path is lost is held for its return
+    /// before it leaves (reason `lost`).
+    pub reconnect_grace: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +154,20 @@ pub enum Command {
     RequestKeyframe {
         peer: PeerId,
         mid: str0m::media::Mid,
+    },
+    /// The participant's signaling connection is lost: hold it for the grace period and tell
+    /// the room it is reconnecting.
+    Hold {
+        peer: PeerId,
+    },
+    /// A new signaling connection took the session over: the worker answers with `resumed`
+    /// (who is in the room now) and offers again what was outstanding.
+    Resume {
+        peer: PeerId,
+    },
+    /// The client asks for an ICE restart (its path broke or its network changed).
+    RestartIce {
+        peer: PeerId,
     },
     /// The participant left or its socket closed.
     Leave {
@@ -349,6 +366,7 @@ impl Sfu {
                 limits: router::Limits {
                     max_publishers: cfg.max_publishers,
                     nack_history: cfg.nack_history,
+                    reconnect_grace: cfg.reconnect_grace,
                 },
                 directory: directory.clone(),
                 commands: cmd_rx,
@@ -516,9 +534,7 @@ impl SfuHandle {
             self.0.workers.iter().map(|w| &*w.stats),
             &self.0.demux_stats,
         );
-        s.ice_tcp_sessions = self.0.tcp_stats.sessions.load(Ordering::Relaxed);
-        s.ice_tcp_open = self.0.tcp_stats.open.load(Ordering::Relaxed);
-        s.ice_tcp_drops = self.0.tcp_stats.drops.load(Ordering::Relaxed);
+        self.0.tcp_stats.export(&mut s);
         // One getsockopt per scrape; an error (not Linux) leaves zeros.
         s.udp_socket = batch::socket_memory(&*self.0.socket).unwrap_or_default();
         s

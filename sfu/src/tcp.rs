@@ -48,8 +48,6 @@ pub(crate) struct TcpStats {
 
 impl TcpStats {
     /// Copies the counters into an SFU snapshot.
-    // Called by `SfuHandle::stats` once it is wired there (sfu/src/lib.rs).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn export(&self, s: &mut crate::SfuStats) {
         s.ice_tcp_sessions = self.sessions.load(Ordering::Relaxed);
         s.ice_tcp_open = self.open.load(Ordering::Relaxed);
