@@ -197,6 +197,11 @@ pub struct MediaConfig {
     /// memory is about 2 KB per packet per subscribed video track, and str0m drops packets
     /// older than 3 s anyway.
     pub nack_history: usize,
+    /// Seconds a participant whose WebSocket or ICE path is lost (network change, Wi-Fi drop,
+    /// proxy restart) is held for its SDK to reconnect: the others see it `reconnecting`, and a
+    /// resume within this time continues the same session. Past it, it leaves with reason
+    /// `lost`. 0 removes a lost participant at once (0..=600).
+    pub reconnect_grace: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -268,6 +273,7 @@ impl Default for MediaConfig {
             worker_nice: 0,
             worker_cpus: String::new(),
             nack_history: limits.nack_history,
+            reconnect_grace: limits.reconnect_grace.as_secs(),
         }
     }
 }
@@ -352,6 +358,9 @@ impl Config {
         let history = self.media.nack_history;
         if !(history == 0 || (16..=MAX_NACK_HISTORY).contains(&history)) {
             bail!("media.nack_history must be 0 (no retransmission) or 16 to {MAX_NACK_HISTORY}");
+        }
+        if self.media.reconnect_grace > 600 {
+            bail!("media.reconnect_grace must be between 0 (no hold) and 600 seconds");
         }
         if let Some(s) = &self.auth.token_secret {
             if s.len() < 16 {

@@ -41,6 +41,10 @@ pub struct AppState {
     pub token_ttl: u64,
     pub webhook_stats: Option<Arc<crate::webhooks::WebhookStats>>,
     pub recordings: crate::recording::Recordings,
+    /// Sessions in a call, by id, that a new connection may resume.
+    pub resumable: crate::ws::ResumeRegistry,
+    /// How long a session whose connection is lost is held (`media.reconnect_grace`).
+    pub reconnect_grace: std::time::Duration,
 }
 
 /// The running built-in TURN server and what signaling needs to hand out credentials.
@@ -75,6 +79,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         worker_nice: cfg.media.worker_nice,
         worker_cpus: cfg.worker_cpus()?,
         nack_history: cfg.media.nack_history,
+        reconnect_grace: std::time::Duration::from_secs(cfg.media.reconnect_grace),
         relay_ips: if cfg.turn.enabled {
             vec![cfg.turn.relay_bind_ip(), cfg.turn.relay_advertised_ip()]
         } else {
@@ -214,6 +219,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
         token_ttl: cfg.auth.token_ttl,
         webhook_stats,
         recordings: recordings.clone(),
+        resumable: Default::default(),
+        reconnect_grace: std::time::Duration::from_secs(cfg.media.reconnect_grace),
     };
     let draining = state.draining.clone();
     let drain_timeout = std::time::Duration::from_secs(cfg.http.drain_timeout);

@@ -20,6 +20,7 @@ use consulta_signaling::protocol::{
     ClientMessage, ErrorCode, LeaveReason, ParticipantInfo, ServerMessage,
 };
 use consulta_signaling::{JoinToken, PROTOCOL_VERSION};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
@@ -32,6 +33,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Events a worker may queue for one session before it is considered stuck.
 const EVENT_QUEUE: usize = 256;
+/// Messages kept for a held session before it is given up.
+const HELD_MESSAGES: usize = 512;
+/// How long past the grace period a held session waits for the worker's word before it ends.
+const HELD_MARGIN: Duration = Duration::from_secs(10);
 /// Token bucket: sustained messages per second and burst.
 const RATE_PER_SEC: f64 = 50.0;
 const RATE_BURST: f64 = 100.0;
@@ -60,6 +65,39 @@ struct Session {
     reason: LeaveReason,
     /// The worker removed this participant already.
     worker_done: bool,
+    /// Set once in a call: the secret a resume must show, and where a resuming connection
+    /// arrives.
+    resume: Option<Resumable>,
+    /// Set while the session has no connection (it waits for a resume).
+    held: Option<Held>,
+}
+
+/// One WebSocket of a session. A session in a call outlives the connection it started on: when
+/// that one dies without a goodbye, a resume brings the next.
+pub struct Link {
+    sink: SplitSink<WebSocket, Message>,
+    stream: SplitStream<WebSocket>,
+}
+
+/// What the registry keeps of a session that can be resumed.
+pub struct ResumeSlot {
+    secret: String,
+    takeover: mpsc::Sender<Link>,
+}
+
+/// Sessions that can be resumed, by session id (shared by every connection).
+pub type ResumeRegistry =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<PeerId, ResumeSlot>>>;
+
+struct Resumable {
+    secret: String,
+    takeover: mpsc::Receiver<Link>,
+}
+
+struct Held {
+    since: Instant,
+    /// What the worker and the consultation said meanwhile, for the next connection.
+    pending: Vec<ServerMessage>,
 }
 
 struct Limiter {
@@ -87,11 +125,14 @@ impl Limiter {
 enum Flow {
     Continue,
     Close,
+    /// This connection resumes another session: hand it over.
+    Handover(mpsc::Sender<Link>),
 }
 
 pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<String>) {
     let _open = crate::metrics::WsGuard::open();
-    let (mut sink, mut stream) = socket.split();
+    let (sink, stream) = socket.split();
+    let mut link = Some(Link { sink, stream });
     let started = Instant::now();
     let mut last_seen = Instant::now();
     let mut s = Session {
@@ -99,6 +140,8 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
         joined: None,
         reason: LeaveReason::Disconnected,
         worker_done: false,
+        resume: None,
+        held: None,
     };
     let mut limiter = Limiter {
         tokens: RATE_BURST,
@@ -107,8 +150,16 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut shutdown = state.shutdown.clone();
+    // Fresh TURN credentials are pushed before the ones handed out expire.
+    let mut ice_issued = Instant::now();
 
     loop {
+        let frame = async {
+            match link.as_mut() {
+                Some(l) => l.stream.next().await,
+                None => std::future::pending().await,
+            }
+        };
         let event = async {
             match s.joined.as_mut() {
                 Some(j) => j.events.recv().await,
@@ -121,58 +172,125 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                 None => std::future::pending().await,
             }
         };
+        let takeover = async {
+            match s.resume.as_mut() {
+                Some(r) => r.takeover.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            frame = stream.next() => {
-                let Some(Ok(frame)) = frame else { break };
-                last_seen = Instant::now();
+            frame = frame => {
+                let Some(l) = link.as_mut() else { continue };
                 let text = match frame {
-                    Message::Text(t) => t,
-                    Message::Binary(_) => {
-                        if send(&mut sink, &ServerMessage::error(ErrorCode::BadMessage, "binary frames are not part of the protocol")).await.is_err() { break }
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Binary(_))) => {
+                        if send(&mut l.sink, &ServerMessage::error(ErrorCode::BadMessage, "binary frames are not part of the protocol")).await.is_err() {
+                            if hold(&state, &mut s, &mut link) { continue }
+                            break;
+                        }
                         continue;
                     }
-                    Message::Close(_) => break,
-                    _ => continue,
-                };
-                if !limiter.allow(Instant::now()) {
-                    if limiter.strikes >= RATE_STRIKES {
-                        let _ = send(&mut sink, &ServerMessage::Error { code: ErrorCode::RateLimited, message: "too many messages; closing".into(), fatal: true }).await;
+                    // A close frame is a goodbye (the SDK sends one only when it is done).
+                    Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(_)) => continue,
+                    // The connection died without a goodbye: a network change, a proxy restart.
+                    Some(Err(_)) | None => {
+                        if hold(&state, &mut s, &mut link) { continue }
                         break;
                     }
-                    if limiter.strikes == 1 && send(&mut sink, &ServerMessage::error(ErrorCode::RateLimited, "more than 50 messages per second; messages are being dropped")).await.is_err() {
+                };
+                last_seen = Instant::now();
+                if !limiter.allow(Instant::now()) {
+                    if limiter.strikes >= RATE_STRIKES {
+                        let _ = send(&mut l.sink, &ServerMessage::Error { code: ErrorCode::RateLimited, message: "too many messages; closing".into(), fatal: true }).await;
+                        break;
+                    }
+                    if limiter.strikes == 1 && send(&mut l.sink, &ServerMessage::error(ErrorCode::RateLimited, "more than 50 messages per second; messages are being dropped")).await.is_err() {
                         break;
                     }
                     continue;
                 }
                 match ClientMessage::parse(text.as_str()) {
                     Err((code, message)) => {
-                        if send(&mut sink, &ServerMessage::error(code, message)).await.is_err() { break }
+                        if send(&mut l.sink, &ServerMessage::error(code, message)).await.is_err() { break }
                     }
                     Ok(msg) => {
-                        if let Flow::Close = on_client(msg, &state, url_room.as_deref(), &mut s, &mut sink).await { break }
+                        match on_client(msg, &state, url_room.as_deref(), &mut s, &mut l.sink).await {
+                            Flow::Continue => {}
+                            Flow::Close => break,
+                            Flow::Handover(to) => {
+                                // This connection now serves the session it resumed.
+                                let Some(l) = link.take() else { return };
+                                if let Err(e) = to.try_send(l) {
+                                    let mut l = match e {
+                                        mpsc::error::TrySendError::Full(l) | mpsc::error::TrySendError::Closed(l) => l,
+                                    };
+                                    let _ = send(&mut l.sink, &resume_refused()).await;
+                                    let _ = l.sink.close().await;
+                                }
+                                return;
+                            }
+                        }
                     }
                 }
+            }
+            new = takeover => {
+                let Some(new) = new else { continue };
+                // The old connection (dead, or half-open after a network change) is dropped.
+                link = Some(new);
+                last_seen = Instant::now();
+                let buffered = s.held.take().map(|h| h.pending).unwrap_or_default();
+                let (Some(e), Some(j)) = (&s.entered, &s.joined) else { continue };
+                tracing::info!(peer = e.peer, "session resumed on a new connection");
+                crate::metrics::SIGNALING.resumed();
+                let peer = e.peer;
+                // What the worker said while the session was away goes first, then fresh TURN
+                // credentials, then the worker's `resumed` and any offer it repeats.
+                let mut failed = false;
+                if let Some(l) = link.as_mut() {
+                    for msg in buffered {
+                        if send(&mut l.sink, &msg).await.is_err() { failed = true; break }
+                    }
+                }
+                if !failed && state.turn.is_some() {
+                    ice_issued = Instant::now();
+                    let msg = ServerMessage::IceServers { ice_servers: state.ice_servers(&format!("s{peer}")) };
+                    if let Some(l) = link.as_mut() {
+                        failed = send(&mut l.sink, &msg).await.is_err();
+                    }
+                }
+                if state.sfu.send(j.lease.worker(), Command::Resume { peer }).is_err() {
+                    if let Some(l) = link.as_mut() { let _ = send(&mut l.sink, &busy()).await; }
+                    break;
+                }
+                if failed && !hold(&state, &mut s, &mut link) { break }
             }
             ev = event => {
                 match ev {
                     Some(PeerEvent::Message(mut msg)) => {
-                        if let ServerMessage::Joined { ice_servers, session_id, .. } = &mut msg {
+                        if let ServerMessage::Joined { ice_servers, session_id, resume_secret, .. } = &mut msg {
                             *ice_servers = state.ice_servers(&format!("s{session_id}"));
+                            ice_issued = Instant::now();
+                            *resume_secret = s.resume.as_ref().map(|r| r.secret.clone());
                             if let Some(e) = &s.entered {
                                 state.consultations.request(Svc::Joined {
                                     room: e.room.clone(), role: e.role.clone(), session: e.peer.to_string(),
                                 }).await;
                             }
                         }
-                        if send(&mut sink, &msg).await.is_err() { break }
+                        if !deliver(&state, &mut s, &mut link, msg).await { break }
                     }
                     Some(PeerEvent::Closed(msg)) => {
                         // The worker has already removed this participant.
                         s.worker_done = true;
-                        if let ServerMessage::Error { code: ErrorCode::SessionReplaced, .. } = msg {
-                            s.reason = LeaveReason::Replaced;
+                        if let ServerMessage::Error { code, .. } = &msg {
+                            match code {
+                                ErrorCode::SessionReplaced => s.reason = LeaveReason::Replaced,
+                                ErrorCode::ConnectionLost => s.reason = LeaveReason::Lost,
+                                _ => {}
+                            }
                         }
-                        let _ = send(&mut sink, &msg).await;
+                        if let Some(l) = link.as_mut() { let _ = send(&mut l.sink, &msg).await; }
                         break;
                     }
                     None => break,
@@ -183,24 +301,25 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                 match ctl {
                     SessionControl::Admitted => {
                         if s.joined.is_none() {
-                            if let Flow::Close = join_media(&state, &mut s, &mut sink).await { break }
+                            let Some(l) = link.as_mut() else { break };
+                            if let Flow::Close = join_media(&state, &mut s, &mut l.sink).await { break }
                         }
                     }
                     SessionControl::Waiting { identity, role } => {
                         let participant = ParticipantInfo { identity, role, muted: Default::default() };
-                        if send(&mut sink, &ServerMessage::ParticipantWaiting { participant }).await.is_err() { break }
+                        if !deliver(&state, &mut s, &mut link, ServerMessage::ParticipantWaiting { participant }).await { break }
                     }
                     SessionControl::Kick => {
                         s.reason = LeaveReason::Kicked;
-                        let _ = send(&mut sink, &ServerMessage::error(ErrorCode::Kicked, "you were removed from the consultation")).await;
+                        if let Some(l) = link.as_mut() { let _ = send(&mut l.sink, &ServerMessage::error(ErrorCode::Kicked, "you were removed from the consultation")).await; }
                         break;
                     }
-                    SessionControl::Recording(state) => {
-                        if send(&mut sink, &ServerMessage::Recording(state)).await.is_err() { break }
+                    SessionControl::Recording(rec) => {
+                        if !deliver(&state, &mut s, &mut link, ServerMessage::Recording(rec)).await { break }
                     }
                     SessionControl::End => {
                         s.reason = LeaveReason::Ended;
-                        let _ = send(&mut sink, &ServerMessage::error(ErrorCode::CallEnded, "the consultation was ended")).await;
+                        if let Some(l) = link.as_mut() { let _ = send(&mut l.sink, &ServerMessage::error(ErrorCode::CallEnded, "the consultation was ended")).await; }
                         break;
                     }
                 }
@@ -208,19 +327,49 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
             _ = tick.tick() => {
                 let now = Instant::now();
                 if s.entered.is_none() && now.duration_since(started) > JOIN_TIMEOUT {
-                    let _ = send(&mut sink, &ServerMessage::error(ErrorCode::JoinTimeout, "no join within 10 seconds")).await;
+                    if let Some(l) = link.as_mut() { let _ = send(&mut l.sink, &ServerMessage::error(ErrorCode::JoinTimeout, "no join within 10 seconds")).await; }
                     break;
                 }
-                if now.duration_since(last_seen) > IDLE_TIMEOUT {
-                    let _ = send(&mut sink, &ServerMessage::error(ErrorCode::IdleTimeout, "nothing received for 60 seconds")).await;
-                    break;
+                match (&s.held, link.as_mut()) {
+                    (Some(h), _) => {
+                        // The worker ends a held session after the grace period; this is the
+                        // net under it (a worker that never answers).
+                        if now.duration_since(h.since) > state.reconnect_grace + HELD_MARGIN {
+                            s.reason = LeaveReason::Lost;
+                            break;
+                        }
+                    }
+                    (None, Some(l)) => {
+                        if now.duration_since(last_seen) > IDLE_TIMEOUT {
+                            let _ = send(&mut l.sink, &ServerMessage::error(ErrorCode::IdleTimeout, "nothing received for 60 seconds")).await;
+                            break;
+                        }
+                        if s.joined.is_some() {
+                            if let Some(ttl) = state.turn.as_ref().map(|t| t.config.credential_ttl) {
+                                if now.duration_since(ice_issued) >= renew_after(ttl) {
+                                    ice_issued = now;
+                                    let user = s.entered.as_ref().map(|e| format!("s{}", e.peer)).unwrap_or_default();
+                                    let msg = ServerMessage::IceServers { ice_servers: state.ice_servers(&user) };
+                                    if send(&mut l.sink, &msg).await.is_err() && !hold(&state, &mut s, &mut link) { break }
+                                }
+                            }
+                        }
+                    }
+                    (None, None) => break,
                 }
             }
             _ = shutdown.changed() => {
-                let _ = send(&mut sink, &ServerMessage::error(ErrorCode::ServerDraining, "the server is shutting down")).await;
+                if let Some(l) = link.as_mut() { let _ = send(&mut l.sink, &ServerMessage::error(ErrorCode::ServerDraining, "the server is shutting down")).await; }
                 break;
             }
         }
+    }
+    if let Some(e) = &s.entered {
+        state
+            .resumable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&e.peer);
     }
     if let (Some(j), Some(e)) = (&s.joined, &s.entered) {
         if !s.worker_done {
@@ -242,6 +391,13 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
             })
             .await;
     }
+    let Some(Link {
+        mut sink,
+        mut stream,
+    }) = link
+    else {
+        return;
+    };
     let _ = sink.close().await;
     // Read what the client still sends until it answers the close, for a moment at most: a
     // socket closed with unread data is reset by the kernel, and a reset drops what was not yet
@@ -254,6 +410,79 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
         }
     })
     .await;
+}
+
+/// Sends a worker or consultation message to the client, or keeps it for the next connection
+/// while the session is held. False when the session must end (held with too much pending).
+async fn deliver(
+    state: &AppState,
+    s: &mut Session,
+    link: &mut Option<Link>,
+    msg: ServerMessage,
+) -> bool {
+    if let Some(l) = link.as_mut() {
+        if send(&mut l.sink, &msg).await.is_ok() {
+            return true;
+        }
+        // The connection died under this message: it is the first one the next gets.
+        if !hold(state, s, link) {
+            return false;
+        }
+    }
+    let Some(h) = s.held.as_mut() else {
+        return false;
+    };
+    if h.pending.len() >= HELD_MESSAGES {
+        tracing::warn!("a held session queued too much; ending it");
+        s.reason = LeaveReason::Lost;
+        return false;
+    }
+    h.pending.push(msg);
+    true
+}
+
+/// The connection is lost: a session in a call is held for the reconnect grace period (the
+/// worker tells the room it is reconnecting). False when it cannot be held and must end.
+fn hold(state: &AppState, s: &mut Session, link: &mut Option<Link>) -> bool {
+    *link = None;
+    if s.held.is_some() {
+        return true;
+    }
+    let (Some(e), Some(j)) = (&s.entered, &s.joined) else {
+        return false;
+    };
+    if s.worker_done || s.resume.is_none() || state.reconnect_grace.is_zero() {
+        return false;
+    }
+    if state
+        .sfu
+        .send(j.lease.worker(), Command::Hold { peer: e.peer })
+        .is_err()
+    {
+        return false;
+    }
+    tracing::info!(
+        peer = e.peer,
+        "signaling connection lost; holding the session"
+    );
+    s.held = Some(Held {
+        since: Instant::now(),
+        pending: Vec::new(),
+    });
+    true
+}
+
+/// When TURN credentials valid `ttl` seconds are renewed: five minutes before they expire, or
+/// half-way through a short lifetime.
+fn renew_after(ttl: u64) -> Duration {
+    Duration::from_secs(ttl - (ttl / 2).min(300))
+}
+
+fn resume_refused() -> ServerMessage {
+    ServerMessage::error(
+        ErrorCode::ResumeRefused,
+        "no session to resume: it ended, or the secret does not match; join again",
+    )
 }
 
 async fn on_client(
@@ -294,6 +523,42 @@ async fn on_client(
             room,
             client,
         } => return enter(state, url_room, s, sink, v, &token, room, client.sdk).await,
+        ClientMessage::Resume { .. } if s.entered.is_some() => {
+            return flow(
+                send(
+                    sink,
+                    &ServerMessage::error(
+                        ErrorCode::AlreadyJoined,
+                        "this connection serves a session already",
+                    ),
+                )
+                .await,
+            )
+        }
+        ClientMessage::Resume {
+            v,
+            session_id,
+            secret,
+        } => {
+            if v != PROTOCOL_VERSION {
+                let _ = send(
+                    sink,
+                    &ServerMessage::error(
+                        ErrorCode::UnsupportedVersion,
+                        format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+                    ),
+                )
+                .await;
+                return Flow::Close;
+            }
+            return match find_resumable(state, &session_id, &secret) {
+                Some(to) => Flow::Handover(to),
+                None => {
+                    let _ = send(sink, &resume_refused()).await;
+                    Flow::Close
+                }
+            };
+        }
         ClientMessage::Leave if s.entered.is_some() => {
             s.reason = LeaveReason::Left;
             // The worker hears it before the client does: a client that then closes its peer
@@ -341,6 +606,7 @@ async fn on_client(
         ClientMessage::Offer { sdp } => Command::Offer { peer, sdp },
         ClientMessage::Answer { sdp } => Command::Answer { peer, sdp },
         ClientMessage::Candidate { candidate } => Command::Candidate { peer, candidate },
+        ClientMessage::RestartIce => Command::RestartIce { peer },
         ClientMessage::Mute { kind, muted } => Command::Mute { peer, kind, muted },
         ClientMessage::Admit { identity } => {
             if e.role != "doctor" {
@@ -383,6 +649,7 @@ async fn on_client(
         ClientMessage::Ping
         | ClientMessage::Leave
         | ClientMessage::Join { .. }
+        | ClientMessage::Resume { .. }
         | ClientMessage::RecordingConsent { .. } => return Flow::Continue,
     };
     if state.sfu.send(j.lease.worker(), cmd).is_err() {
@@ -509,8 +776,43 @@ async fn join_media(
         return Flow::Close;
     }
     tracing::debug!(peer = e.peer, "join accepted");
+    // From now on a lost connection can be resumed, by whoever shows this secret.
+    let secret = new_resume_secret();
+    let (takeover_tx, takeover) = mpsc::channel(1);
+    state
+        .resumable
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            e.peer,
+            ResumeSlot {
+                secret: secret.clone(),
+                takeover: takeover_tx,
+            },
+        );
+    s.resume = Some(Resumable { secret, takeover });
     s.joined = Some(Joined { lease, events: rx });
     Flow::Continue
+}
+
+/// 256 random bits, hex: what a resume must show besides the session id (the join token may
+/// be shared or leaked; this secret went only to the session's own connection).
+fn new_resume_secret() -> String {
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    hex::encode(bytes)
+}
+
+/// The session `session_id` if it is live and `secret` is its own (compared in constant time).
+fn find_resumable(state: &AppState, session_id: &str, secret: &str) -> Option<mpsc::Sender<Link>> {
+    let peer: PeerId = session_id.parse().ok()?;
+    let slots = state.resumable.lock().unwrap_or_else(|p| p.into_inner());
+    let slot = slots.get(&peer)?;
+    constant_time_eq(slot.secret.as_bytes(), secret.as_bytes()).then(|| slot.takeover.clone())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Tells the worker the participant is gone. The queue may be momentarily full: retry briefly in

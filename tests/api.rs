@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
+use consulta_signaling::Role;
+use futures_util::StreamExt;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -634,4 +636,123 @@ async fn postgres_outage_mid_call_loses_no_event_and_duplicates_none() {
         "test",
         &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
     );
+}
+
+/// Issue 22: a participant whose connection is lost is held; a resume continues the same
+/// session (no leave/join in the call events); a wrong secret, an unknown or an ended session is
+/// refused; past the grace period it leaves once, with reason `lost`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_connection_resumes_without_churn_and_expires_as_lost_once() {
+    let server = start_full(
+        "reconnect_grace = 2",
+        &settings("", "http://127.0.0.1:9/none"),
+    );
+    let id = "appt-roaming";
+    let (status, c) = api(&server, "POST", "/consultations", Some(json!({ "id": id })));
+    assert_eq!(status, 201, "{c}");
+    let (mut doctor, _) = Client::join(&server, id, "dr-ana", Role::Doctor).await;
+    let (patient, joined) = Client::join(&server, id, "pt-joao", Role::Patient).await;
+    doctor.expect("participant-joined").await;
+    assert_eq!(joined["reconnect_grace"], 2);
+    let session = joined["session_id"].as_str().unwrap().to_owned();
+    let secret = joined["resume_secret"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 64, "256 random bits");
+    let resume = |session: &str, secret: &str| json!({"type": "resume", "v": 1, "session_id": session, "secret": secret});
+
+    // The patient's connection dies without a goodbye (its TCP connection is just dropped).
+    drop(patient);
+    let r = doctor.expect("participant-reconnecting").await;
+    assert_eq!(r["identity"], "pt-joao");
+    // Only the session's own secret resumes it.
+    for (s, k) in [
+        (session.as_str(), "0".repeat(64)),
+        (session.as_str(), String::new()),
+        ("999999", secret.clone()),
+        ("not-a-number", secret.clone()),
+    ] {
+        let mut thief = Client::connect(&server, "").await;
+        thief.send(resume(s, &k)).await;
+        thief.expect_error("resume_refused").await;
+        assert!(thief.closes().await);
+    }
+    let mut patient = Client::connect(&server, "").await;
+    patient.send(resume(&session, &secret)).await;
+    let resumed = patient.expect("resumed").await;
+    assert_eq!(resumed["session_id"], session.as_str());
+    assert_eq!(resumed["participants"][0]["identity"], "dr-ana");
+    assert_eq!(
+        doctor.expect("participant-reconnected").await["identity"],
+        "pt-joao"
+    );
+
+    // A network change leaves the old connection half-open: a resume takes it over anyway.
+    let mut moved = Client::connect(&server, "").await;
+    moved.send(resume(&session, &secret)).await;
+    moved.expect("resumed").await;
+    assert!(patient.closes().await, "the replaced connection is closed");
+    // Signaling goes on over the new connection.
+    moved
+        .send(json!({"type":"mute","kind":"audio","muted":true}))
+        .await;
+    let m = doctor.expect("mute").await;
+    assert_eq!(
+        (m["identity"].as_str(), m["muted"].as_bool()),
+        (Some("pt-joao"), Some(true))
+    );
+
+    // Gone for good: after the 2 s grace period it leaves once, as `lost`.
+    drop(moved);
+    doctor.expect("participant-reconnecting").await;
+    let left = doctor.expect("participant-left").await;
+    assert_eq!(
+        (left["identity"].as_str(), left["reason"].as_str()),
+        (Some("pt-joao"), Some("lost"))
+    );
+    let mut late = Client::connect(&server, "").await;
+    late.send(resume(&session, &secret)).await;
+    late.expect_error("resume_refused").await;
+    // No second leave follows.
+    let more = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match doctor.ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    if v["type"] == "participant-left" {
+                        return v;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => panic!("the doctor's connection closed"),
+            }
+        }
+    })
+    .await;
+    assert!(more.is_err(), "a second participant-left: {more:?}");
+
+    // The call events: one join and one leave (reason lost) for the patient, nothing between.
+    let mut patient_events = Vec::new();
+    wait_for("the patient's participant_left event", 10, || {
+        patient_events = events(&server, id)
+            .into_iter()
+            .filter(|e| e["payload"]["identity"] == "pt-joao")
+            .filter(|e| e["type"] == "participant_joined" || e["type"] == "participant_left")
+            .map(|e| {
+                (
+                    e["type"].as_str().unwrap().to_owned(),
+                    e["payload"]["reason"].clone(),
+                )
+            })
+            .collect();
+        patient_events.len() >= 2
+    })
+    .await;
+    assert_eq!(
+        patient_events,
+        [
+            ("participant_joined".to_owned(), Value::Null),
+            ("participant_left".to_owned(), json!("lost"))
+        ]
+    );
+    assert_eq!(metric(&server, "consulta_reconnects_expired_total"), 1.0);
+    assert_eq!(metric(&server, "consulta_ws_resumes_total"), 2.0);
 }

@@ -183,8 +183,14 @@ impl RouteTable {
                 worker,
                 peer,
             } => {
-                self.by_ufrag.insert(ufrag.clone(), Route { worker, peer });
-                self.owned.insert(peer, (ufrag, Vec::new()));
+                // An ICE restart registers the participant's new ufrag: the old one goes, the
+                // addresses it was learned from stay until the participant goes.
+                let owned = self.owned.entry(peer).or_default();
+                if !owned.0.is_empty() && owned.0 != ufrag {
+                    self.by_ufrag.remove(&owned.0);
+                }
+                owned.0 = ufrag.clone();
+                self.by_ufrag.insert(ufrag, Route { worker, peer });
             }
             DemuxUpdate::Forget { peer } => {
                 if let Some((ufrag, addrs)) = self.owned.remove(&peer) {
@@ -432,6 +438,29 @@ mod tests {
         t.apply(DemuxUpdate::Forget { peer: 7 });
         assert!(t.lookup(&a).is_none());
         assert!(t.learn(a, &stun_with_username("srvA:cliB")).is_none());
+    }
+
+    #[test]
+    fn an_ice_restart_replaces_the_ufrag_and_learns_the_new_address() {
+        let mut t = RouteTable::default();
+        let reg = |u: &str| DemuxUpdate::Register {
+            ufrag: u.into(),
+            worker: 0,
+            peer: 3,
+        };
+        t.apply(reg("old"));
+        let wifi: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        t.learn(wifi, &stun_with_username("old:c")).unwrap();
+        t.apply(reg("new"));
+        // The phone's new address reaches the participant through its new ufrag only.
+        let lte: SocketAddr = "10.9.0.7:6000".parse().unwrap();
+        assert!(t.learn(lte, &stun_with_username("old:c")).is_none());
+        assert_eq!(t.learn(lte, &stun_with_username("new:c")).unwrap().peer, 3);
+        assert_eq!(t.lookup(&wifi).unwrap().peer, 3);
+        // Leaving forgets every address and the current ufrag.
+        t.apply(DemuxUpdate::Forget { peer: 3 });
+        assert!(t.lookup(&wifi).is_none() && t.lookup(&lte).is_none());
+        assert!(t.by_ufrag.is_empty());
     }
 
     #[test]

@@ -31,6 +31,9 @@ use crate::transport::{
 };
 use crate::{Command, JoinRequest, PeerId};
 
+mod reconnect;
+use reconnect::Path;
+
 /// One room's media graph: who is in it. Producers and consumers hang off the transports.
 struct Router {
     name: String,
@@ -73,6 +76,8 @@ pub struct Limits {
     /// Sent video packets kept per subscribed track to answer NACKs (0: no retransmission;
     /// str0m keeps at least 10).
     pub nack_history: usize,
+    /// How long a participant that lost its signaling or ICE path is held (`media.reconnect_grace`).
+    pub reconnect_grace: Duration,
 }
 
 impl Default for Limits {
@@ -80,6 +85,7 @@ impl Default for Limits {
         Limits {
             max_publishers: 5,
             nack_history: 500,
+            reconnect_grace: Duration::from_secs(20),
         }
     }
 }
@@ -241,6 +247,9 @@ impl<W: Wire> RouterHost<W> {
             }
             Command::Record { room, tap } => self.record(&room, tap),
             Command::RequestKeyframe { peer, mid } => self.request_keyframe(peer, mid),
+            Command::Hold { peer } => self.set_lost(peer, Path::Signaling, true),
+            Command::Resume { peer } => self.resume(peer),
+            Command::RestartIce { peer } => self.restart_ice(peer),
             Command::Leave { peer, reason } => self.remove(peer, reason, None),
         }
         self.process_outbox();
@@ -404,11 +413,7 @@ impl<W: Wire> RouterHost<W> {
             worker: self.index,
             peer: req.peer,
         });
-        let others: Vec<_> = self.routers[&room_id]
-            .participants
-            .iter()
-            .filter_map(|p| self.transports.get(p).map(|t| t.info()))
-            .collect();
+        let others = self.participants_info(room_id, req.peer);
         let info = transport.info();
         transport.emit(
             ServerMessage::Joined {
@@ -417,6 +422,8 @@ impl<W: Wire> RouterHost<W> {
                 participant: info.clone(),
                 participants: others,
                 ice_servers: Vec::new(),
+                resume_secret: None,
+                reconnect_grace: Some(self.limits.reconnect_grace.as_secs()),
             },
             &mut self.outbox,
         );
@@ -771,22 +778,17 @@ impl<W: Wire> RouterHost<W> {
                         _ => self.counters.ice_connected_tcp += 1,
                     }
                 }
-                let sources: Vec<(PeerId, Mid)> = self
-                    .transports
-                    .get(&peer)
-                    .map(|t| {
-                        t.consumers
-                            .iter()
-                            .filter(|c| {
-                                c.state == ConsumerState::Active && c.kind == MediaKind::Video
-                            })
-                            .map(|c| (c.source, c.source_mid))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for (s, m) in sources {
-                    self.request_keyframe(s, m);
-                }
+                self.request_keyframes_for(peer);
+            }
+            for (peer, up) in std::mem::take(&mut self.outbox.ice) {
+                self.set_lost(peer, Path::Ice, !up);
+            }
+            for (peer, ufrag) in std::mem::take(&mut self.outbox.ufrags) {
+                self.register_demux(DemuxUpdate::Register {
+                    ufrag,
+                    worker: self.index,
+                    peer,
+                });
             }
             for (peer, fault) in std::mem::take(&mut self.outbox.faults) {
                 let (reason, msg) = match fault {
@@ -845,6 +847,40 @@ impl<W: Wire> RouterHost<W> {
                 &mut self.outbox,
             );
             self.negotiate(q);
+        }
+    }
+
+    /// Who is in `room` but `peer`, as the room's participants see each other.
+    fn participants_info(
+        &self,
+        room: u64,
+        peer: PeerId,
+    ) -> Vec<consulta_signaling::protocol::ParticipantInfo> {
+        self.routers
+            .get(&room)
+            .map(|r| r.participants.as_slice())
+            .unwrap_or(&[])
+            .iter()
+            .filter(|p| **p != peer)
+            .filter_map(|p| self.transports.get(p).map(|t| t.info()))
+            .collect()
+    }
+
+    /// Asks the publishers of every video track `subscriber` receives for a keyframe.
+    fn request_keyframes_for(&mut self, subscriber: PeerId) {
+        let sources: Vec<(PeerId, Mid)> = self
+            .transports
+            .get(&subscriber)
+            .map(|t| {
+                t.consumers
+                    .iter()
+                    .filter(|c| c.state == ConsumerState::Active && c.kind == MediaKind::Video)
+                    .map(|c| (c.source, c.source_mid))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (s, m) in sources {
+            self.request_keyframe(s, m);
         }
     }
 
@@ -1030,6 +1066,7 @@ impl<W: Wire> RouterHost<W> {
         for (s, m) in waiting {
             self.request_keyframe(s, m);
         }
+        self.expire_lost(now);
         let dead: Vec<PeerId> = self
             .transports
             .values()

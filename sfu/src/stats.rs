@@ -249,6 +249,10 @@ counters!(
     event_queue_overflows,
     joins,
     leaves,
+    reconnects_started,
+    reconnects_completed,
+    reconnects_expired,
+    ice_restarts,
 );
 
 #[cfg(test)]

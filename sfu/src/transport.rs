@@ -36,7 +36,7 @@ const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Why a transport is closed by the worker itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fault {
-    /// ICE consent lost or the `Rtc` closed.
+    /// The `Rtc` closed (the peer closed DTLS).
     Disconnected,
     /// str0m refused to go on (an error out of `poll_output`).
     RtcError,
@@ -54,6 +54,10 @@ pub(crate) struct Outbox {
     pub keyframe_requests: Vec<(PeerId, Mid)>,
     pub media_added: Vec<(PeerId, Mid, MediaKind)>,
     pub connected: Vec<PeerId>,
+    /// ICE consent lost (`false`) or (re)gained (`true`).
+    pub ice: Vec<(PeerId, bool)>,
+    /// A new local ICE ufrag (an ICE restart offer) for the demux.
+    pub ufrags: Vec<(PeerId, String)>,
     pub faults: Vec<(PeerId, Fault)>,
 }
 
@@ -63,6 +67,8 @@ impl Outbox {
             && self.keyframe_requests.is_empty()
             && self.media_added.is_empty()
             && self.connected.is_empty()
+            && self.ice.is_empty()
+            && self.ufrags.is_empty()
             && self.faults.is_empty()
     }
 }
@@ -160,7 +166,28 @@ pub(crate) struct Transport {
     /// Transport and source of the latest datagram, for the path metrics.
     pub last_proto: Protocol,
     pub last_source: Option<SocketAddr>,
+    /// Which of its paths are lost, and since when (the reconnect grace period runs from it).
+    pub lost: LostPaths,
+    /// An ICE restart goes into the next offer.
+    pub restart_ice: bool,
+    /// The outstanding offer as sent, offered again when a new connection resumes the session
+    /// (the first copy may have died with the old one).
+    pub last_offer: Option<ServerMessage>,
     created: Instant,
+}
+
+/// A participant's lost paths: it is reconnecting while either is lost.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct LostPaths {
+    pub signaling: bool,
+    pub ice: bool,
+    pub since: Option<Instant>,
+}
+
+impl LostPaths {
+    pub fn any(&self) -> bool {
+        self.signaling || self.ice
+    }
 }
 
 /// Where transmits go: the worker's UDP socket and ICE-TCP connections, or memory in tests and
@@ -294,6 +321,9 @@ impl Transport {
             connected: false,
             last_proto: Protocol::Udp,
             last_source: None,
+            lost: LostPaths::default(),
+            restart_ice: false,
+            last_offer: None,
             created: now,
         }
     }
@@ -342,6 +372,7 @@ impl Transport {
             .pending
             .take()
             .ok_or((false, "no offer is outstanding".to_owned()))?;
+        self.last_offer = None;
         self.rtc
             .sdp_api()
             .accept_answer(pending, answer)
@@ -373,14 +404,23 @@ impl Transport {
         if !self.offered || self.pending.is_some() {
             return false;
         }
-        if !self
-            .consumers
-            .iter()
-            .any(|c| matches!(c.state, ConsumerState::ToOpen | ConsumerState::ToStop))
+        if !self.restart_ice
+            && !self
+                .consumers
+                .iter()
+                .any(|c| matches!(c.state, ConsumerState::ToOpen | ConsumerState::ToStop))
         {
             return false;
         }
         let mut change = self.rtc.sdp_api();
+        if std::mem::take(&mut self.restart_ice) {
+            // Local candidates stay: the server's addresses did not change, the client's did.
+            let creds = change.ice_restart(true);
+            // The client checks the new ufrag as soon as it has our offer, before its answer
+            // is back: the demux must route those checks already.
+            outbox.ufrags.push((self.id, creds.ufrag.clone()));
+            self.ufrag = creds.ufrag;
+        }
         for c in &mut self.consumers {
             match c.state {
                 ConsumerState::ToOpen => {
@@ -420,13 +460,12 @@ impl Transport {
                 })
             })
             .collect();
-        self.emit(
-            ServerMessage::Offer {
-                sdp: offer.to_sdp_string(),
-                tracks,
-            },
-            outbox,
-        );
+        let msg = ServerMessage::Offer {
+            sdp: offer.to_sdp_string(),
+            tracks,
+        };
+        self.last_offer = Some(msg.clone());
+        self.emit(msg, outbox);
         true
     }
 
@@ -473,7 +512,15 @@ impl Transport {
                     .observe_duration(&CONNECT_BUCKETS, self.created.elapsed());
                 outbox.connected.push(self.id);
             }
-            Event::IceConnectionStateChange(IceConnectionState::Disconnected) | Event::Closed => {
+            // Consent lost: held for the reconnect grace period (the client restarts ICE).
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                c.ice_disconnected += 1;
+                outbox.ice.push((self.id, false));
+            }
+            Event::IceConnectionStateChange(
+                IceConnectionState::Connected | IceConnectionState::Completed,
+            ) => outbox.ice.push((self.id, true)),
+            Event::Closed => {
                 c.ice_disconnected += 1;
                 outbox.faults.push((self.id, Fault::Disconnected))
             }

@@ -365,6 +365,8 @@ fn update_directory(directory: &IceDirectory, u: &DemuxUpdate, worker: usize) {
     let mut dir = directory.lock().unwrap_or_else(|e| e.into_inner());
     match u {
         DemuxUpdate::Register { ufrag, peer, .. } => {
+            // After an ICE restart only the newest ufrag names the participant.
+            dir.retain(|_, v| v.1 != *peer);
             dir.insert(ufrag.clone(), (worker, *peer));
         }
         DemuxUpdate::Forget { peer } => dir.retain(|_, v| v.1 != *peer),

@@ -58,6 +58,15 @@ pub enum ClientMessage {
     RecordingConsent {
         consent: bool,
     },
+    /// A new WebSocket takes over a session that lost its own (network change, proxy restart):
+    /// `session_id` and `secret` come from that session's `joined`.
+    Resume {
+        v: u32,
+        session_id: String,
+        secret: String,
+    },
+    /// The client's ICE path broke (or its network changed): the server offers an ICE restart.
+    RestartIce,
     Ping,
     Leave,
 }
@@ -86,6 +95,12 @@ struct AdmitFields {
 #[derive(Deserialize)]
 struct ConsentFields {
     consent: bool,
+}
+#[derive(Deserialize)]
+struct ResumeFields {
+    v: u32,
+    session_id: String,
+    secret: String,
 }
 #[derive(Deserialize)]
 struct MuteFields {
@@ -153,6 +168,15 @@ impl ClientMessage {
             "recording-consent" => ClientMessage::RecordingConsent {
                 consent: fields::<ConsentFields>(&ty, value)?.consent,
             },
+            "resume" => {
+                let f: ResumeFields = fields(&ty, value)?;
+                ClientMessage::Resume {
+                    v: f.v,
+                    session_id: f.session_id,
+                    secret: f.secret,
+                }
+            }
+            "restart-ice" => ClientMessage::RestartIce,
             "ping" => ClientMessage::Ping,
             "leave" => ClientMessage::Leave,
             other => {
@@ -199,6 +223,31 @@ pub enum ServerMessage {
         participant: ParticipantInfo,
         participants: Vec<ParticipantInfo>,
         ice_servers: Vec<Value>,
+        /// Proves a later `resume` comes from this session (filled in by the signaling side).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume_secret: Option<String>,
+        /// Seconds the server holds this session after its connection is lost.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reconnect_grace: Option<u64>,
+    },
+    /// The session was taken over by this connection (`resume`). Worker events that arrived
+    /// while it was away follow; `participants` is who is in the room now.
+    Resumed {
+        session_id: String,
+        participants: Vec<ParticipantInfo>,
+    },
+    /// Fresh TURN credentials (the previous ones expire soon): the client applies them and
+    /// restarts ICE.
+    IceServers {
+        ice_servers: Vec<Value>,
+    },
+    /// A participant's connection was lost; the server holds its place for the grace period.
+    ParticipantReconnecting {
+        identity: String,
+    },
+    /// A participant that was reconnecting is back (signaling and media).
+    ParticipantReconnected {
+        identity: String,
     },
     Answer {
         sdp: String,
@@ -283,6 +332,8 @@ pub enum LeaveReason {
     Replaced,
     Kicked,
     Ended,
+    /// Its connection was lost and it did not come back within the reconnect grace period.
+    Lost,
 }
 
 /// Stable error codes of the signaling protocol (see `docs/protocol.md`).
@@ -315,10 +366,14 @@ pub enum ErrorCode {
     Forbidden,
     ParticipantNotWaiting,
     InternalError,
+    /// A `resume` names no live session, or its secret is wrong.
+    ResumeRefused,
+    /// The participant's connection was lost and did not come back within the grace period.
+    ConnectionLost,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -345,6 +400,8 @@ impl ErrorCode {
         ErrorCode::Forbidden,
         ErrorCode::ParticipantNotWaiting,
         ErrorCode::InternalError,
+        ErrorCode::ResumeRefused,
+        ErrorCode::ConnectionLost,
     ];
 
     /// Whether the server closes the socket after sending this error.
@@ -366,6 +423,8 @@ impl ErrorCode {
                 | Kicked
                 | CallEnded
                 | InternalError
+                | ResumeRefused
+                | ConnectionLost
         )
     }
 
@@ -399,6 +458,8 @@ impl ErrorCode {
             Forbidden => "forbidden",
             ParticipantNotWaiting => "participant_not_waiting",
             InternalError => "internal_error",
+            ResumeRefused => "resume_refused",
+            ConnectionLost => "connection_lost",
         }
     }
 }
@@ -446,6 +507,19 @@ mod tests {
         assert_eq!(
             ClientMessage::parse(r#"{"type":"ping"}"#).unwrap(),
             ClientMessage::Ping
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"resume","v":1,"session_id":"7","secret":"s"}"#)
+                .unwrap(),
+            ClientMessage::Resume {
+                v: 1,
+                session_id: "7".into(),
+                secret: "s".into()
+            }
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"restart-ice"}"#).unwrap(),
+            ClientMessage::RestartIce
         );
         assert_eq!(
             ClientMessage::parse(r#"{"type":"leave","extra":1}"#).unwrap(),

@@ -1,0 +1,125 @@
+//! Reconnection: a participant whose signaling connection or ICE path is lost is held, not
+//! removed, for [`Limits::reconnect_grace`](super::Limits). The room hears it is reconnecting;
+//! its consumers and producers keep their state. A new signaling connection resumes the session
+//! (`Command::Resume`), the client restarts ICE (`Command::RestartIce`) from its new address,
+//! and the room hears it is back. Past the grace period it leaves with reason `lost`, once.
+//!
+//! What must never happen here: a participant removed while one of its paths is merely late, or
+//! a second `participant-left` for one that already left.
+
+use std::time::Instant;
+
+use consulta_signaling::protocol::{ErrorCode, LeaveReason, ServerMessage};
+
+use super::RouterHost;
+use crate::transport::Wire;
+use crate::PeerId;
+
+/// The two paths a participant can lose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// Its WebSocket (told by the signaling side).
+    Signaling,
+    /// ICE consent (told by str0m).
+    Ice,
+}
+
+impl<W: Wire> RouterHost<W> {
+    /// Marks one of `peer`'s paths lost or back; the room is told when the participant starts or
+    /// stops reconnecting.
+    pub(super) fn set_lost(&mut self, peer: PeerId, path: Path, lost: bool) {
+        let Some(t) = self.transports.get_mut(&peer) else {
+            return;
+        };
+        let was = t.lost;
+        match path {
+            Path::Signaling => t.lost.signaling = lost,
+            Path::Ice => t.lost.ice = lost,
+        }
+        let (room, identity) = (t.room, t.identity.clone());
+        match (was.any(), t.lost.any()) {
+            (false, true) => {
+                t.lost.since = Some(Instant::now());
+                self.counters.reconnects_started += 1;
+                tracing::info!(worker = self.index, peer, ?path, "participant reconnecting");
+                self.broadcast(
+                    room,
+                    peer,
+                    ServerMessage::ParticipantReconnecting { identity },
+                );
+            }
+            (true, false) => {
+                t.lost.since = None;
+                self.counters.reconnects_completed += 1;
+                tracing::info!(worker = self.index, peer, "participant reconnected");
+                self.broadcast(
+                    room,
+                    peer,
+                    ServerMessage::ParticipantReconnected { identity },
+                );
+            }
+            _ => {}
+        }
+        if path == Path::Ice && was.ice && !lost {
+            // Whatever it received was cut off mid-frame: start its video at keyframes.
+            self.request_keyframes_for(peer);
+        }
+    }
+
+    /// A new signaling connection took the session over: tells it who is in the room now and
+    /// offers again what the old connection may have lost.
+    pub(super) fn resume(&mut self, peer: PeerId) {
+        let Some(t) = self.transports.get(&peer) else {
+            // Already removed: its `Closed` is in the session's queue.
+            return;
+        };
+        let participants = self.participants_info(t.room, peer);
+        t.emit(
+            ServerMessage::Resumed {
+                session_id: peer.to_string(),
+                participants,
+            },
+            &mut self.outbox,
+        );
+        if let Some(offer) = t.last_offer.clone() {
+            t.emit(offer, &mut self.outbox);
+        }
+        self.set_lost(peer, Path::Signaling, false);
+    }
+
+    /// Offers `peer` an ICE restart now, or after the outstanding offer is answered.
+    pub(super) fn restart_ice(&mut self, peer: PeerId) {
+        let Some(t) = self.transports.get_mut(&peer) else {
+            return;
+        };
+        if !t.offered {
+            // Its first offer has not been answered: ICE starts with it anyway.
+            return;
+        }
+        t.restart_ice = true;
+        self.counters.ice_restarts += 1;
+        self.negotiate(peer);
+    }
+
+    /// Removes the participants whose grace period ran out.
+    pub(super) fn expire_lost(&mut self, now: Instant) {
+        let grace = self.limits.reconnect_grace;
+        let expired: Vec<PeerId> = self
+            .transports
+            .values()
+            .filter(|t| t.lost.since.is_some_and(|s| now.duration_since(s) >= grace))
+            .map(|t| t.id)
+            .collect();
+        for peer in expired {
+            self.counters.reconnects_expired += 1;
+            self.remove(
+                peer,
+                LeaveReason::Lost,
+                Some(ServerMessage::error(
+                    ErrorCode::ConnectionLost,
+                    "the connection was lost and did not come back in time",
+                )),
+            );
+        }
+    }
+}
