@@ -33,6 +33,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// Events a worker may queue for one session before it is considered stuck.
 const EVENT_QUEUE: usize = 256;
+/// Pings a client that promised a heartbeat may miss before its connection is taken for lost.
+const HEARTBEATS_MISSED: u32 = 4;
 /// Messages kept for a held session before it is given up.
 const HELD_MESSAGES: usize = 512;
 /// How long past the grace period a held session waits for the worker's word before it ends.
@@ -70,6 +72,8 @@ struct Session {
     resume: Option<Resumable>,
     /// Set while the session has no connection (it waits for a resume).
     held: Option<Held>,
+    /// The client's promised ping interval, if any.
+    heartbeat: Option<Duration>,
 }
 
 /// One WebSocket of a session. A session in a call outlives the connection it started on: when
@@ -142,6 +146,7 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
         worker_done: false,
         resume: None,
         held: None,
+        heartbeat: None,
     };
     let mut limiter = Limiter {
         tokens: RATE_BURST,
@@ -340,7 +345,13 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                         }
                     }
                     (None, Some(l)) => {
-                        if now.duration_since(last_seen) > IDLE_TIMEOUT {
+                        let silent = now.duration_since(last_seen);
+                        if s.heartbeat.is_some_and(|hb| silent > hb * HEARTBEATS_MISSED) && s.resume.is_some() {
+                            // Half-open after a network change: hold it; the client resumes.
+                            if hold(&state, &mut s, &mut link) { continue }
+                            break;
+                        }
+                        if silent > IDLE_TIMEOUT {
                             let _ = send(&mut l.sink, &ServerMessage::error(ErrorCode::IdleTimeout, "nothing received for 60 seconds")).await;
                             break;
                         }
@@ -522,7 +533,14 @@ async fn on_client(
             token,
             room,
             client,
-        } => return enter(state, url_room, s, sink, v, &token, room, client.sdk).await,
+        } => {
+            // A heartbeat faster than 0.5 s or slower than 10 s is not one to judge by.
+            s.heartbeat = client
+                .heartbeat_ms
+                .filter(|ms| (500..=10_000).contains(ms))
+                .map(Duration::from_millis);
+            return enter(state, url_room, s, sink, v, &token, room, client.sdk).await;
+        }
         ClientMessage::Resume { .. } if s.entered.is_some() => {
             return flow(
                 send(

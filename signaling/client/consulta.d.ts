@@ -34,7 +34,16 @@ export interface ConnectOptions {
   onWaiting?: () => void;
   /** Consent to being recorded, given up front; same as calling setRecordingConsent(true) after joining. */
   recordingConsent?: boolean;
+  /**
+   * How long (ms) the SDK keeps trying to reconnect after the connection is lost (network change,
+   * Wi-Fi drop, proxy restart) before it gives up with `closed` (reason `reconnect_failed`).
+   * Default 60000; `0` or `false` turns automatic reconnection off.
+   */
+  reconnectTimeout?: number | false;
 }
+
+/** `connectionState`: the peer connection's state, or `reconnecting` while the SDK reconnects. */
+export type CallConnectionState = RTCPeerConnectionState | 'reconnecting';
 
 /** The consultation's recording state ('recording' event, `call.recording`). */
 export interface RecordingState {
@@ -59,9 +68,12 @@ export interface Participant {
   tracks: { audio?: MediaStreamTrack; video?: MediaStreamTrack };
   /** One stream holding this participant's received audio and video; null before the first track. */
   stream: MediaStream | null;
-  /** Set on the object passed to `participant-left`. */
-  reason?: 'left' | 'disconnected' | 'replaced' | 'kicked' | (string & {}) | null;
+  /** Set on the object passed to `participant-left`; `lost`: its connection was lost and it did
+   * not come back within the server's reconnect grace period. */
+  reason?: 'left' | 'disconnected' | 'replaced' | 'kicked' | 'ended' | 'lost' | (string & {}) | null;
   left?: boolean;
+  /** True between 'participant-reconnecting' and 'participant-reconnected'. */
+  reconnecting?: boolean;
   [extra: string]: unknown;
 }
 
@@ -95,7 +107,7 @@ export interface CallErrorEvent {
 }
 
 export interface ClosedEvent {
-  /** `left`, `disconnected`, or the fatal server error code (e.g. `session_replaced`). */
+  /** `left`, `disconnected`, `reconnect_failed`, or the fatal server error code (e.g. `session_replaced`). */
   reason: string;
 }
 
@@ -166,7 +178,14 @@ export interface CallEvents {
   'track-published': (event: PublicationEvent) => void;
   'track-unpublished': (event: PublicationEvent) => void;
   mute: (event: MuteEvent) => void;
-  'connection-state': (state: RTCPeerConnectionState) => void;
+  'connection-state': (state: CallConnectionState) => void;
+  /** Our connection was lost; the SDK is reconnecting (local media is kept). */
+  reconnecting: (event: { reason: string }) => void;
+  /** Back in the same session (or, when the server no longer held it, in a new one). */
+  reconnected: () => void;
+  /** Another participant lost its connection; the server holds its place while it reconnects. */
+  'participant-reconnecting': (participant: Participant) => void;
+  'participant-reconnected': (participant: Participant) => void;
   error: (error: CallErrorEvent) => void;
   closed: (event: ClosedEvent) => void;
   /** Recording started, stopped, or now waits for someone's consent. */
@@ -192,7 +211,7 @@ export declare class Call {
   readonly participant: LocalParticipant | null;
   readonly sessionId: string | null;
   readonly iceServers: RTCIceServer[];
-  readonly connectionState: RTCPeerConnectionState;
+  readonly connectionState: CallConnectionState;
   readonly closed: boolean;
   readonly muted: MutedState;
   readonly peerConnection: RTCPeerConnection | null;

@@ -17,7 +17,22 @@ export const version = '0.1.0';
 
 const SDK_NAME = 'consulta-js/1';
 const PROTOCOL_VERSION = 1;
-const PING_INTERVAL_MS = 10_000;
+// Once in a call the server is pinged every second and a silence of 2.5 s means the WebSocket is
+// dead: after a network change (a phone leaving Wi-Fi) Chromium keeps the old connection open
+// and says nothing (no close, no `offline`), and ICE takes 5-7 s to notice. A false alarm costs
+// one resume on a new connection; media goes on meanwhile.
+const PING_INTERVAL_MS = 1_000;
+const SILENCE_TIMEOUT_MS = 2_500;
+const WATCH_INTERVAL_MS = 500;
+// Reconnection: jittered exponential backoff between attempts, and the default give-up time.
+const RECONNECT_MIN_DELAY_MS = 250;
+const RECONNECT_MAX_DELAY_MS = 4_000;
+const RECONNECT_TIMEOUT_MS = 60_000;
+const RESUME_TIMEOUT_MS = 5_000;
+// ICE 'disconnected' for this long (it may heal by itself) before an ICE restart is asked for.
+const ICE_DISCONNECTED_RESTART_MS = 1_500;
+// After asking for an ICE restart, how long before asking again.
+const ICE_RESTART_RETRY_MS = 5_000;
 const JOIN_TIMEOUT_MS = 15_000;
 const ANSWER_TIMEOUT_MS = 15_000;
 const LEAVE_GRACE_MS = 1_000;
@@ -118,6 +133,16 @@ export class Call {
     this._videoHints = HD_BITRATE_HINTS;
     this._maxVideoBitrate = HD_MAX_BITRATE;
     this._preferredCodec = null; // set once the browser accepted preferredVideoCodec
+    this._url = null;
+    this._resumeSecret = null; // from `joined`: proves a resume is this session
+    this._resumeWaiter = null; // {resolve, reject} while a resume waits for `resumed`
+    this._reconnecting = false;
+    this._leaving = false;
+    this._lastFrameAt = 0;
+    this._iceTimer = null;
+    this._iceRestartAskedAt = 0;
+    this._unsentMute = new Set(); // kinds whose mute state could not be sent (no connection)
+    this._onNetworkChange = () => this._networkChanged();
   }
 
   // ----- events -------------------------------------------------------------------------------
@@ -172,11 +197,13 @@ export class Call {
     if (this.localStream) {
       for (const t of this.localStream.getTracks()) if (t.kind === kind) t.enabled = !muted;
     }
-    this._send({ type: 'mute', kind, muted });
+    if (this._send({ type: 'mute', kind, muted })) this._unsentMute.delete(kind);
+    else this._unsentMute.add(kind);
   }
 
   async leave() {
     if (this.closed) return;
+    this._leaving = true;
     const left = new Promise((resolve) => {
       this._leftWaiter = resolve;
       setTimeout(resolve, LEAVE_GRACE_MS);
@@ -281,7 +308,8 @@ export class Call {
 
   async _start() {
     const o = this.options;
-    await this._openSocket(o.url || defaultUrl());
+    this._url = o.url || defaultUrl();
+    await this._openSocket(this._url);
     const joined = await this._join();
     this._onJoined(joined);
 
@@ -299,7 +327,8 @@ export class Call {
 
   async _setupMedia(joined) {
     const o = this.options;
-    const stream = await this._getLocalMedia();
+    // A rebuilt call keeps the media it already has: no second camera prompt.
+    const stream = this.localStream || (await this._getLocalMedia());
     if (this.closed) {
       if (stream && !o.localStream) for (const t of stream.getTracks()) t.stop();
       throw new ConsultaError('connection_closed', 'the call closed while starting');
@@ -331,6 +360,7 @@ export class Call {
       let opened = false;
       ws.onopen = () => {
         opened = true;
+        this._lastFrameAt = Date.now();
         resolve();
       };
       ws.onerror = () => {
@@ -341,9 +371,14 @@ export class Call {
           reject(new ConsultaError('connection_failed', `WebSocket to ${url} closed (${ev.code})`));
           return;
         }
-        this._onSocketClosed(ev);
+        // A socket this call already replaced says nothing about the call.
+        if (ws === this._ws) this._onSocketClosed(ev);
       };
-      ws.onmessage = (ev) => this._onMessage(ev.data);
+      ws.onmessage = (ev) => {
+        if (ws !== this._ws) return;
+        this._lastFrameAt = Date.now();
+        this._onMessage(ev.data);
+      };
     });
   }
 
@@ -356,7 +391,11 @@ export class Call {
         type: 'join',
         v: PROTOCOL_VERSION,
         token: this.options.token,
-        client: { sdk: SDK_NAME, ua: typeof navigator !== 'undefined' ? navigator.userAgent : '' },
+        client: {
+          sdk: SDK_NAME,
+          ua: typeof navigator !== 'undefined' ? navigator.userAgent : '',
+          heartbeat_ms: PING_INTERVAL_MS,
+        },
       };
       if (this.options.room != null) join.room = this.options.room;
       this._send(join);
@@ -365,19 +404,286 @@ export class Call {
     });
   }
 
-  _onJoined(m) {
+  _onJoined(m, announce = false) {
     this.sessionId = m.session_id ?? null;
     this.participant = m.participant ?? null;
-    for (const p of m.participants || []) {
-      const obj = this._participant(p.identity, p);
-      this._announced.add(obj);
-    }
+    this._resumeSecret = m.resume_secret ?? null;
+    this._syncParticipants(m.participants || [], announce);
     this.waiting = false;
     this._startPing();
+    if (typeof window !== 'undefined' && window.addEventListener) {
+      window.addEventListener('online', this._onNetworkChange);
+    }
+    const conn = typeof navigator !== 'undefined' ? navigator.connection : null;
+    if (conn && conn.addEventListener) conn.addEventListener('change', this._onNetworkChange);
+  }
+
+  /**
+   * Makes `participants` (a `joined` or `resumed` list) the room: the ones missing leave, the new
+   * ones join, the others get their mute state. `announce`: emit events for the differences.
+   */
+  _syncParticipants(list, announce) {
+    const present = new Set();
+    for (const info of list) {
+      if (!info || !info.identity) continue;
+      present.add(info.identity);
+      const known = this.participants.get(info.identity);
+      const wasAnnounced = known && this._announced.has(known);
+      const p = this._participant(info.identity, info);
+      p.reconnecting = false;
+      this._announced.add(p);
+      if (announce && !wasAnnounced) this._emit('participant-joined', p);
+    }
+    if (!announce) return;
+    for (const [identity, p] of [...this.participants]) {
+      if (present.has(identity) || !this._announced.has(p)) continue;
+      this._removeParticipant(p, 'left');
+    }
+  }
+
+  _removeParticipant(p, reason) {
+    this.participants.delete(p.identity);
+    for (const [mid, a] of [...this._attached]) if (a.participant === p) this._detach(mid);
+    p.reason = reason ?? null;
+    p.left = true;
+    this._emit('participant-left', p, p.reason);
   }
 
   _startPing() {
-    if (!this._pingTimer) this._pingTimer = setInterval(() => this._send({ type: 'ping' }), PING_INTERVAL_MS);
+    if (this._pingTimer) return;
+    let lastPing = 0;
+    this._pingTimer = setInterval(() => {
+      if (this._reconnecting || this.closed) return;
+      const now = Date.now();
+      if (now - lastPing >= PING_INTERVAL_MS) {
+        lastPing = now;
+        this._send({ type: 'ping' });
+      }
+      // Joined and silent for too long: the connection is dead though no error said so.
+      if (this._resumeSecret && now - this._lastFrameAt > SILENCE_TIMEOUT_MS) {
+        this._connectionLost('signaling silent');
+      }
+    }, WATCH_INTERVAL_MS);
+  }
+
+  // ----- reconnection -------------------------------------------------------------------------
+
+  /** The browser says its network changed: check the path now rather than wait for timeouts. */
+  _networkChanged() {
+    if (this.closed || this._reconnecting || !this._resumeSecret) return;
+    if (!this._send({ type: 'ping' })) {
+      this._connectionLost('network changed');
+      return;
+    }
+    this._askIceRestart(true);
+  }
+
+  /** Signaling or media is lost for good: reconnect, unless reconnection is off. */
+  _connectionLost(why) {
+    if (this.closed || this._leaving) return;
+    const timeout = this._reconnectTimeout();
+    if (!this._resumeSecret || timeout <= 0) {
+      this._teardown({ reason: 'disconnected' });
+      return;
+    }
+    if (this._reconnecting) return;
+    this._reconnecting = true;
+    const old = this._ws;
+    this._ws = null;
+    if (old && (old.readyState === 0 || old.readyState === 1)) {
+      try {
+        old.close(4000, 'reconnecting');
+      } catch (e) {
+        /* already closing */
+      }
+    }
+    this.connectionState = 'reconnecting';
+    this._emit('connection-state', 'reconnecting');
+    this._emit('reconnecting', { reason: why });
+    this._reconnectLoop(Date.now() + timeout).catch((e) => {
+      this._teardown({ reason: (e && e.code) || 'reconnect_failed' });
+    });
+  }
+
+  _reconnectTimeout() {
+    const t = this.options.reconnectTimeout;
+    if (t === false) return 0;
+    return typeof t === 'number' && t >= 0 ? t : RECONNECT_TIMEOUT_MS;
+  }
+
+  async _reconnectLoop(deadline) {
+    let delay = RECONNECT_MIN_DELAY_MS;
+    let rejoin = false; // the server refused to resume: only a new join will do
+    for (let attempt = 0; !this.closed; attempt++) {
+      if (attempt > 0) {
+        // Full jitter: many clients of one restarted proxy do not come back in step.
+        await sleep(delay / 2 + Math.random() * (delay / 2));
+        delay = Math.min(delay * 2, RECONNECT_MAX_DELAY_MS);
+      }
+      if (this.closed) return;
+      if (Date.now() > deadline) throw new ConsultaError('reconnect_failed', 'could not reconnect in time');
+      try {
+        await this._openSocket(this._url);
+      } catch (e) {
+        continue; // the network is not back yet
+      }
+      let resumed;
+      try {
+        if (!rejoin) resumed = await this._resume();
+      } catch (e) {
+        if (!e || (e.code !== 'resume_refused' && e.code !== 'connection_lost')) {
+          this._dropSocket();
+          continue;
+        }
+        // The server no longer holds this session: join again as a new one.
+        rejoin = true;
+        this._dropSocket();
+        await this._openSocket(this._url).catch(() => {});
+      }
+      if (rejoin) {
+        try {
+          await this._rejoin();
+        } catch (e) {
+          if (e && e.fatal) throw e; // e.g. the token expired: nothing more to try
+          this._dropSocket();
+          continue;
+        }
+        this._reconnected();
+        return;
+      }
+      this._syncParticipants(resumed.participants || [], true);
+      for (const kind of [...this._unsentMute]) {
+        if (this._send({ type: 'mute', kind, muted: this.muted[kind] })) this._unsentMute.delete(kind);
+      }
+      // The old path may look up (ICE notices a dead path only after seconds) while nothing
+      // arrives on it: restart unless media is seen flowing.
+      if (!iceUp(this._pc) || !(await this._mediaFlowing())) this._askIceRestart(true);
+      await this._waitForIce(deadline);
+      this._reconnected();
+      return;
+    }
+  }
+
+  _reconnected() {
+    if (this.closed) return;
+    this._reconnecting = false;
+    this.connectionState = this._pc ? this._pc.connectionState : 'connected';
+    this._emit('connection-state', this.connectionState);
+    this._emit('reconnected');
+  }
+
+  _dropSocket() {
+    const ws = this._ws;
+    this._ws = null;
+    if (ws) {
+      try {
+        ws.close(4000, 'retry');
+      } catch (e) {
+        /* ignore */
+      }
+    }
+  }
+
+  _resume() {
+    return new Promise((resolve, reject) => {
+      this._resumeWaiter = withDeadline(resolve, reject, RESUME_TIMEOUT_MS, 'no `resumed` from the server');
+      const sent = this._send({
+        type: 'resume',
+        v: PROTOCOL_VERSION,
+        session_id: this.sessionId,
+        secret: this._resumeSecret,
+      });
+      if (!sent) this._resumeWaiter.reject(new ConsultaError('connection_closed', 'signaling closed'));
+    }).finally(() => {
+      this._resumeWaiter = null;
+    });
+  }
+
+  /**
+   * Whether media arrives now: bytes received on the peer connection grow within ~0.3 s. With
+   * no remote track to receive, ICE's own state is all there is to go by.
+   */
+  async _mediaFlowing() {
+    const pc = this._pc;
+    if (!pc || this._attached.size === 0) return iceUp(pc);
+    const received = async () => {
+      let bytes = 0;
+      (await pc.getStats()).forEach((s) => {
+        if (s.type === 'inbound-rtp') bytes += num(s.bytesReceived);
+      });
+      return bytes;
+    };
+    try {
+      const before = await received();
+      await sleep(300);
+      return (await received()) > before;
+    } catch (e) {
+      return iceUp(pc);
+    }
+  }
+
+  /** Resolves once ICE is up and media arrives again (asking for restarts meanwhile), or at the deadline. */
+  async _waitForIce(deadline) {
+    while (!this.closed && Date.now() < deadline) {
+      if (!this._ws || this._ws.readyState !== 1) return; // the socket broke: the heartbeat retries
+      if (iceUp(this._pc) && (await this._mediaFlowing())) return;
+      this._askIceRestart(false);
+      await sleep(100);
+    }
+  }
+
+  /** Asks the server for an ICE restart offer (at most every few seconds unless `now`). */
+  _askIceRestart(now) {
+    if (!this._pc || this.closed) return;
+    const t = Date.now();
+    if (!now && t - this._iceRestartAskedAt < ICE_RESTART_RETRY_MS) return;
+    if (this._send({ type: 'restart-ice' })) this._iceRestartAskedAt = t;
+  }
+
+  /** The session is gone on the server: a new peer connection and a new join, same media. */
+  async _rejoin() {
+    for (const mid of [...this._attached.keys()]) this._detach(mid);
+    if (this._pc) {
+      try {
+        this._pc.close();
+      } catch (e) {
+        /* closed */
+      }
+    }
+    this._pc = null;
+    this._offerSent = false;
+    this._localCandidates = [];
+    this._queuedMaps = [];
+    this._midMap = new Map();
+    this._negotiation = Promise.resolve();
+    this._resumeSecret = null;
+    const joined = await this._join();
+    this._onJoined(joined, true);
+    await this._enqueue(async () => {
+      await this._setupMedia(joined);
+      await this._publish();
+    });
+    this._unsentMute.clear();
+    for (const kind of ['audio', 'video']) if (this.muted[kind]) this._send({ type: 'mute', kind, muted: true });
+    if (this.recordingConsent) this._send({ type: 'recording-consent', consent: true });
+  }
+
+  /** Fresh TURN credentials from the server: used from now on, and at once if relayed. */
+  async _applyIceServers(list) {
+    if (!Array.isArray(list) || (this.options.iceServers && this.options.iceServers.length)) return;
+    this.iceServers = list;
+    const pc = this._pc;
+    if (!pc || this.closed) return;
+    try {
+      pc.setConfiguration({ ...pc.getConfiguration(), iceServers: list });
+    } catch (e) {
+      console.warn('consulta: setConfiguration failed', e);
+      return;
+    }
+    // A relayed path holds an allocation made with the old credentials: restart ICE onto new
+    // allocations before those expire. A direct path needs nothing.
+    const { candidatePair } = await this.stats();
+    if (candidatePair && candidatePair.localType === 'relay') this._askIceRestart(true);
   }
 
   /**
@@ -524,8 +830,21 @@ export class Call {
       else this._localCandidates.push(msg);
     };
     pc.onconnectionstatechange = () => {
+      if (pc !== this._pc || this._reconnecting) return;
       this.connectionState = pc.connectionState;
       this._emit('connection-state', pc.connectionState);
+    };
+    pc.oniceconnectionstatechange = () => {
+      if (pc !== this._pc || this.closed) return;
+      const state = pc.iceConnectionState;
+      clearTimeout(this._iceTimer);
+      if (state === 'failed') this._askIceRestart(true);
+      else if (state === 'disconnected') {
+        // It may heal by itself (a few lost consent checks); if not, restart.
+        this._iceTimer = setTimeout(() => {
+          if (pc === this._pc && pc.iceConnectionState === 'disconnected') this._askIceRestart(true);
+        }, ICE_DISCONNECTED_RESTART_MS);
+      }
     };
     pc.ontrack = (ev) => {
       try {
@@ -750,13 +1069,23 @@ export class Call {
       case 'participant-left': {
         const p = this.participants.get(m.identity);
         if (!p) break;
-        this.participants.delete(m.identity);
-        for (const [mid, a] of [...this._attached]) if (a.participant === p) this._detach(mid);
-        p.reason = m.reason ?? null;
-        p.left = true;
-        this._emit('participant-left', p, p.reason);
+        this._removeParticipant(p, m.reason);
         break;
       }
+      case 'participant-reconnecting':
+      case 'participant-reconnected': {
+        const p = this.participants.get(m.identity);
+        if (!p) break;
+        p.reconnecting = m.type === 'participant-reconnecting';
+        this._emit(m.type, p);
+        break;
+      }
+      case 'resumed':
+        if (this._resumeWaiter) this._resumeWaiter.resolve(m);
+        break;
+      case 'ice-servers':
+        this._applyIceServers(m.ice_servers).catch((e) => this._clientError(e));
+        break;
       case 'track-published': {
         const p = this._participant(m.identity);
         if (m.kind === 'audio' || m.kind === 'video') p.published[m.kind] = true;
@@ -805,6 +1134,11 @@ export class Call {
 
   _onServerError(m) {
     const err = new ConsultaError(m.code || 'unknown', m.message || m.code, { fatal: !!m.fatal });
+    if (this._resumeWaiter) {
+      // The reconnect loop decides: a refused resume becomes a new join.
+      this._resumeWaiter.reject(err);
+      return;
+    }
     if (this._joinWaiter) {
       // Any error before `joined` fails connect().
       this._joinWaiter.reject(err);
@@ -820,13 +1154,19 @@ export class Call {
 
   _onSocketClosed(ev) {
     const err = new ConsultaError('connection_closed', `signaling closed (${ev.code})`);
+    if (this._resumeWaiter) {
+      this._resumeWaiter.reject(err);
+      return;
+    }
     if (this._joinWaiter) {
       this._joinWaiter.reject(err);
       this._joinWaiter = null;
     }
+    if (this._reconnecting) return; // the reconnect loop tries again
     if (this._pendingAnswer) this._pendingAnswer.reject(err);
     if (this._leftWaiter) this._leftWaiter();
-    if (!this.closed) this._teardown({ reason: 'disconnected' });
+    // In a call, a connection that dies without our goodbye is reconnected.
+    if (!this.closed) this._connectionLost('signaling closed');
   }
 
   _clientError(e) {
@@ -842,6 +1182,14 @@ export class Call {
     this.closed = true;
     if (this._pingTimer) clearInterval(this._pingTimer);
     this._pingTimer = null;
+    clearTimeout(this._iceTimer);
+    this._reconnecting = false;
+    if (this._resumeWaiter) this._resumeWaiter.reject(new ConsultaError('connection_closed', 'the call closed'));
+    if (typeof window !== 'undefined' && window.removeEventListener) {
+      window.removeEventListener('online', this._onNetworkChange);
+    }
+    const conn = typeof navigator !== 'undefined' ? navigator.connection : null;
+    if (conn && conn.removeEventListener) conn.removeEventListener('change', this._onNetworkChange);
     if (this._joinWaiter) {
       this._joinWaiter.reject(new ConsultaError('connection_closed', 'the call closed'));
       this._joinWaiter = null;
@@ -1031,6 +1379,14 @@ function midMapOf(tracks) {
 
 function num(v) {
   return typeof v === 'number' ? v : 0;
+}
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function iceUp(pc) {
+  return !!pc && (pc.iceConnectionState === 'connected' || pc.iceConnectionState === 'completed');
 }
 
 function defaultUrl() {

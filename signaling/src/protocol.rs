@@ -26,6 +26,11 @@ pub struct ClientInfo {
     pub sdk: Option<String>,
     #[serde(default)]
     pub ua: Option<String>,
+    /// Milliseconds between the client's pings once in a call: a client that promises a
+    /// heartbeat and goes silent for three of them has lost its connection (a half-open one
+    /// after a network change reports no error), and is held for its resume.
+    #[serde(default)]
+    pub heartbeat_ms: Option<u64>,
 }
 
 /// A message from the browser.
