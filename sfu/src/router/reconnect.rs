@@ -10,6 +10,7 @@
 use std::time::Instant;
 
 use consulta_signaling::protocol::{ErrorCode, LeaveReason, ServerMessage};
+use str0m::media::Mid;
 
 use super::RouterHost;
 use crate::transport::Wire;
@@ -61,8 +62,17 @@ impl<W: Wire> RouterHost<W> {
             _ => {}
         }
         if path == Path::Ice && was.ice && !lost {
-            // Whatever it received was cut off mid-frame: start its video at keyframes.
+            // Media was cut off mid-frame both ways: what it receives and what the room
+            // receives from it restart at keyframes.
             self.request_keyframes_for(peer);
+            let own: Vec<Mid> = self
+                .transports
+                .get(&peer)
+                .map(|t| t.producers.iter().map(|p| p.mid).collect())
+                .unwrap_or_default();
+            for mid in own {
+                self.request_keyframe(peer, mid);
+            }
         }
     }
 
