@@ -489,6 +489,13 @@ fn renew_after(ttl: u64) -> Duration {
     Duration::from_secs(ttl - (ttl / 2).min(300))
 }
 
+fn unsupported_version() -> ServerMessage {
+    ServerMessage::error(
+        ErrorCode::UnsupportedVersion,
+        format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+    )
+}
+
 fn resume_refused() -> ServerMessage {
     ServerMessage::error(
         ErrorCode::ResumeRefused,
@@ -559,14 +566,7 @@ async fn on_client(
             secret,
         } => {
             if v != PROTOCOL_VERSION {
-                let _ = send(
-                    sink,
-                    &ServerMessage::error(
-                        ErrorCode::UnsupportedVersion,
-                        format!("this server speaks protocol version {PROTOCOL_VERSION}"),
-                    ),
-                )
-                .await;
+                let _ = send(sink, &unsupported_version()).await;
                 return Flow::Close;
             }
             return match find_resumable(state, &session_id, &secret) {
@@ -690,14 +690,7 @@ async fn enter(
     client_sdk: Option<String>,
 ) -> Flow {
     if v != PROTOCOL_VERSION {
-        let _ = send(
-            sink,
-            &ServerMessage::error(
-                ErrorCode::UnsupportedVersion,
-                format!("this server speaks protocol version {PROTOCOL_VERSION}"),
-            ),
-        )
-        .await;
+        let _ = send(sink, &unsupported_version()).await;
         return Flow::Close;
     }
     let claims = match JoinToken::verify(token, &state.token_secret, crate::unix_now()) {
