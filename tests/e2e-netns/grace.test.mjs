@@ -7,7 +7,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { sleep, waitForVideo, pollUntil } from '../e2e/harness.mjs';
+import { sleep, pollUntil } from '../e2e/harness.mjs';
 import {
   NS,
   assertInNamespaces,
@@ -18,6 +18,7 @@ import {
   openWatched,
   sh,
   startRoamingServer,
+  joinCall,
 } from './roaming-net.mjs';
 
 const GRACE_S = 5;
@@ -46,13 +47,7 @@ async function lostForGood(label, lose) {
   try {
     doctor = await openWatched(doctorBrowser, server, 'doctor');
     patient = await openWatched(patientBrowser, server, 'patient');
-    const media = { audio: true, video: { width: 640, height: 360 } };
-    for (const [p, id, role] of [[doctor, 'dr-ana', 'doctor'], [patient, 'pt-joao', 'patient']]) {
-      const res = await p.join({ token: await server.token({ room, identity: id, role }), media });
-      assert.equal(res.ok, true, `${id}: ${res.code} ${res.message}`);
-    }
-    await waitForVideo(doctor, 'pt-joao', { timeout: 30_000 });
-    await waitForVideo(patient, 'dr-ana', { timeout: 30_000 });
+    await joinCall(server, room, doctor, patient, { width: 640, height: 360 });
     await sleep(2_000);
 
     const t0 = await lose();

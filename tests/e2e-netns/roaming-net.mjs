@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { inboundFrom, launchBrowser, openParticipant, sleep, startServer } from '../e2e/harness.mjs';
+import { inboundFrom, launchBrowser, openParticipant, sleep, startServer, waitForVideo } from '../e2e/harness.mjs';
 
 export const NS = {
   server: process.env.CONSULTA_NETNS_SERVER,
@@ -195,6 +195,17 @@ export async function openWatched(browser, server, name) {
  * A monotonic count of the video frames `who` decoded from `from`, across peer connections: a
  * stream whose framesDecoded went down (a new peer connection) counts from zero again.
  */
+/** Joins the doctor and the patient to `room` and waits until each decodes the other's video. */
+export async function joinCall(server, room, doctor, patient, video) {
+  const media = { audio: true, video };
+  for (const [p, id, role] of [[doctor, 'dr-ana', 'doctor'], [patient, 'pt-joao', 'patient']]) {
+    const res = await p.join({ token: await server.token({ room, identity: id, role }), media });
+    assert.equal(res.ok, true, `${id}: ${res.code} ${res.message}`);
+  }
+  await waitForVideo(doctor, 'pt-joao', { timeout: 30_000 });
+  await waitForVideo(patient, 'dr-ana', { timeout: 30_000 });
+}
+
 export class DecodedFrames {
   constructor(from) {
     this.from = from;

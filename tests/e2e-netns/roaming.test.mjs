@@ -11,7 +11,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { waitForVideo, sleep } from '../e2e/harness.mjs';
+import { sleep } from '../e2e/harness.mjs';
 import {
   NS,
   assertInNamespaces,
@@ -24,6 +24,7 @@ import {
   roamPatient,
   sampleDecoding,
   startRoamingServer,
+  joinCall,
 } from './roaming-net.mjs';
 
 const RUNS = Number(process.env.ROAMING_RUNS || 5);
@@ -57,13 +58,7 @@ async function oneRun(run) {
   try {
     doctor = await openWatched(doctorBrowser, server, 'doctor');
     patient = await openWatched(patientBrowser, server, 'patient');
-    const media = { audio: true, video: { width: 1280, height: 720 } };
-    for (const [p, id, role] of [[doctor, 'dr-ana', 'doctor'], [patient, 'pt-joao', 'patient']]) {
-      const res = await p.join({ token: await server.token({ room, identity: id, role }), media });
-      assert.equal(res.ok, true, `${id}: ${res.code} ${res.message}`);
-    }
-    await waitForVideo(doctor, 'pt-joao', { timeout: 30_000 });
-    await waitForVideo(patient, 'dr-ana', { timeout: 30_000 });
+    await joinCall(server, room, doctor, patient, { width: 1280, height: 720 });
     const before = (await patient.stats()).candidatePair;
     await sleep(FLOW_BEFORE_CHANGE_MS);
 

@@ -9,7 +9,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { pollUntil, sleep, waitForVideo } from '../e2e/harness.mjs';
+import { pollUntil, sleep } from '../e2e/harness.mjs';
 import {
   NS,
   assertInNamespaces,
@@ -22,6 +22,7 @@ import {
   sh,
   stallCheck,
   startRoamingServer,
+  joinCall,
 } from './roaming-net.mjs';
 
 const CUT_MS = 3_000;
@@ -50,13 +51,7 @@ describe('the signaling WebSocket is cut for 3 s, media keeps flowing', () => {
     const patient = await openWatched(browsers[1], server, 'patient');
     let failed = true;
     try {
-      const media = { audio: true, video: { width: 1280, height: 720 } };
-      for (const [p, id, role] of [[doctor, 'dr-ana', 'doctor'], [patient, 'pt-joao', 'patient']]) {
-        const res = await p.join({ token: await server.token({ room, identity: id, role }), media });
-        assert.equal(res.ok, true, `${id}: ${res.code} ${res.message}`);
-      }
-      await waitForVideo(doctor, 'pt-joao', { timeout: 30_000 });
-      await waitForVideo(patient, 'dr-ana', { timeout: 30_000 });
+      await joinCall(server, room, doctor, patient, { width: 1280, height: 720 });
       await sleep(3_000);
 
       let end = Infinity;
