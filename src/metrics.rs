@@ -415,6 +415,12 @@ pub fn render(
         s.ice_restarts,
     );
     o.one(
+        "consulta_track_restarts_total",
+        "counter",
+        "Forwarded video tracks restarted at a keyframe after their path was cut (a network change).",
+        s.track_restarts,
+    );
+    o.one(
         "consulta_ice_tcp_sessions_total",
         "counter",
         "ICE-TCP connections routed to a participant.",

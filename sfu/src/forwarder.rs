@@ -71,6 +71,15 @@ impl Forwarder {
         }
     }
 
+    /// The path was cut (either side's network changed): video waits for the next keyframe, as
+    /// what follows a gap cannot be decoded; numbering continues without a gap, so the subscriber
+    /// does not ask for packets that never reached the server.
+    pub fn restart(&mut self) {
+        if self.video && !self.paused {
+            self.waiting_keyframe = true;
+        }
+    }
+
     /// Decides for one incoming packet (`seq` is the publisher's extended sequence number).
     pub fn on_packet(&mut self, seq: u64, keyframe_start: bool) -> Verdict {
         if self.paused {
@@ -236,6 +245,29 @@ mod tests {
         assert_eq!(f.on_packet(500, false), Verdict::WaitKeyframe);
         assert_eq!(f.on_packet(501, true), Verdict::Forward(12));
         assert_eq!(f.on_packet(502, false), Verdict::Forward(13));
+    }
+
+    #[test]
+    fn restart_after_a_gap_waits_for_a_keyframe_and_numbers_without_a_gap() {
+        let mut f = Forwarder::new(true, 10);
+        assert_eq!(f.on_packet(1, true), Verdict::Forward(10));
+        assert_eq!(f.on_packet(2, false), Verdict::Forward(11));
+        // The publisher's path was cut: packets 3..=500 never arrived.
+        f.restart();
+        assert!(f.is_waiting_keyframe());
+        assert_eq!(f.on_packet(501, false), Verdict::WaitKeyframe);
+        assert_eq!(f.on_packet(502, true), Verdict::Forward(12));
+        assert_eq!(f.on_packet(503, false), Verdict::Forward(13));
+        // Audio never waits.
+        let mut a = Forwarder::new(false, 1);
+        assert_eq!(a.on_packet(7, false), Verdict::Forward(1));
+        a.restart();
+        assert_eq!(a.on_packet(90, false), Verdict::Forward(84));
+        // A paused consumer stays paused (resume decides what comes next).
+        let mut p = Forwarder::new(true, 1);
+        p.pause();
+        p.restart();
+        assert!(!p.is_waiting_keyframe());
     }
 
     #[test]

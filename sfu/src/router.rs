@@ -783,6 +783,9 @@ impl<W: Wire> RouterHost<W> {
             for (peer, up) in std::mem::take(&mut self.outbox.ice) {
                 self.set_lost(peer, Path::Ice, !up);
             }
+            for (peer, mid) in std::mem::take(&mut self.outbox.stream_resumed) {
+                self.restart_track(peer, mid);
+            }
             for (peer, ufrag) in std::mem::take(&mut self.outbox.ufrags) {
                 self.register_demux(DemuxUpdate::Register {
                     ufrag,

@@ -253,6 +253,7 @@ counters!(
     reconnects_completed,
     reconnects_expired,
     ice_restarts,
+    track_restarts,
 );
 
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub(crate) struct Outbox {
     pub ice: Vec<(PeerId, bool)>,
     /// A new local ICE ufrag (an ICE restart offer) for the demux.
     pub ufrags: Vec<(PeerId, String)>,
+    /// A publisher's incoming stream flows again after str0m saw it stop (its path was cut).
+    pub stream_resumed: Vec<(PeerId, Mid)>,
     pub faults: Vec<(PeerId, Fault)>,
 }
 
@@ -69,6 +71,7 @@ impl Outbox {
             && self.connected.is_empty()
             && self.ice.is_empty()
             && self.ufrags.is_empty()
+            && self.stream_resumed.is_empty()
             && self.faults.is_empty()
     }
 }
@@ -170,6 +173,9 @@ pub(crate) struct Transport {
     pub lost: LostPaths,
     /// An ICE restart goes into the next offer.
     pub restart_ice: bool,
+    /// An ICE restart was offered and ICE has not connected since: when it does, media both
+    /// ways restarts at keyframes (the old path may have been dead for seconds).
+    pub ice_restarted: bool,
     /// The outstanding offer as sent, offered again when a new connection resumes the session
     /// (the first copy may have died with the old one).
     pub last_offer: Option<ServerMessage>,
@@ -323,6 +329,7 @@ impl Transport {
             last_source: None,
             lost: LostPaths::default(),
             restart_ice: false,
+            ice_restarted: false,
             last_offer: None,
             created: now,
         }
@@ -420,6 +427,7 @@ impl Transport {
             // is back: the demux must route those checks already.
             outbox.ufrags.push((self.id, creds.ufrag.clone()));
             self.ufrag = creds.ufrag;
+            self.ice_restarted = true;
         }
         for c in &mut self.consumers {
             match c.state {
@@ -501,6 +509,7 @@ impl Transport {
         match e {
             Event::RtpPacket(p) => outbox.rtp.push((self.id, p)),
             Event::KeyframeRequest(r) => outbox.keyframe_requests.push((self.id, r.mid)),
+            Event::StreamPaused(s) if !s.paused => outbox.stream_resumed.push((self.id, s.mid)),
             Event::MediaAdded(m) => {
                 if matches!(m.direction, Direction::RecvOnly | Direction::SendRecv) {
                     outbox.media_added.push((self.id, m.mid, m.kind));

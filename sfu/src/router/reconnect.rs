@@ -10,7 +10,7 @@
 use std::time::Instant;
 
 use consulta_signaling::protocol::{ErrorCode, LeaveReason, ServerMessage};
-use str0m::media::Mid;
+use str0m::media::{MediaKind, Mid};
 
 use super::RouterHost;
 use crate::transport::Wire;
@@ -61,18 +61,51 @@ impl<W: Wire> RouterHost<W> {
             }
             _ => {}
         }
-        if path == Path::Ice && was.ice && !lost {
-            // Media was cut off mid-frame both ways: what it receives and what the room
-            // receives from it restart at keyframes.
-            self.request_keyframes_for(peer);
-            let own: Vec<Mid> = self
+        let restarted = path == Path::Ice
+            && !lost
+            && self
                 .transports
-                .get(&peer)
-                .map(|t| t.producers.iter().map(|p| p.mid).collect())
-                .unwrap_or_default();
-            for mid in own {
-                self.request_keyframe(peer, mid);
+                .get_mut(&peer)
+                .is_some_and(|t| std::mem::take(&mut t.ice_restarted));
+        if path == Path::Ice && !lost && (was.ice || restarted) {
+            self.restart_at_keyframes(peer);
+        }
+    }
+
+    /// `peer`'s path was cut (its ICE came back, or restarted on a new network): media was cut
+    /// off mid-frame both ways, so what it receives and what the room receives from it restart
+    /// at keyframes, with sequence numbers that continue without a gap.
+    pub(super) fn restart_at_keyframes(&mut self, peer: PeerId) {
+        let Some(t) = self.transports.get_mut(&peer) else {
+            return;
+        };
+        for c in &mut t.consumers {
+            c.forwarder.restart();
+        }
+        let own: Vec<Mid> = t.producers.iter().map(|p| p.mid).collect();
+        self.request_keyframes_for(peer);
+        for mid in own {
+            self.restart_track(peer, mid);
+        }
+    }
+
+    /// A publisher's track flows again after a gap (str0m saw the stream stop): every consumer
+    /// of it waits for a keyframe, asked for now, rather than forward frames that reference
+    /// what was lost (the subscribers would ask for repairs of packets the server never got,
+    /// and decode nothing until their own keyframe request, seconds later).
+    pub(super) fn restart_track(&mut self, publisher: PeerId, mid: Mid) {
+        let mut any = false;
+        for t in self.transports.values_mut() {
+            for c in &mut t.consumers {
+                if c.source == publisher && c.source_mid == mid && c.kind == MediaKind::Video {
+                    c.forwarder.restart();
+                    any = true;
+                }
             }
+        }
+        if any {
+            self.counters.track_restarts += 1;
+            self.request_keyframe(publisher, mid);
         }
     }
 
