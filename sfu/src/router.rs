@@ -745,6 +745,10 @@ impl<W: Wire> RouterHost<W> {
         // Handling one kind can produce more (a forwarded write drains a subscriber, which may
         // ask for a keyframe); loop until quiet.
         while !self.outbox.is_empty() {
+            // Before the packets: str0m reports a stream flowing again ahead of its first packet.
+            for (peer, mid) in std::mem::take(&mut self.outbox.stream_resumed) {
+                self.restart_track(peer, mid);
+            }
             let mut rtp = std::mem::take(&mut self.outbox.rtp);
             for (src, pkt) in rtp.drain(..) {
                 self.forward(src, pkt);
@@ -782,9 +786,6 @@ impl<W: Wire> RouterHost<W> {
             }
             for (peer, up) in std::mem::take(&mut self.outbox.ice) {
                 self.set_lost(peer, Path::Ice, !up);
-            }
-            for (peer, mid) in std::mem::take(&mut self.outbox.stream_resumed) {
-                self.restart_track(peer, mid);
             }
             for (peer, ufrag) in std::mem::take(&mut self.outbox.ufrags) {
                 self.register_demux(DemuxUpdate::Register {
@@ -835,6 +836,7 @@ impl<W: Wire> RouterHost<W> {
             throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL),
             codec: None,
             feedback: Default::default(),
+            stalled: false,
         });
         let (room, identity) = (t.room, t.identity.clone());
         for q in self.others_in(room, peer) {

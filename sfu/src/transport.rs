@@ -88,6 +88,8 @@ pub(crate) struct Producer {
     pub codec: Option<Codec>,
     /// RTCP feedback sent upstream so far.
     pub feedback: FeedbackCounts,
+    /// str0m saw the incoming stream stop (no packets for a while) and it has not flowed since.
+    pub stalled: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -509,7 +511,14 @@ impl Transport {
         match e {
             Event::RtpPacket(p) => outbox.rtp.push((self.id, p)),
             Event::KeyframeRequest(r) => outbox.keyframe_requests.push((self.id, r.mid)),
-            Event::StreamPaused(s) if !s.paused => outbox.stream_resumed.push((self.id, s.mid)),
+            // A stream's first packets also "unpause" it: only one that stopped restarts.
+            Event::StreamPaused(s) => {
+                if let Some(p) = self.producers.iter_mut().find(|p| p.mid == s.mid) {
+                    if std::mem::replace(&mut p.stalled, s.paused) && !s.paused {
+                        outbox.stream_resumed.push((self.id, s.mid));
+                    }
+                }
+            }
             Event::MediaAdded(m) => {
                 if matches!(m.direction, Direction::RecvOnly | Direction::SendRecv) {
                     outbox.media_added.push((self.id, m.mid, m.kind));

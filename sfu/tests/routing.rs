@@ -164,6 +164,59 @@ fn late_joiner_starts_at_a_requested_keyframe() {
 }
 
 #[test]
+fn a_stream_that_flows_again_after_a_gap_restarts_at_a_requested_keyframe() {
+    // A network change cuts a publisher off for seconds: what it sends next refers to frames
+    // the server never got. Subscribers must get the next keyframe (asked for at once), not
+    // frames they cannot decode, with numbering that has no gap to repair.
+    let mut net = Net::new(5);
+    let a = net.join("room-g", "patient", true);
+    let b = net.join("room-g", "doctor", false);
+    net.until(10, "both connected", connected);
+    net.settle(20);
+    let mut n = 0u32;
+    let mut send = |net: &mut Net, key: bool| {
+        net.write_vp8(a, n, key, 700);
+        n += 1;
+        net.settle(2);
+    };
+    send(&mut net, true);
+    for _ in 0..4 {
+        send(&mut net, false);
+    }
+    net.until(5, "frames before the gap", |n| {
+        n.received(b, MediaKind::Video).len() >= 5
+    });
+    // The path is cut for longer than str0m's 1.5 s pause threshold.
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(2_200);
+    while std::time::Instant::now() < until {
+        net.settle(5);
+    }
+    let requests_before = net.clients[a].keyframe_requests;
+    for _ in 0..4 {
+        send(&mut net, false);
+    }
+    net.until(5, "a keyframe request reaches the publisher", |n| {
+        n.clients[a].keyframe_requests > requests_before
+    });
+    assert_eq!(
+        net.received(b, MediaKind::Video).len(),
+        5,
+        "delta frames after the gap are held back"
+    );
+    send(&mut net, true);
+    send(&mut net, false);
+    net.until(5, "the keyframe after the gap", |n| {
+        n.received(b, MediaKind::Video).len() >= 7
+    });
+    let got = net.received(b, MediaKind::Video);
+    assert_eq!(&*got[5].data, &vp8_frame(true, 9, 700)[..]);
+    assert!(
+        got.iter().all(|m| m.contiguous),
+        "numbering has no gap across the cut"
+    );
+}
+
+#[test]
 fn leaving_stops_tracks_and_is_announced() {
     let mut net = Net::new(5);
     let a = net.join("room-3", "doctor", true);
