@@ -195,8 +195,15 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                         }
                         continue;
                     }
-                    // A close frame is a goodbye (the SDK sends one only when it is done).
-                    Some(Ok(Message::Close(_))) => break,
+                    // A normal close (1000) is a goodbye: the SDK sends it only when it is
+                    // done. Any other close is not: 4000 is the SDK dropping a socket it gave
+                    // up on while it reconnects, 1001 a browser whose page or renderer went
+                    // away; both are held like a connection that died.
+                    Some(Ok(Message::Close(frame))) => {
+                        if frame.is_none_or(|f| f.code == 1000) { break }
+                        if hold(&state, &mut s, &mut link) { continue }
+                        break;
+                    }
                     Some(Ok(_)) => continue,
                     // The connection died without a goodbye: a network change, a proxy restart.
                     Some(Err(_)) | None => {
