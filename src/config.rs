@@ -202,6 +202,12 @@ pub struct MediaConfig {
     /// resume within this time continues the same session. Past it, it leaves with reason
     /// `lost`. 0 removes a lost participant at once (0..=600).
     pub reconnect_grace: u64,
+    /// Estimate each subscriber's downlink (send-side BWE on its TWCC feedback) and adapt to
+    /// it: audio is budgeted first, a subscriber whose link cannot carry video gets audio only
+    /// (`track-paused`, reason `bandwidth`) until it recovers, and publishers are asked (REMB)
+    /// to stay under what their most constrained subscriber can take. Off: forward everything
+    /// as it comes, whatever the links.
+    pub bandwidth_estimation: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -274,6 +280,7 @@ impl Default for MediaConfig {
             worker_cpus: String::new(),
             nack_history: limits.nack_history,
             reconnect_grace: limits.reconnect_grace.as_secs(),
+            bandwidth_estimation: limits.bwe,
         }
     }
 }
@@ -809,6 +816,7 @@ mod tests {
                 | "CONSULTA_TURN_RELAY_IP"
                 | "CONSULTA_TURN_RELAY_PUBLIC_IP" => "127.0.0.1",
                 "CONSULTA_TURN_ENABLED"
+                | "CONSULTA_MEDIA_BANDWIDTH_ESTIMATION"
                 | "CONSULTA_TURN_LEGACY_CHANNEL_NUMBERS"
                 | "CONSULTA_S3_PATH_STYLE" => "true",
                 "CONSULTA_TURN_ALLOWED_PEER_RANGES" => "10.0.0.0/8,192.168.0.0/16",

@@ -421,6 +421,24 @@ pub fn render(
         s.track_restarts,
     );
     o.one(
+        "consulta_bandwidth_pauses_total",
+        "counter",
+        "Subscribers whose video was paused because their downlink estimate could not carry it (audio kept).",
+        s.bandwidth_pauses,
+    );
+    o.one(
+        "consulta_bandwidth_resumes_total",
+        "counter",
+        "Subscribers whose video resumed after their downlink estimate recovered.",
+        s.bandwidth_resumes,
+    );
+    o.one(
+        "consulta_remb_sent_total",
+        "counter",
+        "REMB bitrate caps (and cap lifts) sent to publishers for their constrained subscribers.",
+        s.remb_sent,
+    );
+    o.one(
         "consulta_ice_tcp_sessions_total",
         "counter",
         "ICE-TCP connections routed to a participant.",

@@ -80,6 +80,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         worker_cpus: cfg.worker_cpus()?,
         nack_history: cfg.media.nack_history,
         reconnect_grace: std::time::Duration::from_secs(cfg.media.reconnect_grace),
+        bandwidth_estimation: cfg.media.bandwidth_estimation,
         relay_ips: if cfg.turn.enabled {
             vec![cfg.turn.relay_bind_ip(), cfg.turn.relay_advertised_ip()]
         } else {

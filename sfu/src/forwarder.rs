@@ -27,12 +27,22 @@ pub enum Verdict {
     Paused,
 }
 
+/// Why a consumer is paused; several can hold at once, and it resumes when none does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseCause {
+    /// The publisher muted (or was muted).
+    Mute = 1,
+    /// The subscriber's downlink cannot carry this track now (audio-only fallback).
+    Bandwidth = 2,
+}
+
 /// Per-consumer sequence rewriting and keyframe gating.
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     video: bool,
     waiting_keyframe: bool,
-    paused: bool,
+    /// Bits of [`PauseCause`].
+    paused: u8,
     /// (first incoming seq of the current run, its outgoing seq).
     base: Option<(u64, u64)>,
     /// Highest outgoing sequence number sent so far.
@@ -46,7 +56,7 @@ impl Forwarder {
         Forwarder {
             video,
             waiting_keyframe: video,
-            paused: false,
+            paused: 0,
             base: None,
             highest_out: None,
             first_out: u64::from(first_out),
@@ -54,35 +64,47 @@ impl Forwarder {
     }
 
     pub fn is_waiting_keyframe(&self) -> bool {
-        self.waiting_keyframe && !self.paused
+        self.waiting_keyframe && self.paused == 0
     }
 
-    /// Stops forwarding (mute, subscriber pause).
-    pub fn pause(&mut self) {
-        self.paused = true;
+    pub fn is_paused(&self) -> bool {
+        self.paused != 0
     }
 
-    /// Resumes; video waits for the next keyframe, numbering continues without a gap.
-    pub fn resume(&mut self) {
-        if self.paused {
-            self.paused = false;
+    pub fn is_paused_for(&self, cause: PauseCause) -> bool {
+        self.paused & cause as u8 != 0
+    }
+
+    /// Stops forwarding for `cause`.
+    pub fn pause(&mut self, cause: PauseCause) {
+        self.paused |= cause as u8;
+    }
+
+    /// Lifts `cause`; when no cause is left, forwarding resumes: video waits for the next
+    /// keyframe, numbering continues without a gap. Returns whether it resumed.
+    pub fn resume(&mut self, cause: PauseCause) -> bool {
+        let was = self.paused;
+        self.paused &= !(cause as u8);
+        if was != 0 && self.paused == 0 {
             self.waiting_keyframe = self.video;
             self.base = None;
+            return true;
         }
+        false
     }
 
     /// The path was cut (either side's network changed): video waits for the next keyframe, as
     /// what follows a gap cannot be decoded; numbering continues without a gap, so the subscriber
     /// does not ask for packets that never reached the server.
     pub fn restart(&mut self) {
-        if self.video && !self.paused {
+        if self.video && self.paused == 0 {
             self.waiting_keyframe = true;
         }
     }
 
     /// Decides for one incoming packet (`seq` is the publisher's extended sequence number).
     pub fn on_packet(&mut self, seq: u64, keyframe_start: bool) -> Verdict {
-        if self.paused {
+        if self.paused != 0 {
             return Verdict::Paused;
         }
         if self.waiting_keyframe {
@@ -237,14 +259,31 @@ mod tests {
         let mut f = Forwarder::new(true, 10);
         assert_eq!(f.on_packet(1, true), Verdict::Forward(10));
         assert_eq!(f.on_packet(2, false), Verdict::Forward(11));
-        f.pause();
+        f.pause(PauseCause::Mute);
         assert_eq!(f.on_packet(3, false), Verdict::Paused);
         assert!(!f.is_waiting_keyframe());
-        f.resume();
+        assert!(f.resume(PauseCause::Mute));
         assert!(f.is_waiting_keyframe());
         assert_eq!(f.on_packet(500, false), Verdict::WaitKeyframe);
         assert_eq!(f.on_packet(501, true), Verdict::Forward(12));
         assert_eq!(f.on_packet(502, false), Verdict::Forward(13));
+    }
+
+    #[test]
+    fn a_track_paused_for_two_causes_resumes_when_both_are_lifted() {
+        let mut f = Forwarder::new(true, 10);
+        assert_eq!(f.on_packet(1, true), Verdict::Forward(10));
+        f.pause(PauseCause::Bandwidth);
+        f.pause(PauseCause::Mute);
+        // Unmuting does not undo the bandwidth pause.
+        assert!(!f.resume(PauseCause::Mute));
+        assert_eq!(f.on_packet(2, true), Verdict::Paused);
+        assert!(f.is_paused_for(PauseCause::Bandwidth));
+        assert!(f.resume(PauseCause::Bandwidth));
+        assert!(!f.is_paused());
+        assert_eq!(f.on_packet(3, true), Verdict::Forward(11));
+        // Lifting a cause that does not hold changes nothing.
+        assert!(!f.resume(PauseCause::Mute));
     }
 
     #[test]
@@ -265,7 +304,7 @@ mod tests {
         assert_eq!(a.on_packet(90, false), Verdict::Forward(84));
         // A paused consumer stays paused (resume decides what comes next).
         let mut p = Forwarder::new(true, 1);
-        p.pause();
+        p.pause(PauseCause::Mute);
         p.restart();
         assert!(!p.is_waiting_keyframe());
     }

@@ -23,6 +23,7 @@
 //! [`Command`]s in, bounded per-participant channels of [`PeerEvent`]s out. A panic inside one
 //! participant's `Rtc` is caught, counted, and closes only that participant.
 
+pub mod bandwidth;
 mod batch;
 mod demux;
 pub mod forwarder;
@@ -85,6 +86,9 @@ pub struct SfuConfig {
     /// How long a participant whose signaling or ICE path is lost is held for its return
     /// before it leaves (reason `lost`).
     pub reconnect_grace: std::time::Duration,
+    /// Send-side bandwidth estimation toward subscribers, driving the audio-only fallback and
+    /// the publishers' caps (`media.bandwidth_estimation`).
+    pub bandwidth_estimation: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -367,6 +371,7 @@ impl Sfu {
                     max_publishers: cfg.max_publishers,
                     nack_history: cfg.nack_history,
                     reconnect_grace: cfg.reconnect_grace,
+                    bwe: cfg.bandwidth_estimation,
                 },
                 directory: directory.clone(),
                 commands: cmd_rx,

@@ -23,7 +23,9 @@ use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use str0m::{Candidate, Input};
 
 use crate::demux::DemuxUpdate;
-use crate::forwarder::{gates_on_keyframes, is_keyframe_start, KeyframeThrottle, PtMap, Verdict};
+use crate::forwarder::{
+    gates_on_keyframes, is_keyframe_start, KeyframeThrottle, PauseCause, PtMap, Verdict,
+};
 use crate::stats::{codec_index, LocalCounters, TrackCounts};
 use crate::transport::{
     far_future, new_rtc, track_kind, Advertised, Consumer, ConsumerState, Fault, Io, Outbox,
@@ -31,6 +33,7 @@ use crate::transport::{
 };
 use crate::{Command, JoinRequest, PeerId};
 
+mod allocation;
 mod reconnect;
 use reconnect::Path;
 
@@ -65,6 +68,8 @@ pub struct RouterHost<W: Wire> {
     /// When each packet forwarded this round arrived (one entry per copy, bounded), so the
     /// worker can observe the time it spent in the server once the round's sends are out.
     pub(crate) forwarded_arrivals: Vec<Instant>,
+    /// When publishers' REMB caps are next sent (see `allocation.rs`).
+    next_remb: Option<Instant>,
 }
 
 /// What a worker admits and keeps per participant. The defaults are the server's
@@ -78,6 +83,9 @@ pub struct Limits {
     pub nack_history: usize,
     /// How long a participant that lost its signaling or ICE path is held (`media.reconnect_grace`).
     pub reconnect_grace: Duration,
+    /// Send-side bandwidth estimation toward each subscriber, and what it drives: the
+    /// audio-only fallback and the caps asked of publishers (`media.bandwidth_estimation`).
+    pub bwe: bool,
 }
 
 impl Default for Limits {
@@ -86,6 +94,7 @@ impl Default for Limits {
             max_publishers: 5,
             nack_history: 500,
             reconnect_grace: Duration::from_secs(20),
+            bwe: true,
         }
     }
 }
@@ -109,6 +118,7 @@ impl<W: Wire> RouterHost<W> {
             counters: LocalCounters::default(),
             demux_updates: Vec::new(),
             forwarded_arrivals: Vec::with_capacity(FORWARD_SAMPLES),
+            next_remb: None,
         }
     }
 
@@ -291,9 +301,9 @@ impl<W: Wire> RouterHost<W> {
                     .filter(|c| c.source == peer && c.kind == media)
                 {
                     if muted {
-                        c.forwarder.pause();
+                        c.forwarder.pause(PauseCause::Mute);
                     } else {
-                        c.forwarder.resume();
+                        c.forwarder.resume(PauseCause::Mute);
                     }
                 }
             }
@@ -386,7 +396,12 @@ impl<W: Wire> RouterHost<W> {
             self.drop_router_if_empty(room_id);
             return;
         }
-        let transport = match new_rtc(&self.advertised, self.limits.nack_history, now) {
+        let transport = match new_rtc(
+            &self.advertised,
+            self.limits.nack_history,
+            self.limits.bwe,
+            now,
+        ) {
             Ok(rtc) => Transport::new(
                 req.peer,
                 room_id,
@@ -837,6 +852,7 @@ impl<W: Wire> RouterHost<W> {
             codec: None,
             feedback: Default::default(),
             stalled: false,
+            remb: Default::default(),
         });
         let (room, identity) = (t.room, t.identity.clone());
         for q in self.others_in(room, peer) {
@@ -1072,6 +1088,9 @@ impl<W: Wire> RouterHost<W> {
             self.request_keyframe(s, m);
         }
         self.expire_lost(now);
+        if self.limits.bwe {
+            self.allocate(now);
+        }
         let dead: Vec<PeerId> = self
             .transports
             .values()

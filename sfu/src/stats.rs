@@ -254,6 +254,9 @@ counters!(
     reconnects_expired,
     ice_restarts,
     track_restarts,
+    bandwidth_pauses,
+    bandwidth_resumes,
+    remb_sent,
 );
 
 #[cfg(test)]

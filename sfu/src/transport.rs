@@ -13,6 +13,7 @@ use std::time::Instant;
 use consulta_signaling::protocol::{
     MuteState, ParticipantInfo, ServerMessage, TrackInfo, TrackKind,
 };
+use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
@@ -21,6 +22,7 @@ use str0m::rtp::RtpPacket;
 use str0m::{Candidate, Event, IceConnectionState, Output, Rtc, RtcError};
 use tokio::sync::mpsc::error::TrySendError;
 
+use crate::bandwidth::Downlink;
 use crate::forwarder::{Forwarder, KeyframeThrottle, PtMap};
 use crate::stats::{
     LocalCounters, LocalHistogram, CONNECT_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS,
@@ -90,6 +92,17 @@ pub(crate) struct Producer {
     pub feedback: FeedbackCounts,
     /// str0m saw the incoming stream stop (no packets for a while) and it has not flowed since.
     pub stalled: bool,
+    /// The bitrate cap asked of this track (REMB) for its constrained subscribers.
+    pub remb: RembState,
+}
+
+/// What was last asked of a publisher's track by REMB.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct RembState {
+    /// The cap in force (bits per second), if any.
+    pub cap: Option<u64>,
+    /// Rounds left in which an uncapped REMB is sent after a cap is lifted (one may be lost).
+    pub lifting: u8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +191,10 @@ pub(crate) struct Transport {
     /// An ICE restart was offered and ICE has not connected since: when it does, media both
     /// ways restarts at keyframes (the old path may have been dead for seconds).
     pub ice_restarted: bool,
+    /// What its downlink carries (str0m's estimate) and whether its video is paused for it.
+    pub downlink: Downlink,
+    /// The (minimum, desired) bitrates last given to str0m's estimator.
+    pub bwe_target: (u64, u64),
     /// The outstanding offer as sent, offered again when a new connection resumes the session
     /// (the first copy may have died with the old one).
     pub last_offer: Option<ServerMessage>,
@@ -264,6 +281,10 @@ pub struct Advertised {
     pub relay_ips: Vec<std::net::IpAddr>,
 }
 
+/// Where str0m's estimate toward a subscriber starts: one HD video track and its audio fit
+/// uncapped (see `bandwidth::UNCAPPED_PER_TRACK_BPS`).
+pub(crate) const BWE_INITIAL_BPS: u64 = 3_200_000;
+
 /// The parts of the worker a drain needs.
 pub(crate) struct Io<'a, W: Wire> {
     pub wire: &'a W,
@@ -273,7 +294,12 @@ pub(crate) struct Io<'a, W: Wire> {
 
 /// The str0m peer of one participant: ICE-lite with the server's candidates, RTP mode,
 /// `nack_history` sent video packets kept per track for retransmissions.
-pub fn new_rtc(advertised: &Advertised, nack_history: usize, now: Instant) -> Result<Rtc, String> {
+pub fn new_rtc(
+    advertised: &Advertised,
+    nack_history: usize,
+    bwe: bool,
+    now: Instant,
+) -> Result<Rtc, String> {
     let mut rtc = Rtc::builder()
         .set_ice_lite(true)
         .set_rtp_mode(true)
@@ -281,7 +307,15 @@ pub fn new_rtc(advertised: &Advertised, nack_history: usize, now: Instant) -> Re
         // What is kept to retransmit is most of a participant's memory: str0m's default
         // (1000 packets, 3 s at 2.5 Mbit/s) held ~2.4 MB per 1:1 consultation.
         .set_send_buffer_video(nack_history)
+        // Starts where an HD call is: a good link is never capped while the estimate settles.
+        .enable_bwe(bwe.then(|| Bitrate::bps(BWE_INITIAL_BPS)))
         .build(now);
+    if bwe {
+        rtc.bwe().set_bitrate(
+            Bitrate::bps(crate::bandwidth::AUDIO_RESERVE_BPS),
+            Bitrate::bps(BWE_INITIAL_BPS),
+        );
+    }
     for addr in &advertised.udp {
         let c = Candidate::host(*addr, "udp")
             .map_err(|e| format!("bad candidate address {addr}: {e}"))?;
@@ -332,6 +366,8 @@ impl Transport {
             lost: LostPaths::default(),
             restart_ice: false,
             ice_restarted: false,
+            downlink: Downlink::default(),
+            bwe_target: (crate::bandwidth::AUDIO_RESERVE_BPS, BWE_INITIAL_BPS),
             last_offer: None,
             created: now,
         }
@@ -541,6 +577,9 @@ impl Transport {
             Event::Closed => {
                 c.ice_disconnected += 1;
                 outbox.faults.push((self.id, Fault::Disconnected))
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                self.downlink.on_estimate(estimate.as_u64());
             }
             Event::MediaIngressStats(s) => {
                 let Some(p) = self.producers.iter_mut().find(|p| p.mid == s.mid) else {

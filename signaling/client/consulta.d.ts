@@ -64,6 +64,9 @@ export interface Participant {
   muted: MutedState;
   /** Tracks the server said this participant publishes (`track-published`/`-unpublished`). */
   published: MutedState;
+  /** Why the server does not forward this participant's track to us now (`track-paused`), or
+   * null while it flows. */
+  paused: { audio: PauseReason | null; video: PauseReason | null };
   /** Remote tracks currently received from this participant. */
   tracks: { audio?: MediaStreamTrack; video?: MediaStreamTrack };
   /** One stream holding this participant's received audio and video; null before the first track. */
@@ -75,6 +78,15 @@ export interface Participant {
   /** True between 'participant-reconnecting' and 'participant-reconnected'. */
   reconnecting?: boolean;
   [extra: string]: unknown;
+}
+
+/** `bandwidth`: our downlink cannot carry the track now; audio keeps flowing. */
+export type PauseReason = 'bandwidth' | (string & {});
+
+export interface TrackPauseEvent {
+  participant: Participant;
+  kind: MediaKind;
+  reason: PauseReason;
 }
 
 export interface LocalParticipant {
@@ -177,6 +189,10 @@ export interface CallEvents {
   'track-removed': (event: TrackEvent) => void;
   'track-published': (event: PublicationEvent) => void;
   'track-unpublished': (event: PublicationEvent) => void;
+  /** The server stopped forwarding a track to us (reason `bandwidth`: our link is too weak for
+   * video, audio keeps flowing); the video element shows its last frame until `track-resumed`. */
+  'track-paused': (event: TrackPauseEvent) => void;
+  'track-resumed': (event: TrackPauseEvent) => void;
   mute: (event: MuteEvent) => void;
   'connection-state': (state: CallConnectionState) => void;
   /** Our connection was lost; the SDK is reconnecting (local media is kept). */

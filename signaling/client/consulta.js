@@ -43,8 +43,9 @@ const HD_MAX_BITRATE = 2_500_000;
 const MIN_MAX_BITRATE = 300_000;
 const MAX_MAX_BITRATE = 8_000_000;
 // Start/min/max hints (kbit/s) so the encoder sends HD from the first seconds instead of ramping
-// up from 300 kbit/s over ~10 s.
-const HD_BITRATE_HINTS = { start: 1500, min: 600, max: 2500 };
+// up from 300 kbit/s over ~10 s. The floor is low: on a weak uplink, or when the server asks for
+// less because a subscriber's downlink is weak (REMB), the encoder must be free to go down.
+const HD_BITRATE_HINTS = { start: 1500, min: 100, max: 2500 };
 
 const DEFAULT_VIDEO = { width: 1280, height: 720, frameRate: 30 };
 const VIDEO_CODECS = ['VP8', 'VP9', 'H264', 'AV1'];
@@ -963,6 +964,7 @@ export class Call {
         role: null,
         muted: { audio: false, video: false },
         published: { audio: false, video: false },
+        paused: { audio: null, video: null },
         tracks: {},
         stream: null,
       };
@@ -1090,6 +1092,16 @@ export class Call {
         const p = this._participant(m.identity);
         if (m.kind === 'audio' || m.kind === 'video') p.published[m.kind] = true;
         this._emit('track-published', { participant: p, kind: m.kind });
+        break;
+      }
+      case 'track-paused':
+      case 'track-resumed': {
+        // The server stopped (or resumed) forwarding one of this participant's tracks to us:
+        // `bandwidth` when our downlink cannot carry it now (audio keeps flowing).
+        const p = this.participants.get(m.identity);
+        if (!p || (m.kind !== 'audio' && m.kind !== 'video')) break;
+        p.paused[m.kind] = m.type === 'track-paused' ? m.reason || 'unknown' : null;
+        this._emit(m.type, { participant: p, kind: m.kind, reason: m.reason });
         break;
       }
       case 'track-unpublished': {

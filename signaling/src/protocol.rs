@@ -281,6 +281,19 @@ pub enum ServerMessage {
         kind: TrackKind,
         muted: bool,
     },
+    /// The server stopped forwarding one of `identity`'s tracks to this subscriber (its
+    /// publisher still sends it): `bandwidth` when this subscriber's downlink cannot carry it
+    /// now (its audio keeps flowing). `track-resumed` follows when it flows again.
+    TrackPaused {
+        identity: String,
+        kind: TrackKind,
+        reason: PauseReason,
+    },
+    TrackResumed {
+        identity: String,
+        kind: TrackKind,
+        reason: PauseReason,
+    },
     /// The session is in the waiting room until a doctor admits it.
     Waiting,
     /// Someone waits to be admitted (sent to doctors).
@@ -326,6 +339,14 @@ pub struct RecordingState {
     /// why it stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// Why a track is paused for one subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PauseReason {
+    /// The subscriber's downlink cannot carry it now.
+    Bandwidth,
 }
 
 /// Why a participant left.
