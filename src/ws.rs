@@ -19,7 +19,7 @@ use consulta_sfu::{Command, JoinRequest, PeerEvent, PeerId, RoomLease};
 use consulta_signaling::protocol::{
     ClientMessage, ErrorCode, LeaveReason, ParticipantInfo, ServerMessage,
 };
-use consulta_signaling::{JoinToken, PROTOCOL_VERSION};
+use consulta_signaling::PROTOCOL_VERSION;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -693,7 +693,7 @@ async fn enter(
         let _ = send(sink, &unsupported_version()).await;
         return Flow::Close;
     }
-    let claims = match JoinToken::verify(token, &state.token_secret, crate::unix_now()) {
+    let claims = match state.token_keys.verify(token, crate::unix_now()) {
         Ok(c) => c,
         Err(e) => {
             let _ = send(

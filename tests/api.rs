@@ -167,7 +167,7 @@ async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 
 fn settings(db: &str, hooks: &str) -> String {
     format!(
-        "[api]\nkeys = [\"{KEY}\"]\n[consultation]\nempty_room_end = 1\n{db}\n[webhooks]\nurls = [\"{hooks}\"]\nsecret = \"{HOOK_SECRET}\"\n"
+        "[api]\nkeys = [\"{KEY}\"]\n[consultation]\nempty_room_end = 1\n{db}\n[webhooks]\nurls = [\"{hooks}\"]\nsecret = \"{HOOK_SECRET}\"\nallow_http = true\n"
     )
 }
 

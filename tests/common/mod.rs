@@ -102,8 +102,13 @@ pub fn start_full(extra: &str, tail: &str) -> Server {
 /// [`start_full`] with the sections appended made by `tail` for each attempt, so that ports
 /// they name (a TURN listener's) are picked afresh too.
 pub fn start_with(extra: &str, tail: impl Fn() -> String) -> Server {
+    start_env(extra, tail, &[])
+}
+
+/// [`start_with`] with `env` (e.g. `CONSULTA_HTTP_PUBLIC_URL`) set for the server process.
+pub fn start_env(extra: &str, tail: impl Fn() -> String, env: &[(&str, &str)]) -> Server {
     for attempt in 1..=3 {
-        match try_start(extra, &tail()) {
+        match try_start(extra, &tail(), env) {
             Ok(server) => return server,
             Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
             Err(log) => panic!("server did not become healthy (attempt {attempt}), {log}"),
@@ -114,7 +119,7 @@ pub fn start_with(extra: &str, tail: impl Fn() -> String) -> Server {
 
 /// One start on fresh ports: the server once healthy, or its log once it has exited or the
 /// deadline passed (then it is killed).
-fn try_start(extra: &str, tail: &str) -> Result<Server, String> {
+fn try_start(extra: &str, tail: &str, env: &[(&str, &str)]) -> Result<Server, String> {
     let (dir, http) = write_config(extra, tail);
     let cfg_path = dir.join("consulta.toml");
     let log = std::fs::File::create(dir.join("server.log")).unwrap();
@@ -122,6 +127,7 @@ fn try_start(extra: &str, tail: &str) -> Result<Server, String> {
         .args(["serve", "--log-format", "json", "--config"])
         .arg(&cfg_path)
         .env("CONSULTA_LOG_LEVEL", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -1,0 +1,385 @@
+//! Issue 24's attacks through the public interfaces of a real `consulta serve` and the CLI: ids
+//! that name paths, API keys without the scope, the control API on its own listener, rate
+//! limits, token lifetimes, sessions of another role. docs/security.md says what each defends.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+use common::*;
+use serde_json::{json, Value};
+
+const KEY: &str = "test-api-key-0123456789";
+
+/// One HTTP/1.0 request to `addr`; returns (status, headers text, JSON body or Null).
+fn request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&Value>,
+    extra: &[(&str, &str)],
+) -> (u16, String, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    if let Some(k) = key {
+        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
+    }
+    for (k, v) in extra {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let text = body.map(|b| b.to_string());
+    if let Some(b) = &text {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(text.as_deref().unwrap_or(""));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        status,
+        head.to_owned(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+fn code(v: &Value) -> Option<&str> {
+    v["code"].as_str()
+}
+
+/// `consulta` with `args`, the test secret in the environment; (success, stdout, stderr).
+fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let dir = std::env::temp_dir().join(format!("consulta-sec-cli-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_consulta"))
+        .args(args)
+        .env("CONSULTA_AUTH_TOKEN_SECRET", SECRET)
+        .env("CONSULTA_DATA_DIR", &dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("consulta runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn cli_token_refuses_ids_that_name_paths() {
+    for (room, identity) in [
+        ("../x", "ana"),
+        ("a/b", "ana"),
+        ("a..b", "ana"),
+        ("appt-1", "../../etc/passwd"),
+        ("appt-1", ".ana"),
+    ] {
+        let (ok, out, err) = cli(
+            &[
+                "token",
+                "--room",
+                room,
+                "--identity",
+                identity,
+                "--role",
+                "guest",
+            ],
+            &[],
+        );
+        assert!(!ok, "{room} {identity}: minted {out}");
+        assert!(err.contains("A-Z a-z 0-9"), "{err}");
+    }
+    let (ok, out, err) = cli(
+        &[
+            "token",
+            "--room",
+            "appt-1",
+            "--identity",
+            "dr.ana:1",
+            "--role",
+            "doctor",
+        ],
+        &[],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim().split('.').count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_refuses_ids_and_identities_that_name_paths() {
+    let server = start_full("", &format!("[api]\nkeys = [\"{KEY}\"]\n"));
+    let addr = server.http.clone();
+    for id in ["../x", "a/b", "a..b", ".x", "x y"] {
+        let (s, _, b) = request(
+            &addr,
+            "POST",
+            "/api/v1/consultations",
+            Some(KEY),
+            Some(&json!({ "id": id })),
+            &[],
+        );
+        assert_eq!((s, code(&b)), (400, Some("invalid_id")), "{id}");
+    }
+    let (s, _, b) = request(
+        &addr,
+        "POST",
+        "/api/v1/consultations",
+        Some(KEY),
+        Some(&json!({ "id": "appt-7" })),
+        &[],
+    );
+    assert_eq!(s, 201, "{b}");
+    for identity in ["../x", "a/b", "..", "-x"] {
+        let (s, _, b) = request(
+            &addr,
+            "POST",
+            "/api/v1/consultations/appt-7/tokens",
+            Some(KEY),
+            Some(&json!({ "identity": identity, "role": "patient" })),
+            &[],
+        );
+        assert_eq!((s, code(&b)), (400, Some("invalid_identity")), "{identity}");
+    }
+    // Percent-encoded in a path segment, the same.
+    let (s, _, b) = request(
+        &addr,
+        "POST",
+        "/api/v1/consultations/appt-7/participants/..%2F..%2Fx/kick",
+        Some(KEY),
+        None,
+        &[],
+    );
+    assert_eq!((s, code(&b)), (400, Some("invalid_identity")));
+    let (s, _, b) = request(
+        &addr,
+        "GET",
+        "/api/v1/consultations/..%2Fx",
+        Some(KEY),
+        None,
+        &[],
+    );
+    assert_eq!((s, code(&b)), (400, Some("invalid_id")));
+}
+
+fn sha256_hex(s: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_act_within_their_scopes() {
+    let (minter, reader, admin) = (
+        "minter-key-0123456789",
+        "reader-key-0123456789",
+        "admin-key-0123456789",
+    );
+    let tail = format!(
+        "[api]\nkeys = [\"{KEY}\"]\nkey_hashes = [\"{} tokens:mint\", \"{} events:read\", \"{} consultations:write participants:write recordings:write\"]\n",
+        sha256_hex(minter),
+        sha256_hex(reader),
+        sha256_hex(admin)
+    );
+    let server = start_full("", &tail);
+    let addr = server.http.clone();
+    let call = |key: &str, method: &str, path: &str, body: Option<Value>| {
+        let (s, _, b) = request(
+            &addr,
+            method,
+            &format!("/api/v1{path}"),
+            Some(key),
+            body.as_ref(),
+            &[],
+        );
+        (s, b)
+    };
+    // The config holds no usable key: its hashes are not keys.
+    let (s, b) = call(&sha256_hex(minter), "GET", "/consultations", None);
+    assert_eq!((s, code(&b)), (401, Some("unauthorized")));
+    let create = Some(json!({ "id": "appt-9" }));
+    for key in [minter, reader] {
+        let (s, b) = call(key, "POST", "/consultations", create.clone());
+        assert_eq!((s, code(&b)), (403, Some("insufficient_scope")), "{key}");
+        assert!(b["message"]
+            .as_str()
+            .unwrap()
+            .contains("consultations:write"));
+    }
+    let (s, b) = call(admin, "POST", "/consultations", create);
+    assert_eq!(s, 201, "{b}");
+    let mint = Some(json!({ "identity": "pat-1", "role": "patient" }));
+    for key in [reader, admin] {
+        let (s, b) = call(key, "POST", "/consultations/appt-9/tokens", mint.clone());
+        assert_eq!((s, code(&b)), (403, Some("insufficient_scope")), "{key}");
+    }
+    let (s, b) = call(minter, "POST", "/consultations/appt-9/tokens", mint.clone());
+    assert_eq!(s, 201, "{b}");
+    // A plain [api] keys entry keeps every scope.
+    let (s, b) = call(KEY, "POST", "/consultations/appt-9/tokens", mint);
+    assert_eq!(s, 201, "{b}");
+    let (s, b) = call(reader, "GET", "/consultations/appt-9/events", None);
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = call(minter, "GET", "/consultations/appt-9/events", None);
+    assert_eq!((s, code(&b)), (403, Some("insufficient_scope")));
+    let (s, b) = call(minter, "GET", "/consultations/appt-9", None);
+    assert_eq!((s, code(&b)), (403, Some("insufficient_scope")));
+    for (method, path) in [
+        ("POST", "/consultations/appt-9/participants/pat-1/kick"),
+        ("POST", "/consultations/appt-9/participants/pat-1/admit"),
+        ("POST", "/consultations/appt-9/recording/start"),
+        ("POST", "/consultations/appt-9/end"),
+        ("POST", "/consultations/appt-9/close"),
+    ] {
+        for key in [minter, reader] {
+            let (s, b) = call(key, method, path, None);
+            assert_eq!(
+                (s, code(&b)),
+                (403, Some("insufficient_scope")),
+                "{key} {path}"
+            );
+        }
+    }
+    let (s, b) = call(admin, "POST", "/consultations/appt-9/close", None);
+    assert_eq!(s, 200, "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_on_its_own_listener_and_ws_url_from_config() {
+    let api_port = free_tcp();
+    let api_addr = format!("127.0.0.1:{api_port}");
+    let server = start_env(
+        "",
+        || format!("[api]\nkeys = [\"{KEY}\"]\nlisten = \"127.0.0.1:{api_port}\"\n"),
+        &[(
+            "CONSULTA_HTTP_PUBLIC_URL",
+            "https://consulta.example.com.br",
+        )],
+    );
+    // The public listener has no control API any more.
+    let (s, _, _) = request(
+        &server.http,
+        "POST",
+        "/api/v1/consultations",
+        Some(KEY),
+        Some(&json!({ "id": "appt-1" })),
+        &[],
+    );
+    assert_eq!(s, 404);
+    let (s, _, _) = request(&server.http, "GET", "/api/v1/openapi.json", None, None, &[]);
+    assert_eq!(s, 404);
+    // Its own listener has.
+    let (s, _, b) = request(
+        &api_addr,
+        "POST",
+        "/api/v1/consultations",
+        Some(KEY),
+        Some(&json!({ "id": "appt-1" })),
+        &[],
+    );
+    assert_eq!(s, 201, "{b}");
+    // ws_url comes from [http] public_url, whatever the request says about its host.
+    let (s, _, b) = request(
+        &api_addr,
+        "POST",
+        "/api/v1/consultations/appt-1/tokens",
+        Some(KEY),
+        Some(&json!({ "identity": "pat-1", "role": "patient" })),
+        &[
+            ("X-Forwarded-Host", "evil.example"),
+            ("X-Forwarded-Proto", "http"),
+        ],
+    );
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["ws_url"], "wss://consulta.example.com.br/ws");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_url_ignores_forwarded_host_without_public_url() {
+    let server = start_full("", &format!("[api]\nkeys = [\"{KEY}\"]\n"));
+    let (s, _, _) = request(
+        &server.http,
+        "POST",
+        "/api/v1/consultations",
+        Some(KEY),
+        Some(&json!({ "id": "appt-2" })),
+        &[],
+    );
+    assert_eq!(s, 201);
+    let (s, _, b) = request(
+        &server.http,
+        "POST",
+        "/api/v1/consultations/appt-2/tokens",
+        Some(KEY),
+        Some(&json!({ "identity": "pat-1", "role": "patient" })),
+        &[("X-Forwarded-Host", "evil.example")],
+    );
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["ws_url"], format!("ws://{}/ws", server.http));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_rate_limits_per_key_and_per_address() {
+    let other = "other-key-0123456789";
+    let tail = format!(
+        "[api]\nkeys = [\"{KEY}\", \"{other}\"]\nrate_limit_per_key = 1\nrate_limit_per_ip = 1000\nrate_limit_burst = 3\n"
+    );
+    let server = start_full("", &tail);
+    let get = |key: &str| {
+        request(
+            &server.http,
+            "GET",
+            "/api/v1/consultations",
+            Some(key),
+            None,
+            &[],
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(get(KEY).0, 200);
+    }
+    let (s, head, b) = get(KEY);
+    assert_eq!((s, code(&b)), (429, Some("rate_limited")));
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: "),
+        "{head}"
+    );
+    // Another key has its own budget.
+    assert_eq!(get(other).0, 200);
+    drop(server);
+
+    // Per address: guessing keys spends the budget too.
+    let tail = format!(
+        "[api]\nkeys = [\"{KEY}\"]\nrate_limit_per_key = 1000\nrate_limit_per_ip = 1\nrate_limit_burst = 3\n"
+    );
+    let server = start_full("", &tail);
+    for _ in 0..3 {
+        let (s, _, _) = request(
+            &server.http,
+            "GET",
+            "/api/v1/consultations",
+            Some("guess-0123456789abcdef"),
+            None,
+            &[],
+        );
+        assert_eq!(s, 401);
+    }
+    let (s, _, b) = request(
+        &server.http,
+        "GET",
+        "/api/v1/consultations",
+        Some(KEY),
+        None,
+        &[],
+    );
+    assert_eq!((s, code(&b)), (429, Some("rate_limited")));
+}
