@@ -750,6 +750,17 @@ async fn enter(
             .await;
             Flow::Close
         }
+        Some(Admission::IdentityInUse) => {
+            let _ = send(
+                sink,
+                &ServerMessage::error(
+                    ErrorCode::IdentityInUse,
+                    "this identity is in the consultation with another role",
+                ),
+            )
+            .await;
+            Flow::Close
+        }
         None => {
             let _ = send(
                 sink,

@@ -7,8 +7,10 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
+use consulta_signaling::Role;
 use serde_json::{json, Value};
 
 const KEY: &str = "test-api-key-0123456789";
@@ -382,4 +384,114 @@ async fn api_rate_limits_per_key_and_per_address() {
         &[],
     );
     assert_eq!((s, code(&b)), (429, Some("rate_limited")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_of_another_role_never_takes_over_a_session() {
+    let server = start("");
+    let (mut doctor, _) = Client::join(&server, "appt-r", "dr-1", Role::Doctor).await;
+    // The doctor's identity with a patient token: refused, the doctor stays.
+    let mut intruder = Client::connect(&server, "").await;
+    intruder
+        .send(json!({"type":"join","v":1,"token":token("appt-r","dr-1",Role::Patient)}))
+        .await;
+    let e = intruder.expect_error("identity_in_use").await;
+    assert_eq!(e["fatal"], true);
+    assert!(intruder.closes().await);
+    let (_patient, _) = Client::join(&server, "appt-r", "pt-1", Role::Patient).await;
+    let m = doctor.expect("participant-joined").await;
+    assert_eq!(m["participant"]["identity"], "pt-1", "{m}");
+    // The same identity and role still replaces (a reconnect without resume).
+    let (_doctor2, _) = Client::join(&server, "appt-r", "dr-1", Role::Doctor).await;
+    doctor.expect_error("session_replaced").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_passes_the_waiting_room_again() {
+    let server = start_full("", &format!("[api]\nkeys = [\"{KEY}\"]\n"));
+    let (s, _, b) = request(
+        &server.http,
+        "POST",
+        "/api/v1/consultations",
+        Some(KEY),
+        Some(&json!({ "id": "appt-w", "policy": { "waiting_room": true } })),
+        &[],
+    );
+    assert_eq!(s, 201, "{b}");
+    let (mut doctor, _) = Client::join(&server, "appt-w", "dr-1", Role::Doctor).await;
+    let mut patient = Client::connect(&server, "").await;
+    patient
+        .send(json!({"type":"join","v":1,"token":token("appt-w","pt-1",Role::Patient)}))
+        .await;
+    patient.expect("waiting").await;
+    doctor.expect("participant-waiting").await;
+    doctor.send(json!({"type":"admit","identity":"pt-1"})).await;
+    patient.expect("joined").await;
+    // Someone else holding the patient's link joins: it waits, the doctor is told, and the
+    // patient in the call stays until the doctor admits the newcomer.
+    let mut second = Client::connect(&server, "").await;
+    second
+        .send(json!({"type":"join","v":1,"token":token("appt-w","pt-1",Role::Patient)}))
+        .await;
+    second.expect("waiting").await;
+    let w = doctor.expect("participant-waiting").await;
+    assert_eq!(w["participant"]["identity"], "pt-1", "{w}");
+    doctor.send(json!({"type":"admit","identity":"pt-1"})).await;
+    second.expect("joined").await;
+    patient.expect_error("session_replaced").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_is_held_while_the_policy_cannot_be_read() {
+    if psql("test", "SELECT 1").is_none() {
+        panic!("PostgreSQL on 127.0.0.1:5432 (database `test`) is required");
+    }
+    let db = format!("consulta_sec_{}_{}", std::process::id(), free_tcp());
+    psql("test", &format!("CREATE DATABASE {db}")).expect("create the test database");
+    let user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let direct = format!("postgres://{user}@127.0.0.1:5432/{db}");
+    let (ok, _, err) = cli(&["migrate"], &[("CONSULTA_DATABASE_URL", &direct)]);
+    assert!(ok, "{err}");
+    // A consultation with a waiting room, written while the database answers.
+    psql(
+        &db,
+        "INSERT INTO consultations (id, status, max_participants, waiting_room, recording, created_at) VALUES ('appt-db', 'scheduled', 5, 1, 'off', 0)",
+    )
+    .expect("insert the consultation");
+    let proxy = Proxy::start("127.0.0.1:5432");
+    proxy.cut();
+    let server = start_full(
+        "",
+        &format!(
+            "[database]\nurl = \"postgres://{user}@127.0.0.1:{}/{db}\"\n",
+            proxy.port
+        ),
+    );
+    // The database is unreachable: the doctor is held, not admitted under a default policy.
+    let mut doctor = Client::connect(&server, "").await;
+    doctor
+        .send(json!({"type":"join","v":1,"token":token("appt-db","dr-1",Role::Doctor)}))
+        .await;
+    doctor.expect("waiting").await;
+    let mut patient = Client::connect(&server, "").await;
+    patient
+        .send(json!({"type":"join","v":1,"token":token("appt-db","pt-1",Role::Patient)}))
+        .await;
+    patient.expect("waiting").await;
+    // Once the policy can be read: the doctor is admitted, the patient goes on waiting (the
+    // policy has a waiting room) and the doctor hears of it.
+    proxy.restore();
+    let joined = tokio::time::timeout(Duration::from_secs(15), doctor.expect("joined")).await;
+    assert!(
+        joined.is_ok(),
+        "the doctor was not admitted once the policy was readable"
+    );
+    doctor.expect("participant-waiting").await;
+    let early = tokio::time::timeout(Duration::from_secs(2), patient.expect("joined")).await;
+    assert!(early.is_err(), "the patient skipped the waiting room");
+    drop(server);
+    let _ = psql(
+        "test",
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
 }
