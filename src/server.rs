@@ -58,17 +58,46 @@ pub struct Turn {
     /// The `[turn]` section with its secrets resolved.
     pub config: consulta_turn::TurnConfig,
     pub host: String,
+    /// Keys the TURN user of a participant (random per process, like the TURN state itself).
+    pub user_key: [u8; 32],
+}
+
+impl Turn {
+    /// The TURN user of a participant: a keyed hash of (room, identity), so fresh credentials
+    /// after a rejoin share its quota and a revocation, while the username sent in the clear
+    /// names neither the consultation nor the person.
+    pub fn user_of(&self, room: &str, identity: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.user_key)
+            .expect("HMAC takes any key length");
+        // '/' cannot occur in ids, so (room, identity) pairs never collide.
+        mac.update(room.as_bytes());
+        mac.update(b"/");
+        mac.update(identity.as_bytes());
+        format!("p{}", &hex::encode(mac.finalize().into_bytes())[..24])
+    }
 }
 
 impl AppState {
-    /// ICE servers handed to a participant on join: fresh TURN credentials for `user` (a
-    /// session id, never a name), or none when TURN is off.
-    pub fn ice_servers(&self, user: &str) -> Vec<serde_json::Value> {
+    /// ICE servers handed to a participant: fresh TURN credentials for its TURN user
+    /// ([`Turn::user_of`]), or none when TURN is off.
+    pub fn ice_servers(&self, room: &str, identity: &str) -> Vec<serde_json::Value> {
         self.turn
             .as_ref()
-            .and_then(|t| t.config.ice_server_json(&t.host, user, crate::unix_now()))
+            .and_then(|t| {
+                let user = t.user_of(room, identity);
+                t.config.ice_server_json(&t.host, &user, crate::unix_now())
+            })
             .into_iter()
             .collect()
+    }
+
+    /// A participant was removed (kicked, call ended): its TURN credentials minted so far no
+    /// longer make allocations.
+    pub fn revoke_turn(&self, room: &str, identity: &str) {
+        if let Some(t) = &self.turn {
+            t.handle.revoke(&t.user_of(room, identity));
+        }
     }
 }
 
@@ -205,6 +234,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
             handle,
             config,
             host: cfg.turn_host(),
+            user_key: {
+                use rand::Rng;
+                rand::rng().random()
+            },
         }))
     } else {
         None

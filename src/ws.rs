@@ -259,7 +259,7 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                 }
                 if !failed && state.turn.is_some() {
                     ice_issued = Instant::now();
-                    let msg = ServerMessage::IceServers { ice_servers: state.ice_servers(&format!("s{peer}")) };
+                    let msg = ServerMessage::IceServers { ice_servers: state.ice_servers(&e.room, &e.identity) };
                     if let Some(l) = link.as_mut() {
                         failed = send(&mut l.sink, &msg).await.is_err();
                     }
@@ -273,8 +273,8 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
             ev = event => {
                 match ev {
                     Some(PeerEvent::Message(mut msg)) => {
-                        if let ServerMessage::Joined { ice_servers, session_id, resume_secret, .. } = &mut msg {
-                            *ice_servers = state.ice_servers(&format!("s{session_id}"));
+                        if let ServerMessage::Joined { ice_servers, resume_secret, .. } = &mut msg {
+                            if let Some(e) = &s.entered { *ice_servers = state.ice_servers(&e.room, &e.identity); }
                             ice_issued = Instant::now();
                             *resume_secret = s.resume.as_ref().map(|r| r.secret.clone());
                             if let Some(e) = &s.entered {
@@ -359,8 +359,7 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                             if let Some(ttl) = state.turn.as_ref().map(|t| t.config.credential_ttl) {
                                 if now.duration_since(ice_issued) >= renew_after(ttl) {
                                     ice_issued = now;
-                                    let user = s.entered.as_ref().map(|e| format!("s{}", e.peer)).unwrap_or_default();
-                                    let msg = ServerMessage::IceServers { ice_servers: state.ice_servers(&user) };
+                                    let msg = ServerMessage::IceServers { ice_servers: s.entered.as_ref().map(|e| state.ice_servers(&e.room, &e.identity)).unwrap_or_default() };
                                     if send(&mut l.sink, &msg).await.is_err() && !hold(&state, &mut s, &mut link) { break }
                                 }
                             }
@@ -388,6 +387,10 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
         }
     }
     if let Some(e) = &s.entered {
+        // Removed from the call: its TURN credentials stop making allocations.
+        if matches!(s.reason, LeaveReason::Kicked | LeaveReason::Ended) {
+            state.revoke_turn(&e.room, &e.identity);
+        }
         let reason = serde_json::to_value(s.reason)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))

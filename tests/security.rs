@@ -495,3 +495,88 @@ async fn a_join_is_held_while_the_policy_cannot_be_read() {
         &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turn_credentials_of_a_kicked_participant_stop_working() {
+    if !installed("turnutils_uclient") || !installed("turnutils_peer") {
+        eprintln!("SKIPPED: coturn's turnutils are not installed (apt-get install -y coturn)");
+        return;
+    }
+    let udp = std::cell::Cell::new(0);
+    let server = start_with("", || {
+        let (u, t) = (free_udp(), free_tcp());
+        udp.set(u);
+        format!(
+            "[api]\nkeys = [\"{KEY}\"]\n[turn]\nenabled = true\nudp_port = {u}\ntcp_port = {t}\n\
+             tls_port = 0\nallowed_peer_ranges = [\"127.0.0.0/8\"]\nlegacy_channel_numbers = true\n"
+        )
+    });
+    let (s, _, b) = request(
+        &server.http,
+        "POST",
+        "/api/v1/consultations",
+        Some(KEY),
+        Some(&json!({ "id": "appt-t" })),
+        &[],
+    );
+    assert_eq!(s, 201, "{b}");
+    let (mut patient, joined) = Client::join(&server, "appt-t", "pt-1", Role::Patient).await;
+    let ice = &joined["ice_servers"][0];
+    let (user, pass) = (
+        ice["username"].as_str().unwrap().to_owned(),
+        ice["credential"].as_str().unwrap().to_owned(),
+    );
+    // The username names neither the consultation nor the person.
+    assert!(!user.contains("pt-1") && !user.contains("appt-t"), "{user}");
+    let peer_port = free_udp();
+    let mut peer = Command::new("turnutils_peer")
+        .args(["-L", "127.0.0.1", "-p", &peer_port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (peer_s, udp_s) = (peer_port.to_string(), udp.get().to_string());
+    let args = [
+        "-e",
+        "127.0.0.1",
+        "-r",
+        &peer_s,
+        "-n",
+        "5",
+        "-m",
+        "1",
+        "-l",
+        "120",
+        "-u",
+        &user,
+        "-w",
+        &pass,
+        "-p",
+        &udp_s,
+        "127.0.0.1",
+    ];
+    let (ok, _, _, text) = uclient(&args);
+    assert!(
+        ok,
+        "the participant's credentials work while it is in the call:\n{text}"
+    );
+    let (s, _, b) = request(
+        &server.http,
+        "POST",
+        "/api/v1/consultations/appt-t/participants/pt-1/kick",
+        Some(KEY),
+        None,
+        &[],
+    );
+    assert_eq!(s, 200, "{b}");
+    patient.expect_error("kicked").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, _, _, text) = uclient(&args);
+    assert!(
+        !ok,
+        "a kicked participant's credentials still allocate:\n{text}"
+    );
+    assert!(metric(&server, "consulta_turn_refusals_total{reason=\"revoked\"}") >= 1.0);
+    let _ = peer.kill();
+    let _ = peer.wait();
+}
