@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,7 +13,8 @@ use serde_json::{json, Value};
 
 const KEY: &str = "test-api-key-0123456789";
 
-/// One HTTP/1.0 request to `addr`; returns (status, headers text, JSON body or Null).
+/// One HTTP/1.0 request to `addr` with an optional bearer key and JSON body; returns (status,
+/// head, JSON body or Null).
 fn request(
     addr: &str,
     method: &str,
@@ -24,37 +23,16 @@ fn request(
     body: Option<&Value>,
     extra: &[(&str, &str)],
 ) -> (u16, String, Value) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
-    if let Some(k) = key {
-        req.push_str(&format!("Authorization: Bearer {k}\r\n"));
-    }
-    for (k, v) in extra {
-        req.push_str(&format!("{k}: {v}\r\n"));
+    let auth = key.map(|k| format!("Bearer {k}"));
+    let mut headers: Vec<(&str, &str)> = extra.to_vec();
+    if let Some(a) = &auth {
+        headers.push(("Authorization", a));
     }
     let text = body.map(|b| b.to_string());
-    if let Some(b) = &text {
-        req.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            b.len()
-        ));
+    if text.is_some() {
+        headers.push(("Content-Type", "application/json"));
     }
-    req.push_str("\r\n");
-    req.push_str(text.as_deref().unwrap_or(""));
-    s.write_all(req.as_bytes()).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
-    (
-        status,
-        head.to_owned(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
+    http_request(addr, method, path, &headers, text.as_deref())
 }
 
 fn code(v: &Value) -> Option<&str> {
