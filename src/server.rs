@@ -131,6 +131,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
         "consulta is serving; demo at http://{}/demo",
         cfg.http.listen
     );
+    if cfg.http.public_url.is_none() && !cfg.http.listen.ip().is_loopback() {
+        // ws_url of minted tokens is no longer taken from request headers.
+        tracing::warn!(ws_url = %cfg.ws_url(), "[http] public_url is unset: minted tokens carry this ws_url; set it to the address browsers reach");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;

@@ -558,3 +558,78 @@ async fn turn_credentials_of_a_kicked_participant_stop_working() {
     let _ = peer.kill();
     let _ = peer.wait();
 }
+
+#[test]
+fn cli_token_refuses_lifetimes_above_the_maximum() {
+    let args = |ttl: &'static str| {
+        [
+            "token",
+            "--room",
+            "appt-1",
+            "--identity",
+            "pt-1",
+            "--role",
+            "patient",
+            "--ttl",
+            ttl,
+        ]
+    };
+    let (ok, out, _) = cli(&args("90000"), &[]);
+    assert!(!ok, "a 25-hour token was minted: {out}");
+    // (The default lifetime may not exceed the maximum either.)
+    let max = [
+        ("CONSULTA_AUTH_MAX_TOKEN_TTL", "600"),
+        ("CONSULTA_AUTH_TOKEN_TTL", "300"),
+    ];
+    let (ok, out, _) = cli(&args("601"), &max);
+    assert!(!ok, "minted past max_token_ttl: {out}");
+    let (ok, _, err) = cli(&args("600"), &max);
+    assert!(ok, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_check_token_lifetime_and_key_id() {
+    let new_secret = "rotated-secret-0123456789";
+    let server = start_env(
+        "",
+        || "max_token_ttl = 3600\n".to_owned(),
+        &[(
+            "CONSULTA_AUTH_TOKEN_SECRETS",
+            "k2:rotated-secret-0123456789",
+        )],
+    );
+    let join = |token: String| {
+        let server = &server;
+        async move {
+            let mut c = Client::connect(server, "").await;
+            c.send(json!({"type":"join","v":1,"token":token})).await;
+            c.recv().await.unwrap()
+        }
+    };
+    let claims = |ttl: u64| {
+        consulta_signaling::JoinToken::new("appt-k", "pt-1", Role::Patient, now(), ttl).unwrap()
+    };
+    // A token living longer than [auth] max_token_ttl, correctly signed: refused.
+    let long = claims(7200).sign(SECRET.as_bytes()).unwrap();
+    let m = join(long).await;
+    assert_eq!(
+        (m["type"].as_str(), m["code"].as_str()),
+        (Some("error"), Some("token_invalid")),
+        "{m}"
+    );
+    // Signed before the rotation (no kid, token_secret) and after it (kid k2): both join.
+    let m = join(claims(600).sign(SECRET.as_bytes()).unwrap()).await;
+    assert_eq!(m["type"], "joined", "{m}");
+    let k2 = claims(600)
+        .sign_with_kid(new_secret.as_bytes(), Some("k2"))
+        .unwrap();
+    let m = join(k2).await;
+    assert_eq!(m["type"], "joined", "{m}");
+    // A kid the server does not know, or the new secret without its kid: refused.
+    let unknown = claims(600)
+        .sign_with_kid(new_secret.as_bytes(), Some("k9"))
+        .unwrap();
+    assert_eq!(join(unknown).await["code"], "token_invalid");
+    let no_kid = claims(600).sign(new_secret.as_bytes()).unwrap();
+    assert_eq!(join(no_kid).await["code"], "token_invalid");
+}
