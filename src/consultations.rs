@@ -346,7 +346,14 @@ impl Service {
                 control,
                 reply,
             } => {
-                if self.room(&room).await.policy_unreadable.is_some() {
+                // Unreadable a moment ago: try again, but not more often than the timer does (each
+                // try may cost this task a second).
+                let stale = self
+                    .room(&room)
+                    .await
+                    .policy_unreadable
+                    .is_some_and(|t| t.elapsed() >= admission::POLICY_RETRY);
+                if stale {
                     let read = self.read_policy(&room).await;
                     self.apply_policy(&room, read).await;
                 }
@@ -696,23 +703,27 @@ impl Service {
     }
 
     async fn timers(&mut self) {
-        // Rooms holding joins because their policy was unreadable try again.
-        let retry: Vec<String> = self
+        // Rooms holding joins because their policy was unreadable try again, the longest
+        // waiting first; one failure ends the round (the database is still away, and each try
+        // may cost this task a second).
+        let mut retry: Vec<(std::time::Instant, String)> = self
             .rooms
             .iter()
-            .filter(|(_, r)| {
+            .filter(|(_, r)| r.sessions.values().any(|s| s.held))
+            .filter_map(|(n, r)| {
                 r.policy_unreadable
-                    .is_some_and(|t| t.elapsed() >= admission::POLICY_RETRY)
-                    && r.sessions.values().any(|s| s.held)
+                    .filter(|t| t.elapsed() >= admission::POLICY_RETRY)
+                    .map(|t| (t, n.clone()))
             })
-            .map(|(n, _)| n.clone())
             .collect();
-        for n in retry {
+        retry.sort();
+        for (_, n) in retry {
             let read = self.read_policy(&n).await;
-            if self.apply_policy(&n, read).await {
-                tracing::info!(room = %n, "consultation policy readable again: held joins decided");
-                self.release_held(&n);
+            if !self.apply_policy(&n, read).await {
+                break;
             }
+            tracing::info!(room = %n, "consultation policy readable again: held joins decided");
+            self.release_held(&n);
         }
         let names: Vec<String> = self.rooms.keys().cloned().collect();
         for n in names {
