@@ -633,3 +633,42 @@ async fn joins_check_token_lifetime_and_key_id() {
     let no_kid = claims(600).sign(new_secret.as_bytes()).unwrap();
     assert_eq!(join(no_kid).await["code"], "token_invalid");
 }
+
+#[test]
+fn config_check_refuses_sse_c_over_http_and_plain_http_webhooks() {
+    let key = (
+        "CONSULTA_RECORDING_ENCRYPTION_KEY",
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    );
+    let bucket = ("CONSULTA_S3_BUCKET", "consulta-recordings");
+    let check = ["config", "check"];
+    let (ok, _, err) = cli(
+        &check,
+        &[
+            key,
+            bucket,
+            ("CONSULTA_S3_ENDPOINT", "http://192.168.1.10:3900"),
+        ],
+    );
+    assert!(!ok && err.contains("SSE-C"), "{err}");
+    let (ok, _, err) = cli(
+        &check,
+        &[
+            key,
+            bucket,
+            ("CONSULTA_S3_ENDPOINT", "https://pc1.lan:3901"),
+        ],
+    );
+    assert!(ok, "{err}");
+    let hooks = [
+        ("CONSULTA_WEBHOOKS_URLS", "http://app.lan/webhooks/consulta"),
+        ("CONSULTA_WEBHOOKS_SECRET", "hook-secret-0123456789"),
+    ];
+    let (ok, _, err) = cli(&check, &hooks);
+    assert!(!ok && err.contains("allow_http"), "{err}");
+    let (ok, _, err) = cli(
+        &check,
+        &[hooks[0], hooks[1], ("CONSULTA_WEBHOOKS_ALLOW_HTTP", "true")],
+    );
+    assert!(ok, "{err}");
+}
