@@ -1,14 +1,18 @@
 //! The control API (`/api/v1`, see docs/api.md): what the Laravel app uses to create a
 //! consultation, mint join tokens, act on participants, end the call and read its events.
 //!
-//! Every route needs `Authorization: Bearer <key>`. Errors are `{code, message}` with a 4xx for
+//! Every route needs `Authorization: Bearer <key>` of a key holding the route's scope
+//! ([`crate::api_keys`]), within the per-key and per-address rate limits. Errors are
+//! `{code, message}` with a 4xx for
 //! anything the caller sent wrong (bad JSON, wrong types, unknown ids, oversized bodies); a 503
 //! only when the database is unreachable. Handlers never block: they await the store or the
 //! consultation service, both bounded.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequest, MatchedPath, Path, Query, Request, State,
+};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,8 +23,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::api_keys::Grant;
 use crate::consultations::{Presence, Request as Svc};
 use crate::events::EventView;
+use crate::rate_limit::RateLimiter;
 use crate::server::AppState;
 use crate::store::{Consultation, Policy, StoreError};
 
@@ -119,32 +125,98 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .fallback(|| async { not_found("not_found", "no such API path") })
 }
 
+/// The control API's request budgets: one bucket per key, one per source address.
+pub struct Limits {
+    per_key: std::sync::Mutex<RateLimiter<usize>>,
+    per_ip: std::sync::Mutex<RateLimiter<std::net::IpAddr>>,
+}
+
+impl Limits {
+    pub fn new(cfg: &crate::config::ApiConfig) -> Limits {
+        Limits {
+            // A burst is at least one second's worth of the rate.
+            per_key: std::sync::Mutex::new(RateLimiter::new(
+                cfg.rate_limit_per_key,
+                cfg.rate_limit_burst.max(cfg.rate_limit_per_key),
+            )),
+            per_ip: std::sync::Mutex::new(RateLimiter::new(
+                cfg.rate_limit_per_ip,
+                cfg.rate_limit_burst.max(cfg.rate_limit_per_ip),
+            )),
+        }
+    }
+}
+
+fn rate_limited(wait: std::time::Duration, whose: &str) -> Response {
+    let secs = wait.as_secs() + 1;
+    let mut r = ApiError(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("too many requests from this {whose}; retry in {secs} s"),
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
+/// Rate limits (the address first, so guessing keys costs budget too), the key, its scope.
 async fn require_key(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let now = std::time::Instant::now();
+    // The TCP peer, never a forwarded-for header: behind a proxy every caller shares its
+    // address, which is why the API belongs on its own listener (`[api] listen`).
+    if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>() {
+        let verdict = state
+            .api_limits
+            .per_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(&peer.ip(), now);
+        if let Err(wait) = verdict {
+            return rate_limited(wait, "address");
+        }
+    }
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let ok = given.is_some_and(|k| {
-        state
-            .api_keys
-            .iter()
-            .any(|key| constant_eq(key.as_bytes(), k.as_bytes()))
-    });
-    if !ok {
+    let Some(Grant { key, scopes }) = given.and_then(|k| state.api_keys.authenticate(k)) else {
         return ApiError(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "a valid `Authorization: Bearer <api key>` is needed".into(),
         )
         .into_response();
+    };
+    let verdict = state
+        .api_limits
+        .per_key
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(&key, now);
+    if let Err(wait) = verdict {
+        return rate_limited(wait, "API key");
+    }
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", |m| m.as_str());
+    let needed = crate::api_keys::required(req.method(), route);
+    if !needed.iter().any(|s| scopes.has(*s)) {
+        let names: Vec<&str> = needed.iter().map(|s| s.as_str()).collect();
+        return ApiError(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            format!(
+                "this API key lacks the scope this route needs ({})",
+                names.join(" or ")
+            ),
+        )
+        .into_response();
     }
     next.run(req).await
-}
-
-fn constant_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn view(c: &Consultation, present: usize) -> Value {
@@ -162,13 +234,16 @@ fn view(c: &Consultation, present: usize) -> Value {
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {
-    validate_id(id, "id").map_err(|_| {
-        bad(
-            "invalid_id",
-            "ids are 1-128 printable characters without spaces",
-        )
-    })
+    validate_id(id, "id").map_err(|_| bad("invalid_id", ID_RULE))
 }
+
+fn check_identity(identity: &str) -> Result<(), ApiError> {
+    validate_id(identity, "identity").map_err(|_| bad("invalid_identity", ID_RULE))
+}
+
+/// What ids and identities look like (docs/api.md): nothing that can name a path.
+const ID_RULE: &str =
+    "ids and identities are 1-128 of A-Z a-z 0-9 . _ : - starting with a letter or digit, without ..";
 
 async fn load(state: &AppState, id: &str) -> Result<Consultation, ApiError> {
     check_id(id)?;
@@ -337,10 +412,10 @@ struct TokenBody {
 async fn mint_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: axum::http::HeaderMap,
     Body(b): Body<TokenBody>,
 ) -> Result<Response, ApiError> {
     let c = load(&state, &id).await?;
+    check_identity(&b.identity)?;
     if c.status == "closed" || presence(&state, &id).await.closed {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -349,28 +424,22 @@ async fn mint_token(
         ));
     }
     let ttl = b.ttl.unwrap_or(state.token_ttl);
-    if !(1..=86_400).contains(&ttl) {
+    let max = state.token_keys.max_ttl();
+    if !(1..=max).contains(&ttl) {
         return Err(bad(
             "invalid_ttl",
-            "ttl must be between 1 and 86400 seconds",
+            format!("ttl must be between 1 and {max} seconds ([auth] max_token_ttl)"),
         ));
     }
     let claims = JoinToken::new(&id, &b.identity, b.role, crate::unix_now(), ttl)
         .map_err(|e| bad("invalid_identity", e.to_string()))?;
-    let token = claims
-        .sign(&state.token_secret)
+    let token = state
+        .token_keys
+        .sign(&claims)
         .map_err(|e| bad("invalid_token", e.to_string()))?;
-    // The signaling URL as the caller reaches this server (behind a TLS proxy: wss).
-    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
-    let host = header("x-forwarded-host")
-        .or(header("host"))
-        .unwrap_or("127.0.0.1:7880");
-    let scheme = if header("x-forwarded-proto") == Some("https") {
-        "wss"
-    } else {
-        "ws"
-    };
-    let body = json!({ "token": token, "expires_at": crate::rfc3339(claims.exp as i64 * 1000), "ws_url": format!("{scheme}://{host}/ws") });
+    // The configured public URL: Host and X-Forwarded-* are the caller's to choose, and a
+    // ws_url pointing elsewhere would hand the patient's token to whoever that is.
+    let body = json!({ "token": token, "expires_at": crate::rfc3339(claims.exp as i64 * 1000), "ws_url": &*state.ws_url });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
@@ -419,6 +488,7 @@ async fn act_on(
     missing: (&'static str, &str),
 ) -> Result<(), ApiError> {
     load(state, id).await?;
+    check_identity(identity)?;
     if state.consultations.ask(make).await.unwrap_or(false) {
         Ok(())
     } else {
@@ -481,6 +551,7 @@ async fn mute(
     Body(b): Body<MuteBody>,
 ) -> Result<Json<Value>, ApiError> {
     load(&state, &id).await?;
+    check_identity(&identity)?;
     let p = presence(&state, &id).await;
     if !p.present.iter().any(|(i, _)| *i == identity) {
         return Err(not_found(

@@ -107,12 +107,38 @@ pub struct DatabaseConfig {
     pub url: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Bearer keys of the control API (`/api/v1`). Empty: one is generated into
-    /// `<data_dir>/api_key`.
+    /// Bearer keys of the control API (`/api/v1`), each granting every scope (kept for
+    /// compatibility; prefer `key_hashes`). Empty with `key_hashes` empty: one is generated
+    /// into `<data_dir>/api_key`.
     pub keys: Vec<String>,
+    /// Keys known only by their SHA-256, each with the scopes it grants:
+    /// `"<64 hex digits> tokens:mint events:read"` (`*` for all); `consulta api-key` makes one.
+    pub key_hashes: Vec<String>,
+    /// A listener of its own for the control API (e.g. `127.0.0.1:7890`); when set, `/api/` is
+    /// no longer served on `[http] listen`.
+    pub listen: Option<SocketAddr>,
+    /// Requests a second each API key may make (sustained; 0 = no limit).
+    pub rate_limit_per_key: u32,
+    /// Requests a second from each source address, authenticated or not (0 = no limit).
+    pub rate_limit_per_ip: u32,
+    /// Requests either limit lets through at once (at least one second's worth of its rate).
+    pub rate_limit_burst: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            keys: Vec::new(),
+            key_hashes: Vec::new(),
+            listen: None,
+            rate_limit_per_key: 20,
+            rate_limit_per_ip: 20,
+            rate_limit_burst: 40,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,6 +150,8 @@ pub struct WebhooksConfig {
     pub secret: Option<String>,
     /// Give up on a delivery after this many seconds (default 3 days).
     pub max_age: u64,
+    /// Allow `http://` URLs (events then cross the network in clear); off: https only.
+    pub allow_http: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -141,6 +169,7 @@ impl Default for WebhooksConfig {
             urls: Vec::new(),
             secret: None,
             max_age: 3 * 86_400,
+            allow_http: false,
         }
     }
 }
@@ -159,6 +188,10 @@ impl Default for ConsultationConfig {
 pub struct HttpConfig {
     /// Address of the HTTP listener: signaling (/ws), SDK, demo page, health.
     pub listen: SocketAddr,
+    /// The URL browsers reach this listener at (`https://consulta.example.com.br`); the
+    /// `ws_url` of minted tokens is made from it, never from request headers. Unset:
+    /// `http://<listen>`.
+    pub public_url: Option<String>,
     /// On SIGTERM, how long calls in progress may go on (no new joins, /readyz says 503) before
     /// they are ended, in seconds. A second SIGTERM ends them at once.
     pub drain_timeout: u64,
@@ -218,6 +251,13 @@ pub struct AuthConfig {
     pub token_secret: Option<String>,
     /// Default lifetime of tokens minted by `consulta token`, seconds.
     pub token_ttl: u64,
+    /// Longest lifetime (exp - iat) a join token may have, seconds: longer ones are not
+    /// minted, and refused on join.
+    pub max_token_ttl: u64,
+    /// Named token secrets for rotation, `"<kid>:<secret>"`: the first signs new tokens (with
+    /// `kid` in their header), every one verifies the tokens naming it. Tokens without a kid
+    /// are verified with `token_secret` (or the generated one).
+    pub token_secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -261,6 +301,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7880)),
+            public_url: None,
             drain_timeout: 25,
         }
     }
@@ -290,6 +331,8 @@ impl Default for AuthConfig {
         AuthConfig {
             token_secret: None,
             token_ttl: 3600,
+            max_token_ttl: 86_400,
+            token_secrets: Vec::new(),
         }
     }
 }
@@ -404,6 +447,13 @@ impl Config {
             if !(u.starts_with("http://") || u.starts_with("https://")) {
                 bail!("webhooks.urls: {u:?} is not an http(s) URL");
             }
+            if u.starts_with("http://") && !self.webhooks.allow_http {
+                bail!(
+                    "webhooks.urls: {u:?} is plain http (call events would cross the network in \
+                     clear); use https, or set webhooks.allow_http = true for a receiver on a \
+                     trusted network"
+                );
+            }
         }
         if let Some(u) = &self.database.url {
             if !(u.starts_with("postgres://")
@@ -416,6 +466,7 @@ impl Config {
         if self.api.keys.iter().any(|k| k.len() < 16) {
             bail!("api.keys must each be at least 16 characters");
         }
+        self.validate_security()?;
         if self.recording.part_size < 5 << 20 || self.recording.part_size > 5 << 30 {
             bail!("recording.part_size must be between 5 MiB (5242880) and 5 GiB");
         }
@@ -534,9 +585,10 @@ impl Config {
         Ok(secret.into_bytes())
     }
 
-    /// The control API keys: configured, or one generated once and kept in the data dir.
+    /// The control API's plain (all-scope) keys: configured, or one generated once and kept in
+    /// the data dir when no key at all is configured.
     pub fn api_keys(&self) -> Result<Vec<String>> {
-        if !self.api.keys.is_empty() {
+        if !self.api.keys.is_empty() || !self.api.key_hashes.is_empty() {
             return Ok(self.api.keys.clone());
         }
         let key = self.kept_secret("api_key")?;
@@ -568,7 +620,13 @@ impl Config {
         if c.auth.token_secret.is_some() {
             c.auth.token_secret = Some("<redacted>".into());
         }
-        for s in c.turn.secrets.iter_mut().chain(c.api.keys.iter_mut()) {
+        for s in c
+            .turn
+            .secrets
+            .iter_mut()
+            .chain(c.api.keys.iter_mut())
+            .chain(c.auth.token_secrets.iter_mut())
+        {
             *s = "<redacted>".into();
         }
         for s in [
@@ -622,6 +680,8 @@ impl Config {
 
 fn optional_keys(section: &str) -> &'static [&'static str] {
     match section {
+        "http" => &["public_url"],
+        "api" => &["listen"],
         "media" => &["bind_ip"],
         "auth" => &["token_secret"],
         "metrics" => &["listen"],
@@ -712,143 +772,5 @@ fn typed_env_value(default: Option<&toml::Value>, raw: &str, name: &str) -> Resu
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn defaults_are_laptop_safe() {
-        // A section present but partial keeps the other keys' defaults.
-        let dir = std::env::temp_dir().join(format!("consulta-partial-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("c.toml"),
-            "[webhooks]\nurls = []\n[consultation]\nno_show_after = 60\n",
-        )
-        .unwrap();
-        let partial = Config::load(Some(&dir.join("c.toml")), env(&[])).unwrap();
-        assert_eq!(partial.webhooks.max_age, 3 * 86_400);
-        assert_eq!(partial.consultation.empty_room_end, 300);
-        std::fs::remove_dir_all(&dir).unwrap();
-        let c = Config::load(None, env(&[])).unwrap();
-        c.validate().unwrap();
-        assert_eq!(c.http.listen.to_string(), "127.0.0.1:7880");
-        assert_eq!(c.media.udp_port, 7882);
-        assert_eq!(c.bind_ip().to_string(), "127.0.0.1");
-        assert_eq!(c.media.max_publishers, 5);
-        assert_eq!(c.media.nack_history, 500);
-        assert_eq!(c.data_dir, PathBuf::from("./data"));
-    }
-
-    #[test]
-    fn file_then_env_override() {
-        let dir = std::env::temp_dir().join(format!("consulta-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("c.toml");
-        std::fs::write(
-            &file,
-            "data_dir = \"/tmp/x\"\n[http]\nlisten = \"0.0.0.0:8000\"\n[media]\nudp_port = 9000\npublic_ips = [\"203.0.113.5\"]\nworkers = 3\n[auth]\ntoken_secret = \"0123456789abcdef\"\n",
-        )
-        .unwrap();
-        let c = Config::load(
-            Some(&file),
-            env(&[
-                ("CONSULTA_MEDIA_UDP_PORT", "9100"),
-                ("CONSULTA_MEDIA_PUBLIC_IPS", "198.51.100.1, 10.0.0.2"),
-                ("CONSULTA_BIN", "x"),
-            ]),
-        )
-        .unwrap();
-        c.validate().unwrap();
-        assert_eq!(c.media.udp_port, 9100);
-        assert_eq!(c.media.workers, 3);
-        assert_eq!(c.media.public_ips.len(), 2);
-        assert_eq!(c.bind_ip().to_string(), "0.0.0.0");
-        assert_eq!(c.http.listen.port(), 8000);
-        assert!(!c.redacted_toml().contains("0123456789abcdef"));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn typos_and_bad_values_are_errors() {
-        assert!(Config::load(None, env(&[("CONSULTA_MEDIA_UDPPORT", "1")])).is_err());
-        assert!(Config::load(None, env(&[("CONSULTA_MEDIA_UDP_PORT", "seven")])).is_err());
-        assert!(Config::load(None, env(&[("CONSULTA_HTTP_LISTEN", "nowhere")])).is_err());
-        let c = Config::load(None, env(&[("CONSULTA_AUTH_TOKEN_SECRET", "short")])).unwrap();
-        assert!(c.validate().is_err());
-        let c = Config::load(None, env(&[("CONSULTA_MEDIA_PUBLIC_IPS", "0.0.0.0")])).unwrap();
-        assert!(c.validate().is_err());
-        for bad in ["100000", "5"] {
-            let c = Config::load(None, env(&[("CONSULTA_MEDIA_NACK_HISTORY", bad)])).unwrap();
-            assert!(c.validate().is_err());
-        }
-        let c = Config::load(None, env(&[("CONSULTA_MEDIA_NACK_HISTORY", "0")])).unwrap();
-        assert_eq!(c.media.nack_history, 0);
-        c.validate().unwrap();
-        for bad in ["one", "3-1", "1,1", "4096"] {
-            let c = Config::load(None, env(&[("CONSULTA_MEDIA_WORKER_CPUS", bad)])).unwrap();
-            let e = c.validate().unwrap_err().to_string();
-            assert!(e.starts_with("media.worker_cpus: "), "{bad}: {e}");
-        }
-        let c = Config::load(None, env(&[("CONSULTA_MEDIA_WORKER_CPUS", "1,2-3")])).unwrap();
-        c.validate().unwrap();
-        assert_eq!(c.worker_cpus().unwrap(), vec![1, 2, 3]);
-        assert_eq!(
-            Config::default().worker_cpus().unwrap(),
-            Vec::<usize>::new()
-        );
-    }
-
-    #[test]
-    fn every_env_name_is_accepted() {
-        for name in Config::env_names() {
-            let value = match name.as_str() {
-                "CONSULTA_HTTP_LISTEN" | "CONSULTA_METRICS_LISTEN" => "127.0.0.1:1",
-                "CONSULTA_MEDIA_PUBLIC_IPS"
-                | "CONSULTA_MEDIA_BIND_IP"
-                | "CONSULTA_TURN_LISTEN_IP"
-                | "CONSULTA_TURN_RELAY_IP"
-                | "CONSULTA_TURN_RELAY_PUBLIC_IP" => "127.0.0.1",
-                "CONSULTA_TURN_ENABLED"
-                | "CONSULTA_MEDIA_BANDWIDTH_ESTIMATION"
-                | "CONSULTA_TURN_LEGACY_CHANNEL_NUMBERS"
-                | "CONSULTA_S3_PATH_STYLE" => "true",
-                "CONSULTA_TURN_ALLOWED_PEER_RANGES" => "10.0.0.0/8,192.168.0.0/16",
-                "CONSULTA_DATABASE_URL" => "postgres://u:p@127.0.0.1/test",
-                "CONSULTA_WEBHOOKS_URLS" => "",
-                "CONSULTA_API_KEYS" | "CONSULTA_WEBHOOKS_SECRET" => "something-long-enough",
-                "CONSULTA_TURN_REALM"
-                | "CONSULTA_TURN_HOST"
-                | "CONSULTA_TURN_TLS_CERT"
-                | "CONSULTA_TURN_TLS_KEY"
-                | "CONSULTA_TURN_SECRETS" => "something-long-enough",
-                "CONSULTA_LOG_FORMAT" => "json",
-                "CONSULTA_LOG_LEVEL" => "debug",
-                "CONSULTA_AUTH_TOKEN_SECRET" | "CONSULTA_DATA_DIR" => "0123456789abcdef",
-                _ => "2",
-            };
-            Config::load(None, env(&[(&name, value)])).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        }
-    }
-
-    #[test]
-    fn generated_secret_is_kept() {
-        let dir = std::env::temp_dir().join(format!("consulta-secret-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let c = Config {
-            data_dir: dir.clone(),
-            ..Config::default()
-        };
-        let a = c.token_secret().unwrap();
-        let b = c.token_secret().unwrap();
-        assert_eq!(a, b);
-        assert_eq!(a.len(), 64);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -4,8 +4,13 @@
 //!
 //! One task owns this state. Signaling sessions and the API talk to it through a bounded queue;
 //! it turns what happens into call events for the [`EventSink`] and never touches the database
-//! on its own path except to read a consultation's policy once (cached, with a default when the
-//! database is down, so a call never waits on it).
+//! on its own path except to read a consultation's policy once (cached). When the policy cannot
+//! be read (database down or slow), joins are held in the waiting room and the read is retried:
+//! nobody is admitted under a default policy (fail closed).
+//!
+//! Sessions and admissions are keyed by (identity, role): a token of another role never takes
+//! over a session (`IdentityInUse`), and a second session of the same identity and role passes
+//! the waiting room again when the policy has one.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -18,6 +23,8 @@ use consulta_signaling::protocol::RecordingState;
 /// A recording stopped by a full spool or a disk error is tried again after this, once the
 /// spool has room.
 const BLOCKED_RETRY: Duration = Duration::from_secs(60);
+
+mod admission;
 
 use crate::events::{EventFactory, EventSink};
 use crate::store::{Policy, Store};
@@ -44,6 +51,8 @@ pub enum Admission {
     /// Wait for `SessionControl::Admitted` on the session's control channel.
     Wait,
     Closed,
+    /// The identity is in the consultation with another role.
+    IdentityInUse,
 }
 
 pub enum Request {
@@ -163,6 +172,10 @@ struct Session {
     entered_at: Instant,
     /// When its media joined the room (after admission).
     joined_at: Option<Instant>,
+    /// In the waiting room, for a doctor or the API to admit.
+    waiting: bool,
+    /// Held because the policy could not be read; decided once it can.
+    held: bool,
     /// Consents to being recorded.
     consent: bool,
     /// Has been told the recording state.
@@ -175,7 +188,10 @@ struct Room {
     closed: bool,
     scheduled_start: Option<i64>,
     sessions: HashMap<String, Session>,
-    admitted: HashSet<String>,
+    /// (identity, role) admitted from the waiting room (or not subject to it).
+    admitted: HashSet<(String, String)>,
+    /// The policy could not be read; when the last try failed.
+    policy_unreadable: Option<Instant>,
     /// Identities of each role ever present.
     seen_roles: HashSet<String>,
     started: bool,
@@ -308,36 +324,6 @@ impl Service {
         self.sink.send(self.factory.make(room, kind, payload)).await;
     }
 
-    /// The room's policy: cached, else read once (default when unknown or unreachable).
-    async fn room(&mut self, name: &str) -> &mut Room {
-        if !self.rooms.contains_key(name) {
-            let known =
-                tokio::time::timeout(Duration::from_secs(1), self.store.consultation(name)).await;
-            let mut room = Room::default();
-            match known {
-                Ok(Ok(Some(c))) => {
-                    room.closed = c.status == "closed";
-                    room.started = c.started_at.is_some();
-                    room.scheduled_start = c.scheduled_start;
-                    room.policy = Some(c.policy);
-                }
-                Ok(Ok(None)) => {
-                    // First seen here: record it as created (ad hoc, default policy).
-                    self.sink
-                        .send(self.factory.make(
-                            name,
-                            "created",
-                            json!({ "policy": Policy::default(), "ad_hoc": true }),
-                        ))
-                        .await;
-                }
-                _ => {}
-            }
-            self.rooms.insert(name.to_owned(), room);
-        }
-        self.rooms.get_mut(name).expect("inserted above")
-    }
-
     async fn handle(&mut self, r: Request) {
         match r {
             Request::Created {
@@ -345,9 +331,11 @@ impl Service {
                 policy,
                 scheduled_start,
             } => {
-                let entry = self.rooms.entry(room).or_default();
+                let entry = self.rooms.entry(room.clone()).or_default();
                 entry.policy = Some(policy);
                 entry.scheduled_start = scheduled_start;
+                entry.policy_unreadable = None;
+                self.release_held(&room);
             }
             Request::Enter {
                 room,
@@ -358,24 +346,55 @@ impl Service {
                 control,
                 reply,
             } => {
+                // Unreadable a moment ago: try again, but not more often than the timer does (each
+                // try may cost this task a second).
+                let stale = self
+                    .room(&room)
+                    .await
+                    .policy_unreadable
+                    .is_some_and(|t| t.elapsed() >= admission::POLICY_RETRY);
+                if stale {
+                    let read = self.read_policy(&room).await;
+                    self.apply_policy(&room, read).await;
+                }
                 let r = self.room(&room).await;
                 if r.closed {
                     let _ = reply.send(Admission::Closed);
                     return;
                 }
+                if r.sessions
+                    .values()
+                    .any(|s| s.identity == identity && s.role != role)
+                {
+                    let _ = reply.send(Admission::IdentityInUse);
+                    return;
+                }
+                let held = r.policy_unreadable.is_some();
                 let waiting_room = r.policy.as_ref().is_some_and(|p| p.waiting_room);
-                let must_wait = waiting_room && role != "doctor" && !r.admitted.contains(&identity);
+                // A second session of the same identity and role would replace the one in the
+                // call: with a waiting room, it is admitted again first.
+                let replacing = r.sessions.values().any(|s| s.identity == identity);
+                let key = (identity.clone(), role.clone());
+                let must_wait = held
+                    || (waiting_room
+                        && role != "doctor"
+                        && (replacing || !r.admitted.contains(&key)));
                 let entry = Session {
                     identity: identity.clone(),
                     role: role.clone(),
                     control,
                     entered_at: Instant::now(),
                     joined_at: None,
+                    waiting: must_wait && !held,
+                    held,
                     consent: false,
                     told_recording: false,
                 };
                 r.sessions.insert(session.clone(), entry);
-                if must_wait {
+                if held {
+                    tracing::warn!(room = %room, "consultation policy unreadable: join held until it can be read");
+                    let _ = reply.send(Admission::Wait);
+                } else if must_wait {
                     let _ = reply.send(Admission::Wait);
                     for d in r.present().filter(|s| s.role == "doctor") {
                         let _ = d.control.try_send(SessionControl::Waiting {
@@ -384,7 +403,7 @@ impl Service {
                         });
                     }
                 } else {
-                    r.admitted.insert(identity.clone());
+                    r.admitted.insert(key);
                     let _ = reply.send(Admission::Proceed);
                 }
                 // Joined the consultation (into the waiting room when `waiting`).
@@ -403,11 +422,7 @@ impl Service {
                 if role == "doctor" {
                     // A doctor arriving learns who is already waiting.
                     if let Some(me) = r.sessions.get(&session) {
-                        for w in r
-                            .sessions
-                            .values()
-                            .filter(|w| w.joined_at.is_none() && !r.admitted.contains(&w.identity))
-                        {
+                        for w in r.sessions.values().filter(|w| w.waiting) {
                             let _ = me.control.try_send(SessionControl::Waiting {
                                 identity: w.identity.clone(),
                                 role: w.role.clone(),
@@ -467,14 +482,17 @@ impl Service {
                 reply,
             } => {
                 let r = self.room(&room).await;
-                let waiting: Vec<mpsc::Sender<SessionControl>> = r
+                let mut waiting = Vec::new();
+                for s in r
                     .sessions
-                    .values()
-                    .filter(|s| s.identity == identity && s.joined_at.is_none())
-                    .map(|s| s.control.clone())
-                    .collect();
-                let was_waiting = !waiting.is_empty() && !r.admitted.contains(&identity);
-                r.admitted.insert(identity.clone());
+                    .values_mut()
+                    .filter(|s| s.identity == identity && s.waiting)
+                {
+                    s.waiting = false;
+                    r.admitted.insert((s.identity.clone(), s.role.clone()));
+                    waiting.push(s.control.clone());
+                }
+                let was_waiting = !waiting.is_empty();
                 for c in waiting {
                     let _ = c.try_send(SessionControl::Admitted);
                 }
@@ -507,7 +525,7 @@ impl Service {
                 let _ = reply.send(found);
                 if found {
                     if let Some(r) = self.rooms.get_mut(&room) {
-                        r.admitted.remove(&identity);
+                        r.admitted.retain(|(i, _)| *i != identity);
                     }
                     self.emit(&room, "kicked", json!({ "identity": identity }))
                         .await;
@@ -599,10 +617,16 @@ impl Service {
                         waiting: r
                             .sessions
                             .values()
-                            .filter(|s| s.joined_at.is_none() && !r.admitted.contains(&s.identity))
+                            .filter(|s| s.waiting || s.held)
                             .map(|s| (s.identity.clone(), s.role.clone()))
                             .collect(),
-                        admitted: r.admitted.iter().cloned().collect(),
+                        admitted: {
+                            let mut ids: Vec<String> =
+                                r.admitted.iter().map(|(i, _)| i.clone()).collect();
+                            ids.sort();
+                            ids.dedup();
+                            ids
+                        },
                     })
                     .unwrap_or_default();
                 let _ = reply.send(p);
@@ -679,6 +703,28 @@ impl Service {
     }
 
     async fn timers(&mut self) {
+        // Rooms holding joins because their policy was unreadable try again, the longest
+        // waiting first; one failure ends the round (the database is still away, and each try
+        // may cost this task a second).
+        let mut retry: Vec<(std::time::Instant, String)> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.sessions.values().any(|s| s.held))
+            .filter_map(|(n, r)| {
+                r.policy_unreadable
+                    .filter(|t| t.elapsed() >= admission::POLICY_RETRY)
+                    .map(|t| (t, n.clone()))
+            })
+            .collect();
+        retry.sort();
+        for (_, n) in retry {
+            let read = self.read_policy(&n).await;
+            if !self.apply_policy(&n, read).await {
+                break;
+            }
+            tracing::info!(room = %n, "consultation policy readable again: held joins decided");
+            self.release_held(&n);
+        }
         let names: Vec<String> = self.rooms.keys().cloned().collect();
         for n in names {
             self.reconcile(&n).await;

@@ -25,10 +25,13 @@ fn tune_allocator() {
 }
 
 mod api;
+mod api_keys;
 mod config;
+mod config_security;
 mod consultations;
 mod events;
 mod metrics;
+mod rate_limit;
 mod recording;
 mod server;
 mod store;
@@ -65,6 +68,14 @@ enum Command {
     Serve(ServeArgs),
     /// Print a join token for one identity in one room.
     Token(TokenArgs),
+    /// Make a new control API key: prints the key (give it to the app) and its `[api]
+    /// key_hashes` entry (put it in the config; the key itself is not stored).
+    ApiKey {
+        /// Scopes, comma-separated: tokens:mint, consultations:write, participants:write,
+        /// events:read, recordings:write (or * for all).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
     /// Print fresh TURN credentials as an RTCIceServer JSON object.
     TurnCredentials {
         /// Who the credentials are for (goes into the TURN username).
@@ -144,7 +155,7 @@ struct TokenArgs {
     /// doctor, patient or guest.
     #[arg(long)]
     role: Role,
-    /// Lifetime in seconds (default [auth] token_ttl).
+    /// Lifetime in seconds (default [auth] token_ttl, at most [auth] max_token_ttl).
     #[arg(long)]
     ttl: Option<u64>,
     /// Data directory holding a generated secret (data_dir).
@@ -219,12 +230,23 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.data_dir = v;
             }
             cfg.validate()?;
-            let secret = cfg.token_secret()?;
+            let keys = cfg.token_keys()?;
             let now = unix_now();
             let ttl = args.ttl.unwrap_or(cfg.auth.token_ttl);
-            let token =
-                JoinToken::new(&args.room, &args.identity, args.role, now, ttl)?.sign(&secret)?;
+            let token = keys.sign(&JoinToken::new(
+                &args.room,
+                &args.identity,
+                args.role,
+                now,
+                ttl,
+            )?)?;
             println!("{token}");
+            Ok(())
+        }
+        Command::ApiKey { scopes } => {
+            let (key, entry) = api_keys::new_key(&scopes)?;
+            println!("key: {key}");
+            println!("[api] key_hashes entry: \"{entry}\"");
             Ok(())
         }
         Command::TurnCredentials {

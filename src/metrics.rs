@@ -742,6 +742,11 @@ fn render_turn(o: &mut Out, t: &CountersSnapshot) {
         "reason=\"auth_timeout\"",
         t.auth_timeouts,
     );
+    o.labelled(
+        "consulta_turn_refusals_total",
+        "reason=\"revoked\"",
+        t.revoked_refusals,
+    );
     o.head(
         "consulta_turn_dropped_packets_total",
         "counter",

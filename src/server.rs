@@ -26,7 +26,8 @@ const DEMO_HTML: &str = include_str!("../signaling/client/demo.html");
 #[derive(Clone)]
 pub struct AppState {
     pub sfu: SfuHandle,
-    pub token_secret: Arc<Vec<u8>>,
+    /// Secrets join tokens are signed and verified with, and their longest lifetime.
+    pub token_keys: Arc<consulta_signaling::TokenKeys>,
     /// Flips to true on SIGTERM/ctrl-c: sessions end so the listener can drain.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub started: std::time::Instant,
@@ -37,8 +38,12 @@ pub struct AppState {
     pub consultations: crate::consultations::Consultations,
     pub events: crate::events::EventSink,
     pub event_factory: Arc<crate::events::EventFactory>,
-    pub api_keys: Arc<Vec<String>>,
+    pub api_keys: Arc<crate::api_keys::KeyRing>,
+    /// Per-key and per-address request budgets of the control API.
+    pub api_limits: Arc<crate::api::Limits>,
     pub token_ttl: u64,
+    /// The signaling URL handed out with minted tokens (`[http] public_url`).
+    pub ws_url: Arc<str>,
     pub webhook_stats: Option<Arc<crate::webhooks::WebhookStats>>,
     pub recordings: crate::recording::Recordings,
     /// Sessions in a call, by id, that a new connection may resume.
@@ -53,22 +58,51 @@ pub struct Turn {
     /// The `[turn]` section with its secrets resolved.
     pub config: consulta_turn::TurnConfig,
     pub host: String,
+    /// Keys the TURN user of a participant (random per process, like the TURN state itself).
+    pub user_key: [u8; 32],
+}
+
+impl Turn {
+    /// The TURN user of a participant: a keyed hash of (room, identity), so fresh credentials
+    /// after a rejoin share its quota and a revocation, while the username sent in the clear
+    /// names neither the consultation nor the person.
+    pub fn user_of(&self, room: &str, identity: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&self.user_key)
+            .expect("HMAC takes any key length");
+        // '/' cannot occur in ids, so (room, identity) pairs never collide.
+        mac.update(room.as_bytes());
+        mac.update(b"/");
+        mac.update(identity.as_bytes());
+        format!("p{}", &hex::encode(mac.finalize().into_bytes())[..24])
+    }
 }
 
 impl AppState {
-    /// ICE servers handed to a participant on join: fresh TURN credentials for `user` (a
-    /// session id, never a name), or none when TURN is off.
-    pub fn ice_servers(&self, user: &str) -> Vec<serde_json::Value> {
+    /// ICE servers handed to a participant: fresh TURN credentials for its TURN user
+    /// ([`Turn::user_of`]), or none when TURN is off.
+    pub fn ice_servers(&self, room: &str, identity: &str) -> Vec<serde_json::Value> {
         self.turn
             .as_ref()
-            .and_then(|t| t.config.ice_server_json(&t.host, user, crate::unix_now()))
+            .and_then(|t| {
+                let user = t.user_of(room, identity);
+                t.config.ice_server_json(&t.host, &user, crate::unix_now())
+            })
             .into_iter()
             .collect()
+    }
+
+    /// A participant was removed (kicked, call ended): its TURN credentials minted so far no
+    /// longer make allocations.
+    pub fn revoke_turn(&self, room: &str, identity: &str) {
+        if let Some(t) = &self.turn {
+            t.handle.revoke(&t.user_of(room, identity));
+        }
     }
 }
 
 pub async fn serve(cfg: Config) -> Result<()> {
-    let token_secret = Arc::new(cfg.token_secret()?);
+    let token_keys = Arc::new(cfg.token_keys()?);
     let sfu = Sfu::start(SfuConfig {
         udp_port: cfg.media.udp_port,
         tcp_port: cfg.media.tcp_port,
@@ -98,6 +132,10 @@ pub async fn serve(cfg: Config) -> Result<()> {
         "consulta is serving; demo at http://{}/demo",
         cfg.http.listen
     );
+    if cfg.http.public_url.is_none() && !cfg.http.listen.ip().is_loopback() {
+        // ws_url of minted tokens is no longer taken from request headers.
+        tracing::warn!(ws_url = %cfg.ws_url(), "[http] public_url is unset: minted tokens carry this ws_url; set it to the address browsers reach");
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
@@ -173,8 +211,8 @@ pub async fn serve(cfg: Config) -> Result<()> {
         )),
         _ => None,
     };
-    let api_keys = Arc::new(cfg.api_keys()?);
-    if cfg.api.keys.is_empty() {
+    let api_keys = Arc::new(cfg.api_key_ring()?);
+    if cfg.api.keys.is_empty() && cfg.api.key_hashes.is_empty() {
         tracing::info!(path = %cfg.data_dir.join("api_key").display(), "control API key generated (set [api] keys to choose your own)");
     }
     let turn = if cfg.turn.enabled {
@@ -201,13 +239,17 @@ pub async fn serve(cfg: Config) -> Result<()> {
             handle,
             config,
             host: cfg.turn_host(),
+            user_key: {
+                use rand::Rng;
+                rand::rng().random()
+            },
         }))
     } else {
         None
     };
     let state = AppState {
         sfu: sfu.handle(),
-        token_secret,
+        token_keys,
         shutdown: stop_rx,
         started: std::time::Instant::now(),
         turn,
@@ -217,7 +259,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
         events,
         event_factory,
         api_keys,
+        api_limits: Arc::new(crate::api::Limits::new(&cfg.api)),
         token_ttl: cfg.auth.token_ttl,
+        ws_url: cfg.ws_url().into(),
         webhook_stats,
         recordings: recordings.clone(),
         resumable: Default::default(),
@@ -225,7 +269,24 @@ pub async fn serve(cfg: Config) -> Result<()> {
     };
     let draining = state.draining.clone();
     let drain_timeout = std::time::Duration::from_secs(cfg.http.drain_timeout);
-    let mut app = router(state.clone());
+    let mut app = router(state.clone(), cfg.api.listen.is_none());
+    if let Some(addr) = cfg.api.listen {
+        // The control API on a listener of its own (loopback or the clinic LAN), off the
+        // public edge: the HTTP listener then has no /api/ at all.
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the control API"))?;
+        tracing::info!(api = %addr, "control API is serving on its own listener");
+        let api_app = Router::new()
+            .nest("/api/v1", crate::api::routes(state.clone()))
+            .with_state(state.clone());
+        tokio::spawn(async move {
+            let service = api_app.into_make_service_with_connect_info::<std::net::SocketAddr>();
+            if let Err(e) = axum::serve(listener, service).await {
+                tracing::error!(error = %e, "control API listener failed");
+            }
+        });
+    }
     match cfg.metrics.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -248,13 +309,16 @@ pub async fn serve(cfg: Config) -> Result<()> {
             )
         }
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            drain(&draining, drain_timeout).await;
-            let _ = stop_tx.send(true);
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        drain(&draining, drain_timeout).await;
+        let _ = stop_tx.send(true);
+    })
+    .await?;
     tracing::info!("shutting down");
     tokio::task::spawn_blocking(move || sfu.shutdown()).await?;
     // The workers dropped their taps: recorder threads close their files; uploads in flight get
@@ -265,7 +329,13 @@ pub async fn serve(cfg: Config) -> Result<()> {
     Ok(())
 }
 
-pub fn router(state: AppState) -> Router {
+/// The HTTP listener's routes; the control API among them unless `[api] listen` moved it.
+pub fn router(state: AppState, with_api: bool) -> Router {
+    let api = if with_api {
+        Router::new().nest("/api/v1", crate::api::routes(state.clone()))
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/demo") }))
         .route("/ws", get(ws_upgrade))
@@ -286,7 +356,7 @@ pub fn router(state: AppState) -> Router {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/readyz", get(readyz))
-        .nest("/api/v1", crate::api::routes(state.clone()))
+        .merge(api)
         .with_state(state)
 }
 

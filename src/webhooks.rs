@@ -42,14 +42,51 @@ pub fn backoff_ms(attempts: i64) -> i64 {
         .min(MAX_BACKOFF_MS)
 }
 
+/// The delivery client: a 10 s timeout, and no redirect followed. A receiver that answers
+/// 3xx has not taken the event (the attempt fails and is retried); following it would send
+/// signed call events to wherever the receiver (or whoever took over its name) points, an
+/// internal address included.
+pub fn client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
+/// POSTs one signed event; `None` when the receiver took it (2xx), else why not.
+pub async fn deliver(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &[u8],
+    event_id: &str,
+    ts: i64,
+    body: &str,
+) -> Option<String> {
+    let result = client
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("X-Consulta-Event-Id", event_id)
+        .header("X-Consulta-Timestamp", ts.to_string())
+        .header("X-Consulta-Signature", signature(secret, ts, body))
+        .body(body.to_owned())
+        .send()
+        .await;
+    match result {
+        Ok(r) if r.status().is_success() => None,
+        Ok(r) => Some(format!("HTTP {}", r.status().as_u16())),
+        Err(e) => Some(if e.is_timeout() {
+            "timeout".to_owned()
+        } else {
+            "connection failed".to_owned()
+        }),
+    }
+}
+
 pub fn start(store: Store, secret: Vec<u8>, max_age_secs: u64) -> Arc<WebhookStats> {
     let stats = Arc::new(WebhookStats::default());
     let s = stats.clone();
     tokio::spawn(async move {
-        let client = match reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-        {
+        let client = match client() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot build the webhook HTTP client");
@@ -68,24 +105,7 @@ pub fn start(store: Store, secret: Vec<u8>, max_age_secs: u64) -> Arc<WebhookSta
             for row in due {
                 let now = crate::unix_millis();
                 let ts = now / 1000;
-                let result = client
-                    .post(&row.url)
-                    .header("Content-Type", "application/json")
-                    .header("X-Consulta-Event-Id", &row.event_id)
-                    .header("X-Consulta-Timestamp", ts.to_string())
-                    .header("X-Consulta-Signature", signature(&secret, ts, &row.body))
-                    .body(row.body.clone())
-                    .send()
-                    .await;
-                let error = match result {
-                    Ok(r) if r.status().is_success() => None,
-                    Ok(r) => Some(format!("HTTP {}", r.status().as_u16())),
-                    Err(e) => Some(if e.is_timeout() {
-                        "timeout".to_owned()
-                    } else {
-                        "connection failed".to_owned()
-                    }),
-                };
+                let error = deliver(&client, &row.url, &secret, &row.event_id, ts, &row.body).await;
                 let outcome = match &error {
                     None => {
                         s.delivered.fetch_add(1, Ordering::Relaxed);
@@ -134,6 +154,43 @@ mod tests {
             s,
             signature(b"secret-0123456789", 1_700_000_001, r#"{"a":1}"#)
         );
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let target = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target_addr = target.local_addr().unwrap();
+        let hit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let h = hit.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = target.accept().await {
+                h.store(true, Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let _ = c
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+            }
+        });
+        let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hook_addr = hook.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = hook.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{target_addr}/internal\r\ncontent-length: 0\r\n\r\n"
+                );
+                let _ = c.write_all(reply.as_bytes()).await;
+            }
+        });
+        let client = client().unwrap();
+        let url = format!("http://{hook_addr}/hook");
+        let err = deliver(&client, &url, b"secret-0123456789", "e1", 1, "{}").await;
+        assert_eq!(err.as_deref(), Some("HTTP 307"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!hit.load(Ordering::SeqCst), "the redirect was followed");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use consulta_sfu::{Command, JoinRequest, PeerEvent, PeerId, RoomLease};
 use consulta_signaling::protocol::{
     ClientMessage, ErrorCode, LeaveReason, ParticipantInfo, ServerMessage,
 };
-use consulta_signaling::{JoinToken, PROTOCOL_VERSION};
+use consulta_signaling::PROTOCOL_VERSION;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -266,7 +266,7 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                 }
                 if !failed && state.turn.is_some() {
                     ice_issued = Instant::now();
-                    let msg = ServerMessage::IceServers { ice_servers: state.ice_servers(&format!("s{peer}")) };
+                    let msg = ServerMessage::IceServers { ice_servers: state.ice_servers(&e.room, &e.identity) };
                     if let Some(l) = link.as_mut() {
                         failed = send(&mut l.sink, &msg).await.is_err();
                     }
@@ -280,8 +280,8 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
             ev = event => {
                 match ev {
                     Some(PeerEvent::Message(mut msg)) => {
-                        if let ServerMessage::Joined { ice_servers, session_id, resume_secret, .. } = &mut msg {
-                            *ice_servers = state.ice_servers(&format!("s{session_id}"));
+                        if let ServerMessage::Joined { ice_servers, resume_secret, .. } = &mut msg {
+                            if let Some(e) = &s.entered { *ice_servers = state.ice_servers(&e.room, &e.identity); }
                             ice_issued = Instant::now();
                             *resume_secret = s.resume.as_ref().map(|r| r.secret.clone());
                             if let Some(e) = &s.entered {
@@ -366,8 +366,7 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                             if let Some(ttl) = state.turn.as_ref().map(|t| t.config.credential_ttl) {
                                 if now.duration_since(ice_issued) >= renew_after(ttl) {
                                     ice_issued = now;
-                                    let user = s.entered.as_ref().map(|e| format!("s{}", e.peer)).unwrap_or_default();
-                                    let msg = ServerMessage::IceServers { ice_servers: state.ice_servers(&user) };
+                                    let msg = ServerMessage::IceServers { ice_servers: s.entered.as_ref().map(|e| state.ice_servers(&e.room, &e.identity)).unwrap_or_default() };
                                     if send(&mut l.sink, &msg).await.is_err() && !hold(&state, &mut s, &mut link) { break }
                                 }
                             }
@@ -395,6 +394,10 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
         }
     }
     if let Some(e) = &s.entered {
+        // Removed from the call: its TURN credentials stop making allocations.
+        if matches!(s.reason, LeaveReason::Kicked | LeaveReason::Ended) {
+            state.revoke_turn(&e.room, &e.identity);
+        }
         let reason = serde_json::to_value(s.reason)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -700,7 +703,7 @@ async fn enter(
         let _ = send(sink, &unsupported_version()).await;
         return Flow::Close;
     }
-    let claims = match JoinToken::verify(token, &state.token_secret, crate::unix_now()) {
+    let claims = match state.token_keys.verify(token, crate::unix_now()) {
         Ok(c) => c,
         Err(e) => {
             let _ = send(
@@ -753,6 +756,17 @@ async fn enter(
             let _ = send(
                 sink,
                 &ServerMessage::error(ErrorCode::ConsultationClosed, "the consultation is closed"),
+            )
+            .await;
+            Flow::Close
+        }
+        Some(Admission::IdentityInUse) => {
+            let _ = send(
+                sink,
+                &ServerMessage::error(
+                    ErrorCode::IdentityInUse,
+                    "this identity is in the consultation with another role",
+                ),
             )
             .await;
             Flow::Close

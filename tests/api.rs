@@ -6,8 +6,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::Command;
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,28 +29,8 @@ fn http(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> (u16, Value) {
-    let mut s = TcpStream::connect(&server.http).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\n", server.http);
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    if let Some(b) = body {
-        s.write_all(b.as_bytes()).unwrap();
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    let (status, _, body) = http_request(&server.http, method, path, headers, body);
+    (status, body)
 }
 
 fn api(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -167,7 +146,7 @@ async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 
 fn settings(db: &str, hooks: &str) -> String {
     format!(
-        "[api]\nkeys = [\"{KEY}\"]\n[consultation]\nempty_room_end = 1\n{db}\n[webhooks]\nurls = [\"{hooks}\"]\nsecret = \"{HOOK_SECRET}\"\n"
+        "[api]\nkeys = [\"{KEY}\"]\n[consultation]\nempty_room_end = 1\n{db}\n[webhooks]\nurls = [\"{hooks}\"]\nsecret = \"{HOOK_SECRET}\"\nallow_http = true\n"
     )
 }
 
@@ -479,66 +458,6 @@ async fn consultation_on_sqlite_with_waiting_room_and_webhooks_after_receiver_ou
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     check_webhooks(&hooks, &evs);
-}
-
-/// A TCP proxy to PostgreSQL that can cut the database off (connections reset, new ones refused).
-struct Proxy {
-    port: u16,
-    down: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Proxy {
-    fn start(target: &'static str) -> Proxy {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let down = Arc::new(AtomicBool::new(false));
-        let conns = Arc::new(Mutex::new(Vec::new()));
-        let (d, cs) = (down.clone(), conns.clone());
-        std::thread::spawn(move || {
-            for c in l.incoming() {
-                let Ok(c) = c else { continue };
-                if d.load(Ordering::SeqCst) {
-                    let _ = c.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(up) = TcpStream::connect(target) else {
-                    continue;
-                };
-                cs.lock()
-                    .unwrap()
-                    .extend([c.try_clone().unwrap(), up.try_clone().unwrap()]);
-                for (mut a, mut b) in [(c.try_clone().unwrap(), up.try_clone().unwrap()), (up, c)] {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut a, &mut b);
-                        let _ = b.shutdown(Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Proxy { port, down, conns }
-    }
-
-    fn cut(&self) {
-        self.down.store(true, Ordering::SeqCst);
-        for c in self.conns.lock().unwrap().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
-        }
-    }
-
-    fn restore(&self) {
-        self.down.store(false, Ordering::SeqCst);
-    }
-}
-
-fn psql(db: &str, sql: &str) -> Option<String> {
-    let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-d", db, "-tAc", sql])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -227,41 +227,6 @@ async fn logs_are_json_without_tokens_identities_or_sdp() {
         }
     }
 }
-
-fn installed(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-}
-
-/// Runs coturn's client against our TURN; returns (exit ok, received, lost).
-fn uclient(args: &[&str]) -> (bool, Option<u64>, Option<u64>, String) {
-    let out = Command::new("turnutils_uclient")
-        .args(args)
-        .output()
-        .expect("turnutils_uclient runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let num_after = |key: &str| {
-        text.rfind(key).and_then(|i| {
-            let digits: String = text[i + key.len()..]
-                .chars()
-                .skip_while(|c| !c.is_ascii_digit())
-                .take_while(|c| c.is_ascii_digit())
-                .collect();
-            digits.parse().ok()
-        })
-    };
-    (
-        out.status.success(),
-        num_after("tot_recv_msgs="),
-        num_after("Total lost packets"),
-        text,
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn turn_credentials_from_join_and_cli_relay_media() {
     if !installed("turnutils_uclient") || !installed("turnutils_peer") {

@@ -16,4 +16,4 @@ pub mod protocol;
 pub mod token;
 
 pub use protocol::{ClientMessage, ErrorCode, ServerMessage, PROTOCOL_VERSION};
-pub use token::{JoinToken, Role, TokenError};
+pub use token::{JoinToken, Role, TokenError, TokenKeys};

@@ -396,10 +396,13 @@ pub enum ErrorCode {
     ResumeRefused,
     /// The participant's connection was lost and did not come back within the grace period.
     ConnectionLost,
+    /// The token's identity is in the consultation with another role: a session is never
+    /// taken over by a token of another role.
+    IdentityInUse,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -428,6 +431,7 @@ impl ErrorCode {
         ErrorCode::InternalError,
         ErrorCode::ResumeRefused,
         ErrorCode::ConnectionLost,
+        ErrorCode::IdentityInUse,
     ];
 
     /// Whether the server closes the socket after sending this error.
@@ -451,6 +455,7 @@ impl ErrorCode {
                 | InternalError
                 | ResumeRefused
                 | ConnectionLost
+                | IdentityInUse
         )
     }
 
@@ -486,6 +491,7 @@ impl ErrorCode {
             InternalError => "internal_error",
             ResumeRefused => "resume_refused",
             ConnectionLost => "connection_lost",
+            IdentityInUse => "identity_in_use",
         }
     }
 }

@@ -46,13 +46,42 @@ pub struct Part {
     pub size: u64,
 }
 
+/// `s` as one file-name component: itself when it is a valid id (which cannot name another
+/// directory), else `id-` and the hex SHA-256 of it. The spool's JSON can be edited, and a
+/// consultation id may predate the id rules: neither may steer a path out of the spool.
+pub fn path_component(s: &str) -> String {
+    if consulta_signaling::token::is_valid_id(s) {
+        s.to_owned()
+    } else {
+        use sha2::Digest;
+        format!("id-{}", hex::encode(sha2::Sha256::digest(s.as_bytes())))
+    }
+}
+
 impl Meta {
     pub fn data_path(&self, dir: &Path) -> PathBuf {
-        dir.join(format!("{}.{}", self.id, self.ext))
+        dir.join(format!("{}.{}", path_component(&self.id), self.ext()))
     }
 
     pub fn meta_path(dir: &Path, id: &str) -> PathBuf {
-        dir.join(format!("{id}.json"))
+        dir.join(format!("{}.json", path_component(id)))
+    }
+
+    /// The extension, when it is one the recorder writes (`webm` otherwise).
+    fn ext(&self) -> &str {
+        if self.ext == "mkv" {
+            "mkv"
+        } else {
+            "webm"
+        }
+    }
+
+    /// Where a recording kept on local disk goes: `<dir>/done/<consultation>/<id>.<ext>`, each
+    /// part a [`path_component`].
+    pub fn local_path(&self, dir: &Path) -> PathBuf {
+        dir.join("done")
+            .join(path_component(&self.consultation))
+            .join(format!("{}.{}", path_component(&self.id), self.ext()))
     }
 
     /// Object key: `<prefix><consultation>/<id>.<ext>`.
@@ -170,5 +199,68 @@ impl Write for SpoolFile {
 
     fn flush(&mut self) -> std::io::Result<()> {
         self.file.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(consultation: &str, id: &str, ext: &str) -> Meta {
+        Meta {
+            id: id.into(),
+            consultation: consultation.into(),
+            ext: ext.into(),
+            state: "closed".into(),
+            created_at: 0,
+            tracks: Vec::new(),
+            upload_id: None,
+            parts: Vec::new(),
+            size: None,
+            duration_ms: None,
+            sha256: None,
+        }
+    }
+
+    #[test]
+    fn ids_never_steer_a_path_out_of_the_spool() {
+        let dir = Path::new("/spool");
+        let ok = meta("appt-42", "1700000000000-0badf00d", "mkv");
+        assert_eq!(
+            ok.local_path(dir),
+            Path::new("/spool/done/appt-42/1700000000000-0badf00d.mkv")
+        );
+        assert_eq!(
+            ok.data_path(dir),
+            Path::new("/spool/1700000000000-0badf00d.mkv")
+        );
+        for (c, id, ext) in [
+            ("../../etc", "r1", "webm"),
+            ("/etc", "r1", "webm"),
+            ("a/../../b", "../../x", "webm"),
+            ("ok", "r/../../../y", "webm"),
+            ("ok", "r1", "/../../z"),
+            ("..", "..", ".."),
+        ] {
+            let m = meta(c, id, ext);
+            for p in [
+                m.local_path(dir),
+                m.data_path(dir),
+                Meta::meta_path(dir, id),
+            ] {
+                assert!(
+                    p.components()
+                        .all(|x| !matches!(x, std::path::Component::ParentDir)),
+                    "{p:?}"
+                );
+                assert!(p.starts_with(dir), "{p:?}");
+                let depth = p.strip_prefix(dir).unwrap().components().count();
+                assert!(depth <= 3, "{p:?}");
+            }
+            assert_eq!(
+                m.local_path(dir).parent().unwrap().parent().unwrap(),
+                dir.join("done")
+            );
+        }
     }
 }

@@ -525,9 +525,10 @@ impl Uploader {
     /// No bucket: the recording is kept on local disk under `<spool_dir>/done/`.
     fn keep_local(&self, m: Meta) -> Result<()> {
         let dir = &self.settings.spool_dir;
-        let target_dir = dir.join("done").join(&m.consultation);
-        std::fs::create_dir_all(&target_dir)?;
-        let target = target_dir.join(format!("{}.{}", m.id, m.ext));
+        let target = m.local_path(dir);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
         std::fs::rename(m.data_path(dir), &target)?;
         let payload = json!({
             "recording_id": m.id,

@@ -17,6 +17,9 @@ udp_port = 0
 tcp_port = 0
 [api]
 keys = ["$key"]
+# Fuzzing is about answers, not budgets: no rate limit (429 would hide the routes).
+rate_limit_per_key = 0
+rate_limit_per_ip = 0
 TOML
 "$BIN" serve --config "$dir/c.toml" > "$dir/log" 2>&1 &
 pid=$!

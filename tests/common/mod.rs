@@ -4,8 +4,10 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{Shutdown, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use consulta_signaling::{JoinToken, Role};
@@ -102,8 +104,13 @@ pub fn start_full(extra: &str, tail: &str) -> Server {
 /// [`start_full`] with the sections appended made by `tail` for each attempt, so that ports
 /// they name (a TURN listener's) are picked afresh too.
 pub fn start_with(extra: &str, tail: impl Fn() -> String) -> Server {
+    start_env(extra, tail, &[])
+}
+
+/// [`start_with`] with `env` (e.g. `CONSULTA_HTTP_PUBLIC_URL`) set for the server process.
+pub fn start_env(extra: &str, tail: impl Fn() -> String, env: &[(&str, &str)]) -> Server {
     for attempt in 1..=3 {
-        match try_start(extra, &tail()) {
+        match try_start(extra, &tail(), env) {
             Ok(server) => return server,
             Err(log) if attempt < 3 && log.contains("Address already in use") => continue,
             Err(log) => panic!("server did not become healthy (attempt {attempt}), {log}"),
@@ -114,7 +121,7 @@ pub fn start_with(extra: &str, tail: impl Fn() -> String) -> Server {
 
 /// One start on fresh ports: the server once healthy, or its log once it has exited or the
 /// deadline passed (then it is killed).
-fn try_start(extra: &str, tail: &str) -> Result<Server, String> {
+fn try_start(extra: &str, tail: &str, env: &[(&str, &str)]) -> Result<Server, String> {
     let (dir, http) = write_config(extra, tail);
     let cfg_path = dir.join("consulta.toml");
     let log = std::fs::File::create(dir.join("server.log")).unwrap();
@@ -122,6 +129,7 @@ fn try_start(extra: &str, tail: &str) -> Result<Server, String> {
         .args(["serve", "--log-format", "json", "--config"])
         .arg(&cfg_path)
         .env("CONSULTA_LOG_LEVEL", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -284,4 +292,132 @@ pub fn http_status(server: &Server, path: &str) -> String {
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
     body.lines().next().unwrap_or_default().to_owned()
+}
+
+/// A TCP proxy to PostgreSQL that can cut the database off (connections reset, new ones refused).
+pub struct Proxy {
+    pub port: u16,
+    down: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    pub fn start(target: &'static str) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let down = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(Vec::new()));
+        let (d, cs) = (down.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(c) = c else { continue };
+                if d.load(Ordering::SeqCst) {
+                    let _ = c.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(up) = TcpStream::connect(target) else {
+                    continue;
+                };
+                cs.lock()
+                    .unwrap()
+                    .extend([c.try_clone().unwrap(), up.try_clone().unwrap()]);
+                for (mut a, mut b) in [(c.try_clone().unwrap(), up.try_clone().unwrap()), (up, c)] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut a, &mut b);
+                        let _ = b.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, down, conns }
+    }
+
+    pub fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+pub fn psql(db: &str, sql: &str) -> Option<String> {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-d", db, "-tAc", sql])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+pub fn installed(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+/// Runs coturn's client against our TURN; returns (exit ok, received, lost).
+pub fn uclient(args: &[&str]) -> (bool, Option<u64>, Option<u64>, String) {
+    let out = Command::new("turnutils_uclient")
+        .args(args)
+        .output()
+        .expect("turnutils_uclient runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let num_after = |key: &str| {
+        text.rfind(key).and_then(|i| {
+            let digits: String = text[i + key.len()..]
+                .chars()
+                .skip_while(|c| !c.is_ascii_digit())
+                .take_while(|c| c.is_ascii_digit())
+                .collect();
+            digits.parse().ok()
+        })
+    };
+    (
+        out.status.success(),
+        num_after("tot_recv_msgs="),
+        num_after("Total lost packets"),
+        text,
+    )
+}
+
+/// One HTTP/1.0 request to `addr`; returns (status, head, JSON body or Null).
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> (u16, String, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = body {
+        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body.unwrap_or(""));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        status,
+        head.to_owned(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
 }

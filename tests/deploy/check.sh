@@ -101,6 +101,7 @@ EOF
 }
 nginx_conf "$TMP/nginx-t"
 run "nginx -t deploy/nginx/consulta.conf" "$NGINX" -t -q -p "$TMP/nginx-t" -e "$TMP/nginx-t/error.log" -c "$TMP/nginx-t/nginx.conf"
+run "nginx: /api/ denied" grep -Pzq '(?s)location /api/ \{\s*deny all;\s*\}' deploy/nginx/consulta.conf
 run "nginx: /metrics denied, /ws upgrades, long read timeout" grep -Pzq \
   '(?s)location = /metrics \{\s*deny all;.*location /ws \{.*Upgrade \$http_upgrade.*Connection \$connection_upgrade.*proxy_read_timeout 3600s' \
   deploy/nginx/consulta.conf
@@ -302,6 +303,8 @@ print(*ports)')
   # variables are errors, so only those the binary lists).
   extra_env=()
   "$BIN" config check --env 2>/dev/null | grep -q 'CONSULTA_MEDIA_TCP_PORT' && extra_env+=(CONSULTA_MEDIA_TCP_PORT=0)
+  API_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  "$BIN" config check --env 2>/dev/null | grep -q 'CONSULTA_API_LISTEN' && extra_env+=(CONSULTA_API_LISTEN="127.0.0.1:$API_PORT")
   env CONSULTA_DATA_DIR="$TMP/data" CONSULTA_HTTP_LISTEN="127.0.0.1:$HTTP_PORT" CONSULTA_MEDIA_UDP_PORT="$MEDIA_PORT" \
     CONSULTA_MEDIA_PUBLIC_IPS=127.0.0.1 CONSULTA_AUTH_TOKEN_SECRET=check-sh-secret-0123456789 "${extra_env[@]}" \
     "$BIN" serve --config deploy/consulta.toml >"$TMP/consulta.log" 2>&1 &
@@ -321,6 +324,10 @@ print(*ports)')
   run "live: /metrics through nginx TLS is 403" test "$(code "${RESOLVE[@]}" "$TLS_URL/metrics")" = 403
   run "live: /metrics through the tunnel listener is 403" test "$(code "http://127.0.0.1:$PLAIN_PORT/metrics")" = 403
   run "live: /metrics on consulta itself is 200" test "$(code "http://127.0.0.1:$HTTP_PORT/metrics")" = 200
+  run "live: /api/ through nginx TLS is 403" test "$(code "${RESOLVE[@]}" "$TLS_URL/api/v1/openapi.json")" = 403
+  run "live: /api/ through the tunnel listener is 403" test "$(code "http://127.0.0.1:$PLAIN_PORT/api/v1/consultations")" = 403
+  run "live: the control API is not on consulta's HTTP listener" test "$(code "http://127.0.0.1:$HTTP_PORT/api/v1/openapi.json")" = 404
+  run "live: the control API answers on [api] listen" test "$(code "http://127.0.0.1:$API_PORT/api/v1/openapi.json")" = 200
   run "live: port 80 redirects to https" test "$(code "http://127.0.0.1:$REDIR_PORT/demo")" = 301
   run "live: WebSocket ping/pong through nginx /ws (TLS and tunnel listener)" "$PY" - "$TLS_PORT" "$PLAIN_PORT" "$TMP/fullchain.pem" <<'EOF'
 import base64, json, os, socket, ssl, struct, sys

@@ -34,6 +34,8 @@ before(async () => {
       '[webhooks]',
       `urls = ["http://127.0.0.1:${hooks.address().port}/consulta"]`,
       `secret = "${SECRET}"`,
+      // The receiver is plain http on loopback: an explicit opt-in since issue 24.
+      'allow_http = true',
     ].join('\n'),
   });
   browser = await launchBrowser();

@@ -53,6 +53,22 @@ pub fn credentials(secret: &str, user: &str, ttl_secs: u64, unix_now: u64) -> (S
     (username, password)
 }
 
+/// The user part of a REST username (`"<expiry>:<user>"` → `user`; the whole name without a
+/// colon). Quotas and revocation are per user, so fresh credentials (a new expiry) for the same
+/// participant share them.
+pub fn user_of(username: &str) -> &str {
+    username.split_once(':').map_or(username, |(_, u)| u)
+}
+
+/// The expiry of a REST username, when it has a valid one.
+pub fn expiry_of(username: &str) -> Option<u64> {
+    let ts = username.split(':').next()?;
+    if ts.is_empty() || ts.len() > 20 || !ts.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ts.parse().ok()
+}
+
 /// What a REST username says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UsernameCheck {
@@ -166,6 +182,15 @@ mod tests {
         let (u, p) = credentials("secret", "alice", 100, 1_699_999_900);
         assert_eq!(u, "1700000000:alice");
         assert_eq!(p, "d8soP47RbdIKLDUOpnJPVQyq5Ts=");
+    }
+
+    #[test]
+    fn username_parts() {
+        assert_eq!(user_of("200:p-3f9a"), "p-3f9a");
+        assert_eq!(user_of("200:a:b"), "a:b");
+        assert_eq!(user_of("bob"), "bob");
+        assert_eq!(expiry_of("200:bob"), Some(200));
+        assert_eq!(expiry_of("x:bob"), None);
     }
 
     #[test]

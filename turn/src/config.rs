@@ -173,6 +173,7 @@ impl TurnConfig {
         c.max_lifetime = Duration::from_secs(self.max_lifetime.max(1));
         c.max_allocations = self.max_allocations;
         c.max_allocations_per_user = self.max_allocations_per_user;
+        c.credential_ttl = Duration::from_secs(self.credential_ttl);
         c.max_allocations_per_ip = self.max_allocations_per_ip;
         c.max_bandwidth = self.max_bandwidth_per_allocation;
         c.legacy_channel_numbers = self.legacy_channel_numbers;

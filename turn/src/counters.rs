@@ -70,6 +70,9 @@ counters! {
     malformed_packets,
     /// Relay sockets that could not be opened (508).
     relay_bind_failures,
+    /// Allocations refused (403) because the credential's user was revoked after it was
+    /// minted (a kicked participant, an ended call).
+    revoked_refusals,
 }
 
 impl Counters {

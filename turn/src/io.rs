@@ -103,6 +103,12 @@ impl TurnHandle {
         self.ctx.counters.snapshot()
     }
 
+    /// Refuses new allocations with credentials of `user` minted until now
+    /// ([`crate::TurnServer::revoke`]).
+    pub fn revoke(&self, user: &str) {
+        self.ctx.lock().core.revoke(user, unix_now());
+    }
+
     /// Replaces the accepted secrets (rotation) without a restart.
     pub fn set_secrets(&self, secrets: Vec<String>) {
         self.ctx.lock().core.set_secrets(secrets);

@@ -51,7 +51,12 @@ pub struct ServerConfig {
     pub default_lifetime: Duration,
     pub max_lifetime: Duration,
     pub nonce_ttl: Duration,
+    /// Allocations alive at once per user (the part of the REST username after the expiry):
+    /// fresh credentials for the same participant share it.
     pub max_allocations_per_user: u32,
+    /// Lifetime of minted credentials: a revocation refuses every credential of the user
+    /// minted before it, i.e. expiring up to this long after it.
+    pub credential_ttl: Duration,
     /// Allocations alive at once from one client source (an IPv4 address or an IPv6 /64,
     /// [`crate::per_ip::source_of`]), all its ports and transports together.
     pub max_allocations_per_ip: u32,
@@ -75,6 +80,7 @@ impl ServerConfig {
             max_lifetime: Duration::from_secs(3600),
             nonce_ttl: Duration::from_secs(600),
             max_allocations_per_user: 10,
+            credential_ttl: Duration::from_secs(3600),
             max_allocations_per_ip: 16,
             max_allocations: 1000,
             max_bandwidth: 4_000_000,
@@ -176,6 +182,8 @@ pub struct TurnServer {
     allocations: HashMap<ClientKey, Allocation>,
     per_user: HashMap<String, u32>,
     per_ip: HashMap<IpAddr, u32>,
+    /// Users whose credentials minted before the given unix time are refused.
+    revoked: HashMap<String, u64>,
     nonces: NonceMinter,
     counters: Arc<Counters>,
     anchor: Instant,
@@ -196,6 +204,7 @@ impl TurnServer {
             allocations: HashMap::new(),
             per_user: HashMap::new(),
             per_ip: HashMap::new(),
+            revoked: HashMap::new(),
             counters: Arc::new(Counters::default()),
             anchor: now,
             anchor_unix: unix_now,
@@ -216,6 +225,26 @@ impl TurnServer {
     /// authenticate their next request with a credential from the new list.
     pub fn set_secrets(&mut self, secrets: Vec<String>) {
         self.cfg.secrets = secrets;
+    }
+
+    /// Refuses new allocations with any credential of `user` minted up to `unix_now` (a
+    /// kicked participant, an ended call); credentials minted later work. Allocations already
+    /// made run until they expire or their client leaves.
+    pub fn revoke(&mut self, user: &str, unix_now: u64) {
+        let ttl = self.cfg.credential_ttl.as_secs();
+        // Entries whose credentials have all expired are of no use any more.
+        self.revoked
+            .retain(|_, at| at.saturating_add(ttl) > unix_now);
+        self.revoked.insert(user.to_owned(), unix_now);
+    }
+
+    /// Whether `username` is a credential minted before its user was revoked.
+    pub(crate) fn is_revoked(&self, username: &str) -> bool {
+        let Some(at) = self.revoked.get(crate::auth::user_of(username)) else {
+            return false;
+        };
+        let expiry = crate::auth::expiry_of(username).unwrap_or(0);
+        expiry <= at.saturating_add(self.cfg.credential_ttl.as_secs())
     }
 
     pub fn allocation_count(&self) -> usize {
@@ -529,10 +558,11 @@ impl TurnServer {
 
     fn remove(&mut self, client: &ClientKey) -> Option<AllocationId> {
         let a = self.allocations.remove(client)?;
-        if let Some(n) = self.per_user.get_mut(&a.username) {
+        let user = crate::auth::user_of(&a.username);
+        if let Some(n) = self.per_user.get_mut(user) {
             *n -= 1;
             if *n == 0 {
-                self.per_user.remove(&a.username);
+                self.per_user.remove(user);
             }
         }
         let source = source_of(client.addr.ip());

@@ -29,7 +29,11 @@ impl TurnServer {
     /// user's or the client's source ([`source_of`]) share.
     fn over_quota(&self, username: &str, source: IpAddr) -> bool {
         let total = self.allocations.len() as u64 >= self.cfg.max_allocations as u64;
-        let mine = self.per_user.get(username).copied().unwrap_or(0);
+        let mine = self
+            .per_user
+            .get(crate::auth::user_of(username))
+            .copied()
+            .unwrap_or(0);
         let this_ip = self.per_ip.get(&source).copied().unwrap_or(0);
         total
             || mine >= self.cfg.max_allocations_per_user
@@ -88,6 +92,11 @@ impl TurnServer {
             (None, Some(token)) => RelayRequest::Reserved(token),
             (None, None) => RelayRequest::Any,
         };
+        if self.is_revoked(a.username) {
+            Counters::inc(&self.counters.revoked_refusals);
+            error(out, to, 403, Some(&a));
+            return ClientAction::Reply;
+        }
         if self.over_quota(a.username, source_of(client.addr.ip())) {
             Counters::inc(&self.counters.quota_refusals);
             error(out, to, 486, Some(&a));
@@ -145,7 +154,10 @@ impl TurnServer {
         );
         let id = self.next_id;
         self.next_id += 1;
-        *self.per_user.entry(p.username.clone()).or_insert(0) += 1;
+        *self
+            .per_user
+            .entry(crate::auth::user_of(&p.username).to_owned())
+            .or_insert(0) += 1;
         *self
             .per_ip
             .entry(source_of(p.client.addr.ip()))
