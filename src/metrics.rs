@@ -439,6 +439,12 @@ pub fn render(
         s.remb_sent,
     );
     o.one(
+        "consulta_bitrate_caps_sent_total",
+        "counter",
+        "bitrate-cap messages sent to publishers (a cap, a new cap, or its lifting).",
+        s.bitrate_caps_sent,
+    );
+    o.one(
         "consulta_ice_tcp_sessions_total",
         "counter",
         "ICE-TCP connections routed to a participant.",

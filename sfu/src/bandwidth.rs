@@ -30,6 +30,12 @@ pub const PAUSE_AFTER: Duration = Duration::from_millis(1_500);
 pub const RESUME_AFTER: Duration = Duration::from_secs(3);
 /// A per-track budget at or above this (the SDK's 720p maximum) does not cap publishers.
 pub const UNCAPPED_PER_TRACK_BPS: u64 = 2_500_000;
+/// What the estimator probes for per video track received: HD.
+pub const HD_DESIRED_BPS: u64 = 3_200_000;
+/// While video is paused, how often the desired rate steps (every other step is a rise, and a
+/// rise asks str0m for a probe).
+pub const PROBE_EVERY: Duration = Duration::from_millis(1_500);
+const PROBE_BUMP_BPS: u64 = 1_000;
 /// A cap below this is not asked for: no encoder makes usable video from less.
 pub const MIN_CAP_BPS: u64 = 60_000;
 
@@ -48,6 +54,7 @@ pub enum Change {
 pub struct Downlink {
     estimate: Option<u64>,
     video_paused: bool,
+    paused_since: Option<Instant>,
     /// Since when the budget has been on the other side of the pause/resume threshold.
     crossing_since: Option<Instant>,
 }
@@ -101,6 +108,7 @@ impl Downlink {
             let since = *self.crossing_since.get_or_insert(now);
             if per < PAUSE_BELOW_BPS / 2 || now.duration_since(since) >= PAUSE_AFTER {
                 self.video_paused = true;
+                self.paused_since = Some(now);
                 self.crossing_since = None;
                 return Change::PauseVideo;
             }
@@ -112,6 +120,7 @@ impl Downlink {
             let since = *self.crossing_since.get_or_insert(now);
             if now.duration_since(since) >= RESUME_AFTER {
                 self.video_paused = false;
+                self.paused_since = None;
                 self.crossing_since = None;
                 return Change::ResumeVideo;
             }
@@ -119,16 +128,22 @@ impl Downlink {
         Change::None
     }
 
-    /// What str0m should keep sending and probe for: while paused, enough to discover that the
-    /// link can carry video again (str0m pads up to the minimum, capped by its estimate).
-    pub fn probe_target(&self, audio_tracks: usize, video_tracks: usize) -> u64 {
-        let audio = AUDIO_RESERVE_BPS * audio_tracks as u64;
-        if self.video_paused {
-            let need = audio + RESUME_ABOVE_BPS * video_tracks.max(1) as u64;
-            need * 100 / USABLE_PERCENT + 1
-        } else {
-            audio
-        }
+    /// The (minimum, desired) rates for str0m's estimator. The minimum is audio's: padding up to
+    /// more would fill the very link that is too weak. The desired rate is HD on every video
+    /// track; while video is paused, it steps up by a hair every [`PROBE_EVERY`] (a rise above
+    /// the estimate makes str0m send a short probe), so a link that recovered is found without
+    /// saturating one that did not.
+    pub fn bwe_target(&self, now: Instant, audio_tracks: usize, video_tracks: usize) -> (u64, u64) {
+        let min = AUDIO_RESERVE_BPS * audio_tracks.max(1) as u64;
+        let desired = HD_DESIRED_BPS * video_tracks.max(1) as u64;
+        let bump = match self.paused_since {
+            Some(since) if self.video_paused => {
+                let steps = now.duration_since(since).as_millis() / PROBE_EVERY.as_millis();
+                (steps % 2) as u64 * PROBE_BUMP_BPS
+            }
+            _ => 0,
+        };
+        (min, desired + bump)
     }
 }
 
@@ -232,15 +247,28 @@ mod tests {
     }
 
     #[test]
-    fn probes_for_resumable_video_while_paused() {
+    fn probes_without_padding_while_paused() {
         let t0 = Instant::now();
         let mut d = Downlink::default();
-        assert_eq!(d.probe_target(1, 1), 64_000);
+        assert_eq!(d.bwe_target(t0, 1, 1), (64_000, HD_DESIRED_BPS));
+        assert_eq!(d.bwe_target(t0, 2, 3), (128_000, 3 * HD_DESIRED_BPS));
         d.on_estimate(100_000);
-        d.poll(t0, 1, 1);
-        let target = d.probe_target(1, 1);
-        // At the target estimate, the budget reaches the resume threshold.
-        d.on_estimate(target);
-        assert!(d.video_budget_per_track(1, 1).unwrap() >= RESUME_ABOVE_BPS);
+        assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);
+        // The minimum stays audio's; the desired rate rises every other step.
+        let targets: Vec<u64> = [0, 1_600, 3_100, 4_600]
+            .iter()
+            .map(|&ms| d.bwe_target(at(t0, ms), 1, 1))
+            .inspect(|&(min, _)| assert_eq!(min, 64_000))
+            .map(|(_, desired)| desired)
+            .collect();
+        assert_eq!(
+            targets,
+            vec![
+                HD_DESIRED_BPS,
+                HD_DESIRED_BPS + 1_000,
+                HD_DESIRED_BPS,
+                HD_DESIRED_BPS + 1_000
+            ]
+        );
     }
 }

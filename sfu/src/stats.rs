@@ -257,6 +257,7 @@ counters!(
     bandwidth_pauses,
     bandwidth_resumes,
     remb_sent,
+    bitrate_caps_sent,
 );
 
 #[cfg(test)]

@@ -193,6 +193,8 @@ pub(crate) struct Transport {
     pub ice_restarted: bool,
     /// What its downlink carries (str0m's estimate) and whether its video is paused for it.
     pub downlink: Downlink,
+    /// The video bitrate cap last sent to this publisher (`bitrate-cap`), if any.
+    pub cap_sent: Option<u64>,
     /// The (minimum, desired) bitrates last given to str0m's estimator.
     pub bwe_target: (u64, u64),
     /// The outstanding offer as sent, offered again when a new connection resumes the session
@@ -367,6 +369,7 @@ impl Transport {
             restart_ice: false,
             ice_restarted: false,
             downlink: Downlink::default(),
+            cap_sent: None,
             bwe_target: (crate::bandwidth::AUDIO_RESERVE_BPS, BWE_INITIAL_BPS),
             last_offer: None,
             created: now,

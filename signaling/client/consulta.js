@@ -48,6 +48,15 @@ const MAX_MAX_BITRATE = 8_000_000;
 const HD_BITRATE_HINTS = { start: 1500, min: 100, max: 2500 };
 
 const DEFAULT_VIDEO = { width: 1280, height: 720, frameRate: 30 };
+
+/** The frame height that fits a `bitrate-cap` (bits/s; null: no cap) at a fluid frame rate. */
+function capHeight(cap) {
+  if (!cap) return Infinity;
+  if (cap < 250_000) return 180;
+  if (cap < 700_000) return 360;
+  if (cap < 1_200_000) return 540;
+  return Infinity;
+}
 const VIDEO_CODECS = ['VP8', 'VP9', 'H264', 'AV1'];
 
 /** Error carrying the stable protocol `code` (e.g. `token_expired`). */
@@ -133,6 +142,7 @@ export class Call {
     this._offerSent = false;
     this._videoHints = HD_BITRATE_HINTS;
     this._maxVideoBitrate = HD_MAX_BITRATE;
+    this._videoCap = null; // bits/s asked by the server (`bitrate-cap`) for a weak subscriber
     this._preferredCodec = null; // set once the browser accepted preferredVideoCodec
     this._url = null;
     this._resumeSecret = null; // from `joined`: proves a resume is this session
@@ -778,7 +788,12 @@ export class Call {
         const params = sender.getParameters();
         params.degradationPreference = 'maintain-resolution';
         if (!params.encodings || params.encodings.length === 0) params.encodings = [{}];
-        params.encodings[0].maxBitrate = this._maxVideoBitrate;
+        const cap = this._videoCap;
+        params.encodings[0].maxBitrate = cap ? Math.min(cap, this._maxVideoBitrate) : this._maxVideoBitrate;
+        // A low cap also lowers the resolution, so that frames keep flowing (at 400 kbit/s,
+        // 720p would drop to a few frames a second).
+        const h = (sender.track.getSettings && sender.track.getSettings().height) || 720;
+        params.encodings[0].scaleResolutionDownBy = Math.max(1, h / capHeight(cap));
         await sender.setParameters(params);
       } catch (e) {
         // Not fatal: the browser default still works, only slower to reach HD.
@@ -1104,6 +1119,12 @@ export class Call {
         this._emit(m.type, { participant: p, kind: m.kind, reason: m.reason });
         break;
       }
+      case 'bitrate-cap':
+        // A subscriber's downlink is weak: keep our video under its rate (null: lifted).
+        if (m.kind !== 'video') break;
+        this._videoCap = typeof m.max_bitrate === 'number' && m.max_bitrate > 0 ? m.max_bitrate : null;
+        if (this._pc) this._enqueue(() => this._applySenderParameters()).catch(() => {});
+        break;
       case 'track-unpublished': {
         const p = this.participants.get(m.identity);
         if (!p) break;

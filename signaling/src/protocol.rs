@@ -294,6 +294,13 @@ pub enum ServerMessage {
         kind: TrackKind,
         reason: PauseReason,
     },
+    /// Sent to a publisher: keep your video under `max_bitrate` bits per second (a subscriber's
+    /// downlink is weak), or send as you like again (`null`). The SDK lowers its encodings'
+    /// `maxBitrate` and, for low caps, its resolution, so frames keep flowing.
+    BitrateCap {
+        kind: TrackKind,
+        max_bitrate: Option<u64>,
+    },
     /// The session is in the waiting room until a doctor admits it.
     Waiting,
     /// Someone waits to be admitted (sent to doctors).

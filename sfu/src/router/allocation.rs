@@ -3,7 +3,9 @@
 //! (audio-only fallback, `track-paused` with reason `bandwidth`) or resumes (at a keyframe,
 //! `track-resumed`), and str0m is told what to probe for. Once a second, each publisher's video
 //! track is asked by REMB to stay under what its most constrained (unpaused) subscriber can
-//! take: the single-layer fallback while publishers send one layer.
+//! take: the single-layer fallback while publishers send one layer. The same cap goes to the
+//! publisher's SDK as `bitrate-cap` (browsers with transport-wide congestion control ignore
+//! REMB; the SDK lowers its encoder's bitrate and resolution itself).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -15,7 +17,7 @@ use str0m::media::{MediaKind, Mid};
 use super::RouterHost;
 use crate::bandwidth::Change;
 use crate::forwarder::PauseCause;
-use crate::transport::{ConsumerState, Transport, Wire, BWE_INITIAL_BPS};
+use crate::transport::{ConsumerState, Transport, Wire};
 use crate::PeerId;
 
 /// How often publishers' caps are (re)sent: REMB is plain RTCP and may be lost.
@@ -42,6 +44,22 @@ fn receiving(t: &Transport) -> (usize, usize) {
     (audio, video)
 }
 
+/// Caps are sent in steps of this much (no message for every wobble of an estimate).
+const CAP_STEP_BPS: u64 = 25_000;
+
+/// Whether a publisher whose last cap was `sent` should be told `wanted` now: `Some(new cap)`.
+/// Down at once (by 10 % or more), up only by 25 % or more, lifted when nobody needs it.
+fn cap_to_send(sent: Option<u64>, wanted: Option<u64>) -> Option<Option<u64>> {
+    let wanted = wanted.map(|c| (c / CAP_STEP_BPS).max(1) * CAP_STEP_BPS);
+    match (sent, wanted) {
+        (None, None) => None,
+        (Some(_), None) => Some(None),
+        (None, Some(w)) => Some(Some(w)),
+        (Some(s), Some(w)) if w * 10 <= s * 9 || w * 4 >= s * 5 => Some(Some(w)),
+        _ => None,
+    }
+}
+
 impl<W: Wire> RouterHost<W> {
     pub(super) fn allocate(&mut self, now: Instant) {
         let mut changes: Vec<(PeerId, Change)> = Vec::new();
@@ -59,10 +77,7 @@ impl<W: Wire> RouterHost<W> {
             if change != Change::None || newly_active {
                 changes.push((t.id, change));
             }
-            // Probe for HD on every video track it receives.
-            let min = t.downlink.probe_target(audio, video);
-            let desired = BWE_INITIAL_BPS * video.max(1) as u64;
-            let target = (min, desired.max(min));
+            let target = t.downlink.bwe_target(now, audio, video);
             if target != t.bwe_target {
                 targets.push((t.id, target));
             }
@@ -161,6 +176,23 @@ impl<W: Wire> RouterHost<W> {
         }
         let mut remb: Vec<(PeerId, Mid, u64)> = Vec::new();
         for t in self.transports.values_mut() {
+            let cap = t
+                .producers
+                .iter()
+                .filter_map(|p| caps.get(&(t.id, p.mid)))
+                .min()
+                .copied();
+            if let Some(max_bitrate) = cap_to_send(t.cap_sent, cap) {
+                t.cap_sent = max_bitrate;
+                self.counters.bitrate_caps_sent += 1;
+                t.emit(
+                    ServerMessage::BitrateCap {
+                        kind: TrackKind::Video,
+                        max_bitrate,
+                    },
+                    &mut self.outbox,
+                );
+            }
             for p in t
                 .producers
                 .iter_mut()
@@ -193,5 +225,32 @@ impl<W: Wire> RouterHost<W> {
                 t.drain(io)
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cap_to_send;
+
+    #[test]
+    fn caps_go_down_at_once_and_up_only_by_a_step_worth_it() {
+        assert_eq!(cap_to_send(None, None), None);
+        assert_eq!(cap_to_send(None, Some(437_123)), Some(Some(425_000)));
+        assert_eq!(cap_to_send(Some(425_000), Some(430_000)), None, "a wobble");
+        assert_eq!(
+            cap_to_send(Some(425_000), Some(380_000)),
+            Some(Some(375_000))
+        );
+        assert_eq!(
+            cap_to_send(Some(425_000), Some(500_000)),
+            None,
+            "up by less than 25 %"
+        );
+        assert_eq!(
+            cap_to_send(Some(400_000), Some(520_000)),
+            Some(Some(500_000))
+        );
+        assert_eq!(cap_to_send(Some(400_000), None), Some(None), "lifted");
+        assert_eq!(cap_to_send(None, Some(3)), Some(Some(25_000)));
     }
 }
