@@ -3,6 +3,7 @@
 # Rust unit/integration tests (cargo nextest), and end-to-end calls in headless Chromium.
 #   ./scripts/test.sh            everything
 #   SKIP_E2E=1 ./scripts/test.sh Rust tests only
+#   WEAK_NETWORK=1 ./scripts/test.sh   also the weak-network scenarios (shaped links, ~4 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -77,6 +78,13 @@ if [ -z "${SKIP_E2E:-}" ]; then
     CONSULTA_BIN="$PWD/target/release/consulta" scripts/netns-roaming.sh \
       node --test --test-concurrency=1 tests/e2e-netns/roaming.test.mjs tests/e2e-netns/ws-cut.test.mjs \
       tests/e2e-netns/grace.test.mjs
+    # Weak networks (issue 21): the patient's link shaped (tbf rate + nft loss) for 30 s per
+    # scenario, judged against the issue's targets, which the single-layer adaptation does not
+    # all reach yet (see the scenario lines it prints): run with WEAK_NETWORK=1 (~4 min).
+    if [ -n "${WEAK_NETWORK:-}" ]; then
+      CONSULTA_BIN="$PWD/target/release/consulta" scripts/netns-roaming.sh \
+        node --test --test-concurrency=1 tests/e2e-netns/weak-network.test.mjs
+    fi
     say "load generator against Consulta and Janus VideoRoom (side by side, small load): both forward everything"
     OUT="$(mktemp -d)" && export OUT
     # The release build the tests use: the production profile's LTO link is not worth it here.
