@@ -195,12 +195,12 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                         }
                         continue;
                     }
-                    // A normal close (1000) is a goodbye: the SDK sends it only when it is
-                    // done. Any other close is not: 4000 is the SDK dropping a socket it gave
-                    // up on while it reconnects, 1001 a browser whose page or renderer went
-                    // away; both are held like a connection that died.
+                    // A normal close (1000: the SDK is done) or a page that goes away (1001:
+                    // its tab closed) is a goodbye. Any other close is not: 4000 is the SDK
+                    // dropping a socket it gave up on while it reconnects; it is held like a
+                    // connection that died.
                     Some(Ok(Message::Close(frame))) => {
-                        if frame.is_none_or(|f| f.code == 1000) { break }
+                        if frame.is_none_or(|f| matches!(u16::from(f.code), 1000 | 1001)) { break }
                         if hold(&state, &mut s, &mut link) { continue }
                         break;
                     }

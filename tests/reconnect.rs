@@ -1,6 +1,7 @@
-//! How a signaling connection ends decides whether the session ends: a normal close (1000) is
-//! the SDK's goodbye; any other close (4000: the SDK dropping a socket it gave up on while it
-//! reconnects; 1001: a page or renderer that went away) is held like a connection that died.
+//! How a signaling connection ends decides whether the session ends: a normal close (1000, the
+//! SDK's goodbye) or a page going away (1001, its tab closed) ends it; any other close (4000:
+//! the SDK dropping a socket it gave up on while it reconnects) is held like a connection that
+//! died.
 
 mod common;
 
@@ -20,7 +21,7 @@ async fn close_with(c: &mut Client, code: CloseCode) {
 }
 
 #[tokio::test]
-async fn only_a_normal_close_ends_the_session_other_closes_are_held() {
+async fn a_goodbye_close_ends_the_session_other_closes_are_held() {
     let server = start("reconnect_grace = 30");
     let room = "appt-close-codes";
     let (mut doctor, _) = Client::join(&server, room, "dr-ana", Role::Doctor).await;
@@ -31,7 +32,7 @@ async fn only_a_normal_close_ends_the_session_other_closes_are_held() {
         joined["resume_secret"].as_str().unwrap().to_owned(),
     );
 
-    for code in [CloseCode::Away, CloseCode::Library(4000)] {
+    for code in [CloseCode::Library(4000), CloseCode::Library(4999)] {
         close_with(&mut patient, code).await;
         let r = doctor.expect("participant-reconnecting").await;
         assert_eq!(r["identity"], "pt-joao", "close {code:?} is held");
@@ -51,4 +52,11 @@ async fn only_a_normal_close_ends_the_session_other_closes_are_held() {
     late.send(json!({"type": "resume", "v": 1, "session_id": session, "secret": secret}))
         .await;
     late.expect_error("resume_refused").await;
+
+    // A tab that closes says "going away": it ends at once too.
+    let (mut guest, _) = Client::join(&server, room, "pt-maria", Role::Patient).await;
+    doctor.expect("participant-joined").await;
+    close_with(&mut guest, CloseCode::Away).await;
+    let left = doctor.expect("participant-left").await;
+    assert_eq!(left["identity"], "pt-maria");
 }

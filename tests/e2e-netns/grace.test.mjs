@@ -94,11 +94,15 @@ describe(`a participant that does not come back within reconnect_grace (${GRACE_
       const pids = (await sh('ip', ['netns', 'pids', NS.patient])).split('\n').filter(Boolean).map(Number);
       assert.ok(pids.length > 0, 'chromium runs in the patient namespace');
       const t = Date.now();
-      for (const pid of pids) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          /* already gone */
+      // Stopped first, all of them: killed one by one, a browser whose renderer died first
+      // could still close the page's WebSocket politely (1001), which a dead phone never does.
+      for (const sig of ['SIGSTOP', 'SIGKILL']) {
+        for (const pid of pids) {
+          try {
+            process.kill(pid, sig);
+          } catch {
+            /* already gone */
+          }
         }
       }
       return t;

@@ -11,7 +11,7 @@ import {
   videoMaxBitrate,
 } from '../../signaling/client/consulta.js';
 
-const HINTS = 'x-google-start-bitrate=1500;x-google-min-bitrate=600;x-google-max-bitrate=2500';
+const HINTS = 'x-google-start-bitrate=1500;x-google-min-bitrate=100;x-google-max-bitrate=2500';
 
 const ANSWER = [
   'v=0',
