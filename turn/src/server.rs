@@ -176,11 +176,17 @@ struct Authed<'a> {
     key: [u8; 16],
 }
 
+/// When a username's credential expires (unix seconds); never for a name without an expiry.
+pub(crate) fn credential_expiry(username: &str) -> u64 {
+    crate::auth::expiry_of(username).unwrap_or(u64::MAX)
+}
+
 /// The TURN server state: allocations by client 5-tuple, quotas, nonces and counters.
 pub struct TurnServer {
     cfg: ServerConfig,
     allocations: HashMap<ClientKey, Allocation>,
-    per_user: HashMap<String, u32>,
+    /// Allocations per user (the participant part of a REST username), by credential expiry.
+    per_user: HashMap<String, std::collections::BTreeMap<u64, u32>>,
     per_ip: HashMap<IpAddr, u32>,
     /// Users whose credentials minted before the given unix time are refused.
     revoked: HashMap<String, u64>,
@@ -559,9 +565,15 @@ impl TurnServer {
     fn remove(&mut self, client: &ClientKey) -> Option<AllocationId> {
         let a = self.allocations.remove(client)?;
         let user = crate::auth::user_of(&a.username);
-        if let Some(n) = self.per_user.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(by_expiry) = self.per_user.get_mut(user) {
+            let expiry = credential_expiry(&a.username);
+            if let Some(n) = by_expiry.get_mut(&expiry) {
+                *n -= 1;
+                if *n == 0 {
+                    by_expiry.remove(&expiry);
+                }
+            }
+            if by_expiry.is_empty() {
                 self.per_user.remove(user);
             }
         }

@@ -47,3 +47,26 @@ fn a_revoked_participant_cannot_allocate_with_older_credentials() {
     h.allocate(20, &mut minted("p-ana", 4, 20));
     assert_eq!(h.server.counters().snapshot().revoked_refusals, 2);
 }
+
+#[test]
+fn allocations_of_expired_credentials_leave_the_quota_to_fresh_ones() {
+    // A call outlives its credentials: the SDK gets fresh ones and restarts ICE; the browser
+    // often lets the old allocations go only after their credential expired, so it cannot
+    // release them, and they linger until their lifetime ends.
+    let mut cfg = config();
+    cfg.max_allocations_per_user = 2;
+    let mut h = Harness::new(cfg);
+    let short = |port: u16, at: u64| {
+        let mut c = Client::new(&format!("192.0.2.10:{port}"), Transport::Udp, 3600);
+        (c.username, c.password) = credentials(SECRET, "p-ana", 60, T0_UNIX + at);
+        c
+    };
+    h.allocate(0, &mut short(1, 0));
+    h.allocate(1, &mut short(2, 0));
+    // Still valid: the quota holds.
+    assert_eq!(h.start_allocate(30, &mut short(3, 30)).unwrap_err(), 486);
+    // The first credential expired (both its allocations are still alive): fresh ones work.
+    h.allocate(61, &mut short(4, 61));
+    h.allocate(62, &mut short(5, 61));
+    assert_eq!(h.start_allocate(63, &mut short(6, 61)).unwrap_err(), 486);
+}

@@ -4,7 +4,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use super::{Authed, ClientAction, PendingAllocation, RelayRequest, ReplyTo, TurnServer, UDP};
+use super::{
+    credential_expiry, Authed, ClientAction, PendingAllocation, RelayRequest, ReplyTo, TurnServer,
+    UDP,
+};
 use crate::allocation::{Allocation, AllocationId, ClientKey, TokenBucket};
 use crate::counters::Counters;
 use crate::per_ip::source_of;
@@ -26,14 +29,24 @@ impl TurnServer {
     }
 
     /// The quota check shared by Allocate and its completion: 486 when over the total, the
-    /// user's or the client's source ([`source_of`]) share.
-    fn over_quota(&self, username: &str, source: IpAddr) -> bool {
+    /// user's or the client's source ([`source_of`]) share. A user's share counts only the
+    /// allocations made with credentials that are still valid: one made with an expired
+    /// credential can no longer be refreshed and dies with its lifetime, and a browser that
+    /// restarts ICE with fresh credentials often cannot release it (its credential expired by
+    /// the time it lets the old candidates go); fresh credentials come only from the server,
+    /// and the per-source share still bounds them.
+    fn over_quota(&self, now: Instant, username: &str, source: IpAddr) -> bool {
         let total = self.allocations.len() as u64 >= self.cfg.max_allocations as u64;
-        let mine = self
+        let unix = self.unix(now);
+        let mine: u32 = self
             .per_user
             .get(crate::auth::user_of(username))
-            .copied()
-            .unwrap_or(0);
+            .map_or(0, |by_expiry| {
+                by_expiry
+                    .range(unix.saturating_add(1)..)
+                    .map(|(_, n)| n)
+                    .sum()
+            });
         let this_ip = self.per_ip.get(&source).copied().unwrap_or(0);
         total
             || mine >= self.cfg.max_allocations_per_user
@@ -97,7 +110,7 @@ impl TurnServer {
             error(out, to, 403, Some(&a));
             return ClientAction::Reply;
         }
-        if self.over_quota(a.username, source_of(client.addr.ip())) {
+        if self.over_quota(now, a.username, source_of(client.addr.ip())) {
             Counters::inc(&self.counters.quota_refusals);
             error(out, to, 486, Some(&a));
             return ClientAction::Reply;
@@ -138,7 +151,7 @@ impl TurnServer {
             error(out, p.to, 437, Some(&a));
             return None;
         }
-        if self.over_quota(&p.username, source_of(p.client.addr.ip())) {
+        if self.over_quota(now, &p.username, source_of(p.client.addr.ip())) {
             Counters::inc(&self.counters.quota_refusals);
             error(out, p.to, 486, Some(&a));
             return None;
@@ -157,6 +170,8 @@ impl TurnServer {
         *self
             .per_user
             .entry(crate::auth::user_of(&p.username).to_owned())
+            .or_default()
+            .entry(credential_expiry(&p.username))
             .or_insert(0) += 1;
         *self
             .per_ip
