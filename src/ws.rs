@@ -200,7 +200,7 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
                     // dropping a socket it gave up on while it reconnects; it is held like a
                     // connection that died.
                     Some(Ok(Message::Close(frame))) => {
-                        if frame.is_none_or(|f| matches!(u16::from(f.code), 1000 | 1001)) { break }
+                        if frame.is_none_or(|f| matches!(f.code, 1000 | 1001)) { break }
                         if hold(&state, &mut s, &mut link) { continue }
                         break;
                     }
