@@ -543,6 +543,13 @@ async fn kick(
 #[serde(deny_unknown_fields)]
 struct MuteBody {
     kind: consulta_signaling::protocol::TrackKind,
+    /// `false` lifts a mute made through the API (the participant may then unmute itself).
+    #[serde(default = "yes")]
+    muted: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 async fn mute(
@@ -564,6 +571,7 @@ async fn mute(
         room: id.clone(),
         identity: identity.clone(),
         kind: b.kind,
+        muted: b.muted,
     };
     state.sfu.send(lease.worker(), cmd).map_err(|_| {
         ApiError(
@@ -576,15 +584,16 @@ async fn mute(
         consulta_signaling::protocol::TrackKind::Audio => "audio",
         consulta_signaling::protocol::TrackKind::Video => "video",
     };
+    let event = if b.muted { "muted" } else { "unmuted" };
     state
         .events
         .send(
             state
                 .event_factory
-                .make(&id, "muted", json!({ "identity": identity, "kind": kind })),
+                .make(&id, event, json!({ "identity": identity, "kind": kind })),
         )
         .await;
-    Ok(Json(json!({ "muted": identity, "kind": kind })))
+    Ok(Json(json!({ event: identity, "kind": kind })))
 }
 
 async fn recording_status(

@@ -488,6 +488,30 @@ pub fn render(
         );
     }
     o.one(
+        "consulta_worker_events_dropped_total",
+        "counter",
+        "Rebuildable messages (mute, track-published, track-paused/resumed, bitrate-cap) dropped for a full event queue.",
+        s.events_dropped,
+    );
+    o.one(
+        "consulta_unmutes_refused_total",
+        "counter",
+        "Unmutes refused: the track was muted through the control API.",
+        s.unmutes_refused,
+    );
+    o.one(
+        "consulta_remote_candidates_refused_total",
+        "counter",
+        "Trickled remote ICE candidates ignored beyond a participant's budget.",
+        s.candidates_refused,
+    );
+    o.one(
+        "consulta_producers_refused_total",
+        "counter",
+        "Incoming tracks ignored beyond a participant's producer limit.",
+        s.producers_refused,
+    );
+    o.one(
         "consulta_worker_event_overflows_total",
         "counter",
         "Participants closed: signaling did not read events.",

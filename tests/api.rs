@@ -399,6 +399,14 @@ async fn api_refuses_bad_input_with_codes() {
             "participant_not_present",
         ),
         (
+            // `muted: false` (lifting an API mute) is understood, not refused as unknown.
+            "POST",
+            "/consultations/dup-1/participants/nobody/mute",
+            Some(json!({"kind":"audio","muted":false})),
+            404,
+            "participant_not_present",
+        ),
+        (
             "POST",
             "/consultations/dup-1/participants/nobody/admit",
             None,

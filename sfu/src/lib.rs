@@ -142,11 +142,13 @@ pub enum Command {
         kind: TrackKind,
         muted: bool,
     },
-    /// The control API mutes a participant's track (the server stops forwarding it).
+    /// The control API mutes a participant's track (the server stops forwarding it, and the
+    /// participant cannot unmute it) or, with `muted: false`, lifts that mute.
     ForceMute {
         room: String,
         identity: String,
         kind: TrackKind,
+        muted: bool,
     },
     /// Starts (`Some`) or stops (`None`) tapping a room's media for the recorder. Starting asks
     /// every video publisher of the room for a keyframe.

@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 /// How often a subscriber that still waits for a keyframe asks again.
 const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
 
-use consulta_signaling::protocol::{ErrorCode, LeaveReason, ServerMessage, TrackKind};
+use consulta_signaling::protocol::{ErrorCode, LeaveReason, ServerMessage};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
-use str0m::{Candidate, Input};
+use str0m::Input;
 
 use crate::demux::DemuxUpdate;
 use crate::forwarder::{
@@ -34,7 +34,10 @@ use crate::transport::{
 use crate::{Command, JoinRequest, PeerId};
 
 mod allocation;
+mod mute;
+pub(crate) mod quota;
 mod reconnect;
+use mute::MuteBy;
 use reconnect::Path;
 
 /// One room's media graph: who is in it. Producers and consumers hang off the transports.
@@ -225,20 +228,13 @@ impl<W: Wire> RouterHost<W> {
             Command::Join(req) => self.join(req),
             Command::Offer { peer, sdp } => self.offer(peer, &sdp),
             Command::Answer { peer, sdp } => self.answer(peer, &sdp),
-            Command::Candidate { peer, candidate } => {
-                let line = candidate.strip_prefix("a=").unwrap_or(&candidate);
-                if let Ok(c) = Candidate::from_sdp_string(line) {
-                    self.drive(peer, |t, io| {
-                        t.rtc.add_remote_candidate(c);
-                        t.drain(io)
-                    });
-                }
-            }
-            Command::Mute { peer, kind, muted } => self.mute(peer, kind, muted, false),
+            Command::Candidate { peer, candidate } => self.remote_candidate(peer, &candidate),
+            Command::Mute { peer, kind, muted } => self.mute(peer, kind, muted, MuteBy::Client),
             Command::ForceMute {
                 room,
                 identity,
                 kind,
+                muted,
             } => {
                 let peer = self
                     .router_by_name
@@ -252,7 +248,7 @@ impl<W: Wire> RouterHost<W> {
                         })
                     });
                 if let Some(peer) = peer {
-                    self.mute(peer, kind, true, true);
+                    self.mute(peer, kind, muted, MuteBy::Api);
                 }
             }
             Command::Record { room, tap } => self.record(&room, tap),
@@ -266,50 +262,6 @@ impl<W: Wire> RouterHost<W> {
     }
 
     // ---- commands -----------------------------------------------------------------------
-
-    /// A participant's track muted or unmuted: the room is told, and a muted track stops being
-    /// forwarded (its consumers pause; video resumes at a keyframe). `tell_self` when the mute
-    /// comes from the control API, so the participant's own client learns it too.
-    fn mute(&mut self, peer: PeerId, kind: TrackKind, muted: bool, tell_self: bool) {
-        let Some(t) = self.transports.get_mut(&peer) else {
-            return;
-        };
-        let media = match kind {
-            TrackKind::Audio => {
-                t.muted.audio = muted;
-                MediaKind::Audio
-            }
-            TrackKind::Video => {
-                t.muted.video = muted;
-                MediaKind::Video
-            }
-        };
-        let (room, identity) = (t.room, t.identity.clone());
-        let msg = ServerMessage::Mute {
-            identity,
-            kind,
-            muted,
-        };
-        if tell_self {
-            t.emit(msg.clone(), &mut self.outbox);
-        }
-        for q in self.others_in(room, peer) {
-            if let Some(tq) = self.transports.get_mut(&q) {
-                for c in tq
-                    .consumers
-                    .iter_mut()
-                    .filter(|c| c.source == peer && c.kind == media)
-                {
-                    if muted {
-                        c.forwarder.pause(PauseCause::Mute);
-                    } else {
-                        c.forwarder.resume(PauseCause::Mute);
-                    }
-                }
-            }
-        }
-        self.broadcast(room, peer, msg);
-    }
 
     /// The participants of `room` but `peer` (a copy: the caller then mutates transports).
     fn others_in(&self, room: u64, peer: PeerId) -> Vec<PeerId> {
@@ -371,6 +323,11 @@ impl<W: Wire> RouterHost<W> {
                         .is_some_and(|t| t.identity == req.identity)
                 })
             });
+        // A mute forced by the API outlives the session it was made on.
+        let forced = previous
+            .and_then(|p| self.transports.get(&p))
+            .map(|t| t.forced)
+            .unwrap_or_default();
         if let Some(old) = previous {
             self.remove(
                 old,
@@ -402,15 +359,19 @@ impl<W: Wire> RouterHost<W> {
             self.limits.bwe,
             now,
         ) {
-            Ok(rtc) => Transport::new(
-                req.peer,
-                room_id,
-                req.identity,
-                req.role,
-                req.events.clone(),
-                rtc,
-                now,
-            ),
+            Ok(rtc) => {
+                let mut t = Transport::new(
+                    req.peer,
+                    room_id,
+                    req.identity,
+                    req.role,
+                    req.events.clone(),
+                    rtc,
+                    now,
+                );
+                mute::carry_forced(&mut t, forced);
+                t
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot create transport");
                 let _ = req
@@ -540,7 +501,7 @@ impl<W: Wire> RouterHost<W> {
             }
             if let Some(o) = self.transports.get(other) {
                 for p in &o.producers {
-                    wanted.push(Consumer::new(o.id, p.mid, o.identity.clone(), p.kind));
+                    wanted.push(mute::consumer_of(o, p.mid, p.kind));
                 }
             }
         }
@@ -833,6 +794,7 @@ impl<W: Wire> RouterHost<W> {
                 self.remove(peer, reason, msg);
             }
         }
+        self.counters.events_dropped += std::mem::take(&mut self.outbox.events_dropped);
     }
 
     fn add_producer(&mut self, peer: PeerId, mid: Mid, kind: MediaKind) {
@@ -842,6 +804,12 @@ impl<W: Wire> RouterHost<W> {
         if t.producers.iter().any(|p| p.mid == mid) {
             return;
         }
+        if !self.may_produce(peer, mid, kind) {
+            return;
+        }
+        let Some(t) = self.transports.get_mut(&peer) else {
+            return;
+        };
         let codecs = t.codec_table();
         t.producers.push(Producer {
             mid,
@@ -855,11 +823,17 @@ impl<W: Wire> RouterHost<W> {
             remb: Default::default(),
         });
         let (room, identity) = (t.room, t.identity.clone());
+        // A track muted before it was published starts paused for everyone.
+        let muted = mute::is_muted(t, kind);
         for q in self.others_in(room, peer) {
             let Some(tq) = self.transports.get_mut(&q) else {
                 continue;
             };
-            tq.subscribe(Consumer::new(peer, mid, identity.clone(), kind));
+            let mut c = Consumer::new(peer, mid, identity.clone(), kind);
+            if muted {
+                c.forwarder.pause(PauseCause::Mute);
+            }
+            tq.subscribe(c);
             tq.emit(
                 ServerMessage::TrackPublished {
                     identity: identity.clone(),

@@ -258,6 +258,10 @@ counters!(
     bandwidth_resumes,
     remb_sent,
     bitrate_caps_sent,
+    unmutes_refused,
+    candidates_refused,
+    producers_refused,
+    events_dropped,
 );
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use tokio::sync::mpsc::error::TrySendError;
 
 use crate::bandwidth::Downlink;
 use crate::forwarder::{Forwarder, KeyframeThrottle, PtMap};
+use crate::router::quota::CandidateBudget;
 use crate::stats::{
     LocalCounters, LocalHistogram, CONNECT_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS,
 };
@@ -63,6 +64,8 @@ pub(crate) struct Outbox {
     /// A publisher's incoming stream flows again after str0m saw it stop (its path was cut).
     pub stream_resumed: Vec<(PeerId, Mid)>,
     pub faults: Vec<(PeerId, Fault)>,
+    /// Rebuildable messages dropped because a receiver's event queue was full.
+    pub events_dropped: u64,
 }
 
 impl Outbox {
@@ -167,6 +170,8 @@ pub(crate) struct Transport {
     pub identity: String,
     pub role: String,
     pub muted: MuteState,
+    /// The tracks the control API muted: the participant cannot unmute them.
+    pub forced: MuteState,
     pub rtc: Rtc,
     pub ufrag: String,
     events: tokio::sync::mpsc::Sender<PeerEvent>,
@@ -197,10 +202,27 @@ pub(crate) struct Transport {
     pub cap_sent: Option<u64>,
     /// The (minimum, desired) bitrates last given to str0m's estimator.
     pub bwe_target: (u64, u64),
+    /// Remote candidates trickled in this ICE session (bounded: see `router/quota.rs`).
+    pub candidates: CandidateBudget,
     /// The outstanding offer as sent, offered again when a new connection resumes the session
     /// (the first copy may have died with the old one).
     pub last_offer: Option<ServerMessage>,
     created: Instant,
+}
+
+/// Whether a message may be dropped when its receiver's queue is full: it only updates a
+/// state (a track's mute or pause, a new track that the next offer lists anyway, an advisory
+/// cap) that a later message or a rejoin brings again. A slow receiver loses an update rather
+/// than its call; `joined`, offers, answers and leaves are never dropped.
+fn rebuildable(msg: &ServerMessage) -> bool {
+    matches!(
+        msg,
+        ServerMessage::Mute { .. }
+            | ServerMessage::TrackPublished { .. }
+            | ServerMessage::TrackPaused { .. }
+            | ServerMessage::TrackResumed { .. }
+            | ServerMessage::BitrateCap { .. }
+    )
 }
 
 /// A participant's lost paths: it is reconnecting while either is lost.
@@ -353,6 +375,7 @@ impl Transport {
             identity,
             role,
             muted: MuteState::default(),
+            forced: MuteState::default(),
             rtc,
             ufrag,
             events,
@@ -372,6 +395,7 @@ impl Transport {
             cap_sent: None,
             bwe_target: (crate::bandwidth::AUDIO_RESERVE_BPS, BWE_INITIAL_BPS),
             last_offer: None,
+            candidates: CandidateBudget::default(),
             created: now,
         }
     }
@@ -384,10 +408,14 @@ impl Transport {
         }
     }
 
-    /// Queues a message for the participant; a full queue faults the transport.
+    /// Queues a message for the participant. When the queue is full, a rebuildable message
+    /// (see [`rebuildable`]) is dropped and counted; any other faults the transport.
     pub fn emit(&self, msg: ServerMessage, outbox: &mut Outbox) {
         match self.events.try_send(PeerEvent::Message(msg)) {
             Ok(()) => {}
+            Err(TrySendError::Full(PeerEvent::Message(m))) if rebuildable(&m) => {
+                outbox.events_dropped += 1;
+            }
             Err(TrySendError::Full(_)) => outbox.faults.push((self.id, Fault::EventOverflow)),
             // The session is gone; its Leave is on the way.
             Err(TrySendError::Closed(_)) => {}
@@ -464,6 +492,7 @@ impl Transport {
         if std::mem::take(&mut self.restart_ice) {
             // Local candidates stay: the server's addresses did not change, the client's did.
             let creds = change.ice_restart(true);
+            self.candidates = CandidateBudget::default();
             // The client checks the new ufrag as soon as it has our offer, before its answer
             // is back: the demux must route those checks already.
             outbox.ufrags.push((self.id, creds.ufrag.clone()));
