@@ -302,9 +302,12 @@ print(*ports)')
   # Other listeners a newer binary may open by default are switched off (unknown CONSULTA_*
   # variables are errors, so only those the binary lists).
   extra_env=()
-  "$BIN" config check --env 2>/dev/null | grep -q 'CONSULTA_MEDIA_TCP_PORT' && extra_env+=(CONSULTA_MEDIA_TCP_PORT=0)
+  # Read once, then searched: `config check --env | grep -q` under pipefail fails at random
+  # (grep exits at the first match and the writer may get SIGPIPE).
+  env_names=$("$BIN" config check --env 2>/dev/null || true)
+  grep -q 'CONSULTA_MEDIA_TCP_PORT' <<<"$env_names" && extra_env+=(CONSULTA_MEDIA_TCP_PORT=0)
   API_PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$BIN" config check --env 2>/dev/null | grep -q 'CONSULTA_API_LISTEN' && extra_env+=(CONSULTA_API_LISTEN="127.0.0.1:$API_PORT")
+  grep -q 'CONSULTA_API_LISTEN' <<<"$env_names" && extra_env+=(CONSULTA_API_LISTEN="127.0.0.1:$API_PORT")
   env CONSULTA_DATA_DIR="$TMP/data" CONSULTA_HTTP_LISTEN="127.0.0.1:$HTTP_PORT" CONSULTA_MEDIA_UDP_PORT="$MEDIA_PORT" \
     CONSULTA_MEDIA_PUBLIC_IPS=127.0.0.1 CONSULTA_AUTH_TOKEN_SECRET=check-sh-secret-0123456789 "${extra_env[@]}" \
     "$BIN" serve --config deploy/consulta.toml >"$TMP/consulta.log" 2>&1 &
