@@ -309,6 +309,9 @@ pub struct Advertised {
 /// uncapped (see `bandwidth::UNCAPPED_PER_TRACK_BPS`).
 pub(crate) const BWE_INITIAL_BPS: u64 = 3_200_000;
 
+/// Timeouts already due that one drain handles itself before leaving the rest to the timers.
+const MAX_IMMEDIATE_TIMEOUTS: u32 = 64;
+
 /// The parts of the worker a drain needs.
 pub(crate) struct Io<'a, W: Wire> {
     pub wire: &'a W,
@@ -558,11 +561,22 @@ impl Transport {
 
     /// Drains the `Rtc` until it asks for a timeout: transmits go out, events to the outbox.
     pub fn drain<W: Wire>(&mut self, io: &mut Io<W>) -> Result<(), RtcError> {
+        // str0m's pacer (bandwidth estimation) asks for a timeout "now" after every packet it
+        // releases: those are handled here rather than through the worker's timer heap.
+        let mut immediate = 0;
         loop {
             // Matched where str0m returned it: `?` and by-value bindings would each copy the
             // 520-byte `Output` (its largest variant is an event carrying an RTP packet).
             match self.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => {
+                    if immediate < MAX_IMMEDIATE_TIMEOUTS {
+                        let now = Instant::now();
+                        if t <= now {
+                            immediate += 1;
+                            self.rtc.handle_input(str0m::Input::Timeout(now))?;
+                            continue;
+                        }
+                    }
                     self.next_timeout = t;
                     return Ok(());
                 }
