@@ -53,7 +53,7 @@ pub enum Change {
 #[derive(Debug, Clone, Default)]
 pub struct Downlink {
     estimate: Option<u64>,
-    video_paused: bool,
+    /// Since when its video is paused (None: it flows).
     paused_since: Option<Instant>,
     /// Since when the budget has been on the other side of the pause/resume threshold.
     crossing_since: Option<Instant>,
@@ -70,7 +70,7 @@ impl Downlink {
     }
 
     pub fn is_video_paused(&self) -> bool {
-        self.video_paused
+        self.paused_since.is_some()
     }
 
     /// Bits per second each video track may use, or None without an estimate yet.
@@ -84,7 +84,7 @@ impl Downlink {
     /// The cap to ask of each publisher of video this subscriber receives: None when the
     /// subscriber does not constrain them (no estimate, a good link, or its video paused).
     pub fn publisher_cap(&self, audio_tracks: usize, video_tracks: usize) -> Option<u64> {
-        if self.video_paused || video_tracks == 0 {
+        if self.is_video_paused() || video_tracks == 0 {
             return None;
         }
         let per = self.video_budget_per_track(audio_tracks, video_tracks)?;
@@ -100,14 +100,13 @@ impl Downlink {
         let Some(per) = self.video_budget_per_track(audio_tracks, video_tracks) else {
             return Change::None;
         };
-        if !self.video_paused {
+        if !self.is_video_paused() {
             if per >= PAUSE_BELOW_BPS {
                 self.crossing_since = None;
                 return Change::None;
             }
             let since = *self.crossing_since.get_or_insert(now);
             if per < PAUSE_BELOW_BPS / 2 || now.duration_since(since) >= PAUSE_AFTER {
-                self.video_paused = true;
                 self.paused_since = Some(now);
                 self.crossing_since = None;
                 return Change::PauseVideo;
@@ -119,7 +118,6 @@ impl Downlink {
             }
             let since = *self.crossing_since.get_or_insert(now);
             if now.duration_since(since) >= RESUME_AFTER {
-                self.video_paused = false;
                 self.paused_since = None;
                 self.crossing_since = None;
                 return Change::ResumeVideo;
@@ -137,7 +135,7 @@ impl Downlink {
         let min = AUDIO_RESERVE_BPS * audio_tracks.max(1) as u64;
         let desired = HD_DESIRED_BPS * video_tracks.max(1) as u64;
         let bump = match self.paused_since {
-            Some(since) if self.video_paused => {
+            Some(since) => {
                 let steps = now.duration_since(since).as_millis() / PROBE_EVERY.as_millis();
                 (steps % 2) as u64 * PROBE_BUMP_BPS
             }

@@ -1164,7 +1164,8 @@ mod tests {
     use super::*;
     use crate::PeerEvent;
 
-    struct NullWire;
+    /// A wire that sends nothing anywhere (router unit tests).
+    pub(crate) struct NullWire;
     impl Wire for NullWire {
         fn send(&self, _: SocketAddr, data: &[u8]) -> std::io::Result<usize> {
             Ok(data.len())

@@ -307,7 +307,7 @@ pub struct Advertised {
 
 /// Where str0m's estimate toward a subscriber starts: one HD video track and its audio fit
 /// uncapped (see `bandwidth::UNCAPPED_PER_TRACK_BPS`).
-pub(crate) const BWE_INITIAL_BPS: u64 = 3_200_000;
+pub(crate) const BWE_INITIAL_BPS: u64 = crate::bandwidth::HD_DESIRED_BPS;
 
 /// Timeouts already due that one drain handles itself before leaving the rest to the timers.
 const MAX_IMMEDIATE_TIMEOUTS: u32 = 64;

@@ -72,7 +72,6 @@ impl<W: Wire> RouterHost<W> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
 
     use consulta_signaling::protocol::{ServerMessage, TrackKind};
 
@@ -81,12 +80,7 @@ mod tests {
     use crate::transport::Advertised;
     use crate::{Command, JoinRequest, PeerEvent};
 
-    struct NullWire;
-    impl Wire for NullWire {
-        fn send(&self, _: SocketAddr, data: &[u8]) -> std::io::Result<usize> {
-            Ok(data.len())
-        }
-    }
+    use crate::router::tests::NullWire;
 
     fn host() -> RouterHost<NullWire> {
         let advertised = Advertised {
