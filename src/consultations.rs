@@ -122,6 +122,16 @@ pub enum Request {
         id: String,
         reason: &'static str,
     },
+    /// The media side stopped (or resumed) sending a participant one of another's tracks for a
+    /// reason the consultation's record keeps (`codec`: it decodes nothing the other can send).
+    TrackPaused {
+        room: String,
+        identity: String,
+        publisher: String,
+        kind: &'static str,
+        reason: &'static str,
+        paused: bool,
+    },
     /// The API created a consultation: remember its policy and schedule.
     Created {
         room: String,
@@ -409,6 +419,24 @@ impl Service {
                 // Joined the consultation (into the waiting room when `waiting`).
                 let payload = json!({ "identity": identity, "role": role, "session_id": session, "client_sdk": client_sdk, "waiting": must_wait });
                 self.emit(&room, "participant_joined", payload).await;
+            }
+            Request::TrackPaused {
+                room,
+                identity,
+                publisher,
+                kind,
+                reason,
+                paused,
+            } => {
+                let event = if paused {
+                    "track_paused"
+                } else {
+                    "track_resumed"
+                };
+                let payload = serde_json::json!({
+                    "identity": identity, "publisher": publisher, "kind": kind, "reason": reason,
+                });
+                self.emit(&room, event, payload).await;
             }
             Request::Joined {
                 room,

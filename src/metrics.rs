@@ -421,6 +421,18 @@ pub fn render(
         s.track_restarts,
     );
     o.one(
+        "consulta_codec_switches_total",
+        "counter",
+        "Publishers told to send another video codec, so that everyone in their room decodes it.",
+        s.codec_switches,
+    );
+    o.one(
+        "consulta_codec_pauses_total",
+        "counter",
+        "Video tracks paused for a subscriber that decodes no codec their publisher can send.",
+        s.codec_pauses,
+    );
+    o.one(
         "consulta_bandwidth_pauses_total",
         "counter",
         "Subscribers whose video was paused because their downlink estimate could not carry it (audio kept).",

@@ -34,6 +34,8 @@ pub enum PauseCause {
     Mute = 1,
     /// The subscriber's downlink cannot carry this track now (audio-only fallback).
     Bandwidth = 2,
+    /// The subscriber cannot decode the codec the publisher sends (see `codecs.rs`).
+    Codec = 4,
 }
 
 /// Per-consumer sequence rewriting and keyframe gating.

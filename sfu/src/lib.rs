@@ -25,6 +25,7 @@
 
 pub mod bandwidth;
 mod batch;
+pub mod codecs;
 mod demux;
 pub mod forwarder;
 pub mod router;

@@ -34,6 +34,7 @@ use crate::transport::{
 use crate::{Command, JoinRequest, PeerId};
 
 mod allocation;
+pub(crate) mod codecs;
 mod mute;
 pub(crate) mod quota;
 mod reconnect;
@@ -458,7 +459,9 @@ impl<W: Wire> RouterHost<W> {
         let Some(t) = self.transports.get_mut(&peer) else {
             return;
         };
-        if t.offered {
+        // A client offers once, and again only when asked to change its codec.
+        let again = t.codecs.reoffer_since.take().is_some();
+        if t.offered && !again {
             t.emit(
                 ServerMessage::error(
                     ErrorCode::AlreadyOffered,
@@ -476,8 +479,20 @@ impl<W: Wire> RouterHost<W> {
         let Some(t) = self.transports.get(&peer) else {
             return;
         };
+        let room = t.room;
         match answer {
-            Some(Ok(sdp)) => t.emit(ServerMessage::Answer { sdp }, &mut self.outbox),
+            Some(Ok(answer)) => {
+                // The room's codec choice, with what this offer tells, goes into the answer.
+                self.learn_offer(peer, sdp);
+                self.decide_codecs(room);
+                let answer = self.direct_answer(peer, answer);
+                let Some(t) = self.transports.get_mut(&peer) else {
+                    return;
+                };
+                t.codecs.switch_due = false;
+                t.emit(ServerMessage::Answer { sdp: answer }, &mut self.outbox);
+                self.tell_codecs(room);
+            }
             Some(Err(msg)) => {
                 t.emit(
                     ServerMessage::error(ErrorCode::SdpInvalid, msg),
@@ -487,6 +502,14 @@ impl<W: Wire> RouterHost<W> {
             }
             None => return,
         }
+        if again {
+            // Its consumers' changes waited for this offer.
+            self.negotiate(peer);
+            return;
+        }
+        let Some(t) = self.transports.get(&peer) else {
+            return;
+        };
         // Subscribe the newcomer to everything already published in the room.
         let room = t.room;
         let mut wanted = Vec::new();
@@ -509,6 +532,8 @@ impl<W: Wire> RouterHost<W> {
         for c in wanted {
             t.subscribe(c);
         }
+        // Its new consumers of a codec it cannot decode start paused.
+        self.decide_codecs(room);
         self.negotiate(peer);
     }
 
@@ -574,6 +599,11 @@ impl<W: Wire> RouterHost<W> {
         for (source, mid) in sources {
             self.request_keyframe(source, mid);
         }
+        // What it accepted to receive tells what it decodes; a codec change waited for this.
+        self.learn_answer(peer);
+        if let Some(room) = self.transports.get(&peer).map(|t| t.room) {
+            self.update_codecs(room);
+        }
         self.negotiate(peer);
     }
 
@@ -602,10 +632,25 @@ impl<W: Wire> RouterHost<W> {
         }
         let t = self.transports.get_mut(&peer).expect("checked above");
         for (i, params) in wanted {
+            // Only what the subscriber accepted on this m-line: a payload type it did not is
+            // a black tile (RTP arrives, nothing decodes), so such packets are not sent.
+            let accepted: Vec<str0m::format::PayloadParams> = t.consumers[i]
+                .mid
+                .and_then(|m| t.rtc.media(m))
+                .map(|m| {
+                    let cfg = t.rtc.codec_config().params();
+                    m.remote_pts()
+                        .iter()
+                        .filter_map(|pt| cfg.iter().find(|p| p.pt() == *pt))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let accepted = str0m::format::CodecConfig::new_from_payload_params(accepted);
             let mut map = PtMap::default();
             for p in params {
                 let from = *p.pt();
-                let to = t.rtc.codec_config().match_params(p).map(|m| *m.pt());
+                let to = accepted.match_params(p).map(|m| *m.pt());
                 map.set(from, to);
             }
             t.consumers[i].pts = map;
@@ -695,6 +740,8 @@ impl<W: Wire> RouterHost<W> {
             );
             self.negotiate(q);
         }
+        // The room may go back to a codec the one who left could not decode.
+        self.update_codecs(room);
         self.drop_router_if_empty(room);
     }
 
@@ -843,6 +890,10 @@ impl<W: Wire> RouterHost<W> {
             );
             self.negotiate(q);
         }
+        if kind == MediaKind::Video {
+            // Its new consumers for subscribers that cannot decode its codec start paused.
+            self.decide_codecs(room);
+        }
     }
 
     /// Who is in `room` but `peer`, as the room's participants see each other.
@@ -922,7 +973,10 @@ impl<W: Wire> RouterHost<W> {
         let (mid, kind) = (producer.mid, producer.kind);
         let pt = *pkt.header.payload_type;
         let codec = producer.codecs[usize::from(pt & 0x7F)];
-        if producer.codec.is_none() {
+        // The publisher changed codec (the room asked it to): what follows starts at its
+        // keyframe, and the recording starts a new segment in that codec.
+        let switched = codec.is_some() && producer.codec.is_some() && producer.codec != codec;
+        if codec.is_some() {
             producer.codec = codec;
         }
         let keyframe = match codec {
@@ -939,10 +993,17 @@ impl<W: Wire> RouterHost<W> {
                 MediaKind::Audio => t.muted.audio,
                 MediaKind::Video => t.muted.video,
             };
+            if switched {
+                let key = (t.id << 8) | idx as u64;
+                rec.announced.retain(|k| *k != key);
+            }
             // A muted track is not recorded either.
             if !muted {
                 tap(rec, t, idx, &pkt);
             }
+        }
+        if switched {
+            self.restart_track(src, mid);
         }
         let Some(router) = self.routers.get(&room) else {
             return;
@@ -1062,6 +1123,7 @@ impl<W: Wire> RouterHost<W> {
             self.request_keyframe(s, m);
         }
         self.expire_lost(now);
+        self.expire_reoffers(now);
         if self.limits.bwe {
             self.allocate(now);
         }

@@ -254,6 +254,8 @@ counters!(
     reconnects_expired,
     ice_restarts,
     track_restarts,
+    codec_switches,
+    codec_pauses,
     bandwidth_pauses,
     bandwidth_resumes,
     remb_sent,

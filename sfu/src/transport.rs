@@ -207,6 +207,8 @@ pub(crate) struct Transport {
     /// The outstanding offer as sent, offered again when a new connection resumes the session
     /// (the first copy may have died with the old one).
     pub last_offer: Option<ServerMessage>,
+    /// Its video codecs and the one it is to send (see `router/codecs.rs`).
+    pub codecs: crate::router::codecs::CodecState,
     created: Instant,
 }
 
@@ -399,6 +401,7 @@ impl Transport {
             bwe_target: (crate::bandwidth::AUDIO_RESERVE_BPS, BWE_INITIAL_BPS),
             last_offer: None,
             candidates: CandidateBudget::default(),
+            codecs: Default::default(),
             created: now,
         }
     }
@@ -480,7 +483,8 @@ impl Transport {
 
     /// Offers what changed in the consumers, when no offer is outstanding.
     pub fn negotiate(&mut self, outbox: &mut Outbox) -> bool {
-        if !self.offered || self.pending.is_some() {
+        // While it was asked to offer again (a codec change), its offer comes first.
+        if !self.offered || self.pending.is_some() || self.codecs.reoffer_since.is_some() {
             return false;
         }
         if !self.restart_ice
@@ -541,10 +545,11 @@ impl Transport {
                 })
             })
             .collect();
-        let msg = ServerMessage::Offer {
-            sdp: offer.to_sdp_string(),
-            tracks,
-        };
+        let mut sdp = offer.to_sdp_string();
+        if let Some(c) = self.codecs.directed {
+            sdp = crate::codecs::put_first(&sdp, &crate::router::codecs::payload_types(self, c));
+        }
+        let msg = ServerMessage::Offer { sdp, tracks };
         self.last_offer = Some(msg.clone());
         self.emit(msg, outbox);
         true

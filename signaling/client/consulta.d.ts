@@ -80,8 +80,9 @@ export interface Participant {
   [extra: string]: unknown;
 }
 
-/** `bandwidth`: our downlink cannot carry the track now; audio keeps flowing. */
-export type PauseReason = 'bandwidth' | (string & {});
+/** `bandwidth`: our downlink cannot carry the track now; `codec`: this browser decodes no codec
+ * the publisher can send. Audio keeps flowing either way. */
+export type PauseReason = 'bandwidth' | 'codec' | (string & {});
 
 export interface TrackPauseEvent {
   participant: Participant;

@@ -663,6 +663,7 @@ export class Call {
     }
     this._pc = null;
     this._offerSent = false;
+    this._preferredCodec = null;
     this._localCandidates = [];
     this._queuedMaps = [];
     this._midMap = new Map();
@@ -829,10 +830,27 @@ export class Call {
     await this._applySenderParameters();
   }
 
-  /** Every remote SDP: HD bitrate hints, and our preferred codec first (see preferVideoCodec). */
+  /**
+   * Every remote SDP: HD bitrate hints. The codec order is the server's: it answers with the
+   * codec every participant of the room decodes first (our preferred one when they all do).
+   */
   _mungeRemote(sdp) {
-    const hinted = addVideoBitrateHints(sdp, this._videoHints);
-    return this._preferredCodec ? preferVideoCodec(hinted, this._preferredCodec) : hinted;
+    return addVideoBitrateHints(sdp, this._videoHints);
+  }
+
+  /**
+   * The server asks us to send video in `codec`, the one everyone in the room decodes: it
+   * goes first in our video sender's codec preferences and we offer again (the server holds
+   * its own offers until then); its answer lists that codec first, so the browser switches.
+   */
+  async _switchCodec(codec) {
+    const pc = this._pc;
+    if (!pc || this.closed || typeof codec !== 'string') return;
+    for (const t of pc.getTransceivers()) {
+      const track = t.sender && t.sender.track;
+      if (track && track.kind === 'video') this._preferCodec(t, codec);
+    }
+    await this._publish();
   }
 
   // ----- peer connection ----------------------------------------------------------------------
@@ -1119,6 +1137,11 @@ export class Call {
         this._emit(m.type, { participant: p, kind: m.kind, reason: m.reason });
         break;
       }
+      case 'video-codec':
+        this._enqueue(() => this._switchCodec(m.codec)).catch((e) => {
+          this._clientError(new ConsultaError('negotiation_failed', `codec change: ${e && e.message}`, { cause: e }));
+        });
+        break;
       case 'bitrate-cap':
         // A subscriber's downlink is weak: keep our video under its rate (null: lifted).
         if (m.kind !== 'video') break;

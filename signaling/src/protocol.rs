@@ -283,7 +283,8 @@ pub enum ServerMessage {
     },
     /// The server stopped forwarding one of `identity`'s tracks to this subscriber (its
     /// publisher still sends it): `bandwidth` when this subscriber's downlink cannot carry it
-    /// now (its audio keeps flowing). `track-resumed` follows when it flows again.
+    /// now (its audio keeps flowing); `codec` when it cannot decode any codec the publisher can
+    /// send. `track-resumed` follows when it flows again.
     TrackPaused {
         identity: String,
         kind: TrackKind,
@@ -300,6 +301,13 @@ pub enum ServerMessage {
     BitrateCap {
         kind: TrackKind,
         max_bitrate: Option<u64>,
+    },
+    /// Sent to a publisher: send video in `codec` (`VP8`, `VP9`, `H264`, `AV1`, `H265`), the one
+    /// every participant of the room decodes. The client puts that codec first in its sender's
+    /// codec preferences and offers again (the server holds its own offers until that offer);
+    /// the server's answer lists the codec first.
+    VideoCodec {
+        codec: String,
     },
     /// The session is in the waiting room until a doctor admits it.
     Waiting,
@@ -354,6 +362,8 @@ pub struct RecordingState {
 pub enum PauseReason {
     /// The subscriber's downlink cannot carry it now.
     Bandwidth,
+    /// The subscriber cannot decode any codec the publisher can send.
+    Codec,
 }
 
 /// Why a participant left.

@@ -136,7 +136,7 @@ export function run(bin, args, { timeout = 15_000 } = {}) {
 const SERVER_IP = process.env.CONSULTA_SERVER_IP || '127.0.0.1';
 const SERVER_NETNS = process.env.CONSULTA_NETNS_SERVER;
 
-export async function startServer({ extraConfig = '', media = {}, httpPort: wantedHttpPort, restartOf } = {}) {
+export async function startServer({ extraConfig = '', media = {}, httpPort: wantedHttpPort, restartOf, publicIps } = {}) {
   if (!fs.existsSync(CONSULTA_BIN)) {
     throw new Error(`server binary not found at ${CONSULTA_BIN} (build it with cargo build --release, or set CONSULTA_BIN)`);
   }
@@ -161,7 +161,8 @@ export async function startServer({ extraConfig = '', media = {}, httpPort: want
       '[media]',
       `udp_port = ${udpPort}`,
       `tcp_port = ${tcpPort}`,
-      `public_ips = ["${SERVER_IP}"]`,
+      // `publicIps`: more addresses to advertise (Firefox pairs no loopback candidate).
+      `public_ips = ${JSON.stringify(publicIps ?? [SERVER_IP])}`,
       `workers = ${media.workers ?? process.env.CONSULTA_E2E_WORKERS ?? 2}`,
       ...mediaExtra,
       '',
@@ -341,8 +342,8 @@ export async function openParticipant(browser, server, name, { initScript } = {}
   return participant;
 }
 
-// Runs in the page.
-async function joinInPage(opts) {
+// Runs in the page (exported for firefox.mjs, which runs it through puppeteer).
+export async function joinInPage(opts) {
   const { connect, ConsultaError } = await import('/sdk/consulta.js');
   window.events = window.events || [];
   const record = (e) => window.events.push({ t: Date.now(), ...e });
@@ -368,6 +369,12 @@ async function joinInPage(opts) {
     call.on('reconnected', () => record({ type: 'reconnected' }));
     call.on('participant-reconnecting', (p) => record({ type: 'participant-reconnecting', identity: p && p.identity }));
     call.on('participant-reconnected', (p) => record({ type: 'participant-reconnected', identity: p && p.identity }));
+    call.on('track-paused', ({ participant, kind, reason }) =>
+      record({ type: 'track-paused', identity: participant.identity, kind, reason }),
+    );
+    call.on('track-resumed', ({ participant, kind, reason }) =>
+      record({ type: 'track-resumed', identity: participant.identity, kind, reason }),
+    );
     return {
       ok: true,
       participant: call.participant,

@@ -27,13 +27,16 @@ const UNCAPPED_REMB_BPS: u64 = 50_000_000;
 /// Rounds in which the lifting REMB is repeated.
 const LIFT_ROUNDS: u8 = 3;
 
-/// The active audio and video tracks `t` receives (muted ones carry nothing and do not count;
-/// video paused for bandwidth does: it is what resumes).
+/// The active audio and video tracks `t` receives (muted ones and ones it cannot decode carry
+/// nothing and do not count; video paused for bandwidth does: it is what resumes).
 fn receiving(t: &Transport) -> (usize, usize) {
     let mut audio = 0;
     let mut video = 0;
     for c in &t.consumers {
-        if c.state != ConsumerState::Active || c.forwarder.is_paused_for(PauseCause::Mute) {
+        if c.state != ConsumerState::Active
+            || c.forwarder.is_paused_for(PauseCause::Mute)
+            || c.forwarder.is_paused_for(PauseCause::Codec)
+        {
             continue;
         }
         match c.kind {

@@ -43,6 +43,8 @@ pub struct Client {
     pub identity: String,
     pub events: tokio::sync::mpsc::Receiver<PeerEvent>,
     pub messages: Vec<ServerMessage>,
+    /// The server's answers to this client's offers, as sent.
+    pub answers: Vec<String>,
     pub closed: Option<ServerMessage>,
     pub pending: Option<SdpPendingOffer>,
     pub media: Vec<MediaData>,
@@ -103,10 +105,36 @@ impl Net {
 
     /// Joins a client without offering yet.
     pub fn join_only(&mut self, room: &str, identity: &str) -> usize {
+        self.join_configured(room, identity, None)
+    }
+
+    /// Joins a publishing client whose only video codecs are `video`, in that order of
+    /// preference, and sends its offer. On `video-codec` it offers again (an ICE restart, as a
+    /// str0m client cannot offer without a change).
+    pub fn join_with_codecs(&mut self, room: &str, identity: &str, video: &[Codec]) -> usize {
+        let i = self.join_configured(room, identity, Some(video));
+        self.offer(i, true);
+        i
+    }
+
+    fn join_configured(&mut self, room: &str, identity: &str, video: Option<&[Codec]>) -> usize {
         let now = Instant::now();
         let addr: SocketAddr = format!("127.0.0.1:{}", self.next_port).parse().unwrap();
         self.next_port += 1;
-        let mut rtc = Rtc::builder().build(now);
+        let mut builder = Rtc::builder();
+        if let Some(video) = video {
+            builder = builder.clear_codecs().enable_opus(true, false);
+            for c in video {
+                builder = match c {
+                    Codec::Vp8 => builder.enable_vp8(true),
+                    Codec::H264 => builder.enable_h264(true),
+                    Codec::Vp9 => builder.enable_vp9(true),
+                    Codec::Av1 => builder.enable_av1(true),
+                    other => panic!("no such client codec {other:?}"),
+                };
+            }
+        }
+        let mut rtc = builder.build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         let peer = 1000 + self.clients.len() as u64;
@@ -124,6 +152,7 @@ impl Net {
             identity: identity.into(),
             events: rx,
             messages: Vec::new(),
+            answers: Vec::new(),
             closed: None,
             pending: None,
             media: Vec::new(),
@@ -221,6 +250,7 @@ impl Net {
         let c = &mut self.clients[i];
         match ev {
             PeerEvent::Message(ServerMessage::Answer { sdp }) => {
+                c.answers.push(sdp.clone());
                 let answer = SdpAnswer::from_sdp_string(&sdp).unwrap();
                 let pending = c.pending.take().expect("client offered");
                 c.rtc.sdp_api().accept_answer(pending, answer).unwrap();
@@ -237,6 +267,16 @@ impl Net {
                     peer,
                     sdp: answer.to_sdp_string(),
                 });
+            }
+            PeerEvent::Message(m @ ServerMessage::VideoCodec { .. }) => {
+                c.messages.push(m);
+                let mut change = c.rtc.sdp_api();
+                change.ice_restart(true);
+                let (offer, pending) = change.apply().expect("an offer");
+                c.pending = Some(pending);
+                let peer = c.peer;
+                let sdp = offer.to_sdp_string();
+                self.host.on_command(Command::Offer { peer, sdp });
             }
             PeerEvent::Message(m) => c.messages.push(m),
             PeerEvent::Closed(m) => c.closed = Some(m),
