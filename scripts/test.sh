@@ -14,6 +14,8 @@ need_apt=()
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
 if [ -z "${SKIP_E2E:-}" ]; then
   [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+  # Stock Firefox ESR (no OpenH264 offline) is the other browser of the codec tests.
+  [ -x /usr/bin/firefox-esr ] || need_apt+=(firefox-esr)
   command -v node >/dev/null || need_apt+=(nodejs npm)
   command -v nft >/dev/null || need_apt+=(nftables)
   command -v ip >/dev/null || need_apt+=(iproute2)

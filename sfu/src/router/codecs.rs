@@ -15,7 +15,7 @@ use str0m::media::{MediaKind, Mid};
 use super::RouterHost;
 use crate::codecs::{self, CodecSet};
 use crate::forwarder::PauseCause;
-use crate::transport::{Transport, Wire};
+use crate::transport::{ConsumerState, Transport, Wire};
 use crate::PeerId;
 
 /// How long the server's offers to a publisher wait for the offer asked by `video-codec`.
@@ -271,11 +271,13 @@ impl<W: Wire> RouterHost<W> {
             let d = tq.codecs.decodes;
             let blocked = !d.is_empty() && !d.contains(codec);
             let mut told: Option<ServerMessage> = None;
-            for c in tq
-                .consumers
-                .iter_mut()
-                .filter(|c| c.source == publisher && c.kind == MediaKind::Video)
-            {
+            // Only answered consumers: the answer tells what the subscriber decodes on them (its
+            // offer may list fewer codecs than it decodes).
+            for c in tq.consumers.iter_mut().filter(|c| {
+                c.source == publisher
+                    && c.kind == MediaKind::Video
+                    && c.state == ConsumerState::Active
+            }) {
                 let paused = c.forwarder.is_paused_for(PauseCause::Codec);
                 if blocked && !paused {
                     c.forwarder.pause(PauseCause::Codec);
