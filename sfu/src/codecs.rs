@@ -111,6 +111,27 @@ pub fn preference_order<'a>(params: impl IntoIterator<Item = &'a PayloadParams>)
     out
 }
 
+/// What a publisher may be asked to send, best first: its first offer's order (`prefs`), less
+/// what it proved it will not send (`unsendable`: left out of an offer made after being asked
+/// for it). Codecs it decodes but did not offer are not asked for: str0m accepts no payload type
+/// on an m-line that its first negotiation did not have.
+pub fn candidates(prefs: &[Codec], unsendable: CodecSet) -> Vec<Codec> {
+    prefs
+        .iter()
+        .copied()
+        .filter(|c| !unsendable.contains(*c))
+        .collect()
+}
+
+/// The video codecs of `params` (all forms), for what an offer can send.
+pub fn all_of<'a>(params: impl IntoIterator<Item = &'a PayloadParams>) -> CodecSet {
+    let mut s = CodecSet::default();
+    for p in params {
+        s.insert(p.spec().codec);
+    }
+    s
+}
+
 /// The codec a publisher that can send `send` (in its order of preference) should send to
 /// receivers that decode `receivers` (unknown ones, empty sets, do not count): the first every
 /// receiver decodes; else the one most of them decode, earlier in `send` on a tie; `None` when
@@ -205,6 +226,19 @@ mod tests {
             choose(&vp9_h264, &[h264_only, h264_only, firefox]),
             Some(Codec::H264)
         );
+    }
+
+    #[test]
+    fn a_publisher_is_not_asked_again_for_what_it_left_out_when_asked() {
+        let prefs = [Codec::H264, Codec::Vp8, Codec::Vp9];
+        let firefox = set(&[Codec::Vp8, Codec::Vp9, Codec::Av1]);
+        let send = candidates(&prefs, CodecSet::default());
+        assert_eq!(choose(&send, &[firefox]), Some(Codec::Vp8));
+        // Asked for VP8, it offered again with H264 alone.
+        let unsendable = set(&[Codec::Vp8, Codec::Vp9, Codec::Av1, Codec::H265]);
+        let send = candidates(&prefs, unsendable);
+        assert_eq!(send, vec![Codec::H264]);
+        assert_eq!(choose(&send, &[firefox]), Some(Codec::H264));
     }
 
     #[test]

@@ -483,7 +483,7 @@ impl<W: Wire> RouterHost<W> {
         match answer {
             Some(Ok(answer)) => {
                 // The room's codec choice, with what this offer tells, goes into the answer.
-                self.learn_offer(peer, sdp);
+                self.learn_offer(peer, sdp, again);
                 self.decide_codecs(room);
                 let answer = self.direct_answer(peer, answer);
                 let Some(t) = self.transports.get_mut(&peer) else {

@@ -30,6 +30,8 @@ pub(crate) struct CodecState {
     pub video_mids: Vec<Mid>,
     /// Video codecs it decodes (union over `video_mids`); empty while unknown.
     pub decodes: CodecSet,
+    /// Video codecs it will not send: asked for one, it offered again without them.
+    pub unsendable: CodecSet,
     /// The codec it is to send (its answers list it first).
     pub directed: Option<Codec>,
     /// `directed` changed after its first answer and it has not been told yet.
@@ -100,15 +102,27 @@ pub(crate) fn payload_types(t: &Transport, codec: Codec) -> Vec<u8> {
 
 impl<W: Wire> RouterHost<W> {
     /// `peer`'s offer `sdp` was accepted: records its video m-lines and, from the first offer,
-    /// its order of preference.
-    pub(super) fn learn_offer(&mut self, peer: PeerId, sdp: &str) {
+    /// its order of preference. An offer made again after `video-codec` (`again`) shows what it
+    /// will send: codecs left out of it are not asked again.
+    pub(super) fn learn_offer(&mut self, peer: PeerId, sdp: &str, again: bool) {
         let Some(t) = self.transports.get_mut(&peer) else {
             return;
         };
         for (mid, sends) in video_sections(sdp) {
             let mid = Mid::from(mid.as_str());
-            if t.codecs.prefs.is_empty() && sends {
-                t.codecs.prefs = codecs::preference_order(negotiated(t, mid).iter());
+            if sends {
+                let params = negotiated(t, mid);
+                if t.codecs.prefs.is_empty() {
+                    t.codecs.prefs = codecs::preference_order(params.iter());
+                }
+                if again {
+                    let offered = codecs::all_of(params.iter());
+                    for c in codecs::VIDEO_CODECS {
+                        if !offered.contains(c) {
+                            t.codecs.unsendable.insert(c);
+                        }
+                    }
+                }
             }
             if !t.codecs.video_mids.contains(&mid) {
                 t.codecs.video_mids.push(mid);
@@ -161,7 +175,9 @@ impl<W: Wire> RouterHost<W> {
                 .filter_map(|q| self.transports.get(q))
                 .map(|q| q.codecs.decodes)
                 .collect();
-            if let Some(c) = codecs::choose(&t.codecs.prefs, &receivers) {
+            let s = &t.codecs;
+            let send = codecs::candidates(&s.prefs, s.unsendable);
+            if let Some(c) = codecs::choose(&send, &receivers) {
                 decided.push((*p, c));
             }
         }
