@@ -1,6 +1,8 @@
 //! Criterion benchmarks of what a join costs the media worker.
 //!
-//! `join/new_rtc`: one participant's str0m `Rtc` as `transport::new_rtc` builds it (ICE-lite,
+//! `join/generate_certificate`: a DTLS certificate (key pair and self-signed certificate),
+//! which str0m made inside every `Rtc` until the SFU made one at start. `join/new_rtc`: one
+//! participant's str0m `Rtc` as `transport::new_rtc` builds it (ICE-lite,
 //! candidates, BWE, DTLS identity). `join/router_join_leave`: a `Command::Join` through
 //! `RouterHost::on_command` (room lookup, transport, demux registration, `joined` event) and
 //! the `Command::Leave` that undoes it, so the room stays small. Both run on the worker thread
@@ -8,6 +10,7 @@
 
 use std::time::Instant;
 
+use consulta_sfu::dtls_identity::DtlsIdentity;
 use consulta_sfu::router::{Limits, RouterHost};
 use consulta_sfu::transport::{new_rtc, Advertised, Wire};
 use consulta_sfu::{Command, JoinRequest};
@@ -32,6 +35,10 @@ fn advertised() -> Advertised {
 fn join(c: &mut Criterion) {
     let mut g = c.benchmark_group("join");
     let adv = advertised();
+    // What str0m did inside every `new_rtc` before the SFU made one certificate at start.
+    g.bench_function("generate_certificate", |b| {
+        b.iter(|| DtlsIdentity::generate().unwrap())
+    });
     g.bench_function("new_rtc", |b| {
         b.iter(|| new_rtc(&adv, 256, true, Instant::now()).unwrap())
     });
