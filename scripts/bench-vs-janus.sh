@@ -62,6 +62,8 @@ cat >"$work/consulta.toml" <<EOF
 data_dir = "$work/data"
 [http]
 listen = "127.0.0.1:7880"
+# Every synthetic participant joins from 127.0.0.1.
+join_limit_per_ip = 0
 [media]
 udp_port = 7882
 tcp_port = 0

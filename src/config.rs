@@ -195,6 +195,16 @@ pub struct HttpConfig {
     /// On SIGTERM, how long calls in progress may go on (no new joins, /readyz says 503) before
     /// they are ended, in seconds. A second SIGTERM ends them at once.
     pub drain_timeout: u64,
+    /// Joins (a `join` whose token verified) one identity may make a minute in one
+    /// consultation; beyond them the join is refused with `rate_limited` (0 = no limit).
+    pub join_limit_per_identity: u32,
+    /// Joins a minute from one source address (an IPv4 address or an IPv6 /64), whatever the
+    /// identity (0 = no limit).
+    pub join_limit_per_ip: u32,
+    /// Proxies in front of this listener (addresses or CIDR ranges, e.g. nginx's): from them,
+    /// and only from them, the client's address is read from `X-Forwarded-For`. Empty: the
+    /// TCP peer is the client (behind a proxy every join then shares the proxy's budget).
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -303,6 +313,9 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7880)),
             public_url: None,
             drain_timeout: 25,
+            join_limit_per_identity: 10,
+            join_limit_per_ip: 60,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -21,6 +21,7 @@ impl Config {
                 bail!("api.listen must differ from metrics.listen");
             }
         }
+        crate::join_limits::JoinLimits::new(&self.http).map_err(anyhow::Error::msg)?;
         if self.api.rate_limit_burst == 0 {
             bail!("api.rate_limit_burst must be at least 1");
         }
@@ -202,5 +203,31 @@ mod tests {
         assert!(with(&[("CONSULTA_API_KEY_HASHES", "abc tokens:mint")]).is_err());
         assert!(with(&[("CONSULTA_API_LISTEN", "127.0.0.1:7880")]).is_err());
         with(&[("CONSULTA_API_LISTEN", "127.0.0.1:7890")]).unwrap();
+    }
+
+    #[test]
+    fn join_limits_and_trusted_proxies() {
+        let c = with(&[]).unwrap();
+        assert_eq!(
+            (c.http.join_limit_per_identity, c.http.join_limit_per_ip),
+            (10, 60)
+        );
+        assert!(c.http.trusted_proxies.is_empty());
+        let c = with(&[
+            ("CONSULTA_HTTP_JOIN_LIMIT_PER_IDENTITY", "3"),
+            ("CONSULTA_HTTP_JOIN_LIMIT_PER_IP", "0"),
+            ("CONSULTA_HTTP_TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.http.join_limit_per_identity, c.http.join_limit_per_ip),
+            (3, 0)
+        );
+        assert_eq!(c.http.trusted_proxies, ["127.0.0.1", "10.0.0.0/8"]);
+        let e = with(&[("CONSULTA_HTTP_TRUSTED_PROXIES", "nginx")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trusted_proxies"), "{e}");
+        assert!(Config::env_names().contains(&"CONSULTA_HTTP_TRUSTED_PROXIES".to_owned()));
     }
 }

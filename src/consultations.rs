@@ -20,11 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use consulta_signaling::protocol::RecordingState;
 
-/// A recording stopped by a full spool or a disk error is tried again after this, once the
-/// spool has room.
-const BLOCKED_RETRY: Duration = Duration::from_secs(60);
-
 mod admission;
+mod recording;
 
 use crate::events::{EventFactory, EventSink};
 use crate::store::{Policy, Store};
@@ -218,51 +215,14 @@ struct Room {
     recording_blocked: Option<(&'static str, Instant)>,
     /// What participants were last told.
     told: Option<RecordingState>,
+    /// The reason of the last `recording_failed` event, until a recording starts or is no
+    /// longer wanted.
+    recording_failed: Option<&'static str>,
 }
 
 impl Room {
     fn present(&self) -> impl Iterator<Item = &Session> {
         self.sessions.values().filter(|s| s.joined_at.is_some())
-    }
-
-    /// Recording is wanted: policy `required`, or `on_request` and asked through the API.
-    fn recording_requested(&self) -> bool {
-        let policy = self.policy.as_ref().map_or("off", |p| p.recording.as_str());
-        match self.api_recording {
-            Some(asked) => asked && policy != "off",
-            None => policy == "required",
-        }
-    }
-
-    /// What the recording should be now: everyone present must have consented.
-    fn recording_state(&self) -> RecordingState {
-        let requested = self.recording_requested() && !self.closed;
-        let mut waiting_for: Vec<String> = self
-            .present()
-            .filter(|s| !s.consent)
-            .map(|s| s.identity.clone())
-            .collect();
-        waiting_for.sort();
-        waiting_for.dedup();
-        // A call needs two: nobody is recorded alone (a doctor waiting for the patient).
-        let call = self.present().take(2).count() == 2;
-        let active =
-            requested && call && waiting_for.is_empty() && self.recording_blocked.is_none();
-        let reason = if active || !requested {
-            None
-        } else if let Some((b, _)) = self.recording_blocked {
-            Some(b.to_owned())
-        } else if !waiting_for.is_empty() {
-            Some("consent".to_owned())
-        } else {
-            Some("alone".to_owned())
-        };
-        RecordingState {
-            active,
-            requested,
-            waiting_for,
-            reason,
-        }
     }
 }
 
@@ -284,6 +244,7 @@ pub fn start(
         sfu,
         recordings,
         me: tx.clone(),
+        closed_here: HashMap::new(),
     };
     tokio::spawn(service.run(rx));
     Consultations { tx }
@@ -299,6 +260,10 @@ struct Service {
     recordings: crate::recording::Recordings,
     /// This service's own queue, for recorder threads to report back.
     me: mpsc::Sender<Request>,
+    /// Consultations closed here, until the store is seen to say so (its `ended` event may
+    /// still be queued or journaled): a room forgotten meanwhile is never reopened by a
+    /// policy read that predates the close.
+    closed_here: HashMap<String, Instant>,
 }
 
 impl Service {
@@ -575,6 +540,9 @@ impl Service {
                     let reason = if close { "closed" } else { "api" };
                     self.emit(&room, "ended", json!({ "reason": reason })).await;
                 }
+                if close {
+                    self.closed_here.insert(room.clone(), Instant::now());
+                }
                 let _ = reply.send(());
             }
             Request::Consent {
@@ -656,81 +624,17 @@ impl Service {
                             ids
                         },
                     })
-                    .unwrap_or_default();
+                    .unwrap_or_else(|| Presence {
+                        closed: self.closed_here.contains_key(&room),
+                        ..Presence::default()
+                    });
                 let _ = reply.send(p);
             }
         }
     }
 
-    /// Starts or stops the room's recording to match what it should be, and tells every
-    /// participant when that changes.
-    async fn reconcile(&mut self, name: &str) {
-        let Some(r) = self.rooms.get_mut(name) else {
-            return;
-        };
-        if let Some((_, since)) = r.recording_blocked {
-            if self.recordings.has_room() && since.elapsed() >= BLOCKED_RETRY {
-                r.recording_blocked = None;
-            }
-        }
-        let mut want = r.recording_state();
-        if want.active && r.recording.is_none() {
-            let me = self.me.clone();
-            let on_stop: crate::recording::StopNotice = Box::new(move |room, id, reason| {
-                let _ = me.try_send(Request::RecordingStopped { room, id, reason });
-            });
-            match self.recordings.start_room(name, &self.sfu, on_stop) {
-                Ok(id) => {
-                    let who: Vec<String> = r.present().map(|s| s.identity.clone()).collect();
-                    r.recording = Some(id.clone());
-                    self.sink
-                        .send(self.factory.make(
-                            name,
-                            "recording_started",
-                            json!({ "recording_id": id, "participants": who }),
-                        ))
-                        .await;
-                }
-                Err(crate::recording::RecordingError::SpoolFull) => {
-                    r.recording_blocked = Some(("spool_full", Instant::now()));
-                    want = r.recording_state();
-                }
-                Err(e) => {
-                    // Tried again on the next tick.
-                    tracing::warn!(error = %e, "recording cannot start yet");
-                    want.active = false;
-                    want.reason = Some("unavailable".into());
-                }
-            }
-        } else if !want.active && r.recording.is_some() {
-            let id = r.recording.take().unwrap_or_default();
-            self.recordings.stop_room(name, &self.sfu);
-            let reason = want.reason.clone().unwrap_or_else(|| "stopped".into());
-            self.sink
-                .send(self.factory.make(
-                    name,
-                    "recording_stopped",
-                    json!({ "recording_id": id, "reason": reason }),
-                ))
-                .await;
-        }
-        let Some(r) = self.rooms.get_mut(name) else {
-            return;
-        };
-        // Everyone hears of a change once recording matters (wanted, or was); a newcomer hears
-        // the current state when recording is wanted.
-        let changed = r.told.as_ref() != Some(&want);
-        let matters = want.requested || r.told.as_ref().is_some_and(|t| t.active || t.requested);
-        for s in r.sessions.values_mut() {
-            if (changed && matters) || (!s.told_recording && want.requested) {
-                let _ = s.control.try_send(SessionControl::Recording(want.clone()));
-                s.told_recording = true;
-            }
-        }
-        r.told = Some(want);
-    }
-
     async fn timers(&mut self) {
+        self.confirm_closed().await;
         // Rooms holding joins because their policy was unreadable try again, the longest
         // waiting first; one failure ends the round (the database is still away, and each try
         // may cost this task a second).

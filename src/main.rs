@@ -30,6 +30,7 @@ mod config;
 mod config_security;
 mod consultations;
 mod events;
+mod join_limits;
 mod metrics;
 mod rate_limit;
 mod recording;

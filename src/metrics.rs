@@ -24,6 +24,8 @@ pub struct SignalingMetrics {
     /// Sessions taken over by a new connection (`resume`).
     pub resumes: AtomicU64,
     errors: [AtomicU64; ErrorCode::ALL.len()],
+    /// Joins refused by `[http] join_limit_per_identity`, `join_limit_per_ip`.
+    joins_refused: [AtomicU64; 2],
 }
 
 pub static SIGNALING: SignalingMetrics = SignalingMetrics {
@@ -31,12 +33,23 @@ pub static SIGNALING: SignalingMetrics = SignalingMetrics {
     ws_total: AtomicU64::new(0),
     resumes: AtomicU64::new(0),
     errors: [const { AtomicU64::new(0) }; ErrorCode::ALL.len()],
+    joins_refused: [const { AtomicU64::new(0) }; 2],
 };
+
+/// The `limit` labels of `consulta_joins_refused_total`.
+const JOIN_LIMITS: [&str; 2] = ["identity", "address"];
 
 impl SignalingMetrics {
     pub fn error_sent(&self, code: ErrorCode) {
         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
             self.errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A join refused by the limit labelled `limit` (`identity`, `address`).
+    pub fn join_refused(&self, limit: &str) {
+        if let Some(i) = JOIN_LIMITS.iter().position(|l| *l == limit) {
+            self.joins_refused[i].fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -563,6 +576,19 @@ pub fn render(
         "Sessions resumed on a new WebSocket after theirs was lost (refusals count as signaling errors, code resume_refused).",
         SIGNALING.resumes.load(Ordering::Relaxed),
     );
+    o.head(
+        "consulta_joins_refused_total",
+        "counter",
+        "Joins refused with rate_limited: too many a minute for one participant of a consultation (identity) or one source address.",
+    );
+    for (i, limit) in JOIN_LIMITS.iter().enumerate() {
+        let n = SIGNALING.joins_refused[i].load(Ordering::Relaxed);
+        o.labelled(
+            "consulta_joins_refused_total",
+            &format!("limit=\"{limit}\""),
+            n,
+        );
+    }
     o.head(
         "consulta_signaling_errors_total",
         "counter",

@@ -1,5 +1,5 @@
-//! Token buckets keyed by who asks (an API key, a source address): `rate` requests a second
-//! sustained, `burst` at once. Pure state with the time passed in, so tests need no clock; the
+//! Token buckets keyed by who asks (an API key, a source address, a participant): `rate`
+//! requests a second (or a minute) sustained, `burst` at once. Pure state with the time passed in, so tests need no clock; the
 //! map is bounded (full, idle buckets are forgotten first, then the stalest ones), so a flood of
 //! source addresses cannot grow it without end.
 
@@ -30,6 +30,15 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         RateLimiter {
             rate: f64::from(rate),
             burst: f64::from(burst.max(1)),
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// `per_minute` a minute, sustained and at once (0 turns the limit off).
+    pub fn per_minute(per_minute: u32) -> Self {
+        RateLimiter {
+            rate: f64::from(per_minute) / 60.0,
+            burst: f64::from(per_minute.max(1)),
             buckets: HashMap::new(),
         }
     }

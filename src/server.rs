@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use axum::extract::{Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -41,6 +41,8 @@ pub struct AppState {
     pub api_keys: Arc<crate::api_keys::KeyRing>,
     /// Per-key and per-address request budgets of the control API.
     pub api_limits: Arc<crate::api::Limits>,
+    /// Joins a minute per participant and per source address, and the trusted proxies.
+    pub join_limits: Arc<crate::join_limits::JoinLimits>,
     pub token_ttl: u64,
     /// The signaling URL handed out with minted tokens (`[http] public_url`).
     pub ws_url: Arc<str>,
@@ -135,6 +137,15 @@ pub async fn serve(cfg: Config) -> Result<()> {
     if cfg.http.public_url.is_none() && !cfg.http.listen.ip().is_loopback() {
         // ws_url of minted tokens is no longer taken from request headers.
         tracing::warn!(ws_url = %cfg.ws_url(), "[http] public_url is unset: minted tokens carry this ws_url; set it to the address browsers reach");
+    }
+    let proxied = cfg
+        .http
+        .public_url
+        .as_ref()
+        .is_some_and(|u| u.starts_with("https://"));
+    if proxied && cfg.http.trusted_proxies.is_empty() && cfg.http.join_limit_per_ip > 0 {
+        // consulta serves no TLS itself: an https public URL means a proxy in front.
+        tracing::warn!("[http] public_url is https but trusted_proxies is empty: every join seems to come from the proxy and shares one join_limit_per_ip budget; list the proxy in [http] trusted_proxies");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     std::fs::create_dir_all(&cfg.data_dir)
@@ -260,6 +271,9 @@ pub async fn serve(cfg: Config) -> Result<()> {
         event_factory,
         api_keys,
         api_limits: Arc::new(crate::api::Limits::new(&cfg.api)),
+        join_limits: Arc::new(
+            crate::join_limits::JoinLimits::new(&cfg.http).map_err(anyhow::Error::msg)?,
+        ),
         token_ttl: cfg.auth.token_ttl,
         ws_url: cfg.ws_url().into(),
         webhook_stats,
@@ -456,9 +470,20 @@ async fn readyz(State(state): State<AppState>) -> Response {
 async fn ws_upgrade(
     ws: WebSocketUpgrade,
     Query(query): Query<HashMap<String, String>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: axum::http::HeaderMap,
     State(state): State<AppState>,
 ) -> Response {
     let room = query.get("room").cloned();
+    // X-Forwarded-For counts only from a configured trusted proxy (`[http] trusted_proxies`).
+    let forwarded: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let source = state
+        .join_limits
+        .client_addr(peer.ip(), Some(&forwarded.join(",")));
     // Frames above 64 KiB get an error code from the session; far larger ones close the socket.
     // Reads go through a 16 KiB buffer rather than tungstenite's 128 KiB, which it zero-fills
     // and so keeps resident for every open connection: ~110 KiB less per participant (RSS at 25
@@ -466,7 +491,7 @@ async fn ws_upgrade(
     ws.max_message_size(1 << 20)
         .max_frame_size(1 << 20)
         .read_buffer_size(16 << 10)
-        .on_upgrade(move |socket| crate::ws::run_session(socket, state, room))
+        .on_upgrade(move |socket| crate::ws::run_session(socket, state, room, source))
 }
 
 async fn shutdown_signal() {

@@ -74,6 +74,8 @@ struct Session {
     held: Option<Held>,
     /// The client's promised ping interval, if any.
     heartbeat: Option<Duration>,
+    /// The address the connection comes from (see `JoinLimits::client_addr`).
+    source: std::net::IpAddr,
 }
 
 /// One WebSocket of a session. A session in a call outlives the connection it started on: when
@@ -133,7 +135,12 @@ enum Flow {
     Handover(mpsc::Sender<Link>),
 }
 
-pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<String>) {
+pub async fn run_session(
+    socket: WebSocket,
+    state: AppState,
+    url_room: Option<String>,
+    source: std::net::IpAddr,
+) {
     let _open = crate::metrics::WsGuard::open();
     let (sink, stream) = socket.split();
     let mut link = Some(Link { sink, stream });
@@ -147,6 +154,7 @@ pub async fn run_session(socket: WebSocket, state: AppState, url_room: Option<St
         resume: None,
         held: None,
         heartbeat: None,
+        source,
     };
     let mut limiter = Limiter {
         tokens: RATE_BURST,
@@ -729,6 +737,15 @@ async fn enter(
             .await;
             return Flow::Close;
         }
+    }
+    // Before the consultation service or a worker spends anything on this join.
+    let now = Instant::now();
+    if let Err(refused) = state
+        .join_limits
+        .check(&claims.room, &claims.identity, s.source, now)
+    {
+        let _ = send(sink, &refused.to_message()).await;
+        return Flow::Close;
     }
     let peer = state.sfu.next_peer_id();
     let (control_tx, control) = mpsc::channel(16);

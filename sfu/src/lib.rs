@@ -27,6 +27,7 @@ pub mod bandwidth;
 mod batch;
 pub mod codecs;
 mod demux;
+pub mod dtls_identity;
 pub mod forwarder;
 pub mod router;
 mod stats;
@@ -343,6 +344,9 @@ impl Sfu {
                 on(tcp_port)
             },
             relay_ips: cfg.relay_ips.clone(),
+            // One DTLS certificate, made here (not per join on a worker) and shared by every
+            // worker's transports.
+            dtls: dtls_identity::DtlsIdentity::generate().map_err(SfuError::Config)?,
         };
         let mut links = Vec::new();
         let mut packet_senders = Vec::new();

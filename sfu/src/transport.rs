@@ -305,6 +305,9 @@ pub struct Advertised {
     pub tcp: Vec<SocketAddr>,
     /// Addresses of the built-in TURN server's relays: media from them is relayed.
     pub relay_ips: Vec<std::net::IpAddr>,
+    /// The certificate every transport presents (its fingerprint is in each SDP): one per
+    /// process, shared by the workers.
+    pub dtls: crate::dtls_identity::DtlsIdentity,
 }
 
 /// Where str0m's estimate toward a subscriber starts: one HD video track and its audio fit
@@ -338,6 +341,9 @@ pub fn new_rtc(
         .set_send_buffer_video(nack_history)
         // Starts where an HD call is: a good link is never capped while the estimate settles.
         .enable_bwe(bwe.then(|| Bitrate::bps(BWE_INITIAL_BPS)))
+        // The worker's certificate: str0m would generate a key pair per Rtc, ~1 ms per join on
+        // this (the media) thread.
+        .set_dtls_cert(advertised.dtls.cert())
         .build(now);
     if bwe {
         rtc.bwe().set_bitrate(

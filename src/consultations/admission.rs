@@ -1,6 +1,7 @@
 //! Admission to a consultation's room: reading its policy (bounded, retried while unreadable)
 //! and deciding the sessions held meanwhile. Part of [`super::Service`]; nobody is admitted
-//! under a policy that could not be read.
+//! under a policy that could not be read, and a consultation closed here stays closed even when
+//! a read of the store does not show it yet.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,10 @@ use crate::store::Policy;
 
 /// How often a room whose policy could not be read tries again while joins are held.
 pub(super) const POLICY_RETRY: Duration = Duration::from_secs(2);
+/// How often a consultation closed here is looked up until the store shows it closed.
+const CLOSED_CONFIRM: Duration = Duration::from_secs(30);
+/// Most such look-ups a tick makes (each may cost this task a second).
+const CLOSED_CONFIRMS_PER_TICK: usize = 8;
 
 /// What reading a consultation from the store gave.
 pub(super) enum PolicyRead {
@@ -34,13 +39,17 @@ impl Service {
         let room = self.rooms.entry(name.to_owned()).or_default();
         match read {
             PolicyRead::Known(c) => {
-                room.closed = c.status == "closed";
+                if c.status == "closed" {
+                    self.closed_here.remove(name);
+                }
+                room.closed = c.status == "closed" || self.closed_here.contains_key(name);
                 room.started = c.started_at.is_some();
                 room.scheduled_start = c.scheduled_start;
                 room.policy = Some(c.policy);
             }
             PolicyRead::Absent => {
                 // First seen here: record it as created (ad hoc, default policy).
+                room.closed = self.closed_here.contains_key(name);
                 room.policy = Some(Policy::default());
                 self.sink
                     .send(self.factory.make(
@@ -57,6 +66,31 @@ impl Service {
         }
         room.policy_unreadable = None;
         true
+    }
+
+    /// Forgets the consultations closed here that the store now shows closed; looks each up at
+    /// most every [`CLOSED_CONFIRM`], a few a tick, and stops while the store cannot be read.
+    pub(super) async fn confirm_closed(&mut self) {
+        let due: Vec<String> = self
+            .closed_here
+            .iter()
+            .filter(|(_, t)| t.elapsed() >= CLOSED_CONFIRM)
+            .map(|(n, _)| n.clone())
+            .take(CLOSED_CONFIRMS_PER_TICK)
+            .collect();
+        for name in due {
+            match self.read_policy(&name).await {
+                PolicyRead::Known(c) if c.status == "closed" => {
+                    self.closed_here.remove(&name);
+                }
+                read => {
+                    self.closed_here.insert(name, Instant::now());
+                    if matches!(read, PolicyRead::Unreadable) {
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// The room: cached, else its policy read once (held joins when unreadable, see
