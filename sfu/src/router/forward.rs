@@ -1,0 +1,244 @@
+//! Forwarding: each RTP packet of a publisher goes to every consumer of its track (payload type
+//! mapped, sequence numbers rewritten, video gated on keyframes) and to the room's recording tap;
+//! keyframe requests go back to publishers, throttled.
+
+use std::time::Instant;
+
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+
+use super::{guarded, schedule, Recording, RouterHost, FORWARD_SAMPLES};
+use crate::forwarder::{gates_on_keyframes, is_keyframe_start, Verdict};
+use crate::transport::{track_kind, ConsumerState, Io, Transport, Wire};
+use crate::PeerId;
+
+impl<W: Wire> RouterHost<W> {
+    /// Asks the publishers of every video track `subscriber` receives for a keyframe.
+    pub(super) fn request_keyframes_for(&mut self, subscriber: PeerId) {
+        let sources: Vec<(PeerId, Mid)> = self
+            .transports
+            .get(&subscriber)
+            .map(|t| {
+                t.consumers
+                    .iter()
+                    .filter(|c| c.state == ConsumerState::Active && c.kind == MediaKind::Video)
+                    .map(|c| (c.source, c.source_mid))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (s, m) in sources {
+            self.request_keyframe(s, m);
+        }
+    }
+
+    /// Asks a publisher for a keyframe on one track, throttled.
+    pub(super) fn request_keyframe(&mut self, publisher: PeerId, mid: Mid) {
+        let now = Instant::now();
+        let Some(t) = self.transports.get_mut(&publisher) else {
+            return;
+        };
+        let Some(p) = t.producers.iter_mut().find(|p| p.mid == mid) else {
+            return;
+        };
+        if p.kind != MediaKind::Video {
+            return;
+        }
+        if !p.throttle.request(now) {
+            self.counters.keyframe_requests_throttled += 1;
+            return;
+        }
+        self.send_keyframe_request(publisher, mid);
+    }
+
+    /// Sends a PLI for one of `publisher`'s tracks.
+    pub(super) fn send_keyframe_request(&mut self, publisher: PeerId, mid: Mid) {
+        self.counters.keyframe_requests_sent += 1;
+        self.drive(publisher, |t, io| {
+            if let Some(rx) = t.rtc.direct_api().stream_rx_by_mid(mid, None) {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+            }
+            t.drain(io)
+        });
+    }
+
+    /// Sends one RTP packet of `src` to every consumer of its track.
+    pub(super) fn forward(&mut self, src: PeerId, mut pkt: RtpPacket) {
+        self.counters.rtp_in += 1;
+        let Some(t) = self.transports.get_mut(&src) else {
+            return;
+        };
+        let ssrc = pkt.header.ssrc;
+        let idx = match t.producers.iter().position(|p| p.ssrc == Some(ssrc)) {
+            Some(i) => i,
+            None => {
+                // First packet of this SSRC: find its track through str0m's receive stream.
+                let mid = t.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid());
+                let Some(i) = mid.and_then(|m| t.producers.iter().position(|p| p.mid == m)) else {
+                    self.counters.rtp_dropped_other += 1;
+                    return;
+                };
+                t.producers[i].ssrc = Some(ssrc);
+                i
+            }
+        };
+        let producer = &mut t.producers[idx];
+        let (mid, kind) = (producer.mid, producer.kind);
+        let pt = *pkt.header.payload_type;
+        let codec = producer.codecs[usize::from(pt & 0x7F)];
+        // The publisher changed codec (the room asked it to): what follows starts at its
+        // keyframe, and the recording starts a new segment in that codec.
+        let switched = codec.is_some() && producer.codec.is_some() && producer.codec != codec;
+        if codec.is_some() {
+            producer.codec = codec;
+        }
+        let keyframe = match codec {
+            Some(c) if gates_on_keyframes(c) => is_keyframe_start(c, &pkt.payload),
+            _ => true,
+        };
+        let room = t.room;
+        if let Some(rec) = self
+            .routers
+            .get_mut(&room)
+            .and_then(|r| r.recording.as_mut())
+        {
+            let muted = match kind {
+                MediaKind::Audio => t.muted.audio,
+                MediaKind::Video => t.muted.video,
+            };
+            if switched {
+                let key = (t.id << 8) | idx as u64;
+                rec.announced.retain(|k| *k != key);
+            }
+            // A muted track is not recorded either.
+            if !muted {
+                tap(rec, t, idx, &pkt);
+            }
+        }
+        if switched {
+            self.restart_track(src, mid);
+        }
+        let Some(router) = self.routers.get(&room) else {
+            return;
+        };
+        // Video is kept for retransmissions unless there is no history to keep it in.
+        let nackable = kind == MediaKind::Video && self.limits.nack_history > 0;
+        // Forward what the receiver renders with; transport-level extensions are per hop.
+        let ext = ExtensionValues {
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            video_orientation: pkt.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        // The last subscriber gets the payload itself, the others a copy: in a 1:1 call
+        // forwarding copies nothing (str0m keeps what it is given for retransmissions).
+        let last = router.participants.iter().rposition(|q| *q != src);
+        for (i, q) in router.participants.iter().enumerate() {
+            if *q == src {
+                continue;
+            }
+            let Some(tq) = self.transports.get_mut(q) else {
+                continue;
+            };
+            let Some(c) = tq.consumers.iter_mut().find(|c| {
+                c.source == src && c.source_mid == mid && c.state == ConsumerState::Active
+            }) else {
+                continue;
+            };
+            let Some(Some(out_pt)) = c.pts.get(pt) else {
+                self.counters.rtp_dropped_other += 1;
+                continue;
+            };
+            let out_seq = match c.forwarder.on_packet(*pkt.seq_no, keyframe) {
+                Verdict::Forward(s) => s,
+                Verdict::WaitKeyframe => {
+                    self.counters.rtp_dropped_waiting_keyframe += 1;
+                    continue;
+                }
+                Verdict::TooOld | Verdict::Paused => {
+                    self.counters.rtp_dropped_other += 1;
+                    continue;
+                }
+            };
+            let cmid = c.mid;
+            let write = RtpWrite::new(
+                out_pt.into(),
+                out_seq.into(),
+                pkt.header.timestamp,
+                pkt.timestamp,
+                if Some(i) == last {
+                    std::mem::take(&mut pkt.payload)
+                } else {
+                    pkt.payload.clone()
+                },
+            )
+            .marker(pkt.header.marker)
+            .ext_vals(ext.clone())
+            .nackable(nackable);
+            let io = &mut Io {
+                wire: &self.wire,
+                counters: &mut self.counters,
+                outbox: &mut self.outbox,
+            };
+            let due = pkt.timestamp;
+            let sent = guarded(tq, io, |tq, _| {
+                let Some(cmid) = cmid else { return Ok(false) };
+                let mut api = tq.rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(cmid, None) else {
+                    return Ok(false);
+                };
+                tx.write_rtp(write);
+                // str0m sends the packet only once a timeout has stamped it: no output to poll
+                // now. The subscriber's timer is due at once; it fires (with one output poll
+                // for every packet written to this subscriber meanwhile) before the next send.
+                tq.next_timeout = tq.next_timeout.min(due);
+                Ok(true)
+            });
+            if sent == Some(true) {
+                self.counters.rtp_forwarded += 1;
+                if self.forwarded_arrivals.len() < FORWARD_SAMPLES {
+                    self.forwarded_arrivals.push(pkt.timestamp);
+                }
+            }
+            schedule(&mut self.timers, tq);
+        }
+    }
+}
+
+/// Hands one packet to a room's recorder: never blocks; a full queue drops and counts.
+fn tap(rec: &mut Recording, t: &Transport, idx: usize, pkt: &RtpPacket) {
+    let Some(p) = t.producers.get(idx) else {
+        return;
+    };
+    let key = (t.id << 8) | idx as u64;
+    if !rec.announced.contains(&key) {
+        let track = crate::TapEvent::Track {
+            key,
+            peer: t.id,
+            mid: p.mid,
+            identity: t.identity.clone(),
+            role: t.role.clone(),
+            kind: track_kind(p.kind),
+            codec: p.codec,
+        };
+        if rec.tap.tx.try_send(track).is_err() {
+            rec.tap
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        rec.announced.push(key);
+    }
+    let packet = crate::TapEvent::Packet {
+        key,
+        seq: pkt.header.sequence_number,
+        timestamp: pkt.header.timestamp,
+        marker: pkt.header.marker,
+        payload: pkt.payload.clone(),
+        arrival: pkt.timestamp,
+    };
+    if rec.tap.tx.try_send(packet).is_err() {
+        rec.tap
+            .dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
