@@ -119,15 +119,13 @@ pub enum Request {
         id: String,
         reason: &'static str,
     },
-    /// The media side stopped (or resumed) sending a participant one of another's tracks for a
-    /// reason the consultation's record keeps (`codec`: it decodes nothing the other can send).
-    TrackPaused {
+    /// Something the media side saw that the consultation's record keeps: a video paused for
+    /// want of a shared codec (`track_paused`/`track_resumed`), a participant's connection poor
+    /// for a while (`poor_connection`).
+    MediaEvent {
         room: String,
-        identity: String,
-        publisher: String,
-        kind: &'static str,
-        reason: &'static str,
-        paused: bool,
+        event: &'static str,
+        payload: serde_json::Value,
     },
     /// The API created a consultation: remember its policy and schedule.
     Created {
@@ -385,24 +383,11 @@ impl Service {
                 let payload = json!({ "identity": identity, "role": role, "session_id": session, "client_sdk": client_sdk, "waiting": must_wait });
                 self.emit(&room, "participant_joined", payload).await;
             }
-            Request::TrackPaused {
+            Request::MediaEvent {
                 room,
-                identity,
-                publisher,
-                kind,
-                reason,
-                paused,
-            } => {
-                let event = if paused {
-                    "track_paused"
-                } else {
-                    "track_resumed"
-                };
-                let payload = serde_json::json!({
-                    "identity": identity, "publisher": publisher, "kind": kind, "reason": reason,
-                });
-                self.emit(&room, event, payload).await;
-            }
+                event,
+                payload,
+            } => self.emit(&room, event, payload).await,
             Request::Joined {
                 room,
                 role,

@@ -28,6 +28,7 @@ use crate::consultations::{Admission, Request as Svc, SessionControl};
 use crate::server::AppState;
 
 mod enter;
+mod events;
 use enter::{enter, join_media};
 
 const JOIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -301,8 +302,8 @@ pub async fn run_session(
                                 }).await;
                             }
                         }
-                        if let (Some(e), Some(r)) = (&s.entered, codec_pause(&msg)) {
-                            state.consultations.request(r(e.room.clone(), e.identity.clone())).await;
+                        if let Some(r) = s.entered.as_ref().and_then(|e| events::call_event(&msg, &e.room, &e.identity)) {
+                            state.consultations.request(r).await;
                         }
                         if !deliver(&state, &mut s, &mut link, msg).await { break }
                     }
@@ -762,39 +763,4 @@ async fn send<S: SinkExt<Message> + Unpin>(
         crate::metrics::SIGNALING.error_sent(*code);
     }
     sink.send(Message::Text(msg.to_json().into())).await
-}
-
-/// A video pause for want of a shared codec, as the call event it is (bandwidth pauses come and
-/// go with the network and are only counted in metrics).
-fn codec_pause(msg: &ServerMessage) -> Option<impl FnOnce(String, String) -> Svc> {
-    use consulta_signaling::protocol::{PauseReason, TrackKind};
-    let (publisher, kind, paused) = match msg {
-        ServerMessage::TrackPaused {
-            identity,
-            kind,
-            reason: PauseReason::Codec,
-        } => (identity, kind, true),
-        ServerMessage::TrackResumed {
-            identity,
-            kind,
-            reason: PauseReason::Codec,
-        } => (identity, kind, false),
-        _ => return None,
-    };
-    let (publisher, kind) = (
-        publisher.clone(),
-        if *kind == TrackKind::Audio {
-            "audio"
-        } else {
-            "video"
-        },
-    );
-    Some(move |room, identity| Svc::TrackPaused {
-        room,
-        identity,
-        publisher,
-        kind,
-        reason: "codec",
-        paused,
-    })
 }

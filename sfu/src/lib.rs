@@ -29,6 +29,7 @@ pub mod codecs;
 mod demux;
 pub mod dtls_identity;
 pub mod forwarder;
+pub mod quality;
 pub mod router;
 mod stats;
 mod tcp;

@@ -35,6 +35,7 @@ pub(crate) mod codecs;
 mod forward;
 mod mute;
 mod negotiation;
+mod quality;
 pub(crate) mod quota;
 mod reconnect;
 use mute::MuteBy;
@@ -722,6 +723,7 @@ impl<W: Wire> RouterHost<W> {
         }
         self.expire_lost(now);
         self.expire_reoffers(now);
+        self.assess_quality(now);
         if self.limits.bwe {
             self.allocate(now);
         }

@@ -207,6 +207,8 @@ pub(crate) struct Transport {
     /// The outstanding offer as sent, offered again when a new connection resumes the session
     /// (the first copy may have died with the old one).
     pub last_offer: Option<ServerMessage>,
+    /// Its connection quality, as the room is told it (see `quality.rs`).
+    pub quality: crate::quality::Quality,
     /// Its video codecs and the one it is to send (see `router/codecs.rs`).
     pub codecs: crate::router::codecs::CodecState,
     created: Instant,
@@ -224,6 +226,7 @@ fn rebuildable(msg: &ServerMessage) -> bool {
             | ServerMessage::TrackPaused { .. }
             | ServerMessage::TrackResumed { .. }
             | ServerMessage::BitrateCap { .. }
+            | ServerMessage::Quality { .. }
     )
 }
 
@@ -408,6 +411,7 @@ impl Transport {
             last_offer: None,
             candidates: CandidateBudget::default(),
             codecs: Default::default(),
+            quality: Default::default(),
             created: now,
         }
     }
@@ -646,6 +650,7 @@ impl Transport {
                 c.nacks_to_publishers += n;
                 c.plis_to_publishers += pl;
                 c.firs_to_publishers += f;
+                self.quality.on_stats(s.loss, s.rtt);
                 observe_quality(&mut c.loss_ingress, &mut c.rtt, s.loss, s.rtt);
                 let clock = if p.kind == MediaKind::Audio {
                     48_000.0
@@ -663,6 +668,7 @@ impl Transport {
                 c.nacks_from_subscribers += n;
                 c.plis_from_subscribers += pl;
                 c.firs_from_subscribers += f;
+                self.quality.on_stats(s.loss, s.rtt);
                 observe_quality(&mut c.loss_egress, &mut c.rtt, s.loss, s.rtt);
             }
             _ => {}

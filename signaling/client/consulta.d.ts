@@ -67,6 +67,8 @@ export interface Participant {
   /** Why the server does not forward this participant's track to us now (`track-paused`), or
    * null while it flows. */
   paused: { audio: PauseReason | null; video: PauseReason | null };
+  /** Its connection quality (`quality` events), null until the server told it. */
+  quality: QualityLevel | null;
   /** Remote tracks currently received from this participant. */
   tracks: { audio?: MediaStreamTrack; video?: MediaStreamTrack };
   /** One stream holding this participant's received audio and video; null before the first track. */
@@ -93,6 +95,19 @@ export interface TrackPauseEvent {
 export interface LocalParticipant {
   identity: string;
   role: Role;
+  /** Our connection quality as the server measures it (`quality` events), null until known. */
+  quality?: QualityLevel | null;
+}
+
+/** A connection's quality, measured by the server on its uplink and downlink (loss, RTT,
+ * bandwidth estimate); `lost` while it reconnects. */
+export type QualityLevel = 'excellent' | 'good' | 'poor' | 'lost';
+
+export interface QualityEvent {
+  /** The participant (ours when `local`). */
+  participant: Participant | LocalParticipant;
+  level: QualityLevel;
+  local: boolean;
 }
 
 export interface TrackEvent {
@@ -194,6 +209,9 @@ export interface CallEvents {
    * video, audio keeps flowing); the video element shows its last frame until `track-resumed`. */
   'track-paused': (event: TrackPauseEvent) => void;
   'track-resumed': (event: TrackPauseEvent) => void;
+  /** A participant's connection quality changed (ours too: `local`), sent to everyone in the
+   * room; a worse level comes at once, a better one after it held for ~3 s. */
+  quality: (event: QualityEvent) => void;
   mute: (event: MuteEvent) => void;
   'connection-state': (state: CallConnectionState) => void;
   /** Our connection was lost; the SDK is reconnecting (local media is kept). */

@@ -998,6 +998,7 @@ export class Call {
         muted: { audio: false, video: false },
         published: { audio: false, video: false },
         paused: { audio: null, video: null },
+        quality: null,
         tracks: {},
         stream: null,
       };
@@ -1135,6 +1136,18 @@ export class Call {
         if (!p || (m.kind !== 'audio' && m.kind !== 'video')) break;
         p.paused[m.kind] = m.type === 'track-paused' ? m.reason || 'unknown' : null;
         this._emit(m.type, { participant: p, kind: m.kind, reason: m.reason });
+        break;
+      }
+      case 'quality': {
+        // A participant's connection quality as the server measures it (ours included), so a
+        // doctor knows whether a problem is on their side or the patient's.
+        const levels = ['excellent', 'good', 'poor', 'lost'];
+        if (!levels.includes(m.level) || typeof m.identity !== 'string') break;
+        const mine = this.participant && m.identity === this.participant.identity;
+        const p = mine ? this.participant : this.participants.get(m.identity);
+        if (!p) break;
+        p.quality = m.level;
+        this._emit('quality', { participant: p, level: m.level, local: !!mine });
         break;
       }
       case 'video-codec':

@@ -309,6 +309,15 @@ pub enum ServerMessage {
     VideoCodec {
         codec: String,
     },
+    /// A participant's connection quality (this one's too), sent to everyone in the room when it
+    /// changes: measured by the server on its uplink and downlink (loss, RTT, bandwidth
+    /// estimate). `poor_for` (seconds) is set once when it has been `poor` or worse that long.
+    Quality {
+        identity: String,
+        level: QualityLevel,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        poor_for: Option<u64>,
+    },
     /// The session is in the waiting room until a doctor admits it.
     Waiting,
     /// Someone waits to be admitted (sent to doctors).
@@ -354,6 +363,17 @@ pub struct RecordingState {
     /// why it stopped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// A participant's connection quality, best first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QualityLevel {
+    Excellent,
+    Good,
+    Poor,
+    /// Its connection is lost (the server holds its place while it reconnects).
+    Lost,
 }
 
 /// Why a track is paused for one subscriber.

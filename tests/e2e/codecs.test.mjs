@@ -140,6 +140,15 @@ describe('codec negotiation across a room', { skip, timeout: TEST_TIMEOUT * 3 },
       await assertSeesAndHears(patient, 'dr', { codec: 'VP8' });
       await assertSeesAndHears(doctor, 'pt', { codec: 'VP8' });
       assert.equal(await sendingCodec(doctor), 'VP8');
+      // The SDK's quality events work in Firefox too: the doctor's level and its own.
+      const q = await pollUntil(
+        async () => {
+          const ev = await patient.events('quality');
+          return ev.some((e) => e.identity === 'dr') && ev.some((e) => e.local && e.identity === 'pt') ? ev : null;
+        },
+        { what: 'quality events for the doctor and for itself at Firefox' },
+      );
+      for (const e of q) assert.ok(['excellent', 'good'].includes(e.level), `a clean loopback call is not ${e.level}`);
     });
   });
 

@@ -372,6 +372,9 @@ export async function joinInPage(opts) {
     call.on('track-paused', ({ participant, kind, reason }) =>
       record({ type: 'track-paused', identity: participant.identity, kind, reason }),
     );
+    call.on('quality', ({ participant, level, local }) =>
+      record({ type: 'quality', identity: participant.identity, level, local }),
+    );
     call.on('track-resumed', ({ participant, kind, reason }) =>
       record({ type: 'track-resumed', identity: participant.identity, kind, reason }),
     );
