@@ -89,6 +89,9 @@ struct Args {
     churn_every: Option<f64>,
 }
 
+/// How often a participant pings the server's signaling: well inside its 60 s idle timeout.
+const PING_EVERY: Duration = Duration::from_secs(20);
+
 /// The loss a level may have and still count as within capacity.
 const MAX_LOSS: f64 = 0.001;
 
@@ -727,6 +730,9 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
     tokio::pin!(wake);
     // After the window: stop sending, let the last frames arrive, leave.
     let mut leave_at: Option<Instant> = None;
+    // The server closes a WebSocket that says nothing for 60 s (`idle_timeout`): runs longer
+    // than that (a soak) lost every participant that had not been churned.
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     loop {
         if leave_at.is_none() && (stats.stop.load(Ordering::Relaxed) || stats.churn.asked(id)) {
             leave_at = Some(Instant::now() + Duration::from_millis(500));
@@ -799,6 +805,9 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
             }
             _ = &mut wake => {
                 media::tick(&mut rtc, &mut udp, &mut inbox, Instant::now())?;
+            }
+            _ = ping.tick() => {
+                send(&mut ws, json!({"type":"ping"})).await?;
             }
         }
     }
