@@ -113,5 +113,8 @@ PY
     echo "network namespaces need root (unshare -n): these tests did not run"
     exit 1
   fi
+  say "soak, 2 minutes: 20 consultations with joins and leaves churning; fds, threads, panics, joins"
+  # The hour-long version is the default (docs/performance.md, Soak). Output in target/soak/.
+  PROFILE=release scripts/soak.sh --consultations 20 --minutes 2 --interval 15
 fi
 say "all tests passed"

@@ -23,6 +23,7 @@ use str0m::media::{Direction, MediaKind, MediaTime};
 use str0m::{Candidate, Rtc};
 use tokio_tungstenite::tungstenite::Message;
 
+mod churn;
 mod janus;
 mod media;
 
@@ -82,7 +83,14 @@ struct Args {
     /// its own rather than the scheduler's. 0: the same priority.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     nice: i32,
+    /// Churn during the window: every SECONDS one participant of a random consultation leaves
+    /// and joins again (never two of one consultation at once). Consulta target only.
+    #[arg(long, value_name = "SECONDS")]
+    churn_every: Option<f64>,
 }
+
+/// How often a participant pings the server's signaling: well inside its 60 s idle timeout.
+const PING_EVERY: Duration = Duration::from_secs(20);
 
 /// The loss a level may have and still count as within capacity.
 const MAX_LOSS: f64 = 0.001;
@@ -108,6 +116,7 @@ struct Stats {
     join_ms: Mutex<Vec<u64>>,
     first_media_ms: Mutex<Vec<u64>>,
     errors: Mutex<Vec<String>>,
+    churn: churn::Churn,
 }
 
 fn now_us() -> u64 {
@@ -137,6 +146,14 @@ async fn main() -> Result<()> {
     }
     if !matches!(args.target.as_str(), "consulta" | "janus") {
         bail!("--target is consulta or janus");
+    }
+    if let Some(s) = args.churn_every {
+        if !(s.is_finite() && s > 0.0) {
+            bail!("--churn-every is a number of seconds above 0");
+        }
+        if args.target != "consulta" {
+            bail!("--churn-every works with --target consulta only");
+        }
     }
     let levels: Vec<usize> = match &args.ramp {
         None => vec![args.rooms],
@@ -234,7 +251,11 @@ async fn run_level(
     rooms: usize,
     level: usize,
 ) -> Result<Value> {
-    let stats = Arc::new(Stats::default());
+    let churn_every = args.churn_every.map(Duration::from_secs_f64);
+    let stats = Arc::new(Stats {
+        churn: churn::Churn::new(churn_every, rooms, args.participants),
+        ..Stats::default()
+    });
     let started = Instant::now();
     let total = (rooms * args.participants) as u64;
     let mut tasks = Vec::new();
@@ -254,7 +275,16 @@ async fn run_level(
                     let room = 1_000_000 + (level * 10_000 + r) as u64;
                     janus::participant(&args, room, id, &stats).await
                 } else {
-                    participant(&args, &room, id, role, &stats).await
+                    // A participant churned out joins again as a fresh peer.
+                    loop {
+                        let res = participant(&args, &room, id, role, &stats).await;
+                        if res.is_err()
+                            || stats.stop.load(Ordering::Relaxed)
+                            || !stats.churn.on_left(id)
+                        {
+                            break res;
+                        }
+                    }
                 };
                 if let Err(e) = res {
                     stats
@@ -292,6 +322,10 @@ async fn run_level(
     let drops0 = args.server_pid.and_then(proc_udp_drops);
     let gen_drops0 = proc_udp_drops(std::process::id());
     let scrape0 = scrape(&args.metrics).await;
+    let churner = tokio::spawn({
+        let stats = stats.clone();
+        async move { stats.churn.run(&stats.stop).await }
+    });
     let window = Instant::now();
     let mut last_print = Instant::now();
     while window.elapsed() < Duration::from_secs(args.duration) {
@@ -333,6 +367,7 @@ async fn run_level(
     let in_server_pct = |q: f64| quantile_ms(&in_server, q);
     // Frames still in flight at the end of the window arrive during this grace period.
     stats.stop.store(true, Ordering::Relaxed);
+    churner.abort();
     for t in tasks {
         let _ = t.await;
     }
@@ -391,6 +426,11 @@ async fn run_level(
         },
         "target": args.target,
         "rtp_packets_received": rtp,
+        "churn": {
+            "every_seconds": args.churn_every,
+            "left": stats.churn.left.load(Ordering::Relaxed),
+            "rejoined": stats.churn.rejoined.load(Ordering::Relaxed),
+        },
         "errors": *stats.errors.lock().unwrap(),
     });
     Ok(report)
@@ -690,8 +730,11 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
     tokio::pin!(wake);
     // After the window: stop sending, let the last frames arrive, leave.
     let mut leave_at: Option<Instant> = None;
+    // The server closes a WebSocket that says nothing for 60 s (`idle_timeout`): runs longer
+    // than that (a soak) lost every participant that had not been churned.
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
     loop {
-        if leave_at.is_none() && stats.stop.load(Ordering::Relaxed) {
+        if leave_at.is_none() && (stats.stop.load(Ordering::Relaxed) || stats.churn.asked(id)) {
             leave_at = Some(Instant::now() + Duration::from_millis(500));
         }
         let sending = leave_at.is_none();
@@ -715,6 +758,7 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
                 match m["type"].as_str() {
                     Some("joined") => {
                         stats.join_ms.lock().unwrap().push(t0.elapsed().as_millis() as u64);
+                        stats.churn.on_joined(id);
                         send(&mut ws, json!({"type":"offer","sdp":offer.to_sdp_string()})).await?;
                     }
                     Some("answer") => {
@@ -761,6 +805,9 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
             }
             _ = &mut wake => {
                 media::tick(&mut rtc, &mut udp, &mut inbox, Instant::now())?;
+            }
+            _ = ping.tick() => {
+                send(&mut ws, json!({"type":"ping"})).await?;
             }
         }
     }
