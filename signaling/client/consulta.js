@@ -143,7 +143,6 @@ export class Call {
     this._videoHints = HD_BITRATE_HINTS;
     this._maxVideoBitrate = HD_MAX_BITRATE;
     this._videoCap = null; // bits/s asked by the server (`bitrate-cap`) for a weak subscriber
-    this._preferredCodec = null; // set once the browser accepted preferredVideoCodec
     this._url = null;
     this._resumeSecret = null; // from `joined`: proves a resume is this session
     this._resumeWaiter = null; // {resolve, reject} while a resume waits for `resumed`
@@ -663,7 +662,6 @@ export class Call {
     }
     this._pc = null;
     this._offerSent = false;
-    this._preferredCodec = null;
     this._localCandidates = [];
     this._queuedMaps = [];
     this._midMap = new Map();
@@ -773,7 +771,6 @@ export class Call {
       if (!ordered) continue; // the browser lacks it: keep the default order
       try {
         transceiver.setCodecPreferences(ordered);
-        this._preferredCodec = String(preferred).toUpperCase();
         return;
       } catch (e) {
         // Some browsers validate against the other capability list; try it.
