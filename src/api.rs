@@ -114,6 +114,11 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/consultations/{id}/end", post(end))
         .route("/consultations/{id}/close", post(close))
         .route("/consultations/{id}/events", get(events))
+        // The key is checked here before a live-room call goes to its node (cluster mode).
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::cluster::forward::to_owner,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key))
         .layer(DefaultBodyLimit::max(MAX_BODY));
     Router::new()
@@ -122,6 +127,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .merge(protected)
+        .merge(crate::cluster::forward::routes())
         .fallback(|| async { not_found("not_found", "no such API path") })
 }
 

@@ -31,6 +31,8 @@ pub struct Config {
     pub consultation: ConsultationConfig,
     pub recording: RecordingConfig,
     pub s3: S3Config,
+    /// Several nodes coordinated through Redis (`crate::cluster::ClusterConfig`).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -303,6 +305,7 @@ impl Default for Config {
             consultation: ConsultationConfig::default(),
             recording: RecordingConfig::default(),
             s3: S3Config::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -373,6 +376,7 @@ const SECTIONS: &[&str] = &[
     "consultation",
     "recording",
     "s3",
+    "cluster",
 ];
 const TOP_LEVEL: &[&str] = &["data_dir"];
 /// Most sent video packets kept per subscribed track (`media.nack_history`): ~16 MB a track.
@@ -475,6 +479,13 @@ impl Config {
             {
                 bail!("database.url must start with postgres:// (or sqlite:)");
             }
+        }
+        self.cluster.validate(self.database.url.as_deref())?;
+        if self.cluster.enabled() && self.auth.token_secret.is_none() {
+            bail!(
+                "cluster mode needs auth.token_secret set on every node (the same one): a token \
+                 minted by one node is verified by another"
+            );
         }
         if self.api.keys.iter().any(|k| k.len() < 16) {
             bail!("api.keys must each be at least 16 characters");
@@ -659,6 +670,7 @@ impl Config {
                 }
             }
         }
+        c.cluster.redact();
         toml::to_string_pretty(&c).unwrap_or_default()
     }
 

@@ -87,6 +87,18 @@ impl Config {
             .context("invalid token secrets")
     }
 
+    /// The key nodes sign peer lookups with (cluster mode): derived from the join-token
+    /// secret every node shares, never the secret itself.
+    pub fn cluster_peer_key(&self) -> Result<Vec<u8>> {
+        use sha2::Digest;
+        let secret = self.token_secret()?;
+        Ok(sha2::Sha256::new()
+            .chain_update(b"consulta cluster peer lookup\0")
+            .chain_update(&secret)
+            .finalize()
+            .to_vec())
+    }
+
     /// The API's key ring: plain keys (or the generated one) and `key_hashes`.
     pub fn api_key_ring(&self) -> Result<KeyRing> {
         Ok(KeyRing::new(&self.api_keys()?, &self.api.key_hashes)?)

@@ -41,6 +41,11 @@ pub enum SessionControl {
     End,
     /// The recording state changed (or, after joining, what it is).
     Recording(RecordingState),
+    /// The room now lives on another node (cluster mode, after a split): go there.
+    Moved {
+        url: String,
+        node: String,
+    },
 }
 
 pub enum Admission {
@@ -127,6 +132,15 @@ pub enum Request {
         event: &'static str,
         payload: serde_json::Value,
     },
+    /// Cluster mode: another node holds the room now; this node's sessions of it move there.
+    Move {
+        room: String,
+        url: String,
+        node: String,
+    },
+    /// Cluster mode: this node took the room over from a node that died. Its sessions still
+    /// open in the database end with `participant_left` reason `server_lost`, once.
+    TakeOver { room: String, from: String },
     /// The API created a consultation: remember its policy and schedule.
     Created {
         room: String,
@@ -290,6 +304,42 @@ impl Service {
                 },
                 _ = tick.tick() => self.timers().await,
             }
+        }
+    }
+
+    /// Ends the dead node's sessions of `room` that the database still has open.
+    async fn take_over(&mut self, room: &str, from: &str) {
+        let read = tokio::time::timeout(Duration::from_secs(3), self.store.open_sessions(room));
+        let open = match read.await {
+            Ok(Ok(open)) => open,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the sessions of a room taken over; they stay open");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "the database did not answer for a room taken over; its sessions stay open"
+                );
+                return;
+            }
+        };
+        let live: HashSet<String> = self
+            .rooms
+            .get(room)
+            .map(|r| r.sessions.keys().cloned().collect())
+            .unwrap_or_default();
+        for (session, identity, role) in open {
+            if live.contains(&session) {
+                continue;
+            }
+            let payload = json!({
+                "session_id": session, "identity": identity, "role": role,
+                "reason": "server_lost", "node": from,
+            });
+            let ev = self
+                .factory
+                .make_once(room, "participant_left", &session, payload);
+            self.sink.send(ev).await;
         }
     }
 
@@ -480,6 +530,17 @@ impl Service {
                         .await;
                 }
             }
+            Request::Move { room, url, node } => {
+                if let Some(r) = self.rooms.get(&room) {
+                    for s in r.sessions.values() {
+                        let _ = s.control.try_send(SessionControl::Moved {
+                            url: url.clone(),
+                            node: node.clone(),
+                        });
+                    }
+                }
+            }
+            Request::TakeOver { room, from } => self.take_over(&room, &from).await,
             Request::Kick {
                 room,
                 identity,

@@ -65,6 +65,32 @@ impl EventFactory {
     }
 }
 
+impl EventFactory {
+    /// An event that happens at most once for (`consultation`, `kind`, `key`), whichever node
+    /// or run makes it: its id is derived from them, so a second copy is a replay the store
+    /// ignores (e.g. `participant_left` of a dead node's session, closed by every node that
+    /// might take its room over).
+    pub fn make_once(
+        &self,
+        consultation: &str,
+        kind: &str,
+        key: &str,
+        payload: Value,
+    ) -> CallEvent {
+        use sha2::Digest;
+        let mut ev = self.make(consultation, kind, payload);
+        let digest = sha2::Sha256::new()
+            .chain_update(consultation.as_bytes())
+            .chain_update([0])
+            .chain_update(kind.as_bytes())
+            .chain_update([0])
+            .chain_update(key.as_bytes())
+            .finalize();
+        ev.id = hex::encode(&digest[..16]);
+        ev
+    }
+}
+
 /// An event as the API and webhooks show it.
 #[derive(Debug, Serialize)]
 pub struct EventView<'a> {

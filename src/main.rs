@@ -26,6 +26,7 @@ fn tune_allocator() {
 
 mod api;
 mod api_keys;
+mod cluster;
 mod config;
 mod config_security;
 mod consultations;
@@ -96,10 +97,25 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Cluster mode ([cluster] redis_url): inspect the nodes.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Manage recordings in the store ([s3]) or on local disk.
     Recordings {
         #[command(subcommand)]
         action: RecordingsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Print every node of the registry: state, rooms, participants and load.
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -337,6 +353,21 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("{} recording(s) past {days} days", gone.len());
                 anyhow::Ok(())
             })
+        }
+        Command::Cluster {
+            action: ClusterAction::Status { json },
+        } => {
+            let cfg = load(cli.config.as_deref())?;
+            cfg.validate()?;
+            if !cfg.cluster.enabled() {
+                anyhow::bail!("cluster mode is off: [cluster] redis_url is empty");
+            }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let nodes = runtime.block_on(cluster::status(&cfg.cluster))?;
+            print!("{}", cluster::status_text(&nodes, json));
+            Ok(())
         }
         Command::Config {
             action: ConfigAction::Check { env },

@@ -52,6 +52,8 @@ pub struct AppState {
     pub resumable: crate::ws::ResumeRegistry,
     /// How long a session whose connection is lost is held (`media.reconnect_grace`).
     pub reconnect_grace: std::time::Duration,
+    /// Cluster mode (`[cluster] redis_url`): this node's membership; None on a single node.
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 /// The running built-in TURN server and what signaling needs to hand out credentials.
@@ -258,6 +260,18 @@ pub async fn serve(cfg: Config) -> Result<()> {
     } else {
         None
     };
+    let cluster = if cfg.cluster.enabled() {
+        // Rooms stay here as long as the consultation service may still end them, so a
+        // rejoin finds its consultation's state.
+        let linger = std::time::Duration::from_secs(
+            cfg.consultation.empty_room_end + cfg.media.reconnect_grace + 5,
+        );
+        let c = crate::cluster::Cluster::new(cfg.cluster.clone(), linger, cfg.cluster_peer_key()?)?;
+        tracing::info!(node = %c.node_id(), advertise = %cfg.cluster.advertise_url, "cluster mode: coordinating through Redis");
+        Some(c)
+    } else {
+        None
+    };
     let state = AppState {
         sfu: sfu.handle(),
         token_keys,
@@ -280,9 +294,32 @@ pub async fn serve(cfg: Config) -> Result<()> {
         recordings: recordings.clone(),
         resumable: Default::default(),
         reconnect_grace: std::time::Duration::from_secs(cfg.media.reconnect_grace),
+        cluster: cluster.clone(),
     };
+    if let Some(c) = &cluster {
+        let consultations = state.consultations.clone();
+        tokio::spawn(crate::cluster::run_heartbeat(
+            c.clone(),
+            node_load(state.sfu.clone()),
+            move |news| {
+                let crate::cluster::RoomNews::Lost { room, url, node } = news;
+                let consultations = consultations.clone();
+                tokio::spawn(async move {
+                    consultations
+                        .request(crate::consultations::Request::Move { room, url, node })
+                        .await
+                });
+            },
+            state.shutdown.clone(),
+        ));
+    }
     let draining = state.draining.clone();
-    let drain_timeout = std::time::Duration::from_secs(cfg.http.drain_timeout);
+    let drain_timeout = std::time::Duration::from_secs(match &cluster {
+        Some(_) => cfg.cluster.drain_timeout,
+        None => cfg.http.drain_timeout,
+    });
+    let drain_cluster = cluster.clone();
+    let drain_sfu = state.sfu.clone();
     let mut app = router(state.clone(), cfg.api.listen.is_none());
     if let Some(addr) = cfg.api.listen {
         // The control API on a listener of its own (loopback or the clinic LAN), off the
@@ -329,7 +366,14 @@ pub async fn serve(cfg: Config) -> Result<()> {
     )
     .with_graceful_shutdown(async move {
         shutdown_signal().await;
+        if let Some(c) = &drain_cluster {
+            c.start_draining(&node_load(drain_sfu.clone())()).await;
+        }
         drain(&draining, drain_timeout).await;
+        if let Some(c) = &drain_cluster {
+            // Rooms released before their sessions end, so clients move at once.
+            c.leave().await;
+        }
         let _ = stop_tx.send(true);
     })
     .await?;
@@ -403,7 +447,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
         webhook_backlog: w.map_or(0, |w| w.backlog.load(Relaxed)),
         recording: state.recordings.numbers(),
     };
-    let body = crate::metrics::render(&state.sfu.stats(), turn.as_ref(), &store, state.started);
+    let mut body = crate::metrics::render(&state.sfu.stats(), turn.as_ref(), &store, state.started);
+    if let Some(c) = &state.cluster {
+        body.push_str(&c.render_metrics());
+    }
     (
         [(
             header::CONTENT_TYPE,
@@ -412,6 +459,29 @@ async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// This node's load for the cluster registry: media participants, and the workers' busy share
+/// since the previous call.
+fn node_load(sfu: SfuHandle) -> impl FnMut() -> crate::cluster::NodeLoad + Send {
+    let mut last: Option<(std::time::Instant, u64)> = None;
+    move || {
+        let stats = sfu.stats();
+        let busy: u64 = stats.busy_nanos.iter().sum();
+        let now = std::time::Instant::now();
+        let cpu = match last {
+            Some((at, before)) => {
+                let wall = now.duration_since(at).as_nanos() as f64 * stats.workers.max(1) as f64;
+                (busy.saturating_sub(before) as f64 / wall.max(1.0)).clamp(0.0, 1.0)
+            }
+            None => 0.0,
+        };
+        last = Some((now, busy));
+        crate::cluster::NodeLoad {
+            participants: stats.participants as u32,
+            cpu,
+        }
+    }
 }
 
 /// Lets the calls in progress end by themselves, up to `timeout` or a second signal.

@@ -56,6 +56,8 @@ struct Entered {
     identity: String,
     role: String,
     control: mpsc::Receiver<SessionControl>,
+    /// Cluster mode: keeps the room hosted on this node while the session lives.
+    _host: Option<crate::cluster::HostGuard>,
 }
 
 /// The media side of a session, once admitted.
@@ -292,7 +294,8 @@ pub async fn run_session(
             ev = event => {
                 match ev {
                     Some(PeerEvent::Message(mut msg)) => {
-                        if let ServerMessage::Joined { ice_servers, resume_secret, .. } = &mut msg {
+                        if let ServerMessage::Joined { ice_servers, resume_secret, node, .. } = &mut msg {
+                            *node = state.cluster.as_ref().map(|c| c.node_id().to_owned());
                             if let Some(e) = &s.entered { *ice_servers = state.ice_servers(&e.room, &e.identity); }
                             ice_issued = Instant::now();
                             *resume_secret = s.resume.as_ref().map(|r| r.secret.clone());
@@ -343,6 +346,11 @@ pub async fn run_session(
                     }
                     SessionControl::Recording(rec) => {
                         if !deliver(&state, &mut s, &mut link, ServerMessage::Recording(rec)).await { break }
+                    }
+                    SessionControl::Moved { url, node } => {
+                        s.reason = LeaveReason::Moved;
+                        if let Some(l) = link.as_mut() { let _ = send(&mut l.sink, &ServerMessage::Moved { url, node }).await; }
+                        break;
                     }
                     SessionControl::End => {
                         s.reason = LeaveReason::Ended;
@@ -549,7 +557,11 @@ async fn on_client(
                 .await,
             )
         }
-        ClientMessage::Join { .. } if state.draining.load(std::sync::atomic::Ordering::Relaxed) => {
+        // In cluster mode a draining node still serves the rooms it hosts; `enter` decides.
+        ClientMessage::Join { .. }
+            if state.cluster.is_none()
+                && state.draining.load(std::sync::atomic::Ordering::Relaxed) =>
+        {
             let _ = send(
                 sink,
                 &ServerMessage::error(

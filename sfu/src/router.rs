@@ -400,6 +400,7 @@ impl<W: Wire> RouterHost<W> {
                 participants: others,
                 ice_servers: Vec::new(),
                 resume_secret: None,
+                node: None,
                 reconnect_grace: Some(self.limits.reconnect_grace.as_secs()),
             },
             &mut self.outbox,

@@ -231,7 +231,7 @@ export declare class ConsultaError extends Error {
   constructor(code: string, message?: string, options?: { fatal?: boolean; cause?: unknown });
   /** Stable protocol or client code: token_expired, token_room_mismatch, token_invalid, room_full,
    * session_replaced, ..., or connection_failed, connection_closed, timeout, media_error,
-   * negotiation_failed, bad_options. */
+   * negotiation_failed, bad_options, too_many_redirects (cluster mode: moved more than 3 times). */
   code: string;
   fatal: boolean;
 }
@@ -245,6 +245,13 @@ export declare class Call {
   /** Our own identity and role, from `joined`. */
   readonly participant: LocalParticipant | null;
   readonly sessionId: string | null;
+  /**
+   * The cluster node serving the call (`joined.node`), or null on a single server. In cluster
+   * mode a join that reaches another node is redirected (`moved`) to this one transparently, at
+   * most 3 times (else `connect()` rejects with `too_many_redirects`); reconnections go to it
+   * first and, when it is gone, through `url` again to a node that takes the room over.
+   */
+  readonly node: string | null;
   readonly iceServers: RTCIceServer[];
   readonly connectionState: CallConnectionState;
   readonly closed: boolean;

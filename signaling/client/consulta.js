@@ -34,6 +34,10 @@ const ICE_DISCONNECTED_RESTART_MS = 1_500;
 // After asking for an ICE restart, how long before asking again.
 const ICE_RESTART_RETRY_MS = 5_000;
 const JOIN_TIMEOUT_MS = 15_000;
+/** Most `moved` redirects one join follows (cluster mode: a room lives on one node). */
+const MAX_MOVES = 3;
+/** Failed attempts at the node's own URL before reconnecting through the public one. */
+const NODE_URL_ATTEMPTS = 2;
 const ANSWER_TIMEOUT_MS = 15_000;
 const LEAVE_GRACE_MS = 1_000;
 
@@ -115,6 +119,8 @@ export class Call {
     /** our own {identity, role} from `joined` */
     this.participant = null;
     this.sessionId = null;
+    /** The cluster node serving the call (from `joined`), or null on a single server. */
+    this.node = null;
     this.iceServers = [];
     this.connectionState = 'new';
     this.closed = false;
@@ -318,9 +324,10 @@ export class Call {
 
   async _start() {
     const o = this.options;
-    this._url = o.url || defaultUrl();
+    this._publicUrl = o.url || defaultUrl();
+    this._url = this._publicUrl;
     await this._openSocket(this._url);
-    const joined = await this._join();
+    const joined = await this._joinFollowing();
     this._onJoined(joined);
 
     // Our one offer goes first in the negotiation queue, queued now (synchronously after
@@ -392,6 +399,26 @@ export class Call {
     });
   }
 
+  /**
+   * `join` on the open socket; a `moved` answer (cluster mode: the room lives on another node)
+   * opens that node's socket and joins there, at most MAX_MOVES times. Later reconnections go
+   * to that node first.
+   */
+  async _joinFollowing() {
+    for (let hops = 0; ; hops++) {
+      try {
+        return await this._join();
+      } catch (e) {
+        if (!e || e.code !== 'moved' || !e.url) throw e;
+        if (hops >= MAX_MOVES) {
+          throw new ConsultaError('too_many_redirects', `moved more than ${MAX_MOVES} times`, { fatal: true });
+        }
+        this._url = e.url;
+        await this._openSocket(this._url);
+      }
+    }
+  }
+
   _join() {
     return new Promise((resolve, reject) => {
       const waiter = withDeadline(resolve, reject, JOIN_TIMEOUT_MS, 'no `joined` from the server');
@@ -416,6 +443,7 @@ export class Call {
 
   _onJoined(m, announce = false) {
     this.sessionId = m.session_id ?? null;
+    this.node = m.node ?? null;
     this.participant = m.participant ?? null;
     this._resumeSecret = m.resume_secret ?? null;
     this._syncParticipants(m.participants || [], announce);
@@ -523,7 +551,10 @@ export class Call {
 
   async _reconnectLoop(deadline) {
     let delay = RECONNECT_MIN_DELAY_MS;
-    let rejoin = false; // the server refused to resume: only a new join will do
+    // The server refused to resume (or moved the room): only a new join will do.
+    let rejoin = !!this._forceRejoin;
+    this._forceRejoin = false;
+    let nodeFailures = 0;
     for (let attempt = 0; !this.closed; attempt++) {
       if (attempt > 0) {
         // Full jitter: many clients of one restarted proxy do not come back in step.
@@ -535,13 +566,16 @@ export class Call {
       try {
         await this._openSocket(this._url);
       } catch (e) {
-        continue; // the network is not back yet
+        // The network is not back yet, or (cluster mode) the node died: after a few tries
+        // the public URL reaches a live node, which takes the room over.
+        if (this._url !== this._publicUrl && ++nodeFailures >= NODE_URL_ATTEMPTS) this._url = this._publicUrl;
+        continue;
       }
       let resumed;
       try {
         if (!rejoin) resumed = await this._resume();
       } catch (e) {
-        if (!e || (e.code !== 'resume_refused' && e.code !== 'connection_lost')) {
+        if (!e || (e.code !== 'resume_refused' && e.code !== 'connection_lost' && e.code !== 'moved')) {
           this._dropSocket();
           continue;
         }
@@ -667,7 +701,7 @@ export class Call {
     this._midMap = new Map();
     this._negotiation = Promise.resolve();
     this._resumeSecret = null;
-    const joined = await this._join();
+    const joined = await this._joinFollowing();
     this._onJoined(joined, true);
     await this._enqueue(async () => {
       await this._setupMedia(joined);
@@ -1046,6 +1080,31 @@ export class Call {
         if (this._joinWaiter) this._joinWaiter.resolve(m);
         this._joinWaiter = null;
         break;
+      case 'moved': {
+        // The server closes this socket next: it is no longer the call's.
+        const ws = this._ws;
+        this._ws = null;
+        try {
+          if (ws) ws.close(1000, 'moved');
+        } catch (e) {
+          /* already closing */
+        }
+        const err = new ConsultaError('moved', `the room is on node ${m.node}`);
+        err.url = m.url;
+        err.node = m.node ?? null;
+        if (this._joinWaiter) {
+          this._joinWaiter.reject(err);
+          this._joinWaiter = null;
+        } else if (this._resumeWaiter) {
+          this._resumeWaiter.reject(err);
+        } else if (typeof m.url === 'string') {
+          // In a call: the room was merged into another node; join again there.
+          this._url = m.url;
+          this._forceRejoin = true;
+          this._connectionLost('moved');
+        }
+        break;
+      }
       case 'waiting':
         // connect() resolves once a doctor admits us and `joined` arrives.
         this.waiting = true;

@@ -234,6 +234,16 @@ pub enum ServerMessage {
         /// Seconds the server holds this session after its connection is lost.
         #[serde(skip_serializing_if = "Option::is_none")]
         reconnect_grace: Option<u64>,
+        /// The cluster node serving the call (`[cluster] node_id`; absent on a single node).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+    },
+    /// The room lives on another node (cluster mode): join again at `url`, that node's
+    /// WebSocket. Sent in answer to `join` (then the socket closes), or during a call when the
+    /// room is merged into another node after a split; the SDK follows it.
+    Moved {
+        url: String,
+        node: String,
     },
     /// The session was taken over by this connection (`resume`). Worker events that arrived
     /// while it was away follow; `participants` is who is in the room now.
@@ -397,6 +407,8 @@ pub enum LeaveReason {
     Ended,
     /// Its connection was lost and it did not come back within the reconnect grace period.
     Lost,
+    /// Sent to the node that holds its room (cluster mode); it joins again there.
+    Moved,
 }
 
 /// Stable error codes of the signaling protocol (see `docs/protocol.md`).

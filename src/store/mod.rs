@@ -252,6 +252,23 @@ impl Store {
             .collect()
     }
 
+    /// Sessions of a consultation with no `participant_left` yet: (session id, identity, role).
+    /// After a node died, those of its sessions are closed by the node that takes the room over.
+    pub async fn open_sessions(
+        &self,
+        consultation: &str,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT session_id, identity, role FROM sessions WHERE consultation_id = $1 AND left_at IS NULL ORDER BY joined_at",
+        )
+        .bind(consultation)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
     pub async fn events(
         &self,
         consultation: &str,

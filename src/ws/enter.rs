@@ -52,6 +52,42 @@ pub(super) async fn enter(
         let _ = send(sink, &refused.to_message()).await;
         return Flow::Close;
     }
+    // Cluster mode: the room lives on one node; a join that reached another goes there.
+    let mut host = None;
+    if let Some(cluster) = &state.cluster {
+        match cluster.locate(&claims.room).await {
+            crate::cluster::Placement::Local {
+                epoch,
+                took_over_from,
+            } => {
+                host = Some(cluster.host(&claims.room, epoch));
+                if let Some(from) = took_over_from {
+                    state
+                        .consultations
+                        .request(Svc::TakeOver {
+                            room: claims.room.clone(),
+                            from,
+                        })
+                        .await;
+                }
+            }
+            crate::cluster::Placement::Moved { url, node } => {
+                let _ = send(sink, &ServerMessage::Moved { url, node }).await;
+                return Flow::Close;
+            }
+            crate::cluster::Placement::Refused => {
+                let _ = send(
+                    sink,
+                    &ServerMessage::error(
+                        ErrorCode::ServerDraining,
+                        "the server is shutting down and no other node takes new rooms; retry",
+                    ),
+                )
+                .await;
+                return Flow::Close;
+            }
+        }
+    }
     let peer = state.sfu.next_peer_id();
     let (control_tx, control) = mpsc::channel(16);
     let role = claims.role.as_str().to_owned();
@@ -73,6 +109,7 @@ pub(super) async fn enter(
         identity: claims.identity,
         role,
         control,
+        _host: host,
     });
     match admission {
         Some(Admission::Proceed) => join_media(state, s, sink).await,
