@@ -4,7 +4,8 @@
 //! Signature: `X-Consulta-Signature: v1=` + hex(HMAC-SHA256(secret, timestamp + "." + body)),
 //! with `X-Consulta-Timestamp` (unix seconds) and `X-Consulta-Event-Id`. Only rows due now are
 //! read, a batch at a time, so a dead receiver costs a row per event in the database and nothing
-//! in memory.
+//! in memory. Rows are claimed as they are read (`Store::claim_webhooks`), so nodes sharing one
+//! PostgreSQL database send each event once.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +16,10 @@ use sha2::Sha256;
 
 use crate::store::Store;
 
-const BATCH: i64 = 50;
+/// Deliveries taken at a time, and how long they stay taken: each may take the client's 10 s
+/// timeout, plus a margin. Another node (cluster mode) skips them meanwhile.
+const BATCH: i64 = 10;
+const CLAIM_LEASE_MS: i64 = BATCH * 10_000 + 30_000;
 const MAX_BACKOFF_MS: i64 = 600_000;
 
 #[derive(Default)]
@@ -99,7 +103,8 @@ pub fn start(store: Store, secret: Vec<u8>, max_age_secs: u64) -> Arc<WebhookSta
             if let Ok(n) = store.webhook_backlog().await {
                 s.backlog.store(n, Ordering::Relaxed);
             }
-            let Ok(due) = store.due_webhooks(crate::unix_millis(), BATCH).await else {
+            let claimed = store.claim_webhooks(crate::unix_millis(), BATCH, CLAIM_LEASE_MS);
+            let Ok(due) = claimed.await else {
                 continue;
             };
             for row in due {

@@ -96,8 +96,99 @@ fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
+/// A webhook receiver that answers 200 and keeps the event id of each delivery.
+struct Hooks {
+    url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Hooks {
+    fn start() -> Hooks {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hooks", l.local_addr().unwrap());
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let g = got.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let id = loop {
+                    let n = c.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let header = |name: &str| {
+                        head.lines().find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.trim()
+                                .eq_ignore_ascii_case(name)
+                                .then(|| v.trim().to_owned())
+                        })
+                    };
+                    let len: usize = header("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break header("x-consulta-event-id");
+                    }
+                };
+                if let Some(id) = id {
+                    g.lock().unwrap().push(id);
+                }
+                // A receiver that takes its time: a node still sending a batch must not see it
+                // sent again by another node meanwhile.
+                std::thread::sleep(Duration::from_millis(50));
+                let _ = c.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                );
+            }
+        });
+        Hooks { url, got }
+    }
+
+    /// Every event stored in `db` was delivered exactly once.
+    fn each_event_once(&self, db: &str) -> Result<(), String> {
+        let stored: Vec<String> = psql(db, "SELECT id FROM call_events ORDER BY id")
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        let mut got = self.got.lock().unwrap().clone();
+        got.sort();
+        let mut unique = got.clone();
+        unique.dedup();
+        if got.len() != unique.len() {
+            return Err(format!(
+                "{} deliveries of {} events",
+                got.len(),
+                unique.len()
+            ));
+        }
+        if unique != stored {
+            return Err(format!(
+                "{} delivered, {} stored",
+                unique.len(),
+                stored.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Starts node `id` in cluster mode and waits for its health.
 fn node(id: &str, db: &str, redis: &str, prefix: &str) -> Server {
+    node_with(id, db, redis, prefix, "")
+}
+
+/// [`node`] with `tail` appended to its config (whole sections).
+fn node_with(id: &str, db: &str, redis: &str, prefix: &str, tail: &str) -> Server {
     let http = format!("127.0.0.1:{}", free_tcp());
     let dir = std::env::temp_dir().join(format!(
         "consulta-cluster-{}-{}",
@@ -114,7 +205,7 @@ fn node(id: &str, db: &str, redis: &str, prefix: &str) -> Server {
          [database]\nurl = \"{db}\"\n\
          [consultation]\nempty_room_end = 2\n\
          [cluster]\nredis_url = \"{redis}\"\nnode_id = \"{id}\"\nadvertise_url = \"http://{http}\"\n\
-         internal_url = \"http://{http}\"\nkey_prefix = \"{prefix}\"\ndrain_timeout = 4\n",
+         internal_url = \"http://{http}\"\nkey_prefix = \"{prefix}\"\ndrain_timeout = 4\n{tail}",
         data = dir.join("data").display(),
         udp = free_udp(),
         tcp = free_tcp(),
@@ -230,10 +321,15 @@ async fn joins_land_on_the_rooms_node_and_first_joins_race_to_one_node() {
     let db = database();
     let p = prefix();
     let redis = "redis://127.0.0.1:6379";
+    let hooks = Hooks::start();
+    let tail = format!(
+        "[webhooks]\nurls = [\"{}\"]\nsecret = \"hook-secret-0123456789\"\nallow_http = true\n",
+        hooks.url
+    );
     let nodes = [
-        node("n1", &db, redis, &p),
-        node("n2", &db, redis, &p),
-        node("n3", &db, redis, &p),
+        node_with("n1", &db, redis, &p, &tail),
+        node_with("n2", &db, redis, &p, &tail),
+        node_with("n3", &db, redis, &p, &tail),
     ];
     // 100 joins to 10 rooms, each through the next node in turn.
     let mut owner: std::collections::HashMap<String, String> = Default::default();
@@ -299,6 +395,17 @@ async fn joins_land_on_the_rooms_node_and_first_joins_race_to_one_node() {
     for id in ["n1", "n2", "n3"] {
         assert!(text.contains(id), "cluster status lacks {id}: {text}");
     }
+    // Three nodes send from one outbox: each event once.
+    let mut last = Err(String::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        last = hooks.each_event_once(&db);
+        if last.is_ok() || last.as_ref().is_err_and(|e| e.contains("deliveries of")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    last.expect("each webhook once");
     // SIGTERM everywhere: every node leaves the registry and its rooms.
     for n in &nodes {
         Command::new("kill")

@@ -105,6 +105,8 @@ const ABANDONED: i64 = -1;
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// PostgreSQL (several nodes may share it) rather than SQLite (one process).
+    postgres: bool,
 }
 
 /// The connection URL: the configured one, or an SQLite file in the data dir.
@@ -127,7 +129,10 @@ impl Store {
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(2))
             .connect_lazy(url)?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            postgres: url.starts_with("postgres"),
+        })
     }
 
     /// Applies the migrations not applied yet; returns how many ran.
@@ -431,16 +436,32 @@ impl Store {
         Ok(true)
     }
 
-    pub async fn due_webhooks(&self, now: i64, limit: i64) -> Result<Vec<OutboxRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, event_id, url, body, attempts, created_at FROM webhook_outbox WHERE delivered_at IS NULL AND next_attempt_at <= $1 \
-             ORDER BY next_attempt_at, id LIMIT $2",
-        )
-        .bind(now)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
+    /// Takes up to `limit` deliveries due at `now` for this process: each is pushed to
+    /// `now + lease_ms` in the same statement, so another node sharing the database (PostgreSQL:
+    /// `FOR UPDATE SKIP LOCKED`) never takes it meanwhile. A process that dies with them leaves
+    /// them due again when the lease ends; one that delivers records the attempt.
+    pub async fn claim_webhooks(
+        &self,
+        now: i64,
+        limit: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
+        const PG: &str = "UPDATE webhook_outbox SET next_attempt_at = $2 WHERE id IN (\
+             SELECT id FROM webhook_outbox WHERE delivered_at IS NULL AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, event_id, url, body, attempts, created_at";
+        // SQLite has no row locks (and one process): the single statement is enough.
+        const SQLITE: &str = "UPDATE webhook_outbox SET next_attempt_at = $2 WHERE id IN (\
+             SELECT id FROM webhook_outbox WHERE delivered_at IS NULL AND next_attempt_at <= $1 \
+             ORDER BY next_attempt_at, id LIMIT $3) \
+             RETURNING id, event_id, url, body, attempts, created_at";
+        let mut rows = sqlx::query(if self.postgres { PG } else { SQLITE })
+            .bind(now)
+            .bind(now + lease_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
             .map(|r| {
                 Ok(OutboxRow {
                     id: r.try_get(0)?,
@@ -451,7 +472,10 @@ impl Store {
                     created_at: r.try_get(5)?,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // RETURNING keeps no order: deliver oldest first.
+        rows.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(rows)
     }
 
     /// Records a delivery attempt: delivered, or to retry at `next_at` (None: give up).

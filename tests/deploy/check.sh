@@ -81,11 +81,11 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=consulta.example.co
 # nginx_conf DIR [SED-SCRIPT]: the shipped server blocks in a minimal nginx.conf under DIR, with
 # the throwaway certificate and logs in DIR, optionally rewritten further by SED-SCRIPT.
 nginx_conf() {
-  local dir=$1 extra=${2:-}
+  local dir=$1 extra=${2:-} src=${3:-deploy/nginx/consulta.conf}
   mkdir -p "$dir"
   sed -e "s|/etc/letsencrypt/live/consulta.example.com.br/|$TMP/|" \
     -e "s|/var/log/nginx/|$dir/|" \
-    ${extra:+-e "$extra"} deploy/nginx/consulta.conf >"$dir/consulta.conf"
+    ${extra:+-e "$extra"} "$src" >"$dir/consulta.conf"
   cat >"$dir/nginx.conf" <<EOF
 worker_processes 1;
 pid $dir/nginx.pid;
@@ -102,6 +102,11 @@ EOF
 nginx_conf "$TMP/nginx-t"
 run "nginx -t deploy/nginx/consulta.conf" "$NGINX" -t -q -p "$TMP/nginx-t" -e "$TMP/nginx-t/error.log" -c "$TMP/nginx-t/nginx.conf"
 run "nginx: /api/ denied" grep -Pzq '(?s)location /api/ \{\s*deny all;\s*\}' deploy/nginx/consulta.conf
+# The several-node front (cluster mode): valid, /api/ denied, every /n/<node>/ws a fixed address.
+nginx_conf "$TMP/nginx-cluster" "" deploy/nginx/consulta-cluster.conf
+run "nginx -t deploy/nginx/consulta-cluster.conf" "$NGINX" -t -q -p "$TMP/nginx-cluster" -e "$TMP/nginx-cluster/error.log" -c "$TMP/nginx-cluster/nginx.conf"
+run "nginx cluster: /api/ denied, no proxy_pass from request variables" sh -c \
+  "grep -Pzq '(?s)location /api/ \\{\\s*deny all;\\s*\\}' deploy/nginx/consulta-cluster.conf && ! grep -E 'proxy_pass[^;]*\\\$' deploy/nginx/consulta-cluster.conf"
 run "nginx: /metrics denied, /ws upgrades, long read timeout" grep -Pzq \
   '(?s)location = /metrics \{\s*deny all;.*location /ws \{.*Upgrade \$http_upgrade.*Connection \$connection_upgrade.*proxy_read_timeout 3600s' \
   deploy/nginx/consulta.conf
