@@ -27,6 +27,8 @@ const WATCH_INTERVAL_MS = 500;
 // Reconnection: jittered exponential backoff between attempts, and the default give-up time.
 const RECONNECT_MIN_DELAY_MS = 250;
 const RECONNECT_MAX_DELAY_MS = 4_000;
+/** Longest wait between tries while the server answers but the call is not back yet. */
+const RECONNECT_REACHABLE_DELAY_MS = 1_000;
 const RECONNECT_TIMEOUT_MS = 60_000;
 const RESUME_TIMEOUT_MS = 5_000;
 // ICE 'disconnected' for this long (it may heal by itself) before an ICE restart is asked for.
@@ -413,8 +415,15 @@ export class Call {
         if (hops >= MAX_MOVES) {
           throw new ConsultaError('too_many_redirects', `moved more than ${MAX_MOVES} times`, { fatal: true });
         }
+        try {
+          await this._openSocket(e.url);
+        } catch (openErr) {
+          // The room's node is not reachable (it may have just died): the next try goes
+          // through the public URL again, where a live node takes the room over.
+          this._url = this._publicUrl;
+          throw openErr;
+        }
         this._url = e.url;
-        await this._openSocket(this._url);
       }
     }
   }
@@ -565,6 +574,9 @@ export class Call {
       if (Date.now() > deadline) throw new ConsultaError('reconnect_failed', 'could not reconnect in time');
       try {
         await this._openSocket(this._url);
+        // A server answers: what fails now is the resume or the join (e.g. a room whose dead
+        // node's lease has not lapsed yet), so keep trying often.
+        delay = Math.min(delay, RECONNECT_REACHABLE_DELAY_MS);
       } catch (e) {
         // The network is not back yet, or (cluster mode) the node died: after a few tries
         // the public URL reaches a live node, which takes the room over.

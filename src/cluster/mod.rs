@@ -37,8 +37,10 @@ use placement::{NodeInfo, NodeState};
 /// How often the registry entry, room leases and the registry snapshot are refreshed.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// A node (and the rooms it holds) counts as dead this long after its last heartbeat.
-const NODE_LEASE_MS: u64 = 5_000;
-const ROOM_LEASE_MS: u64 = 5_000;
+/// Three missed beats: short enough that a dead node's calls move within a few seconds, long
+/// enough that a node busy for a moment (or Redis slow for one beat) keeps its rooms.
+const NODE_LEASE_MS: u64 = 3_000;
+const ROOM_LEASE_MS: u64 = 3_000;
 /// Longest wait for Redis in a join or a heartbeat step.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(800);
 /// How long a peer may take to say whether it hosts a room (while Redis is down).

@@ -69,6 +69,25 @@ ${Object.entries(ports).map(([id, p]) => `        location = /n/${id}/ws {${ws(`
 `;
 }
 
+/** Resolves once `who` decodes video from `from` again: framesDecoded grows over 300 ms. */
+async function decodingAgain(who, from, deadNode, timeout = 30_000) {
+  const frames = async () => {
+    const s = (await who.stats()).inbound.filter((x) => x.participant === from && x.kind === 'video');
+    return new Map(s.map((x) => [x.mid, x.framesDecoded || 0]));
+  };
+  await pollUntil(
+    async () => {
+      // Served by another node (frames still in the old jitter buffer do not count).
+      if ((await who.evaluate(() => window.call.node)) === deadNode) return false;
+      const before = await frames();
+      await sleep(300);
+      const now = await frames();
+      return [...now].some(([mid, n]) => n > 0 && n > (before.get(mid) ?? 0));
+    },
+    { timeout, interval: 100, what: `${who.name} to decode ${from} again` },
+  );
+}
+
 async function startNode(id, port, nginxPort) {
   return startServer({
     httpPort: port,
@@ -148,7 +167,7 @@ describe('two nodes behind nginx', () => {
         await pollUntil(() => psql('SELECT id FROM call_events').split('\n').filter(Boolean).every((id) => delivered.includes(id)), { timeout: 15_000, what: 'webhooks delivered before the kill' });
         const killed = Date.now();
         await nodes[owner].kill();
-        await Promise.all([waitForVideo(doctor, 'pt', { timeout: 30_000 }), waitForVideo(patient, 'dr', { timeout: 30_000 })]);
+        await Promise.all([decodingAgain(doctor, 'pt', owner), decodingAgain(patient, 'dr', owner)]);
         const secs = (Date.now() - killed) / 1000;
         times.push(secs);
         console.log(`run ${run + 1}: ${owner} killed; both decode each other again after ${secs.toFixed(2)} s`);
