@@ -742,7 +742,14 @@ impl Service {
                 || (r.scheduled_start.is_some() && !r.no_show_reported)
         });
         for (room, kind, payload) in out {
-            self.emit(&room, kind, payload).await;
+            if kind == "no_show" {
+                // Once per consultation and role, whichever node or run notices it.
+                let role = payload["role"].as_str().unwrap_or_default().to_owned();
+                let ev = self.factory.make_once(&room, kind, &role, payload);
+                self.sink.send(ev).await;
+            } else {
+                self.emit(&room, kind, payload).await;
+            }
         }
     }
 }

@@ -669,6 +669,17 @@ pub fn thread_nice(nice: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Where this process's peer ids start: the microseconds since the Unix epoch at start. A
+/// restart begins past every id the previous run gave out (it used far fewer than one a
+/// microsecond), and nodes of a cluster started apart never meet; ids stay below 2^53, exact
+/// as JavaScript numbers, until the year 2255.
+fn first_peer_id() -> PeerId {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+        .max(1)
+}
+
 #[cfg(test)]
 mod cpu_tests {
     use super::*;
@@ -702,15 +713,4 @@ mod cpu_tests {
         assert_eq!(allowed_cpus().unwrap(), allowed);
         assert!(pin_thread(MAX_CPUS).is_err());
     }
-}
-
-/// Where this process's peer ids start: the microseconds since the Unix epoch at start. A
-/// restart begins past every id the previous run gave out (it used far fewer than one a
-/// microsecond), and nodes of a cluster started apart never meet; ids stay below 2^53, exact
-/// as JavaScript numbers, until the year 2255.
-fn first_peer_id() -> PeerId {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_micros() as u64)
-        .max(1)
 }

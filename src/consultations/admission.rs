@@ -52,9 +52,12 @@ impl Service {
                 room.closed = self.closed_here.contains_key(name);
                 room.policy = Some(Policy::default());
                 self.sink
-                    .send(self.factory.make(
+                    // Once per consultation: two nodes (or a restart) that both find it
+                    // absent write one `created`.
+                    .send(self.factory.make_once(
                         name,
                         "created",
+                        "",
                         json!({ "policy": Policy::default(), "ad_hoc": true }),
                     ))
                     .await;
