@@ -649,7 +649,10 @@ pub fn metric_names() -> Vec<String> {
         &StoreStats::default(),
         Instant::now(),
     );
+    // Cluster mode's families are appended to the same page when it is on.
+    let cluster = crate::cluster::metrics_text(&Default::default(), false, 0, 1);
     text.lines()
+        .chain(cluster.lines())
         .filter_map(|l| l.strip_prefix("# TYPE "))
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_owned)

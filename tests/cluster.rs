@@ -641,3 +641,62 @@ fn cluster_mode_refuses_sqlite() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("PostgreSQL"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_split_while_redis_was_down_is_merged_into_the_larger_side() {
+    let db = database();
+    let p = prefix();
+    let r = Redis::start();
+    let a = node("a", &db, &r.url(), &p);
+    let room = "split-room";
+    let (_doc, j, _) = join_follow(&ws_url(&a), room, "doc", Role::Doctor)
+        .await
+        .unwrap();
+    assert_eq!(j["node"], "a");
+    let (_pat, _, _) = join_follow(&ws_url(&a), room, "pat", Role::Patient)
+        .await
+        .unwrap();
+    let port = r.port;
+    drop(r);
+    // b starts while Redis is down: it knows no peer, so it hosts the room itself.
+    let b = node("b", &db, &format!("redis://127.0.0.1:{port}"), &p);
+    let (mut guest, gj, _) = join_follow(&ws_url(&b), room, "guest", Role::Guest)
+        .await
+        .unwrap();
+    assert_eq!(gj["node"], "b", "split: b hosts the room too");
+    // Redis returns: the side with fewer participants (b, 1 against 2) is moved to a.
+    let _r2 = Redis {
+        child: Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+        port,
+    };
+    let moved = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match guest.recv_within(Duration::from_secs(15)).await {
+                Some(m) if m["type"] == "moved" => return m,
+                Some(_) => continue,
+                None => panic!("b's session closed without `moved`"),
+            }
+        }
+    })
+    .await
+    .expect("`moved` within 15 s of Redis's return");
+    assert_eq!(moved["node"], "a");
+    let url = moved["url"].as_str().unwrap();
+    let (_g, again, hops) = join_follow(url, room, "guest", Role::Guest).await.unwrap();
+    assert_eq!((again["node"].as_str(), hops), (Some("a"), 0));
+    assert!(
+        redis_cli(port, &["GET", &format!("{p}room:{room}")]).is_some_and(|v| v.starts_with("a "))
+    );
+}

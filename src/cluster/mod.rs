@@ -484,32 +484,38 @@ impl Cluster {
         let Some(reply): Option<Vec<String>> = self.redis(inv.invoke_async(conn)).await else {
             return Vec::new();
         };
+        let mut lost = Vec::new();
+        {
+            let mut hosted = self.lock_hosted();
+            for ((room, _), r) in keep.iter().zip(reply) {
+                match Renewal::parse(&r) {
+                    Some(Renewal::Kept(e)) | Some(Renewal::Reclaimed(e)) => {
+                        if let Some(h) = hosted.get_mut(room) {
+                            h.epoch = e;
+                        }
+                    }
+                    Some(Renewal::Lost(owner)) => {
+                        hosted.remove(room);
+                        lost.push((room.clone(), owner));
+                    }
+                    None => {}
+                }
+            }
+        }
         let mut news = Vec::new();
-        let nodes = self.known_nodes();
-        let mut hosted = self.lock_hosted();
-        for ((room, _), r) in keep.iter().zip(reply) {
-            match Renewal::parse(&r) {
-                Some(Renewal::Kept(e)) | Some(Renewal::Reclaimed(e)) => {
-                    if let Some(h) = hosted.get_mut(room) {
-                        h.epoch = e;
-                    }
-                }
-                Some(Renewal::Lost(owner)) => {
-                    hosted.remove(room);
-                    self.0.stats.moved_away.fetch_add(1, Ordering::Relaxed);
-                    if let Some(n) = nodes.iter().find(|n| n.id == owner) {
-                        tracing::warn!(
-                            owner = %owner,
-                            "a room hosted here is also hosted by a larger node: its sessions here move there"
-                        );
-                        news.push(RoomNews::Lost {
-                            room: room.clone(),
-                            url: config::ws_url_of(&n.advertise_url),
-                            node: owner.clone(),
-                        });
-                    }
-                }
-                None => {}
+        for (room, owner) in lost {
+            self.0.stats.moved_away.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                owner = %owner,
+                "a room hosted here is also hosted by a larger node: its sessions here move there"
+            );
+            // The owner may be unknown yet (this node saw no registry while Redis was down).
+            if let Some(url) = self.advertise_of(&owner, conn).await {
+                news.push(RoomNews::Lost {
+                    room,
+                    url: config::ws_url_of(&url),
+                    node: owner,
+                });
             }
         }
         news
@@ -600,35 +606,45 @@ impl Cluster {
 
     /// The metrics of this module, in Prometheus text.
     pub fn render_metrics(&self) -> String {
-        let s = &self.0.stats;
-        let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        format!(
-            "# HELP consulta_cluster_redis_up Whether the last Redis request of this node succeeded.\n\
-             # TYPE consulta_cluster_redis_up gauge\nconsulta_cluster_redis_up {}\n\
-             # HELP consulta_cluster_rooms_hosted Rooms this node holds in the cluster directory.\n\
-             # TYPE consulta_cluster_rooms_hosted gauge\nconsulta_cluster_rooms_hosted {}\n\
-             # HELP consulta_cluster_nodes Nodes in the registry as last read (this one included).\n\
-             # TYPE consulta_cluster_nodes gauge\nconsulta_cluster_nodes {}\n\
-             # HELP consulta_cluster_redirects_total Joins answered with `moved` (the room lives on another node).\n\
-             # TYPE consulta_cluster_redirects_total counter\nconsulta_cluster_redirects_total {}\n\
-             # HELP consulta_cluster_takeovers_total Rooms taken over from a node whose lease lapsed.\n\
-             # TYPE consulta_cluster_takeovers_total counter\nconsulta_cluster_takeovers_total {}\n\
-             # HELP consulta_cluster_api_forwarded_total Control API calls forwarded to the room's node.\n\
-             # TYPE consulta_cluster_api_forwarded_total counter\nconsulta_cluster_api_forwarded_total {}\n\
-             # HELP consulta_cluster_rooms_moved_away_total Rooms found on a larger node after a split; sessions here moved.\n\
-             # TYPE consulta_cluster_rooms_moved_away_total counter\nconsulta_cluster_rooms_moved_away_total {}\n\
-             # HELP consulta_cluster_redis_errors_total Redis requests that failed or timed out.\n\
-             # TYPE consulta_cluster_redis_errors_total counter\nconsulta_cluster_redis_errors_total {}\n",
-            u8::from(self.redis_up()),
+        let nodes = self.0.nodes.lock().unwrap_or_else(|p| p.into_inner()).len();
+        metrics_text(
+            &self.0.stats,
+            self.redis_up(),
             self.hosted_rooms(),
-            self.0.nodes.lock().unwrap_or_else(|p| p.into_inner()).len().max(1),
-            g(&s.redirects),
-            g(&s.takeovers),
-            g(&s.forwarded),
-            g(&s.moved_away),
-            g(&s.redis_errors),
+            nodes.max(1),
         )
     }
+}
+
+/// The cluster's metric families (also rendered with zeros to list their names).
+pub fn metrics_text(s: &ClusterStats, redis_up: bool, hosted: usize, nodes: usize) -> String {
+    let g = |v: &AtomicU64| v.load(Ordering::Relaxed);
+    format!(
+        "# HELP consulta_cluster_redis_up Whether the last Redis request of this node succeeded.\n\
+         # TYPE consulta_cluster_redis_up gauge\nconsulta_cluster_redis_up {}\n\
+         # HELP consulta_cluster_rooms_hosted Rooms this node holds in the cluster directory.\n\
+         # TYPE consulta_cluster_rooms_hosted gauge\nconsulta_cluster_rooms_hosted {}\n\
+         # HELP consulta_cluster_nodes Nodes in the registry as last read (this one included).\n\
+         # TYPE consulta_cluster_nodes gauge\nconsulta_cluster_nodes {}\n\
+         # HELP consulta_cluster_redirects_total Joins answered with `moved` (the room lives on another node).\n\
+         # TYPE consulta_cluster_redirects_total counter\nconsulta_cluster_redirects_total {}\n\
+         # HELP consulta_cluster_takeovers_total Rooms taken over from a node whose lease lapsed.\n\
+         # TYPE consulta_cluster_takeovers_total counter\nconsulta_cluster_takeovers_total {}\n\
+         # HELP consulta_cluster_api_forwarded_total Control API calls forwarded to the room's node.\n\
+         # TYPE consulta_cluster_api_forwarded_total counter\nconsulta_cluster_api_forwarded_total {}\n\
+         # HELP consulta_cluster_rooms_moved_away_total Rooms found on a larger node after a split; sessions here moved.\n\
+         # TYPE consulta_cluster_rooms_moved_away_total counter\nconsulta_cluster_rooms_moved_away_total {}\n\
+         # HELP consulta_cluster_redis_errors_total Redis requests that failed or timed out.\n\
+         # TYPE consulta_cluster_redis_errors_total counter\nconsulta_cluster_redis_errors_total {}\n",
+        u8::from(redis_up),
+        hosted,
+        nodes,
+        g(&s.redirects),
+        g(&s.takeovers),
+        g(&s.forwarded),
+        g(&s.moved_away),
+        g(&s.redis_errors),
+    )
 }
 
 /// This node's load as the heartbeat reports it.

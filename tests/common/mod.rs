@@ -233,10 +233,15 @@ impl Client {
 
     /// Next JSON message, or None when the socket closes.
     pub async fn recv(&mut self) -> Option<Value> {
+        self.recv_within(Duration::from_secs(5)).await
+    }
+
+    /// [`Client::recv`] waiting up to `limit`.
+    pub async fn recv_within(&mut self, limit: Duration) -> Option<Value> {
         loop {
-            let m = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
+            let m = tokio::time::timeout(limit, self.ws.next())
                 .await
-                .expect("a message within 5 s");
+                .unwrap_or_else(|_| panic!("a message within {limit:?}"));
             match m {
                 Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
                 Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
