@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use consulta_signaling::protocol::RecordingState;
 
 mod admission;
+pub mod orphans;
 mod recording;
 
 use crate::events::{EventFactory, EventSink};
@@ -141,6 +142,11 @@ pub enum Request {
     /// Cluster mode: this node took the room over from a node that died. Its sessions still
     /// open in the database end with `participant_left` reason `server_lost`, once.
     TakeOver { room: String, from: String },
+    /// Whether this node has the room in memory (sessions, a running call, timers).
+    Live {
+        room: String,
+        reply: oneshot::Sender<bool>,
+    },
     /// The API created a consultation: remember its policy and schedule.
     Created {
         room: String,
@@ -541,6 +547,9 @@ impl Service {
                 }
             }
             Request::TakeOver { room, from } => self.take_over(&room, &from).await,
+            Request::Live { room, reply } => {
+                let _ = reply.send(self.rooms.contains_key(&room));
+            }
             Request::Kick {
                 room,
                 identity,

@@ -296,6 +296,22 @@ pub async fn serve(cfg: Config) -> Result<()> {
         reconnect_grace: std::time::Duration::from_secs(cfg.media.reconnect_grace),
         cluster: cluster.clone(),
     };
+    // Lifecycle timers of consultations no process has in memory (after a restart, or a dead
+    // node in cluster mode), driven from the database.
+    tokio::spawn(
+        crate::consultations::orphans::Sweeper {
+            store: state.store.clone(),
+            sink: state.events.clone(),
+            factory: state.event_factory.clone(),
+            consultations: state.consultations.clone(),
+            cluster: cluster.clone(),
+            timings: crate::consultations::Timings {
+                empty_room_end: std::time::Duration::from_secs(cfg.consultation.empty_room_end),
+                no_show_after: std::time::Duration::from_secs(cfg.consultation.no_show_after),
+            },
+        }
+        .run(state.shutdown.clone()),
+    );
     if let Some(c) = &cluster {
         let consultations = state.consultations.clone();
         tokio::spawn(crate::cluster::run_heartbeat(

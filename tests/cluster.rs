@@ -203,37 +203,57 @@ fn node_with(id: &str, db: &str, redis: &str, prefix: &str, tail: &str) -> Serve
          [auth]\ntoken_secret = \"{SECRET}\"\n\
          [api]\nkeys = [\"{KEY}\"]\n\
          [database]\nurl = \"{db}\"\n\
-         [consultation]\nempty_room_end = 2\n\
-         [cluster]\nredis_url = \"{redis}\"\nnode_id = \"{id}\"\nadvertise_url = \"http://{http}\"\n\
-         internal_url = \"http://{http}\"\nkey_prefix = \"{prefix}\"\ndrain_timeout = 4\n{tail}",
+         [consultation]\nempty_room_end = 2\nno_show_after = 3\n\
+         {cluster}{tail}",
+        cluster = if redis.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "[cluster]\nredis_url = \"{redis}\"\nnode_id = \"{id}\"\nadvertise_url = \"http://{http}\"\n\
+                 internal_url = \"http://{http}\"\nkey_prefix = \"{prefix}\"\ndrain_timeout = 4\n"
+            )
+        },
         data = dir.join("data").display(),
         udp = free_udp(),
         tcp = free_tcp(),
         db = db_url(db),
     );
     std::fs::write(dir.join("consulta.toml"), cfg).unwrap();
-    let log = std::fs::File::create(dir.join("server.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_consulta"))
+    let mut server = Server {
+        child: Command::new("true").spawn().unwrap(),
+        http,
+        dir,
+    };
+    restart(&mut server);
+    // Registered (and seen by the others) after a heartbeat or two.
+    std::thread::sleep(Duration::from_millis(1500));
+    server
+}
+
+/// (Re)starts `server`'s process on its config and data, and waits for its health.
+fn restart(server: &mut Server) {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(server.dir.join("server.log"))
+        .unwrap();
+    server.child = Command::new(env!("CARGO_BIN_EXE_consulta"))
         .args(["serve", "--log-format", "json", "--config"])
-        .arg(dir.join("consulta.toml"))
+        .arg(server.dir.join("consulta.toml"))
         .env("CONSULTA_LOG_LEVEL", "info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .expect("consulta starts");
-    let server = Server { child, http, dir };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !http_ok(&server.http, "/healthz") {
         assert!(
             Instant::now() < deadline,
-            "node {id} did not become healthy: {}",
+            "the server did not become healthy: {}",
             std::fs::read_to_string(server.dir.join("server.log")).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Registered (and seen by the others) after a heartbeat or two.
-    std::thread::sleep(Duration::from_millis(1500));
-    server
 }
 
 fn http_ok(addr: &str, path: &str) -> bool {
@@ -699,4 +719,123 @@ async fn a_room_split_while_redis_was_down_is_merged_into_the_larger_side() {
     assert!(
         redis_cli(port, &["GET", &format!("{p}room:{room}")]).is_some_and(|v| v.starts_with("a "))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_node_s_call_that_nobody_rejoins_still_ends_once() {
+    let db = database();
+    let p = prefix();
+    let redis = "redis://127.0.0.1:6379";
+    let mut a = node("a", &db, redis, &p);
+    let _b = node("b", &db, redis, &p);
+    let room = "orphan-room";
+    let (_d, _, _) = join_follow(&ws_url(&a), room, "doc", Role::Doctor)
+        .await
+        .unwrap();
+    let (_p, pj, _) = join_follow(&ws_url(&a), room, "pat", Role::Patient)
+        .await
+        .unwrap();
+    assert_eq!(pj["node"], "a");
+    wait_for("started and both sessions stored", 10, || {
+        count(
+            &db,
+            "SELECT COUNT(*) FROM call_events WHERE type = 'started'",
+        ) == 1
+            && count(&db, "SELECT COUNT(*) FROM sessions WHERE left_at IS NULL") == 2
+    });
+    a.child.kill().unwrap();
+    // Nobody comes back: b finds the call held by no node and ends it from the database.
+    let ended =
+        "SELECT COUNT(*) FROM call_events WHERE type = 'ended' AND payload LIKE '%server_lost%'";
+    wait_for("ended (server_lost)", 30, || count(&db, ended) == 1);
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM call_events WHERE type = 'ended'"),
+        1
+    );
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM sessions WHERE left_at IS NULL"),
+        0
+    );
+    let lost = "SELECT COUNT(*) FROM call_events WHERE type = 'participant_left' AND payload LIKE '%server_lost%'";
+    assert_eq!(count(&db, lost), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_interrupted_by_a_restart_ends_once_and_a_no_show_survives_the_restart() {
+    let db = database();
+    // One node, no cluster: timers of consultations no process holds come from the database.
+    let mut s = node("single", &db, "", "");
+    let room = "restart-room";
+    let (_d, _, _) = join_follow(&ws_url(&s), room, "doc", Role::Doctor)
+        .await
+        .unwrap();
+    let (_p, _, _) = join_follow(&ws_url(&s), room, "pat", Role::Patient)
+        .await
+        .unwrap();
+    // A scheduled consultation whose no-show time passes while the server is down.
+    let start = time_rfc3339(now() as i64 + 1);
+    let (status, body) = api_body(
+        &s,
+        "/api/v1/consultations",
+        &json!({"id": "noshow-room", "scheduled_start": start}).to_string(),
+    );
+    assert_eq!(status, 201, "{body}");
+    wait_for("started and both sessions stored", 10, || {
+        count(
+            &db,
+            "SELECT COUNT(*) FROM call_events WHERE type = 'started'",
+        ) == 1
+            && count(&db, "SELECT COUNT(*) FROM sessions WHERE left_at IS NULL") == 2
+    });
+    s.child.kill().unwrap();
+    let _ = s.child.wait();
+    std::thread::sleep(Duration::from_secs(5));
+    restart(&mut s);
+    let ended =
+        "SELECT COUNT(*) FROM call_events WHERE type = 'ended' AND payload LIKE '%server_restart%'";
+    wait_for("ended (server_restart)", 30, || count(&db, ended) == 1);
+    let no_show = "SELECT COUNT(*) FROM call_events WHERE type = 'no_show' AND consultation_id = 'noshow-room'";
+    wait_for("no_show for doctor and patient", 15, || {
+        count(&db, no_show) == 2
+    });
+    // Another restart writes none of them again.
+    s.child.kill().unwrap();
+    let _ = s.child.wait();
+    restart(&mut s);
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM call_events WHERE type = 'ended'"),
+        1
+    );
+    assert_eq!(count(&db, no_show), 2);
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM sessions WHERE left_at IS NULL"),
+        0
+    );
+    let restarted = "SELECT COUNT(*) FROM call_events WHERE type = 'participant_left' AND payload LIKE '%server_restart%'";
+    assert_eq!(count(&db, restarted), 2);
+}
+
+fn time_rfc3339(unix: i64) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{unix}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn api_body(server: &Server, path: &str, body: &str) -> (u16, Value) {
+    let auth = format!("Bearer {KEY}");
+    let (status, _, v) = http_request(
+        &server.http,
+        "POST",
+        path,
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
+        Some(body),
+    );
+    (status, v)
 }

@@ -386,6 +386,19 @@ impl Cluster {
         self.known_nodes().into_iter().find(|n| n.id == owner)
     }
 
+    /// Whether another node holds `room` in the directory now; None when Redis does not answer.
+    pub async fn held_elsewhere(&self, room: &str) -> Option<bool> {
+        let mut conn = self.0.conn.clone();
+        let v: Option<String> = self
+            .redis(
+                redis::cmd("GET")
+                    .arg(self.key("room", room))
+                    .query_async(&mut conn),
+            )
+            .await?;
+        Some(v.is_some_and(|v| v.split(' ').next() != Some(self.node_id())))
+    }
+
     /// A session of `room` is served here (after [`Cluster::locate`] said `Local`).
     pub fn host(&self, room: &str, epoch: i64) -> HostGuard {
         let mut hosted = self.lock_hosted();

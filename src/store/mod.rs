@@ -274,6 +274,49 @@ impl Store {
             .collect()
     }
 
+    /// Consultations whose call started and did not end: (id, started_at).
+    pub async fn active_consultations(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, COALESCE(started_at, 0) FROM consultations WHERE status = 'active' ORDER BY id LIMIT 1000",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Scheduled consultations that never started, whose start was between `since` and
+    /// `until` (unix ms), with no `no_show` recorded yet: (id, roles that joined).
+    pub async fn no_show_candidates(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<(String, Vec<String>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.id, p.role FROM consultations c LEFT JOIN participants p ON p.consultation_id = c.id \
+             WHERE c.status = 'scheduled' AND c.scheduled_start >= $1 AND c.scheduled_start <= $2 \
+             AND NOT EXISTS (SELECT 1 FROM call_events e WHERE e.consultation_id = c.id AND e.type = 'no_show') \
+             ORDER BY c.id LIMIT 5000",
+        )
+        .bind(since)
+        .bind(until)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for r in &rows {
+            let id: String = r.try_get(0)?;
+            let role: Option<String> = r.try_get(1)?;
+            if out.last().is_none_or(|(last, _)| *last != id) {
+                out.push((id, Vec::new()));
+            }
+            if let (Some(role), Some((_, roles))) = (role, out.last_mut()) {
+                roles.push(role);
+            }
+        }
+        Ok(out)
+    }
+
     pub async fn events(
         &self,
         consultation: &str,
