@@ -133,6 +133,19 @@ pub struct EventSink {
 }
 
 impl EventSink {
+    /// Waits until every event sent so far is in the database or the journal, up to `limit`;
+    /// false if some were not.
+    pub async fn flushed(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.stats.queue_depth.load(Ordering::Relaxed) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     /// Queues an event; waits (this task only) if the writer is behind.
     pub async fn send(&self, ev: CallEvent) {
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
@@ -172,8 +185,9 @@ impl Writer {
             tokio::select! {
                 ev = rx.recv() => {
                     let Some(ev) = ev else { break };
-                    self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    // Counted until stored or journaled: a shutdown waits for 0 (`flushed`).
                     if !journaling && self.write(&ev).await {
+                        self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
                         continue;
                     }
                     journaling = true;
@@ -181,6 +195,7 @@ impl Writer {
                         // Nothing else can hold it: say so loudly, keep going.
                         tracing::error!(error = %e, event = %ev.id, "cannot journal an event; it is lost");
                     }
+                    self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
                 }
                 _ = tick.tick() => {
                     if journaling {

@@ -335,6 +335,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         None => cfg.http.drain_timeout,
     });
     let drain_cluster = cluster.clone();
+    let (flush_events, flush_consultations) = (state.events.clone(), state.consultations.clone());
     let drain_sfu = state.sfu.clone();
     let mut app = router(state.clone(), cfg.api.listen.is_none());
     if let Some(addr) = cfg.api.listen {
@@ -394,6 +395,32 @@ pub async fn serve(cfg: Config) -> Result<()> {
     })
     .await?;
     tracing::info!("shutting down");
+    // Exactly once across a restart: every session's end reaches the consultation service, and
+    // every event it makes the database (or the journal), before the process exits.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while crate::metrics::SIGNALING
+        .ws_open
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > 0
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The service handles requests in order: an answer means every earlier one is done.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        flush_consultations.ask(|reply| crate::consultations::Request::Live {
+            room: String::new(),
+            reply,
+        }),
+    )
+    .await;
+    if !flush_events
+        .flushed(std::time::Duration::from_secs(10))
+        .await
+    {
+        tracing::error!("call events were still queued at exit; they are lost");
+    }
     tokio::task::spawn_blocking(move || sfu.shutdown()).await?;
     // The workers dropped their taps: recorder threads close their files; uploads in flight get
     // a moment, the rest continues on the next start.

@@ -198,7 +198,7 @@ fn node_with(id: &str, db: &str, redis: &str, prefix: &str, tail: &str) -> Serve
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = format!(
         "data_dir = \"{data}\"\n\
-         [http]\nlisten = \"{http}\"\njoin_limit_per_ip = 0\njoin_limit_per_identity = 0\n\
+         [http]\nlisten = \"{http}\"\ndrain_timeout = 2\njoin_limit_per_ip = 0\njoin_limit_per_identity = 0\n\
          [media]\nudp_port = {udp}\ntcp_port = {tcp}\nworkers = 1\nreconnect_grace = 2\n\
          [auth]\ntoken_secret = \"{SECRET}\"\n\
          [api]\nkeys = [\"{KEY}\"]\n\
@@ -838,4 +838,60 @@ fn api_body(server: &Server, path: &str, body: &str) -> (u16, Value) {
         Some(body),
     );
     (status, v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_every_session_s_end_before_the_process_exits() {
+    let db = database();
+    let mut s = node("single", &db, "", "");
+    let mut clients = Vec::new();
+    // Many sessions end at once: their events are still on their way when the drain ends.
+    for i in 0..40 {
+        let (c, _, _) = join_follow(
+            &ws_url(&s),
+            &format!("term-{}", i % 10),
+            &format!("g{i}"),
+            Role::Guest,
+        )
+        .await
+        .unwrap();
+        clients.push(c);
+    }
+    wait_for("every session stored", 10, || {
+        count(&db, "SELECT COUNT(*) FROM sessions WHERE left_at IS NULL") == 40
+    });
+    Command::new("kill")
+        .args(["-TERM", &s.child.id().to_string()])
+        .status()
+        .unwrap();
+    let exited = s.child.wait().unwrap();
+    assert!(exited.success(), "{exited:?}");
+    // Everything the sessions' ends produced is in the database once the process is gone:
+    // nothing was left in the writer's queue (and this run's journal is empty).
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM sessions WHERE left_at IS NULL"),
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM call_events WHERE type = 'participant_left'"
+        ),
+        40
+    );
+    let journal = s.dir.join("data").join("events.journal");
+    assert!(std::fs::read_to_string(journal)
+        .unwrap_or_default()
+        .trim()
+        .is_empty());
+    // Started again, it finds nothing to close or end.
+    restart(&mut s);
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COUNT(*) FROM call_events WHERE type = 'participant_left'"
+        ),
+        40
+    );
 }
