@@ -203,8 +203,12 @@ impl Net {
 
     /// One round of signaling, timers and packets in both directions; whether anything moved.
     pub fn step(&mut self) -> bool {
+        self.step_at(Instant::now())
+    }
+
+    /// [`Net::step`] at `now`, for a caller that keeps its own clock (never going back).
+    pub fn step_at(&mut self, now: Instant) -> bool {
         let mut moved = false;
-        let now = Instant::now();
         self.host.fire_timers(now);
         // Signaling.
         for i in 0..self.clients.len() {
