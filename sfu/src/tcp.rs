@@ -255,6 +255,20 @@ mod tests {
         framed
     }
 
+    #[test]
+    fn fuzz_entry_reframes_whole_and_cut_streams() {
+        let mut stream = framed_binding("srv");
+        stream.extend_from_slice(&framed_binding("other"));
+        // Any segment size; cut anywhere, including inside a length prefix.
+        for chunk in [1, 2, 7, 1500] {
+            for cut in 0..=stream.len() {
+                fuzz_ice_tcp(&stream[..cut], chunk);
+            }
+        }
+        // A frame longer than a packet buffer ends the connection.
+        fuzz_ice_tcp(&[0xFF, 0xFF, 0, 1], 3);
+    }
+
     #[tokio::test]
     async fn idle_connection_is_closed_and_counted() {
         let (tx, rx) = crossbeam_channel::bounded(64);
