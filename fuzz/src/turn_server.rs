@@ -133,6 +133,9 @@ pub fn run(data: &[u8]) {
             server.complete_allocation(now, p, relay, reservation, &mut out);
         }
     }
+    if std::env::var_os("FUZZ_DEBUG").is_some() {
+        eprintln!("{:?}", server.counters().snapshot());
+    }
 }
 
 /// A request or indication with fuzzed attributes, then USERNAME, REALM, NONCE,
