@@ -143,16 +143,21 @@ pub fn scan<F: Read + Seek>(f: &mut F) -> std::io::Result<Scan> {
                             TIMESTAMP => {
                                 cluster_ts = data.iter().fold(0i64, |v, b| (v << 8) | i64::from(*b))
                             }
+                            // A block whose time is past i64 is no block of a recording.
                             SIMPLE_BLOCK => {
-                                if let Some(t) = block_ts(data) {
-                                    last_end = last_end.max(cluster_ts + t);
+                                if let Some(t) =
+                                    block_ts(data).and_then(|t| cluster_ts.checked_add(t))
+                                {
+                                    last_end = last_end.max(t);
                                 }
                             }
                             BLOCK_GROUP => {
                                 for (gid, gat, gl) in children(data) {
                                     if gid == BLOCK {
-                                        if let Some(t) = block_ts(&data[gat..gat + gl]) {
-                                            last_end = last_end.max(cluster_ts + t);
+                                        if let Some(t) = block_ts(&data[gat..gat + gl])
+                                            .and_then(|t| cluster_ts.checked_add(t))
+                                        {
+                                            last_end = last_end.max(t);
                                         }
                                     }
                                 }
@@ -209,6 +214,36 @@ mod tests {
         );
         assert_eq!(read_size(&[]), None);
         assert_eq!(read_id(&[0x00]), None);
+    }
+
+    /// Found while writing the `webm_scan` fuzz target (its input is in
+    /// fuzz/regressions/webm_scan): a cluster Timestamp near the ends of i64 plus a block's
+    /// relative time overflowed (a panic in debug builds, a wrapped duration in release).
+    #[test]
+    fn block_time_past_the_range_is_ignored() {
+        let mut f = vec![0x1A, 0x45, 0xDF, 0xA3, 0x80];
+        f.extend_from_slice(&[
+            0x18, 0x53, 0x80, 0x67, 0x01, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+        ]);
+        // SimpleBlocks: track 1, relative time +32767 or -32768, flags.
+        let late = [0xA3, 0x84, 0x81, 0x7F, 0xFF, 0x80];
+        let early = [0xA3, 0x84, 0x81, 0x80, 0x00, 0x80];
+        for (cluster_ts, blocks) in [
+            (i64::MAX - 15, vec![late]),
+            (i64::MIN + 3, vec![early]),
+            (1_000, vec![late, early]),
+        ] {
+            let mut body = vec![0xE7, 0x88];
+            body.extend_from_slice(&cluster_ts.to_be_bytes());
+            body.extend(blocks.concat());
+            f.extend_from_slice(&[0x1F, 0x43, 0xB6, 0x75, 0x80 | body.len() as u8]);
+            f.extend_from_slice(&body);
+        }
+        let s = scan(&mut std::io::Cursor::new(&f)).unwrap();
+        assert_eq!(s.clusters, 3);
+        assert_eq!(s.complete_len, f.len() as u64);
+        // Only the representable blocks count: the last cluster's, ending at 1000 + 32767.
+        assert_eq!(s.duration_ms, 1_000 + 32_767 + 20);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub mod quality;
 pub mod router;
 mod stats;
 mod tcp;
+#[doc(hidden)]
+pub use tcp::fuzz_ice_tcp;
 pub mod transport;
 mod worker;
 

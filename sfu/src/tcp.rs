@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::demux::{
-    stun_local_ufrag, BufferPool, IceDirectory, RxPacket, WorkerInput, MAX_DATAGRAM,
+    stun_local_ufrag, BufferPool, IceDirectory, PacketBuf, RxPacket, WorkerInput, MAX_DATAGRAM,
 };
 
 /// Frames queued towards one TCP client before new ones are dropped.
@@ -177,6 +177,62 @@ async fn serve(stream: TcpStream, remote: SocketAddr, ctx: &TcpContext, idle: Du
     ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// Fuzzing entry (target `ice_tcp` of `fuzz/`): reads `stream` as an ICE-TCP connection's
+/// bytes, arriving `chunk` bytes at a time, with the connection's own framing and routing code:
+/// RFC 4571 frames into a packet buffer, the first one routed by its STUN USERNAME. Panics if a
+/// frame overruns its buffer or the frames read do not re-frame to the bytes consumed.
+#[doc(hidden)]
+pub fn fuzz_ice_tcp(stream: &[u8], chunk: usize) {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    /// A reader that hands out at most `chunk` bytes per read, as TCP segments would.
+    struct Chunked<'a>(&'a [u8], usize);
+    impl tokio::io::AsyncRead for Chunked<'_> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = self.1.max(1).min(self.0.len()).min(buf.remaining());
+            let (head, rest) = self.0.split_at(n);
+            buf.put_slice(head);
+            self.0 = rest;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    let mut reader = Chunked(stream, chunk);
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut buf: PacketBuf = Box::new([0u8; MAX_DATAGRAM]);
+    let mut reframed = Vec::with_capacity(stream.len());
+    let mut first = true;
+    loop {
+        // The reader never waits: one poll finishes the frame.
+        let Poll::Ready(read) = std::pin::pin!(read_frame(&mut reader, &mut buf[..])).poll(&mut cx)
+        else {
+            unreachable!("an in-memory read is never pending")
+        };
+        let Ok(Some(len)) = read else { break };
+        assert!(
+            len <= MAX_DATAGRAM,
+            "frame of {len} bytes overran the buffer"
+        );
+        if first {
+            let _ = stun_local_ufrag(&buf[..len]);
+            first = false;
+        }
+        reframed.extend_from_slice(&(len as u16).to_be_bytes());
+        reframed.extend_from_slice(&buf[..len]);
+    }
+    assert_eq!(
+        &stream[..reframed.len()],
+        &reframed[..],
+        "frames differ from the stream"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +253,20 @@ mod tests {
         let mut framed = (m.len() as u16).to_be_bytes().to_vec();
         framed.extend_from_slice(&m);
         framed
+    }
+
+    #[test]
+    fn fuzz_entry_reframes_whole_and_cut_streams() {
+        let mut stream = framed_binding("srv");
+        stream.extend_from_slice(&framed_binding("other"));
+        // Any segment size; cut anywhere, including inside a length prefix.
+        for chunk in [1, 2, 7, 1500] {
+            for cut in 0..=stream.len() {
+                fuzz_ice_tcp(&stream[..cut], chunk);
+            }
+        }
+        // A frame longer than a packet buffer ends the connection.
+        fuzz_ice_tcp(&[0xFF, 0xFF, 0, 1], 3);
     }
 
     #[tokio::test]

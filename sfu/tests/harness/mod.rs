@@ -195,45 +195,54 @@ impl Net {
     /// Moves signaling and packets until nothing is left to move (or `max` rounds).
     pub fn settle(&mut self, max: usize) {
         for _ in 0..max {
-            let mut moved = false;
-            let now = Instant::now();
-            self.host.fire_timers(now);
-            // Signaling.
-            for i in 0..self.clients.len() {
-                while let Ok(ev) = self.clients[i].events.try_recv() {
-                    moved = true;
-                    self.on_event(i, ev);
-                }
-            }
-            // Client output.
-            for i in 0..self.clients.len() {
-                drain_client(&mut self.clients[i], now);
-                moved |= self.deliver_from(i, now);
-            }
-            // Server output.
-            let queued = std::mem::take(&mut *self.wire.queue.borrow_mut());
-            for (to, data) in queued {
-                moved = true;
-                if let Some(c) = self.clients.iter_mut().find(|c| c.addr == to) {
-                    let input = Input::Receive(
-                        now,
-                        Receive {
-                            proto: Protocol::Udp,
-                            source: SERVER.parse().unwrap(),
-                            destination: to,
-                            contents: data.as_slice().try_into().unwrap(),
-                        },
-                    );
-                    if c.rtc.is_alive() {
-                        c.rtc.handle_input(input).unwrap();
-                        drain_client(c, now);
-                    }
-                }
-            }
-            if !moved {
+            if !self.step() {
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
+    }
+
+    /// One round of signaling, timers and packets in both directions; whether anything moved.
+    pub fn step(&mut self) -> bool {
+        self.step_at(Instant::now())
+    }
+
+    /// [`Net::step`] at `now`, for a caller that keeps its own clock (never going back).
+    pub fn step_at(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        self.host.fire_timers(now);
+        // Signaling.
+        for i in 0..self.clients.len() {
+            while let Ok(ev) = self.clients[i].events.try_recv() {
+                moved = true;
+                self.on_event(i, ev);
+            }
+        }
+        // Client output.
+        for i in 0..self.clients.len() {
+            drain_client(&mut self.clients[i], now);
+            moved |= self.deliver_from(i, now);
+        }
+        // Server output.
+        let queued = std::mem::take(&mut *self.wire.queue.borrow_mut());
+        for (to, data) in queued {
+            moved = true;
+            if let Some(c) = self.clients.iter_mut().find(|c| c.addr == to) {
+                let input = Input::Receive(
+                    now,
+                    Receive {
+                        proto: Protocol::Udp,
+                        source: SERVER.parse().unwrap(),
+                        destination: to,
+                        contents: data.as_slice().try_into().unwrap(),
+                    },
+                );
+                if c.rtc.is_alive() {
+                    c.rtc.handle_input(input).unwrap();
+                    drain_client(c, now);
+                }
+            }
+        }
+        moved
     }
 
     /// Settles until `cond` holds; panics after `secs`.
