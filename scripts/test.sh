@@ -3,7 +3,7 @@
 # Rust unit/integration tests (cargo nextest), and end-to-end calls in headless Chromium.
 #   ./scripts/test.sh            everything
 #   SKIP_E2E=1 ./scripts/test.sh Rust tests only
-#   SKIP_FUZZ=1 ./scripts/test.sh   without the short fuzzing step (FUZZ_SECONDS per target, 15)
+#   SKIP_FUZZ=1 ./scripts/test.sh   without the short fuzzing step (FUZZ_SECONDS per target, 10)
 #   WEAK_NETWORK=1 ./scripts/test.sh   also the weak-network scenarios (shaped links, ~4 min)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,8 +53,8 @@ fi
 if [ -z "${SKIP_FUZZ:-}" ]; then
   # Coverage-guided fuzzing (AFL++ via cargo afl, installed on first use): every target briefly,
   # after replaying its seeds and committed crash inputs. Long runs: docs/fuzzing.md.
-  say "fuzzing: every target for ${FUZZ_SECONDS:-15} s (scripts/fuzz.sh all)"
-  scripts/fuzz.sh all "${FUZZ_SECONDS:-15}"
+  say "fuzzing: every target for ${FUZZ_SECONDS:-10} s (scripts/fuzz.sh all)"
+  scripts/fuzz.sh all "${FUZZ_SECONDS:-10}"
 fi
 
 say "deployment files (promtool, nginx -t, compose, dashboard, live smoke test)"
