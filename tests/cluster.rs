@@ -42,7 +42,11 @@ struct Redis {
 
 impl Redis {
     fn start() -> Redis {
-        let port = free_tcp();
+        Redis::start_on(free_tcp())
+    }
+
+    /// A Redis on `port` (again, after one there was killed), empty.
+    fn start_on(port: u16) -> Redis {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -577,22 +581,7 @@ async fn redis_stopped_keeps_calls_places_rooms_and_the_api_still_reaches_the_ow
         });
     }
     // Redis comes back empty (it was killed): every hosted room names its host within 10 s.
-    let r2 = Redis {
-        child: Command::new("redis-server")
-            .args([
-                "--port",
-                &r.port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        port: r.port,
-    };
+    let r2 = Redis::start_on(r.port);
     let back = Instant::now();
     wait_for("hosted rooms reclaimed", 12, || {
         redis_cli(r2.port, &["GET", &format!("{p}room:{room}")])
@@ -685,22 +674,7 @@ async fn a_room_split_while_redis_was_down_is_merged_into_the_larger_side() {
         .unwrap();
     assert_eq!(gj["node"], "b", "split: b hosts the room too");
     // Redis returns: the side with fewer participants (b, 1 against 2) is moved to a.
-    let _r2 = Redis {
-        child: Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-        port,
-    };
+    let _r2 = Redis::start_on(port);
     let moved = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
             match guest.recv_within(Duration::from_secs(15)).await {
