@@ -402,6 +402,34 @@ fn init_logging(cfg: &Config) {
     }
 }
 
+/// A period that ends with a stop signal: `while t.next().await { ... }` runs the body every
+/// `period` (the first time at once; a late tick delays the next ones rather than bursting)
+/// until `stop` turns true.
+pub(crate) struct Every {
+    tick: tokio::time::Interval,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Every {
+    pub(crate) fn new(
+        period: std::time::Duration,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Every {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Every { tick, stop }
+    }
+
+    /// Waits for the next tick; false once stopped.
+    pub(crate) async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.tick.tick() => {}
+            _ = self.stop.changed() => return false,
+        }
+        !*self.stop.borrow()
+    }
+}
+
 pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

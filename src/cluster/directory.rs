@@ -9,7 +9,8 @@
 /// Claim `KEYS[1]` for `ARGV[1]` (lease `ARGV[2]` ms) unless a live node holds it. A node is
 /// alive while its registry key `ARGV[3] .. owner` exists. Returns `{owner, epoch, status,
 /// previous}`: status `owned` (a live owner kept it; renewed when it is `ARGV[1]`), `claimed`
-/// (it was free) or `taken_over` (its owner was dead: `previous`).
+/// (it was free) or `taken_over` (its owner was dead: `previous`). An empty `ARGV[1]` claims
+/// nothing: a free room answers `{'', '0', 'free', ''}`.
 pub const CLAIM: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -24,11 +25,13 @@ if cur then
     if redis.call('EXISTS', ARGV[3] .. owner) == 1 then
       return {owner, epoch, 'owned', ''}
     end
+    if ARGV[1] == '' then return {'', '0', 'free', ''} end
     local e = math.max(tonumber(epoch) + 1, now)
     redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. string.format('%d', e) .. ' 0', 'PX', ARGV[2])
     return {ARGV[1], string.format('%d', e), 'taken_over', owner}
   end
 end
+if ARGV[1] == '' then return {'', '0', 'free', ''} end
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. string.format('%d', now) .. ' 0', 'PX', ARGV[2])
 return {ARGV[1], string.format('%d', now), 'claimed', ''}
 ";

@@ -261,41 +261,19 @@ impl Cluster {
     }
 
     async fn claim_via_redis(&self, room: &str, draining: bool) -> Option<Placement> {
-        let room_key = self.key("room", room);
+        // Where the room would go if it is free: one script then keeps a live owner's room, or
+        // claims it for that node (a draining node with nowhere to send it claims nothing).
+        let target = match placement::place(&self.known_nodes(), self.node_id()) {
+            Some(n) if !(draining && n.id == self.node_id()) => n.id.clone(),
+            _ if draining => String::new(),
+            _ => self.node_id().to_owned(),
+        };
         let mut conn = self.0.conn.clone();
-        let current: Option<String> = self
-            .redis(redis::cmd("GET").arg(&room_key).query_async(&mut conn))
-            .await?;
-        let live_owner = match current.as_deref().and_then(|v| v.split(' ').next()) {
-            Some(owner) => {
-                let alive: bool = self
-                    .redis(
-                        redis::cmd("EXISTS")
-                            .arg(self.key("node", owner))
-                            .query_async(&mut conn),
-                    )
-                    .await?;
-                alive.then(|| owner.to_owned())
-            }
-            None => None,
-        };
-        // A live owner keeps its room; a free room goes where placement says.
-        let target = match live_owner {
-            Some(owner) => owner,
-            None => {
-                let nodes = self.known_nodes();
-                match placement::place(&nodes, self.node_id()) {
-                    Some(n) if !(draining && n.id == self.node_id()) => n.id.clone(),
-                    _ if draining => return Some(Placement::Refused),
-                    _ => self.node_id().to_owned(),
-                }
-            }
-        };
         let reply: Vec<String> = self
             .redis(
                 self.0
                     .claim
-                    .key(&room_key)
+                    .key(self.key("room", room))
                     .arg(&target)
                     .arg(ROOM_LEASE_MS)
                     .arg(self.node_prefix())
@@ -303,6 +281,9 @@ impl Cluster {
             )
             .await?;
         let claim = Claim::parse(&reply)?;
+        if claim.owner.is_empty() {
+            return Some(Placement::Refused);
+        }
         if claim.owner == self.node_id() {
             if claim.took_over_from.is_some() {
                 self.0.stats.takeovers.fetch_add(1, Ordering::Relaxed);
@@ -335,22 +316,24 @@ impl Cluster {
     }
 
     /// Without Redis: the first known peer that says it hosts `room`.
-    async fn ask_peers(&self, room: &str) -> Option<Placement> {
-        let peers: Vec<NodeInfo> = self
-            .known_nodes()
-            .into_iter()
-            .filter(|n| n.id != self.node_id())
-            .collect();
-        for peer in peers {
-            if forward::peer_hosts(self, &peer, room, PEER_TIMEOUT).await {
-                self.0.stats.redirects.fetch_add(1, Ordering::Relaxed);
-                return Some(Placement::Moved {
-                    url: config::ws_url_of(&peer.advertise_url),
-                    node: peer.id,
-                });
+    async fn peer_holding(&self, room: &str) -> Option<NodeInfo> {
+        for peer in self.known_nodes() {
+            if peer.id != self.node_id()
+                && forward::peer_hosts(self, &peer, room, PEER_TIMEOUT).await
+            {
+                return Some(peer);
             }
         }
         None
+    }
+
+    async fn ask_peers(&self, room: &str) -> Option<Placement> {
+        let peer = self.peer_holding(room).await?;
+        self.0.stats.redirects.fetch_add(1, Ordering::Relaxed);
+        Some(Placement::Moved {
+            url: config::ws_url_of(&peer.advertise_url),
+            node: peer.id,
+        })
     }
 
     /// The owner of a room other than this node, for the control API: from Redis, else from
@@ -369,16 +352,7 @@ impl Cluster {
             .await;
         let owner = match from_redis {
             Some(v) => v.and_then(|v| v.split(' ').next().map(str::to_owned))?,
-            None => {
-                for peer in self.known_nodes() {
-                    if peer.id != self.node_id()
-                        && forward::peer_hosts(self, &peer, room, PEER_TIMEOUT).await
-                    {
-                        return Some(peer);
-                    }
-                }
-                return None;
-            }
+            None => return self.peer_holding(room).await,
         };
         if owner == self.node_id() {
             return None;
@@ -673,18 +647,10 @@ pub async fn run_heartbeat(
     cluster: Cluster,
     mut load: impl FnMut() -> NodeLoad + Send,
     on_lost: impl Fn(RoomNews) + Send,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(HEARTBEAT);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
-            return;
-        }
+    let mut every = crate::Every::new(HEARTBEAT, stop);
+    while every.next().await {
         let l = load();
         for news in cluster.beat(&l).await {
             on_lost(news);

@@ -45,20 +45,12 @@ impl Sweeper {
     }
 
     /// Runs until `stop`.
-    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run(self, stop: tokio::sync::watch::Receiver<bool>) {
         // Since when each orphan has been seen without anyone holding it, and whether its
         // sessions were closed.
         let mut orphans: HashMap<String, (Instant, bool)> = HashMap::new();
-        let mut tick = tokio::time::interval(SWEEP);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
-            if *stop.borrow() {
-                return;
-            }
+        let mut every = crate::Every::new(SWEEP, stop);
+        while every.next().await {
             self.calls(&mut orphans).await;
             self.no_shows().await;
         }
