@@ -7,33 +7,38 @@
 //! any before it, without a counter key to keep).
 
 /// Claim `KEYS[1]` for `ARGV[1]` (lease `ARGV[2]` ms) unless a live node holds it. A node is
-/// alive while its registry key `ARGV[3] .. owner` exists. Returns `{owner, epoch, status,
-/// previous}`: status `owned` (a live owner kept it; renewed when it is `ARGV[1]`), `claimed`
-/// (it was free) or `taken_over` (its owner was dead: `previous`). An empty `ARGV[1]` claims
-/// nothing: a free room answers `{'', '0', 'free', ''}`.
+/// alive while its registry key `ARGV[3] .. node` exists; a target that is not (the caller's
+/// registry may be a second old) is replaced by `ARGV[4]`, the caller itself (or '' when it
+/// drains). Returns `{owner, epoch, status, previous}`: status `owned` (a live owner kept it;
+/// renewed when it is the target), `claimed` (it was free) or `taken_over` (its owner was dead:
+/// `previous`). An empty target claims nothing: a free room answers `{'', '0', 'free', ''}`.
 pub const CLAIM: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local target = ARGV[1]
+if target ~= ARGV[4] and target ~= '' and redis.call('EXISTS', ARGV[3] .. target) == 0 then
+  target = ARGV[4]
+end
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local owner, epoch, n = string.match(cur, '^(%S+) (%d+) (%d+)$')
   if owner then
-    if owner == ARGV[1] then
+    if owner == target then
       redis.call('PEXPIRE', KEYS[1], ARGV[2])
       return {owner, epoch, 'owned', ''}
     end
     if redis.call('EXISTS', ARGV[3] .. owner) == 1 then
       return {owner, epoch, 'owned', ''}
     end
-    if ARGV[1] == '' then return {'', '0', 'free', ''} end
+    if target == '' then return {'', '0', 'free', ''} end
     local e = math.max(tonumber(epoch) + 1, now)
-    redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. string.format('%d', e) .. ' 0', 'PX', ARGV[2])
-    return {ARGV[1], string.format('%d', e), 'taken_over', owner}
+    redis.call('SET', KEYS[1], target .. ' ' .. string.format('%d', e) .. ' 0', 'PX', ARGV[2])
+    return {target, string.format('%d', e), 'taken_over', owner}
   end
 end
-if ARGV[1] == '' then return {'', '0', 'free', ''} end
-redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. string.format('%d', now) .. ' 0', 'PX', ARGV[2])
-return {ARGV[1], string.format('%d', now), 'claimed', ''}
+if target == '' then return {'', '0', 'free', ''} end
+redis.call('SET', KEYS[1], target .. ' ' .. string.format('%d', now) .. ' 0', 'PX', ARGV[2])
+return {target, string.format('%d', now), 'claimed', ''}
 ";
 
 /// Renews the rooms `KEYS` this node (`ARGV[1]`, lease `ARGV[2]` ms, registry prefix `ARGV[3]`)
@@ -85,6 +90,8 @@ pub struct Claim {
     pub epoch: i64,
     /// The room had a dead owner, now replaced: this one.
     pub took_over_from: Option<String>,
+    /// The claim made the owner (`claimed` or `taken_over`) rather than found it.
+    pub fresh: bool,
 }
 
 impl Claim {
@@ -97,6 +104,7 @@ impl Claim {
             epoch: epoch.parse().ok()?,
             took_over_from: (status == "taken_over" && !previous.is_empty())
                 .then(|| previous.clone()),
+            fresh: status == "claimed" || status == "taken_over",
         })
     }
 }
@@ -133,7 +141,8 @@ mod tests {
             Some(Claim {
                 owner: "pc2".into(),
                 epoch: 1_764_800_000_000,
-                took_over_from: Some("pc1".into())
+                took_over_from: Some("pc1".into()),
+                fresh: true,
             })
         );
         assert_eq!(

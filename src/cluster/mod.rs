@@ -54,6 +54,9 @@ pub enum Placement {
         epoch: i64,
         /// The room's previous owner died and this node took the room over.
         took_over_from: Option<String>,
+        /// This join made this node the room's owner (it was free, or its owner dead): any
+        /// session of the room still open in the database belongs to a process that is gone.
+        fresh: bool,
     },
     /// On another node: its WebSocket URL.
     Moved { node: String, url: String },
@@ -244,6 +247,7 @@ impl Cluster {
             return Placement::Local {
                 epoch: h.epoch,
                 took_over_from: None,
+                fresh: false,
             };
         }
         let draining = self.0.draining.load(Ordering::Relaxed);
@@ -255,6 +259,7 @@ impl Cluster {
                 None => Placement::Local {
                     epoch: 0,
                     took_over_from: None,
+                    fresh: false,
                 },
             },
         }
@@ -277,6 +282,7 @@ impl Cluster {
                     .arg(&target)
                     .arg(ROOM_LEASE_MS)
                     .arg(self.node_prefix())
+                    .arg(if draining { "" } else { self.node_id() })
                     .invoke_async(&mut conn),
             )
             .await?;
@@ -292,6 +298,7 @@ impl Cluster {
             return Some(Placement::Local {
                 epoch: claim.epoch,
                 took_over_from: claim.took_over_from,
+                fresh: claim.fresh,
             });
         }
         let url = self.advertise_of(&claim.owner, &mut conn).await?;

@@ -59,14 +59,18 @@ pub(super) async fn enter(
             crate::cluster::Placement::Local {
                 epoch,
                 took_over_from,
+                fresh,
             } => {
                 host = Some(cluster.host(&claims.room, epoch));
-                if let Some(from) = took_over_from {
+                // A room this node just came to hold: sessions of it still open in the database
+                // belong to a process that is gone (a dead owner, or one whose room lease lapsed
+                // with its own); they are closed once.
+                if fresh {
                     state
                         .consultations
                         .request(Svc::TakeOver {
                             room: claims.room.clone(),
-                            from,
+                            from: took_over_from.unwrap_or_default(),
                         })
                         .await;
                 }
