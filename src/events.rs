@@ -2,16 +2,14 @@
 //!
 //! Producers (signaling sessions, the consultation service, the API) hand events to an
 //! [`EventSink`] — a bounded queue whose `send` waits only the sender's task, never a media
-//! worker. One writer task stores them in order through [`Store::apply_event`]. When the
-//! database does not answer, events go to an append-only journal in the data dir (one JSON line
-//! each, fsync'd before the next is taken) and, from then on, every event does, to keep order;
-//! once a second the writer replays the journal into the database and truncates it when all of
-//! it is in. `apply_event` is idempotent by event id, so a crash between the two is harmless:
-//! every event lands exactly once.
+//! worker. The writer ([`journal`]) appends every event to an fsync'd journal in the data dir
+//! first, a batch per fsync, and a second task applies the journal to the database in order
+//! through [`Store::apply_event`]: a slow or unreachable database makes the journal longer, never
+//! the queue, so joins do not wait on it. `apply_event` is idempotent by event id, so a crash
+//! between the two steps is harmless: every event lands exactly once.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +21,8 @@ use crate::store::{CallEvent, Store};
 
 /// Events waiting for the writer before senders wait.
 const QUEUE: usize = 4096;
-/// How long one database write may take before the event goes to the journal.
-const DB_TIMEOUT: Duration = Duration::from_secs(3);
+
+mod journal;
 
 /// Makes events with ids unique across restarts and `seq` increasing (microsecond clock, bumped).
 pub struct EventFactory {
@@ -119,11 +117,18 @@ impl<'a> From<&'a CallEvent> for EventView<'a> {
 /// Counters of the writer, for /metrics.
 #[derive(Default)]
 pub struct WriterStats {
+    /// Events stored in the database.
     pub written: AtomicU64,
+    /// Events appended to the journal (every event is, before it is stored).
     pub journaled: AtomicU64,
+    /// Events stored after the database had failed or timed out (or left by an earlier run).
     pub replayed: AtomicU64,
+    /// Events in the journal not yet in the database.
     pub journal_pending: AtomicI64,
+    /// Events sent but not yet journaled.
     pub queue_depth: AtomicI64,
+    /// The last database write failed or timed out (it is retried every second).
+    pub db_failing: AtomicBool,
 }
 
 #[derive(Clone)]
@@ -133,17 +138,24 @@ pub struct EventSink {
 }
 
 impl EventSink {
-    /// Waits until every event sent so far is in the database or the journal, up to `limit`;
-    /// false if some were not.
+    /// Waits, up to `limit`, until every event sent so far is in the journal, and then in the
+    /// database unless the database is failing (they stay in the journal for the next start);
+    /// false if some were not even journaled.
     pub async fn flushed(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
-        while self.stats.queue_depth.load(Ordering::Relaxed) > 0 {
+        let s = &self.stats;
+        loop {
+            let queued = s.queue_depth.load(Ordering::Relaxed) > 0;
+            let unstored = s.journal_pending.load(Ordering::Relaxed) > 0
+                && !s.db_failing.load(Ordering::Relaxed);
+            if !queued && !unstored {
+                return true;
+            }
             if tokio::time::Instant::now() >= deadline {
-                return false;
+                return !queued;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        true
     }
 
     /// Queues an event; waits (this task only) if the writer is behind.
@@ -156,134 +168,10 @@ impl EventSink {
     }
 }
 
-/// Starts the writer task.
+/// Starts the writer: events are journaled first, then stored (see [`journal`]).
 pub fn start_writer(store: Store, journal: PathBuf, webhook_urls: Vec<String>) -> EventSink {
     let (tx, rx) = mpsc::channel(QUEUE);
     let stats = Arc::new(WriterStats::default());
-    let writer = Writer {
-        store,
-        journal,
-        webhook_urls,
-        stats: stats.clone(),
-    };
-    tokio::spawn(writer.run(rx));
+    journal::start(store, journal, webhook_urls, stats.clone(), rx);
     EventSink { tx, stats }
-}
-
-struct Writer {
-    store: Store,
-    journal: PathBuf,
-    webhook_urls: Vec<String>,
-    stats: Arc<WriterStats>,
-}
-
-impl Writer {
-    async fn run(self, mut rx: mpsc::Receiver<CallEvent>) {
-        let mut journaling = self.pending_lines() > 0;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                ev = rx.recv() => {
-                    let Some(ev) = ev else { break };
-                    // Counted until stored or journaled: a shutdown waits for 0 (`flushed`).
-                    if !journaling && self.write(&ev).await {
-                        self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    journaling = true;
-                    if let Err(e) = self.append(&ev) {
-                        // Nothing else can hold it: say so loudly, keep going.
-                        tracing::error!(error = %e, event = %ev.id, "cannot journal an event; it is lost");
-                    }
-                    self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                }
-                _ = tick.tick() => {
-                    if journaling {
-                        journaling = !self.replay().await;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn write(&self, ev: &CallEvent) -> bool {
-        match tokio::time::timeout(DB_TIMEOUT, self.store.apply_event(ev, &self.webhook_urls)).await
-        {
-            Ok(Ok(_)) => {
-                self.stats.written.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "database write failed; journaling events");
-                false
-            }
-            Err(_) => {
-                tracing::warn!("database write timed out; journaling events");
-                false
-            }
-        }
-    }
-
-    fn append(&self, ev: &CallEvent) -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.journal)?;
-        let mut line = serde_json::to_vec(ev)?;
-        line.push(b'\n');
-        f.write_all(&line)?;
-        f.sync_data()?;
-        self.stats.journaled.fetch_add(1, Ordering::Relaxed);
-        self.stats.journal_pending.fetch_add(1, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn pending_lines(&self) -> usize {
-        let n = std::fs::read_to_string(&self.journal)
-            .map(|s| s.lines().filter(|l| !l.trim().is_empty()).count())
-            .unwrap_or(0);
-        self.stats
-            .journal_pending
-            .store(n as i64, Ordering::Relaxed);
-        n
-    }
-
-    /// Replays the journal in order; true when all of it is in the database (journal removed).
-    async fn replay(&self) -> bool {
-        let text = match std::fs::read_to_string(&self.journal) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the event journal");
-                return false;
-            }
-        };
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let ev: CallEvent = match serde_json::from_str(line) {
-                Ok(ev) => ev,
-                Err(e) => {
-                    // A torn last line (crash mid-write) has no complete event to lose.
-                    tracing::warn!(error = %e, "skipping an unreadable journal line");
-                    continue;
-                }
-            };
-            if !self.write(&ev).await {
-                return false;
-            }
-            self.stats.replayed.fetch_add(1, Ordering::Relaxed);
-        }
-        // Everything read is stored; events journaled meanwhile are appended after `text`.
-        match std::fs::read_to_string(&self.journal) {
-            Ok(now) if now.len() == text.len() => {
-                if let Err(e) = std::fs::remove_file(&self.journal) {
-                    tracing::error!(error = %e, "cannot remove the replayed journal");
-                    return false;
-                }
-                self.stats.journal_pending.store(0, Ordering::Relaxed);
-                tracing::info!("event journal replayed into the database");
-                true
-            }
-            _ => false,
-        }
-    }
 }

@@ -13,25 +13,25 @@ pub(super) fn render_store(o: &mut Out, s: &StoreStats) {
     o.one(
         "consulta_events_journaled_total",
         "counter",
-        "Call events written to the local journal while the database was unreachable.",
+        "Call events appended to the local journal (every event is, before it is stored).",
         s.events_journaled,
     );
     o.one(
         "consulta_events_replayed_total",
         "counter",
-        "Journaled call events replayed into the database.",
+        "Call events stored after the database had failed or timed out, or left by an earlier run.",
         s.events_replayed,
     );
     o.one(
         "consulta_events_journal_pending",
         "gauge",
-        "Call events in the journal waiting for the database.",
+        "Call events in the journal not yet stored in the database.",
         s.journal_pending,
     );
     o.one(
         "consulta_events_queue_depth",
         "gauge",
-        "Call events queued for the database writer.",
+        "Call events queued for the journal writer.",
         s.queue_depth,
     );
     o.head(

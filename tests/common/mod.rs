@@ -299,11 +299,13 @@ pub fn http_status(server: &Server, path: &str) -> String {
     body.lines().next().unwrap_or_default().to_owned()
 }
 
-/// A TCP proxy to PostgreSQL that can cut the database off (connections reset, new ones refused).
+/// A TCP proxy to PostgreSQL that can cut the database off (connections reset, new ones refused)
+/// or make it slow (every chunk held for a while each way).
 pub struct Proxy {
     pub port: u16,
     down: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Proxy {
@@ -312,7 +314,8 @@ impl Proxy {
         let port = l.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
         let conns = Arc::new(Mutex::new(Vec::new()));
-        let (d, cs) = (down.clone(), conns.clone());
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (d, cs, dl) = (down.clone(), conns.clone(), delay_ms.clone());
         std::thread::spawn(move || {
             for c in l.incoming() {
                 let Ok(c) = c else { continue };
@@ -327,14 +330,38 @@ impl Proxy {
                     .unwrap()
                     .extend([c.try_clone().unwrap(), up.try_clone().unwrap()]);
                 for (mut a, mut b) in [(c.try_clone().unwrap(), up.try_clone().unwrap()), (up, c)] {
+                    let dl = dl.clone();
                     std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut a, &mut b);
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = a.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            let ms = dl.load(Ordering::SeqCst);
+                            if ms > 0 {
+                                std::thread::sleep(Duration::from_millis(ms));
+                            }
+                            if b.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
                         let _ = b.shutdown(Shutdown::Both);
                     });
                 }
             }
         });
-        Proxy { port, down, conns }
+        Proxy {
+            port,
+            down,
+            conns,
+            delay_ms,
+        }
+    }
+
+    /// Holds every chunk `delay` before passing it on, both ways (zero: full speed again).
+    pub fn slow(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     pub fn cut(&self) {
