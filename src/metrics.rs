@@ -150,6 +150,12 @@ pub fn render(
         "Media worker threads.",
         s.workers,
     );
+    o.one(
+        "consulta_media_workers_dead",
+        "gauge",
+        "Media worker threads that ended in a panic (their calls joined again on the others).",
+        s.workers_dead,
+    );
     o.one("consulta_rooms", "gauge", "Rooms hosted now.", s.rooms);
     o.one(
         "consulta_participants",

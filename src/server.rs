@@ -119,6 +119,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         nack_history: cfg.media.nack_history,
         reconnect_grace: std::time::Duration::from_secs(cfg.media.reconnect_grace),
         bandwidth_estimation: cfg.media.bandwidth_estimation,
+        fault_panic_room: fault_panic_room(),
         relay_ips: if cfg.turn.enabled {
             vec![cfg.turn.relay_bind_ip(), cfg.turn.relay_advertised_ip()]
         } else {
@@ -502,6 +503,17 @@ async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// The test-only fault injection `CONSULTA_FAULT_PANIC_WORKER_ROOM=<room>[@seconds]`: the media
+/// worker that gets the first join of that room panics a while later (docs/operations.md, *When
+/// something inside fails*).
+fn fault_panic_room() -> Option<String> {
+    let room = std::env::var("CONSULTA_FAULT_PANIC_WORKER_ROOM")
+        .ok()
+        .filter(|r| !r.is_empty())?;
+    tracing::warn!("fault injection is on: a join of one room makes its media worker panic (CONSULTA_FAULT_PANIC_WORKER_ROOM); never set it in production");
+    Some(room)
 }
 
 /// This node's load for the cluster registry: media participants, and the workers' busy share

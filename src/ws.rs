@@ -323,7 +323,19 @@ pub async fn run_session(
                         if let Some(l) = link.as_mut() { let _ = send(&mut l.sink, &msg).await; }
                         break;
                     }
-                    None => break,
+                    // The worker is gone without closing this participant: it panicked (see
+                    // `consulta_sfu::Sfu`). The client joins again; the room moves to a live
+                    // worker.
+                    None => {
+                        if !s.worker_done {
+                            s.worker_done = true;
+                            s.reason = LeaveReason::MediaLost;
+                            if let Some(l) = link.as_mut() {
+                                let _ = send(&mut l.sink, &ServerMessage::error(ErrorCode::MediaLost, "the media worker of this call failed; join again")).await;
+                            }
+                        }
+                        break;
+                    }
                 }
             }
             ctl = control => {

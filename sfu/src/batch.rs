@@ -605,8 +605,12 @@ pub struct SendBatch {
     /// GSO segment size per message (0: a single datagram).
     segs: Vec<u16>,
     gso: bool,
-    /// Datagrams the kernel refused (unreachable destination, full buffer).
+    /// Datagrams the kernel refused (unreachable destination, full send buffer: the send never
+    /// waits for room).
     pub errors: u64,
+    /// GSO was turned off after the kernel refused a GSO send with `EIO` (a device that cannot
+    /// segment or checksum it): from then on every datagram goes on its own.
+    pub gso_failed: bool,
     /// Datagrams sent inside GSO messages (for the benchmarks).
     pub gso_datagrams: u64,
 }
@@ -629,6 +633,7 @@ impl Default for SendBatch {
             segs: Vec::with_capacity(SEND_BATCH),
             gso: false,
             errors: 0,
+            gso_failed: false,
             gso_datagrams: 0,
         }
     }
@@ -657,6 +662,38 @@ impl SendBatch {
         if self.msgs.is_empty() {
             return;
         }
+        self.group();
+        let mut start = 0;
+        while start < self.hdrs.len() {
+            // SAFETY: headers from `start` on point at `self.data`, `self.iovs` and
+            // `self.addrs`, which are not touched until the call returns. MSG_DONTWAIT: a full
+            // send buffer drops (counted), it never blocks the worker.
+            let n = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    self.hdrs[start..].as_mut_ptr(),
+                    (self.hdrs.len() - start) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.refused(socket, start, &e);
+                start += 1;
+            } else {
+                start += n as usize;
+            }
+        }
+        self.msgs.clear();
+        self.data.clear();
+    }
+
+    /// Builds the messages of a flush from the queued datagrams: runs to one destination in
+    /// one GSO message where allowed.
+    fn group(&mut self) {
         self.iovs.clear();
         self.addrs.clear();
         self.ctrl.clear();
@@ -722,32 +759,39 @@ impl SendBatch {
             }
             self.hdrs.push(h);
         }
-        let mut start = 0;
-        while start < self.hdrs.len() {
-            // SAFETY: headers from `start` on point at `self.data`, `self.iovs` and
-            // `self.addrs`, which are not touched until the call returns.
-            let n = unsafe {
-                libc::sendmmsg(
+    }
+
+    /// Message `k` of the current flush failed with `e`: skipped and counted, except a GSO run
+    /// refused with `EIO`, which turns GSO off and goes as single datagrams.
+    fn refused(&mut self, socket: &UdpSocket, k: usize, e: &io::Error) {
+        if self.segs[k] == 0 || e.raw_os_error() != Some(libc::EIO) {
+            self.errors += self.counts[k] as u64;
+            return;
+        }
+        if !self.gso_failed {
+            tracing::warn!(error = %e, "UDP GSO send refused; sending datagrams one by one from now on");
+        }
+        self.gso = false;
+        self.gso_failed = true;
+        let first: usize = self.counts[..k].iter().sum();
+        for i in first..first + self.counts[k] {
+            let (at, len, to) = self.msgs[i];
+            let (addr, addr_len) = to_storage(&to);
+            // SAFETY: a plain sendto of a slice of `data` to an address built from `to`.
+            let sent = unsafe {
+                libc::sendto(
                     socket.as_raw_fd(),
-                    self.hdrs[start..].as_mut_ptr(),
-                    (self.hdrs.len() - start) as libc::c_uint,
-                    0,
+                    self.data[at..at + len].as_ptr() as *const libc::c_void,
+                    len,
+                    libc::MSG_DONTWAIT,
+                    &addr as *const _ as *const libc::sockaddr,
+                    addr_len,
                 )
             };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                // The first message failed: skip it, send the rest.
-                self.errors += self.counts[start] as u64;
-                start += 1;
-            } else {
-                start += n as usize;
+            if sent < 0 {
+                self.errors += 1;
             }
         }
-        self.msgs.clear();
-        self.data.clear();
     }
 }
 
@@ -1143,5 +1187,48 @@ mod tests {
         let mut buf = [0u8; 64];
         let (n, _) = c.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"audio");
+    }
+
+    /// A device that cannot segment refuses a GSO send with EIO (the error is given here; no
+    /// device of this machine refuses): the run goes out as single datagrams, nothing is
+    /// counted lost, and GSO stays off for the next flushes.
+    #[test]
+    fn a_gso_run_refused_with_eio_goes_as_single_datagrams_and_gso_stays_off() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let to = b.local_addr().unwrap();
+        let mut out = SendBatch::with_gso(true);
+        out.push(to, b"first");
+        for i in 0..3u8 {
+            out.push(to, &[i; 700]);
+        }
+        // A lone datagram, then a run of three: one GSO message, built as flush builds it.
+        out.group();
+        let k = out.segs.iter().position(|s| *s > 0).expect("a GSO message");
+        out.refused(&a, k, &io::Error::from_raw_os_error(libc::EIO));
+        assert!(out.gso_failed);
+        assert_eq!(out.errors, 0);
+        let mut buf = [0u8; 2048];
+        let mut sizes = Vec::new();
+        for _ in 0..out.counts[k] {
+            let (n, _) = b.recv_from(&mut buf).unwrap();
+            sizes.push(n);
+        }
+        assert!(sizes.iter().all(|n| *n == 700), "{sizes:?}");
+        out.msgs.clear();
+        out.data.clear();
+        // The next flush makes no GSO message.
+        for i in 0..3u8 {
+            out.push(to, &[i; 700]);
+        }
+        let before = out.gso_datagrams;
+        out.flush(&a);
+        assert_eq!(out.gso_datagrams, before);
+        assert_eq!(out.counts, [1, 1, 1]);
+        // Any other refusal drops the message and counts its datagrams.
+        out.refused(&a, 0, &io::Error::from_raw_os_error(libc::EAGAIN));
+        assert_eq!(out.errors, 1);
     }
 }

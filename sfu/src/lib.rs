@@ -94,6 +94,9 @@ pub struct SfuConfig {
     /// Send-side bandwidth estimation toward subscribers, driving the audio-only fallback and
     /// the publishers' caps (`media.bandwidth_estimation`).
     pub bandwidth_estimation: bool,
+    /// Fault injection for tests (`CONSULTA_FAULT_PANIC_WORKER_ROOM`, never in the TOML):
+    /// `room` or `room@seconds`; see `worker::Fault`.
+    pub fault_panic_room: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -391,10 +394,12 @@ impl Sfu {
                 stats: stats.clone(),
                 stopping: stopping.clone(),
                 direct,
+                fault: cfg.fault_panic_room.as_deref().map(worker::Fault::parse),
             };
             let nice = cfg.worker_nice;
             let cpu = (!cfg.worker_cpus.is_empty())
                 .then(|| cfg.worker_cpus[index % cfg.worker_cpus.len()]);
+            let own_stats = stats.clone();
             let t = std::thread::Builder::new()
                 .name(format!("consulta-worker-{index}"))
                 .spawn(move || {
@@ -404,7 +409,19 @@ impl Sfu {
                             tracing::warn!(cpu, %error, "cannot pin a media worker to its CPU; it runs unpinned");
                         }
                     }
-                    worker::run(ctx)
+                    // A panic outside the per-participant guard (see `router`) ends the thread:
+                    // unwinding drops its rooms, which ends their sessions (`media_lost`: they
+                    // join again), and the worker is marked dead: no room is placed on it again
+                    // and /readyz fails.
+                    let run = std::panic::AssertUnwindSafe(|| worker::run(ctx));
+                    if std::panic::catch_unwind(run).is_err() {
+                        own_stats.alive.store(false, Ordering::Relaxed);
+                        own_stats.dead.store(true, Ordering::Relaxed);
+                        tracing::error!(
+                            worker = index,
+                            "a media worker panicked; its calls join again on the other workers"
+                        );
+                    }
                 })
                 .map_err(SfuError::Thread)?;
             threads.push(t);
@@ -491,20 +508,38 @@ impl SfuHandle {
         self.0.local_addr
     }
 
-    /// Pins `room` to a worker (the least loaded one if the room is new) for the lease's life.
+    /// Pins `room` to a worker (the least loaded live one if the room is new, or if its worker
+    /// died) for the lease's life.
     pub fn lease_room(&self, room: &str) -> RoomLease {
         let mut rooms = self.0.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        let worker = if let Some(entry) = rooms.get_mut(room) {
-            entry.1 += 1;
-            entry.0
-        } else {
+        let dead = |w: usize| self.0.workers[w].stats.dead.load(Ordering::Relaxed);
+        let least_loaded = |rooms: &HashMap<String, (usize, usize)>| {
             let mut load = vec![0usize; self.0.workers.len()];
             for (w, n) in rooms.values() {
                 load[*w] += n;
             }
-            let w = (0..load.len()).min_by_key(|i| load[*i]).unwrap_or(0);
-            rooms.insert(room.to_owned(), (w, 1));
-            w
+            (0..load.len())
+                .filter(|w| !dead(*w))
+                .min_by_key(|i| load[*i])
+                .unwrap_or(0)
+        };
+        let worker = match rooms.get(room).copied() {
+            Some((w, n)) if !dead(w) => {
+                rooms.insert(room.to_owned(), (w, n + 1));
+                w
+            }
+            Some((_, n)) => {
+                // Its worker died: the room starts again on a live one (the old sessions'
+                // leases still count until they are dropped).
+                let w = least_loaded(&rooms);
+                rooms.insert(room.to_owned(), (w, n + 1));
+                w
+            }
+            None => {
+                let w = least_loaded(&rooms);
+                rooms.insert(room.to_owned(), (w, 1));
+                w
+            }
         };
         RoomLease {
             inner: self.0.clone(),
@@ -535,6 +570,15 @@ impl SfuHandle {
     /// The ICE-TCP port, 0 when off.
     pub fn tcp_port(&self) -> u16 {
         self.0.tcp_port
+    }
+
+    /// Workers that died of a panic (their rooms moved to the others).
+    pub fn workers_dead(&self) -> usize {
+        self.0
+            .workers
+            .iter()
+            .filter(|w| w.stats.dead.load(Ordering::Relaxed))
+            .count()
     }
 
     /// Whether every worker thread is still running.

@@ -121,6 +121,8 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct WorkerStats {
             pub alive: AtomicBool,
+            /// The worker thread ended in a panic.
+            pub dead: AtomicBool,
             /// Rooms and participants hosted now (gauges).
             pub rooms: AtomicU64,
             pub participants: AtomicU64,
@@ -140,6 +142,8 @@ macro_rules! counters {
         #[derive(Debug, Default, Clone, PartialEq)]
         pub struct SfuStats {
             pub workers: u64,
+            /// Workers whose thread ended in a panic.
+            pub workers_dead: u64,
             pub rooms: u64,
             pub participants: u64,
             /// Busy nanoseconds per worker, by worker index.
@@ -199,6 +203,7 @@ macro_rules! counters {
                 };
                 for w in workers {
                     s.workers += 1;
+                    s.workers_dead += u64::from(w.dead.load(Ordering::Relaxed));
                     s.rooms += w.rooms.load(Ordering::Relaxed);
                     s.participants += w.participants.load(Ordering::Relaxed);
                     s.busy_nanos.push(w.busy_nanos.load(Ordering::Relaxed));

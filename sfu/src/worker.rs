@@ -43,6 +43,61 @@ pub(crate) struct WorkerContext {
     /// The only worker reads the socket itself; `None` when a receive thread hands datagrams
     /// over.
     pub direct: Option<Direct>,
+    /// See [`crate::SfuConfig::fault_panic_room`].
+    pub fault: Option<Fault>,
+}
+
+/// Fault injection for tests ([`crate::SfuConfig::fault_panic_room`], `room` or
+/// `room@seconds`): the worker that gets the first join of `room` panics that many seconds
+/// later (5 by default) in its housekeeping, outside the per-participant guard; once per
+/// process, so the room's participants can join again on another worker.
+pub(crate) struct Fault {
+    room: String,
+    after: Duration,
+    at: std::cell::Cell<Option<Instant>>,
+}
+
+static FAULT_FIRED: AtomicBool = AtomicBool::new(false);
+
+impl Fault {
+    pub(crate) fn parse(spec: &str) -> Fault {
+        let (room, after) = match spec.rsplit_once('@') {
+            Some((room, secs)) => match secs.parse::<f64>() {
+                Ok(s) if s.is_finite() && s >= 0.0 => (room, Duration::from_secs_f64(s)),
+                _ => (spec, Duration::from_secs(5)),
+            },
+            None => (spec, Duration::from_secs(5)),
+        };
+        Fault {
+            room: room.to_owned(),
+            after,
+            at: std::cell::Cell::new(None),
+        }
+    }
+
+    fn on_command(&self, cmd: &Command) {
+        if let Command::Join(j) = cmd {
+            if j.room == self.room && self.at.get().is_none() {
+                self.at.set(Some(Instant::now() + self.after));
+            }
+        }
+    }
+
+    fn check(&self, now: Instant, worker: usize) {
+        if self.at.get().is_some_and(|t| now >= t) && !FAULT_FIRED.swap(true, Ordering::SeqCst) {
+            panic!(
+                "fault injection: media worker {worker} fails (CONSULTA_FAULT_PANIC_WORKER_ROOM)"
+            );
+        }
+    }
+}
+
+/// Hands a command to the router (and the fault injection, when on).
+fn on_command(host: &mut RouterHost<NetWire>, ctx: &WorkerContext, cmd: Command) {
+    if let Some(f) = &ctx.fault {
+        f.on_command(&cmd);
+    }
+    host.on_command(cmd);
 }
 
 /// What the only worker needs to read the socket itself.
@@ -76,7 +131,7 @@ pub(crate) fn run(mut ctx: WorkerContext) {
         let mut ready = false;
         // Commands first (see `run_direct`).
         if let Ok(cmd) = ctx.commands.try_recv() {
-            host.on_command(cmd);
+            on_command(&mut host, &ctx, cmd);
             ready = true;
         }
         for _ in 0..BATCH {
@@ -92,7 +147,7 @@ pub(crate) fn run(mut ctx: WorkerContext) {
             recv(ctx.commands) -> cmd => {
                 let woke = Instant::now();
                 match cmd {
-                    Ok(cmd) => host.on_command(cmd),
+                    Ok(cmd) => on_command(&mut host, &ctx, cmd),
                     Err(_) => break,
                 }
                 woke
@@ -141,6 +196,9 @@ fn end_round(
     host.fire_timers(now);
     let housekeep = now >= *next_housekeeping;
     if housekeep {
+        if let Some(f) = &ctx.fault {
+            f.check(now, ctx.index);
+        }
         host.housekeeping(now);
         *next_housekeeping = now + HOUSEKEEPING;
     }
@@ -227,7 +285,7 @@ fn run_direct(
             waker.reset();
         }
         while let Ok(cmd) = ctx.commands.try_recv() {
-            host.on_command(cmd);
+            on_command(&mut host, &ctx, cmd);
             worked = true;
         }
         // Then datagrams, when the wait saw some: a few batches, then the other inputs get

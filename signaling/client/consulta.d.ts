@@ -75,7 +75,7 @@ export interface Participant {
   stream: MediaStream | null;
   /** Set on the object passed to `participant-left`; `lost`: its connection was lost and it did
    * not come back within the server's reconnect grace period. */
-  reason?: 'left' | 'disconnected' | 'replaced' | 'kicked' | 'ended' | 'lost' | (string & {}) | null;
+  reason?: 'left' | 'disconnected' | 'replaced' | 'kicked' | 'ended' | 'lost' | 'moved' | 'media_lost' | (string & {}) | null;
   left?: boolean;
   /** True between 'participant-reconnecting' and 'participant-reconnected'. */
   reconnecting?: boolean;

@@ -1271,6 +1271,9 @@ export class Call {
 
   _onServerError(m) {
     const err = new ConsultaError(m.code || 'unknown', m.message || m.code, { fatal: !!m.fatal });
+    // The media worker holding the call failed and the server closes this socket next: the
+    // session is gone, so the reconnection joins again instead of resuming.
+    if (m.code === 'media_lost') this._forceRejoin = true;
     if (this._resumeWaiter) {
       // The reconnect loop decides: a refused resume becomes a new join.
       this._resumeWaiter.reject(err);

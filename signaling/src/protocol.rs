@@ -409,6 +409,9 @@ pub enum LeaveReason {
     Lost,
     /// Sent to the node that holds its room (cluster mode); it joins again there.
     Moved,
+    /// The media worker holding its call failed; it joins again (on a working one).
+    #[serde(rename = "media_lost")]
+    MediaLost,
 }
 
 /// Stable error codes of the signaling protocol (see `docs/protocol.md`).
@@ -448,10 +451,13 @@ pub enum ErrorCode {
     /// The token's identity is in the consultation with another role: a session is never
     /// taken over by a token of another role.
     IdentityInUse,
+    /// The media worker holding the call failed. Not fatal: the server closes the socket next,
+    /// and the client joins again (the SDK does), on a worker that works.
+    MediaLost,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 29] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::BadJson,
         ErrorCode::BadMessage,
         ErrorCode::UnknownType,
@@ -481,6 +487,7 @@ impl ErrorCode {
         ErrorCode::ResumeRefused,
         ErrorCode::ConnectionLost,
         ErrorCode::IdentityInUse,
+        ErrorCode::MediaLost,
     ];
 
     /// Whether the server closes the socket after sending this error.
@@ -541,6 +548,7 @@ impl ErrorCode {
             ResumeRefused => "resume_refused",
             ConnectionLost => "connection_lost",
             IdentityInUse => "identity_in_use",
+            MediaLost => "media_lost",
         }
     }
 }
