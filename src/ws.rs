@@ -537,7 +537,7 @@ fn renew_after(ttl: u64) -> Duration {
 fn unsupported_version() -> ServerMessage {
     ServerMessage::error(
         ErrorCode::UnsupportedVersion,
-        format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+        consulta_signaling::session::UNSUPPORTED_VERSION,
     )
 }
 
@@ -555,78 +555,58 @@ async fn on_client(
     s: &mut Session,
     sink: &mut (impl SinkExt<Message> + Unpin),
 ) -> Flow {
-    match msg {
-        ClientMessage::Ping => return flow(send(sink, &ServerMessage::Pong).await),
-        ClientMessage::Join { .. } if s.entered.is_some() => {
-            return flow(
-                send(
-                    sink,
-                    &ServerMessage::error(
-                        ErrorCode::AlreadyJoined,
-                        "this session has joined already",
-                    ),
-                )
-                .await,
-            )
-        }
+    use consulta_signaling::session::{gate, Context, Gate, Phase};
+    let phase = match (&s.entered, &s.joined) {
+        (None, _) => Phase::Connected,
+        (Some(_), None) => Phase::Waiting,
+        (Some(_), Some(_)) => Phase::InCall,
+    };
+    let cx = Context {
         // In cluster mode a draining node still serves the rooms it hosts; `enter` decides.
-        ClientMessage::Join { .. }
-            if state.cluster.is_none()
-                && state.draining.load(std::sync::atomic::Ordering::Relaxed) =>
-        {
-            let _ = send(
-                sink,
-                &ServerMessage::error(
-                    ErrorCode::ServerDraining,
-                    "the server is shutting down; join another server or retry",
-                ),
-            )
-            .await;
-            return Flow::Close;
+        refuses_joins: state.cluster.is_none()
+            && state.draining.load(std::sync::atomic::Ordering::Relaxed),
+        doctor: s.entered.as_ref().is_some_and(|e| e.role == "doctor"),
+    };
+    match (gate(phase, &msg, cx), msg) {
+        (Gate::Ignore, _) => Flow::Continue,
+        (Gate::Pong, _) => flow(send(sink, &ServerMessage::Pong).await),
+        (Gate::Refuse(code, text), _) => {
+            let sent = send(sink, &ServerMessage::error(code, text)).await;
+            if code.is_fatal() {
+                Flow::Close
+            } else {
+                flow(sent)
+            }
         }
-        ClientMessage::Join {
-            v,
-            token,
-            room,
-            client,
-        } => {
+        (
+            Gate::Enter,
+            ClientMessage::Join {
+                v,
+                token,
+                room,
+                client,
+            },
+        ) => {
             // A heartbeat faster than 0.5 s or slower than 10 s is not one to judge by.
             s.heartbeat = client
                 .heartbeat_ms
                 .filter(|ms| (500..=10_000).contains(ms))
                 .map(Duration::from_millis);
-            return enter(state, url_room, s, sink, v, &token, room, client.sdk).await;
+            enter(state, url_room, s, sink, v, &token, room, client.sdk).await
         }
-        ClientMessage::Resume { .. } if s.entered.is_some() => {
-            return flow(
-                send(
-                    sink,
-                    &ServerMessage::error(
-                        ErrorCode::AlreadyJoined,
-                        "this connection serves a session already",
-                    ),
-                )
-                .await,
-            )
-        }
-        ClientMessage::Resume {
-            v,
-            session_id,
-            secret,
-        } => {
-            if v != PROTOCOL_VERSION {
-                let _ = send(sink, &unsupported_version()).await;
-                return Flow::Close;
+        (
+            Gate::Resume,
+            ClientMessage::Resume {
+                session_id, secret, ..
+            },
+        ) => match find_resumable(state, &session_id, &secret) {
+            Some(to) => Flow::Handover(to),
+            None => {
+                let _ = send(sink, &resume_refused()).await;
+                Flow::Close
             }
-            return match find_resumable(state, &session_id, &secret) {
-                Some(to) => Flow::Handover(to),
-                None => {
-                    let _ = send(sink, &resume_refused()).await;
-                    Flow::Close
-                }
-            };
-        }
-        ClientMessage::Leave if s.entered.is_some() => {
+        },
+        (Gate::Leave, _) => {
             s.reason = LeaveReason::Left;
             // The worker hears it before the client does: a client that then closes its peer
             // connection must not be taken for one that dropped (`disconnected`).
@@ -637,9 +617,9 @@ async fn on_client(
                 }
             }
             let _ = send(sink, &ServerMessage::Left).await;
-            return Flow::Close;
+            Flow::Close
         }
-        ClientMessage::RecordingConsent { consent } if s.entered.is_some() => {
+        (Gate::Consent, ClientMessage::RecordingConsent { consent }) => {
             // Consent counts in the waiting room too: it is asked before the call is joined.
             if let Some(e) = s.entered.as_ref() {
                 state
@@ -652,42 +632,12 @@ async fn on_client(
                     })
                     .await;
             }
-            return Flow::Continue;
+            Flow::Continue
         }
-        _ => {}
-    }
-    let (Some(j), Some(e)) = (s.joined.as_ref(), s.entered.as_ref()) else {
-        return flow(
-            send(
-                sink,
-                &ServerMessage::error(
-                    ErrorCode::NotJoined,
-                    "send join first (or wait to be admitted)",
-                ),
-            )
-            .await,
-        );
-    };
-    let peer = e.peer;
-    let cmd = match msg {
-        ClientMessage::Offer { sdp } => Command::Offer { peer, sdp },
-        ClientMessage::Answer { sdp } => Command::Answer { peer, sdp },
-        ClientMessage::Candidate { candidate } => Command::Candidate { peer, candidate },
-        ClientMessage::RestartIce => Command::RestartIce { peer },
-        ClientMessage::Mute { kind, muted } => Command::Mute { peer, kind, muted },
-        ClientMessage::Admit { identity } => {
-            if e.role != "doctor" {
-                return flow(
-                    send(
-                        sink,
-                        &ServerMessage::error(
-                            ErrorCode::Forbidden,
-                            "only a doctor admits participants",
-                        ),
-                    )
-                    .await,
-                );
-            }
+        (Gate::Admit, ClientMessage::Admit { identity }) => {
+            let Some(e) = s.entered.as_ref() else {
+                return Flow::Continue;
+            };
             let (room, by) = (e.room.clone(), e.identity.clone());
             let ok = state
                 .consultations
@@ -699,31 +649,42 @@ async fn on_client(
                 })
                 .await
                 .unwrap_or(false);
-            if !ok {
-                return flow(
-                    send(
-                        sink,
-                        &ServerMessage::error(
-                            ErrorCode::ParticipantNotWaiting,
-                            "nobody by that identity is waiting",
-                        ),
-                    )
-                    .await,
-                );
+            if ok {
+                return Flow::Continue;
             }
-            return Flow::Continue;
+            flow(
+                send(
+                    sink,
+                    &ServerMessage::error(
+                        ErrorCode::ParticipantNotWaiting,
+                        "nobody by that identity is waiting",
+                    ),
+                )
+                .await,
+            )
         }
-        ClientMessage::Ping
-        | ClientMessage::Leave
-        | ClientMessage::Join { .. }
-        | ClientMessage::Resume { .. }
-        | ClientMessage::RecordingConsent { .. } => return Flow::Continue,
-    };
-    if state.sfu.send(j.lease.worker(), cmd).is_err() {
-        let _ = send(sink, &busy()).await;
-        return Flow::Close;
+        (Gate::Media, msg) => {
+            let (Some(j), Some(e)) = (s.joined.as_ref(), s.entered.as_ref()) else {
+                return Flow::Continue;
+            };
+            let peer = e.peer;
+            let cmd = match msg {
+                ClientMessage::Offer { sdp } => Command::Offer { peer, sdp },
+                ClientMessage::Answer { sdp } => Command::Answer { peer, sdp },
+                ClientMessage::Candidate { candidate } => Command::Candidate { peer, candidate },
+                ClientMessage::RestartIce => Command::RestartIce { peer },
+                ClientMessage::Mute { kind, muted } => Command::Mute { peer, kind, muted },
+                _ => return Flow::Continue,
+            };
+            if state.sfu.send(j.lease.worker(), cmd).is_err() {
+                let _ = send(sink, &busy()).await;
+                return Flow::Close;
+            }
+            Flow::Continue
+        }
+        // A gate always comes with the message it was decided for.
+        _ => Flow::Continue,
     }
-    Flow::Continue
 }
 
 /// 256 random bits, hex: what a resume must show besides the session id (the join token may

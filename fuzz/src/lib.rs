@@ -8,6 +8,7 @@
 pub mod ice_tcp;
 pub mod join_token;
 pub mod recorder;
+pub mod session;
 pub mod signaling;
 pub mod turn_server;
 pub mod webm_scan;
@@ -19,6 +20,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("turn_server", turn_server::run),
     ("ice_tcp", ice_tcp::run),
     ("signaling", signaling::run),
+    ("session", session::run),
     ("join_token", join_token::run),
     ("recorder", recorder::run),
     ("webm_scan", webm_scan::run),

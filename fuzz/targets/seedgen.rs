@@ -47,6 +47,7 @@ fn main() {
 
     write(dir, "turn_server", &turn_programs());
     write(dir, "signaling", &signaling_messages());
+    write(dir, "session", &session_programs(&signaling_messages()));
     write(dir, "join_token", &tokens());
     let (programs, file) = recorder_programs();
     write(dir, "recorder", &programs);
@@ -148,6 +149,33 @@ fn signaling_messages() -> Vec<Vec<u8>> {
         .iter()
         .map(|m| m.to_string().into_bytes())
         .collect()
+}
+
+/// Programs of the `session` target: a frame is `[0, len_hi, len_lo, text...]`, the join
+/// accepted `[2, in_call]`, admitted `[3]`, the session ended `[4]`, the context `[5, drain, doctor]`.
+fn session_programs(messages: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let frame = |m: &[u8]| {
+        let mut f = vec![0];
+        f.extend_from_slice(&(m.len() as u16).to_be_bytes());
+        f.extend_from_slice(m);
+        f
+    };
+    // messages: 0 join, 1 join with room, 2 offer, 3 answer, 4 candidate, 5 mute, 6 admit,
+    // 7 consent, 8 resume, 9 restart-ice, 10 ping, 11 leave.
+    let seq = |parts: &[&[u8]]| parts.concat();
+    let m = |i: usize| frame(&messages[i]);
+    vec![
+        // A doctor joins the call, negotiates, admits, mutes, leaves.
+        seq(&[&[5, 0, 1], &m(0), &[2, 1], &m(2), &m(4), &m(6), &m(5), &m(9), &m(11)]),
+        // A patient waits, consents, is admitted, answers, pings, joins twice.
+        seq(&[&m(1), &[2, 0], &m(7), &m(2), &[3], &m(3), &m(10), &m(0)]),
+        // Media before any join, a resume, then anything.
+        seq(&[&m(2), &m(8), &m(0), &m(11)]),
+        // A draining server refuses the join.
+        seq(&[&[5, 1, 0], &m(0), &m(2)]),
+        // The session ends under a participant in the call.
+        seq(&[&m(0), &[2, 1], &[4], &m(2), &m(11)]),
+    ]
 }
 
 /// A real offer of a str0m peer publishing audio and video.

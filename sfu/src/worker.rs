@@ -92,6 +92,20 @@ impl Fault {
     }
 }
 
+/// Marks the worker dead when its thread unwinds. Declared after the router, so it runs before
+/// the router's rooms are dropped: their sessions, told then, already see a dead worker (no
+/// room placed on it again, `/readyz` failing).
+struct DeadOnPanic<'a>(&'a WorkerStats);
+
+impl Drop for DeadOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.alive.store(false, Ordering::Relaxed);
+            self.0.dead.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Hands a command to the router (and the fault injection, when on).
 fn on_command(host: &mut RouterHost<NetWire>, ctx: &WorkerContext, cmd: Command) {
     if let Some(f) = &ctx.fault {
@@ -117,6 +131,7 @@ pub(crate) fn run(mut ctx: WorkerContext) {
     ctx.stats.alive.store(true, Ordering::Relaxed);
     let wire = NetWire::new(ctx.socket.clone());
     let mut host = RouterHost::new(ctx.index, wire, ctx.advertised.clone(), ctx.limits);
+    let _dead = DeadOnPanic(&ctx.stats);
     // Demux updates that did not fit the channel; retried every tick.
     let mut backlog: Vec<DemuxUpdate> = Vec::new();
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;
@@ -267,6 +282,7 @@ fn run_direct(
     ctx.stats.alive.store(true, Ordering::Relaxed);
     let wire = NetWire::new(ctx.socket.clone());
     let mut host = RouterHost::new(ctx.index, wire, ctx.advertised.clone(), ctx.limits);
+    let _dead = DeadOnPanic(&ctx.stats);
     let mut table = crate::demux::RouteTable::default();
     let mut rx = crate::batch::RecvBatch::new(&ctx.socket);
     let mut next_housekeeping = Instant::now() + HOUSEKEEPING;

@@ -13,6 +13,7 @@
 //! Every error a client can meet has a stable [`ErrorCode`].
 
 pub mod protocol;
+pub mod session;
 pub mod token;
 
 pub use protocol::{ClientMessage, ErrorCode, ServerMessage, PROTOCOL_VERSION};
