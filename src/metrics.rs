@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use consulta_sfu::{HistogramSnapshot, SfuStats, CODEC_LABELS};
 use consulta_sfu::{
-    CONNECT_BUCKETS, FORWARD_DELAY_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS,
+    BANDWIDTH_ESTIMATE_BUCKETS, CONNECT_BUCKETS, FORWARD_DELAY_BUCKETS, JITTER_BUCKETS,
+    LOSS_BUCKETS, PACER_DELAY_BUCKETS, RTT_BUCKETS,
 };
 use consulta_signaling::ErrorCode;
 use consulta_turn::CountersSnapshot;
@@ -465,6 +466,34 @@ pub fn render(
         "counter",
         "Subscribers whose video resumed after their downlink estimate recovered.",
         s.bandwidth_resumes,
+    );
+    o.one(
+        "consulta_bandwidth_paused_seconds_total",
+        "counter",
+        "Seconds of subscribers' video paused for bandwidth, summed over subscribers.",
+        s.bandwidth_paused_seconds,
+    );
+    o.head(
+        "consulta_bandwidth_estimate_bps",
+        "histogram",
+        "Downlink estimates of the subscribers receiving video, one observation per subscriber a second.",
+    );
+    o.histogram(
+        "consulta_bandwidth_estimate_bps",
+        "",
+        &BANDWIDTH_ESTIMATE_BUCKETS,
+        &s.bandwidth_estimate,
+    );
+    o.head(
+        "consulta_pacer_delay_seconds",
+        "histogram",
+        "Time forwarded packets wait in the pacer before they leave (one packet in 64, sampled).",
+    );
+    o.histogram(
+        "consulta_pacer_delay_seconds",
+        "",
+        &PACER_DELAY_BUCKETS,
+        &s.pacer_delay,
     );
     o.one(
         "consulta_remb_sent_total",

@@ -29,6 +29,7 @@ pub mod codecs;
 mod demux;
 pub mod dtls_identity;
 pub mod forwarder;
+pub mod pacer_probe;
 pub mod quality;
 pub mod router;
 mod stats;
@@ -51,7 +52,8 @@ use std::thread::JoinHandle;
 pub use consulta_signaling::protocol::{ServerMessage, TrackKind};
 pub use stats::{HistogramSnapshot, SfuStats, WorkerStats, CODEC_LABELS};
 pub use stats::{
-    CONNECT_BUCKETS, FORWARD_DELAY_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS,
+    BANDWIDTH_ESTIMATE_BUCKETS, CONNECT_BUCKETS, FORWARD_DELAY_BUCKETS, JITTER_BUCKETS,
+    LOSS_BUCKETS, PACER_DELAY_BUCKETS, RTT_BUCKETS,
 };
 
 /// Identifies one participant session (one WebSocket, one `Rtc`). Never reused.

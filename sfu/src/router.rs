@@ -694,6 +694,7 @@ impl<W: Wire> RouterHost<W> {
     // ---- periodic -------------------------------------------------------------------------
 
     pub fn housekeeping(&mut self, now: Instant) {
+        self.outbox.pacer.expire(now);
         // Keyframe requests held back by the throttle, and subscribers still waiting for one.
         let mut due: Vec<(PeerId, Mid)> = Vec::new();
         for t in self.transports.values_mut() {

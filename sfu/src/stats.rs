@@ -36,6 +36,13 @@ pub const JITTER_BUCKETS: [f64; 8] = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.
 pub const CONNECT_BUCKETS: [f64; 9] = [0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0];
 /// Time a forwarded packet spent in the server: from the kernel's receive timestamp to the
 /// `sendmmsg` that sent the copy.
+/// Time a sampled forwarded packet waits in str0m's pacer, seconds.
+pub const PACER_DELAY_BUCKETS: [f64; 10] =
+    [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0];
+/// A subscriber's downlink estimate, bits per second (observed once a second).
+pub const BANDWIDTH_ESTIMATE_BUCKETS: [f64; 10] = [
+    100e3, 200e3, 300e3, 500e3, 750e3, 1e6, 1.5e6, 2.5e6, 4e6, 6e6,
+];
 pub const FORWARD_DELAY_BUCKETS: [f64; 12] = [
     0.000_025, 0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1,
 ];
@@ -115,6 +122,8 @@ macro_rules! counters {
             pub jitter: LocalHistogram<8>,
             pub time_to_connect: LocalHistogram<9>,
             pub forward_delay: LocalHistogram<12>,
+            pub pacer_delay: LocalHistogram<10>,
+            pub bandwidth_estimate: LocalHistogram<10>,
         }
 
         /// One worker's published counters.
@@ -136,6 +145,8 @@ macro_rules! counters {
             jitter: SharedHistogram,
             time_to_connect: SharedHistogram,
             forward_delay: SharedHistogram,
+            pacer_delay: SharedHistogram,
+            bandwidth_estimate: SharedHistogram,
         }
 
         /// A snapshot of the whole SFU.
@@ -169,6 +180,8 @@ macro_rules! counters {
             pub jitter: HistogramSnapshot,
             pub time_to_connect: HistogramSnapshot,
             pub forward_delay: HistogramSnapshot,
+            pub pacer_delay: HistogramSnapshot,
+            pub bandwidth_estimate: HistogramSnapshot,
         }
 
         impl WorkerStats {
@@ -180,6 +193,8 @@ macro_rules! counters {
                 self.jitter.publish(&mut c.jitter);
                 self.time_to_connect.publish(&mut c.time_to_connect);
                 self.forward_delay.publish(&mut c.forward_delay);
+                self.pacer_delay.publish(&mut c.pacer_delay);
+                self.bandwidth_estimate.publish(&mut c.bandwidth_estimate);
             }
 
             pub(crate) fn set_tracks(&self, t: &TrackCounts) {
@@ -221,6 +236,8 @@ macro_rules! counters {
                     w.jitter.add_to(&mut s.jitter);
                     w.time_to_connect.add_to(&mut s.time_to_connect);
                     w.forward_delay.add_to(&mut s.forward_delay);
+                    w.pacer_delay.add_to(&mut s.pacer_delay);
+                    w.bandwidth_estimate.add_to(&mut s.bandwidth_estimate);
                 }
                 s
             }
@@ -263,6 +280,7 @@ counters!(
     codec_pauses,
     bandwidth_pauses,
     bandwidth_resumes,
+    bandwidth_paused_seconds,
     remb_sent,
     bitrate_caps_sent,
     unmutes_refused,

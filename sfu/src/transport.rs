@@ -66,6 +66,8 @@ pub(crate) struct Outbox {
     pub faults: Vec<(PeerId, Fault)>,
     /// Rebuildable messages dropped because a receiver's event queue was full.
     pub events_dropped: u64,
+    /// Forwarded packets timed through str0m's pacer (sampled).
+    pub pacer: crate::pacer_probe::PacerProbes,
 }
 
 impl Outbox {
@@ -753,6 +755,13 @@ fn send<W: Wire>(io: &mut Io<W>, t: &Transmit) {
         Ok(n) => {
             io.counters.packets_out += 1;
             io.counters.bytes_out += n as u64;
+            if io.outbox.pacer.pending() > 0 {
+                if let Some(d) = io.outbox.pacer.transmitted(&t.contents, Instant::now()) {
+                    io.counters
+                        .pacer_delay
+                        .observe_duration(&crate::stats::PACER_DELAY_BUCKETS, d);
+                }
+            }
         }
         Err(_) => io.counters.send_errors += 1,
     }

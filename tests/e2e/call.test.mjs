@@ -202,6 +202,14 @@ describe('consultation calls', { timeout: TEST_TIMEOUT * 10 }, () => {
       assert.ok(bytesIn(later) > bytesIn(during), 'bytes in keep moving');
       assert.ok(bytesOut(later) > bytesOut(during), 'bytes out keep moving');
       assert.ok(later('consulta_rtp_forwarded_total') > during('consulta_rtp_forwarded_total'));
+      // Bandwidth estimation is on: packets are timed through the pacer, and each video
+      // subscriber's estimate is observed once a second.
+      assert.ok(later('consulta_pacer_delay_seconds_count') > 0, 'pacer delay sampled');
+      assert.ok(later('consulta_bandwidth_estimate_bps_count') > 0, 'estimates observed');
+      assert.ok(
+        later('consulta_pacer_delay_seconds_bucket', '{le="0.25"}') === later('consulta_pacer_delay_seconds_count'),
+        'no packet waits 250 ms in the pacer on loopback',
+      );
     });
     const after = await pollUntil(
       async () => {

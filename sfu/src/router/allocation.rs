@@ -100,6 +100,20 @@ impl<W: Wire> RouterHost<W> {
         if self.next_remb.is_none_or(|at| now >= at) {
             self.next_remb = Some(now + REMB_INTERVAL);
             self.send_caps();
+            // Once a second: each video subscriber's estimate, and who is paused for it.
+            for t in self.transports.values().filter(|t| t.connected) {
+                if receiving(t).1 == 0 {
+                    continue;
+                }
+                if let Some(bps) = t.downlink.estimate() {
+                    self.counters
+                        .bandwidth_estimate
+                        .observe(&crate::stats::BANDWIDTH_ESTIMATE_BUCKETS, bps as f64);
+                }
+                if t.downlink.is_video_paused() {
+                    self.counters.bandwidth_paused_seconds += REMB_INTERVAL.as_secs();
+                }
+            }
         }
     }
 

@@ -181,19 +181,25 @@ impl<W: Wire> RouterHost<W> {
             };
             let due = pkt.timestamp;
             let sent = guarded(tq, io, |tq, _| {
-                let Some(cmid) = cmid else { return Ok(false) };
+                let Some(cmid) = cmid else { return Ok(None) };
                 let mut api = tq.rtc.direct_api();
                 let Some(tx) = api.stream_tx_by_mid(cmid, None) else {
-                    return Ok(false);
+                    return Ok(None);
                 };
+                let ssrc = *tx.ssrc();
                 tx.write_rtp(write);
                 // str0m sends the packet only once a timeout has stamped it: no output to poll
                 // now. The subscriber's timer is due at once; it fires (with one output poll
                 // for every packet written to this subscriber meanwhile) before the next send.
                 tq.next_timeout = tq.next_timeout.min(due);
-                Ok(true)
+                Ok(Some(ssrc))
             });
-            if sent == Some(true) {
+            if let Some(Some(ssrc)) = sent {
+                if self.outbox.pacer.wants() {
+                    self.outbox
+                        .pacer
+                        .record(ssrc, out_seq as u16, Instant::now());
+                }
                 self.counters.rtp_forwarded += 1;
                 if self.forwarded_arrivals.len() < FORWARD_SAMPLES {
                     self.forwarded_arrivals.push(pkt.timestamp);
