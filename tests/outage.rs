@@ -438,3 +438,54 @@ fn restart(server: &mut Server) {
             && http_status(server, "/healthz").contains("200")
     });
 }
+
+/// A single node killed mid-call and its participants back within seconds, before the orphan
+/// sweep sees the room unheld twice: the killed process's sessions are still closed once
+/// (before the fix they stayed open for good), and the call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_and_rejoined_at_once_closes_the_old_sessions_once() {
+    let Some(pg) = own_postgres() else { return };
+    let mut server = start_full("", &config(&pg));
+    let room = "quick-rejoin";
+    let (doctor, _) = Client::join(&server, room, "dr", Role::Doctor).await;
+    let (patient, _) = Client::join(&server, room, "pt", Role::Patient).await;
+    wait_until("started and both sessions stored", 15, || {
+        by_type(&pg, room).contains("started=1")
+            && pg.count(
+                "consulta",
+                "SELECT COUNT(*) FROM sessions WHERE left_at IS NULL",
+            ) == 2
+    });
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+    drop((doctor, patient));
+    restart(&mut server);
+    let (mut doctor, _) = Client::join(&server, room, "dr", Role::Doctor).await;
+    let (mut patient, _) = Client::join(&server, room, "pt", Role::Patient).await;
+    let closed = "SELECT COUNT(*) FROM call_events WHERE type = 'participant_left' \
+                  AND payload::json->>'reason' = 'server_restart'";
+    wait_until("the killed process's sessions closed", 20, || {
+        pg.count("consulta", closed) == 2
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(pg.count("consulta", closed), 2, "closed once");
+    assert_eq!(
+        pg.count(
+            "consulta",
+            "SELECT COUNT(*) FROM sessions WHERE left_at IS NULL"
+        ),
+        2,
+        "the new sessions stay open"
+    );
+    assert_eq!(
+        by_type(&pg, room),
+        "created=1 participant_joined=4 participant_left=2 started=1",
+        "not ended, started once"
+    );
+    doctor.send(json!({"type":"leave"})).await;
+    doctor.expect("left").await;
+    patient.send(json!({"type":"leave"})).await;
+    patient.expect("left").await;
+    wait_until("ended", 20, || by_type(&pg, room).contains("ended=1"));
+    assert_exactly_once(&pg, room, 4);
+}

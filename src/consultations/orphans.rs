@@ -9,6 +9,13 @@
 //! scheduled consultation past its no-show time gets `no_show` for the roles that never joined.
 //! Every one of these events has an id derived from what it is about
 //! ([`EventFactory::make_once`]): nodes and restarts that see the same orphan write it once.
+//!
+//! A single node's call that its participants rejoin within seconds of a restart is held again
+//! before it looks orphaned twice: the sessions of the process that is gone (opened before this
+//! one started) are closed then, once per room (`server_restart`). In cluster mode the node
+//! that takes a room over does that itself.
+
+use std::collections::HashSet;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +40,8 @@ pub struct Sweeper {
     pub consultations: Consultations,
     pub cluster: Option<Cluster>,
     pub timings: Timings,
+    /// Unix ms when this process started.
+    pub booted_at: i64,
 }
 
 impl Sweeper {
@@ -49,9 +58,11 @@ impl Sweeper {
         // Since when each orphan has been seen without anyone holding it, and whether its
         // sessions were closed.
         let mut orphans: HashMap<String, (Instant, bool)> = HashMap::new();
+        // Rooms held again after a restart whose earlier sessions are closed.
+        let mut rejoined: HashSet<String> = HashSet::new();
         let mut every = crate::Every::new(SWEEP, stop);
         while every.next().await {
-            self.calls(&mut orphans).await;
+            self.calls(&mut orphans, &mut rejoined).await;
             self.no_shows().await;
         }
     }
@@ -83,7 +94,11 @@ impl Sweeper {
             && self.sink.stats.queue_depth.load(Relaxed) == 0
     }
 
-    async fn calls(&self, orphans: &mut HashMap<String, (Instant, bool)>) {
+    async fn calls(
+        &self,
+        orphans: &mut HashMap<String, (Instant, bool)>,
+        rejoined: &mut HashSet<String>,
+    ) {
         if !self.store_current() {
             return;
         }
@@ -93,11 +108,18 @@ impl Sweeper {
             return;
         };
         orphans.retain(|id, _| active.iter().any(|(a, _)| a == id));
+        rejoined.retain(|id| active.iter().any(|(a, _)| a == id));
         for (room, started_at) in active {
             match self.held(&room).await {
                 Some(false) => {}
                 Some(true) => {
                     orphans.remove(&room);
+                    if self.cluster.is_none()
+                        && !rejoined.contains(&room)
+                        && self.close_sessions_before(&room, self.booted_at).await
+                    {
+                        rejoined.insert(room);
+                    }
                     continue;
                 }
                 None => continue,
@@ -140,6 +162,26 @@ impl Sweeper {
                 .make_once(room, "participant_left", &session, payload);
             self.sink.send(ev).await;
         }
+    }
+
+    /// Closes the room's sessions opened before `before` (a process that is gone) that are
+    /// still open; true when the database answered.
+    async fn close_sessions_before(&self, room: &str, before: i64) -> bool {
+        let read = self.store.open_sessions_before(room, before);
+        let Ok(Ok(open)) = tokio::time::timeout(DB_TIMEOUT, read).await else {
+            return false;
+        };
+        for (session, identity, role) in open {
+            let payload = json!({
+                "session_id": session, "identity": identity, "role": role,
+                "reason": self.reason(),
+            });
+            let ev = self
+                .factory
+                .make_once(room, "participant_left", &session, payload);
+            self.sink.send(ev).await;
+        }
+        true
     }
 
     async fn no_shows(&self) {

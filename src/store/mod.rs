@@ -274,6 +274,25 @@ impl Store {
             .collect()
     }
 
+    /// [`Store::open_sessions`] that joined before `before` (unix ms): after a single node's
+    /// restart, those of a process that is gone.
+    pub async fn open_sessions_before(
+        &self,
+        consultation: &str,
+        before: i64,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT session_id, identity, role FROM sessions WHERE consultation_id = $1 AND left_at IS NULL AND joined_at < $2 ORDER BY joined_at",
+        )
+        .bind(consultation)
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
     /// Consultations whose call started and did not end: (id, started_at).
     pub async fn active_consultations(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(
