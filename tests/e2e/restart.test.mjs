@@ -13,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import { closeAll, launchBrowser, openParticipant, pollUntil, sleep, startServer, waitForAudio, waitForVideo } from './harness.mjs';
 
 const DB = `consulta_e2e_restart_${process.pid}_${randomBytes(3).toString('hex')}`;
-const EMPTY_ROOM_END = 20;
+const EMPTY_ROOM_END = 12;
 
 const psql = (sql, db = DB) => execFileSync('psql', ['-h', '127.0.0.1', '-d', db, '-tAc', sql]).toString().trim();
 const count = (sql) => Number(psql(sql));
