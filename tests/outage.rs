@@ -489,3 +489,34 @@ async fn server_killed_and_rejoined_at_once_closes_the_old_sessions_once() {
     wait_until("ended", 20, || by_type(&pg, room).contains("ended=1"));
     assert_exactly_once(&pg, room, 4);
 }
+
+/// A single node killed while someone waited alone (the call never started) and nobody came
+/// back: that session is closed once too (`server_restart`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_with_a_call_not_started_closes_its_session_once() {
+    let Some(pg) = own_postgres() else { return };
+    let mut server = start_full("", &config(&pg));
+    let room = "alone-room";
+    let (doctor, _) = Client::join(&server, room, "dr", Role::Doctor).await;
+    wait_until("the session stored", 15, || {
+        pg.count(
+            "consulta",
+            "SELECT COUNT(*) FROM sessions WHERE left_at IS NULL",
+        ) == 1
+    });
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+    drop(doctor);
+    restart(&mut server);
+    let closed = "SELECT COUNT(*) FROM call_events WHERE type = 'participant_left' \
+                  AND payload::json->>'reason' = 'server_restart'";
+    wait_until("the killed process's session closed", 20, || {
+        pg.count("consulta", closed) == 1
+    });
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        by_type(&pg, room),
+        "created=1 participant_joined=1 participant_left=1"
+    );
+    assert_exactly_once(&pg, room, 1);
+}

@@ -10,12 +10,11 @@
 //! Every one of these events has an id derived from what it is about
 //! ([`EventFactory::make_once`]): nodes and restarts that see the same orphan write it once.
 //!
-//! A single node's call that its participants rejoin within seconds of a restart is held again
-//! before it looks orphaned twice: the sessions of the process that is gone (opened before this
-//! one started) are closed then, once per room (`server_restart`). In cluster mode the node
-//! that takes a room over does that itself.
-
-use std::collections::HashSet;
+//! A single node also closes, once after it starts, every session still open that an earlier
+//! process opened (`server_restart`): a call rejoined within seconds of a restart is held again
+//! before it looks orphaned twice, and a call that never started is not `active` at all, so the
+//! sweep above would leave their sessions open for good. In cluster mode the node that takes a
+//! room over closes them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +43,9 @@ pub struct Sweeper {
     pub booted_at: i64,
 }
 
+/// Most sessions of earlier processes closed per sweep.
+const EARLIER_SESSIONS_BATCH: usize = 1000;
+
 impl Sweeper {
     fn reason(&self) -> &'static str {
         if self.cluster.is_some() {
@@ -58,11 +60,13 @@ impl Sweeper {
         // Since when each orphan has been seen without anyone holding it, and whether its
         // sessions were closed.
         let mut orphans: HashMap<String, (Instant, bool)> = HashMap::new();
-        // Rooms held again after a restart whose earlier sessions are closed.
-        let mut rejoined: HashSet<String> = HashSet::new();
+        let mut earlier_closed = self.cluster.is_some();
         let mut every = crate::Every::new(SWEEP, stop);
         while every.next().await {
-            self.calls(&mut orphans, &mut rejoined).await;
+            if !earlier_closed {
+                earlier_closed = self.close_earlier_sessions().await;
+            }
+            self.calls(&mut orphans).await;
             self.no_shows().await;
         }
     }
@@ -94,11 +98,7 @@ impl Sweeper {
             && self.sink.stats.queue_depth.load(Relaxed) == 0
     }
 
-    async fn calls(
-        &self,
-        orphans: &mut HashMap<String, (Instant, bool)>,
-        rejoined: &mut HashSet<String>,
-    ) {
+    async fn calls(&self, orphans: &mut HashMap<String, (Instant, bool)>) {
         if !self.store_current() {
             return;
         }
@@ -108,18 +108,11 @@ impl Sweeper {
             return;
         };
         orphans.retain(|id, _| active.iter().any(|(a, _)| a == id));
-        rejoined.retain(|id| active.iter().any(|(a, _)| a == id));
         for (room, started_at) in active {
             match self.held(&room).await {
                 Some(false) => {}
                 Some(true) => {
                     orphans.remove(&room);
-                    if self.cluster.is_none()
-                        && !rejoined.contains(&room)
-                        && self.close_sessions_before(&room, self.booted_at).await
-                    {
-                        rejoined.insert(room);
-                    }
                     continue;
                 }
                 None => continue,
@@ -164,24 +157,36 @@ impl Sweeper {
         }
     }
 
-    /// Closes the room's sessions opened before `before` (a process that is gone) that are
-    /// still open; true when the database answered.
-    async fn close_sessions_before(&self, room: &str, before: i64) -> bool {
-        let read = self.store.open_sessions_before(room, before);
+    /// Single node: closes the sessions still open that were opened before this process
+    /// started; true once none is left.
+    async fn close_earlier_sessions(&self) -> bool {
+        if !self.store_current() {
+            return false;
+        }
+        let read = self
+            .store
+            .open_sessions_before(self.booted_at, EARLIER_SESSIONS_BATCH);
         let Ok(Ok(open)) = tokio::time::timeout(DB_TIMEOUT, read).await else {
             return false;
         };
-        for (session, identity, role) in open {
+        let done = open.len() < EARLIER_SESSIONS_BATCH;
+        if !open.is_empty() {
+            tracing::info!(
+                sessions = open.len(),
+                "closing the sessions an earlier process left open"
+            );
+        }
+        for (room, session, identity, role) in open {
             let payload = json!({
                 "session_id": session, "identity": identity, "role": role,
                 "reason": self.reason(),
             });
             let ev = self
                 .factory
-                .make_once(room, "participant_left", &session, payload);
+                .make_once(&room, "participant_left", &session, payload);
             self.sink.send(ev).await;
         }
-        true
+        done
     }
 
     async fn no_shows(&self) {

@@ -274,22 +274,23 @@ impl Store {
             .collect()
     }
 
-    /// [`Store::open_sessions`] that joined before `before` (unix ms): after a single node's
-    /// restart, those of a process that is gone.
+    /// Sessions of every consultation still open that joined before `before` (unix ms), up to
+    /// `limit`: (consultation, session id, identity, role). After a single node's restart,
+    /// those of a process that is gone.
     pub async fn open_sessions_before(
         &self,
-        consultation: &str,
         before: i64,
-    ) -> Result<Vec<(String, String, String)>, StoreError> {
+        limit: usize,
+    ) -> Result<Vec<(String, String, String, String)>, StoreError> {
         let rows = sqlx::query(
-            "SELECT session_id, identity, role FROM sessions WHERE consultation_id = $1 AND left_at IS NULL AND joined_at < $2 ORDER BY joined_at",
+            "SELECT consultation_id, session_id, identity, role FROM sessions WHERE left_at IS NULL AND joined_at < $1 ORDER BY joined_at LIMIT $2",
         )
-        .bind(consultation)
         .bind(before)
+        .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
             .collect()
     }
 
