@@ -161,8 +161,12 @@ impl OwnPostgres {
     /// An outage: the server stops at once, without a checkpoint (crash recovery at the next
     /// start), and its clients' connections die.
     fn stop_immediate(&self) {
+        assert!(self.try_stop_immediate(), "pg_ctl stop -m immediate");
+    }
+
+    fn try_stop_immediate(&self) -> bool {
         let data = self.data();
-        assert!(self.run(
+        self.run(
             "pg_ctl",
             &[
                 "-D",
@@ -170,9 +174,9 @@ impl OwnPostgres {
                 "-m",
                 "immediate",
                 "-w",
-                "stop"
-            ]
-        ));
+                "stop",
+            ],
+        )
     }
 
     fn url(&self, db: &str) -> String {
@@ -200,19 +204,8 @@ impl OwnPostgres {
 
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
-        let data = self.data();
-        if data.join("postmaster.pid").exists() {
-            self.run(
-                "pg_ctl",
-                &[
-                    "-D",
-                    data.to_str().unwrap(),
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "stop",
-                ],
-            );
+        if self.data().join("postmaster.pid").exists() {
+            self.try_stop_immediate();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -297,13 +290,13 @@ fn assert_exactly_once(pg: &OwnPostgres, room: &str, sessions: i64) {
     assert_eq!(q("AND left_at IS NULL"), 0, "sessions never closed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_stopped_mid_call_and_started_again_every_event_lands_once() {
-    let Some(pg) = own_postgres() else { return };
+/// The test's own PostgreSQL, a server on it, and a doctor and a patient in `room`'s call
+/// (stored as started, both sessions open); `None` when no PostgreSQL can run here.
+async fn call_on_own_postgres(room: &str) -> Option<(OwnPostgres, Server, Client, Client)> {
+    let pg = own_postgres()?;
     let server = start_full("", &config(&pg));
-    let room = "pg-outage";
-    let (mut doctor, _) = Client::join(&server, room, "dr", Role::Doctor).await;
-    let (mut patient, _) = Client::join(&server, room, "pt", Role::Patient).await;
+    let (doctor, _) = Client::join(&server, room, "dr", Role::Doctor).await;
+    let (patient, _) = Client::join(&server, room, "pt", Role::Patient).await;
     wait_until("started and both sessions stored", 15, || {
         by_type(&pg, room).contains("started=1")
             && pg.count(
@@ -311,6 +304,21 @@ async fn postgres_stopped_mid_call_and_started_again_every_event_lands_once() {
                 "SELECT COUNT(*) FROM sessions WHERE left_at IS NULL",
             ) == 2
     });
+    Some((pg, server, doctor, patient))
+}
+
+/// `kill -9` of the server process.
+fn kill(server: &mut Server) {
+    server.child.kill().unwrap();
+    let _ = server.child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopped_mid_call_and_started_again_every_event_lands_once() {
+    let room = "pg-outage";
+    let Some((pg, server, mut doctor, mut patient)) = call_on_own_postgres(room).await else {
+        return;
+    };
 
     pg.stop_immediate();
     assert!(
@@ -371,14 +379,10 @@ async fn postgres_stopped_mid_call_and_started_again_every_event_lands_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_while_postgres_is_down_replays_its_journal_and_closes_the_call_once() {
-    let Some(pg) = own_postgres() else { return };
-    let mut server = start_full("", &config(&pg));
     let room = "pg-outage-crash";
-    let (_doctor, _) = Client::join(&server, room, "dr", Role::Doctor).await;
-    let (_patient, _) = Client::join(&server, room, "pt", Role::Patient).await;
-    wait_until("started and both sessions stored", 15, || {
-        by_type(&pg, room).contains("started=1")
-    });
+    let Some((pg, mut server, _doctor, _patient)) = call_on_own_postgres(room).await else {
+        return;
+    };
     pg.stop_immediate();
     let (_guest, _) = Client::join(&server, room, "gu", Role::Guest).await;
     wait_until("the guest's join journaled", 20, || {
@@ -386,8 +390,7 @@ async fn server_killed_while_postgres_is_down_replays_its_journal_and_closes_the
     });
     // A crash with the event only in the journal; the database comes back while the server is
     // gone, and the server after it.
-    server.child.kill().unwrap();
-    let _ = server.child.wait();
+    kill(&mut server);
     pg.start_again();
     restart(&mut server);
     // The journal goes in first; then the sessions no process holds are closed and the call,
@@ -444,20 +447,11 @@ fn restart(server: &mut Server) {
 /// (before the fix they stayed open for good), and the call goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_and_rejoined_at_once_closes_the_old_sessions_once() {
-    let Some(pg) = own_postgres() else { return };
-    let mut server = start_full("", &config(&pg));
     let room = "quick-rejoin";
-    let (doctor, _) = Client::join(&server, room, "dr", Role::Doctor).await;
-    let (patient, _) = Client::join(&server, room, "pt", Role::Patient).await;
-    wait_until("started and both sessions stored", 15, || {
-        by_type(&pg, room).contains("started=1")
-            && pg.count(
-                "consulta",
-                "SELECT COUNT(*) FROM sessions WHERE left_at IS NULL",
-            ) == 2
-    });
-    server.child.kill().unwrap();
-    let _ = server.child.wait();
+    let Some((pg, mut server, doctor, patient)) = call_on_own_postgres(room).await else {
+        return;
+    };
+    kill(&mut server);
     drop((doctor, patient));
     restart(&mut server);
     let (mut doctor, _) = Client::join(&server, room, "dr", Role::Doctor).await;
@@ -504,8 +498,7 @@ async fn server_killed_with_a_call_not_started_closes_its_session_once() {
             "SELECT COUNT(*) FROM sessions WHERE left_at IS NULL",
         ) == 1
     });
-    server.child.kill().unwrap();
-    let _ = server.child.wait();
+    kill(&mut server);
     drop(doctor);
     restart(&mut server);
     let closed = "SELECT COUNT(*) FROM call_events WHERE type = 'participant_left' \

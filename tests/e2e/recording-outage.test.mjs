@@ -18,7 +18,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { launchBrowser, openParticipant, pollUntil, sleep, startServer, tempDir, waitForVideo } from './harness.mjs';
-import { ACCESS_KEY, S3S_BIN, SECRET_KEY, sha256, startS3 } from './s3.mjs';
+import { S3S_BIN, s3ConfigLines, sha256, startS3 } from './s3.mjs';
 
 const KEY = 'e2e-api-key-0123456789';
 const BUCKET = 'consulta-rec-outage';
@@ -53,11 +53,7 @@ async function recordingServer(spoolDir) {
       '[recording]',
       `part_size = ${PART}`,
       ...(spoolDir ? [`spool_dir = ${JSON.stringify(spoolDir)}`] : []),
-      '[s3]',
-      `endpoint = "${s3.endpoint}"`,
-      `bucket = "${BUCKET}"`,
-      `access_key_id = "${ACCESS_KEY}"`,
-      `secret_access_key = "${SECRET_KEY}"`,
+      ...s3ConfigLines(s3),
     ].join('\n'),
   });
   servers.push(server);
