@@ -106,6 +106,8 @@ impl AppState {
 }
 
 pub async fn serve(cfg: Config) -> Result<()> {
+    // Sessions stored before this instant belong to an earlier process (orphans.rs).
+    let booted_at = crate::unix_millis();
     let token_keys = Arc::new(cfg.token_keys()?);
     let sfu = Sfu::start(SfuConfig {
         udp_port: cfg.media.udp_port,
@@ -310,6 +312,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
                 empty_room_end: std::time::Duration::from_secs(cfg.consultation.empty_room_end),
                 no_show_after: std::time::Duration::from_secs(cfg.consultation.no_show_after),
             },
+            booted_at,
         }
         .run(state.shutdown.clone()),
     );

@@ -9,6 +9,12 @@
 //! scheduled consultation past its no-show time gets `no_show` for the roles that never joined.
 //! Every one of these events has an id derived from what it is about
 //! ([`EventFactory::make_once`]): nodes and restarts that see the same orphan write it once.
+//!
+//! A single node also closes, once after it starts, every session still open that an earlier
+//! process opened (`server_restart`): a call rejoined within seconds of a restart is held again
+//! before it looks orphaned twice, and a call that never started is not `active` at all, so the
+//! sweep above would leave their sessions open for good. In cluster mode the node that takes a
+//! room over closes them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,7 +39,12 @@ pub struct Sweeper {
     pub consultations: Consultations,
     pub cluster: Option<Cluster>,
     pub timings: Timings,
+    /// Unix ms when this process started.
+    pub booted_at: i64,
 }
+
+/// Most sessions of earlier processes closed per sweep.
+const EARLIER_SESSIONS_BATCH: usize = 1000;
 
 impl Sweeper {
     fn reason(&self) -> &'static str {
@@ -49,8 +60,12 @@ impl Sweeper {
         // Since when each orphan has been seen without anyone holding it, and whether its
         // sessions were closed.
         let mut orphans: HashMap<String, (Instant, bool)> = HashMap::new();
+        let mut earlier_closed = self.cluster.is_some();
         let mut every = crate::Every::new(SWEEP, stop);
         while every.next().await {
+            if !earlier_closed {
+                earlier_closed = self.close_earlier_sessions().await;
+            }
             self.calls(&mut orphans).await;
             self.no_shows().await;
         }
@@ -140,6 +155,38 @@ impl Sweeper {
                 .make_once(room, "participant_left", &session, payload);
             self.sink.send(ev).await;
         }
+    }
+
+    /// Single node: closes the sessions still open that were opened before this process
+    /// started; true once none is left.
+    async fn close_earlier_sessions(&self) -> bool {
+        if !self.store_current() {
+            return false;
+        }
+        let read = self
+            .store
+            .open_sessions_before(self.booted_at, EARLIER_SESSIONS_BATCH);
+        let Ok(Ok(open)) = tokio::time::timeout(DB_TIMEOUT, read).await else {
+            return false;
+        };
+        let done = open.len() < EARLIER_SESSIONS_BATCH;
+        if !open.is_empty() {
+            tracing::info!(
+                sessions = open.len(),
+                "closing the sessions an earlier process left open"
+            );
+        }
+        for (room, session, identity, role) in open {
+            let payload = json!({
+                "session_id": session, "identity": identity, "role": role,
+                "reason": self.reason(),
+            });
+            let ev = self
+                .factory
+                .make_once(&room, "participant_left", &session, payload);
+            self.sink.send(ev).await;
+        }
+        done
     }
 
     async fn no_shows(&self) {

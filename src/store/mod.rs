@@ -274,6 +274,26 @@ impl Store {
             .collect()
     }
 
+    /// Sessions of every consultation still open that joined before `before` (unix ms), up to
+    /// `limit`: (consultation, session id, identity, role). After a single node's restart,
+    /// those of a process that is gone.
+    pub async fn open_sessions_before(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String, String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT consultation_id, session_id, identity, role FROM sessions WHERE left_at IS NULL AND joined_at < $1 ORDER BY joined_at LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+            .collect()
+    }
+
     /// Consultations whose call started and did not end: (id, started_at).
     pub async fn active_consultations(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let rows = sqlx::query(

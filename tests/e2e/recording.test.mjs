@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { CONSULTA_BIN, launchBrowser, openParticipant, pollUntil, run, sleep, startServer, tempDir, waitForAudio, waitForVideo } from './harness.mjs';
-import { ACCESS_KEY, S3S_BIN, SECRET_KEY, sha256, startS3 } from './s3.mjs';
+import { S3S_BIN, s3ConfigLines, sha256, startS3 } from './s3.mjs';
 
 const KEY = 'e2e-api-key-0123456789';
 const BUCKET = 'consulta-rec';
@@ -28,11 +28,7 @@ before(async () => {
       `keys = ["${KEY}"]`,
       '[recording]',
       'part_size = 5242880',
-      '[s3]',
-      `endpoint = "${s3.endpoint}"`,
-      `bucket = "${BUCKET}"`,
-      `access_key_id = "${ACCESS_KEY}"`,
-      `secret_access_key = "${SECRET_KEY}"`,
+      ...s3ConfigLines(s3),
     ].join('\n'),
   });
   browser = await launchBrowser();

@@ -116,4 +116,13 @@ export async function s3List(endpoint, bucket, prefix) {
   return [...text.matchAll(/<Key>([^<]+)<\/Key>/g)].map((m) => m[1]);
 }
 
+/** The `[s3]` section of a Consulta config that stores into `s3` (from startS3). */
+export const s3ConfigLines = (s3) => [
+  '[s3]',
+  `endpoint = "${s3.endpoint}"`,
+  `bucket = "${s3.bucket}"`,
+  `access_key_id = "${ACCESS_KEY}"`,
+  `secret_access_key = "${SECRET_KEY}"`,
+];
+
 export { sha256 };
