@@ -33,7 +33,7 @@ impl PacerProbes {
     /// A packet was written to a subscriber's stream: whether to probe it ([`Self::record`]).
     pub fn wants(&mut self) -> bool {
         self.count = self.count.wrapping_add(1);
-        self.count % EVERY == 0 && self.pending < SLOTS
+        self.count.is_multiple_of(EVERY) && self.pending < SLOTS
     }
 
     /// Probes the packet `ssrc`/`seq`, written at `now`.
