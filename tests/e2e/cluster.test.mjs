@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { closeAll, freeTcpPort, launchBrowser, openParticipant, pollUntil, sleep, startServer, tempDir, waitForAudio, waitForVideo } from './harness.mjs';
+import { closeAll, decodingAgain, freeTcpPort, launchBrowser, openParticipant, pollUntil, sleep, startServer, tempDir, waitForAudio, waitForVideo } from './harness.mjs';
 
 const RUNS = Number(process.env.CLUSTER_RUNS || 1);
 const NGINX = fs.existsSync('/usr/sbin/nginx') ? '/usr/sbin/nginx' : 'nginx';
@@ -69,24 +69,9 @@ ${Object.entries(ports).map(([id, p]) => `        location = /n/${id}/ws {${ws(`
 `;
 }
 
-/** Resolves once `who` decodes video from `from` again: framesDecoded grows over 300 ms. */
-async function decodingAgain(who, from, deadNode, timeout = 30_000) {
-  const frames = async () => {
-    const s = (await who.stats()).inbound.filter((x) => x.participant === from && x.kind === 'video');
-    return new Map(s.map((x) => [x.mid, x.framesDecoded || 0]));
-  };
-  await pollUntil(
-    async () => {
-      // Served by another node (frames still in the old jitter buffer do not count).
-      if ((await who.evaluate(() => window.call.node)) === deadNode) return false;
-      const before = await frames();
-      await sleep(300);
-      const now = await frames();
-      return [...now].some(([mid, n]) => n > 0 && n > (before.get(mid) ?? 0));
-    },
-    { timeout, interval: 100, what: `${who.name} to decode ${from} again` },
-  );
-}
+/** `decodingAgain` on another node than `deadNode` (frames in the old jitter buffer do not count). */
+const decodingElsewhere = (who, from, deadNode) =>
+  decodingAgain(who, from, { ready: async () => (await who.evaluate(() => window.call.node)) !== deadNode });
 
 async function startNode(id, port, nginxPort) {
   return startServer({
@@ -167,7 +152,7 @@ describe('two nodes behind nginx', () => {
         await pollUntil(() => psql('SELECT id FROM call_events').split('\n').filter(Boolean).every((id) => delivered.includes(id)), { timeout: 15_000, what: 'webhooks delivered before the kill' });
         const killed = Date.now();
         await nodes[owner].kill();
-        await Promise.all([decodingAgain(doctor, 'pt', owner), decodingAgain(patient, 'dr', owner)]);
+        await Promise.all([decodingElsewhere(doctor, 'pt', owner), decodingElsewhere(patient, 'dr', owner)]);
         const secs = (Date.now() - killed) / 1000;
         times.push(secs);
         console.log(`run ${run + 1}: ${owner} killed; both decode each other again after ${secs.toFixed(2)} s`);

@@ -442,6 +442,29 @@ export async function waitForAudio(who, from, { timeout = 20_000 } = {}) {
 }
 
 /** Closes participants, printing their console logs when the test failed. */
+/**
+ * Resolves once `who` decodes video from `from` again, after its connection was lost or moved:
+ * framesDecoded of some inbound video stream from `from` grows over 300 ms. `ready()` (optional)
+ * must hold first, e.g. that the call is served by another node (frames still in an old jitter
+ * buffer do not count).
+ */
+export async function decodingAgain(who, from, { ready = async () => true, timeout = 30_000 } = {}) {
+  const frames = async () => {
+    const s = (await who.stats()).inbound.filter((x) => x.participant === from && x.kind === 'video');
+    return new Map(s.map((x) => [x.mid, x.framesDecoded || 0]));
+  };
+  await pollUntil(
+    async () => {
+      if (!(await ready())) return false;
+      const before = await frames();
+      await sleep(300);
+      const now = await frames();
+      return [...now].some(([mid, n]) => n > 0 && n > (before.get(mid) ?? 0));
+    },
+    { timeout, interval: 100, what: `${who.name} to decode ${from} again` },
+  );
+}
+
 export async function closeAll(participants, { failed = false } = {}) {
   for (const p of participants) {
     if (!p) continue;

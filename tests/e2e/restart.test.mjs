@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
-import { closeAll, launchBrowser, openParticipant, pollUntil, sleep, startServer, waitForAudio, waitForVideo } from './harness.mjs';
+import { closeAll, decodingAgain, launchBrowser, openParticipant, pollUntil, sleep, startServer, waitForAudio, waitForVideo } from './harness.mjs';
 
 const DB = `consulta_e2e_restart_${process.pid}_${randomBytes(3).toString('hex')}`;
 const EMPTY_ROOM_END = 12;
@@ -43,23 +43,6 @@ after(async () => {
     /* kept for a look */
   }
 });
-
-/** Resolves once `who` decodes video from `from` on its current connection: framesDecoded grows. */
-async function decodingAgain(who, from, timeout = 30_000) {
-  const frames = async () => {
-    const s = (await who.stats()).inbound.filter((x) => x.participant === from && x.kind === 'video');
-    return new Map(s.map((x) => [x.mid, x.framesDecoded || 0]));
-  };
-  await pollUntil(
-    async () => {
-      const before = await frames();
-      await sleep(300);
-      const now = await frames();
-      return [...now].some(([mid, n]) => n > 0 && n > (before.get(mid) ?? 0));
-    },
-    { timeout, interval: 100, what: `${who.name} to decode ${from} again` },
-  );
-}
 
 describe('kill -9 of the server mid-call', () => {
   it('both browsers come back and decode each other; old sessions closed once, call not ended, nothing twice', { timeout: 150_000 }, async () => {

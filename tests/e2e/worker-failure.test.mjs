@@ -6,7 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { closeAll, launchBrowser, openParticipant, pollUntil, sleep, startServer, waitForAudio, waitForVideo } from './harness.mjs';
+import { closeAll, decodingAgain, launchBrowser, openParticipant, pollUntil, startServer, waitForAudio, waitForVideo } from './harness.mjs';
 
 const ROOM = `worker-dies-${process.pid}`;
 let server;
@@ -26,23 +26,6 @@ after(async () => {
   await browser?.close().catch(() => {});
   await server?.stop();
 });
-
-/** Resolves once `who` decodes video from `from`, on a stream that started after `since`. */
-async function decodingSince(who, from) {
-  const frames = async () => {
-    const s = (await who.stats()).inbound.filter((x) => x.participant === from && x.kind === 'video');
-    return new Map(s.map((x) => [x.mid, x.framesDecoded || 0]));
-  };
-  await pollUntil(
-    async () => {
-      const before = await frames();
-      await sleep(300);
-      const now = await frames();
-      return [...now].some(([mid, n]) => n > 0 && n > (before.get(mid) ?? 0));
-    },
-    { timeout: 30_000, interval: 100, what: `${who.name} to decode ${from} again` },
-  );
-}
 
 const metric = async (name) => {
   const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
@@ -76,7 +59,7 @@ describe('a media worker that dies', () => {
       for (const who of [doctor, patient]) {
         await pollUntil(async () => (await who.events('reconnected')).length > 0, { timeout: 20_000, what: `${who.name} reconnected` });
       }
-      await Promise.all([decodingSince(doctor, 'pt'), decodingSince(patient, 'dr')]);
+      await Promise.all([decodingAgain(doctor, 'pt'), decodingAgain(patient, 'dr')]);
       const secs = (Date.now() - lost) / 1000;
       console.log(`worker died; both decode each other again ${secs.toFixed(2)} s after media_lost`);
       await waitForAudio(doctor, 'pt');
