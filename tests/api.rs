@@ -136,14 +136,6 @@ fn position(types: &[String], t: &str) -> usize {
         .unwrap_or_else(|| panic!("no `{t}` event in {types:?}"))
 }
 
-async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 fn settings(db: &str, hooks: &str) -> String {
     format!(
         "[api]\nkeys = [\"{KEY}\"]\n[consultation]\nempty_room_end = 1\n{db}\n[webhooks]\nurls = [\"{hooks}\"]\nsecret = \"{HOOK_SECRET}\"\nallow_http = true\n"

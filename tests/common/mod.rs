@@ -453,3 +453,12 @@ pub fn http_request(
         serde_json::from_str(body).unwrap_or(Value::Null),
     )
 }
+
+/// Polls `f` every 200 ms until it holds; fails after `secs` naming `what`.
+pub async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
