@@ -104,6 +104,12 @@ impl Forwarder {
         }
     }
 
+    /// The source changed (another simulcast layer, with its own sequence numbers): the next
+    /// packet starts a new run, numbered on from the last one sent.
+    pub fn rebase(&mut self) {
+        self.base = None;
+    }
+
     /// Decides for one incoming packet (`seq` is the publisher's extended sequence number).
     pub fn on_packet(&mut self, seq: u64, keyframe_start: bool) -> Verdict {
         if self.paused != 0 {
@@ -179,13 +185,21 @@ impl KeyframeThrottle {
     }
 }
 
-/// Publisher payload type -> subscriber payload type for one consumer, filled lazily.
+/// Publisher payload type -> subscriber payload type for one consumer, filled lazily; plus which
+/// publisher payload types are RED that this subscriber did not negotiate: those are sent as
+/// their primary block alone (see [`crate::red`]).
 #[derive(Debug, Clone)]
-pub struct PtMap([u8; 128]);
+pub struct PtMap {
+    map: [u8; 128],
+    unwrap_red: u128,
+}
 
 impl Default for PtMap {
     fn default() -> Self {
-        PtMap([PtMap::UNKNOWN; 128])
+        PtMap {
+            map: [PtMap::UNKNOWN; 128],
+            unwrap_red: 0,
+        }
     }
 }
 
@@ -195,7 +209,7 @@ impl PtMap {
 
     /// `Some(Some(pt))` mapped, `Some(None)` known unsupported, `None` not looked up yet.
     pub fn get(&self, from: u8) -> Option<Option<u8>> {
-        match self.0[usize::from(from & 0x7F)] {
+        match self.map[usize::from(from & 0x7F)] {
             PtMap::UNKNOWN => None,
             PtMap::UNSUPPORTED => Some(None),
             pt => Some(Some(pt)),
@@ -203,7 +217,19 @@ impl PtMap {
     }
 
     pub fn set(&mut self, from: u8, to: Option<u8>) {
-        self.0[usize::from(from & 0x7F)] = to.map_or(PtMap::UNSUPPORTED, |p| p & 0x7F);
+        self.map[usize::from(from & 0x7F)] = to.map_or(PtMap::UNSUPPORTED, |p| p & 0x7F);
+        self.unwrap_red &= !(1u128 << (from & 0x7F));
+    }
+
+    /// `from` is RED the subscriber does not take: its primary block goes out as `to`.
+    pub fn set_red_unwrapped(&mut self, from: u8, to: u8) {
+        self.set(from, Some(to));
+        self.unwrap_red |= 1u128 << (from & 0x7F);
+    }
+
+    /// Whether packets of `from` are sent as their RED primary block alone.
+    pub fn unwraps_red(&self, from: u8) -> bool {
+        self.unwrap_red & (1u128 << (from & 0x7F)) != 0
     }
 }
 
@@ -333,6 +359,17 @@ mod tests {
         m.set(111, None);
         assert_eq!(m.get(96), Some(Some(98)));
         assert_eq!(m.get(111), Some(None));
+    }
+
+    #[test]
+    fn pt_map_marks_red_to_unwrap_until_mapped_plainly() {
+        let mut m = PtMap::default();
+        m.set_red_unwrapped(63, 111);
+        assert_eq!(m.get(63), Some(Some(111)));
+        assert!(m.unwraps_red(63));
+        assert!(!m.unwraps_red(111));
+        m.set(63, Some(63));
+        assert!(!m.unwraps_red(63));
     }
 
     #[test]

@@ -265,27 +265,8 @@ fn a_track_is_offered_once_whatever_the_join_order() {
 fn lose_one_frame_to(net: &mut Net, a: usize, b: usize, n: u32) -> Vec<u8> {
     let frame = net.write_vp8(a, n, false, 900);
     net.deliver_from(a, std::time::Instant::now());
-    let to = net.clients[b].addr;
-    // SRTP leaves the RTP header in clear: version 2, and not one of RTCP's types 200..=206.
-    let rtp = |d: &[u8]| d.len() > 900 && d[0] >> 6 == 2 && !(200..=206).contains(&d[1]);
-    // The pacer (bandwidth estimation) may hold the packet for a few milliseconds.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
-    loop {
-        net.host.fire_timers(std::time::Instant::now());
-        let queued = net.wire.queue.borrow();
-        if queued.iter().any(|(dst, d)| *dst == to && rtp(d))
-            || std::time::Instant::now() > deadline
-        {
-            break;
-        }
-        drop(queued);
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    let mut queue = net.wire.queue.borrow_mut();
-    let before = queue.len();
-    queue.retain(|(dst, d)| !(*dst == to && rtp(d)));
     assert_eq!(
-        before - queue.len(),
+        net.lose_queued_rtp(b, None, 900),
         1,
         "one video packet to the subscriber was dropped"
     );

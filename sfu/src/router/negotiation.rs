@@ -205,8 +205,17 @@ impl<W: Wire> RouterHost<W> {
             let mut map = PtMap::default();
             for p in params {
                 let from = *p.pt();
-                let to = accepted.match_params(p).map(|m| *m.pt());
-                map.set(from, to);
+                let matched = accepted.match_params(p);
+                map.set(from, matched.map(|m| *m.pt()));
+                // RED from the publisher: as RED where the subscriber took it, else its primary
+                // block under the plain payload type.
+                if let Some(red) = p.red() {
+                    match matched.map(|m| (m.pt(), m.red())) {
+                        Some((_, Some(to))) => map.set(*red, Some(*to)),
+                        Some((to, None)) => map.set_red_unwrapped(*red, *to),
+                        None => map.set(*red, None),
+                    }
+                }
             }
             t.consumers[i].pts = map;
         }

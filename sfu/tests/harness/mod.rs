@@ -118,10 +118,28 @@ impl Net {
     }
 
     fn join_configured(&mut self, room: &str, identity: &str, video: Option<&[Codec]>) -> usize {
+        self.join_built(room, identity, video, false)
+    }
+
+    /// Joins a client whose Opus is offered with RED (RFC 2198) when `red`, with str0m's video
+    /// codecs, and sends its offer (`publish` as in [`Net::join`]).
+    pub fn join_red(&mut self, room: &str, identity: &str, red: bool, publish: bool) -> usize {
+        let i = self.join_built(room, identity, None, red);
+        self.offer(i, publish);
+        i
+    }
+
+    fn join_built(
+        &mut self,
+        room: &str,
+        identity: &str,
+        video: Option<&[Codec]>,
+        red: bool,
+    ) -> usize {
         let now = Instant::now();
         let addr: SocketAddr = format!("127.0.0.1:{}", self.next_port).parse().unwrap();
         self.next_port += 1;
-        let mut builder = Rtc::builder();
+        let mut builder = Rtc::builder().enable_opus(true, red);
         if let Some(video) = video {
             builder = builder.clear_codecs().enable_opus(true, false);
             for c in video {
@@ -182,6 +200,46 @@ impl Net {
         c.pending = Some(pending);
         let sdp = offer.to_sdp_string();
         self.host.on_command(Command::Offer { peer, sdp });
+    }
+
+    /// Joins a client that publishes VP8 video as simulcast layers `rids` (low to high) and
+    /// audio, and sends its offer.
+    pub fn join_simulcast(&mut self, room: &str, identity: &str, rids: &[&str]) -> usize {
+        let i = self.join_only(room, identity);
+        let c = &mut self.clients[i];
+        let peer = c.peer;
+        let mut sim = str0m::media::Simulcast::new();
+        for rid in rids {
+            sim.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+        }
+        let mut change = c.rtc.sdp_api();
+        c.audio_mid =
+            Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+        c.video_mid =
+            Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim)));
+        let (offer, pending) = change.apply().expect("an offer");
+        c.pending = Some(pending);
+        let sdp = offer.to_sdp_string();
+        self.host.on_command(Command::Offer { peer, sdp });
+        i
+    }
+
+    /// Writes one VP8 frame on simulcast layer `rid` of client `i`.
+    pub fn write_layer(&mut self, i: usize, rid: &str, time: MediaTime, data: &[u8]) {
+        let c = &mut self.clients[i];
+        let mid = c.video_mid.expect("video published");
+        let w = c
+            .rtc
+            .writer(mid)
+            .expect("writer")
+            .rid(str0m::media::Rid::from(rid));
+        let pt = w
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Vp8)
+            .expect("VP8 negotiated")
+            .pt();
+        w.write(pt, Instant::now(), time, data.to_vec()).unwrap();
+        drain_client(c, Instant::now());
     }
 
     pub fn leave(&mut self, i: usize) {
@@ -329,6 +387,34 @@ impl Net {
             self.host.on_datagram(peer, Protocol::Udp, addr, data, now);
         }
         !out.is_empty()
+    }
+
+    /// Loses on the way the RTP datagrams queued for client `to` whose payload type is `pt` (any
+    /// when `None`) and that are longer than `min_len`, waiting up to 500 ms for one (the pacer
+    /// may hold a packet for a few milliseconds); returns how many were lost.
+    pub fn lose_queued_rtp(&mut self, to: usize, pt: Option<u8>, min_len: usize) -> usize {
+        let to = self.clients[to].addr;
+        // SRTP leaves the RTP header in clear: version 2, and not one of RTCP's types 200..=206.
+        let rtp = |d: &[u8]| {
+            d.len() > min_len
+                && d[0] >> 6 == 2
+                && !(200..=206).contains(&d[1])
+                && pt.is_none_or(|pt| d[1] & 0x7F == pt)
+        };
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            self.host.fire_timers(Instant::now());
+            let queued = self.wire.queue.borrow();
+            if queued.iter().any(|(dst, d)| *dst == to && rtp(d)) || Instant::now() > deadline {
+                break;
+            }
+            drop(queued);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut queue = self.wire.queue.borrow_mut();
+        let before = queue.len();
+        queue.retain(|(dst, d)| !(*dst == to && rtp(d)));
+        before - queue.len()
     }
 
     pub fn received(&self, i: usize, kind: MediaKind) -> Vec<&MediaData> {
