@@ -296,6 +296,11 @@ pub fn render(
         "reason=\"other\"",
         s.rtp_dropped_other,
     );
+    o.labelled(
+        "consulta_rtp_dropped_total",
+        "reason=\"other_layer\"",
+        s.layer_skipped,
+    );
     o.head(
         "consulta_keyframe_requests_total",
         "counter",
@@ -461,6 +466,24 @@ pub fn render(
         "Subscribers whose video was paused because their downlink estimate could not carry it (audio kept).",
         s.bandwidth_pauses,
     );
+    o.head(
+        "consulta_layer_switches_total",
+        "counter",
+        "Simulcast layer changes of one subscriber's video, by direction and reason.",
+    );
+    for (labels, value) in [
+        ("direction=\"up\",reason=\"headroom\"", s.layer_switches_up),
+        (
+            "direction=\"down\",reason=\"bandwidth\"",
+            s.layer_switches_down_bandwidth,
+        ),
+        (
+            "direction=\"down\",reason=\"other\"",
+            s.layer_switches_down_other,
+        ),
+    ] {
+        o.labelled("consulta_layer_switches_total", labels, value);
+    }
     o.one(
         "consulta_bandwidth_resumes_total",
         "counter",

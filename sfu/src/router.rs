@@ -38,6 +38,7 @@ mod negotiation;
 mod quality;
 pub(crate) mod quota;
 mod reconnect;
+pub(crate) mod simulcast;
 use mute::MuteBy;
 use reconnect::Path;
 
@@ -636,12 +637,13 @@ impl<W: Wire> RouterHost<W> {
         let Some(t) = self.transports.get_mut(&peer) else {
             return;
         };
-        let codecs = t.codec_table();
+        let (codecs, red) = t.codec_table();
         t.producers.push(Producer {
             mid,
             kind,
-            ssrc: None,
+            layers: Default::default(),
             codecs,
+            red,
             throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL),
             codec: None,
             feedback: Default::default(),
@@ -729,6 +731,7 @@ impl<W: Wire> RouterHost<W> {
         if self.limits.bwe {
             self.allocate(now);
         }
+        self.select_layers(now);
         let dead: Vec<PeerId> = self
             .transports
             .values()

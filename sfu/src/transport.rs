@@ -87,9 +87,13 @@ impl Outbox {
 pub(crate) struct Producer {
     pub mid: Mid,
     pub kind: MediaKind,
-    pub ssrc: Option<str0m::rtp::Ssrc>,
-    /// Codec by payload type, from the negotiated parameters.
+    /// Its SSRCs (one per simulcast layer) and their rates.
+    pub layers: crate::router::simulcast::ProducerLayers,
+    /// Codec by payload type, from the negotiated parameters (a RED payload type maps to the
+    /// codec of its primary block).
     pub codecs: [Option<Codec>; 128],
+    /// Bit `pt` set: payload type `pt` is RED (RFC 2198) around the codec in `codecs`.
+    pub red: u128,
     pub throttle: KeyframeThrottle,
     /// The codec of the first packet (for the track gauges).
     pub codec: Option<Codec>,
@@ -138,6 +142,9 @@ pub(crate) struct Consumer {
     pub asked_keyframe: Option<Instant>,
     /// RTCP feedback from the subscriber so far.
     pub feedback: FeedbackCounts,
+    /// Which simulcast layer this subscriber should get, and the changeover to it.
+    pub selector: crate::layers::Selector,
+    pub switch: crate::layers::Switch,
 }
 
 impl Consumer {
@@ -155,6 +162,8 @@ impl Consumer {
             pts: PtMap::default(),
             asked_keyframe: None,
             feedback: FeedbackCounts::default(),
+            selector: Default::default(),
+            switch: Default::default(),
         }
     }
 }
@@ -346,6 +355,9 @@ pub fn new_rtc(
         .set_send_buffer_video(nack_history)
         // Starts where an HD call is: a good link is never capped while the estimate settles.
         .enable_bwe(bwe.then(|| Bitrate::bps(BWE_INITIAL_BPS)))
+        // Redundant audio (RFC 2198) where the browser offers it: a lossy downlink recovers an
+        // isolated audio loss from the next packet (audio first; see `red.rs`).
+        .enable_opus(true, true)
         // The worker's certificate: str0m would generate a key pair per Rtc, ~1 ms per join on
         // this (the media) thread.
         .set_dtls_cert(advertised.dtls.cert())
@@ -567,13 +579,19 @@ impl Transport {
         true
     }
 
-    /// The negotiated codec of each payload type this transport receives.
-    pub fn codec_table(&self) -> [Option<Codec>; 128] {
+    /// The negotiated codec of each payload type this transport receives, and which payload
+    /// types are RED around it (bit per payload type).
+    pub fn codec_table(&self) -> ([Option<Codec>; 128], u128) {
         let mut t = [None; 128];
+        let mut red = 0u128;
         for p in self.rtc.codec_config().params() {
             t[usize::from(*p.pt() & 0x7F)] = Some(p.spec().codec);
+            if let Some(r) = p.red() {
+                t[usize::from(*r & 0x7F)] = Some(p.spec().codec);
+                red |= 1u128 << (*r & 0x7F);
+            }
         }
-        t
+        (t, red)
     }
 
     /// Drains the `Rtc` until it asks for a timeout: transmits go out, events to the outbox.

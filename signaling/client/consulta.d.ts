@@ -27,6 +27,12 @@ export interface ConnectOptions {
   localStream?: MediaStream;
   /** Put this codec first in the offer; ignored when the browser lacks it. */
   preferredVideoCodec?: VideoCodec;
+  /**
+   * Publish camera video as simulcast layers (180p, 360p and 720p for a 720p camera, `rid`s
+   * `q`, `h`, `f`), so that the server forwards each subscriber the layer its downlink carries
+   * instead of capping this sender for the weakest one. Default `false` (see the SDK README).
+   */
+  simulcast?: boolean;
   /** A non-empty list replaces the server's `ice_servers` (its TURN credentials); `[]` or absent keeps them. */
   iceServers?: RTCIceServer[];
   iceTransportPolicy?: RTCIceTransportPolicy;

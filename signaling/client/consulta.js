@@ -791,10 +791,12 @@ export class Call {
         const s = typeof track.getSettings === 'function' ? track.getSettings() : {};
         this._maxVideoBitrate = videoMaxBitrate(s.width, s.height);
         this._videoHints = videoBitrateHints(s.width, s.height);
+        const layers = this.options.simulcast ? simulcastEncodings(s.height, this._maxVideoBitrate) : null;
+        this._simulcast = !!layers;
         const tr = pc.addTransceiver(track, {
           direction: 'sendonly',
           streams: [stream],
-          sendEncodings: [{ maxBitrate: this._maxVideoBitrate }],
+          sendEncodings: layers || [{ maxBitrate: this._maxVideoBitrate }],
         });
         this._preferCodec(tr, this.options.preferredVideoCodec);
       } else {
@@ -828,6 +830,9 @@ export class Call {
     for (const t of this._pc.getTransceivers()) {
       const sender = t.sender;
       if (!sender || !sender.track || sender.track.kind !== 'video') continue;
+      // Simulcast layers keep the rates they were created with: a weak subscriber gets a lower
+      // layer from the server instead of a cap on this sender.
+      if (this._simulcast) continue;
       try {
         const params = sender.getParameters();
         params.degradationPreference = 'maintain-resolution';
@@ -1493,6 +1498,22 @@ function profileScore(c) {
     if (!/profile-id=[1-9]/.test(f)) score += 5;
   }
   return score;
+}
+
+/**
+ * Simulcast `sendEncodings` for a camera `height` pixels high, low to high (the server numbers
+ * layers in this order): quarter and half size at 150 and 500 kbit/s, then full size at `max`;
+ * null when the camera is too small for more than one layer.
+ */
+export function simulcastEncodings(height, max) {
+  const h = height || DEFAULT_VIDEO.height;
+  if (h < 360) return null;
+  const layers = [
+    { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000 },
+    { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
+    { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: max },
+  ];
+  return h < 540 ? layers.slice(1).map((l) => ({ ...l, scaleResolutionDownBy: l.scaleResolutionDownBy / 2 })) : layers;
 }
 
 /** encodings[0].maxBitrate for a camera of this size (bit/s). */

@@ -29,7 +29,7 @@ const LIFT_ROUNDS: u8 = 3;
 
 /// The active audio and video tracks `t` receives (muted ones and ones it cannot decode carry
 /// nothing and do not count; video paused for bandwidth does: it is what resumes).
-fn receiving(t: &Transport) -> (usize, usize) {
+pub(super) fn receiving(t: &Transport) -> (usize, usize) {
     let mut audio = 0;
     let mut video = 0;
     for c in &t.consumers {
@@ -193,6 +193,10 @@ impl<W: Wire> RouterHost<W> {
         }
         let mut remb: Vec<(PeerId, Mid, u64)> = Vec::new();
         for t in self.transports.values_mut() {
+            // A simulcast track is never capped: its constrained subscribers get a lower layer.
+            for p in t.producers.iter().filter(|p| p.layers.is_simulcast()) {
+                caps.remove(&(t.id, p.mid));
+            }
             let cap = t
                 .producers
                 .iter()

@@ -2,13 +2,17 @@
 //! mapped, sequence numbers rewritten, video gated on keyframes) and to the room's recording tap;
 //! keyframe requests go back to publishers, throttled.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 
 use super::{guarded, schedule, Recording, RouterHost, FORWARD_SAMPLES};
+use str0m::format::Codec;
+
 use crate::forwarder::{gates_on_keyframes, is_keyframe_start, Verdict};
+use crate::layers::Admit;
 use crate::transport::{track_kind, ConsumerState, Io, Transport, Wire};
 use crate::PeerId;
 
@@ -54,8 +58,23 @@ impl<W: Wire> RouterHost<W> {
     pub(super) fn send_keyframe_request(&mut self, publisher: PeerId, mid: Mid) {
         self.counters.keyframe_requests_sent += 1;
         self.drive(publisher, |t, io| {
-            if let Some(rx) = t.rtc.direct_api().stream_rx_by_mid(mid, None) {
-                rx.request_keyframe(KeyframeRequestKind::Pli);
+            // Every layer of a simulcast track (consumers change over at the target's keyframe).
+            let rids = t
+                .producers
+                .iter()
+                .find(|p| p.mid == mid)
+                .map(|p| p.layers.rids)
+                .unwrap_or_default();
+            let mut api = t.rtc.direct_api();
+            if rids.iter().all(Option::is_none) {
+                if let Some(rx) = api.stream_rx_by_mid(mid, None) {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                }
+            }
+            for rid in rids.into_iter().flatten() {
+                if let Some(rx) = api.stream_rx_by_mid(mid, Some(rid)) {
+                    rx.request_keyframe(KeyframeRequestKind::Pli);
+                }
             }
             t.drain(io)
         });
@@ -68,23 +87,39 @@ impl<W: Wire> RouterHost<W> {
             return;
         };
         let ssrc = pkt.header.ssrc;
-        let idx = match t.producers.iter().position(|p| p.ssrc == Some(ssrc)) {
-            Some(i) => i,
-            None => {
-                // First packet of this SSRC: find its track through str0m's receive stream.
-                let mid = t.rtc.direct_api().stream_rx(&ssrc).map(|s| s.mid());
-                let Some(i) = mid.and_then(|m| t.producers.iter().position(|p| p.mid == m)) else {
-                    self.counters.rtp_dropped_other += 1;
-                    return;
-                };
-                t.producers[i].ssrc = Some(ssrc);
-                i
-            }
+        let found = t
+            .producers
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| p.layers.layer_of(ssrc).map(|l| (i, l)));
+        // First packet of this SSRC: find its track (and layer) through str0m's receive stream.
+        let Some((idx, layer)) = found.or_else(|| super::simulcast::learn_ssrc(t, ssrc)) else {
+            self.counters.rtp_dropped_other += 1;
+            return;
         };
         let producer = &mut t.producers[idx];
+        producer
+            .layers
+            .on_packet(layer, pkt.payload.len(), pkt.timestamp);
+        let layer_count = producer.layers.now.count;
+        let simulcast = layer_count > 1;
+        // The recording takes the highest layer.
+        let recorded = !simulcast || layer + 1 == layer_count;
         let (mid, kind) = (producer.mid, producer.kind);
         let pt = *pkt.header.payload_type;
         let codec = producer.codecs[usize::from(pt & 0x7F)];
+        // RED (audio): where its primary block starts, for subscribers (and the recorder) that
+        // take the plain codec. Malformed RED is dropped.
+        let red_primary = if producer.red & (1u128 << (pt & 0x7F)) != 0 {
+            let Some(off) = crate::red::primary_offset(&pkt.payload) else {
+                self.counters.rtp_dropped_other += 1;
+                return;
+            };
+            Some(off)
+        } else {
+            None
+        };
+        let mut primary: Option<Arc<[u8]>> = None;
         // The publisher changed codec (the room asked it to): what follows starts at its
         // keyframe, and the recording starts a new segment in that codec.
         let switched = codec.is_some() && producer.codec.is_some() && producer.codec != codec;
@@ -110,8 +145,14 @@ impl<W: Wire> RouterHost<W> {
                 rec.announced.retain(|k| *k != key);
             }
             // A muted track is not recorded either.
-            if !muted {
-                tap(rec, t, idx, &pkt);
+            if !muted && recorded {
+                let payload = match red_primary {
+                    Some(off) => primary
+                        .get_or_insert_with(|| Arc::from(&pkt.payload[off..]))
+                        .clone(),
+                    None => pkt.payload.clone(),
+                };
+                tap(rec, t, idx, &pkt, payload);
             }
         }
         if switched {
@@ -148,6 +189,24 @@ impl<W: Wire> RouterHost<W> {
                 self.counters.rtp_dropped_other += 1;
                 continue;
             };
+            // Simulcast: one layer per subscriber, changed over at the target's keyframe.
+            let mut switched = false;
+            if simulcast {
+                if c.switch.current().is_none() && c.selector.target().is_none() {
+                    c.switch.set_target(layer_count - 1);
+                }
+                match c.switch.admit(layer, keyframe) {
+                    Admit::Forward => {}
+                    Admit::Switched => {
+                        c.forwarder.rebase();
+                        switched = true;
+                    }
+                    Admit::Skip => {
+                        self.counters.layer_skipped += 1;
+                        continue;
+                    }
+                }
+            }
             let out_seq = match c.forwarder.on_packet(*pkt.seq_no, keyframe) {
                 Verdict::Forward(s) => s,
                 Verdict::WaitKeyframe => {
@@ -160,16 +219,37 @@ impl<W: Wire> RouterHost<W> {
                 }
             };
             let cmid = c.mid;
+            let mut payload = match red_primary {
+                // The primary block alone, made once per packet for all who need it.
+                Some(off) if c.pts.unwraps_red(pt) => primary
+                    .get_or_insert_with(|| Arc::from(&pkt.payload[off..]))
+                    .clone(),
+                _ if Some(i) == last => std::mem::take(&mut pkt.payload),
+                _ => pkt.payload.clone(),
+            };
+            let mut timestamp = pkt.header.timestamp;
+            if simulcast {
+                timestamp = c.switch.timestamp(timestamp, pkt.timestamp);
+                if codec == Some(Codec::Vp8) {
+                    if c.switch.rewrites() {
+                        // Ours alone (the last subscriber's, unless recorded): rewritten in place.
+                        if Arc::get_mut(&mut payload).is_none() {
+                            payload = Arc::from(&payload[..]);
+                        }
+                        if let Some(p) = Arc::get_mut(&mut payload) {
+                            c.switch.rewrite_vp8(p, switched);
+                        }
+                    } else {
+                        c.switch.note_vp8(&payload);
+                    }
+                }
+            }
             let write = RtpWrite::new(
                 out_pt.into(),
                 out_seq.into(),
-                pkt.header.timestamp,
+                timestamp,
                 pkt.timestamp,
-                if Some(i) == last {
-                    std::mem::take(&mut pkt.payload)
-                } else {
-                    pkt.payload.clone()
-                },
+                payload,
             )
             .marker(pkt.header.marker)
             .ext_vals(ext.clone())
@@ -210,8 +290,9 @@ impl<W: Wire> RouterHost<W> {
     }
 }
 
-/// Hands one packet to a room's recorder: never blocks; a full queue drops and counts.
-fn tap(rec: &mut Recording, t: &Transport, idx: usize, pkt: &RtpPacket) {
+/// Hands one packet to a room's recorder, with `payload` (the primary block of RED, else the
+/// packet's own): never blocks; a full queue drops and counts.
+fn tap(rec: &mut Recording, t: &Transport, idx: usize, pkt: &RtpPacket, payload: Arc<[u8]>) {
     let Some(p) = t.producers.get(idx) else {
         return;
     };
@@ -239,7 +320,7 @@ fn tap(rec: &mut Recording, t: &Transport, idx: usize, pkt: &RtpPacket) {
         seq: pkt.header.sequence_number,
         timestamp: pkt.header.timestamp,
         marker: pkt.header.marker,
-        payload: pkt.payload.clone(),
+        payload,
         arrival: pkt.timestamp,
     };
     if rec.tap.tx.try_send(packet).is_err() {

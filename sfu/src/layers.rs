@@ -1,0 +1,372 @@
+//! Simulcast for one video Consumer, as pure state machines (no sockets, no `Rtc`):
+//!
+//! - [`Selector`] picks the layer a subscriber should receive from its downlink budget and the
+//!   publisher's layers (their measured rates, which ones flow) and the subscriber's preferred
+//!   maximum: down at once when the layer it gets no longer fits, up only when a higher layer
+//!   fits with headroom for [`UP_AFTER`], so a link at the edge does not flap.
+//! - [`Switch`] carries the chosen layer to the packets: a consumer keeps receiving its current
+//!   layer until a keyframe of the target layer arrives (the router asks for one), then changes
+//!   over; outgoing RTP timestamps and VP8 picture ids (and TL0PICIDX) stay continuous across the
+//!   change, as the layers of one camera are separate streams with their own bases. Sequence
+//!   numbers are the [`Forwarder`](crate::forwarder::Forwarder)'s, rebased at the change.
+//!
+//! Layers are numbered from the lowest (0) in the order the publisher lists them (the SDK sends
+//! 180p, 360p, 720p, low to high); a publisher without simulcast has one layer, 0.
+
+use std::time::{Duration, Instant};
+
+/// Most layers a publisher's track may have.
+pub const MAX_LAYERS: usize = 3;
+/// A higher layer must fit this many times over (in percent) before the subscriber moves up.
+pub const UP_HEADROOM_PERCENT: u64 = 120;
+/// How long a higher layer must keep fitting with headroom before the subscriber moves up.
+pub const UP_AFTER: Duration = Duration::from_secs(3);
+
+/// What is known about a publisher track's layers now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Layers {
+    /// How many layers the track has (1 without simulcast).
+    pub count: u8,
+    /// Measured rate of each layer, bits per second.
+    pub bps: [u64; MAX_LAYERS],
+    /// Whether each layer is flowing now.
+    pub active: [bool; MAX_LAYERS],
+}
+
+/// Why the target layer changed (the label of the layer-switch metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The first choice for a new consumer.
+    Start,
+    /// The downlink budget fell below the current layer's rate.
+    Bandwidth,
+    /// The current layer stopped flowing.
+    LayerGone,
+    /// A higher layer fit with headroom long enough.
+    Headroom,
+    /// The subscriber's preferred maximum changed.
+    Preference,
+}
+
+/// A change of target layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub layer: u8,
+    pub up: bool,
+    pub reason: Reason,
+}
+
+/// Picks one subscriber's layer of one publisher track.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    target: Option<u8>,
+    /// The subscriber's preferred maximum layer.
+    max: u8,
+    /// Since when a higher layer has fit with headroom (and which).
+    up_since: Option<(u8, Instant)>,
+}
+
+impl Default for Selector {
+    fn default() -> Self {
+        Selector {
+            target: None,
+            max: (MAX_LAYERS - 1) as u8,
+            up_since: None,
+        }
+    }
+}
+
+impl Selector {
+    pub fn target(&self) -> Option<u8> {
+        self.target
+    }
+
+    /// Sets the subscriber's preferred maximum layer (e.g. from its video element's size).
+    pub fn set_max(&mut self, max: u8) {
+        self.max = max.min((MAX_LAYERS - 1) as u8);
+    }
+
+    /// Decides with the per-track video `budget` (bits/s; `None`: no estimate, take the best).
+    /// Returns the new target when it changes.
+    pub fn poll(&mut self, now: Instant, budget: Option<u64>, layers: &Layers) -> Option<Choice> {
+        let count = usize::from(layers.count.clamp(1, MAX_LAYERS as u8));
+        let top = (count - 1).min(usize::from(self.max));
+        let available = |l: usize| l <= top && layers.active[l];
+        let fits = |l: usize, headroom: u64| {
+            budget.is_none_or(|b| layers.bps[l].saturating_mul(headroom) / 100 <= b)
+        };
+        let lowest = (0..=top).find(|&l| available(l));
+        // The highest available layer that fits, else the lowest that flows.
+        let best = (0..=top)
+            .rev()
+            .find(|&l| available(l) && fits(l, 100))
+            .or(lowest);
+        let Some(best) = best else {
+            // Nothing flows: keep the target; a layer that comes back is taken again.
+            self.up_since = None;
+            return None;
+        };
+        let choose = |s: &mut Selector, layer: usize, reason: Reason| {
+            let up = s.target.is_some_and(|t| layer > usize::from(t));
+            s.target = Some(layer as u8);
+            s.up_since = None;
+            Some(Choice {
+                layer: layer as u8,
+                up,
+                reason,
+            })
+        };
+        let Some(current) = self.target.map(usize::from) else {
+            return choose(self, best, Reason::Start);
+        };
+        if current > top {
+            return choose(self, best.min(top), Reason::Preference);
+        }
+        if !available(current) {
+            return choose(self, best, Reason::LayerGone);
+        }
+        if best < current {
+            return choose(self, best, Reason::Bandwidth);
+        }
+        // Up: the highest layer that fits with headroom, held for UP_AFTER.
+        let up = (current + 1..=top)
+            .rev()
+            .find(|&l| available(l) && fits(l, UP_HEADROOM_PERCENT));
+        match (up, self.up_since) {
+            (None, _) => {
+                self.up_since = None;
+                None
+            }
+            (Some(l), Some((was, since))) if usize::from(was) == l => {
+                if now.duration_since(since) >= UP_AFTER {
+                    let reason = if budget.is_none() {
+                        Reason::Preference
+                    } else {
+                        Reason::Headroom
+                    };
+                    choose(self, l, reason)
+                } else {
+                    None
+                }
+            }
+            (Some(l), _) => {
+                if budget.is_none() {
+                    return choose(self, l, Reason::Preference);
+                }
+                self.up_since = Some((l as u8, now));
+                None
+            }
+        }
+    }
+}
+
+/// What [`Switch::admit`] says of one packet of layer `layer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Of the layer being forwarded: send it (mapped).
+    Forward,
+    /// The first packet of a new layer (its keyframe): rebase sequence numbers, then send it.
+    Switched,
+    /// Of another layer: not for this subscriber.
+    Skip,
+}
+
+/// Per-consumer layer changeover with continuous timestamps and VP8 picture ids.
+#[derive(Debug, Clone, Default)]
+pub struct Switch {
+    current: Option<u8>,
+    target: u8,
+    ts_offset: u32,
+    pid_offset: u16,
+    tl0_offset: u8,
+    /// Last outgoing RTP timestamp, with the arrival of its packet.
+    last_ts: Option<(u32, Instant)>,
+    last_pid: Option<u16>,
+    last_tl0: Option<u8>,
+    /// A changeover happened: picture ids need rewriting.
+    rewriting: bool,
+    /// The first packet of a change is out; its timestamp offset is fixed.
+    fresh: bool,
+}
+
+/// The video clock rate of every codec the SDK sends.
+const CLOCK_HZ: u64 = 90_000;
+
+impl Switch {
+    pub fn current(&self) -> Option<u8> {
+        self.current
+    }
+
+    pub fn target(&self) -> u8 {
+        self.target
+    }
+
+    /// Moves the target; packets of the current layer flow until the target's keyframe.
+    pub fn set_target(&mut self, layer: u8) {
+        self.target = layer;
+    }
+
+    /// Whether a keyframe of the target layer is awaited (the router asks for one).
+    pub fn is_switching(&self) -> bool {
+        self.current != Some(self.target)
+    }
+
+    /// Decides for one packet of `layer`, `keyframe` if it starts a keyframe.
+    pub fn admit(&mut self, layer: u8, keyframe: bool) -> Admit {
+        if self.current == Some(layer) && (layer == self.target || !keyframe) {
+            return Admit::Forward;
+        }
+        if layer == self.target && keyframe {
+            let first = self.current.is_none();
+            self.current = Some(layer);
+            self.fresh = true;
+            if first {
+                // The first layer of the consumer: its own bases, nothing rewritten.
+                self.ts_offset = 0;
+                self.pid_offset = 0;
+                self.tl0_offset = 0;
+                self.rewriting = false;
+                return Admit::Forward;
+            }
+            self.rewriting = true;
+            return Admit::Switched;
+        }
+        if self.current == Some(layer) {
+            Admit::Forward
+        } else {
+            Admit::Skip
+        }
+    }
+
+    /// The outgoing timestamp of a forwarded packet that arrived at `arrival`.
+    pub fn timestamp(&mut self, ts: u32, arrival: Instant) -> u32 {
+        if self.fresh {
+            self.fresh = false;
+            if self.rewriting {
+                // The new layer continues where the old one stopped, as far on as the wall
+                // clock says (at least one tick, so the frame is never taken as a repeat).
+                let out = match self.last_ts {
+                    Some((last, at)) => {
+                        let ms = arrival.saturating_duration_since(at).as_millis() as u64;
+                        last.wrapping_add(((ms * CLOCK_HZ / 1000).max(1)) as u32)
+                    }
+                    None => ts,
+                };
+                self.ts_offset = out.wrapping_sub(ts);
+            }
+        }
+        let out = ts.wrapping_add(self.ts_offset);
+        match self.last_ts {
+            // Only move forward (by wrapping distance): late packets do not pull the clock back.
+            Some((last, _)) if out.wrapping_sub(last) > u32::MAX / 2 => {}
+            _ => self.last_ts = Some((out, arrival)),
+        }
+        out
+    }
+
+    /// Notes the VP8 picture id and TL0PICIDX of a payload sent as it is (before any change),
+    /// so that a later change continues from them.
+    pub fn note_vp8(&mut self, payload: &[u8]) {
+        let Some(at) = vp8_fields(payload) else {
+            return;
+        };
+        if let Some((pos, wide)) = at.pid {
+            self.last_pid = Some(read_pid(payload, pos, wide));
+        }
+        if let Some(pos) = at.tl0 {
+            self.last_tl0 = Some(payload[pos]);
+        }
+    }
+
+    /// Rewrites the VP8 payload descriptor's picture id and TL0PICIDX in place so they continue
+    /// across changes (`switched`: the first packet of a change); only once [`Self::rewrites`].
+    pub fn rewrite_vp8(&mut self, payload: &mut [u8], switched: bool) {
+        let Some(at) = vp8_fields(payload) else {
+            return;
+        };
+        if let Some((pos, wide)) = at.pid {
+            let pid = read_pid(payload, pos, wide);
+            let mask = if wide { 0x7FFF } else { 0x7F };
+            if switched {
+                self.pid_offset = self
+                    .last_pid
+                    .map_or(0, |l| l.wrapping_add(1).wrapping_sub(pid))
+                    & mask;
+            }
+            let out = pid.wrapping_add(self.pid_offset) & mask;
+            write_pid(payload, pos, wide, out);
+            self.last_pid = Some(out);
+        }
+        if let Some(pos) = at.tl0 {
+            let tl0 = payload[pos];
+            if switched {
+                self.tl0_offset = self
+                    .last_tl0
+                    .map_or(0, |l| l.wrapping_add(1).wrapping_sub(tl0));
+            }
+            let out = tl0.wrapping_add(self.tl0_offset);
+            payload[pos] = out;
+            self.last_tl0 = Some(out);
+        }
+    }
+
+    /// Whether payloads must be rewritten (after the first change).
+    pub fn rewrites(&self) -> bool {
+        self.rewriting
+    }
+}
+
+/// Where a VP8 payload descriptor keeps its picture id (position, 15-bit) and TL0PICIDX.
+struct Vp8Fields {
+    pid: Option<(usize, bool)>,
+    tl0: Option<usize>,
+}
+
+fn vp8_fields(p: &[u8]) -> Option<Vp8Fields> {
+    let b0 = *p.first()?;
+    if b0 & 0x80 == 0 {
+        return Some(Vp8Fields {
+            pid: None,
+            tl0: None,
+        });
+    }
+    let x = *p.get(1)?;
+    let mut at = 2;
+    let mut pid = None;
+    if x & 0x80 != 0 {
+        let m = *p.get(at)?;
+        let wide = m & 0x80 != 0;
+        if wide {
+            p.get(at + 1)?;
+        }
+        pid = Some((at, wide));
+        at += if wide { 2 } else { 1 };
+    }
+    let mut tl0 = None;
+    if x & 0x40 != 0 {
+        p.get(at)?;
+        tl0 = Some(at);
+    }
+    Some(Vp8Fields { pid, tl0 })
+}
+
+fn read_pid(p: &[u8], at: usize, wide: bool) -> u16 {
+    if wide {
+        (u16::from(p[at] & 0x7F) << 8) | u16::from(p[at + 1])
+    } else {
+        u16::from(p[at] & 0x7F)
+    }
+}
+
+fn write_pid(p: &mut [u8], at: usize, wide: bool, pid: u16) {
+    if wide {
+        p[at] = 0x80 | ((pid >> 8) as u8 & 0x7F);
+        p[at + 1] = pid as u8;
+    } else {
+        p[at] = pid as u8 & 0x7F;
+    }
+}
+
+#[cfg(test)]
+#[path = "layers_tests.rs"]
+mod tests;

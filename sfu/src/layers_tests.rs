@@ -1,0 +1,185 @@
+//! Unit tests of the layer selector and the changeover (synthetic inputs, no sockets).
+
+use super::*;
+
+fn three(bps: [u64; 3]) -> Layers {
+    Layers {
+        count: 3,
+        bps,
+        active: [true; 3],
+    }
+}
+
+const RATES: [u64; 3] = [150_000, 500_000, 1_700_000];
+
+#[test]
+fn starts_at_the_best_layer_that_fits_and_the_top_without_an_estimate() {
+    let t0 = Instant::now();
+    let mut s = Selector::default();
+    let c = s.poll(t0, Some(700_000), &three(RATES)).unwrap();
+    assert_eq!((c.layer, c.reason), (1, Reason::Start));
+    let mut s = Selector::default();
+    assert_eq!(s.poll(t0, None, &three(RATES)).unwrap().layer, 2);
+    // Nothing fits: the lowest (the allocator pauses the video if even that is too much).
+    let mut s = Selector::default();
+    assert_eq!(s.poll(t0, Some(50_000), &three(RATES)).unwrap().layer, 0);
+}
+
+#[test]
+fn goes_down_at_once_and_up_only_after_headroom_held() {
+    let t0 = Instant::now();
+    let mut s = Selector::default();
+    s.poll(t0, Some(3_000_000), &three(RATES));
+    assert_eq!(s.target(), Some(2));
+    // The budget falls under the top layer: down at once, to the best that fits.
+    let c = s
+        .poll(
+            t0 + Duration::from_millis(100),
+            Some(400_000),
+            &three(RATES),
+        )
+        .unwrap();
+    assert_eq!((c.layer, c.up, c.reason), (0, false, Reason::Bandwidth));
+    // Layer 1 fits, but without 20 % headroom: stay.
+    let t = t0 + Duration::from_secs(1);
+    assert_eq!(s.poll(t, Some(550_000), &three(RATES)), None);
+    assert_eq!(s.poll(t + UP_AFTER * 2, Some(550_000), &three(RATES)), None);
+    // With headroom: only after UP_AFTER of it.
+    let t = t0 + Duration::from_secs(10);
+    assert_eq!(s.poll(t, Some(700_000), &three(RATES)), None);
+    assert_eq!(s.poll(t + UP_AFTER / 2, Some(700_000), &three(RATES)), None);
+    let c = s.poll(t + UP_AFTER, Some(700_000), &three(RATES)).unwrap();
+    assert_eq!((c.layer, c.up, c.reason), (1, true, Reason::Headroom));
+}
+
+#[test]
+fn a_dip_restarts_the_wait_for_going_up() {
+    let t0 = Instant::now();
+    let mut s = Selector::default();
+    s.poll(t0, Some(200_000), &three(RATES));
+    assert_eq!(s.target(), Some(0));
+    assert_eq!(s.poll(t0, Some(700_000), &three(RATES)), None);
+    // A dip in the middle of the wait.
+    assert_eq!(
+        s.poll(t0 + Duration::from_secs(2), Some(300_000), &three(RATES)),
+        None
+    );
+    assert_eq!(
+        s.poll(
+            t0 + Duration::from_millis(2500),
+            Some(700_000),
+            &three(RATES)
+        ),
+        None
+    );
+    assert_eq!(
+        s.poll(t0 + Duration::from_secs(4), Some(700_000), &three(RATES)),
+        None
+    );
+    assert!(s
+        .poll(
+            t0 + Duration::from_millis(5600),
+            Some(700_000),
+            &three(RATES)
+        )
+        .is_some());
+}
+
+#[test]
+fn a_layer_that_stops_flowing_is_left_and_the_preferred_maximum_holds() {
+    let t0 = Instant::now();
+    let mut s = Selector::default();
+    s.poll(t0, None, &three(RATES));
+    let mut gone = three(RATES);
+    gone.active[2] = false;
+    let c = s.poll(t0, None, &gone).unwrap();
+    assert_eq!((c.layer, c.reason), (1, Reason::LayerGone));
+    s.set_max(0);
+    let c = s.poll(t0, None, &three(RATES)).unwrap();
+    assert_eq!((c.layer, c.reason), (0, Reason::Preference));
+    // One layer only (no simulcast): always 0.
+    let one = Layers {
+        count: 1,
+        bps: [2_000_000, 0, 0],
+        active: [true, false, false],
+    };
+    let mut s = Selector::default();
+    assert_eq!(s.poll(t0, Some(100_000), &one).unwrap().layer, 0);
+    assert_eq!(s.poll(t0 + UP_AFTER * 2, Some(100_000), &one), None);
+}
+
+/// A VP8 payload descriptor with a 15-bit picture id and TL0PICIDX, then `body`.
+fn vp8(pid: u16, tl0: u8, body: u8) -> Vec<u8> {
+    vec![0x90, 0xC0, 0x80 | (pid >> 8) as u8, pid as u8, tl0, body]
+}
+
+fn pid_of(p: &[u8]) -> u16 {
+    (u16::from(p[2] & 0x7F) << 8) | u16::from(p[3])
+}
+
+#[test]
+fn switches_at_the_target_keyframe_with_continuous_timestamps_and_picture_ids() {
+    let t0 = Instant::now();
+    let mut sw = Switch::default();
+    sw.set_target(2);
+    // Packets of other layers, and the target's non-keyframes, wait.
+    assert_eq!(sw.admit(0, true), Admit::Skip);
+    assert_eq!(sw.admit(2, false), Admit::Skip);
+    assert_eq!(sw.admit(2, true), Admit::Forward);
+    assert_eq!(sw.timestamp(1_000, t0), 1_000);
+    assert!(!sw.rewrites(), "the first layer is sent as it is");
+    sw.note_vp8(&vp8(500, 7, 1));
+    // 33 ms later the next frame of layer 2.
+    let t1 = t0 + Duration::from_millis(33);
+    assert_eq!(sw.admit(2, false), Admit::Forward);
+    assert_eq!(sw.timestamp(3_970, t1), 3_970);
+    sw.note_vp8(&vp8(501, 8, 2));
+    // Down to layer 0: layer 2 flows until layer 0's keyframe.
+    sw.set_target(0);
+    assert!(sw.is_switching());
+    assert_eq!(sw.admit(0, false), Admit::Skip);
+    assert_eq!(sw.admit(2, false), Admit::Forward);
+    assert_eq!(sw.admit(0, true), Admit::Switched);
+    assert!(!sw.is_switching());
+    assert!(sw.rewrites());
+    // Layer 0 has its own timestamp base and picture ids; they continue from layer 2's.
+    let t2 = t1 + Duration::from_millis(40);
+    let ts = sw.timestamp(4_000_000_000, t2);
+    assert_eq!(ts, 3_970 + 40 * 90);
+    let mut p = vp8(20_000, 200, 3);
+    sw.rewrite_vp8(&mut p, true);
+    assert_eq!(pid_of(&p), 502);
+    assert_eq!(p[4], 9);
+    assert_eq!(p[5], 3, "the payload itself is untouched");
+    // The frame after keeps the same offsets, and layer 2 is no longer sent.
+    assert_eq!(sw.admit(2, true), Admit::Skip);
+    assert_eq!(sw.admit(0, false), Admit::Forward);
+    assert_eq!(sw.timestamp(4_000_002_970, t2), 3_970 + 40 * 90 + 2_970);
+    let mut p = vp8(20_001, 201, 4);
+    sw.rewrite_vp8(&mut p, false);
+    assert_eq!((pid_of(&p), p[4]), (503, 10));
+    // Picture ids wrap at 15 bits.
+    let mut p = vp8(0x7FFF, 0, 5);
+    sw.rewrite_vp8(&mut p, false);
+    assert!(pid_of(&p) <= 0x7FFF);
+}
+
+#[test]
+fn a_late_packet_does_not_pull_the_clock_back_and_short_descriptors_are_left_alone() {
+    let t0 = Instant::now();
+    let mut sw = Switch::default();
+    sw.set_target(0);
+    sw.admit(0, true);
+    sw.timestamp(90_000, t0);
+    sw.timestamp(87_000, t0 + Duration::from_millis(5)); // a late packet of the frame before
+    sw.set_target(1);
+    sw.admit(1, true);
+    let out = sw.timestamp(5, t0 + Duration::from_millis(10));
+    assert_eq!(out, 90_000 + 900);
+    // Descriptors cut short, or without picture id: nothing panics or changes.
+    for p in [&[0x90u8][..], &[0x90, 0x80], &[0x10, 0xAA], &[]] {
+        let mut q = p.to_vec();
+        sw.rewrite_vp8(&mut q, true);
+        assert_eq!(q, p);
+    }
+}

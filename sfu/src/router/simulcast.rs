@@ -1,0 +1,172 @@
+//! Simulcast, the IO side of [`crate::layers`]: which layer each incoming SSRC of a publisher's
+//! video track is (its rid's place in the track's simulcast list, lowest first), the layers'
+//! measured rates, and, every housekeeping round, each video consumer's layer from its
+//! subscriber's downlink budget. Until a consumer has changed over, a keyframe of its track is
+//! asked for (throttled).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use str0m::media::{MediaKind, Mid, Rid, Rids};
+use str0m::rtp::Ssrc;
+
+use super::RouterHost;
+use crate::layers::{Layers, Reason, MAX_LAYERS};
+use crate::transport::{ConsumerState, Transport, Wire};
+use crate::PeerId;
+
+/// A layer that sent nothing for this long is not flowing.
+const ACTIVE_WITHIN: Duration = Duration::from_millis(1_000);
+/// Rates are measured over at least this long.
+const MEASURE_EVERY: Duration = Duration::from_millis(500);
+
+/// The layers of one publisher track (one layer, 0, without simulcast).
+#[derive(Debug, Default)]
+pub(crate) struct ProducerLayers {
+    pub ssrcs: [Option<Ssrc>; MAX_LAYERS],
+    pub rids: [Option<Rid>; MAX_LAYERS],
+    bytes: [u64; MAX_LAYERS],
+    last_packet: [Option<Instant>; MAX_LAYERS],
+    measured_at: Option<Instant>,
+    /// What the selectors see: count, rates, activity.
+    pub now: Layers,
+}
+
+impl ProducerLayers {
+    /// The layer `ssrc` carries, if known.
+    #[inline]
+    pub fn layer_of(&self, ssrc: Ssrc) -> Option<u8> {
+        self.ssrcs
+            .iter()
+            .position(|s| *s == Some(ssrc))
+            .map(|l| l as u8)
+    }
+
+    /// Counts one packet of `layer` (no allocation: the hot path).
+    #[inline]
+    pub fn on_packet(&mut self, layer: u8, bytes: usize, at: Instant) {
+        let l = usize::from(layer);
+        self.bytes[l] += bytes as u64;
+        self.last_packet[l] = Some(at);
+    }
+
+    /// Whether this track is sent as several layers.
+    pub fn is_simulcast(&self) -> bool {
+        self.now.count > 1
+    }
+
+    /// Turns the byte counts into rates; once per [`MEASURE_EVERY`].
+    fn measure(&mut self, now: Instant) {
+        let Some(since) = self.measured_at else {
+            self.measured_at = Some(now);
+            self.bytes = [0; MAX_LAYERS];
+            return;
+        };
+        let dt = now.saturating_duration_since(since);
+        if dt < MEASURE_EVERY {
+            return;
+        }
+        for l in 0..MAX_LAYERS {
+            let bps = self.bytes[l] * 8 * 1000 / (dt.as_millis() as u64).max(1);
+            // Smoothed: a keyframe burst must not look like the layer's rate.
+            self.now.bps[l] = if self.now.bps[l] == 0 {
+                bps
+            } else {
+                (self.now.bps[l] * 3 + bps) / 4
+            };
+            self.now.active[l] = self.last_packet[l]
+                .is_some_and(|t| now.saturating_duration_since(t) < ACTIVE_WITHIN);
+            if !self.now.active[l] {
+                self.now.bps[l] = 0;
+            }
+        }
+        self.bytes = [0; MAX_LAYERS];
+        self.measured_at = Some(now);
+    }
+}
+
+/// Finds which producer and layer of `t` a new SSRC is, and remembers it. `None`: not ours.
+pub(super) fn learn_ssrc(t: &mut Transport, ssrc: Ssrc) -> Option<(usize, u8)> {
+    let (mid, rid) = {
+        let mut api = t.rtc.direct_api();
+        let s = api.stream_rx(&ssrc)?;
+        (s.mid(), s.rid())
+    };
+    let i = t.producers.iter().position(|p| p.mid == mid)?;
+    let listed: Vec<Rid> = match t.rtc.media(mid).map(|m| m.rids_rx()) {
+        Some(Rids::Specific(v)) => v.clone(),
+        _ => Vec::new(),
+    };
+    let p = &mut t.producers[i];
+    let layer = match rid {
+        None => 0,
+        Some(rid) => match listed.iter().position(|r| *r == rid) {
+            Some(l) => l,
+            // A rid the SDP did not list: the next free place.
+            None => p.layers.rids.iter().position(|r| r.is_none())?,
+        },
+    };
+    if layer >= MAX_LAYERS {
+        return None;
+    }
+    p.layers.ssrcs[layer] = Some(ssrc);
+    p.layers.rids[layer] = rid;
+    let count = listed.len().clamp(layer + 1, MAX_LAYERS) as u8;
+    p.layers.now.count = p.layers.now.count.max(count);
+    Some((i, layer as u8))
+}
+
+impl<W: Wire> RouterHost<W> {
+    /// Measures every publisher's layers and moves each video consumer of a simulcast track to
+    /// the layer its subscriber's downlink budget allows.
+    pub(super) fn select_layers(&mut self, now: Instant) {
+        let mut tracks: HashMap<(PeerId, Mid), Layers> = HashMap::new();
+        for t in self.transports.values_mut() {
+            for p in t
+                .producers
+                .iter_mut()
+                .filter(|p| p.kind == MediaKind::Video)
+            {
+                p.layers.measure(now);
+                if p.layers.is_simulcast() {
+                    tracks.insert((t.id, p.mid), p.layers.now);
+                }
+            }
+        }
+        if tracks.is_empty() {
+            return;
+        }
+        let mut keyframes: Vec<(PeerId, Mid)> = Vec::new();
+        for t in self.transports.values_mut().filter(|t| t.connected) {
+            let (audio, video) = super::allocation::receiving(t);
+            let budget = t.downlink.video_budget_per_track(audio, video);
+            for c in t
+                .consumers
+                .iter_mut()
+                .filter(|c| c.kind == MediaKind::Video && c.state == ConsumerState::Active)
+            {
+                let Some(layers) = tracks.get(&(c.source, c.source_mid)) else {
+                    continue;
+                };
+                if let Some(choice) = c.selector.poll(now, budget, layers) {
+                    c.switch.set_target(choice.layer);
+                    let counters = &mut self.counters;
+                    match (choice.up, choice.reason) {
+                        (_, Reason::Start) => {}
+                        (true, _) => counters.layer_switches_up += 1,
+                        (false, Reason::Bandwidth) => counters.layer_switches_down_bandwidth += 1,
+                        (false, _) => counters.layer_switches_down_other += 1,
+                    }
+                }
+                if c.switch.is_switching() && !c.forwarder.is_paused() {
+                    keyframes.push((c.source, c.source_mid));
+                }
+            }
+        }
+        keyframes.sort_unstable();
+        keyframes.dedup();
+        for (source, mid) in keyframes {
+            self.request_keyframe(source, mid);
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Simulcast without sockets: a publisher sends three VP8 layers (each with its own timestamp
+//! base); a subscriber gets one layer at a time, the highest flowing, and when that layer stops
+//! it changes over to the next at its keyframe with sequence numbers and timestamps continuous.
+
+mod harness;
+
+use harness::{vp8_frame, Net};
+use str0m::media::{MediaKind, MediaTime};
+
+const RIDS: [&str; 3] = ["q", "h", "f"];
+/// Frame sizes tell the layers apart at the subscriber.
+const SIZES: [usize; 3] = [300, 700, 1100];
+/// Each layer's RTP timestamps start elsewhere, as a browser's do.
+const BASES: [u64; 3] = [0, 45_000_000, 90_000_000];
+
+fn layer_of(len: usize) -> usize {
+    SIZES
+        .iter()
+        .position(|s| *s == len)
+        .expect("a frame of one layer")
+}
+
+#[test]
+fn a_subscriber_gets_one_layer_and_changes_over_continuously_when_it_stops() {
+    let mut net = Net::new(5);
+    let doctor = net.join_simulcast("room-sim", "doctor", &RIDS);
+    let patient = net.join("room-sim", "patient", false);
+    net.until(10, "both connected", |n| {
+        n.clients.iter().all(|c| c.connected)
+    });
+    net.until(10, "the consumer offer", |n| {
+        n.clients[patient].messages.iter().any(
+            |m| matches!(m, consulta_sfu::ServerMessage::Offer { tracks, .. } if tracks.len() == 2),
+        )
+    });
+    net.settle(20);
+    assert!(
+        net.clients[doctor]
+            .answers
+            .iter()
+            .any(|sdp| sdp.contains("a=simulcast:recv q;h;f")),
+        "the server takes the three layers"
+    );
+    let mut n = 0u32;
+    let mut send = |net: &mut Net, layers: &[usize], frames: u32| {
+        for _ in 0..frames {
+            for &l in layers {
+                // Every layer's first frame, and every 30th, is a keyframe.
+                let key = n.is_multiple_of(30);
+                let t = MediaTime::from_90khz(BASES[l] + 3000 * u64::from(n));
+                net.write_layer(doctor, RIDS[l], t, &vp8_frame(key, n, SIZES[l]));
+            }
+            n += 1;
+            net.settle(3);
+            net.host.housekeeping(std::time::Instant::now());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    // All three layers flow: the patient gets the highest one only.
+    send(&mut net, &[0, 1, 2], 60);
+    net.settle(20);
+    let got = net.received(patient, MediaKind::Video);
+    assert!(got.len() >= 50, "frames of the top layer: {}", got.len());
+    assert!(got.iter().all(|m| layer_of(m.data.len()) == 2));
+    let before = got.len();
+    let last_time = got.last().unwrap().time;
+    // The top layer stops (the publisher's uplink dropped it): after a second the patient
+    // changes over to the middle layer at its next keyframe.
+    send(&mut net, &[0, 1], 150);
+    net.settle(20);
+    let got = net.received(patient, MediaKind::Video);
+    let after: Vec<_> = got[before..].iter().collect();
+    assert!(!after.is_empty(), "frames after the change");
+    assert!(after.iter().all(|m| layer_of(m.data.len()) == 1));
+    assert_eq!(
+        &after[0].data[..3],
+        &vp8_frame(true, 0, SIZES[1])[..3],
+        "the change starts at a keyframe"
+    );
+    // Timestamps continue from the top layer's (within the wall-clock time between them),
+    // although the middle layer's base is 45 M ticks (500 s) away.
+    let jump = after[0].time.as_micros() as i64 - last_time.as_micros() as i64;
+    assert!(
+        (1..3_000_000).contains(&jump),
+        "timestamp step at the change: {jump} us"
+    );
+    for w in after.windows(2) {
+        assert!(w[1].time > w[0].time, "timestamps keep increasing");
+    }
+    // Nothing was lost on the way: every middle-layer frame from the keyframe on arrived.
+    let first = u32::from_be_bytes(after[0].data[SIZES[1] - 4..].try_into().unwrap());
+    let numbers: Vec<u32> = after
+        .iter()
+        .map(|m| u32::from_be_bytes(m.data[SIZES[1] - 4..].try_into().unwrap()))
+        .collect();
+    assert_eq!(
+        numbers,
+        (first..first + numbers.len() as u32).collect::<Vec<_>>()
+    );
+}

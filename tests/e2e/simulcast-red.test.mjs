@@ -1,0 +1,82 @@
+// Issue 21 in real Chromium: a doctor publishing simulcast (the SDK's `simulcast` option) is
+// received by the patient as one layer, the full one on a good link, while the server drops the
+// other two layers for it (consulta_rtp_dropped_total{reason="other_layer"}); and audio is
+// negotiated as RED (RFC 2198) on both legs, with the patient hearing the doctor.
+//
+// Run: cd tests/e2e && npm ci && node --test simulcast-red.test.mjs
+
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { launchBrowser, openParticipant, pollUntil, startServer, waitForAudio, waitForVideo } from './harness.mjs';
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await server?.stop();
+});
+
+async function droppedOtherLayer() {
+  const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
+  const m = text.match(/^consulta_rtp_dropped_total\{reason="other_layer"\} (\d+)/m);
+  return m ? Number(m[1]) : 0;
+}
+
+describe('simulcast and redundant audio', { timeout: 120_000 }, () => {
+  it('the patient gets the full layer of a simulcast doctor, and audio is RED both ways', async () => {
+    const room = `sim-${process.pid}`;
+    const doctor = await openParticipant(browser, server, 'doctor');
+    const patient = await openParticipant(browser, server, 'patient');
+    try {
+      for (const [p, identity, role, simulcast] of [
+        [doctor, 'dr-ana', 'doctor', true],
+        [patient, 'pt-joao', 'patient', false],
+      ]) {
+        const res = await p.join({ token: await server.token({ room, identity, role }), simulcast });
+        assert.equal(res.ok, true, `${identity}: ${res.code} ${res.message}`);
+      }
+      // The doctor sends three layers; the patient decodes one, at full size.
+      const sent = await pollUntil(
+        async () => {
+          const n = await doctor.evaluate(async () => {
+            const stats = await window.call._pc.getStats();
+            return [...stats.values()].filter((s) => s.type === 'outbound-rtp' && s.kind === 'video' && s.rid && s.packetsSent > 0).length;
+          });
+          return n >= 3 ? n : null;
+        },
+        { timeout: 30_000, what: 'the doctor to send three simulcast layers' },
+      );
+      assert.equal(sent, 3);
+      await waitForVideo(patient, 'dr-ana', { width: 1280, height: 720, timeout: 30_000 });
+      const before = await droppedOtherLayer();
+      await new Promise((r) => setTimeout(r, 2_000));
+      const skipped = (await droppedOtherLayer()) - before;
+      // Two lower layers at ~30 fps are not sent to the patient: well over 50 packets in 2 s.
+      assert.ok(skipped > 50, `packets of other layers not forwarded in 2 s: ${skipped}`);
+      // Still one decoded stream from the doctor, at 1280 wide.
+      const again = await waitForVideo(patient, 'dr-ana', { width: 1280, height: 720 });
+      assert.ok(again.second.framesDecoded > again.first.framesDecoded);
+      // RED on both legs: the server's answer to the doctor, the patient's answer to the server.
+      const doctorSdp = await doctor.evaluate(() => window.call._pc.remoteDescription.sdp);
+      const patientSdp = await patient.evaluate(() => window.call._pc.localDescription.sdp);
+      assert.match(doctorSdp, /a=rtpmap:\d+ red\/48000\/2/, 'the server takes RED from the doctor');
+      assert.match(doctorSdp, /a=simulcast:recv q;h;f/, 'the server takes the three layers');
+      assert.match(patientSdp, /a=rtpmap:\d+ red\/48000\/2/, 'the patient takes RED from the server');
+      await waitForAudio(patient, 'dr-ana');
+      await waitForAudio(doctor, 'pt-joao');
+    } catch (e) {
+      for (const p of [doctor, patient]) console.error(p.logs.slice(-30).join('\n'));
+      console.error(`--- server log tail ---\n${server.tail()}`);
+      throw e;
+    } finally {
+      await doctor.close();
+      await patient.close();
+    }
+  });
+});
