@@ -7,6 +7,7 @@
 
 pub mod ice_tcp;
 pub mod join_token;
+pub mod layers;
 pub mod recorder;
 pub mod session;
 pub mod signaling;
@@ -25,6 +26,7 @@ pub const TARGETS: &[(&str, fn(&[u8]))] = &[
     ("recorder", recorder::run),
     ("webm_scan", webm_scan::run),
     ("worker_rtp", worker_rtp::run),
+    ("layers", layers::run),
 ];
 
 /// A cursor over fuzz input that never fails: past the end it yields zeros and empty slices,

@@ -53,6 +53,43 @@ fn main() {
     write(dir, "recorder", &programs);
     write(dir, "webm_scan", &[file]);
     write(dir, "worker_rtp", &worker_programs(&stun, &dtls, &srtp));
+    write(dir, "layers", &layer_programs());
+}
+
+/// `layers` programs: three layers flowing with keyframes, targets moving down and up; the
+/// payloads are VP8 descriptors with 15-bit picture ids and TL0PICIDX, and one RED payload.
+fn layer_programs() -> Vec<Vec<u8>> {
+    let mut programs = Vec::new();
+    for (down, up) in [(0u8, 2u8), (1, 2), (0, 1)] {
+        let mut p = vec![0, 2]; // target: the top layer
+        for n in 0u16..24 {
+            if n == 8 {
+                p.extend_from_slice(&[0, down]);
+            }
+            if n == 16 {
+                p.extend_from_slice(&[0, up]);
+            }
+            for layer in 0..3u8 {
+                p.push(1); // a packet
+                p.push(layer);
+                p.push(u8::from(n % 4 == 0)); // keyframe
+                let ts = u32::from(layer) * 1_000_000 + u32::from(n) * 3000;
+                p.extend_from_slice(&ts.to_be_bytes());
+                p.push(33); // ms since the last packet
+                let pid = u16::from(layer) * 1000 + n;
+                let desc = [0x90, 0xC0, 0x80 | (pid >> 8) as u8, pid as u8, n as u8, 0xAB];
+                p.push(desc.len() as u8);
+                p.extend_from_slice(&desc);
+            }
+        }
+        programs.push(p);
+    }
+    // A RED payload (one redundant block) as a packet's payload.
+    let red = [0x80 | 111, 0x0F, 0x00, 0x03, 111, 1, 2, 3, 9, 9];
+    let mut p = vec![1, 0, 1, 0, 0, 0, 0, 20, red.len() as u8];
+    p.extend_from_slice(&red);
+    programs.push(p);
+    programs
 }
 
 fn write(dir: &Path, target: &str, seeds: &[Vec<u8>]) {

@@ -57,6 +57,8 @@ pub struct Downlink {
     paused_since: Option<Instant>,
     /// Since when the budget has been on the other side of the pause/resume threshold.
     crossing_since: Option<Instant>,
+    /// Since when its video has flowed under the estimate it wants (a constrained link).
+    constrained_since: Option<Instant>,
 }
 
 impl Downlink {
@@ -93,6 +95,15 @@ impl Downlink {
 
     /// Decides whether the subscriber's video pauses or resumes now.
     pub fn poll(&mut self, now: Instant, audio_tracks: usize, video_tracks: usize) -> Change {
+        let wanted = HD_DESIRED_BPS * video_tracks as u64;
+        let constrained = video_tracks > 0
+            && !self.is_video_paused()
+            && self.estimate.is_some_and(|e| e < wanted);
+        if !constrained {
+            self.constrained_since = None;
+        } else if self.constrained_since.is_none() {
+            self.constrained_since = Some(now);
+        }
         if video_tracks == 0 {
             self.crossing_since = None;
             return Change::None;
@@ -134,13 +145,19 @@ impl Downlink {
     pub fn bwe_target(&self, now: Instant, audio_tracks: usize, video_tracks: usize) -> (u64, u64) {
         let min = AUDIO_RESERVE_BPS * audio_tracks.max(1) as u64;
         let desired = HD_DESIRED_BPS * video_tracks.max(1) as u64;
-        let bump = match self.paused_since {
-            Some(since) => {
-                let steps = now.duration_since(since).as_millis() / PROBE_EVERY.as_millis();
-                (steps % 2) as u64 * PROBE_BUMP_BPS
-            }
-            _ => 0,
+        // Paused: a probe every other PROBE_EVERY. Flowing under the wanted rate: every fourth,
+        // so that an estimate that fell with a burst of loss finds the link's rate again
+        // (str0m probes only when the desired rate rises; the application-limited estimate
+        // otherwise stays near what is sent).
+        let (since, every) = match (self.paused_since, self.constrained_since) {
+            (Some(since), _) => (Some(since), PROBE_EVERY),
+            (None, Some(since)) => (Some(since), PROBE_EVERY * 2),
+            _ => (None, PROBE_EVERY),
         };
+        let bump = since.map_or(0, |since| {
+            let steps = now.duration_since(since).as_millis() / every.as_millis();
+            (steps % 2) as u64 * PROBE_BUMP_BPS
+        });
         (min, desired + bump)
     }
 }
@@ -268,5 +285,22 @@ mod tests {
                 HD_DESIRED_BPS + 1_000
             ]
         );
+    }
+
+    #[test]
+    fn a_constrained_link_is_probed_every_six_seconds_and_a_good_one_never() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        d.on_estimate(400_000);
+        assert_eq!(d.poll(t0, 1, 1), Change::None);
+        let desired = |d: &Downlink, ms| d.bwe_target(at(t0, ms), 1, 1).1;
+        assert_eq!(desired(&d, 0), HD_DESIRED_BPS);
+        assert_eq!(desired(&d, 2_900), HD_DESIRED_BPS);
+        assert_eq!(desired(&d, 3_100), HD_DESIRED_BPS + 1_000);
+        assert_eq!(desired(&d, 6_100), HD_DESIRED_BPS);
+        // A link that carries HD is not probed.
+        d.on_estimate(HD_DESIRED_BPS + 1);
+        assert_eq!(d.poll(at(t0, 7_000), 1, 1), Change::None);
+        assert_eq!(desired(&d, 9_100), HD_DESIRED_BPS);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! - [`Selector`] picks the layer a subscriber should receive from its downlink budget and the
 //!   publisher's layers (their measured rates, which ones flow) and the subscriber's preferred
-//!   maximum: down at once when the layer it gets no longer fits, up only when a higher layer
-//!   fits with headroom for [`UP_AFTER`], so a link at the edge does not flap.
+//!   maximum: down at once when the layer it gets no longer fits (to one that fits with
+//!   headroom), up one layer at a time when the next fits with headroom for [`UP_AFTER`], so a
+//!   link at the edge does not flap.
 //! - [`Switch`] carries the chosen layer to the packets: a consumer keeps receiving its current
 //!   layer until a keyframe of the target layer arrives (the router asks for one), then changes
 //!   over; outgoing RTP timestamps and VP8 picture ids (and TL0PICIDX) stay continuous across the
@@ -96,10 +97,12 @@ impl Selector {
             budget.is_none_or(|b| layers.bps[l].saturating_mul(headroom) / 100 <= b)
         };
         let lowest = (0..=top).find(|&l| available(l));
-        // The highest available layer that fits, else the lowest that flows.
+        // Where to go down to: the highest available layer that fits with headroom (the link is
+        // congested when this is asked: one change, not one per round of a falling estimate),
+        // else the lowest that flows.
         let best = (0..=top)
             .rev()
-            .find(|&l| available(l) && fits(l, 100))
+            .find(|&l| available(l) && fits(l, UP_HEADROOM_PERCENT))
             .or(lowest);
         let Some(best) = best else {
             // Nothing flows: keep the target; a layer that comes back is taken again.
@@ -125,13 +128,20 @@ impl Selector {
         if !available(current) {
             return choose(self, best, Reason::LayerGone);
         }
-        if best < current {
+        // The current layer stays while it fits at all (hysteresis against the headroom rule).
+        if !fits(current, 100) && best < current {
             return choose(self, best, Reason::Bandwidth);
         }
-        // Up: the highest layer that fits with headroom, held for UP_AFTER.
-        let up = (current + 1..=top)
-            .rev()
-            .find(|&l| available(l) && fits(l, UP_HEADROOM_PERCENT));
+        // Up: one layer at a time (an estimate that jumped with a lucky probe costs one layer,
+        // not a flood), when it fits with headroom held for UP_AFTER; without an estimate,
+        // straight to the top.
+        let up = if budget.is_none() {
+            (current + 1..=top).rev().find(|&l| available(l))
+        } else {
+            (current + 1..=top)
+                .find(|&l| available(l))
+                .filter(|&l| fits(l, UP_HEADROOM_PERCENT))
+        };
         match (up, self.up_since) {
             (None, _) => {
                 self.up_since = None;
@@ -171,8 +181,9 @@ pub enum Admit {
     Skip,
 }
 
-/// Per-consumer layer changeover with continuous timestamps and VP8 picture ids.
-#[derive(Debug, Clone, Default)]
+/// Per-consumer layer changeover with continuous timestamps and VP8 picture ids. Its first
+/// target is the highest layer there may be (the router lowers it to the track's top).
+#[derive(Debug, Clone)]
 pub struct Switch {
     current: Option<u8>,
     target: u8,
@@ -187,6 +198,23 @@ pub struct Switch {
     rewriting: bool,
     /// The first packet of a change is out; its timestamp offset is fixed.
     fresh: bool,
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Switch {
+            current: None,
+            target: (MAX_LAYERS - 1) as u8,
+            ts_offset: 0,
+            pid_offset: 0,
+            tl0_offset: 0,
+            last_ts: None,
+            last_pid: None,
+            last_tl0: None,
+            rewriting: false,
+            fresh: false,
+        }
+    }
 }
 
 /// The video clock rate of every codec the SDK sends.

@@ -18,6 +18,9 @@ fn starts_at_the_best_layer_that_fits_and_the_top_without_an_estimate() {
     let mut s = Selector::default();
     let c = s.poll(t0, Some(700_000), &three(RATES)).unwrap();
     assert_eq!((c.layer, c.reason), (1, Reason::Start));
+    // The start is a choice with headroom too: 520 kbit/s carries layer 1 but not 20 % over.
+    let mut s = Selector::default();
+    assert_eq!(s.poll(t0, Some(520_000), &three(RATES)).unwrap().layer, 0);
     let mut s = Selector::default();
     assert_eq!(s.poll(t0, None, &three(RATES)).unwrap().layer, 2);
     // Nothing fits: the lowest (the allocator pauses the video if even that is too much).
@@ -31,11 +34,12 @@ fn goes_down_at_once_and_up_only_after_headroom_held() {
     let mut s = Selector::default();
     s.poll(t0, Some(3_000_000), &three(RATES));
     assert_eq!(s.target(), Some(2));
-    // The budget falls under the top layer: down at once, to the best that fits.
+    // The budget falls under the top layer: down at once, straight past a layer that fits
+    // without headroom.
     let c = s
         .poll(
             t0 + Duration::from_millis(100),
-            Some(400_000),
+            Some(550_000),
             &three(RATES),
         )
         .unwrap();
@@ -50,6 +54,26 @@ fn goes_down_at_once_and_up_only_after_headroom_held() {
     assert_eq!(s.poll(t + UP_AFTER / 2, Some(700_000), &three(RATES)), None);
     let c = s.poll(t + UP_AFTER, Some(700_000), &three(RATES)).unwrap();
     assert_eq!((c.layer, c.up, c.reason), (1, true, Reason::Headroom));
+}
+
+#[test]
+fn a_layer_that_still_fits_is_kept_and_up_goes_one_layer_at_a_time() {
+    let t0 = Instant::now();
+    let mut s = Selector::default();
+    s.poll(t0, Some(700_000), &three(RATES));
+    assert_eq!(s.target(), Some(1));
+    // 510 kbit/s still carries layer 1 (not with headroom): it stays.
+    assert_eq!(s.poll(t0, Some(510_000), &three(RATES)), None);
+    // A probe that overshoots: 10 Mbit/s for long enough moves one layer up, then one more.
+    let mut s = Selector::default();
+    s.poll(t0, Some(200_000), &three(RATES));
+    assert_eq!(s.target(), Some(0));
+    assert_eq!(s.poll(t0, Some(10_000_000), &three(RATES)), None);
+    let c = s.poll(t0 + UP_AFTER, Some(10_000_000), &three(RATES)).unwrap();
+    assert_eq!((c.layer, c.up), (1, true));
+    assert_eq!(s.poll(t0 + UP_AFTER, Some(10_000_000), &three(RATES)), None);
+    let c = s.poll(t0 + UP_AFTER * 2, Some(10_000_000), &three(RATES)).unwrap();
+    assert_eq!(c.layer, 2);
 }
 
 #[test]

@@ -29,8 +29,10 @@ export interface ConnectOptions {
   preferredVideoCodec?: VideoCodec;
   /**
    * Publish camera video as simulcast layers (180p, 360p and 720p for a 720p camera, `rid`s
-   * `q`, `h`, `f`), so that the server forwards each subscriber the layer its downlink carries
-   * instead of capping this sender for the weakest one. Default `false` (see the SDK README).
+   * `q`, `h`, `f`; 180p and 360p for a 360p camera), so that the server forwards each subscriber
+   * the layer its downlink carries instead of capping this sender for the weakest one.
+   * Default `true`, except with `preferredVideoCodec` VP9 or AV1 (one layer); `false` sends one
+   * layer (capped by the server's `bitrate-cap` for a weak subscriber).
    */
   simulcast?: boolean;
   /** A non-empty list replaces the server's `ice_servers` (its TURN credentials); `[]` or absent keeps them. */
@@ -170,6 +172,8 @@ export interface InboundStats {
 export interface OutboundStats {
   kind: MediaKind;
   mid: string | null;
+  /** The simulcast layer (`q`, `h`, `f`), or null for a single-layer sender. */
+  rid: string | null;
   codec: string | null;
   framesEncoded: number;
   frameWidth: number;

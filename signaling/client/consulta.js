@@ -278,6 +278,7 @@ export class Call {
         result.outbound.push({
           kind: s.kind || s.mediaType,
           mid: s.mid ?? null,
+          rid: s.rid ?? null,
           codec: codecName(s.codecId),
           framesEncoded: num(s.framesEncoded),
           frameWidth: num(s.frameWidth),
@@ -791,7 +792,11 @@ export class Call {
         const s = typeof track.getSettings === 'function' ? track.getSettings() : {};
         this._maxVideoBitrate = videoMaxBitrate(s.width, s.height);
         this._videoHints = videoBitrateHints(s.width, s.height);
-        const layers = this.options.simulcast ? simulcastEncodings(s.height, this._maxVideoBitrate) : null;
+        // Simulcast unless the app says `simulcast: false`, or prefers VP9/AV1 (whose scalable
+        // modes are not forwarded layer by layer yet: one layer).
+        const svcCodec = /^(VP9|AV1)$/i.test(this.options.preferredVideoCodec || '');
+        const wanted = this.options.simulcast !== false && !svcCodec;
+        const layers = wanted ? simulcastEncodings(s.height, this._maxVideoBitrate) : null;
         this._simulcast = !!layers;
         const tr = pc.addTransceiver(track, {
           direction: 'sendonly',
@@ -1502,8 +1507,9 @@ function profileScore(c) {
 
 /**
  * Simulcast `sendEncodings` for a camera `height` pixels high, low to high (the server numbers
- * layers in this order): quarter and half size at 150 and 500 kbit/s, then full size at `max`;
- * null when the camera is too small for more than one layer.
+ * layers in this order): quarter and half size at 150 and 500 kbit/s, then full size at `max`
+ * (a camera under 540 lines: half size at 150 kbit/s and full size); null when the camera is
+ * too small for more than one layer.
  */
 export function simulcastEncodings(height, max) {
   const h = height || DEFAULT_VIDEO.height;
@@ -1513,7 +1519,8 @@ export function simulcastEncodings(height, max) {
     { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 500_000 },
     { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: max },
   ];
-  return h < 540 ? layers.slice(1).map((l) => ({ ...l, scaleResolutionDownBy: l.scaleResolutionDownBy / 2 })) : layers;
+  // A 360p camera: 180p and 360p.
+  return h < 540 ? [{ ...layers[0], rid: 'h', scaleResolutionDownBy: 2 }, layers[2]] : layers;
 }
 
 /** encodings[0].maxBitrate for a camera of this size (bit/s). */

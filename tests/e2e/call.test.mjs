@@ -117,9 +117,11 @@ async function oneToOne(codec) {
       ['audio', 'video'],
     );
 
-    // Our encoder really sends 720p, over a host UDP pair.
+    // Our encoder really sends 720p (its top simulcast layer), over a host UDP pair.
     const stats = await doctor.stats();
-    const out = stats.outbound.find((s) => s.kind === 'video');
+    const out = stats.outbound
+      .filter((s) => s.kind === 'video')
+      .sort((a, b) => b.frameWidth - a.frameWidth)[0];
     assert.ok(out && out.framesEncoded > 0, 'doctor encodes video');
     assert.equal(out.codec, codec);
     assert.equal(out.frameWidth, 1280);

@@ -172,7 +172,8 @@ export async function startServer({ extraConfig = '', media = {}, httpPort: want
       extraConfig,
     ].join('\n'),
   );
-  const logPath = path.join(dir, 'server.log');
+  // CONSULTA_E2E_SERVER_LOG=<file> keeps the server's log there (for debugging a run).
+  const logPath = process.env.CONSULTA_E2E_SERVER_LOG || path.join(dir, 'server.log');
   const logFd = fs.openSync(logPath, 'a');
   const [cmd, argv] = SERVER_NETNS
     ? ['ip', ['netns', 'exec', SERVER_NETNS, CONSULTA_BIN, 'serve', '--config', configPath]]

@@ -7,6 +7,7 @@ import {
   addVideoBitrateHints,
   orderCodecs,
   preferVideoCodec,
+  simulcastEncodings,
   version,
   videoMaxBitrate,
 } from '../../signaling/client/consulta.js';
@@ -135,6 +136,22 @@ describe('videoMaxBitrate', () => {
     assert.equal(videoMaxBitrate(640, 360), 625_000);
     assert.equal(videoMaxBitrate(160, 90), 300_000, 'floor');
     assert.equal(videoMaxBitrate(undefined, undefined), 2_500_000);
+  });
+
+  it('simulcast layers go low to high, never below full size, none for small cameras', () => {
+    const hd = simulcastEncodings(720, 2_500_000);
+    assert.deepEqual(hd.map((e) => [e.rid, e.scaleResolutionDownBy, e.maxBitrate]), [
+      ['q', 4, 150_000],
+      ['h', 2, 500_000],
+      ['f', 1, 2_500_000],
+    ]);
+    const sd = simulcastEncodings(360, 625_000);
+    assert.deepEqual(sd.map((e) => [e.rid, e.scaleResolutionDownBy, e.maxBitrate]), [
+      ['h', 2, 150_000],
+      ['f', 1, 625_000],
+    ]);
+    assert.equal(simulcastEncodings(240, 300_000), null);
+    for (const e of [...hd, ...sd]) assert.ok(e.scaleResolutionDownBy >= 1);
   });
 
   it('exports a version string', () => {

@@ -1,4 +1,4 @@
-// Issue 21 in real Chromium: a doctor publishing simulcast (the SDK's `simulcast` option) is
+// Issue 21 in real Chromium: a doctor publishing simulcast (the SDK's default) is
 // received by the patient as one layer, the full one on a good link, while the server drops the
 // other two layers for it (consulta_rtp_dropped_total{reason="other_layer"}); and audio is
 // negotiated as RED (RFC 2198) on both legs, with the patient hearing the doctor.
@@ -35,7 +35,7 @@ describe('simulcast and redundant audio', { timeout: 120_000 }, () => {
     const patient = await openParticipant(browser, server, 'patient');
     try {
       for (const [p, identity, role, simulcast] of [
-        [doctor, 'dr-ana', 'doctor', true],
+        [doctor, 'dr-ana', 'doctor', undefined],
         [patient, 'pt-joao', 'patient', false],
       ]) {
         const res = await p.join({ token: await server.token({ room, identity, role }), simulcast });

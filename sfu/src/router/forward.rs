@@ -57,8 +57,10 @@ impl<W: Wire> RouterHost<W> {
     /// Sends a PLI for one of `publisher`'s tracks.
     pub(super) fn send_keyframe_request(&mut self, publisher: PeerId, mid: Mid) {
         self.counters.keyframe_requests_sent += 1;
+        // A simulcast track: only the layers someone waits for or receives (a keyframe of a
+        // layer being left would flood the weak link the subscriber is leaving it for).
+        let wanted = self.wanted_layers(publisher, mid);
         self.drive(publisher, |t, io| {
-            // Every layer of a simulcast track (consumers change over at the target's keyframe).
             let rids = t
                 .producers
                 .iter()
@@ -71,7 +73,11 @@ impl<W: Wire> RouterHost<W> {
                     rx.request_keyframe(KeyframeRequestKind::Pli);
                 }
             }
-            for rid in rids.into_iter().flatten() {
+            for (l, rid) in rids.into_iter().enumerate() {
+                let Some(rid) = rid else { continue };
+                if wanted & (1 << l) == 0 {
+                    continue;
+                }
                 if let Some(rx) = api.stream_rx_by_mid(mid, Some(rid)) {
                     rx.request_keyframe(KeyframeRequestKind::Pli);
                 }
@@ -193,11 +199,12 @@ impl<W: Wire> RouterHost<W> {
             let mut switched = false;
             if simulcast {
                 if c.switch.current().is_none() && c.selector.target().is_none() {
-                    c.switch.set_target(layer_count - 1);
+                    c.switch.set_target(c.switch.target().min(layer_count - 1));
                 }
                 match c.switch.admit(layer, keyframe) {
                     Admit::Forward => {}
                     Admit::Switched => {
+                        tracing::debug!(subscriber = *q, publisher = src, layer, "simulcast layer changed over");
                         c.forwarder.rebase();
                         switched = true;
                     }

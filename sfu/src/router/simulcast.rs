@@ -117,6 +117,40 @@ pub(super) fn learn_ssrc(t: &mut Transport, ssrc: Ssrc) -> Option<(usize, u8)> {
 }
 
 impl<W: Wire> RouterHost<W> {
+    /// Bit `l` set: layer `l` of `publisher`'s track `mid` is the target of one of its
+    /// consumers, or (the top layer) recorded. All layers when nothing says otherwise.
+    pub(super) fn wanted_layers(&self, publisher: PeerId, mid: Mid) -> u8 {
+        let Some(t) = self.transports.get(&publisher) else {
+            return u8::MAX;
+        };
+        let Some(p) = t.producers.iter().find(|p| p.mid == mid) else {
+            return u8::MAX;
+        };
+        if !p.layers.is_simulcast() {
+            return u8::MAX;
+        }
+        let mut wanted = 0u8;
+        let router = self.routers.get(&t.room);
+        if router.is_some_and(|r| r.recording.is_some()) {
+            wanted |= 1 << (p.layers.now.count - 1);
+        }
+        for q in router.map(|r| r.participants.as_slice()).unwrap_or_default() {
+            let Some(tq) = self.transports.get(q) else {
+                continue;
+            };
+            for c in tq.consumers.iter().filter(|c| {
+                c.source == publisher && c.source_mid == mid && c.state == ConsumerState::Active
+            }) {
+                wanted |= 1 << c.switch.target().min(p.layers.now.count - 1);
+            }
+        }
+        if wanted == 0 {
+            u8::MAX
+        } else {
+            wanted
+        }
+    }
+
     /// Measures every publisher's layers and moves each video consumer of a simulcast track to
     /// the layer its subscriber's downlink budget allows.
     pub(super) fn select_layers(&mut self, now: Instant) {
@@ -149,6 +183,15 @@ impl<W: Wire> RouterHost<W> {
                     continue;
                 };
                 if let Some(choice) = c.selector.poll(now, budget, layers) {
+                    tracing::debug!(
+                        subscriber = t.id,
+                        publisher = c.source,
+                        layer = choice.layer,
+                        reason = ?choice.reason,
+                        budget,
+                        rates = ?layers.bps,
+                        "simulcast layer target"
+                    );
                     c.switch.set_target(choice.layer);
                     let counters = &mut self.counters;
                     match (choice.up, choice.reason) {
