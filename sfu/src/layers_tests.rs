@@ -69,10 +69,14 @@ fn a_layer_that_still_fits_is_kept_and_up_goes_one_layer_at_a_time() {
     s.poll(t0, Some(200_000), &three(RATES));
     assert_eq!(s.target(), Some(0));
     assert_eq!(s.poll(t0, Some(10_000_000), &three(RATES)), None);
-    let c = s.poll(t0 + UP_AFTER, Some(10_000_000), &three(RATES)).unwrap();
+    let c = s
+        .poll(t0 + UP_AFTER, Some(10_000_000), &three(RATES))
+        .unwrap();
     assert_eq!((c.layer, c.up), (1, true));
     assert_eq!(s.poll(t0 + UP_AFTER, Some(10_000_000), &three(RATES)), None);
-    let c = s.poll(t0 + UP_AFTER * 2, Some(10_000_000), &three(RATES)).unwrap();
+    let c = s
+        .poll(t0 + UP_AFTER * 2, Some(10_000_000), &three(RATES))
+        .unwrap();
     assert_eq!(c.layer, 2);
 }
 

@@ -204,7 +204,12 @@ impl<W: Wire> RouterHost<W> {
                 match c.switch.admit(layer, keyframe) {
                     Admit::Forward => {}
                     Admit::Switched => {
-                        tracing::debug!(subscriber = *q, publisher = src, layer, "simulcast layer changed over");
+                        tracing::debug!(
+                            subscriber = *q,
+                            publisher = src,
+                            layer,
+                            "simulcast layer changed over"
+                        );
                         c.forwarder.rebase();
                         switched = true;
                     }

@@ -134,7 +134,10 @@ impl<W: Wire> RouterHost<W> {
         if router.is_some_and(|r| r.recording.is_some()) {
             wanted |= 1 << (p.layers.now.count - 1);
         }
-        for q in router.map(|r| r.participants.as_slice()).unwrap_or_default() {
+        for q in router
+            .map(|r| r.participants.as_slice())
+            .unwrap_or_default()
+        {
             let Some(tq) = self.transports.get(q) else {
                 continue;
             };
