@@ -4,7 +4,6 @@
 
 mod harness;
 
-use consulta_sfu::ServerMessage;
 use harness::{vp8_frame, Net};
 use str0m::format::Codec;
 use str0m::media::{MediaKind, MediaTime};
@@ -39,12 +38,7 @@ fn transports_of_one_worker_share_its_certificate_and_media_flows() {
     );
     // DTLS completed with that shared certificate: media flows both ways.
     net.until(10, "consumer offers", |n| {
-        [a, b].iter().all(|&i| {
-            n.clients[i]
-                .messages
-                .iter()
-                .any(|m| matches!(m, ServerMessage::Offer { tracks, .. } if tracks.len() == 2))
-        })
+        [a, b].iter().all(|&i| n.clients[i].offered(2))
     });
     net.settle(20);
     for n in 0..20u32 {

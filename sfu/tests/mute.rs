@@ -47,10 +47,7 @@ fn muted_before_join(force: bool) -> (Net, usize, usize) {
     let b = net.join("mute-room", "patient", false);
     net.until(10, "subscriber connected", |n| n.clients[b].connected);
     net.until(10, "the subscriber is offered both tracks", |n| {
-        n.clients[b]
-            .messages
-            .iter()
-            .any(|m| matches!(m, ServerMessage::Offer { tracks, .. } if tracks.len() == 2))
+        n.clients[b].offered(2)
     });
     net.settle(20);
     (net, a, b)

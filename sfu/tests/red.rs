@@ -53,11 +53,7 @@ fn red_reaches_who_took_it_and_its_primary_who_did_not() {
         n.clients.iter().all(|c| c.connected)
     });
     net.until(10, "consumer offers", |n| {
-        [with_red, plain].iter().all(|&i| {
-            n.clients[i].messages.iter().any(|m| {
-                matches!(m, consulta_sfu::ServerMessage::Offer { tracks, .. } if tracks.len() == 2)
-            })
-        })
+        [with_red, plain].iter().all(|&i| n.clients[i].offered(2))
     });
     net.settle(20);
     assert!(

@@ -21,11 +21,7 @@ fn two_participants_exchange_audio_and_video() {
     net.until(10, "both connected", connected);
     // Each side has been offered the other's two tracks.
     net.until(10, "consumer offers", |n| {
-        n.clients.iter().all(|c| {
-            c.messages
-                .iter()
-                .any(|m| matches!(m, ServerMessage::Offer { tracks, .. } if tracks.len() == 2))
-        })
+        n.clients.iter().all(|c| c.offered(2))
     });
     net.settle(20);
     for n in 0..30u32 {

@@ -28,11 +28,7 @@ fn a_subscriber_gets_one_layer_and_changes_over_continuously_when_it_stops() {
     net.until(10, "both connected", |n| {
         n.clients.iter().all(|c| c.connected)
     });
-    net.until(10, "the consumer offer", |n| {
-        n.clients[patient].messages.iter().any(
-            |m| matches!(m, consulta_sfu::ServerMessage::Offer { tracks, .. } if tracks.len() == 2),
-        )
-    });
+    net.until(10, "the consumer offer", |n| n.clients[patient].offered(2));
     net.settle(20);
     assert!(
         net.clients[doctor]

@@ -8,9 +8,9 @@ use std::time::Instant;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 
-use super::{guarded, schedule, Recording, RouterHost, FORWARD_SAMPLES};
 use str0m::format::Codec;
 
+use super::{guarded, schedule, Recording, RouterHost, FORWARD_SAMPLES};
 use crate::forwarder::{gates_on_keyframes, is_keyframe_start, Verdict};
 use crate::layers::Admit;
 use crate::transport::{track_kind, ConsumerState, Io, Transport, Wire};
@@ -196,7 +196,7 @@ impl<W: Wire> RouterHost<W> {
                 continue;
             };
             // Simulcast: one layer per subscriber, changed over at the target's keyframe.
-            let mut switched = false;
+            let mut changed_layer = false;
             if simulcast {
                 if c.switch.current().is_none() && c.selector.target().is_none() {
                     c.switch.set_target(c.switch.target().min(layer_count - 1));
@@ -211,7 +211,7 @@ impl<W: Wire> RouterHost<W> {
                             "simulcast layer changed over"
                         );
                         c.forwarder.rebase();
-                        switched = true;
+                        changed_layer = true;
                     }
                     Admit::Skip => {
                         self.counters.layer_skipped += 1;
@@ -244,13 +244,10 @@ impl<W: Wire> RouterHost<W> {
                 timestamp = c.switch.timestamp(timestamp, pkt.timestamp);
                 if codec == Some(Codec::Vp8) {
                     if c.switch.rewrites() {
-                        // Ours alone (the last subscriber's, unless recorded): rewritten in place.
-                        if Arc::get_mut(&mut payload).is_none() {
-                            payload = Arc::from(&payload[..]);
-                        }
-                        if let Some(p) = Arc::get_mut(&mut payload) {
-                            c.switch.rewrite_vp8(p, switched);
-                        }
+                        // In place when the payload is ours alone (the last subscriber's, unless
+                        // recorded), else on a copy.
+                        c.switch
+                            .rewrite_vp8(Arc::make_mut(&mut payload), changed_layer);
                     } else {
                         c.switch.note_vp8(&payload);
                     }

@@ -62,6 +62,15 @@ pub struct Net {
     next_port: u16,
 }
 
+impl Client {
+    /// Whether the server has offered this client `tracks` tracks of others in one offer.
+    pub fn offered(&self, tracks: usize) -> bool {
+        self.messages
+            .iter()
+            .any(|m| matches!(m, ServerMessage::Offer { tracks: t, .. } if t.len() == tracks))
+    }
+}
+
 impl Wire for &'static MemWire {
     fn send(&self, to: SocketAddr, data: &[u8]) -> std::io::Result<usize> {
         (**self).send(to, data)
