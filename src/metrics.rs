@@ -484,6 +484,19 @@ pub fn render(
     ] {
         o.labelled("consulta_layer_switches_total", labels, value);
     }
+    o.head(
+        "consulta_layer_consumers",
+        "gauge",
+        "Subscribers' video tracks of simulcast publishers now, by the layer they receive (0 lowest), or paused.",
+    );
+    for (slot, n) in s.layer_consumers.iter().enumerate() {
+        let label = if slot + 1 == s.layer_consumers.len() {
+            "layer=\"paused\"".to_owned()
+        } else {
+            format!("layer=\"{slot}\"")
+        };
+        o.labelled("consulta_layer_consumers", &label, *n);
+    }
     o.one(
         "consulta_bandwidth_resumes_total",
         "counter",

@@ -1,9 +1,9 @@
 //! Target `layers`: the simulcast changeover (`consulta_sfu::layers::Switch`) over a program of
-//! target changes and packets (fuzzed layer, keyframe flag, RTP timestamp, arrival step, VP8
+//! target changes, cuts and packets (fuzzed layer, keyframe flag, RTP timestamp, arrival step, VP8
 //! payload), and RED's primary-block parser (`consulta_sfu::red::primary_offset`) over each
 //! payload. Checked after every step:
 //! - a packet is forwarded only on the layer being forwarded, and a change happens only at a
-//!   keyframe of the target layer;
+//!   keyframe of the target layer; after a cut, nothing is forwarded until that keyframe;
 //! - rewriting a VP8 descriptor never changes the payload's length nor anything past it;
 //! - within one layer, outgoing timestamps keep the spacing of the incoming ones;
 //! - RED's primary block starts within the payload.
@@ -20,9 +20,18 @@ pub fn run(data: &[u8]) {
     let mut now = Instant::now();
     // (incoming, outgoing) timestamp of the last packet forwarded, and its layer.
     let mut last: Option<(u8, u32, u32)> = None;
+    // A cut of a flowing layer is in force.
+    let mut cut = false;
     while !input.is_empty() {
-        if input.u8() % 4 == 0 {
+        let op = input.u8();
+        if op % 4 == 0 {
             sw.set_target(input.u8() % 3);
+            continue;
+        }
+        if op % 16 == 1 {
+            sw.cut();
+            cut = sw.current().is_some();
+            assert_eq!(sw.is_switching(), cut || sw.current() != Some(sw.target()));
             continue;
         }
         let layer = input.u8() % 3;
@@ -38,14 +47,16 @@ pub fn run(data: &[u8]) {
         let admit = sw.admit(layer, keyframe);
         match admit {
             Admit::Skip => {
-                assert_ne!(before, Some(layer), "a packet of the forwarded layer skipped");
+                assert!(cut || before != Some(layer), "a packet of the forwarded layer skipped");
                 continue;
             }
             Admit::Switched => {
                 assert!(keyframe && layer == target, "a change not at the target's keyframe");
-                assert!(before.is_some() && before != Some(layer));
+                assert!(before.is_some() && (cut || before != Some(layer)));
+                cut = false;
             }
             Admit::Forward => {
+                assert!(!cut, "forwarded during a cut");
                 assert!(before == Some(layer) || (before.is_none() && keyframe && layer == target));
             }
         }

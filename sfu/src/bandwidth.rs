@@ -8,7 +8,7 @@
 //! - audio is budgeted first: [`AUDIO_RESERVE_BPS`] per audio track, never paused here;
 //! - only [`USABLE_PERCENT`] of the estimate is spent (retransmissions and loss need room);
 //! - video pauses after [`PAUSE_AFTER`] below [`PAUSE_BELOW_BPS`] per video track, at once below
-//!   half of it: down fast;
+//!   half of it, or at once when the lowest layer loses [`HEAVY_LOSS`]: down fast;
 //! - video resumes only after [`RESUME_AFTER`] at or above [`RESUME_ABOVE_BPS`]: up slowly, with
 //!   headroom, so that a link at the edge does not flap;
 //! - a publisher is capped only while the per-track budget is below [`UNCAPPED_PER_TRACK_BPS`]
@@ -21,11 +21,11 @@ pub const AUDIO_RESERVE_BPS: u64 = 64_000;
 /// Share of the estimate that media may use.
 pub const USABLE_PERCENT: u64 = 85;
 /// Below this per video track (sustained), video pauses.
-pub const PAUSE_BELOW_BPS: u64 = 150_000;
+pub const PAUSE_BELOW_BPS: u64 = 120_000;
 /// At or above this per video track (sustained), paused video resumes.
 pub const RESUME_ABOVE_BPS: u64 = 300_000;
 /// How long the budget must stay low before video pauses.
-pub const PAUSE_AFTER: Duration = Duration::from_millis(1_500);
+pub const PAUSE_AFTER: Duration = Duration::from_millis(1_000);
 /// How long the budget must stay high before paused video resumes.
 pub const RESUME_AFTER: Duration = Duration::from_secs(3);
 /// A per-track budget at or above this (the SDK's 720p maximum) does not cap publishers.
@@ -36,6 +36,13 @@ pub const HD_DESIRED_BPS: u64 = 3_200_000;
 /// rise asks str0m for a probe).
 pub const PROBE_EVERY: Duration = Duration::from_millis(1_500);
 const PROBE_BUMP_BPS: u64 = 1_000;
+/// A video loss fraction (the subscriber's receiver reports) at or above this, on a subscriber
+/// whose video is already at its lowest layer, pauses its video at once: the estimate can
+/// stay far above a link whose queue is full (no delay trend left to see), while the link
+/// drops this much.
+pub const HEAVY_LOSS: f32 = 0.25;
+/// Loss reported this soon after the video reached its lowest layer may be of the layer before.
+pub const FLOOR_SETTLE: Duration = Duration::from_millis(1_500);
 /// A cap below this is not asked for: no encoder makes usable video from less.
 pub const MIN_CAP_BPS: u64 = 60_000;
 
@@ -59,6 +66,27 @@ pub struct Downlink {
     crossing_since: Option<Instant>,
     /// Since when its video has flowed under the estimate it wants (a constrained link).
     constrained_since: Option<Instant>,
+    /// What its video tracks would take one layer up, and what they take with the layer a
+    /// subscriber waits to go up to (while one waits), bits/s: [`Downlink::set_wanted`].
+    wanted: Option<Wanted>,
+    /// Since when every video track it receives is at its lowest layer.
+    floor_since: Option<Instant>,
+    /// Heavy loss was reported at the floor (after [`FLOOR_SETTLE`]).
+    heavy_loss: bool,
+    /// When heavy loss was last reported, whatever the layer (not of a trial's padding).
+    congested_at: Option<Instant>,
+    /// When a step up was last padded for (its loss is the trial's, not the link's).
+    trial_at: Option<Instant>,
+}
+
+/// See [`Downlink::set_wanted`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    /// Every video track one layer up (bits/s).
+    pub next_bps: u64,
+    /// Every video track as it will be once a subscriber that waits to go up does (None: none
+    /// waits).
+    pub trial_bps: Option<u64>,
 }
 
 impl Downlink {
@@ -69,6 +97,69 @@ impl Downlink {
 
     pub fn estimate(&self) -> Option<u64> {
         self.estimate
+    }
+
+    /// What the subscriber's video would take (from its layer selectors); None: not known (one
+    /// layer, or no rates yet), HD is wanted. The desired rate of the estimator follows it, so
+    /// probes are the size of the next step, not of HD (on a weak link a probe of HD fills its
+    /// queue and delays audio). While a subscriber waits to go up, the estimator's minimum is
+    /// the rate after that step: str0m pads up to it, so the link proves it carries the higher
+    /// layer before the change (an estimate that only a lucky probe raised falls again).
+    pub fn set_wanted(&mut self, now: Instant, wanted: Option<Wanted>) {
+        if wanted.is_some_and(|w| w.trial_bps.is_some()) {
+            self.trial_at = Some(now);
+        }
+        self.wanted = wanted;
+    }
+
+    /// Whether heavy loss was reported within [`FLOOR_SETTLE`]: a link far below what it is
+    /// sent, which str0m's estimate may take seconds to show (a full queue has no delay trend);
+    /// the router takes every video track of this subscriber to its lowest layer at once.
+    pub fn is_congested(&self, now: Instant) -> bool {
+        self.congested_at
+            .is_some_and(|at| now.saturating_duration_since(at) < FLOOR_SETTLE)
+    }
+
+    /// The estimate (bits/s) at which the video it wants fits with the selector's headroom.
+    fn desired(&self, audio_tracks: usize, video_tracks: usize) -> u64 {
+        let audio = AUDIO_RESERVE_BPS * audio_tracks as u64;
+        match self.wanted {
+            // Paused, HD: only audio flows, below any estimate, and the probes of a large desired
+            // rate are what finds a link that recovered.
+            Some(w) if !self.is_video_paused() => {
+                let video = w
+                    .next_bps
+                    .saturating_mul(crate::layers::UP_HEADROOM_PERCENT)
+                    / 100;
+                (audio + video).saturating_mul(100) / USABLE_PERCENT
+            }
+            _ => HD_DESIRED_BPS * video_tracks as u64,
+        }
+    }
+
+    /// Whether every video track the subscriber receives is at its lowest layer now.
+    pub fn set_at_floor(&mut self, now: Instant, at_floor: bool) {
+        if !at_floor {
+            self.floor_since = None;
+            self.heavy_loss = false;
+        } else if self.floor_since.is_none() {
+            self.floor_since = Some(now);
+        }
+    }
+
+    /// A loss fraction of one of its video tracks, reported at `at` (receiver reports).
+    pub fn on_video_loss(&mut self, at: Instant, fraction: f32) {
+        let after =
+            |t: Option<Instant>| t.is_none_or(|t| at.saturating_duration_since(t) >= FLOOR_SETTLE);
+        if self.is_video_paused() || !after(self.trial_at) {
+            return;
+        }
+        if fraction >= HEAVY_LOSS {
+            self.congested_at = Some(at);
+        }
+        if self.floor_since.is_some() && after(self.floor_since) {
+            self.heavy_loss = fraction >= HEAVY_LOSS;
+        }
     }
 
     pub fn is_video_paused(&self) -> bool {
@@ -95,7 +186,7 @@ impl Downlink {
 
     /// Decides whether the subscriber's video pauses or resumes now.
     pub fn poll(&mut self, now: Instant, audio_tracks: usize, video_tracks: usize) -> Change {
-        let wanted = HD_DESIRED_BPS * video_tracks as u64;
+        let wanted = self.desired(audio_tracks, video_tracks);
         let constrained = video_tracks > 0
             && !self.is_video_paused()
             && self.estimate.is_some_and(|e| e < wanted);
@@ -112,6 +203,13 @@ impl Downlink {
             return Change::None;
         };
         if !self.is_video_paused() {
+            if self.heavy_loss {
+                // The lowest layer does not get through, whatever the estimate says.
+                self.heavy_loss = false;
+                self.paused_since = Some(now);
+                self.crossing_since = None;
+                return Change::PauseVideo;
+            }
             if per >= PAUSE_BELOW_BPS {
                 self.crossing_since = None;
                 return Change::None;
@@ -137,14 +235,20 @@ impl Downlink {
         Change::None
     }
 
-    /// The (minimum, desired) rates for str0m's estimator. The minimum is audio's: padding up to
-    /// more would fill the very link that is too weak. The desired rate is HD on every video
-    /// track; while video is paused, it steps up by a hair every [`PROBE_EVERY`] (a rise above
+    /// The (minimum, desired) rates for str0m's estimator. The minimum is audio's (padding up to
+    /// more would fill the very link that is too weak), but for the trial of a step up
+    /// ([`Downlink::set_wanted`]). The desired rate is what the next layers need with headroom,
+    /// else HD on every video track; while video is paused, it steps up by a hair every [`PROBE_EVERY`] (a rise above
     /// the estimate makes str0m send a short probe), so a link that recovered is found without
     /// saturating one that did not.
     pub fn bwe_target(&self, now: Instant, audio_tracks: usize, video_tracks: usize) -> (u64, u64) {
-        let min = AUDIO_RESERVE_BPS * audio_tracks.max(1) as u64;
-        let desired = HD_DESIRED_BPS * video_tracks.max(1) as u64;
+        let audio = AUDIO_RESERVE_BPS * audio_tracks.max(1) as u64;
+        let trial = self.wanted.and_then(|w| w.trial_bps);
+        let min = match trial {
+            Some(video) if !self.is_video_paused() => audio + video,
+            _ => audio,
+        };
+        let desired = self.desired(audio_tracks, video_tracks.max(1)).max(min);
         // Paused: a probe every other PROBE_EVERY. Flowing under the wanted rate: every fourth,
         // so that an estimate that fell with a burst of loss finds the link's rate again
         // (str0m probes only when the desired rate rises; the application-limited estimate
@@ -191,19 +295,19 @@ mod tests {
         let mut d = Downlink::default();
         d.on_estimate(2_000_000);
         assert_eq!(d.poll(t0, 1, 1), Change::None);
-        // 250k: 212k usable - 64k audio = 148k per video track: below 150k.
-        d.on_estimate(250_000);
+        // 200k: 170k usable - 64k audio = 106k per video track: below 120k.
+        d.on_estimate(200_000);
         assert_eq!(d.poll(at(t0, 100), 1, 1), Change::None);
         assert_eq!(d.poll(at(t0, 1_000), 1, 1), Change::None);
         // A brief recovery restarts the clock.
         d.on_estimate(400_000);
         assert_eq!(d.poll(at(t0, 1_200), 1, 1), Change::None);
-        d.on_estimate(250_000);
+        d.on_estimate(200_000);
         assert_eq!(d.poll(at(t0, 1_300), 1, 1), Change::None);
-        assert_eq!(d.poll(at(t0, 2_700), 1, 1), Change::None);
-        assert_eq!(d.poll(at(t0, 2_800), 1, 1), Change::PauseVideo);
+        assert_eq!(d.poll(at(t0, 2_200), 1, 1), Change::None);
+        assert_eq!(d.poll(at(t0, 2_300), 1, 1), Change::PauseVideo);
         assert!(d.is_video_paused());
-        assert_eq!(d.poll(at(t0, 2_900), 1, 1), Change::None);
+        assert_eq!(d.poll(at(t0, 2_400), 1, 1), Change::None);
 
         // Far below: no waiting.
         let mut e = Downlink::default();
@@ -302,5 +406,80 @@ mod tests {
         d.on_estimate(HD_DESIRED_BPS + 1);
         assert_eq!(d.poll(at(t0, 7_000), 1, 1), Change::None);
         assert_eq!(desired(&d, 9_100), HD_DESIRED_BPS);
+    }
+
+    #[test]
+    fn the_desired_rate_follows_the_next_layer_and_a_step_up_is_padded_for_first() {
+        let t0 = Instant::now();
+        let mut d = Downlink::default();
+        d.on_estimate(2_000_000);
+        assert_eq!(d.poll(t0, 1, 1), Change::None);
+        // One layer up takes 500 kbit/s: desired is where it fits with 20 % headroom once 85 %
+        // of the estimate is usable and audio is served: (64k + 600k) / 0.85.
+        let next = |trial| {
+            Some(Wanted {
+                next_bps: 500_000,
+                trial_bps: trial,
+            })
+        };
+        d.set_wanted(t0, next(None));
+        assert_eq!(d.bwe_target(t0, 1, 1), (64_000, 781_176));
+        // A subscriber waits to go up: str0m pads to the rate after the step.
+        d.set_wanted(t0, next(Some(500_000)));
+        assert_eq!(d.bwe_target(t0, 1, 1), (564_000, 781_176));
+        // Paused video is not padded for, and HD is probed for (what finds a recovered link).
+        d.on_estimate(100_000);
+        assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);
+        assert_eq!(d.bwe_target(t0, 1, 1), (64_000, HD_DESIRED_BPS));
+        // Unknown layers: HD, as before.
+        d.set_wanted(t0, None);
+        assert_eq!(d.bwe_target(t0, 1, 1), (64_000, HD_DESIRED_BPS));
+    }
+
+    #[test]
+    fn heavy_loss_at_the_lowest_layer_pauses_at_once_and_loss_before_it_does_not() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut d = Downlink::default();
+        // The estimate stays high (a full queue shows no delay trend).
+        d.on_estimate(400_000);
+        // Heavy loss while not at the floor (the layer before the change): nothing.
+        d.on_video_loss(at(0), 0.5);
+        assert_eq!(d.poll(at(0), 1, 1), Change::None);
+        d.set_at_floor(at(100), true);
+        // Too soon after the floor: still the layer before.
+        d.on_video_loss(at(1_000), 0.5);
+        assert_eq!(d.poll(at(1_000), 1, 1), Change::None);
+        // Settled at the floor, light loss: nothing.
+        d.on_video_loss(at(2_200), 0.05);
+        assert_eq!(d.poll(at(2_200), 1, 1), Change::None);
+        // Settled, heavy: paused at once.
+        d.on_video_loss(at(3_200), 0.4);
+        assert_eq!(d.poll(at(3_200), 1, 1), Change::PauseVideo);
+        // Loss while a step up is padded for is the trial's: it neither congests nor pauses.
+        let mut f = Downlink::default();
+        f.on_estimate(400_000);
+        f.set_at_floor(t0, true);
+        f.set_wanted(
+            at(2_000),
+            Some(Wanted {
+                next_bps: 500_000,
+                trial_bps: Some(500_000),
+            }),
+        );
+        f.on_video_loss(at(2_500), 0.4);
+        assert!(!f.is_congested(at(2_500)));
+        assert_eq!(f.poll(at(2_500), 1, 1), Change::None);
+        // Heavy loss at any layer: congested for a while.
+        f.on_video_loss(at(4_000), 0.4);
+        assert!(f.is_congested(at(4_000)));
+        assert!(!f.is_congested(at(6_000)));
+        // Leaving the floor forgets it.
+        let mut e = Downlink::default();
+        e.on_estimate(400_000);
+        e.set_at_floor(t0, true);
+        e.on_video_loss(at(2_500), 0.4);
+        e.set_at_floor(at(2_600), false);
+        assert_eq!(e.poll(at(2_700), 1, 1), Change::None);
     }
 }

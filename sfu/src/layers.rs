@@ -22,6 +22,9 @@ pub const MAX_LAYERS: usize = 3;
 pub const UP_HEADROOM_PERCENT: u64 = 120;
 /// How long a higher layer must keep fitting with headroom before the subscriber moves up.
 pub const UP_AFTER: Duration = Duration::from_secs(3);
+/// A layer over the budget by more than this (in percent of it) stops at once when the
+/// subscriber goes down for bandwidth, instead of flowing until the lower layer's keyframe.
+pub const CUT_OVER_PERCENT: u64 = 150;
 
 /// What is known about a publisher track's layers now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,6 +58,9 @@ pub struct Choice {
     pub layer: u8,
     pub up: bool,
     pub reason: Reason,
+    /// Stop forwarding the current layer now ([`Switch::cut`]): it is so far over the budget
+    /// that what is still sent of it only lengthens the queue in front of the new keyframe.
+    pub cut: bool,
 }
 
 /// Picks one subscriber's layer of one publisher track.
@@ -65,6 +71,8 @@ pub struct Selector {
     max: u8,
     /// Since when a higher layer has fit with headroom (and which).
     up_since: Option<(u8, Instant)>,
+    /// The layer actually forwarded (the target's keyframe may not have come yet).
+    forwarded: Option<u8>,
 }
 
 impl Default for Selector {
@@ -73,6 +81,7 @@ impl Default for Selector {
             target: None,
             max: (MAX_LAYERS - 1) as u8,
             up_since: None,
+            forwarded: None,
         }
     }
 }
@@ -80,6 +89,49 @@ impl Default for Selector {
 impl Selector {
     pub fn target(&self) -> Option<u8> {
         self.target
+    }
+
+    /// The link drops heavily ([`crate::bandwidth::Downlink::is_congested`]): the lowest
+    /// layer at once, the current one cut, whatever the estimate says yet. None when the
+    /// target is already the lowest (the router cuts a higher layer still forwarded).
+    pub fn on_congestion(&mut self, layers: &Layers) -> Option<Choice> {
+        let count = usize::from(layers.count.clamp(1, MAX_LAYERS as u8));
+        let lowest = (0..count).find(|&l| layers.active[l])? as u8;
+        if self.target.is_none_or(|t| t <= lowest) {
+            return None;
+        }
+        self.target = Some(lowest);
+        self.up_since = None;
+        Some(Choice {
+            layer: lowest,
+            up: false,
+            reason: Reason::Bandwidth,
+            cut: true,
+        })
+    }
+
+    /// Tells which layer is forwarded now ([`Switch::current`]): a fall of the budget is
+    /// judged against it, as it is what fills the link until the target's keyframe.
+    pub fn set_forwarded(&mut self, layer: Option<u8>) {
+        self.forwarded = layer;
+    }
+
+    /// The layer it waits to go up to: one that fits with headroom, not yet for [`UP_AFTER`].
+    pub fn waiting_up(&self) -> Option<u8> {
+        self.up_since.map(|(l, _)| l)
+    }
+
+    /// The rates (bits/s) of the target layer and of the layer one step up (the target's own at
+    /// the top): what the subscriber receives and what it would. None before a target.
+    pub fn rates(&self, layers: &Layers) -> Option<(u64, u64)> {
+        let target = usize::from(self.target?);
+        let count = usize::from(layers.count.clamp(1, MAX_LAYERS as u8));
+        let top = (count - 1).min(usize::from(self.max));
+        let now = layers.bps[target.min(MAX_LAYERS - 1)];
+        let next = (target + 1..=top)
+            .find(|&l| layers.active[l])
+            .map_or(now, |l| layers.bps[l]);
+        Some((now, next))
     }
 
     /// Sets the subscriber's preferred maximum layer (e.g. from its video element's size).
@@ -117,6 +169,7 @@ impl Selector {
                 layer: layer as u8,
                 up,
                 reason,
+                cut: false,
             })
         };
         let Some(current) = self.target.map(usize::from) else {
@@ -130,7 +183,23 @@ impl Selector {
         }
         // The current layer stays while it fits at all (hysteresis against the headroom rule).
         if !fits(current, 100) && best < current {
-            return choose(self, best, Reason::Bandwidth);
+            let sent = self
+                .forwarded
+                .map_or(current, |l| usize::from(l).min(MAX_LAYERS - 1));
+            let far_over = budget.is_some_and(|b| {
+                layers.bps[current]
+                    .max(layers.bps[sent])
+                    .saturating_mul(100)
+                    > b.saturating_mul(CUT_OVER_PERCENT)
+            });
+            // Far over: the estimate is still falling and says little of what the link carries;
+            // the lowest layer, at once, and up again from there with headroom.
+            let to = if far_over {
+                lowest.unwrap_or(best)
+            } else {
+                best
+            };
+            return choose(self, to, Reason::Bandwidth).map(|c| Choice { cut: far_over, ..c });
         }
         // Up: one layer at a time (an estimate that jumped with a lucky probe costs one layer,
         // not a flood), when it fits with headroom held for UP_AFTER; without an estimate,
@@ -196,6 +265,8 @@ pub struct Switch {
     last_tl0: Option<u8>,
     /// A changeover happened: picture ids need rewriting.
     rewriting: bool,
+    /// The current layer was cut: nothing flows until a keyframe of the target.
+    cut: bool,
     /// The first packet of a change is out; its timestamp offset is fixed.
     fresh: bool,
 }
@@ -212,6 +283,7 @@ impl Default for Switch {
             last_pid: None,
             last_tl0: None,
             rewriting: false,
+            cut: false,
             fresh: false,
         }
     }
@@ -236,11 +308,30 @@ impl Switch {
 
     /// Whether a keyframe of the target layer is awaited (the router asks for one).
     pub fn is_switching(&self) -> bool {
-        self.current != Some(self.target)
+        self.cut || self.current != Some(self.target)
+    }
+
+    /// Stops forwarding the current layer now, before the target's keyframe arrives (a
+    /// congested downlink: the subscriber's video freezes until then, but nothing more of the
+    /// layer it cannot carry queues in front of that keyframe). Nothing to cut before the
+    /// first layer flows.
+    pub fn cut(&mut self) {
+        self.cut = self.current.is_some();
     }
 
     /// Decides for one packet of `layer`, `keyframe` if it starts a keyframe.
     pub fn admit(&mut self, layer: u8, keyframe: bool) -> Admit {
+        if self.cut {
+            if layer != self.target || !keyframe {
+                return Admit::Skip;
+            }
+            // A change, even back to the layer that was cut: its packets were skipped.
+            self.cut = false;
+            self.current = Some(layer);
+            self.fresh = true;
+            self.rewriting = true;
+            return Admit::Switched;
+        }
         if self.current == Some(layer) && (layer == self.target || !keyframe) {
             return Admit::Forward;
         }

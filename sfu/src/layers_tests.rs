@@ -211,3 +211,99 @@ fn a_late_packet_does_not_pull_the_clock_back_and_short_descriptors_are_left_alo
         assert_eq!(q, p);
     }
 }
+
+#[test]
+fn a_layer_far_over_the_budget_is_cut_and_one_just_over_flows_until_the_keyframe() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    // 1.7 Mbit/s against 800 kbit/s (a step down of the link, the estimate still falling): cut,
+    // and straight to the lowest layer, though layer 1 fits the budget of the moment.
+    let mut s = Selector::default();
+    s.poll(t0, Some(3_000_000), &three(RATES));
+    let c = s.poll(at(100), Some(800_000), &three(RATES)).unwrap();
+    assert_eq!((c.layer, c.reason, c.cut), (0, Reason::Bandwidth, true));
+    // 1.7 Mbit/s against 1.3 Mbit/s: over, but not by half: no cut.
+    let mut s = Selector::default();
+    s.poll(t0, Some(3_000_000), &three(RATES));
+    let c = s.poll(at(100), Some(1_300_000), &three(RATES)).unwrap();
+    assert_eq!((c.layer, c.reason, c.cut), (1, Reason::Bandwidth, false));
+    // A second fall before layer 1's keyframe came: layer 2 still fills the link, and is far
+    // over (1.7 Mbit/s against 450 kbit/s, though layer 1 alone would not be).
+    s.set_forwarded(Some(2));
+    let c = s.poll(at(150), Some(450_000), &three(RATES)).unwrap();
+    assert_eq!((c.layer, c.reason, c.cut), (0, Reason::Bandwidth, true));
+    let mut s = Selector::default();
+    s.poll(t0, Some(3_000_000), &three(RATES));
+    s.poll(at(100), Some(1_300_000), &three(RATES));
+    // Other reasons never cut.
+    let mut gone = three(RATES);
+    gone.active[1] = false;
+    assert!(!s.poll(at(200), Some(1_300_000), &gone).unwrap().cut);
+}
+
+#[test]
+fn a_cut_layer_stops_at_once_and_the_target_keyframe_ends_the_cut() {
+    let t0 = Instant::now();
+    let mut sw = Switch::default();
+    // Nothing flows yet: nothing to cut (the first keyframe starts the layer as usual).
+    sw.cut();
+    sw.set_target(2);
+    assert_eq!(sw.admit(2, true), Admit::Forward);
+    sw.timestamp(1_000, t0);
+    sw.set_target(0);
+    sw.cut();
+    assert!(sw.is_switching());
+    // Layer 2 no longer flows, not even its keyframes; layer 0 waits for its keyframe.
+    assert_eq!(sw.admit(2, false), Admit::Skip);
+    assert_eq!(sw.admit(2, true), Admit::Skip);
+    assert_eq!(sw.admit(0, false), Admit::Skip);
+    assert_eq!(sw.admit(0, true), Admit::Switched);
+    assert!(!sw.is_switching());
+    assert_eq!(sw.admit(0, false), Admit::Forward);
+    let t1 = t0 + Duration::from_millis(300);
+    assert_eq!(sw.timestamp(77, t1), 1_000 + 300 * 90);
+    // Cut, then the target comes back to the current layer: still only from a keyframe, as a
+    // change (its skipped packets are not missed by the subscriber).
+    sw.set_target(1);
+    sw.cut();
+    sw.set_target(0);
+    assert!(sw.is_switching());
+    assert_eq!(sw.admit(0, false), Admit::Skip);
+    assert_eq!(sw.admit(0, true), Admit::Switched);
+    assert!(!sw.is_switching());
+}
+
+#[test]
+fn rates_are_the_target_and_the_next_layer_up() {
+    let t0 = Instant::now();
+    let mut s = Selector::default();
+    assert_eq!(s.rates(&three(RATES)), None);
+    s.poll(t0, Some(200_000), &three(RATES));
+    assert_eq!(s.rates(&three(RATES)), Some((150_000, 500_000)));
+    assert_eq!(s.waiting_up(), None);
+    // Headroom for layer 1: it is waited for.
+    s.poll(t0, Some(700_000), &three(RATES));
+    assert_eq!(s.waiting_up(), Some(1));
+    // A layer that does not flow is stepped over; at the top, the next is the target itself.
+    let mut gone = three(RATES);
+    gone.active[1] = false;
+    assert_eq!(s.rates(&gone), Some((150_000, 1_700_000)));
+    let mut s = Selector::default();
+    s.poll(t0, None, &three(RATES));
+    assert_eq!(s.rates(&three(RATES)), Some((1_700_000, 1_700_000)));
+}
+
+#[test]
+fn congestion_takes_the_lowest_layer_at_once_with_a_cut() {
+    let t0 = Instant::now();
+    let mut s = Selector::default();
+    s.poll(t0, Some(3_000_000), &three(RATES));
+    let c = s.on_congestion(&three(RATES)).unwrap();
+    assert_eq!(
+        (c.layer, c.up, c.reason, c.cut),
+        (0, false, Reason::Bandwidth, true)
+    );
+    assert_eq!(s.target(), Some(0));
+    // Already there: nothing (once is enough, however long the congestion lasts).
+    assert_eq!(s.on_congestion(&three(RATES)), None);
+}

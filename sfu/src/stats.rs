@@ -110,6 +110,9 @@ pub struct HistogramSnapshot {
     pub sum: f64,
 }
 
+/// Slots of the consumers-per-layer gauge: one per simulcast layer, then paused.
+pub const LAYER_SLOTS: usize = crate::layers::MAX_LAYERS + 1;
+
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {
         /// Counters one worker accumulates between two publications.
@@ -138,6 +141,8 @@ macro_rules! counters {
             /// Time spent processing rather than waiting, nanoseconds.
             pub busy_nanos: AtomicU64,
             tracks: [[[AtomicU64; CODEC_LABELS.len()]; 2]; 2],
+            /// Simulcast video consumers now, by the layer they receive, then paused (gauges).
+            layer_consumers: [AtomicU64; LAYER_SLOTS],
             $(pub $name: AtomicU64,)*
             loss_ingress: SharedHistogram,
             loss_egress: SharedHistogram,
@@ -160,6 +165,8 @@ macro_rules! counters {
             /// Busy nanoseconds per worker, by worker index.
             pub busy_nanos: Vec<u64>,
             pub tracks: TrackCounts,
+            /// Simulcast video consumers by the layer they receive (0 lowest), then paused ones.
+            pub layer_consumers: [u64; LAYER_SLOTS],
             pub datagrams_received: u64,
             pub datagrams_unroutable: u64,
             pub demux_queue_drops: u64,
@@ -197,6 +204,12 @@ macro_rules! counters {
                 self.bandwidth_estimate.publish(&mut c.bandwidth_estimate);
             }
 
+            pub(crate) fn set_layer_consumers(&self, n: &[u64; LAYER_SLOTS]) {
+                for (slot, v) in self.layer_consumers.iter().zip(n) {
+                    slot.store(*v, Ordering::Relaxed);
+                }
+            }
+
             pub(crate) fn set_tracks(&self, t: &TrackCounts) {
                 for (d, dir) in t.iter().enumerate() {
                     for (k, kind) in dir.iter().enumerate() {
@@ -222,6 +235,9 @@ macro_rules! counters {
                     s.rooms += w.rooms.load(Ordering::Relaxed);
                     s.participants += w.participants.load(Ordering::Relaxed);
                     s.busy_nanos.push(w.busy_nanos.load(Ordering::Relaxed));
+                    for (sum, v) in s.layer_consumers.iter_mut().zip(&w.layer_consumers) {
+                        *sum += v.load(Ordering::Relaxed);
+                    }
                     for d in 0..2 {
                         for k in 0..2 {
                             for c in 0..CODEC_LABELS.len() {

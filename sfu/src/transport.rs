@@ -660,6 +660,7 @@ impl Transport {
                 outbox.faults.push((self.id, Fault::Disconnected))
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                tracing::trace!(peer = self.id, bps = estimate.as_u64(), "downlink estimate");
                 self.downlink.on_estimate(estimate.as_u64());
             }
             Event::MediaIngressStats(s) => {
@@ -690,6 +691,9 @@ impl Transport {
                 c.firs_from_subscribers += f;
                 self.quality.on_stats(s.loss, s.rtt);
                 observe_quality(&mut c.loss_egress, &mut c.rtt, s.loss, s.rtt);
+                if let (MediaKind::Video, Some(loss)) = (k.kind, s.loss) {
+                    self.downlink.on_video_loss(s.timestamp, loss);
+                }
             }
             _ => {}
         }

@@ -231,6 +231,7 @@ fn end_round(
             .participants
             .store(host.participants() as u64, Ordering::Relaxed);
         ctx.stats.set_tracks(&host.track_counts());
+        ctx.stats.set_layer_consumers(&host.layer_consumers());
         ctx.stats.publish(&mut host.counters);
     }
     housekeep

@@ -1,6 +1,7 @@
 // Issue 21 in real Chromium: a doctor publishing simulcast (the SDK's default) is
 // received by the patient as one layer, the full one on a good link, while the server drops the
-// other two layers for it (consulta_rtp_dropped_total{reason="other_layer"}); and audio is
+// other two layers for it (consulta_rtp_dropped_total{reason="other_layer"}) and counts it on the
+// top layer (consulta_layer_consumers); and audio is
 // negotiated as RED (RFC 2198) on both legs, with the patient hearing the doctor.
 //
 // Run: cd tests/e2e && npm ci && node --test simulcast-red.test.mjs
@@ -22,11 +23,14 @@ after(async () => {
   await server?.stop();
 });
 
-async function droppedOtherLayer() {
+async function metric(re) {
   const text = await (await fetch(`${server.httpUrl}/metrics`)).text();
-  const m = text.match(/^consulta_rtp_dropped_total\{reason="other_layer"\} (\d+)/m);
+  const m = text.match(re);
   return m ? Number(m[1]) : 0;
 }
+
+const droppedOtherLayer = () => metric(/^consulta_rtp_dropped_total\{reason="other_layer"\} (\d+)/m);
+const onLayer = (layer) => metric(new RegExp(`^consulta_layer_consumers\\{layer="${layer}"\\} (\\d+)`, 'm'));
 
 describe('simulcast and redundant audio', { timeout: 120_000 }, () => {
   it('the patient gets the full layer of a simulcast doctor, and audio is RED both ways', async () => {
@@ -59,6 +63,12 @@ describe('simulcast and redundant audio', { timeout: 120_000 }, () => {
       const skipped = (await droppedOtherLayer()) - before;
       // Two lower layers at ~30 fps are not sent to the patient: well over 50 packets in 2 s.
       assert.ok(skipped > 50, `packets of other layers not forwarded in 2 s: ${skipped}`);
+      // The consumers-per-layer gauge: the patient's one video track, on the top layer.
+      assert.deepEqual(
+        await Promise.all(['0', '1', '2', 'paused'].map(onLayer)),
+        [0, 0, 1, 0],
+        'consulta_layer_consumers by layer 0, 1, 2, paused',
+      );
       // Still one decoded stream from the doctor, at 1280 wide.
       const again = await waitForVideo(patient, 'dr-ana', { width: 1280, height: 720 });
       assert.ok(again.second.framesDecoded > again.first.framesDecoded);

@@ -2,7 +2,8 @@
 //! video track is (its rid's place in the track's simulcast list, lowest first), the layers'
 //! measured rates, and, every housekeeping round, each video consumer's layer from its
 //! subscriber's downlink budget. Until a consumer has changed over, a keyframe of its track is
-//! asked for (throttled).
+//! asked for (throttled). Each subscriber's downlink is told what its video would take one layer
+//! up ([`Wanted`]): what str0m probes for, and pads to while a step up is waited for.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,7 +12,10 @@ use str0m::media::{MediaKind, Mid, Rid, Rids};
 use str0m::rtp::Ssrc;
 
 use super::RouterHost;
+use crate::bandwidth::Wanted;
+use crate::forwarder::PauseCause;
 use crate::layers::{Layers, Reason, MAX_LAYERS};
+use crate::stats::LAYER_SLOTS;
 use crate::transport::{ConsumerState, Transport, Wire};
 use crate::PeerId;
 
@@ -117,6 +121,34 @@ pub(super) fn learn_ssrc(t: &mut Transport, ssrc: Ssrc) -> Option<(usize, u8)> {
 }
 
 impl<W: Wire> RouterHost<W> {
+    /// Video consumers of simulcast tracks now, by the layer they receive (not yet one: not
+    /// counted), then those paused (the consumers-per-layer gauge).
+    pub(crate) fn layer_consumers(&self) -> [u64; LAYER_SLOTS] {
+        let mut n = [0; LAYER_SLOTS];
+        for t in self.transports.values() {
+            for c in t
+                .consumers
+                .iter()
+                .filter(|c| c.kind == MediaKind::Video && c.state == ConsumerState::Active)
+            {
+                let simulcast = self
+                    .transports
+                    .get(&c.source)
+                    .and_then(|s| s.producers.iter().find(|p| p.mid == c.source_mid))
+                    .is_some_and(|p| p.layers.is_simulcast());
+                if !simulcast {
+                    continue;
+                }
+                if c.forwarder.is_paused() {
+                    n[MAX_LAYERS] += 1;
+                } else if let Some(l) = c.switch.current() {
+                    n[usize::from(l).min(MAX_LAYERS - 1)] += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Bit `l` set: layer `l` of `publisher`'s track `mid` is the target of one of its
     /// consumers, or (the top layer) recorded. All layers when nothing says otherwise.
     pub(super) fn wanted_layers(&self, publisher: PeerId, mid: Mid) -> u8 {
@@ -170,32 +202,59 @@ impl<W: Wire> RouterHost<W> {
                 }
             }
         }
-        if tracks.is_empty() {
-            return;
-        }
         let mut keyframes: Vec<(PeerId, Mid)> = Vec::new();
         for t in self.transports.values_mut().filter(|t| t.connected) {
             let (audio, video) = super::allocation::receiving(t);
             let budget = t.downlink.video_budget_per_track(audio, video);
+            let congested = t.downlink.is_congested(now);
+            // What the subscriber's video takes one layer up, and with the step it waits for;
+            // None as soon as one track's layers are unknown (HD is then wanted).
+            let (mut known, mut waits) = (true, false);
+            // Every counted video track at its lowest layer (and at least one).
+            let (mut floor, mut tracks_at_floor) = (true, 0);
+            let (mut next_bps, mut trial_bps) = (0, 0);
             for c in t
                 .consumers
                 .iter_mut()
                 .filter(|c| c.kind == MediaKind::Video && c.state == ConsumerState::Active)
             {
+                let counted = !c.forwarder.is_paused_for(PauseCause::Mute)
+                    && !c.forwarder.is_paused_for(PauseCause::Codec);
                 let Some(layers) = tracks.get(&(c.source, c.source_mid)) else {
+                    known &= !counted;
+                    floor &= !counted;
                     continue;
                 };
-                if let Some(choice) = c.selector.poll(now, budget, layers) {
+                c.selector.set_forwarded(c.switch.current());
+                // Paused for bandwidth: the layer stays until video resumes (then up only after
+                // a trial at the layer it resumed on, not at once with what the pause saw).
+                let paused = c.forwarder.is_paused_for(PauseCause::Bandwidth);
+                let choice = if paused {
+                    None
+                } else if congested {
+                    if c.switch.is_switching() {
+                        // A higher layer may still flow until the lowest one's keyframe.
+                        c.switch.cut();
+                    }
+                    c.selector.on_congestion(layers)
+                } else {
+                    c.selector.poll(now, budget, layers)
+                };
+                if let Some(choice) = choice {
                     tracing::debug!(
                         subscriber = t.id,
                         publisher = c.source,
                         layer = choice.layer,
                         reason = ?choice.reason,
+                        cut = choice.cut,
                         budget,
                         rates = ?layers.bps,
                         "simulcast layer target"
                     );
                     c.switch.set_target(choice.layer);
+                    if choice.cut {
+                        c.switch.cut();
+                    }
                     let counters = &mut self.counters;
                     match (choice.up, choice.reason) {
                         (_, Reason::Start) => {}
@@ -207,7 +266,33 @@ impl<W: Wire> RouterHost<W> {
                 if c.switch.is_switching() && !c.forwarder.is_paused() {
                     keyframes.push((c.source, c.source_mid));
                 }
+                match c.selector.rates(layers) {
+                    Some((now, next)) if counted => {
+                        let waiting = c.selector.waiting_up().is_some();
+                        next_bps += next;
+                        trial_bps += if waiting { next } else { now };
+                        waits |= waiting;
+                        if c.selector.target() == Some(0) && c.switch.current() == Some(0) {
+                            tracks_at_floor += 1;
+                        } else {
+                            floor = false;
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        known &= !counted;
+                        floor &= !counted;
+                    }
+                }
             }
+            t.downlink.set_at_floor(now, floor && tracks_at_floor > 0);
+            t.downlink.set_wanted(
+                now,
+                (known && next_bps > 0).then_some(Wanted {
+                    next_bps,
+                    trial_bps: waits.then_some(trial_bps),
+                }),
+            );
         }
         keyframes.sort_unstable();
         keyframes.dedup();
