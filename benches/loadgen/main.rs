@@ -87,7 +87,15 @@ struct Args {
     /// and joins again (never two of one consultation at once). Consulta target only.
     #[arg(long, value_name = "SECONDS")]
     churn_every: Option<f64>,
+    /// Publish video as three simulcast layers, as the browser SDK does: rids q, h and f at
+    /// 1/16, 1/5 and all of `--video-kbps` (the SDK's 180p, 360p and 720p), one frame of each
+    /// per tick; the server forwards one layer per subscriber. Consulta target only.
+    #[arg(long)]
+    simulcast: bool,
 }
+
+/// The simulcast layers of `--simulcast`, low to high: rid and share of `--video-kbps` (1/n).
+const LAYERS: [(&str, usize); 3] = [("q", 16), ("h", 5), ("f", 1)];
 
 /// How often a participant pings the server's signaling: well inside its 60 s idle timeout.
 const PING_EVERY: Duration = Duration::from_secs(20);
@@ -146,6 +154,9 @@ async fn main() -> Result<()> {
     }
     if !matches!(args.target.as_str(), "consulta" | "janus") {
         bail!("--target is consulta or janus");
+    }
+    if args.simulcast && args.target != "consulta" {
+        bail!("--simulcast works with --target consulta only");
     }
     if let Some(s) = args.churn_every {
         if !(s.is_finite() && s > 0.0) {
@@ -384,6 +395,7 @@ async fn run_level(
         "seconds": elapsed,
         "join_phase_seconds": joined_s,
         "video_kbps": args.video_kbps,
+        "simulcast": args.simulcast,
         "frames_sent": stats.frames_sent.load(Ordering::Relaxed),
         "frames_received": received,
         "frames_lost": lost,
@@ -716,7 +728,14 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
     rtc.add_local_candidate(Candidate::host(udp.local, "udp")?);
     let mut change = rtc.sdp_api();
     let audio = change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
-    let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+    let layers = args.simulcast.then(|| {
+        let mut sim = str0m::media::Simulcast::new();
+        for (rid, _) in LAYERS {
+            sim.add_send_layer(str0m::media::SimulcastLayer::new(rid));
+        }
+        sim
+    });
+    let video = change.add_media(MediaKind::Video, Direction::SendOnly, None, None, layers);
     let (offer, pending) = change.apply().context("an offer")?;
     let mut pending = Some(pending);
     let mut offered = false;
@@ -792,15 +811,26 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
             }
             _ = video_tick.tick(), if offered && rtc.is_connected() && sending => {
                 let key = vn % 60 == 0 || std::mem::take(&mut inbox.force_key);
-                video_frame(&mut frame, key, if key { frame_len * 4 } else { frame_len }, id, vn);
-                media::write(&mut rtc, &mut udp, &mut inbox, video, Codec::Vp8, MediaTime::from_90khz(u64::from(vn) * 3000), &frame)?;
+                let len = if key { frame_len * 4 } else { frame_len };
+                let time = MediaTime::from_90khz(u64::from(vn) * 3000);
+                if args.simulcast {
+                    // One frame per layer, each with the same counter: a subscriber counts
+                    // its layer's frames as it would one stream's.
+                    for (rid, share) in LAYERS {
+                        video_frame(&mut frame, key, len / share, id, vn);
+                        media::write(&mut rtc, &mut udp, &mut inbox, video, Some(rid), Codec::Vp8, time, &frame)?;
+                    }
+                } else {
+                    video_frame(&mut frame, key, len, id, vn);
+                    media::write(&mut rtc, &mut udp, &mut inbox, video, None, Codec::Vp8, time, &frame)?;
+                }
                 vn += 1;
                 stats.frames_sent.fetch_add(1, Ordering::Relaxed);
             }
             _ = audio_tick.tick(), if offered && rtc.is_connected() && sending => {
                 frame.clear();
                 frame.resize(80, 0xAA);
-                media::write(&mut rtc, &mut udp, &mut inbox, audio, Codec::Opus, MediaTime::from_millis(u64::from(an) * 20), &frame)?;
+                media::write(&mut rtc, &mut udp, &mut inbox, audio, None, Codec::Opus, MediaTime::from_millis(u64::from(an) * 20), &frame)?;
                 an += 1;
             }
             _ = &mut wake => {

@@ -204,21 +204,25 @@ pub fn tick(rtc: &mut Rtc, udp: &mut MediaSocket, inbox: &mut Inbox, now: Instan
     Ok(())
 }
 
-/// Writes one frame of `codec` on `mid` and has it packetized at once: str0m packetizes a
-/// written frame when its clock next moves, so the clock is moved to now (received datagrams no
-/// longer move it one by one; see [`burst_time`]).
+/// Writes one frame of `codec` on `mid` (on simulcast layer `rid`, if any) and has it
+/// packetized at once: str0m packetizes a written frame when its clock next moves, so the clock
+/// is moved to now (received datagrams no longer move it one by one; see [`burst_time`]).
 pub fn write(
     rtc: &mut Rtc,
     udp: &mut MediaSocket,
     inbox: &mut Inbox,
     mid: Mid,
+    rid: Option<&str>,
     codec: Codec,
     time: MediaTime,
     data: &[u8],
 ) -> Result<()> {
-    let Some(w) = rtc.writer(mid) else {
+    let Some(mut w) = rtc.writer(mid) else {
         return Ok(());
     };
+    if let Some(rid) = rid {
+        w = w.rid(rid.into());
+    }
     let Some(pt) = w
         .payload_params()
         .find(|p| p.spec().codec == codec)
