@@ -286,7 +286,7 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
                 let key = vn % 60 == 0 || std::mem::take(&mut inbox.force_key);
                 video_frame(&mut frame, key, if key { frame_len * 4 } else { frame_len }, id, vn);
                 if let (Some(pc), Some(mid)) = (pcs.first_mut(), video_mid) {
-                    write(&mut pc.rtc, &mut udp, &mut inbox, mid, None, Codec::Vp8, MediaTime::from_90khz(u64::from(vn) * 3000), &frame)?;
+                    write(&mut pc.rtc, &mut udp, &mut inbox, (mid, None), Codec::Vp8, MediaTime::from_90khz(u64::from(vn) * 3000), &frame)?;
                 }
                 vn += 1;
                 stats.frames_sent.fetch_add(1, Ordering::Relaxed);
@@ -295,7 +295,7 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
                 frame.clear();
                 frame.resize(80, 0xAA);
                 if let (Some(pc), Some(mid)) = (pcs.first_mut(), audio_mid) {
-                    write(&mut pc.rtc, &mut udp, &mut inbox, mid, None, Codec::Opus, MediaTime::from_millis(u64::from(an) * 20), &frame)?;
+                    write(&mut pc.rtc, &mut udp, &mut inbox, (mid, None), Codec::Opus, MediaTime::from_millis(u64::from(an) * 20), &frame)?;
                 }
                 an += 1;
             }

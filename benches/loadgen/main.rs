@@ -818,11 +818,11 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
                     // its layer's frames as it would one stream's.
                     for (rid, share) in LAYERS {
                         video_frame(&mut frame, key, len / share, id, vn);
-                        media::write(&mut rtc, &mut udp, &mut inbox, video, Some(rid), Codec::Vp8, time, &frame)?;
+                        media::write(&mut rtc, &mut udp, &mut inbox, (video, Some(rid)), Codec::Vp8, time, &frame)?;
                     }
                 } else {
                     video_frame(&mut frame, key, len, id, vn);
-                    media::write(&mut rtc, &mut udp, &mut inbox, video, None, Codec::Vp8, time, &frame)?;
+                    media::write(&mut rtc, &mut udp, &mut inbox, (video, None), Codec::Vp8, time, &frame)?;
                 }
                 vn += 1;
                 stats.frames_sent.fetch_add(1, Ordering::Relaxed);
@@ -830,7 +830,7 @@ async fn participant(args: &Args, room: &str, id: u32, role: Role, stats: &Stats
             _ = audio_tick.tick(), if offered && rtc.is_connected() && sending => {
                 frame.clear();
                 frame.resize(80, 0xAA);
-                media::write(&mut rtc, &mut udp, &mut inbox, audio, None, Codec::Opus, MediaTime::from_millis(u64::from(an) * 20), &frame)?;
+                media::write(&mut rtc, &mut udp, &mut inbox, (audio, None), Codec::Opus, MediaTime::from_millis(u64::from(an) * 20), &frame)?;
                 an += 1;
             }
             _ = &mut wake => {

@@ -204,15 +204,14 @@ pub fn tick(rtc: &mut Rtc, udp: &mut MediaSocket, inbox: &mut Inbox, now: Instan
     Ok(())
 }
 
-/// Writes one frame of `codec` on `mid` (on simulcast layer `rid`, if any) and has it
+/// Writes one frame of `codec` on `mid` (on its simulcast layer `rid`, if any) and has it
 /// packetized at once: str0m packetizes a written frame when its clock next moves, so the clock
 /// is moved to now (received datagrams no longer move it one by one; see [`burst_time`]).
 pub fn write(
     rtc: &mut Rtc,
     udp: &mut MediaSocket,
     inbox: &mut Inbox,
-    mid: Mid,
-    rid: Option<&str>,
+    (mid, rid): (Mid, Option<&str>),
     codec: Codec,
     time: MediaTime,
     data: &[u8],
