@@ -30,7 +30,7 @@ pub fn run(data: &[u8]) {
         }
         if op % 16 == 1 {
             sw.cut();
-            cut = sw.current().is_some();
+            cut |= sw.current().is_some_and(|c| c > sw.target());
             assert_eq!(sw.is_switching(), cut || sw.current() != Some(sw.target()));
             continue;
         }

@@ -313,10 +313,11 @@ impl Switch {
 
     /// Stops forwarding the current layer now, before the target's keyframe arrives (a
     /// congested downlink: the subscriber's video freezes until then, but nothing more of the
-    /// layer it cannot carry queues in front of that keyframe). Nothing to cut before the
-    /// first layer flows.
+    /// layer it cannot carry queues in front of that keyframe). Only a layer above the target
+    /// is cut: one at or below it fits, and flows on until the change (nothing to cut either
+    /// before the first layer flows).
     pub fn cut(&mut self) {
-        self.cut = self.current.is_some();
+        self.cut |= self.current.is_some_and(|c| c > self.target);
     }
 
     /// Decides for one packet of `layer`, `keyframe` if it starts a keyframe.

@@ -262,14 +262,19 @@ fn a_cut_layer_stops_at_once_and_the_target_keyframe_ends_the_cut() {
     assert_eq!(sw.admit(0, false), Admit::Forward);
     let t1 = t0 + Duration::from_millis(300);
     assert_eq!(sw.timestamp(77, t1), 1_000 + 300 * 90);
-    // Cut, then the target comes back to the current layer: still only from a keyframe, as a
-    // change (its skipped packets are not missed by the subscriber).
+    // Going up, the layer that flows fits: it is not cut, and flows until the target's keyframe.
     sw.set_target(1);
     sw.cut();
+    assert_eq!(sw.admit(0, false), Admit::Forward);
+    assert_eq!(sw.admit(1, true), Admit::Switched);
+    // Cut, then the target comes back to the current layer: still only from a keyframe, as a
+    // change (its skipped packets are not missed by the subscriber).
     sw.set_target(0);
+    sw.cut();
+    sw.set_target(1);
     assert!(sw.is_switching());
-    assert_eq!(sw.admit(0, false), Admit::Skip);
-    assert_eq!(sw.admit(0, true), Admit::Switched);
+    assert_eq!(sw.admit(1, false), Admit::Skip);
+    assert_eq!(sw.admit(1, true), Admit::Switched);
     assert!(!sw.is_switching());
 }
 
