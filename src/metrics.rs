@@ -544,6 +544,12 @@ pub fn render(
         s.bitrate_caps_sent,
     );
     o.one(
+        "consulta_publish_layer_changes_total",
+        "counter",
+        "publish-layers messages sent to simulcast publishers: layers no subscriber watches paused, or resumed.",
+        s.publish_layer_changes,
+    );
+    o.one(
         "consulta_ice_tcp_sessions_total",
         "counter",
         "ICE-TCP connections routed to a participant.",

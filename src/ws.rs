@@ -674,6 +674,12 @@ async fn on_client(
                 ClientMessage::Candidate { candidate } => Command::Candidate { peer, candidate },
                 ClientMessage::RestartIce => Command::RestartIce { peer },
                 ClientMessage::Mute { kind, muted } => Command::Mute { peer, kind, muted },
+                ClientMessage::VideoSize { identity, size } => Command::VideoSize {
+                    peer,
+                    identity,
+                    size,
+                },
+                ClientMessage::VideoLayers { heights } => Command::VideoLayers { peer, heights },
                 _ => return Flow::Continue,
             };
             if state.sfu.send(j.lease.worker(), cmd).is_err() {

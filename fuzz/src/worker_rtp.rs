@@ -200,12 +200,26 @@ fn drive(call: &mut Call, data: &[u8]) {
                     .on_command(Command::Mute { peer, kind, muted });
             }
             6 => {
-                let cmd = match input.u8() % 3 {
+                let cmd = match input.u8() % 5 {
                     0 => Command::RequestKeyframe {
                         peer,
                         mid: call.sends[1].0,
                     },
                     1 => Command::RestartIce { peer },
+                    // A subscriber's size for the other's video, a publisher's layer heights.
+                    3 => Command::VideoSize {
+                        peer,
+                        identity: if input.bool() { "pub" } else { "sub" }.to_owned(),
+                        size: input
+                            .bool()
+                            .then(|| (u32::from(input.u16()), u32::from(input.u16()))),
+                    },
+                    4 => Command::VideoLayers {
+                        peer,
+                        heights: (0..input.u8() % 4)
+                            .map(|_| u32::from(input.u16()))
+                            .collect(),
+                    },
                     _ => Command::RequestKeyframe {
                         peer,
                         mid: call.sends[0].0,

@@ -134,6 +134,11 @@ impl Selector {
         Some((now, next))
     }
 
+    /// The subscriber's preferred maximum layer.
+    pub fn max(&self) -> u8 {
+        self.max
+    }
+
     /// Sets the subscriber's preferred maximum layer (e.g. from its video element's size).
     pub fn set_max(&mut self, max: u8) {
         self.max = max.min((MAX_LAYERS - 1) as u8);

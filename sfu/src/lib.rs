@@ -31,6 +31,7 @@ pub mod dtls_identity;
 pub mod forwarder;
 pub mod layers;
 pub mod pacer_probe;
+pub mod publish_layers;
 pub mod quality;
 pub mod red;
 pub mod router;
@@ -186,6 +187,18 @@ pub enum Command {
     /// The client asks for an ICE restart (its path broke or its network changed).
     RestartIce {
         peer: PeerId,
+    },
+    /// The subscriber shows `identity`'s video at `size` (device pixels; `None`: no
+    /// preference): no layer much taller is forwarded to it.
+    VideoSize {
+        peer: PeerId,
+        identity: String,
+        size: Option<(u32, u32)>,
+    },
+    /// The publisher's simulcast layers' heights, lowest first.
+    VideoLayers {
+        peer: PeerId,
+        heights: Vec<u32>,
     },
     /// The participant left or its socket closed.
     Leave {

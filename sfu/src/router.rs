@@ -35,6 +35,7 @@ pub(crate) mod codecs;
 mod forward;
 mod mute;
 mod negotiation;
+mod preference;
 mod quality;
 pub(crate) mod quota;
 mod reconnect;
@@ -258,6 +259,16 @@ impl<W: Wire> RouterHost<W> {
             Command::Hold { peer } => self.set_lost(peer, Path::Signaling, true),
             Command::Resume { peer } => self.resume(peer),
             Command::RestartIce { peer } => self.restart_ice(peer),
+            Command::VideoSize {
+                peer,
+                identity,
+                size,
+            } => self.video_size(peer, &identity, size),
+            Command::VideoLayers { peer, heights } => {
+                if let Some(t) = self.transports.get_mut(&peer) {
+                    t.video_heights = heights;
+                }
+            }
             Command::Leave { peer, reason } => self.remove(peer, reason, None),
         }
         self.process_outbox();

@@ -303,6 +303,7 @@ counters!(
     bandwidth_paused_seconds,
     remb_sent,
     bitrate_caps_sent,
+    publish_layer_changes,
     unmutes_refused,
     candidates_refused,
     producers_refused,

@@ -145,6 +145,9 @@ pub(crate) struct Consumer {
     /// Which simulcast layer this subscriber should get, and the changeover to it.
     pub selector: crate::layers::Selector,
     pub switch: crate::layers::Switch,
+    /// The size (device pixels) at which the subscriber shows this video, if it said
+    /// (`video-size`): its selector's maximum layer follows it.
+    pub video_size: Option<(u32, u32)>,
 }
 
 impl Consumer {
@@ -164,6 +167,7 @@ impl Consumer {
             feedback: FeedbackCounts::default(),
             selector: Default::default(),
             switch: Default::default(),
+            video_size: None,
         }
     }
 }
@@ -220,6 +224,9 @@ pub(crate) struct Transport {
     pub last_offer: Option<ServerMessage>,
     /// Its connection quality, as the room is told it (see `quality.rs`).
     pub quality: crate::quality::Quality,
+    /// Its simulcast layers' heights, lowest first, as it stated them (`video-layers`; empty:
+    /// not stated, the SDK's ladder is assumed).
+    pub video_heights: Vec<u32>,
     /// Its video codecs and the one it is to send (see `router/codecs.rs`).
     pub codecs: crate::router::codecs::CodecState,
     created: Instant,
@@ -426,6 +433,7 @@ impl Transport {
             candidates: CandidateBudget::default(),
             codecs: Default::default(),
             quality: Default::default(),
+            video_heights: Vec::new(),
             created: now,
         }
     }

@@ -281,6 +281,13 @@ export declare class Call {
   /** Gives (`true`) or withdraws (`false`) consent to be recorded (LGPD): recording runs only
    * while everyone present has consented. */
   setRecordingConsent(consent: boolean): void;
+  /** Tells the server the size (CSS pixels) at which `participant`'s video is shown, so it
+   * forwards no simulcast layer much larger (a thumbnail gets 180p, not 720p; 0×0: hidden) and
+   * the publisher pauses layers nobody shows; `null` lifts it. Kept across reconnections. */
+  setVideoSize(participant: Participant | string, size: { width: number; height: number } | null): void;
+  /** Follows the size of the `<video>` element showing `participant`'s video (setVideoSize on
+   * every change); returns a function that stops following and lifts the preference. */
+  observeVideo(participant: Participant | string, element: HTMLElement): () => void;
   readonly recordingConsent: boolean;
   readonly recording: RecordingState;
   /** True while this participant is in the waiting room. */

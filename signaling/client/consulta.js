@@ -36,6 +36,8 @@ const ICE_DISCONNECTED_RESTART_MS = 1_500;
 // After asking for an ICE restart, how long before asking again.
 const ICE_RESTART_RETRY_MS = 5_000;
 const JOIN_TIMEOUT_MS = 15_000;
+/** observeVideo(): how long an element's size must settle before the server is told. */
+const VIDEO_SIZE_DEBOUNCE_MS = 300;
 /** Most `moved` redirects one join follows (cluster mode: a room lives on one node). */
 const MAX_MOVES = 3;
 /** Failed attempts at the node's own URL before reconnecting through the public one. */
@@ -151,6 +153,10 @@ export class Call {
     this._videoHints = HD_BITRATE_HINTS;
     this._maxVideoBitrate = HD_MAX_BITRATE;
     this._videoCap = null; // bits/s asked by the server (`bitrate-cap`) for a weak subscriber
+    this._layerHeights = null; // our simulcast layers' heights, lowest first
+    this._publishMax = null; // the highest simulcast layer the server wants sent (null: all)
+    this._videoSizes = new Map(); // identity -> {width, height} we show its video at
+    this._observers = new Set(); // stop functions of observeVideo()
     this._url = null;
     this._resumeSecret = null; // from `joined`: proves a resume is this session
     this._resumeWaiter = null; // {resolve, reject} while a resume waits for `resumed`
@@ -714,6 +720,7 @@ export class Call {
     this._midMap = new Map();
     this._negotiation = Promise.resolve();
     this._resumeSecret = null;
+    this._publishMax = null; // a new peer connection sends every layer
     const joined = await this._joinFollowing();
     this._onJoined(joined, true);
     await this._enqueue(async () => {
@@ -753,6 +760,64 @@ export class Call {
     }
     this.recordingConsent = consent;
     this._send({ type: 'recording-consent', consent });
+  }
+
+  /**
+   * Tells the server the size (CSS pixels) at which `participant`'s video is shown, so that it
+   * forwards no simulcast layer much larger (a thumbnail gets 180p, not 720p; `{width: 0,
+   * height: 0}`: hidden); `null` lifts the preference. Kept across reconnections.
+   */
+  setVideoSize(participant, size) {
+    const identity = typeof participant === 'string' ? participant : participant && participant.identity;
+    if (typeof identity !== 'string' || !identity) {
+      throw new ConsultaError('bad_options', 'setVideoSize(): pass a participant or its identity');
+    }
+    if (size === null || size === undefined) {
+      this._videoSizes.delete(identity);
+      if (this._pc) this._send({ type: 'video-size', identity });
+      return;
+    }
+    const ok = (n) => typeof n === 'number' && Number.isFinite(n) && n >= 0;
+    if (!size || !ok(size.width) || !ok(size.height)) {
+      throw new ConsultaError('bad_options', 'setVideoSize(): size is {width, height} in pixels, or null');
+    }
+    const dpr = (typeof window !== 'undefined' && window.devicePixelRatio) || 1;
+    const px = (n) => Math.min(16384, Math.round(n * dpr));
+    this._videoSizes.set(identity, { width: px(size.width), height: px(size.height) });
+    this._sendVideoSize(identity);
+  }
+
+  _sendVideoSize(identity) {
+    const s = this._videoSizes.get(identity);
+    // Before the call (waiting room) the server would refuse it: sent when the track comes.
+    if (s && this._pc) this._send({ type: 'video-size', identity, width: s.width, height: s.height });
+  }
+
+  /**
+   * Follows the size of the `<video>` element that shows `participant`'s video
+   * ([setVideoSize] on every change, debounced): returns a function that stops following
+   * and lifts the preference.
+   */
+  observeVideo(participant, element) {
+    if (!element || typeof ResizeObserver === 'undefined') return () => {};
+    let timer = null;
+    const update = () => {
+      timer = null;
+      if (this.closed) return;
+      this.setVideoSize(participant, { width: element.clientWidth, height: element.clientHeight });
+    };
+    const ro = new ResizeObserver(() => {
+      if (timer === null) timer = setTimeout(update, VIDEO_SIZE_DEBOUNCE_MS);
+    });
+    ro.observe(element);
+    const stop = () => {
+      if (!this._observers.delete(stop)) return;
+      ro.disconnect();
+      if (timer !== null) clearTimeout(timer);
+      if (!this.closed) this.setVideoSize(participant, null);
+    };
+    this._observers.add(stop);
+    return stop;
   }
 
   /** Doctors: lets `identity` in from the waiting room. */
@@ -798,6 +863,8 @@ export class Call {
         const wanted = this.options.simulcast !== false && !svcCodec;
         const layers = wanted ? simulcastEncodings(s.height, this._maxVideoBitrate) : null;
         this._simulcast = !!layers;
+        const h = s.height || DEFAULT_VIDEO.height;
+        this._layerHeights = layers ? layers.map((l) => Math.round(h / l.scaleResolutionDownBy)) : null;
         const tr = pc.addTransceiver(track, {
           direction: 'sendonly',
           streams: [stream],
@@ -856,6 +923,28 @@ export class Call {
     }
   }
 
+  /** Pauses our simulcast layers above the one the server asked for (all active when none). */
+  async _applyLayerActivity() {
+    if (!this._simulcast || !this._pc) return;
+    for (const t of this._pc.getTransceivers()) {
+      const sender = t.sender;
+      if (!sender || !sender.track || sender.track.kind !== 'video') continue;
+      try {
+        const params = sender.getParameters();
+        if (!params.encodings || params.encodings.length < 2) continue;
+        let changed = false;
+        params.encodings.forEach((e, i) => {
+          const active = this._publishMax === null || i <= this._publishMax;
+          if (e.active !== active) changed = true;
+          e.active = active;
+        });
+        if (changed) await sender.setParameters(params);
+      } catch (e) {
+        console.warn('consulta: setParameters (layers) failed', e);
+      }
+    }
+  }
+
   async _publish() {
     const pc = this._pc;
     const offer = await pc.createOffer();
@@ -865,6 +954,8 @@ export class Call {
     });
     this._send({ type: 'offer', sdp: pc.localDescription.sdp });
     this._offerSent = true;
+    // So that subscribers' video sizes map to our layers.
+    if (this._layerHeights) this._send({ type: 'video-layers', heights: this._layerHeights });
     this._flushCandidates();
     let m;
     try {
@@ -1007,6 +1098,7 @@ export class Call {
     participant.tracks[kind] = track;
     if (!participant.stream.getTracks().includes(track)) participant.stream.addTrack(track);
     this._attached.set(mid, { participant, kind, track });
+    if (kind === 'video' && this._videoSizes.has(participant.identity)) this._sendVideoSize(participant.identity);
     this._emit('track', { participant, kind, track, stream: participant.stream });
   }
 
@@ -1233,6 +1325,13 @@ export class Call {
           this._clientError(new ConsultaError('negotiation_failed', `codec change: ${e && e.message}`, { cause: e }));
         });
         break;
+      case 'publish-layers':
+        // No subscriber takes our layers above `max_layer` (their tiles are small, or there are
+        // none): pause them, or resume them.
+        if (m.kind !== 'video' || !Number.isInteger(m.max_layer) || m.max_layer < 0) break;
+        this._publishMax = m.max_layer;
+        if (this._pc) this._enqueue(() => this._applyLayerActivity()).catch(() => {});
+        break;
       case 'bitrate-cap':
         // A subscriber's downlink is weak: keep our video under its rate (null: lifted).
         if (m.kind !== 'video') break;
@@ -1345,6 +1444,7 @@ export class Call {
       this._joinWaiter = null;
     }
     if (this._pendingAnswer) this._pendingAnswer.reject(new ConsultaError('connection_closed', 'the call closed'));
+    for (const stop of [...this._observers]) stop();
     if (this._pc) {
       try {
         this._pc.close();

@@ -72,6 +72,17 @@ pub enum ClientMessage {
     },
     /// The client's ICE path broke (or its network changed): the server offers an ICE restart.
     RestartIce,
+    /// A subscriber shows `identity`'s video at this size (device pixels; 0×0: hidden), or has
+    /// no preference (`None`): the server forwards no layer much larger than that.
+    VideoSize {
+        identity: String,
+        size: Option<(u32, u32)>,
+    },
+    /// A publisher's simulcast layers' heights in pixels, lowest first (the order of its
+    /// `sendEncodings`), so that subscribers' sizes map to layers.
+    VideoLayers {
+        heights: Vec<u32>,
+    },
     Ping,
     Leave,
 }
@@ -107,6 +118,24 @@ struct ResumeFields {
     session_id: String,
     secret: String,
 }
+#[derive(Deserialize)]
+struct VideoSizeFields {
+    identity: String,
+    #[serde(default)]
+    width: Option<u32>,
+    #[serde(default)]
+    height: Option<u32>,
+}
+#[derive(Deserialize)]
+struct VideoLayersFields {
+    heights: Vec<u32>,
+}
+
+/// Largest video size (either side, pixels) a subscriber may state.
+pub const MAX_VIDEO_SIDE: u32 = 16_384;
+/// Most simulcast layers a publisher may list.
+pub const MAX_VIDEO_LAYERS: usize = 3;
+
 #[derive(Deserialize)]
 struct MuteFields {
     kind: TrackKind,
@@ -182,6 +211,46 @@ impl ClientMessage {
                 }
             }
             "restart-ice" => ClientMessage::RestartIce,
+            "video-size" => {
+                let f: VideoSizeFields = fields(&ty, value)?;
+                let bad = |m: &str| {
+                    Err((
+                        ErrorCode::BadMessage,
+                        format!("bad `video-size` message: {m}"),
+                    ))
+                };
+                let size = match (f.width, f.height) {
+                    (None, None) => None,
+                    (Some(w), Some(h)) if w <= MAX_VIDEO_SIDE && h <= MAX_VIDEO_SIDE => {
+                        Some((w, h))
+                    }
+                    (Some(_), Some(_)) => {
+                        return bad(&format!("width and height are at most {MAX_VIDEO_SIDE}"))
+                    }
+                    _ => return bad("give both width and height, or neither"),
+                };
+                ClientMessage::VideoSize {
+                    identity: f.identity,
+                    size,
+                }
+            }
+            "video-layers" => {
+                let f: VideoLayersFields = fields(&ty, value)?;
+                let ok = !f.heights.is_empty()
+                    && f.heights.len() <= MAX_VIDEO_LAYERS
+                    && f.heights.iter().all(|h| (1..=MAX_VIDEO_SIDE).contains(h))
+                    && f.heights.windows(2).all(|w| w[0] <= w[1]);
+                if !ok {
+                    return Err((
+                        ErrorCode::BadMessage,
+                        format!(
+                            "bad `video-layers` message: `heights` lists 1 to {MAX_VIDEO_LAYERS} \
+                             heights from 1 to {MAX_VIDEO_SIDE}, lowest first"
+                        ),
+                    ));
+                }
+                ClientMessage::VideoLayers { heights: f.heights }
+            }
             "ping" => ClientMessage::Ping,
             "leave" => ClientMessage::Leave,
             other => {
@@ -311,6 +380,13 @@ pub enum ServerMessage {
     BitrateCap {
         kind: TrackKind,
         max_bitrate: Option<u64>,
+    },
+    /// Sent to a publisher of simulcast video: send layers up to `max_layer` (0: the lowest)
+    /// and pause those above, which no subscriber watches (they are smaller on screen, or
+    /// there are none); a higher `max_layer` resumes them.
+    PublishLayers {
+        kind: TrackKind,
+        max_layer: u8,
     },
     /// Sent to a publisher: send video in `codec` (`VP8`, `VP9`, `H264`, `AV1`, `H265`), the one
     /// every participant of the room decodes. The client puts that codec first in its sender's
@@ -611,6 +687,29 @@ mod tests {
             ClientMessage::RestartIce
         );
         assert_eq!(
+            ClientMessage::parse(
+                r#"{"type":"video-size","identity":"dr","width":320,"height":180}"#
+            )
+            .unwrap(),
+            ClientMessage::VideoSize {
+                identity: "dr".into(),
+                size: Some((320, 180))
+            }
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"video-size","identity":"dr"}"#).unwrap(),
+            ClientMessage::VideoSize {
+                identity: "dr".into(),
+                size: None
+            }
+        );
+        assert_eq!(
+            ClientMessage::parse(r#"{"type":"video-layers","heights":[180,360,720]}"#).unwrap(),
+            ClientMessage::VideoLayers {
+                heights: vec![180, 360, 720]
+            }
+        );
+        assert_eq!(
             ClientMessage::parse(r#"{"type":"leave","extra":1}"#).unwrap(),
             ClientMessage::Leave
         );
@@ -635,6 +734,18 @@ mod tests {
             ErrorCode::BadMessage
         );
         assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
+        for bad in [
+            r#"{"type":"video-size","identity":"dr","width":320}"#,
+            r#"{"type":"video-size","identity":"dr","width":320,"height":99999}"#,
+            r#"{"type":"video-size","width":320,"height":180}"#,
+            r#"{"type":"video-size","identity":"dr","width":-1,"height":180}"#,
+            r#"{"type":"video-layers","heights":[]}"#,
+            r#"{"type":"video-layers","heights":[720,360]}"#,
+            r#"{"type":"video-layers","heights":[0,360]}"#,
+            r#"{"type":"video-layers","heights":[90,180,360,720]}"#,
+        ] {
+            assert_eq!(code(bad), ErrorCode::BadMessage, "{bad}");
+        }
         let big = format!(
             r#"{{"type":"offer","sdp":"{}"}}"#,
             "a".repeat(MAX_MESSAGE_BYTES)

@@ -158,6 +158,8 @@ pub fn gate(phase: Phase, msg: &ClientMessage, cx: Context) -> Gate {
         | ClientMessage::Answer { .. }
         | ClientMessage::Candidate { .. }
         | ClientMessage::RestartIce
+        | ClientMessage::VideoSize { .. }
+        | ClientMessage::VideoLayers { .. }
         | ClientMessage::Mute { .. } => Gate::Media,
         // Decided above for a session in the call (it has entered).
         ClientMessage::Leave | ClientMessage::RecordingConsent { .. } => Gate::Ignore,

@@ -252,4 +252,40 @@ describe('codec negotiation across a room', { skip, timeout: TEST_TIMEOUT * 3 },
       assert.deepEqual(pauses, ['track_paused ff <- h264 video codec']);
     });
   });
+
+  // Simulcast from Firefox: a Chromium patient that shows the doctor small gets the lowest
+  // layer, and Firefox stops encoding the ones above (publish-layers); then they come back.
+  it("a Firefox doctor's simulcast: a small tile gets the lowest layer and the upper ones pause", { timeout: TEST_TIMEOUT }, async () => {
+    await scenario(async (open) => {
+      const room = newRoom('ff-size');
+      const doctor = await open('doctor', 'firefox');
+      const patient = await open('patient', 'chromium');
+      await joinAs(doctor, room, 'dr', 'doctor');
+      await joinAs(patient, room, 'pt', 'patient', { simulcast: false });
+      // Firefox's fake camera's layers, lowest first, as the SDK stated them to the server.
+      const heights = await doctor.evaluate(() => window.call._layerHeights);
+      assert.ok(Array.isArray(heights) && heights.length >= 2, `Firefox publishes simulcast: ${heights}`);
+      const [low, top] = [heights[0], heights[heights.length - 1]];
+      const layers = () => doctor.evaluate(() => window.call._pc.getSenders().find((s) => s.track && s.track.kind === 'video').getParameters().encodings.map((e) => e.active).join());
+      const all = heights.map(() => true).join();
+      const lowOnly = heights.map((_, i) => i === 0).join();
+      assert.equal(await layers(), all);
+      // Firefox enables its top layer only once its own uplink estimate allows (10-20 s here).
+      await waitForVideo(patient, 'dr', { height: top, timeout: 45_000 });
+      await patient.evaluate((h) => window.call.setVideoSize('dr', { width: Math.round((h * 4) / 3), height: h }), low);
+      await waitForVideo(patient, 'dr', { height: low, timeout: 15_000 });
+      await pollUntil(async () => ((await layers()) === lowOnly ? true : null), {
+        timeout: 25_000,
+        what: "Firefox to pause the doctor's upper layers",
+      });
+      const small = await waitForVideo(patient, 'dr', { height: low });
+      assert.ok(small.second.framesDecoded > small.first.framesDecoded, 'the lowest layer keeps flowing');
+      await patient.evaluate(() => window.call.setVideoSize('dr', null));
+      await pollUntil(async () => ((await layers()) === all ? true : null), {
+        timeout: 5_000,
+        what: "Firefox to resume the doctor's upper layers",
+      });
+      await waitForVideo(patient, 'dr', { height: top, timeout: 45_000 });
+    });
+  });
 });

@@ -89,4 +89,68 @@ describe('simulcast and redundant audio', { timeout: 120_000 }, () => {
       await patient.close();
     }
   });
+
+  // A subscriber that shows the doctor small (setVideoSize, as observeVideo does for a tile)
+  // gets the lowest layer, and the doctor's browser stops encoding the two layers nobody shows
+  // (publish-layers); lifting the size brings them and full size back.
+  it('a small tile gets the lowest layer, and the doctor pauses the layers nobody shows', async () => {
+    const room = `size-${process.pid}`;
+    const doctor = await openParticipant(browser, server, 'doctor-size');
+    const patient = await openParticipant(browser, server, 'patient-size');
+    const changes = () => metric(/^consulta_publish_layer_changes_total (\d+)/m);
+    // The doctor's layers as its sender has them, and each layer's packets sent so far.
+    const doctorLayers = () =>
+      doctor.evaluate(async () => {
+        const sender = window.call._pc.getSenders().find((s) => s.track && s.track.kind === 'video');
+        const stats = await sender.getStats();
+        const sent = {};
+        for (const s of stats.values()) if (s.type === 'outbound-rtp' && s.rid) sent[s.rid] = s.packetsSent;
+        return { active: sender.getParameters().encodings.map((e) => e.active), sent };
+      });
+    try {
+      for (const [p, identity, role, simulcast] of [
+        [doctor, 'dr-bia', 'doctor', undefined],
+        [patient, 'pt-rui', 'patient', false],
+      ]) {
+        const res = await p.join({ token: await server.token({ room, identity, role }), simulcast });
+        assert.equal(res.ok, true, `${identity}: ${res.code} ${res.message}`);
+      }
+      await waitForVideo(patient, 'dr-bia', { width: 1280, height: 720, timeout: 30_000 });
+      const before = await changes();
+      await patient.evaluate(() => window.call.setVideoSize('dr-bia', { width: 320, height: 180 }));
+      // Down at once, at the lowest layer's keyframe: 320x180 (a quarter of 1280x720).
+      await waitForVideo(patient, 'dr-bia', { width: 320, height: 180, timeout: 15_000 });
+      // The wish holds 8 s before the doctor is told to pause layers h and f.
+      const paused = await pollUntil(
+        async () => {
+          const l = await doctorLayers();
+          return l.active.join() === 'true,false,false' ? l : null;
+        },
+        { timeout: 25_000, what: "the doctor's layers h and f to pause" },
+      );
+      assert.ok((await changes()) > before, 'consulta_publish_layer_changes_total grew');
+      await new Promise((r) => setTimeout(r, 2_000));
+      const later = await doctorLayers();
+      // A 720p layer at 30 fps sends well over 100 packets in 2 s; a paused one none (a few in
+      // flight at the change at most).
+      assert.ok(later.sent.f - paused.sent.f < 10, `layer f packets in 2 s while paused: ${later.sent.f - paused.sent.f}`);
+      assert.ok(later.sent.q - paused.sent.q > 30, `layer q keeps flowing: ${later.sent.q - paused.sent.q}`);
+      const small = await waitForVideo(patient, 'dr-bia', { width: 320, height: 180 });
+      assert.ok(small.second.framesDecoded > small.first.framesDecoded);
+      // No preference again: the layers resume at once, and the patient climbs back to 720p.
+      await patient.evaluate(() => window.call.setVideoSize('dr-bia', null));
+      await pollUntil(
+        async () => ((await doctorLayers()).active.join() === 'true,true,true' ? true : null),
+        { timeout: 5_000, what: "the doctor's layers to resume" },
+      );
+      await waitForVideo(patient, 'dr-bia', { width: 1280, height: 720, timeout: 30_000 });
+    } catch (e) {
+      for (const p of [doctor, patient]) console.error(p.logs.slice(-30).join('\n'));
+      console.error(`--- server log tail ---\n${server.tail()}`);
+      throw e;
+    } finally {
+      await doctor.close();
+      await patient.close();
+    }
+  });
 });

@@ -15,6 +15,7 @@ use super::RouterHost;
 use crate::bandwidth::Wanted;
 use crate::forwarder::PauseCause;
 use crate::layers::{Layers, Reason, MAX_LAYERS};
+use crate::publish_layers::max_layer_for;
 use crate::stats::LAYER_SLOTS;
 use crate::transport::{ConsumerState, Transport, Wire};
 use crate::PeerId;
@@ -34,6 +35,8 @@ pub(crate) struct ProducerLayers {
     measured_at: Option<Instant>,
     /// What the selectors see: count, rates, activity.
     pub now: Layers,
+    /// Which layers the publisher was asked to send (see `preference.rs`).
+    pub published: crate::publish_layers::PublishedLayers,
 }
 
 impl ProducerLayers {
@@ -189,7 +192,9 @@ impl<W: Wire> RouterHost<W> {
     /// Measures every publisher's layers and moves each video consumer of a simulcast track to
     /// the layer its subscriber's downlink budget allows.
     pub(super) fn select_layers(&mut self, now: Instant) {
+        // Each simulcast track's layers, and its publisher's stated heights.
         let mut tracks: HashMap<(PeerId, Mid), Layers> = HashMap::new();
+        let mut heights: HashMap<PeerId, Vec<u32>> = HashMap::new();
         for t in self.transports.values_mut() {
             for p in t
                 .producers
@@ -199,9 +204,13 @@ impl<W: Wire> RouterHost<W> {
                 p.layers.measure(now);
                 if p.layers.is_simulcast() {
                     tracks.insert((t.id, p.mid), p.layers.now);
+                    heights
+                        .entry(t.id)
+                        .or_insert_with(|| t.video_heights.clone());
                 }
             }
         }
+
         let mut keyframes: Vec<(PeerId, Mid)> = Vec::new();
         for t in self.transports.values_mut().filter(|t| t.connected) {
             let (audio, video) = super::allocation::receiving(t);
@@ -226,6 +235,9 @@ impl<W: Wire> RouterHost<W> {
                     continue;
                 };
                 c.selector.set_forwarded(c.switch.current());
+                let stated = heights.get(&c.source).map_or(&[][..], Vec::as_slice);
+                let max = max_layer_for(c.video_size, stated, layers.count);
+                c.selector.set_max(max);
                 // Paused for bandwidth: the layer stays until video resumes (then up only after
                 // a trial at the layer it resumed on, not at once with what the pause saw).
                 let paused = c.forwarder.is_paused_for(PauseCause::Bandwidth);
@@ -269,6 +281,11 @@ impl<W: Wire> RouterHost<W> {
                 match c.selector.rates(layers) {
                     Some((now, next)) if counted => {
                         let waiting = c.selector.waiting_up().is_some();
+                        // Held below the top by the subscriber's video size: the estimator
+                        // keeps probing for HD (the next layer up is not wanted; without probes
+                        // the estimate sinks to the small layer's rate, and a tile made large
+                        // again would climb back for tens of seconds).
+                        known &= c.selector.max() + 1 >= layers.count;
                         next_bps += next;
                         trial_bps += if waiting { next } else { now };
                         waits |= waiting;
@@ -299,5 +316,6 @@ impl<W: Wire> RouterHost<W> {
         for (source, mid) in keyframes {
             self.request_keyframe(source, mid);
         }
+        self.publish_layers(now);
     }
 }
