@@ -5,6 +5,9 @@
 //! publisher handle that joins the room and publishes (our offer, its answer), and one subscriber
 //! handle per remote feed (its offer, our answer). Each PeerConnection is a str0m `Rtc`; they
 //! share the participant's UDP socket and incoming datagrams go to the `Rtc` that accepts them.
+//!
+//! With `--simulcast` a publisher sends the three rid layers it sends to Consulta (`LAYERS`),
+//! and each subscription asks for Janus's substream 2: the top layer, one per subscriber.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -15,7 +18,7 @@ use futures_util::SinkExt;
 use serde_json::{json, Value};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaKind, MediaTime};
+use str0m::media::{Direction, MediaKind, MediaTime, Simulcast, SimulcastLayer};
 use str0m::{Candidate, Rtc};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -23,7 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::media::{
     burst_time, capture_ticks, poll, split_ws, tick, write, Inbox, MediaSocket, WsSink, BURST,
 };
-use crate::{count_rtp, video_frame, Args, Stats};
+use crate::{count_rtp, video_frame, Args, Stats, LAYERS};
 
 struct Conn {
     ws: WsSink,
@@ -200,13 +203,28 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
             let mut change = rtc.sdp_api();
             audio_mid =
                 Some(change.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+            // With `--simulcast`, the same three layers as against Consulta (see `LAYERS`).
+            let layers = args.simulcast.then(|| {
+                let mut sim = Simulcast::new();
+                for (rid, _) in LAYERS {
+                    sim.add_send_layer(SimulcastLayer::new(rid));
+                }
+                sim
+            });
             video_mid =
-                Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, None));
+                Some(change.add_media(MediaKind::Video, Direction::SendOnly, None, None, layers));
             let (offer, pending) = change.apply().context("an offer")?;
+            let mut jsep = json!({"type":"offer","sdp":offer.to_sdp_string()});
+            if args.simulcast {
+                // Janus takes the offer's `a=rid` lines as highest first ("hml", the order of
+                // janus.js) unless told otherwise: ours go low to high, so without this `q`
+                // would be its substream 2 and `f` its substream 0.
+                jsep["rid_order"] = json!("lmh");
+            }
             c.message(
                 publisher,
                 json!({"request":"configure","audio":true,"video":true}),
-                Some(json!({"type":"offer","sdp":offer.to_sdp_string()})),
+                Some(jsep),
             )
             .await?;
             // Our candidate is in the SDP; tell Janus there are no more.
@@ -230,9 +248,15 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
                 pending: None,
                 handle: h,
             });
+            // One layer per subscriber: Janus's substream 2, the top one (`f`, see `rid_order`
+            // above), which is also its default; asked for explicitly all the same.
+            let mut stream = json!({"feed":feed});
+            if args.simulcast {
+                stream["substream"] = json!(2);
+            }
             c.message(
                 h,
-                json!({"request":"join","ptype":"subscriber","room":room,"streams":[{"feed":feed}]}),
+                json!({"request":"join","ptype":"subscriber","room":room,"streams":[stream]}),
                 None,
             )
             .await?;
@@ -284,9 +308,20 @@ pub async fn participant(args: &Args, room: u64, id: u32, stats: &Stats) -> Resu
             }
             _ = video_tick.tick(), if pub_ready && sending => {
                 let key = vn % 60 == 0 || std::mem::take(&mut inbox.force_key);
-                video_frame(&mut frame, key, if key { frame_len * 4 } else { frame_len }, id, vn);
+                let len = if key { frame_len * 4 } else { frame_len };
+                let time = MediaTime::from_90khz(u64::from(vn) * 3000);
                 if let (Some(pc), Some(mid)) = (pcs.first_mut(), video_mid) {
-                    write(&mut pc.rtc, &mut udp, &mut inbox, (mid, None), Codec::Vp8, MediaTime::from_90khz(u64::from(vn) * 3000), &frame)?;
+                    if args.simulcast {
+                        // One frame per layer, each with the same counter, as against Consulta:
+                        // a subscriber counts its layer's frames as it would one stream's.
+                        for (rid, share) in LAYERS {
+                            video_frame(&mut frame, key, len / share, id, vn);
+                            write(&mut pc.rtc, &mut udp, &mut inbox, (mid, Some(rid)), Codec::Vp8, time, &frame)?;
+                        }
+                    } else {
+                        video_frame(&mut frame, key, len, id, vn);
+                        write(&mut pc.rtc, &mut udp, &mut inbox, (mid, None), Codec::Vp8, time, &frame)?;
+                    }
                 }
                 vn += 1;
                 stats.frames_sent.fetch_add(1, Ordering::Relaxed);

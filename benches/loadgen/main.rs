@@ -89,7 +89,8 @@ struct Args {
     churn_every: Option<f64>,
     /// Publish video as three simulcast layers, as the browser SDK does: rids q, h and f at
     /// 1/16, 1/5 and all of `--video-kbps` (the SDK's 180p, 360p and 720p), one frame of each
-    /// per tick; the server forwards one layer per subscriber. Consulta target only.
+    /// per tick; the server forwards one layer per subscriber (the top one: Janus is asked for
+    /// its substream 2).
     #[arg(long)]
     simulcast: bool,
 }
@@ -154,9 +155,6 @@ async fn main() -> Result<()> {
     }
     if !matches!(args.target.as_str(), "consulta" | "janus") {
         bail!("--target is consulta or janus");
-    }
-    if args.simulcast && args.target != "consulta" {
-        bail!("--simulcast works with --target consulta only");
     }
     if let Some(s) = args.churn_every {
         if !(s.is_finite() && s > 0.0) {
