@@ -1,9 +1,11 @@
 //! Simulcast without sockets: a publisher sends three VP8 layers (each with its own timestamp
 //! base); a subscriber gets one layer at a time, the highest flowing, and when that layer stops
-//! it changes over to the next at its keyframe with sequence numbers and timestamps continuous.
+//! it changes over to the next at its keyframe with sequence numbers and timestamps continuous;
+//! a subscriber that shows the video small gets the lowest layer.
 
 mod harness;
 
+use consulta_sfu::Command;
 use harness::{vp8_frame, Net};
 use str0m::media::{MediaKind, MediaTime};
 
@@ -93,4 +95,67 @@ fn a_subscriber_gets_one_layer_and_changes_over_continuously_when_it_stops() {
         numbers,
         (first..first + numbers.len() as u32).collect::<Vec<_>>()
     );
+}
+
+#[test]
+fn a_subscriber_showing_the_video_small_gets_the_lowest_layer() {
+    let mut net = Net::new(5);
+    let doctor = net.join_simulcast("room-size", "doctor", &RIDS);
+    let patient = net.join("room-size", "patient", false);
+    net.until(10, "both connected", |n| {
+        n.clients.iter().all(|c| c.connected)
+    });
+    net.until(10, "the consumer offer", |n| n.clients[patient].offered(2));
+    net.settle(20);
+    let mut n = 0u32;
+    let mut send = |net: &mut Net, frames: u32| {
+        for _ in 0..frames {
+            for l in 0..3 {
+                let key = n.is_multiple_of(30);
+                let t = MediaTime::from_90khz(BASES[l] + 3000 * u64::from(n));
+                net.write_layer(doctor, RIDS[l], t, &vp8_frame(key, n, SIZES[l]));
+            }
+            n += 1;
+            net.settle(3);
+            net.host.housekeeping(std::time::Instant::now());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    send(&mut net, 60);
+    net.settle(20);
+    let before = net.received(patient, MediaKind::Video).len();
+    assert!(
+        net.received(patient, MediaKind::Video)
+            .iter()
+            .all(|m| layer_of(m.data.len()) == 2),
+        "the top layer first"
+    );
+    // The patient shows the doctor in a 320x180 tile (the SDK's ladder: 180p is layer 0).
+    let peer = net.clients[patient].peer;
+    net.host.on_command(Command::VideoSize {
+        peer,
+        identity: "doctor".into(),
+        size: Some((320, 180)),
+    });
+    send(&mut net, 90);
+    net.settle(20);
+    let got = net.received(patient, MediaKind::Video);
+    let after: Vec<usize> = got[before..]
+        .iter()
+        .map(|m| layer_of(m.data.len()))
+        .collect();
+    let changed = after
+        .iter()
+        .position(|&l| l == 0)
+        .expect("the lowest layer after the size");
+    assert!(
+        after[changed..].iter().all(|&l| l == 0),
+        "only the lowest layer from the change on: {after:?}"
+    );
+    assert!(after.len() - changed >= 30, "{after:?}");
+    // The publisher is not told yet: the wish must hold 8 s before its layers pause.
+    assert!(!net.clients[doctor].messages.iter().any(|m| matches!(
+        m,
+        consulta_signaling::protocol::ServerMessage::PublishLayers { .. }
+    )));
 }
