@@ -22,16 +22,38 @@ fn layer_of(len: usize) -> usize {
         .expect("a frame of one layer")
 }
 
-#[test]
-fn a_subscriber_gets_one_layer_and_changes_over_continuously_when_it_stops() {
+/// A simulcast doctor and a patient that receives it, connected, the patient's offer applied.
+fn call(room: &str) -> (Net, usize, usize) {
     let mut net = Net::new(5);
-    let doctor = net.join_simulcast("room-sim", "doctor", &RIDS);
-    let patient = net.join("room-sim", "patient", false);
+    let doctor = net.join_simulcast(room, "doctor", &RIDS);
+    let patient = net.join(room, "patient", false);
     net.until(10, "both connected", |n| {
         n.clients.iter().all(|c| c.connected)
     });
     net.until(10, "the consumer offer", |n| n.clients[patient].offered(2));
     net.settle(20);
+    (net, doctor, patient)
+}
+
+/// Sends `frames` frames on each of `layers` (frame counter `n`, a keyframe every 30th), with
+/// a housekeeping round after each.
+fn send(net: &mut Net, doctor: usize, n: &mut u32, layers: &[usize], frames: u32) {
+    for _ in 0..frames {
+        for &l in layers {
+            let key = n.is_multiple_of(30);
+            let t = MediaTime::from_90khz(BASES[l] + 3000 * u64::from(*n));
+            net.write_layer(doctor, RIDS[l], t, &vp8_frame(key, *n, SIZES[l]));
+        }
+        *n += 1;
+        net.settle(3);
+        net.host.housekeeping(std::time::Instant::now());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_subscriber_gets_one_layer_and_changes_over_continuously_when_it_stops() {
+    let (mut net, doctor, patient) = call("room-sim");
     assert!(
         net.clients[doctor]
             .answers
@@ -40,22 +62,8 @@ fn a_subscriber_gets_one_layer_and_changes_over_continuously_when_it_stops() {
         "the server takes the three layers"
     );
     let mut n = 0u32;
-    let mut send = |net: &mut Net, layers: &[usize], frames: u32| {
-        for _ in 0..frames {
-            for &l in layers {
-                // Every layer's first frame, and every 30th, is a keyframe.
-                let key = n.is_multiple_of(30);
-                let t = MediaTime::from_90khz(BASES[l] + 3000 * u64::from(n));
-                net.write_layer(doctor, RIDS[l], t, &vp8_frame(key, n, SIZES[l]));
-            }
-            n += 1;
-            net.settle(3);
-            net.host.housekeeping(std::time::Instant::now());
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    };
     // All three layers flow: the patient gets the highest one only.
-    send(&mut net, &[0, 1, 2], 60);
+    send(&mut net, doctor, &mut n, &[0, 1, 2], 60);
     net.settle(20);
     let got = net.received(patient, MediaKind::Video);
     assert!(got.len() >= 50, "frames of the top layer: {}", got.len());
@@ -64,7 +72,7 @@ fn a_subscriber_gets_one_layer_and_changes_over_continuously_when_it_stops() {
     let last_time = got.last().unwrap().time;
     // The top layer stops (the publisher's uplink dropped it): after a second the patient
     // changes over to the middle layer at its next keyframe.
-    send(&mut net, &[0, 1], 150);
+    send(&mut net, doctor, &mut n, &[0, 1], 150);
     net.settle(20);
     let got = net.received(patient, MediaKind::Video);
     let after: Vec<_> = got[before..].iter().collect();
@@ -99,29 +107,9 @@ fn a_subscriber_gets_one_layer_and_changes_over_continuously_when_it_stops() {
 
 #[test]
 fn a_subscriber_showing_the_video_small_gets_the_lowest_layer() {
-    let mut net = Net::new(5);
-    let doctor = net.join_simulcast("room-size", "doctor", &RIDS);
-    let patient = net.join("room-size", "patient", false);
-    net.until(10, "both connected", |n| {
-        n.clients.iter().all(|c| c.connected)
-    });
-    net.until(10, "the consumer offer", |n| n.clients[patient].offered(2));
-    net.settle(20);
+    let (mut net, doctor, patient) = call("room-size");
     let mut n = 0u32;
-    let mut send = |net: &mut Net, frames: u32| {
-        for _ in 0..frames {
-            for l in 0..3 {
-                let key = n.is_multiple_of(30);
-                let t = MediaTime::from_90khz(BASES[l] + 3000 * u64::from(n));
-                net.write_layer(doctor, RIDS[l], t, &vp8_frame(key, n, SIZES[l]));
-            }
-            n += 1;
-            net.settle(3);
-            net.host.housekeeping(std::time::Instant::now());
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    };
-    send(&mut net, 60);
+    send(&mut net, doctor, &mut n, &[0, 1, 2], 60);
     net.settle(20);
     let before = net.received(patient, MediaKind::Video).len();
     assert!(
@@ -137,7 +125,7 @@ fn a_subscriber_showing_the_video_small_gets_the_lowest_layer() {
         identity: "doctor".into(),
         size: Some((320, 180)),
     });
-    send(&mut net, 90);
+    send(&mut net, doctor, &mut n, &[0, 1, 2], 90);
     net.settle(20);
     let got = net.received(patient, MediaKind::Video);
     let after: Vec<usize> = got[before..]

@@ -29,22 +29,39 @@ async function metric(re) {
   return m ? Number(m[1]) : 0;
 }
 
+/**
+ * Opens a doctor (the SDK's default: simulcast) and a patient (one layer) in `room`, joins
+ * them as `dr` and `pt`, and runs `body(doctor, patient)`; prints their logs and the server's
+ * if it fails.
+ */
+async function withPair(room, dr, pt, body) {
+  const doctor = await openParticipant(browser, server, `doctor-${room}`);
+  const patient = await openParticipant(browser, server, `patient-${room}`);
+  try {
+    for (const [p, identity, role, simulcast] of [
+      [doctor, dr, 'doctor', undefined],
+      [patient, pt, 'patient', false],
+    ]) {
+      const res = await p.join({ token: await server.token({ room, identity, role }), simulcast });
+      assert.equal(res.ok, true, `${identity}: ${res.code} ${res.message}`);
+    }
+    await body(doctor, patient);
+  } catch (e) {
+    for (const p of [doctor, patient]) console.error(p.logs.slice(-30).join('\n'));
+    console.error(`--- server log tail ---\n${server.tail()}`);
+    throw e;
+  } finally {
+    await doctor.close();
+    await patient.close();
+  }
+}
+
 const droppedOtherLayer = () => metric(/^consulta_rtp_dropped_total\{reason="other_layer"\} (\d+)/m);
 const onLayer = (layer) => metric(new RegExp(`^consulta_layer_consumers\\{layer="${layer}"\\} (\\d+)`, 'm'));
 
 describe('simulcast and redundant audio', { timeout: 120_000 }, () => {
   it('the patient gets the full layer of a simulcast doctor, and audio is RED both ways', async () => {
-    const room = `sim-${process.pid}`;
-    const doctor = await openParticipant(browser, server, 'doctor');
-    const patient = await openParticipant(browser, server, 'patient');
-    try {
-      for (const [p, identity, role, simulcast] of [
-        [doctor, 'dr-ana', 'doctor', undefined],
-        [patient, 'pt-joao', 'patient', false],
-      ]) {
-        const res = await p.join({ token: await server.token({ room, identity, role }), simulcast });
-        assert.equal(res.ok, true, `${identity}: ${res.code} ${res.message}`);
-      }
+    await withPair(`sim-${process.pid}`, 'dr-ana', 'pt-joao', async (doctor, patient) => {
       // The doctor sends three layers; the patient decodes one, at full size.
       const sent = await pollUntil(
         async () => {
@@ -80,41 +97,24 @@ describe('simulcast and redundant audio', { timeout: 120_000 }, () => {
       assert.match(patientSdp, /a=rtpmap:\d+ red\/48000\/2/, 'the patient takes RED from the server');
       await waitForAudio(patient, 'dr-ana');
       await waitForAudio(doctor, 'pt-joao');
-    } catch (e) {
-      for (const p of [doctor, patient]) console.error(p.logs.slice(-30).join('\n'));
-      console.error(`--- server log tail ---\n${server.tail()}`);
-      throw e;
-    } finally {
-      await doctor.close();
-      await patient.close();
-    }
+    });
   });
 
   // A subscriber that shows the doctor small (setVideoSize, as observeVideo does for a tile)
   // gets the lowest layer, and the doctor's browser stops encoding the two layers nobody shows
   // (publish-layers); lifting the size brings them and full size back.
   it('a small tile gets the lowest layer, and the doctor pauses the layers nobody shows', async () => {
-    const room = `size-${process.pid}`;
-    const doctor = await openParticipant(browser, server, 'doctor-size');
-    const patient = await openParticipant(browser, server, 'patient-size');
-    const changes = () => metric(/^consulta_publish_layer_changes_total (\d+)/m);
-    // The doctor's layers as its sender has them, and each layer's packets sent so far.
-    const doctorLayers = () =>
-      doctor.evaluate(async () => {
-        const sender = window.call._pc.getSenders().find((s) => s.track && s.track.kind === 'video');
-        const stats = await sender.getStats();
-        const sent = {};
-        for (const s of stats.values()) if (s.type === 'outbound-rtp' && s.rid) sent[s.rid] = s.packetsSent;
-        return { active: sender.getParameters().encodings.map((e) => e.active), sent };
-      });
-    try {
-      for (const [p, identity, role, simulcast] of [
-        [doctor, 'dr-bia', 'doctor', undefined],
-        [patient, 'pt-rui', 'patient', false],
-      ]) {
-        const res = await p.join({ token: await server.token({ room, identity, role }), simulcast });
-        assert.equal(res.ok, true, `${identity}: ${res.code} ${res.message}`);
-      }
+    await withPair(`size-${process.pid}`, 'dr-bia', 'pt-rui', async (doctor, patient) => {
+      const changes = () => metric(/^consulta_publish_layer_changes_total (\d+)/m);
+      // The doctor's layers as its sender has them, and each layer's packets sent so far.
+      const doctorLayers = () =>
+        doctor.evaluate(async () => {
+          const sender = window.call._pc.getSenders().find((s) => s.track && s.track.kind === 'video');
+          const stats = await sender.getStats();
+          const sent = {};
+          for (const s of stats.values()) if (s.type === 'outbound-rtp' && s.rid) sent[s.rid] = s.packetsSent;
+          return { active: sender.getParameters().encodings.map((e) => e.active), sent };
+        });
       await waitForVideo(patient, 'dr-bia', { width: 1280, height: 720, timeout: 30_000 });
       const before = await changes();
       await patient.evaluate(() => window.call.setVideoSize('dr-bia', { width: 320, height: 180 }));
@@ -144,13 +144,6 @@ describe('simulcast and redundant audio', { timeout: 120_000 }, () => {
         { timeout: 5_000, what: "the doctor's layers to resume" },
       );
       await waitForVideo(patient, 'dr-bia', { width: 1280, height: 720, timeout: 30_000 });
-    } catch (e) {
-      for (const p of [doctor, patient]) console.error(p.logs.slice(-30).join('\n'));
-      console.error(`--- server log tail ---\n${server.tail()}`);
-      throw e;
-    } finally {
-      await doctor.close();
-      await patient.close();
-    }
+    });
   });
 });
