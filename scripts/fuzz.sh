@@ -49,10 +49,13 @@ for t in $list; do
   input=(-i "seeds/$t")
   if [ -n "${FUZZ_RESUME:-}" ] && [ -d "$out/default/queue" ]; then input=(-i -); else rm -rf "$out"; fi
   mkdir -p "$out"
-  # worker_rtp sets up a real call (DTLS) in each new fork: give an input time.
-  limit=1000; [ "$t" = worker_rtp ] && limit=10000
+  limit=1000 size=()
+  # worker_rtp sets up a real call (DTLS) in each new fork: give an input time. Its inputs are
+  # programs (a few bytes an operation): left to grow, they reached 70 kB, thousands of
+  # datagrams an execution, and 0.4 s each; 4 kB is still dozens of operations.
+  [ "$t" = worker_rtp ] && limit=10000 size=(-G 4096)
   timeout --signal=INT $((seconds + 120)) cargo afl fuzz "${input[@]}" -o "$out" -V "$seconds" \
-    -t "$limit" -m none "target/release/$t" >"$out/afl.log" 2>&1 || true
+    -t "$limit" "${size[@]}" -m none "target/release/$t" >"$out/afl.log" 2>&1 || true
   stats="$out/default/fuzzer_stats"
   if [ ! -f "$stats" ]; then
     echo "FAIL $t: afl-fuzz did not start; its log:"; tail -20 "$out/afl.log"; failed=1; continue
