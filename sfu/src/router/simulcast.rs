@@ -192,9 +192,9 @@ impl<W: Wire> RouterHost<W> {
     /// Measures every publisher's layers and moves each video consumer of a simulcast track to
     /// the layer its subscriber's downlink budget allows.
     pub(super) fn select_layers(&mut self, now: Instant) {
-        // Each simulcast track's layers, and its publisher's stated heights.
-        let mut tracks: HashMap<(PeerId, Mid), Layers> = HashMap::new();
-        let mut heights: HashMap<PeerId, Vec<u32>> = HashMap::new();
+        // Each simulcast track's layers, and its publisher's stated heights (how many).
+        type Heights = ([u32; MAX_LAYERS], usize);
+        let mut tracks: HashMap<(PeerId, Mid), (Layers, Heights)> = HashMap::new();
         for t in self.transports.values_mut() {
             for p in t
                 .producers
@@ -203,14 +203,13 @@ impl<W: Wire> RouterHost<W> {
             {
                 p.layers.measure(now);
                 if p.layers.is_simulcast() {
-                    tracks.insert((t.id, p.mid), p.layers.now);
-                    heights
-                        .entry(t.id)
-                        .or_insert_with(|| t.video_heights.clone());
+                    let n = t.video_heights.len().min(MAX_LAYERS);
+                    let mut stated = [0; MAX_LAYERS];
+                    stated[..n].copy_from_slice(&t.video_heights[..n]);
+                    tracks.insert((t.id, p.mid), (p.layers.now, (stated, n)));
                 }
             }
         }
-
         let mut keyframes: Vec<(PeerId, Mid)> = Vec::new();
         for t in self.transports.values_mut().filter(|t| t.connected) {
             let (audio, video) = super::allocation::receiving(t);
@@ -229,14 +228,13 @@ impl<W: Wire> RouterHost<W> {
             {
                 let counted = !c.forwarder.is_paused_for(PauseCause::Mute)
                     && !c.forwarder.is_paused_for(PauseCause::Codec);
-                let Some(layers) = tracks.get(&(c.source, c.source_mid)) else {
+                let Some((layers, (stated, n))) = tracks.get(&(c.source, c.source_mid)) else {
                     known &= !counted;
                     floor &= !counted;
                     continue;
                 };
                 c.selector.set_forwarded(c.switch.current());
-                let stated = heights.get(&c.source).map_or(&[][..], Vec::as_slice);
-                let max = max_layer_for(c.video_size, stated, layers.count);
+                let max = max_layer_for(c.video_size, &stated[..*n], layers.count);
                 c.selector.set_max(max);
                 // Paused for bandwidth: the layer stays until video resumes (then up only after
                 // a trial at the layer it resumed on, not at once with what the pause saw).
