@@ -25,6 +25,15 @@ pub const UP_AFTER: Duration = Duration::from_secs(3);
 /// A layer over the budget by more than this (in percent of it) stops at once when the
 /// subscriber goes down for bandwidth, instead of flowing until the lower layer's keyframe.
 pub const CUT_OVER_PERCENT: u64 = 150;
+/// A wait to go up that ends because the higher layer stopped fitting is a failed trial (the
+/// router has str0m pad up to the higher layer's rate while the selector waits, see
+/// `Downlink::set_wanted`): on a link that cannot carry it, the padding filled its queue and
+/// delayed audio. The next wait starts no sooner than this after the failure, doubled per
+/// failure in a row up to [`TRIAL_BACKOFF_MAX`]; going up resets it.
+pub const TRIAL_BACKOFF: Duration = Duration::from_secs(4);
+/// The longest back-off (short enough that a link that recovered gets the higher layer within
+/// ~15 s: this, then [`UP_AFTER`], then a keyframe).
+pub const TRIAL_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// What is known about a publisher track's layers now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -73,6 +82,9 @@ pub struct Selector {
     up_since: Option<(u8, Instant)>,
     /// The layer actually forwarded (the target's keyframe may not have come yet).
     forwarded: Option<u8>,
+    /// Failed trials in a row, and when the next wait to go up may start.
+    failed_trials: u32,
+    retry_at: Option<Instant>,
 }
 
 impl Default for Selector {
@@ -82,6 +94,8 @@ impl Default for Selector {
             max: (MAX_LAYERS - 1) as u8,
             up_since: None,
             forwarded: None,
+            failed_trials: 0,
+            retry_at: None,
         }
     }
 }
@@ -132,6 +146,18 @@ impl Selector {
             .find(|&l| layers.active[l])
             .map_or(now, |l| layers.bps[l]);
         Some((now, next))
+    }
+
+    /// Ends a wait to go up because the higher layer stopped fitting: see [`TRIAL_BACKOFF`].
+    fn trial_failed(&mut self, now: Instant) {
+        if self.up_since.take().is_none() {
+            return;
+        }
+        let backoff = TRIAL_BACKOFF
+            .saturating_mul(1 << self.failed_trials.min(8))
+            .min(TRIAL_BACKOFF_MAX);
+        self.failed_trials = self.failed_trials.saturating_add(1);
+        self.retry_at = Some(now + backoff);
     }
 
     /// The subscriber's preferred maximum layer.
@@ -188,6 +214,7 @@ impl Selector {
         }
         // The current layer stays while it fits at all (hysteresis against the headroom rule).
         if !fits(current, 100) && best < current {
+            self.trial_failed(now);
             let sent = self
                 .forwarded
                 .map_or(current, |l| usize::from(l).min(MAX_LAYERS - 1));
@@ -218,7 +245,7 @@ impl Selector {
         };
         match (up, self.up_since) {
             (None, _) => {
-                self.up_since = None;
+                self.trial_failed(now);
                 None
             }
             (Some(l), Some((was, since))) if usize::from(was) == l => {
@@ -228,6 +255,8 @@ impl Selector {
                     } else {
                         Reason::Headroom
                     };
+                    self.failed_trials = 0;
+                    self.retry_at = None;
                     choose(self, l, reason)
                 } else {
                     None
@@ -237,7 +266,9 @@ impl Selector {
                 if budget.is_none() {
                     return choose(self, l, Reason::Preference);
                 }
-                self.up_since = Some((l as u8, now));
+                if self.retry_at.is_none_or(|r| now >= r) {
+                    self.up_since = Some((l as u8, now));
+                }
                 None
             }
         }

@@ -81,36 +81,69 @@ fn a_layer_that_still_fits_is_kept_and_up_goes_one_layer_at_a_time() {
 }
 
 #[test]
-fn a_dip_restarts_the_wait_for_going_up() {
+fn a_dip_ends_the_wait_for_going_up_and_the_next_waits_a_back_off() {
     let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
     let mut s = Selector::default();
     s.poll(t0, Some(200_000), &three(RATES));
     assert_eq!(s.target(), Some(0));
     assert_eq!(s.poll(t0, Some(700_000), &three(RATES)), None);
-    // A dip in the middle of the wait.
+    assert_eq!(s.waiting_up(), Some(1));
+    // A dip in the middle of the wait: the trial failed.
+    assert_eq!(s.poll(at(2_000), Some(300_000), &three(RATES)), None);
+    assert_eq!(s.waiting_up(), None);
+    // Headroom again at once: no new wait (no padding) before the back-off.
+    assert_eq!(s.poll(at(2_500), Some(700_000), &three(RATES)), None);
+    assert_eq!(s.waiting_up(), None);
+    assert_eq!(s.poll(at(5_900), Some(700_000), &three(RATES)), None);
+    assert_eq!(s.waiting_up(), None);
+    // After it, the usual wait.
+    assert_eq!(s.poll(at(6_000), Some(700_000), &three(RATES)), None);
+    assert_eq!(s.waiting_up(), Some(1));
+    assert_eq!(s.poll(at(8_900), Some(700_000), &three(RATES)), None);
+    let c = s.poll(at(9_000), Some(700_000), &three(RATES)).unwrap();
+    assert_eq!((c.layer, c.up, c.reason), (1, true, Reason::Headroom));
+}
+
+#[test]
+fn failed_trials_in_a_row_back_off_longer_up_to_a_maximum_and_going_up_resets_it() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let mut s = Selector::default();
+    s.poll(t0, Some(200_000), &three(RATES));
+    // Each trial: a wait starts when it may, then the estimate falls back 1 s into it.
+    let fail_from = |s: &mut Selector, ms: u64| {
+        assert_eq!(s.poll(at(ms), Some(700_000), &three(RATES)), None);
+        assert_eq!(s.waiting_up(), Some(1), "a wait starts at {ms} ms");
+        assert_eq!(s.poll(at(ms + 1_000), Some(300_000), &three(RATES)), None);
+    };
+    fail_from(&mut s, 0); // back-off 4 s: the next from 5 s
+    assert_eq!(s.poll(at(4_900), Some(700_000), &three(RATES)), None);
+    assert_eq!(s.waiting_up(), None);
+    fail_from(&mut s, 5_000); // 8 s: from 14 s
+    assert_eq!(s.poll(at(13_900), Some(700_000), &three(RATES)), None);
+    assert_eq!(s.waiting_up(), None);
+    fail_from(&mut s, 14_000); // 16 s, held to the maximum of 10 s: from 25 s
+    assert_eq!(s.poll(at(24_900), Some(700_000), &three(RATES)), None);
+    assert_eq!(s.waiting_up(), None);
+    fail_from(&mut s, 25_000); // still 10 s: from 36 s
+    assert_eq!(s.poll(at(35_900), Some(700_000), &three(RATES)), None);
+    assert_eq!(s.waiting_up(), None);
+    // This one holds: up, and the back-off starts over.
+    assert_eq!(s.poll(at(36_000), Some(700_000), &three(RATES)), None);
+    let c = s.poll(at(39_000), Some(700_000), &three(RATES)).unwrap();
+    assert_eq!((c.layer, c.up), (1, true));
+    assert_eq!(s.poll(at(39_100), Some(2_500_000), &three(RATES)), None);
+    assert_eq!(s.waiting_up(), Some(2));
+    assert_eq!(s.poll(at(39_500), Some(700_000), &three(RATES)), None);
+    assert_eq!(s.poll(at(43_400), Some(2_500_000), &three(RATES)), None);
     assert_eq!(
-        s.poll(t0 + Duration::from_secs(2), Some(300_000), &three(RATES)),
-        None
+        s.waiting_up(),
+        None,
+        "4 s after this first failure, not yet"
     );
-    assert_eq!(
-        s.poll(
-            t0 + Duration::from_millis(2500),
-            Some(700_000),
-            &three(RATES)
-        ),
-        None
-    );
-    assert_eq!(
-        s.poll(t0 + Duration::from_secs(4), Some(700_000), &three(RATES)),
-        None
-    );
-    assert!(s
-        .poll(
-            t0 + Duration::from_millis(5600),
-            Some(700_000),
-            &three(RATES)
-        )
-        .is_some());
+    assert_eq!(s.poll(at(43_500), Some(2_500_000), &three(RATES)), None);
+    assert_eq!(s.waiting_up(), Some(2));
 }
 
 #[test]
