@@ -10,7 +10,8 @@
 //! - video pauses after [`PAUSE_AFTER`] below [`PAUSE_BELOW_BPS`] per video track, at once below
 //!   half of it, or at once when the lowest layer loses [`HEAVY_LOSS`]: down fast;
 //! - video resumes only after [`RESUME_AFTER`] at or above [`RESUME_ABOVE_BPS`]: up slowly, with
-//!   headroom, so that a link at the edge does not flap;
+//!   headroom, so that a link at the edge does not flap; the wait is a trial (padded up to that
+//!   rate), and a failed one backs off before the next;
 //! - a publisher is capped only while the per-track budget is below [`UNCAPPED_PER_TRACK_BPS`]
 //!   (what the SDK sends at 720p): a good link never lowers anyone's quality.
 
@@ -22,8 +23,10 @@ pub const AUDIO_RESERVE_BPS: u64 = 64_000;
 pub const USABLE_PERCENT: u64 = 85;
 /// Below this per video track (sustained), video pauses.
 pub const PAUSE_BELOW_BPS: u64 = 120_000;
-/// At or above this per video track (sustained), paused video resumes.
-pub const RESUME_ABOVE_BPS: u64 = 300_000;
+/// At or above this per video track (sustained, and carried by a trial), paused video resumes:
+/// about the SDK's lowest layer (150 kbit/s) with room for its keyframes; a 400 kbit/s link
+/// carries it, besides audio.
+pub const RESUME_ABOVE_BPS: u64 = 250_000;
 /// How long the budget must stay low before video pauses.
 pub const PAUSE_AFTER: Duration = Duration::from_millis(1_000);
 /// How long the budget must stay high before paused video resumes.
@@ -77,6 +80,10 @@ pub struct Downlink {
     congested_at: Option<Instant>,
     /// When a step up was last padded for (its loss is the trial's, not the link's).
     trial_at: Option<Instant>,
+    /// Resume trials that failed in a row, and when paused video may next wait to resume
+    /// (see [`Downlink::poll`]).
+    failed_resumes: u32,
+    resume_retry_at: Option<Instant>,
 }
 
 /// See [`Downlink::set_wanted`].
@@ -124,9 +131,14 @@ impl Downlink {
     fn desired(&self, audio_tracks: usize, video_tracks: usize) -> u64 {
         let audio = AUDIO_RESERVE_BPS * audio_tracks as u64;
         match self.wanted {
-            // Paused, HD: only audio flows, below any estimate, and the probes of a large desired
-            // rate are what finds a link that recovered.
-            Some(w) if !self.is_video_paused() => {
+            // Paused: what resuming needs, with the selector's headroom. Only audio flows, and
+            // the probes of this desired rate are what finds a link that recovered; probes of
+            // HD filled a weak link's queue every few seconds (audio waited behind them).
+            _ if self.is_video_paused() => {
+                let video = RESUME_ABOVE_BPS * video_tracks as u64;
+                (audio + video).saturating_mul(crate::layers::UP_HEADROOM_PERCENT) / USABLE_PERCENT
+            }
+            Some(w) => {
                 let video = w
                     .next_bps
                     .saturating_mul(crate::layers::UP_HEADROOM_PERCENT)
@@ -149,17 +161,33 @@ impl Downlink {
 
     /// A loss fraction of one of its video tracks, reported at `at` (receiver reports).
     pub fn on_video_loss(&mut self, at: Instant, fraction: f32) {
-        let after =
-            |t: Option<Instant>| t.is_none_or(|t| at.saturating_duration_since(t) >= FLOOR_SETTLE);
-        if self.is_video_paused() || !after(self.trial_at) {
+        if !self.loss_counts(at) {
             return;
         }
         if fraction >= HEAVY_LOSS {
             self.congested_at = Some(at);
         }
-        if self.floor_since.is_some() && after(self.floor_since) {
+        if self.floor_since.is_some() && settled(self.floor_since, at) {
             self.heavy_loss = fraction >= HEAVY_LOSS;
         }
+    }
+
+    /// The share of what was sent to the subscriber in the last second that its transport-wide
+    /// feedback (TWCC) reports lost, several times a second. It shows a link that stepped down
+    /// within a few hundred milliseconds, where the receiver reports of
+    /// [`Downlink::on_video_loss`] come once a second about the second before: the layer that
+    /// floods the link is cut sooner, and the audio queued behind it waits less. It only marks
+    /// the link congested; pausing video stays with the video receiver reports.
+    pub fn on_egress_loss(&mut self, at: Instant, fraction: f32) {
+        if self.loss_counts(at) && fraction >= HEAVY_LOSS {
+            self.congested_at = Some(at);
+        }
+    }
+
+    /// Loss reported at `at` is the link's: video flows, and no trial padded within
+    /// [`FLOOR_SETTLE`] (a trial's losses are its own).
+    fn loss_counts(&self, at: Instant) -> bool {
+        !self.is_video_paused() && settled(self.trial_at, at)
     }
 
     pub fn is_video_paused(&self) -> bool {
@@ -222,30 +250,56 @@ impl Downlink {
             }
         } else {
             if per < RESUME_ABOVE_BPS {
-                self.crossing_since = None;
+                if self.crossing_since.take().is_some() {
+                    self.resume_failed(now);
+                }
+                return Change::None;
+            }
+            if self.resume_retry_at.is_some_and(|r| now < r) {
                 return Change::None;
             }
             let since = *self.crossing_since.get_or_insert(now);
             if now.duration_since(since) >= RESUME_AFTER {
                 self.paused_since = None;
                 self.crossing_since = None;
+                self.failed_resumes = 0;
+                self.resume_retry_at = None;
                 return Change::ResumeVideo;
             }
         }
         Change::None
     }
 
+    /// A wait to resume ended because the budget fell back: the link did not carry the padding
+    /// of the trial (a lucky probe had raised the estimate). The next wait starts after a
+    /// back-off, as the selector's trials do ([`crate::layers::TRIAL_BACKOFF`]).
+    fn resume_failed(&mut self, now: Instant) {
+        use crate::layers::{TRIAL_BACKOFF, TRIAL_BACKOFF_MAX};
+        let backoff = TRIAL_BACKOFF
+            .saturating_mul(1 << self.failed_resumes.min(8))
+            .min(TRIAL_BACKOFF_MAX);
+        self.failed_resumes = self.failed_resumes.saturating_add(1);
+        self.resume_retry_at = Some(now + backoff);
+    }
+
     /// The (minimum, desired) rates for str0m's estimator. The minimum is audio's (padding up to
-    /// more would fill the very link that is too weak), but for the trial of a step up
-    /// ([`Downlink::set_wanted`]). The desired rate is what the next layers need with headroom,
-    /// else HD on every video track; while video is paused, it steps up by a hair every [`PROBE_EVERY`] (a rise above
-    /// the estimate makes str0m send a short probe), so a link that recovered is found without
-    /// saturating one that did not.
+    /// more would fill the very link that is too weak), but for a trial: of a step up
+    /// ([`Downlink::set_wanted`]), or of resuming paused video (while it waits [`RESUME_AFTER`],
+    /// str0m pads up to [`RESUME_ABOVE_BPS`] per video track, so an estimate that only a lucky
+    /// probe raised falls before video floods the link). The desired rate is what the next
+    /// layers need with headroom, else HD on every video track; while video is paused, what
+    /// resuming needs, stepped up by a hair every [`PROBE_EVERY`] (a rise above the estimate
+    /// makes str0m send a short probe), so a link that recovered is found without saturating
+    /// one that did not.
     pub fn bwe_target(&self, now: Instant, audio_tracks: usize, video_tracks: usize) -> (u64, u64) {
         let audio = AUDIO_RESERVE_BPS * audio_tracks.max(1) as u64;
         let trial = self.wanted.and_then(|w| w.trial_bps);
         let min = match trial {
             Some(video) if !self.is_video_paused() => audio + video,
+            // Paused video waiting to resume: a trial of the rate that resuming is judged by.
+            _ if self.is_video_paused() && self.crossing_since.is_some() => {
+                audio + RESUME_ABOVE_BPS * video_tracks.max(1) as u64
+            }
             _ => audio,
         };
         let desired = self.desired(audio_tracks, video_tracks.max(1)).max(min);
@@ -264,6 +318,11 @@ impl Downlink {
         });
         (min, desired + bump)
     }
+}
+
+/// Whether [`FLOOR_SETTLE`] has passed at `at` since `since` (or nothing happened).
+fn settled(since: Option<Instant>, at: Instant) -> bool {
+    since.is_none_or(|t| at.saturating_duration_since(t) >= FLOOR_SETTLE)
 }
 
 #[cfg(test)]
@@ -321,19 +380,46 @@ mod tests {
         let mut d = Downlink::default();
         d.on_estimate(100_000);
         assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);
-        // Enough to pause-not, but not enough headroom to resume (needs 300k per track).
+        // Enough to pause-not, but not enough headroom to resume (needs 250k per track).
         d.on_estimate(350_000);
         assert_eq!(d.poll(at(t0, 5_000), 1, 1), Change::None);
-        // 500k: 361k per track.
+        // 500k: 361k per track: the wait to resume starts, a trial padded up to the rate.
         d.on_estimate(500_000);
         assert_eq!(d.poll(at(t0, 6_000), 1, 1), Change::None);
+        assert_eq!(
+            d.bwe_target(at(t0, 6_000), 1, 1).0,
+            64_000 + RESUME_ABOVE_BPS
+        );
+        // The link did not carry it (the estimate fell): no more padding, and no new wait
+        // before the back-off.
         d.on_estimate(300_000);
         assert_eq!(d.poll(at(t0, 8_000), 1, 1), Change::None);
+        assert_eq!(d.bwe_target(at(t0, 8_000), 1, 1).0, 64_000);
         d.on_estimate(500_000);
         assert_eq!(d.poll(at(t0, 8_100), 1, 1), Change::None);
-        assert_eq!(d.poll(at(t0, 11_000), 1, 1), Change::None);
-        assert_eq!(d.poll(at(t0, 11_100), 1, 1), Change::ResumeVideo);
+        assert_eq!(d.poll(at(t0, 11_900), 1, 1), Change::None);
+        assert_eq!(d.bwe_target(at(t0, 11_900), 1, 1).0, 64_000);
+        // After it: the wait again, and video resumes when it held.
+        assert_eq!(d.poll(at(t0, 12_000), 1, 1), Change::None);
+        assert_eq!(d.poll(at(t0, 14_900), 1, 1), Change::None);
+        assert_eq!(d.poll(at(t0, 15_000), 1, 1), Change::ResumeVideo);
         assert!(!d.is_video_paused());
+        assert_eq!(d.bwe_target(at(t0, 15_000), 1, 1).0, 64_000);
+        // A failure after a resume backs off from the first step again (4 s).
+        d.on_estimate(100_000);
+        assert_eq!(d.poll(at(t0, 16_000), 1, 1), Change::PauseVideo);
+        d.on_estimate(500_000);
+        assert_eq!(d.poll(at(t0, 17_000), 1, 1), Change::None);
+        d.on_estimate(300_000);
+        assert_eq!(d.poll(at(t0, 17_500), 1, 1), Change::None);
+        d.on_estimate(500_000);
+        assert_eq!(d.poll(at(t0, 21_400), 1, 1), Change::None);
+        assert_eq!(d.bwe_target(at(t0, 21_400), 1, 1).0, 64_000);
+        assert_eq!(d.poll(at(t0, 21_500), 1, 1), Change::None);
+        assert_eq!(
+            d.bwe_target(at(t0, 21_500), 1, 1).0,
+            64_000 + RESUME_ABOVE_BPS
+        );
     }
 
     #[test]
@@ -373,7 +459,9 @@ mod tests {
         assert_eq!(d.bwe_target(t0, 2, 3), (128_000, 3 * HD_DESIRED_BPS));
         d.on_estimate(100_000);
         assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);
-        // The minimum stays audio's; the desired rate rises every other step.
+        // The minimum stays audio's; the desired rate is what resuming needs with headroom
+        // (not HD: a probe of HD fills a weak link's queue), and rises every other step.
+        let resume = (64_000 + RESUME_ABOVE_BPS) * 120 / 85;
         let targets: Vec<u64> = [0, 1_600, 3_100, 4_600]
             .iter()
             .map(|&ms| d.bwe_target(at(t0, ms), 1, 1))
@@ -382,12 +470,7 @@ mod tests {
             .collect();
         assert_eq!(
             targets,
-            vec![
-                HD_DESIRED_BPS,
-                HD_DESIRED_BPS + 1_000,
-                HD_DESIRED_BPS,
-                HD_DESIRED_BPS + 1_000
-            ]
+            vec![resume, resume + 1_000, resume, resume + 1_000]
         );
     }
 
@@ -427,13 +510,20 @@ mod tests {
         // A subscriber waits to go up: str0m pads to the rate after the step.
         d.set_wanted(t0, next(Some(500_000)));
         assert_eq!(d.bwe_target(t0, 1, 1), (564_000, 781_176));
-        // Paused video is not padded for, and HD is probed for (what finds a recovered link).
+        // Paused video is not padded for, and what resuming needs is probed for (what finds a
+        // recovered link).
         d.on_estimate(100_000);
         assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);
-        assert_eq!(d.bwe_target(t0, 1, 1), (64_000, HD_DESIRED_BPS));
-        // Unknown layers: HD, as before.
+        assert_eq!(
+            d.bwe_target(t0, 1, 1),
+            (64_000, (64_000 + RESUME_ABOVE_BPS) * 120 / 85)
+        );
+        // Unknown layers while paused: the same, what resuming needs.
         d.set_wanted(t0, None);
-        assert_eq!(d.bwe_target(t0, 1, 1), (64_000, HD_DESIRED_BPS));
+        assert_eq!(
+            d.bwe_target(t0, 1, 1),
+            (64_000, (64_000 + RESUME_ABOVE_BPS) * 120 / 85)
+        );
     }
 
     #[test]
@@ -481,5 +571,41 @@ mod tests {
         e.on_video_loss(at(2_500), 0.4);
         e.set_at_floor(at(2_600), false);
         assert_eq!(e.poll(at(2_700), 1, 1), Change::None);
+    }
+
+    #[test]
+    fn heavy_transport_wide_loss_congests_but_never_pauses() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut d = Downlink::default();
+        d.on_estimate(2_500_000);
+        // Light loss (a lossy link that carries what it is sent): nothing.
+        d.on_egress_loss(at(0), 0.05);
+        assert!(!d.is_congested(at(0)));
+        // A link that stepped down drops most of the flood: congested at once, for a while.
+        d.on_egress_loss(at(250), 0.3);
+        assert!(d.is_congested(at(250)));
+        assert!(!d.is_congested(at(1_800)));
+        // Even at the floor and settled, it does not pause video (receiver reports do).
+        d.set_at_floor(at(2_000), true);
+        d.on_egress_loss(at(4_000), 0.9);
+        assert!(d.is_congested(at(4_000)));
+        assert_eq!(d.poll(at(4_000), 1, 1), Change::None);
+        // A trial's padding is lost on purpose: not the link's.
+        let mut f = Downlink::default();
+        f.on_estimate(400_000);
+        let trial = Wanted {
+            next_bps: 500_000,
+            trial_bps: Some(500_000),
+        };
+        f.set_wanted(at(0), Some(trial));
+        f.on_egress_loss(at(1_000), 0.5);
+        assert!(!f.is_congested(at(1_000)));
+        // Nor while video is paused (only audio flows).
+        let mut p = Downlink::default();
+        p.on_estimate(50_000);
+        assert_eq!(p.poll(at(0), 1, 1), Change::PauseVideo);
+        p.on_egress_loss(at(100), 0.5);
+        assert!(!p.is_congested(at(100)));
     }
 }

@@ -33,8 +33,12 @@ use crate::{PeerEvent, PeerId};
 /// Minimum spacing of keyframe requests to one publisher track.
 pub(crate) const KEYFRAME_INTERVAL: std::time::Duration = std::time::Duration::from_millis(400);
 
-/// How often str0m reports per-stream statistics (loss, RTT, jitter, feedback counts).
-const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often str0m reports the transport-wide egress loss (TWCC, over the last second): a link
+/// that stepped down shows within a few hundred milliseconds (`Downlink::on_egress_loss`).
+const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+/// Per-stream statistics (loss, RTT, jitter, feedback counts) are taken every this many
+/// reports: once a second, as the metrics and the quality assessment count them.
+const STREAM_STATS_EVERY: u8 = 4;
 
 /// Why a transport is closed by the worker itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +233,9 @@ pub(crate) struct Transport {
     pub video_heights: Vec<u32>,
     /// Its video codecs and the one it is to send (see `router/codecs.rs`).
     pub codecs: crate::router::codecs::CodecState,
+    /// str0m's statistics reports so far, modulo [`STREAM_STATS_EVERY`] (0: this report's
+    /// per-stream statistics are taken).
+    stats_tick: u8,
     created: Instant,
 }
 
@@ -434,6 +441,7 @@ impl Transport {
             codecs: Default::default(),
             quality: Default::default(),
             video_heights: Vec::new(),
+            stats_tick: 0,
             created: now,
         }
     }
@@ -671,6 +679,13 @@ impl Transport {
                 tracing::trace!(peer = self.id, bps = estimate.as_u64(), "downlink estimate");
                 self.downlink.on_estimate(estimate.as_u64());
             }
+            Event::PeerStats(s) => {
+                self.stats_tick = (self.stats_tick + 1) % STREAM_STATS_EVERY;
+                if let Some(loss) = s.egress_loss_fraction {
+                    self.downlink.on_egress_loss(s.timestamp, loss);
+                }
+            }
+            Event::MediaIngressStats(_) | Event::MediaEgressStats(_) if self.stats_tick != 0 => {}
             Event::MediaIngressStats(s) => {
                 let Some(p) = self.producers.iter_mut().find(|p| p.mid == s.mid) else {
                     return;
