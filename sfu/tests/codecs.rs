@@ -5,7 +5,7 @@
 
 mod harness;
 
-use consulta_sfu::ServerMessage;
+use consulta_sfu::{Command, ServerMessage};
 use consulta_signaling::protocol::PauseReason;
 use harness::{vp8_frame, Net};
 use str0m::format::Codec;
@@ -78,6 +78,30 @@ fn first_video_codec(sdp: &str) -> String {
     codec.split('/').next().unwrap().to_owned()
 }
 
+/// Takes client `i`'s session over by a new signaling connection (`Command::Resume`) and returns
+/// the `track-paused` / `track-resumed` sent after `resumed`.
+fn stated_after_resume(net: &mut Net, i: usize) -> Vec<ServerMessage> {
+    let before = net.clients[i].messages.len();
+    let peer = net.clients[i].peer;
+    net.host.on_command(Command::Resume { peer });
+    net.settle(5);
+    let after = &net.clients[i].messages[before..];
+    let resumed = after
+        .iter()
+        .position(|m| matches!(m, ServerMessage::Resumed { .. }))
+        .expect("resumed");
+    after[resumed..]
+        .iter()
+        .filter(|m| {
+            matches!(
+                m,
+                ServerMessage::TrackPaused { .. } | ServerMessage::TrackResumed { .. }
+            )
+        })
+        .cloned()
+        .collect()
+}
+
 #[test]
 fn a_late_joiner_without_the_codec_moves_the_publisher_and_leaving_moves_it_back() {
     let mut net = Net::new(5);
@@ -130,6 +154,15 @@ fn a_late_joiner_without_the_codec_moves_the_publisher_and_leaving_moves_it_back
     net.until(5, "the doctor told to send H264 again", |n| {
         told_codecs(n, doctor) == ["VP8", "H264"]
     });
+    // A resumed session is told its video flows (the old connection may have lost that).
+    let stated = stated_after_resume(&mut net, chrome);
+    assert!(
+        matches!(
+            stated.as_slice(),
+            [ServerMessage::TrackResumed { identity, .. }] if identity == "doctor"
+        ),
+        "{stated:?}"
+    );
 }
 
 #[test]
@@ -154,6 +187,20 @@ fn a_subscriber_sharing_no_codec_with_the_publisher_is_told_and_sent_nothing() {
         })
     });
     assert!(video_codecs_received(&net, firefox).is_empty());
+    // Firefox's signaling connection is taken over by a new one (the old one may have lost the
+    // message): after `resumed` the pause is stated again.
+    let stated = stated_after_resume(&mut net, firefox);
+    assert!(
+        matches!(
+            stated.as_slice(),
+            [ServerMessage::TrackPaused {
+                identity,
+                kind: consulta_signaling::protocol::TrackKind::Video,
+                reason: PauseReason::Codec,
+            }] if identity == "phone"
+        ),
+        "{stated:?}"
+    );
     // Nobody can help the phone either: it sends H264, the only codec it has.
     assert!(told_codecs(&net, phone).is_empty());
     // Audio still flows both ways.

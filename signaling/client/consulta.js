@@ -1302,9 +1302,13 @@ export class Call {
       case 'track-resumed': {
         // The server stopped (or resumed) forwarding one of this participant's tracks to us:
         // `bandwidth` when our downlink cannot carry it now (audio keeps flowing).
+        // After a resumed session the server states every video's pause again (what the old
+        // connection lost): an event only where it changes what we knew.
         const p = this.participants.get(m.identity);
         if (!p || (m.kind !== 'audio' && m.kind !== 'video')) break;
-        p.paused[m.kind] = m.type === 'track-paused' ? m.reason || 'unknown' : null;
+        const paused = m.type === 'track-paused' ? m.reason || 'unknown' : null;
+        if (p.paused[m.kind] === paused) break;
+        p.paused[m.kind] = paused;
         this._emit(m.type, { participant: p, kind: m.kind, reason: m.reason });
         break;
       }

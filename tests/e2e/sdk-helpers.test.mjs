@@ -1,9 +1,11 @@
-// The SDK's pure helpers (SDP bitrate hints, codec ordering, bitrate scaling), run under Node:
-// the module touches no browser global at import time. Needs neither server nor browser.
+// The SDK's pure helpers (SDP bitrate hints, codec ordering, bitrate scaling) and its handling of
+// server messages that needs no connection, run under Node: the module touches no browser global
+// at import time. Needs neither server nor browser.
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import {
+  Call,
   addVideoBitrateHints,
   orderCodecs,
   preferVideoCodec,
@@ -156,5 +158,29 @@ describe('videoMaxBitrate', () => {
 
   it('exports a version string', () => {
     assert.match(version, /^\d+\.\d+\.\d+/);
+  });
+});
+
+describe('track-paused / track-resumed', () => {
+  it('are emitted only when the state changes: a resumed session states every pause again', () => {
+    const call = new Call({ token: 't' });
+    call._participant('dr-ana');
+    const seen = [];
+    call.on('track-paused', ({ participant, kind, reason }) => seen.push(['paused', participant.identity, kind, reason]));
+    call.on('track-resumed', ({ participant, kind }) => seen.push(['resumed', participant.identity, kind]));
+    const msg = (type, reason = 'bandwidth') => call._dispatch({ type, identity: 'dr-ana', kind: 'video', reason });
+    msg('track-resumed'); // stated after a resume: it never was paused
+    msg('track-paused');
+    msg('track-paused'); // stated again after a resume
+    assert.equal(call.participants.get('dr-ana').paused.video, 'bandwidth');
+    msg('track-paused', 'codec'); // another reason: a change
+    msg('track-resumed');
+    msg('track-resumed');
+    assert.deepEqual(seen, [
+      ['paused', 'dr-ana', 'video', 'bandwidth'],
+      ['paused', 'dr-ana', 'video', 'codec'],
+      ['resumed', 'dr-ana', 'video'],
+    ]);
+    assert.equal(call.participants.get('dr-ana').paused.video, null);
   });
 });

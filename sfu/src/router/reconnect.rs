@@ -9,11 +9,12 @@
 
 use std::time::Instant;
 
-use consulta_signaling::protocol::{ErrorCode, LeaveReason, ServerMessage};
+use consulta_signaling::protocol::{ErrorCode, LeaveReason, PauseReason, ServerMessage, TrackKind};
 use str0m::media::{MediaKind, Mid};
 
 use super::RouterHost;
-use crate::transport::Wire;
+use crate::forwarder::PauseCause;
+use crate::transport::{ConsumerState, Wire};
 use crate::PeerId;
 
 /// The two paths a participant can lose.
@@ -109,8 +110,11 @@ impl<W: Wire> RouterHost<W> {
         }
     }
 
-    /// A new signaling connection took the session over: tells it who is in the room now and
-    /// offers again what the old connection may have lost.
+    /// A new signaling connection took the session over: tells it who is in the room now,
+    /// states again whether each video it receives is paused (a `track-paused` or
+    /// `track-resumed` written to the old connection just before it died never arrived: a
+    /// patient whose weak link dropped the WebSocket kept a frozen tile with no "paused"
+    /// notice), and offers again what the old connection may have lost.
     pub(super) fn resume(&mut self, peer: PeerId) {
         let Some(t) = self.transports.get(&peer) else {
             // Already removed: its `Closed` is in the session's queue.
@@ -124,6 +128,34 @@ impl<W: Wire> RouterHost<W> {
             },
             &mut self.outbox,
         );
+        for c in t
+            .consumers
+            .iter()
+            .filter(|c| c.kind == MediaKind::Video && c.state == ConsumerState::Active)
+        {
+            let (identity, kind) = (c.source_identity.clone(), TrackKind::Video);
+            let paused = |cause| c.forwarder.is_paused_for(cause);
+            let msg = if paused(PauseCause::Codec) {
+                ServerMessage::TrackPaused {
+                    identity,
+                    kind,
+                    reason: PauseReason::Codec,
+                }
+            } else if paused(PauseCause::Bandwidth) {
+                ServerMessage::TrackPaused {
+                    identity,
+                    kind,
+                    reason: PauseReason::Bandwidth,
+                }
+            } else {
+                ServerMessage::TrackResumed {
+                    identity,
+                    kind,
+                    reason: PauseReason::Bandwidth,
+                }
+            };
+            t.emit(msg, &mut self.outbox);
+        }
         if let Some(offer) = t.last_offer.clone() {
             t.emit(offer, &mut self.outbox);
         }
