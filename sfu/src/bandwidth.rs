@@ -272,14 +272,10 @@ impl Downlink {
 
     /// A wait to resume ended because the budget fell back: the link did not carry the padding
     /// of the trial (a lucky probe had raised the estimate). The next wait starts after a
-    /// back-off, as the selector's trials do ([`crate::layers::TRIAL_BACKOFF`]).
+    /// back-off, as the selector's trials do ([`crate::layers::trial_backoff`]).
     fn resume_failed(&mut self, now: Instant) {
-        use crate::layers::{TRIAL_BACKOFF, TRIAL_BACKOFF_MAX};
-        let backoff = TRIAL_BACKOFF
-            .saturating_mul(1 << self.failed_resumes.min(8))
-            .min(TRIAL_BACKOFF_MAX);
         self.failed_resumes = self.failed_resumes.saturating_add(1);
-        self.resume_retry_at = Some(now + backoff);
+        self.resume_retry_at = Some(now + crate::layers::trial_backoff(self.failed_resumes));
     }
 
     /// The (minimum, desired) rates for str0m's estimator. The minimum is audio's (padding up to

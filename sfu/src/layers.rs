@@ -35,6 +35,13 @@ pub const TRIAL_BACKOFF: Duration = Duration::from_secs(4);
 /// ~15 s: this, then [`UP_AFTER`], then a keyframe).
 pub const TRIAL_BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// How long to wait before the next trial after `failures` failed ones in a row (at least 1).
+pub fn trial_backoff(failures: u32) -> Duration {
+    TRIAL_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(8))
+        .min(TRIAL_BACKOFF_MAX)
+}
+
 /// What is known about a publisher track's layers now.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Layers {
@@ -153,11 +160,8 @@ impl Selector {
         if self.up_since.take().is_none() {
             return;
         }
-        let backoff = TRIAL_BACKOFF
-            .saturating_mul(1 << self.failed_trials.min(8))
-            .min(TRIAL_BACKOFF_MAX);
         self.failed_trials = self.failed_trials.saturating_add(1);
-        self.retry_at = Some(now + backoff);
+        self.retry_at = Some(now + trial_backoff(self.failed_trials));
     }
 
     /// The subscriber's preferred maximum layer.
