@@ -12,7 +12,8 @@
 //! A publisher's preference is the order of its first offer (the SDK puts `preferredVideoCodec`
 //! first there). Its codec is the first of that order that every other participant decodes; when
 //! none is, the one most of them decode (the others get `track-paused` with reason `codec`, never
-//! a silent black tile).
+//! a silent black tile). The answer keeps the order of the offer (`keep_offer_codec_order`), so
+//! the browser sends with the codec it prefers.
 
 use str0m::format::{Codec, PayloadParams};
 
@@ -184,6 +185,39 @@ pub fn put_first(sdp: &str, first: &[u8]) -> String {
     out
 }
 
+/// Orders each answered m-line's payload types as the offer ordered them: the browser sends with
+/// the first codec of the answer, so this keeps the client's preferred codec (str0m answers in its
+/// own configured order).
+pub(crate) fn keep_offer_codec_order(offer: &str, answer: &str) -> String {
+    fn m_lines(sdp: &str) -> Vec<Vec<&str>> {
+        sdp.lines()
+            .filter(|l| l.starts_with("m="))
+            .map(|l| l.split_whitespace().skip(3).collect())
+            .collect()
+    }
+    let offered = m_lines(offer);
+    let mut index = 0;
+    let mut out = String::with_capacity(answer.len());
+    for line in answer.split_inclusive('\n') {
+        let body = line.trim_end_matches(['\r', '\n']);
+        if let Some(rest) = body.strip_prefix("m=") {
+            let prefs = offered.get(index);
+            index += 1;
+            let mut parts: Vec<&str> = rest.split_whitespace().collect();
+            if let (Some(prefs), true) = (prefs, parts.len() > 3) {
+                let rank = |pt: &&str| prefs.iter().position(|p| p == pt).unwrap_or(usize::MAX);
+                parts[3..].sort_by_key(rank);
+                out.push_str("m=");
+                out.push_str(&parts.join(" "));
+                out.push_str(&line[body.len()..]);
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,5 +337,25 @@ mod tests {
         );
         assert_eq!(put_first(sdp, &[]), sdp);
         assert_eq!(put_first("m=video 9 X\n", &[1]), "m=video 9 X\n");
+    }
+
+    #[test]
+    fn answer_keeps_the_offered_codec_order() {
+        let offer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\nm=video 9 UDP/TLS/RTP/SAVPF 102 103 96 97\r\n";
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=x\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103\r\na=y\r\n";
+        assert_eq!(
+            keep_offer_codec_order(offer, answer),
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=x\r\nm=video 9 UDP/TLS/RTP/SAVPF 102 103 96 97\r\na=y\r\n"
+        );
+        // Unknown payload types keep their place at the end; garbage is passed through.
+        assert_eq!(
+            keep_offer_codec_order("", "m=video 9 X 1 2\n"),
+            "m=video 9 X 1 2\n"
+        );
+        assert_eq!(
+            keep_offer_codec_order("m=video 9 X 2\n", "m=video 9 X 1 2\n"),
+            "m=video 9 X 2 1\n"
+        );
+        assert_eq!(keep_offer_codec_order("m=x", "m=\n"), "m=\n");
     }
 }

@@ -483,7 +483,10 @@ impl Transport {
             .accept_offer(offer)
             .map_err(|e| format!("offer refused: {e}"))?;
         self.offered = true;
-        Ok(keep_offer_codec_order(sdp, &answer.to_sdp_string()))
+        Ok(crate::codecs::keep_offer_codec_order(
+            sdp,
+            &answer.to_sdp_string(),
+        ))
     }
 
     /// Applies the answer to the server's outstanding offer.
@@ -758,39 +761,6 @@ fn observe_quality(
     }
 }
 
-/// Orders each answered m-line's payload types as the offer ordered them: the browser sends with
-/// the first codec of the answer, so this keeps the client's preferred codec (str0m answers in its
-/// own configured order).
-pub(crate) fn keep_offer_codec_order(offer: &str, answer: &str) -> String {
-    fn m_lines(sdp: &str) -> Vec<Vec<&str>> {
-        sdp.lines()
-            .filter(|l| l.starts_with("m="))
-            .map(|l| l.split_whitespace().skip(3).collect())
-            .collect()
-    }
-    let offered = m_lines(offer);
-    let mut index = 0;
-    let mut out = String::with_capacity(answer.len());
-    for line in answer.split_inclusive('\n') {
-        let body = line.trim_end_matches(['\r', '\n']);
-        if let Some(rest) = body.strip_prefix("m=") {
-            let prefs = offered.get(index);
-            index += 1;
-            let mut parts: Vec<&str> = rest.split_whitespace().collect();
-            if let (Some(prefs), true) = (prefs, parts.len() > 3) {
-                let rank = |pt: &&str| prefs.iter().position(|p| p == pt).unwrap_or(usize::MAX);
-                parts[3..].sort_by_key(rank);
-                out.push_str("m=");
-                out.push_str(&parts.join(" "));
-                out.push_str(&line[body.len()..]);
-                continue;
-            }
-        }
-        out.push_str(line);
-    }
-    out
-}
-
 fn send<W: Wire>(io: &mut Io<W>, t: &Transmit) {
     let sent = match t.proto {
         Protocol::Udp => io.wire.send(t.destination, &t.contents),
@@ -822,29 +792,4 @@ pub(crate) fn track_kind(kind: MediaKind) -> TrackKind {
 
 pub(crate) fn far_future(now: Instant) -> Instant {
     now + std::time::Duration::from_secs(86_400 * 365)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::keep_offer_codec_order;
-
-    #[test]
-    fn answer_keeps_the_offered_codec_order() {
-        let offer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\nm=video 9 UDP/TLS/RTP/SAVPF 102 103 96 97\r\n";
-        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=x\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 97 102 103\r\na=y\r\n";
-        assert_eq!(
-            keep_offer_codec_order(offer, answer),
-            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=x\r\nm=video 9 UDP/TLS/RTP/SAVPF 102 103 96 97\r\na=y\r\n"
-        );
-        // Unknown payload types keep their place at the end; garbage is passed through.
-        assert_eq!(
-            keep_offer_codec_order("", "m=video 9 X 1 2\n"),
-            "m=video 9 X 1 2\n"
-        );
-        assert_eq!(
-            keep_offer_codec_order("m=video 9 X 2\n", "m=video 9 X 1 2\n"),
-            "m=video 9 X 2 1\n"
-        );
-        assert_eq!(keep_offer_codec_order("m=x", "m=\n"), "m=\n");
-    }
 }
