@@ -152,20 +152,7 @@ impl<W: Wire> RouterHost<W> {
             Change::None => {}
         }
         for (identity, paused) in told {
-            let (kind, reason) = (TrackKind::Video, PauseReason::Bandwidth);
-            let msg = if paused {
-                ServerMessage::TrackPaused {
-                    identity,
-                    kind,
-                    reason,
-                }
-            } else {
-                ServerMessage::TrackResumed {
-                    identity,
-                    kind,
-                    reason,
-                }
-            };
+            let msg = video_pause_notice(identity, PauseReason::Bandwidth, paused);
             t.emit(msg, &mut self.outbox);
         }
         for (source, mid) in keyframes {
@@ -245,6 +232,29 @@ impl<W: Wire> RouterHost<W> {
                 }
                 t.drain(io)
             });
+        }
+    }
+}
+
+/// The notice that one of a subscriber's video tracks is paused (`paused`) or flows again, for
+/// `reason`: what the allocation, the codec choice and a resumed session tell the subscriber.
+pub(super) fn video_pause_notice(
+    identity: String,
+    reason: PauseReason,
+    paused: bool,
+) -> ServerMessage {
+    let kind = TrackKind::Video;
+    if paused {
+        ServerMessage::TrackPaused {
+            identity,
+            kind,
+            reason,
+        }
+    } else {
+        ServerMessage::TrackResumed {
+            identity,
+            kind,
+            reason,
         }
     }
 }

@@ -8,10 +8,11 @@
 
 use std::time::{Duration, Instant};
 
-use consulta_signaling::protocol::{PauseReason, ServerMessage, TrackKind};
+use consulta_signaling::protocol::{PauseReason, ServerMessage};
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{MediaKind, Mid};
 
+use super::allocation::video_pause_notice;
 use super::RouterHost;
 use crate::codecs::{self, CodecSet};
 use crate::forwarder::PauseCause;
@@ -297,21 +298,18 @@ impl<W: Wire> RouterHost<W> {
                 let paused = c.forwarder.is_paused_for(PauseCause::Codec);
                 if blocked && !paused {
                     c.forwarder.pause(PauseCause::Codec);
-                    told = Some(ServerMessage::TrackPaused {
-                        identity: identity.clone(),
-                        kind: TrackKind::Video,
-                        reason: PauseReason::Codec,
-                    });
                 } else if !blocked && paused {
                     if c.forwarder.resume(PauseCause::Codec) {
                         keyframe.push(c.source_mid);
                     }
-                    told = Some(ServerMessage::TrackResumed {
-                        identity: identity.clone(),
-                        kind: TrackKind::Video,
-                        reason: PauseReason::Codec,
-                    });
+                } else {
+                    continue;
                 }
+                told = Some(video_pause_notice(
+                    identity.clone(),
+                    PauseReason::Codec,
+                    blocked,
+                ));
             }
             if let Some(m) = told {
                 if matches!(m, ServerMessage::TrackPaused { .. }) {

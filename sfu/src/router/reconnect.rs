@@ -9,9 +9,10 @@
 
 use std::time::Instant;
 
-use consulta_signaling::protocol::{ErrorCode, LeaveReason, PauseReason, ServerMessage, TrackKind};
+use consulta_signaling::protocol::{ErrorCode, LeaveReason, PauseReason, ServerMessage};
 use str0m::media::{MediaKind, Mid};
 
+use super::allocation::video_pause_notice;
 use super::RouterHost;
 use crate::forwarder::PauseCause;
 use crate::transport::{ConsumerState, Wire};
@@ -133,27 +134,14 @@ impl<W: Wire> RouterHost<W> {
             .iter()
             .filter(|c| c.kind == MediaKind::Video && c.state == ConsumerState::Active)
         {
-            let (identity, kind) = (c.source_identity.clone(), TrackKind::Video);
-            let paused = |cause| c.forwarder.is_paused_for(cause);
-            let msg = if paused(PauseCause::Codec) {
-                ServerMessage::TrackPaused {
-                    identity,
-                    kind,
-                    reason: PauseReason::Codec,
-                }
-            } else if paused(PauseCause::Bandwidth) {
-                ServerMessage::TrackPaused {
-                    identity,
-                    kind,
-                    reason: PauseReason::Bandwidth,
-                }
-            } else {
-                ServerMessage::TrackResumed {
-                    identity,
-                    kind,
-                    reason: PauseReason::Bandwidth,
-                }
-            };
+            let paused = [
+                (PauseCause::Codec, PauseReason::Codec),
+                (PauseCause::Bandwidth, PauseReason::Bandwidth),
+            ]
+            .into_iter()
+            .find(|(cause, _)| c.forwarder.is_paused_for(*cause));
+            let reason = paused.map_or(PauseReason::Bandwidth, |(_, r)| r);
+            let msg = video_pause_notice(c.source_identity.clone(), reason, paused.is_some());
             t.emit(msg, &mut self.outbox);
         }
         if let Some(offer) = t.last_offer.clone() {
