@@ -8,7 +8,8 @@
 //! - audio is budgeted first: [`AUDIO_RESERVE_BPS`] per audio track, never paused here;
 //! - only [`USABLE_PERCENT`] of the estimate is spent (retransmissions and loss need room);
 //! - video pauses after [`PAUSE_AFTER`] below [`PAUSE_BELOW_BPS`] per video track, at once below
-//!   half of it, or at once when the lowest layer loses [`HEAVY_LOSS`]: down fast;
+//!   half of it, or at once when the lowest layer loses [`HEAVY_LOSS`] (receiver reports, or the
+//!   TWCC feedback) or its queue grows past [`FLOOR_QUEUE_PAUSE`]: down fast;
 //! - video resumes only after [`RESUME_AFTER`] at or above [`RESUME_ABOVE_BPS`]: up slowly, with
 //!   headroom, so that a link at the edge does not flap; the wait is a trial (padded up to that
 //!   rate), and a failed one backs off before the next;
@@ -46,6 +47,15 @@ const PROBE_BUMP_BPS: u64 = 1_000;
 pub const HEAVY_LOSS: f32 = 0.25;
 /// Loss reported this soon after the video reached its lowest layer may be of the layer before.
 pub const FLOOR_SETTLE: Duration = Duration::from_millis(1_500);
+/// A queue toward the subscriber this much longer than its shortest (the round trip of the
+/// newest packet its TWCC feedback reports, less the lowest of the last [`RTT_BASE_WINDOW`]s),
+/// and still growing while only its lowest layer flows, pauses its video at once: even that layer
+/// does not fit, and audio waits (or is dropped) behind it. Measured in the weak-network
+/// scenarios: a 150 kbit/s link with the lowest layer reached ~800 ms and grew; a 400 kbit/s one,
+/// which carries it, stayed under ~450 ms (its queue's limit) and drained.
+pub const FLOOR_QUEUE_PAUSE: Duration = Duration::from_millis(500);
+/// The shortest round trip is the lowest of this window and the one before.
+pub const RTT_BASE_WINDOW: Duration = Duration::from_secs(10);
 /// A cap below this is not asked for: no encoder makes usable video from less.
 pub const MIN_CAP_BPS: u64 = 60_000;
 
@@ -80,6 +90,11 @@ pub struct Downlink {
     congested_at: Option<Instant>,
     /// When a step up was last padded for (its loss is the trial's, not the link's).
     trial_at: Option<Instant>,
+    /// Round trips of the TWCC feedback: the lowest of the current and the previous
+    /// [`RTT_BASE_WINDOW`] (and when the current one started), and the last one.
+    rtt_base: [Option<Duration>; 2],
+    rtt_window_at: Option<Instant>,
+    last_rtt: Option<Duration>,
     /// Resume trials that failed in a row, and when paused video may next wait to resume
     /// (see [`Downlink::poll`]).
     failed_resumes: u32,
@@ -167,8 +182,8 @@ impl Downlink {
         if fraction >= HEAVY_LOSS {
             self.congested_at = Some(at);
         }
-        if self.floor_since.is_some() && settled(self.floor_since, at) {
-            self.heavy_loss = fraction >= HEAVY_LOSS;
+        if fraction >= HEAVY_LOSS && self.floor_since.is_some() && settled(self.floor_since, at) {
+            self.heavy_loss = true;
         }
     }
 
@@ -176,11 +191,60 @@ impl Downlink {
     /// feedback (TWCC) reports lost, several times a second. It shows a link that stepped down
     /// within a few hundred milliseconds, where the receiver reports of
     /// [`Downlink::on_video_loss`] come once a second about the second before: the layer that
-    /// floods the link is cut sooner, and the audio queued behind it waits less. It only marks
-    /// the link congested; pausing video stays with the video receiver reports.
+    /// floods the link is cut sooner, and the audio queued behind it waits less. At the lowest
+    /// layer, once [`FLOOR_SETTLE`] has passed (the window then holds only packets sent at the
+    /// floor), heavy loss pauses video as the receiver reports' does, up to a second sooner: on
+    /// a 150 kbit/s link the lowest layer and audio overflow the queue, and every second it
+    /// lasts conceals half the audio (measured in the weak-network scenario c).
     pub fn on_egress_loss(&mut self, at: Instant, fraction: f32) {
-        if self.loss_counts(at) && fraction >= HEAVY_LOSS {
-            self.congested_at = Some(at);
+        if !self.loss_counts(at) || fraction < HEAVY_LOSS {
+            return;
+        }
+        self.congested_at = Some(at);
+        if self.floor_since.is_some() && settled(self.floor_since, at) {
+            self.heavy_loss = true;
+        }
+    }
+
+    /// What str0m's statistics say of the subscriber's TWCC feedback, several times a second:
+    /// [`Downlink::on_feedback_rtt`] and [`Downlink::on_egress_loss`].
+    pub fn on_feedback(&mut self, at: Instant, loss: Option<f32>, rtt: Option<Duration>) {
+        if let Some(rtt) = rtt {
+            self.on_feedback_rtt(at, rtt);
+        }
+        if let Some(loss) = loss {
+            self.on_egress_loss(at, loss);
+        }
+    }
+
+    /// The round trip of the newest packet the subscriber's TWCC feedback reported, at `at`
+    /// (str0m's statistics, several times a second): how long the queue toward it is, over the
+    /// shortest one seen lately. A queue over [`FLOOR_QUEUE_PAUSE`] that still grows at the
+    /// lowest layer (for a packet sent there) pauses video at once. It is not used above the
+    /// lowest layer: the round trip
+    /// also holds the queue of the subscriber's own uplink (its feedback waits there), which
+    /// its own sending fills.
+    pub fn on_feedback_rtt(&mut self, at: Instant, rtt: Duration) {
+        let window = *self.rtt_window_at.get_or_insert(at);
+        if at.saturating_duration_since(window) >= RTT_BASE_WINDOW {
+            self.rtt_base = [None, self.rtt_base[0]];
+            self.rtt_window_at = Some(at);
+        }
+        self.rtt_base[0] = Some(self.rtt_base[0].map_or(rtt, |b| b.min(rtt)));
+        let base = self.rtt_base.iter().flatten().min().copied().unwrap_or(rtt);
+        let growing = self.last_rtt.is_some_and(|last| rtt >= last);
+        self.last_rtt = Some(rtt);
+        // The packet it reports was sent at the floor (about `at - rtt`): the queue it met is
+        // the lowest layer's, not what the layer before left.
+        let sent_at_floor = self
+            .floor_since
+            .is_some_and(|since| at.checked_sub(rtt).is_some_and(|sent| sent >= since));
+        if sent_at_floor
+            && growing
+            && rtt.saturating_sub(base) >= FLOOR_QUEUE_PAUSE
+            && self.loss_counts(at)
+        {
+            self.heavy_loss = true;
         }
     }
 
@@ -570,7 +634,57 @@ mod tests {
     }
 
     #[test]
-    fn heavy_transport_wide_loss_congests_but_never_pauses() {
+    fn a_growing_queue_at_the_floor_pauses_at_once_and_a_draining_one_does_not() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let ms = Duration::from_millis;
+        let mut d = Downlink::default();
+        d.on_estimate(2_500_000);
+        // A short round trip sets the base; above the floor a long queue is not ours to judge
+        // (the subscriber's own uplink may hold the feedback).
+        d.on_feedback_rtt(at(0), ms(5));
+        d.on_feedback_rtt(at(250), ms(600));
+        d.on_feedback_rtt(at(500), ms(800));
+        assert_eq!(d.poll(at(500), 1, 1), Change::None);
+        // The floor from 1 s: packets sent before it met the layer above's queue.
+        d.set_at_floor(at(1_000), true);
+        d.on_feedback_rtt(at(1_250), ms(820));
+        d.on_feedback_rtt(at(1_500), ms(830));
+        assert_eq!(d.poll(at(1_500), 1, 1), Change::None);
+        // Sent at the floor, and still growing past the threshold: paused.
+        d.on_feedback_rtt(at(1_750), ms(700));
+        assert_eq!(d.poll(at(1_750), 1, 1), Change::None);
+        d.on_feedback_rtt(at(2_000), ms(760));
+        assert_eq!(d.poll(at(2_000), 1, 1), Change::PauseVideo);
+
+        // A link that carries the floor: its queue drains, and nothing pauses.
+        let mut b = Downlink::default();
+        b.on_estimate(2_500_000);
+        b.on_feedback_rtt(at(0), ms(5));
+        b.set_at_floor(at(1_000), true);
+        for (t, rtt) in [
+            (1_250, 450),
+            (1_500, 440),
+            (1_750, 300),
+            (2_000, 150),
+            (2_250, 160),
+        ] {
+            b.on_feedback_rtt(at(t), ms(rtt));
+            assert_eq!(b.poll(at(t), 1, 1), Change::None);
+        }
+        // The base is the lowest round trip of the last two windows: a path whose round trip
+        // is long (satellite, 600 ms) is not a queue.
+        let mut s = Downlink::default();
+        s.on_estimate(2_500_000);
+        s.set_at_floor(at(0), true);
+        for t in (1_000..30_000).step_by(250) {
+            s.on_feedback_rtt(at(t), ms(600 + (t % 500) / 50));
+            assert_eq!(s.poll(at(t), 1, 1), Change::None);
+        }
+    }
+
+    #[test]
+    fn heavy_transport_wide_loss_congests_and_pauses_at_the_settled_floor() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut d = Downlink::default();
@@ -582,11 +696,16 @@ mod tests {
         d.on_egress_loss(at(250), 0.3);
         assert!(d.is_congested(at(250)));
         assert!(!d.is_congested(at(1_800)));
-        // Even at the floor and settled, it does not pause video (receiver reports do).
+        // At the floor, before it settled (the window still holds the layer above): no pause.
         d.set_at_floor(at(2_000), true);
-        d.on_egress_loss(at(4_000), 0.9);
-        assert!(d.is_congested(at(4_000)));
-        assert_eq!(d.poll(at(4_000), 1, 1), Change::None);
+        d.on_egress_loss(at(3_000), 0.9);
+        assert!(d.is_congested(at(3_000)));
+        assert_eq!(d.poll(at(3_000), 1, 1), Change::None);
+        // Settled: light loss does not pause, heavy loss does, at once.
+        d.on_egress_loss(at(3_500), 0.1);
+        assert_eq!(d.poll(at(3_500), 1, 1), Change::None);
+        d.on_egress_loss(at(3_750), 0.3);
+        assert_eq!(d.poll(at(3_750), 1, 1), Change::PauseVideo);
         // A trial's padding is lost on purpose: not the link's.
         let mut f = Downlink::default();
         f.on_estimate(400_000);

@@ -684,9 +684,9 @@ impl Transport {
             }
             Event::PeerStats(s) => {
                 self.stats_tick = (self.stats_tick + 1) % STREAM_STATS_EVERY;
-                if let Some(loss) = s.egress_loss_fraction {
-                    self.downlink.on_egress_loss(s.timestamp, loss);
-                }
+                let (loss, rtt) = (s.egress_loss_fraction, s.rtt);
+                tracing::trace!(peer = self.id, ?loss, ?rtt, "downlink feedback (TWCC)");
+                self.downlink.on_feedback(s.timestamp, loss, rtt);
             }
             Event::MediaIngressStats(_) | Event::MediaEgressStats(_) if self.stats_tick != 0 => {}
             Event::MediaIngressStats(s) => {
