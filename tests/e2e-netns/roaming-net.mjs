@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { inboundFrom, launchBrowser, openParticipant, sleep, startServer, waitForVideo } from '../e2e/harness.mjs';
+import { inboundFrom, launchBrowser, openParticipant, sleep, startServer, tempDir, waitForVideo } from '../e2e/harness.mjs';
 
 export const NS = {
   server: process.env.CONSULTA_NETNS_SERVER,
@@ -119,6 +119,53 @@ export function launchIn(netns, server) {
   });
 }
 
+// The wrapper that puppeteer starts as "Firefox": it runs Firefox in the namespace and relays its
+// WebDriver BiDi WebSocket (which listens on the namespace's loopback) to the same port on this
+// namespace's loopback, announcing it on stderr as Firefox would. Each relayed connection
+// is a node child in the namespace piping the bytes through its stdio.
+const FIREFOX_NETNS_WRAPPER = `
+const { spawn } = require('node:child_process');
+const net = require('node:net');
+const readline = require('node:readline');
+const [ns, firefox] = [process.env.WRAP_NETNS, process.env.WRAP_FIREFOX];
+const relay = "const s=require('node:net').connect(Number(process.argv[1]),'127.0.0.1');process.stdin.pipe(s);s.pipe(process.stdout);s.on('close',()=>process.exit(0));s.on('error',()=>process.exit(1));";
+const fx = spawn('ip', ['netns', 'exec', ns, firefox, ...process.argv.slice(2)], { stdio: ['ignore', 'inherit', 'pipe'] });
+readline.createInterface({ input: fx.stderr }).on('line', (line) => {
+  const m = /^WebDriver BiDi listening on ws:\\/\\/[^:/]+:(\\d+)/.exec(line);
+  if (!m) return void process.stderr.write(line + '\\n');
+  const inner = m[1];
+  const server = net.createServer((sock) => {
+    const r = spawn('ip', ['netns', 'exec', ns, process.execPath, '-e', relay, inner], { stdio: ['pipe', 'pipe', 'ignore'] });
+    sock.on('error', () => r.kill());
+    sock.on('close', () => r.kill());
+    r.on('exit', () => sock.destroy());
+    sock.pipe(r.stdin).on('error', () => {});
+    r.stdout.pipe(sock);
+  });
+  // The same port: Firefox answers 400 to a Host header with another one.
+  server.listen(Number(inner), '127.0.0.1', () => process.stderr.write('WebDriver BiDi listening on ws://127.0.0.1:' + inner + '\\n'));
+});
+fx.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(sig, () => fx.kill(sig));
+`;
+
+/**
+ * Firefox ESR in a client namespace (puppeteer over WebDriver BiDi, as tests/e2e/firefox.mjs),
+ * allowed the camera on the server's plain-HTTP origin (a LAN address, not a secure context).
+ */
+export async function launchFirefoxIn(netns) {
+  const { FIREFOX_BIN, launchFirefox } = await import('../e2e/firefox.mjs');
+  const dir = tempDir('consulta-netns-firefox-');
+  const script = path.join(dir, 'wrap.cjs');
+  fs.writeFileSync(script, FIREFOX_NETNS_WRAPPER);
+  const exe = path.join(dir, 'firefox');
+  fs.writeFileSync(exe, `#!/bin/sh\nWRAP_NETNS='${netns}' WRAP_FIREFOX='${FIREFOX_BIN}' exec '${process.execPath}' '${script}' "$@"\n`, { mode: 0o755 });
+  return launchFirefox({
+    executablePath: exe,
+    extraPrefs: { 'media.devices.insecure.enabled': true, 'media.getusermedia.insecure.enabled': true },
+  });
+}
+
 export async function api(server, method, p, body) {
   const res = await fetch(`${server.httpUrl}/api/v1${p}`, {
     method,
@@ -184,7 +231,9 @@ export function netWatch() {
 
 /** openParticipant with netWatch installed; `netlog(since)` returns its records, times relative to `since`. */
 export async function openWatched(browser, server, name) {
-  const p = await openParticipant(browser, server, name, { initScript: netWatch });
+  // A Playwright browser is Chromium (launchIn); a puppeteer one Firefox (launchFirefoxIn).
+  const open = typeof browser.newContext === 'function' ? openParticipant : (await import('../e2e/firefox.mjs')).openFirefoxParticipant;
+  const p = await open(browser, server, name, { initScript: netWatch });
   p.netlog = async (since = 0) =>
     (await p.evaluate(() => window.netlog || [])).map((e) => ({ ...e, t: e.t - since }));
   p.eventsSince = async (since = 0) => (await p.events()).map((e) => ({ ...e, t: e.t - since }));

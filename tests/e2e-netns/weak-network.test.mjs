@@ -30,16 +30,23 @@
 // every sample, to keep a margin for a noisy 2-core machine that runs two 720p encoders, two
 // decoders and the server (a fake camera at 30 fps gives 28-30 fps on an idle machine).
 //
+// WEAK_PATIENT_BROWSER=firefox makes the patient Firefox ESR (launched in its namespace through
+// puppeteer, ./roaming-net.mjs launchFirefoxIn; the doctor stays Chromium). Firefox has no freeze
+// statistics: its freezes are the sampled stalls of >= 500 ms (videoWindow), fewer and shorter
+// than Chromium would count. Its fake camera reaches 1280x720 like Chromium's; its estimate
+// climbs more slowly, so use WEAK_WARM_MS=20000 for a baseline at 1280 wide.
 // Each scenario is its own test; WEAK_SCENARIOS=a,c selects (default: all), WEAK_REPEAT=N runs
 // each N times. Each prints one line `weak-network <s>: {json}` with its measurements. The server
 // inherits the environment, so CONSULTA_MEDIA_* overrides apply (e.g. to compare with adaptation
 // switched off); CONSULTA_BIN picks the binary.
 // Run (as root): scripts/netns-roaming.sh node --test --test-concurrency=1 tests/e2e-netns/weak-network.test.mjs
+// Per second it prints fps, the audio jitter buffer and the concealed share (fpsPerSecond,
+// jbMsPerSecond, concealPctPerSecond): where in the 30 s a target was missed.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { CONSULTA_BIN, sleep } from '../e2e/harness.mjs';
-import { NS, assertInNamespaces, joinCall, launchIn, median, openWatched, startRoamingServer } from './roaming-net.mjs';
+import { NS, assertInNamespaces, joinCall, launchFirefoxIn, launchIn, median, openWatched, startRoamingServer } from './roaming-net.mjs';
 import { shape, shapingCounters, unshape } from './shaping.mjs';
 
 const SAMPLE_MS = 250;
@@ -93,6 +100,9 @@ const selected = (process.env.WEAK_SCENARIOS || 'a,b,c,d')
   .filter(Boolean);
 for (const s of selected) if (!SCENARIOS[s]) throw new Error(`WEAK_SCENARIOS: unknown scenario ${s} (a, b, c, d)`);
 const REPEAT = Number(process.env.WEAK_REPEAT || 1);
+// WEAK_PATIENT_BROWSER=firefox: the patient is Firefox ESR (the doctor stays Chromium).
+const BROWSER = { doctor: 'chromium', patient: (process.env.WEAK_PATIENT_BROWSER || 'chromium').toLowerCase() };
+if (!['chromium', 'firefox'].includes(BROWSER.patient)) throw new Error(`WEAK_PATIENT_BROWSER: ${BROWSER.patient} (chromium, firefox)`);
 
 let server;
 let doctorBrowser;
@@ -103,7 +113,7 @@ before(async () => {
   await unshape();
   server = await startRoamingServer();
   doctorBrowser = await launchIn(NS.doctor, server);
-  patientBrowser = await launchIn(NS.patient, server);
+  patientBrowser = BROWSER.patient === 'firefox' ? await launchFirefoxIn(NS.patient) : await launchIn(NS.patient, server);
 });
 
 after(async () => {
@@ -279,7 +289,7 @@ function at(ser, t) {
 const delta = (ser, k, from, to) => at(ser, to).c[k] - at(ser, from).c[k];
 
 /** Per-second video figures in [from, to): fps list, sizes while decoding, longest stall, freezes. */
-function videoWindow(ser, from, to) {
+function videoWindow(ser, from, to, { sampledFreezes = false } = {}) {
   const fps = [];
   for (let t = from; t + 1_000 <= to + 1; t += 1_000) {
     const a = at(ser, t);
@@ -308,6 +318,21 @@ function videoWindow(ser, from, to) {
     const n = pts[i].c.freezeCount - pts[i - 1].c.freezeCount;
     if (n > 0) freezes.push({ at: pts[i].t - from, ms: Math.round((pts[i].c.totalFreezesDuration - pts[i - 1].c.totalFreezesDuration) * 1_000), n });
   }
+  // Firefox has no freeze statistics: its freezes are the sampled stalls of two sample intervals
+  // or more (>= 500 ms without a new frame; Chromium's threshold is 3 frame intervals, or 150 ms
+  // over the mean, so this counts fewer and shorter freezes than Chromium would).
+  if (sampledFreezes) {
+    let since = null;
+    for (let i = 1; i < pts.length; i++) {
+      const grew = pts[i].c.framesDecoded > pts[i - 1].c.framesDecoded;
+      if (!grew && since === null) since = pts[i - 1].t;
+      if ((grew || i === pts.length - 1) && since !== null) {
+        const ms = pts[grew ? i - 1 : i].t - since;
+        if (ms >= 2 * SAMPLE_MS) freezes.push({ at: pts[i].t - from, ms, n: 1 });
+        since = null;
+      }
+    }
+  }
   const widths = decoding.map((x) => x.width);
   const heights = decoding.map((x) => x.height);
   return {
@@ -319,8 +344,9 @@ function videoWindow(ser, from, to) {
     minHeight: heights.length ? Math.min(...heights) : 0,
     widths: [...new Set(widths)],
     longestStallMs: stall,
-    freezeCount: delta(ser, 'freezeCount', from, to),
-    freezesMs: Math.round(delta(ser, 'totalFreezesDuration', from, to) * 1_000),
+    freezeCount: sampledFreezes ? freezes.length : delta(ser, 'freezeCount', from, to),
+    freezesMs: sampledFreezes ? freezes.reduce((a, f) => a + f.ms, 0) : Math.round(delta(ser, 'totalFreezesDuration', from, to) * 1_000),
+    freezesSampled: sampledFreezes,
     freezes,
     maxFreezeMs: freezes.length ? Math.max(...freezes.map((f) => f.ms)) : 0,
     kbps: Math.round((delta(ser, 'bytesReceived', from, to) * 8) / (to - from)),
@@ -332,10 +358,13 @@ function audioWindow(ser, from, to) {
   const total = delta(ser, 'totalSamplesReceived', from, to);
   const emitted = delta(ser, 'jitterBufferEmittedCount', from, to);
   const perSecondJb = [];
+  const perSecondConceal = [];
   let silentSeconds = 0;
   for (let t = from; t + 1_000 <= to + 1; t += 1_000) {
     const e = delta(ser, 'jitterBufferEmittedCount', t, t + 1_000);
     if (e > 0) perSecondJb.push(Math.round((delta(ser, 'jitterBufferDelay', t, t + 1_000) / e) * 1_000));
+    const n = delta(ser, 'totalSamplesReceived', t, t + 1_000);
+    perSecondConceal.push(n > 0 ? Math.round((delta(ser, 'concealedSamples', t, t + 1_000) / n) * 100) : null);
     if (delta(ser, 'packetsReceived', t, t + 1_000) === 0) silentSeconds++;
   }
   return {
@@ -344,6 +373,7 @@ function audioWindow(ser, from, to) {
     jitterBufferMs: emitted > 0 ? Math.round((delta(ser, 'jitterBufferDelay', from, to) / emitted) * 1_000) : null,
     jitterBufferMaxMs: perSecondJb.length ? Math.max(...perSecondJb) : null,
     jitterBufferPerSecond: perSecondJb,
+    concealmentPerSecond: perSecondConceal,
     secondsWithoutPackets: silentSeconds,
     packetsLost: delta(ser, 'packetsLost', from, to),
   };
@@ -496,16 +526,17 @@ async function runScenario(key, run) {
       const v = series(samples, from, 'video');
       const a = series(samples, from, 'audio');
       const x = m[viewer];
-      x.videoBaseline = videoWindow(v, t0 - BASELINE_MS, t0);
+      const vw = (from, to) => videoWindow(v, from, to, { sampledFreezes: BROWSER[viewer] === 'firefox' });
+      x.videoBaseline = vw(t0 - BASELINE_MS, t0);
       x.audioBaseline = audioWindow(a, t0 - BASELINE_MS, t0);
-      x.videoImpair = videoWindow(v, t0, tU);
+      x.videoImpair = vw(t0, tU);
       x.audioImpair = audioWindow(a, t0, tU);
-      x.videoAfter = videoWindow(v, tU, tEnd);
+      x.videoAfter = vw(tU, tEnd);
       x.audioAfter = audioWindow(a, tU, tEnd);
       if (key === 'b') {
         x.widthAtStep = at(v, tStep).width;
         x.lowerResolutionMs = firstDecodingWhere(v, tStep, tU, (p) => p.width > 0 && p.width < x.widthAtStep);
-        x.videoAfterStep = videoWindow(v, tStep, tU);
+        x.videoAfterStep = vw(tStep, tU);
         x.audioAfterStep = audioWindow(a, tStep, Math.min(tU, tStep + 10_000));
       }
       x.wideAgainMs = firstDecodingWhere(v, tU, tEnd, (p) => p.width >= 640);
@@ -578,11 +609,13 @@ async function runScenario(key, run) {
       sendsWhileImpaired: x.sending,
       fpsPerSecond: x.videoImpair.fps.join(' '),
       jbMsPerSecond: x.audioImpair.jitterBufferPerSecond.join(' '),
+      concealPctPerSecond: x.audioImpair.concealmentPerSecond.join(' '),
       baseJbMsPerSecond: x.audioBaseline.jitterBufferPerSecond.join(' '),
     });
     const summary = {
       scenario: key,
       run,
+      browsers: BROWSER,
       bin: CONSULTA_BIN,
       title: sc.title,
       patientSees: brief(m.patient),

@@ -50,14 +50,17 @@ const FIREFOX_PREFS = {
   'toolkit.telemetry.reportingpolicy.firstRun': false,
 };
 
-/** Starts headless Firefox ESR with a fresh profile. */
-export async function launchFirefox() {
+/**
+ * Starts headless Firefox ESR with a fresh profile. `executablePath` replaces FIREFOX_BIN (e.g. a
+ * wrapper that starts it in a network namespace); `extraPrefs` are added to FIREFOX_PREFS.
+ */
+export async function launchFirefox({ executablePath = FIREFOX_BIN, extraPrefs = {} } = {}) {
   return puppeteer.launch({
     browser: 'firefox',
-    executablePath: FIREFOX_BIN,
+    executablePath,
     headless: true,
     userDataDir: tempDir('consulta-firefox-'),
-    extraPrefsFirefox: FIREFOX_PREFS,
+    extraPrefsFirefox: { ...FIREFOX_PREFS, ...extraPrefs },
     protocolTimeout: 60_000,
   });
 }
