@@ -50,6 +50,10 @@ pub struct Forwarder {
     /// Highest outgoing sequence number sent so far.
     highest_out: Option<u64>,
     first_out: u64,
+    /// Each packet is preceded by a copy slot (see [`Forwarder::set_copies`]), from the next run
+    /// on; and whether the current run has them.
+    copies: bool,
+    run_copies: bool,
 }
 
 impl Forwarder {
@@ -62,6 +66,8 @@ impl Forwarder {
             base: None,
             highest_out: None,
             first_out: u64::from(first_out),
+            copies: false,
+            run_copies: false,
         }
     }
 
@@ -110,6 +116,22 @@ impl Forwarder {
         self.base = None;
     }
 
+    /// Numbers each packet after a slot of its own for a copy of the packet before it (RED's
+    /// redundancy for a subscriber without RED: [`crate::red::newest_redundant`]), so that the
+    /// copy reaches the subscriber under a sequence number of its own: one numbered as the
+    /// original would be dropped by SRTP's replay check whenever the original arrived, and the
+    /// subscriber's transport-wide feedback would report it lost. Takes effect at the next run
+    /// (the current one keeps its numbering); the copy's number is [`Verdict::Forward`]'s less
+    /// one, and it must always be sent (a missing one is a gap the subscriber counts as loss).
+    pub fn set_copies(&mut self, copies: bool) {
+        self.copies = copies;
+    }
+
+    /// Whether the packets of the current run have a copy slot before them.
+    pub fn has_copies(&self) -> bool {
+        self.run_copies
+    }
+
     /// Decides for one incoming packet (`seq` is the publisher's extended sequence number).
     pub fn on_packet(&mut self, seq: u64, keyframe_start: bool) -> Verdict {
         if self.paused != 0 {
@@ -122,14 +144,21 @@ impl Forwarder {
             self.waiting_keyframe = false;
             self.base = None;
         }
-        let (in_first, out_first) = *self.base.get_or_insert_with(|| {
+        if self.base.is_none() {
             let out = self.highest_out.map_or(self.first_out, |h| h + 1);
-            (seq, out)
-        });
+            self.base = Some((seq, out));
+            self.run_copies = self.copies;
+        }
+        let Some((in_first, out_first)) = self.base else {
+            return Verdict::TooOld;
+        };
         if seq < in_first {
             return Verdict::TooOld;
         }
-        let out = out_first + (seq - in_first);
+        let out = match self.run_copies {
+            true => out_first + 2 * (seq - in_first) + 1,
+            false => out_first + (seq - in_first),
+        };
         if self.highest_out.is_none_or(|h| out > h) {
             self.highest_out = Some(out);
         }
@@ -280,6 +309,31 @@ mod tests {
         let mut f = Forwarder::new(false, 1);
         assert_eq!(f.on_packet(5, false), Verdict::Forward(1));
         assert_eq!(f.on_packet(6, false), Verdict::Forward(2));
+    }
+
+    #[test]
+    fn with_copies_each_packet_follows_a_slot_for_the_copy_of_the_one_before() {
+        let mut f = Forwarder::new(false, 1);
+        f.set_copies(true);
+        assert_eq!(f.on_packet(5, false), Verdict::Forward(2)); // its copy slot: 1
+        assert!(f.has_copies());
+        assert_eq!(f.on_packet(6, false), Verdict::Forward(4));
+        // A loss upstream leaves the slots of the lost packet (its copy comes in the next).
+        assert_eq!(f.on_packet(8, false), Verdict::Forward(8));
+        // A late one keeps its slot.
+        assert_eq!(f.on_packet(7, false), Verdict::Forward(6));
+        // Switched off: the run keeps its numbering; the next run numbers on without slots.
+        f.set_copies(false);
+        assert_eq!(f.on_packet(9, false), Verdict::Forward(10));
+        f.pause(PauseCause::Mute);
+        f.resume(PauseCause::Mute);
+        assert_eq!(f.on_packet(30, false), Verdict::Forward(11));
+        assert!(!f.has_copies());
+        assert_eq!(f.on_packet(31, false), Verdict::Forward(12));
+        // Switched on at a run's start: the first slot follows the last number sent.
+        f.set_copies(true);
+        f.rebase();
+        assert_eq!(f.on_packet(40, false), Verdict::Forward(14));
     }
 
     #[test]

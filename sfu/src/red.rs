@@ -2,7 +2,9 @@
 //! copy of the previous one when RED is negotiated, so a subscriber on a lossy downlink recovers
 //! an isolated loss without a retransmission round trip (audio first, issue 21). The SFU forwards
 //! RED untouched to subscribers that negotiated it; to one that did not (and to the recorder),
-//! it sends the primary block alone under the plain Opus payload type. Pure functions only.
+//! it sends the primary block alone under the plain Opus payload type, and to such a subscriber
+//! the newest redundant block too, as a second copy of the packet before (Firefox has no RED:
+//! without the copy a lost packet is a concealed one). Pure functions only.
 
 /// Where the primary block of a RED payload starts, or `None` when the payload is not valid
 /// RED (a truncated header, or block lengths that overrun the payload).
@@ -25,6 +27,35 @@ pub fn primary_offset(payload: &[u8]) -> Option<usize> {
     }
     let offset = at + redundant;
     (offset <= payload.len()).then_some(offset)
+}
+
+/// The newest redundant block of a RED payload (the one just before the primary: Chromium sends
+/// one, the frame before the primary), as (its timestamp offset back from the packet's, the byte
+/// range of its data); `None` when there is none, it is empty, it is not of the primary's payload
+/// type (it could not go out under the same one), or the payload is not valid RED. A subscriber without RED gets it as the packet before, a second
+/// copy of it: a lost packet is recovered from the next one, as RED would.
+pub fn newest_redundant(payload: &[u8]) -> Option<(u32, std::ops::Range<usize>)> {
+    let mut at = 0usize;
+    let mut data_end = 0usize;
+    let mut newest = None;
+    loop {
+        let first = *payload.get(at)?;
+        if first & 0x80 == 0 {
+            at += 1;
+            break;
+        }
+        let hdr = payload.get(at..at + 4)?;
+        let len = (usize::from(hdr[2] & 0x03) << 8) | usize::from(hdr[3]);
+        let offset = (u32::from(hdr[1]) << 6) | u32::from(hdr[2] >> 2);
+        newest = Some((hdr[0] & 0x7F, offset, data_end..data_end + len));
+        data_end += len;
+        at += 4;
+    }
+    let (pt, offset, range) = newest?;
+    let primary_pt = payload[at - 1] & 0x7F;
+    let range = at + range.start..at + range.end;
+    (pt == primary_pt && !range.is_empty() && offset > 0 && at + data_end <= payload.len())
+        .then_some((offset, range))
 }
 
 #[cfg(test)]
@@ -64,6 +95,28 @@ mod tests {
         let p = red(&[(111, 1920, &long), (111, 960, &[1])], 111, &[4]);
         let off = primary_offset(&p).unwrap();
         assert_eq!(&p[off..], &[4]);
+    }
+
+    #[test]
+    fn the_newest_redundant_block_is_the_one_before_the_primary() {
+        let p = red(&[(111, 960, &[1, 2, 3])], 111, &[9, 8, 7, 6]);
+        let (offset, range) = newest_redundant(&p).unwrap();
+        assert_eq!(offset, 960);
+        assert_eq!(&p[range], &[1, 2, 3]);
+        // Two blocks: the later (nearer) one.
+        let p = red(&[(111, 1920, &[5; 10]), (111, 960, &[6; 7])], 111, &[4]);
+        let (offset, range) = newest_redundant(&p).unwrap();
+        assert_eq!(offset, 960);
+        assert_eq!(&p[range], &[6; 7]);
+        // None, an empty one, one at offset 0, or a truncated payload: nothing to copy.
+        assert_eq!(newest_redundant(&red(&[], 111, &[5])), None);
+        assert_eq!(newest_redundant(&red(&[(111, 960, &[])], 111, &[5])), None);
+        assert_eq!(newest_redundant(&red(&[(111, 0, &[1])], 111, &[5])), None);
+        // Of another payload type than the primary's.
+        assert_eq!(newest_redundant(&red(&[(0, 960, &[1])], 111, &[5])), None);
+        let mut p = red(&[(111, 960, &[1, 2, 3])], 111, &[]);
+        p.truncate(6);
+        assert_eq!(newest_redundant(&p), None);
     }
 
     #[test]

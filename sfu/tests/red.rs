@@ -1,6 +1,8 @@
 //! Redundant audio (RFC 2198 RED) through the SFU, without sockets: a publisher that offers RED
 //! sends it; a subscriber that took RED gets it as sent and recovers a lost packet from the
-//! next one; a subscriber that did not gets the primary block under plain Opus, byte for byte.
+//! next one; a subscriber that did not (Firefox) gets the primary block under plain Opus, byte
+//! for byte, each after a copy of the packet before (RED's redundant block) under a sequence
+//! number of its own: it recovers a lost packet from the next one too.
 
 mod harness;
 
@@ -76,10 +78,11 @@ fn red_reaches_who_took_it_and_its_primary_who_did_not() {
             &opus_frame(n),
         );
         if n == 20 {
-            // Frame 20 is lost on both downlinks.
+            // Frame 20 is lost on both downlinks (to the plain subscriber, with the copy of 19
+            // that went out before it).
             net.deliver_from(doctor, std::time::Instant::now());
             assert_eq!(net.lose_queued_rtp(with_red, Some(red_pt), 150), 1);
-            assert_eq!(net.lose_queued_rtp(plain, Some(plain_pt), 150), 1);
+            assert_eq!(net.lose_queued_rtp(plain, Some(plain_pt), 150), 2);
         }
         net.settle(3);
     }
@@ -90,11 +93,42 @@ fn red_reaches_who_took_it_and_its_primary_who_did_not() {
     // RED went to the subscriber that took it: the lost frame was recovered from the next one.
     let all: Vec<u32> = (0..frames).collect();
     assert_eq!(frame_numbers(&net, with_red), all);
-    // Plain Opus to the other: every frame but the lost one, each byte for byte.
-    let but_20: Vec<u32> = (0..frames).filter(|n| *n != 20).collect();
-    assert_eq!(frame_numbers(&net, plain), but_20);
-    for m in net.received(plain, MediaKind::Audio) {
+    // Plain Opus to the other: every frame too (20 from the copy sent before 21), byte for byte.
+    assert_eq!(frame_numbers(&net, plain), all);
+    // Frame n under its own number (2n + 1 from the first slot) and its copy under the next
+    // one, both with frame n's timestamp: no gap, and nothing numbered twice.
+    let received = net.received(plain, MediaKind::Audio);
+    let first = received
+        .iter()
+        .map(|m| **m.seq_range.start())
+        .min()
+        .unwrap();
+    let t0 = received
+        .iter()
+        .find(|m| m.data[..4] == [0; 4])
+        .unwrap()
+        .time;
+    let mut seqs: Vec<u64> = Vec::new();
+    for m in &received {
         let n = u32::from_be_bytes(m.data[..4].try_into().unwrap());
         assert_eq!(&*m.data, &opus_frame(n)[..]);
+        let d = **m.seq_range.start() - first;
+        let slots = [2 * u64::from(n) + 1, 2 * u64::from(n) + 2];
+        assert!(
+            slots.contains(&d) || (n == 0 && d == 0),
+            "frame {n} under {d}"
+        );
+        let ms = (m.time.rebase(t0.frequency()).numer() - t0.numer()) * 1000
+            / t0.frequency().get() as u64;
+        assert_eq!(ms, 20 * u64::from(n), "frame {n}'s timestamp");
+        seqs.push(d);
     }
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs.len(),
+        2 * frames as usize - 2,
+        "every slot but the two lost: {seqs:?}"
+    );
+    seqs.dedup();
+    assert_eq!(seqs.len(), 2 * frames as usize - 2, "each number once");
 }

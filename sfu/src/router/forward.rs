@@ -126,6 +126,8 @@ impl<W: Wire> RouterHost<W> {
             None
         };
         let mut primary: Option<Arc<[u8]>> = None;
+        // RED's newest redundant block (data, timestamp offset), for subscribers without RED.
+        let mut redundant: Option<Option<(Arc<[u8]>, u32)>> = None;
         // The publisher changed codec (the room asked it to): what follows starts at its
         // keyframe, and the recording starts a new segment in that codec.
         let switched = codec.is_some() && producer.codec.is_some() && producer.codec != codec;
@@ -219,6 +221,17 @@ impl<W: Wire> RouterHost<W> {
                     }
                 }
             }
+            // Without RED, the subscriber gets RED's redundancy as copies (red.rs): as much
+            // audio again, so not while its link cannot carry video (paused for bandwidth, or
+            // dropping heavily). A change starts a new run, numbered on without a gap.
+            let unwrapped = red_primary.is_some() && c.pts.unwraps_red(pt);
+            let copies = unwrapped
+                && !tq.downlink.is_video_paused()
+                && !tq.downlink.is_congested(pkt.timestamp);
+            if copies != c.forwarder.has_copies() {
+                c.forwarder.set_copies(copies);
+                c.forwarder.rebase();
+            }
             let out_seq = match c.forwarder.on_packet(*pkt.seq_no, keyframe) {
                 Verdict::Forward(s) => s,
                 Verdict::WaitKeyframe => {
@@ -231,6 +244,30 @@ impl<W: Wire> RouterHost<W> {
                 }
             };
             let cmid = c.mid;
+            // The copy slot before the packet: the newest redundant block (a copy of the packet
+            // before), else the packet itself again (the slot must not be a gap). The receiver
+            // keeps the first of two with one timestamp.
+            let copy = c.forwarder.has_copies().then(|| {
+                let (data, back) = redundant
+                    .get_or_insert_with(|| {
+                        crate::red::newest_redundant(&pkt.payload)
+                            .map(|(back, r)| (Arc::from(&pkt.payload[r]), back))
+                    })
+                    .clone()
+                    .unwrap_or_else(|| {
+                        let off = red_primary.unwrap_or(0);
+                        let p = primary.get_or_insert_with(|| Arc::from(&pkt.payload[off..]));
+                        (p.clone(), 0)
+                    });
+                RtpWrite::new(
+                    out_pt.into(),
+                    (out_seq - 1).into(),
+                    pkt.header.timestamp.wrapping_sub(back),
+                    pkt.timestamp,
+                    data,
+                )
+                .ext_vals(ext.clone())
+            });
             let mut payload = match red_primary {
                 // The primary block alone, made once per packet for all who need it.
                 Some(off) if c.pts.unwraps_red(pt) => primary
@@ -276,6 +313,10 @@ impl<W: Wire> RouterHost<W> {
                     return Ok(None);
                 };
                 let ssrc = *tx.ssrc();
+                // The copy first: str0m's sender reports map the last written timestamp.
+                if let Some(copy) = copy {
+                    tx.write_rtp(copy);
+                }
                 tx.write_rtp(write);
                 // str0m sends the packet only once a timeout has stamped it: no output to poll
                 // now. The subscriber's timer is due at once; it fires (with one output poll
