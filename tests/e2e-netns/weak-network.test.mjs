@@ -26,9 +26,9 @@
 //   d  patient uplink 500 kbit/s + 3 % loss: the doctor's concealment <= 2 %; the doctor sees
 //      >= 15 fps at >= 180p.
 // In every scenario the direction that is not impaired must not be affected. The issue says
-// >= 25 fps at full resolution; judged here as >= 20 fps (median of the seconds) at 1280 px wide in
-// every sample, to keep a margin for a noisy 2-core machine that runs two 720p encoders, two
-// decoders and the server (a fake camera at 30 fps gives 28-30 fps on an idle machine).
+// >= 25 fps at full resolution: judged as >= 25 fps (median of the seconds) at 1280 px wide in
+// every sample (in 31 runs on a 2-core machine, Chromium and Firefox patients, the median was
+// 29.9-30 fps and the worst second 26.9).
 //
 // WEAK_PATIENT_BROWSER=firefox makes the patient Firefox ESR (launched in its namespace through
 // puppeteer, ./roaming-net.mjs launchFirefoxIn; the doctor stays Chromium). Firefox has no freeze
@@ -58,7 +58,7 @@ const IMPAIR_MS = 30_000;
 const DOCTOR = 'dr-ana';
 const PATIENT = 'pt-joao';
 const FULL_WIDTH = 1280;
-const UNIMPAIRED_MIN_FPS = 20; // the issue says 25; see the header
+const UNIMPAIRED_MIN_FPS = 25;
 
 const SCENARIOS = {
   a: {
