@@ -54,6 +54,15 @@ pub const FLOOR_SETTLE: Duration = Duration::from_millis(1_500);
 /// scenarios: a 150 kbit/s link with the lowest layer reached ~800 ms and grew; a 400 kbit/s one,
 /// which carries it, stayed under ~450 ms (its queue's limit) and drained.
 pub const FLOOR_QUEUE_PAUSE: Duration = Duration::from_millis(500);
+/// A queue this much longer than the shortest round trip, while str0m's estimate falls (it fell
+/// below [`FALLING_PERCENT`] of its highest in the last second), is congestion: every video track
+/// goes to its lowest layer at once, in one change rather than one layer at a time (each change
+/// waits for a keyframe that has to cross the full queue; measured in scenario b, two changes
+/// 0.1 s apart froze the video 1.9 s). The estimate falling is what tells the subscriber's
+/// downlink from its uplink (whose queue holds its feedback too: the round trip alone would not).
+pub const CONGESTED_QUEUE: Duration = Duration::from_millis(300);
+/// See [`CONGESTED_QUEUE`].
+pub const FALLING_PERCENT: u64 = 85;
 /// The shortest round trip is the lowest of this window and the one before.
 pub const RTT_BASE_WINDOW: Duration = Duration::from_secs(10);
 /// A cap below this is not asked for: no encoder makes usable video from less.
@@ -95,6 +104,8 @@ pub struct Downlink {
     rtt_base: [Option<Duration>; 2],
     rtt_window_at: Option<Instant>,
     last_rtt: Option<Duration>,
+    /// The estimate at the last four round trips (newest first): a second of them.
+    recent_estimates: [Option<u64>; 4],
     /// Resume trials that failed in a row, and when paused video may next wait to resume
     /// (see [`Downlink::poll`]).
     failed_resumes: u32,
@@ -134,9 +145,10 @@ impl Downlink {
         self.wanted = wanted;
     }
 
-    /// Whether heavy loss was reported within [`FLOOR_SETTLE`]: a link far below what it is
-    /// sent, which str0m's estimate may take seconds to show (a full queue has no delay trend);
-    /// the router takes every video track of this subscriber to its lowest layer at once.
+    /// Whether heavy loss was reported within [`FLOOR_SETTLE`], or a long queue while the
+    /// estimate falls ([`CONGESTED_QUEUE`]): a link far below what it is sent, which str0m's
+    /// estimate may take seconds to show (a full queue has no delay trend); the router takes
+    /// every video track of this subscriber to its lowest layer at once.
     pub fn is_congested(&self, now: Instant) -> bool {
         self.congested_at
             .is_some_and(|at| now.saturating_duration_since(at) < FLOOR_SETTLE)
@@ -234,6 +246,16 @@ impl Downlink {
         let base = self.rtt_base.iter().flatten().min().copied().unwrap_or(rtt);
         let growing = self.last_rtt.is_some_and(|last| rtt >= last);
         self.last_rtt = Some(rtt);
+        self.recent_estimates.rotate_right(1);
+        self.recent_estimates[0] = self.estimate;
+        let highest = self.recent_estimates.iter().flatten().max().copied();
+        let falling = self
+            .estimate
+            .zip(highest)
+            .is_some_and(|(e, h)| e.saturating_mul(100) < h.saturating_mul(FALLING_PERCENT));
+        if falling && rtt.saturating_sub(base) >= CONGESTED_QUEUE && self.loss_counts(at) {
+            self.congested_at = Some(at);
+        }
         // The packet it reports was sent at the floor (about `at - rtt`): the queue it met is
         // the lowest layer's, not what the layer before left.
         let sent_at_floor = self
@@ -681,6 +703,36 @@ mod tests {
             s.on_feedback_rtt(at(t), ms(600 + (t % 500) / 50));
             assert_eq!(s.poll(at(t), 1, 1), Change::None);
         }
+    }
+
+    #[test]
+    fn a_long_queue_while_the_estimate_falls_is_congestion() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let ms = Duration::from_millis;
+        let mut d = Downlink::default();
+        d.on_estimate(2_500_000);
+        d.on_feedback_rtt(at(0), ms(5));
+        // A long queue with a steady estimate: the subscriber's uplink may hold its feedback.
+        d.on_feedback_rtt(at(250), ms(400));
+        assert!(!d.is_congested(at(250)));
+        // The estimate falls: the queue is the downlink's.
+        d.on_estimate(2_000_000);
+        d.on_feedback_rtt(at(500), ms(420));
+        assert!(d.is_congested(at(500)));
+        // A short queue while it falls is not (str0m's estimate goes down and up on its own).
+        let mut e = Downlink::default();
+        e.on_estimate(2_500_000);
+        e.on_feedback_rtt(at(0), ms(5));
+        e.on_estimate(1_500_000);
+        e.on_feedback_rtt(at(250), ms(200));
+        assert!(!e.is_congested(at(250)));
+        // Over a second later the fall is forgotten.
+        for t in [500, 750, 1_000, 1_250] {
+            e.on_feedback_rtt(at(t), ms(10));
+        }
+        e.on_feedback_rtt(at(1_500), ms(400));
+        assert!(!e.is_congested(at(1_500)));
     }
 
     #[test]
