@@ -13,30 +13,32 @@
 /// then a 1-byte header `F=0 | PT(7)` for the primary, then the redundant blocks' data in order,
 /// then the primary's.
 pub fn primary_offset(payload: &[u8]) -> Option<usize> {
-    let mut at = 0usize;
-    let mut redundant = 0usize;
-    loop {
-        let first = *payload.get(at)?;
-        if first & 0x80 == 0 {
-            at += 1;
-            break;
-        }
-        let hdr = payload.get(at..at + 4)?;
-        redundant += (usize::from(hdr[2] & 0x03) << 8) | usize::from(hdr[3]);
-        at += 4;
-    }
-    let offset = at + redundant;
-    (offset <= payload.len()).then_some(offset)
+    walk(payload).map(|w| w.primary)
 }
 
 /// The newest redundant block of a RED payload (the one just before the primary: Chromium sends
 /// one, the frame before the primary), as (its timestamp offset back from the packet's, the byte
 /// range of its data); `None` when there is none, it is empty, it is not of the primary's payload
-/// type (it could not go out under the same one), or the payload is not valid RED. A subscriber without RED gets it as the packet before, a second
-/// copy of it: a lost packet is recovered from the next one, as RED would.
+/// type (it could not go out under the same one), or the payload is not valid RED. A subscriber
+/// without RED gets it as a copy of the packet before (`Forwarder::set_copies`).
 pub fn newest_redundant(payload: &[u8]) -> Option<(u32, std::ops::Range<usize>)> {
+    let w = walk(payload)?;
+    let (pt, offset, range) = w.newest?;
+    (pt == w.primary_pt && !range.is_empty() && offset > 0).then_some((offset, range))
+}
+
+/// What the headers of a RED payload say.
+struct Walk {
+    /// Where the primary block starts (within the payload).
+    primary: usize,
+    primary_pt: u8,
+    /// The last redundant block's payload type, timestamp offset and data.
+    newest: Option<(u8, u32, std::ops::Range<usize>)>,
+}
+
+fn walk(payload: &[u8]) -> Option<Walk> {
     let mut at = 0usize;
-    let mut data_end = 0usize;
+    let mut redundant = 0usize;
     let mut newest = None;
     loop {
         let first = *payload.get(at)?;
@@ -47,15 +49,16 @@ pub fn newest_redundant(payload: &[u8]) -> Option<(u32, std::ops::Range<usize>)>
         let hdr = payload.get(at..at + 4)?;
         let len = (usize::from(hdr[2] & 0x03) << 8) | usize::from(hdr[3]);
         let offset = (u32::from(hdr[1]) << 6) | u32::from(hdr[2] >> 2);
-        newest = Some((hdr[0] & 0x7F, offset, data_end..data_end + len));
-        data_end += len;
+        newest = Some((hdr[0] & 0x7F, offset, redundant..redundant + len));
+        redundant += len;
         at += 4;
     }
-    let (pt, offset, range) = newest?;
-    let primary_pt = payload[at - 1] & 0x7F;
-    let range = at + range.start..at + range.end;
-    (pt == primary_pt && !range.is_empty() && offset > 0 && at + data_end <= payload.len())
-        .then_some((offset, range))
+    let primary = at + redundant;
+    (primary <= payload.len()).then(|| Walk {
+        primary,
+        primary_pt: payload[at - 1] & 0x7F,
+        newest: newest.map(|(pt, offset, r)| (pt, offset, at + r.start..at + r.end)),
+    })
 }
 
 #[cfg(test)]
