@@ -50,10 +50,8 @@ pub struct Forwarder {
     /// Highest outgoing sequence number sent so far.
     highest_out: Option<u64>,
     first_out: u64,
-    /// Each packet is preceded by a copy slot (see [`Forwarder::set_copies`]), from the next run
-    /// on; and whether the current run has them.
+    /// Each packet of the run is preceded by a copy slot (see [`Forwarder::set_copies`]).
     copies: bool,
-    run_copies: bool,
 }
 
 impl Forwarder {
@@ -67,7 +65,6 @@ impl Forwarder {
             highest_out: None,
             first_out: u64::from(first_out),
             copies: false,
-            run_copies: false,
         }
     }
 
@@ -120,16 +117,20 @@ impl Forwarder {
     /// redundancy for a subscriber without RED: [`crate::red::newest_redundant`]), so that the
     /// copy reaches the subscriber under a sequence number of its own: one numbered as the
     /// original would be dropped by SRTP's replay check whenever the original arrived, and the
-    /// subscriber's transport-wide feedback would report it lost. Takes effect at the next run
-    /// (the current one keeps its numbering); the copy's number is [`Verdict::Forward`]'s less
-    /// one, and it must always be sent (a missing one is a gap the subscriber counts as loss).
+    /// subscriber's transport-wide feedback would report it lost. A change starts a new run at
+    /// the next packet, numbered on without a gap; the copy's number is [`Verdict::Forward`]'s
+    /// less one, and it must always be sent (a missing one is a gap the subscriber counts as
+    /// loss).
     pub fn set_copies(&mut self, copies: bool) {
-        self.copies = copies;
+        if copies != self.copies {
+            self.copies = copies;
+            self.base = None;
+        }
     }
 
     /// Whether the packets of the current run have a copy slot before them.
     pub fn has_copies(&self) -> bool {
-        self.run_copies
+        self.copies
     }
 
     /// Decides for one incoming packet (`seq` is the publisher's extended sequence number).
@@ -144,18 +145,14 @@ impl Forwarder {
             self.waiting_keyframe = false;
             self.base = None;
         }
-        if self.base.is_none() {
+        let (in_first, out_first) = *self.base.get_or_insert_with(|| {
             let out = self.highest_out.map_or(self.first_out, |h| h + 1);
-            self.base = Some((seq, out));
-            self.run_copies = self.copies;
-        }
-        let Some((in_first, out_first)) = self.base else {
-            return Verdict::TooOld;
-        };
+            (seq, out)
+        });
         if seq < in_first {
             return Verdict::TooOld;
         }
-        let out = match self.run_copies {
+        let out = match self.copies {
             true => out_first + 2 * (seq - in_first) + 1,
             false => out_first + (seq - in_first),
         };
@@ -322,18 +319,18 @@ mod tests {
         assert_eq!(f.on_packet(8, false), Verdict::Forward(8));
         // A late one keeps its slot.
         assert_eq!(f.on_packet(7, false), Verdict::Forward(6));
-        // Switched off: the run keeps its numbering; the next run numbers on without slots.
+        // Switched off: a new run, numbered on from the last one sent, without slots.
         f.set_copies(false);
-        assert_eq!(f.on_packet(9, false), Verdict::Forward(10));
-        f.pause(PauseCause::Mute);
-        f.resume(PauseCause::Mute);
-        assert_eq!(f.on_packet(30, false), Verdict::Forward(11));
         assert!(!f.has_copies());
-        assert_eq!(f.on_packet(31, false), Verdict::Forward(12));
-        // Switched on at a run's start: the first slot follows the last number sent.
+        assert_eq!(f.on_packet(9, false), Verdict::Forward(9));
+        assert_eq!(f.on_packet(10, false), Verdict::Forward(10));
+        // Switching to what it is changes nothing.
+        f.set_copies(false);
+        assert_eq!(f.on_packet(11, false), Verdict::Forward(11));
+        // Switched on: the first slot follows the last number sent.
         f.set_copies(true);
-        f.rebase();
-        assert_eq!(f.on_packet(40, false), Verdict::Forward(14));
+        assert_eq!(f.on_packet(12, false), Verdict::Forward(13));
+        assert_eq!(f.on_packet(13, false), Verdict::Forward(15));
     }
 
     #[test]

@@ -223,15 +223,13 @@ impl<W: Wire> RouterHost<W> {
             }
             // Without RED, the subscriber gets RED's redundancy as copies (red.rs): as much
             // audio again, so not while its link cannot carry video (paused for bandwidth, or
-            // dropping heavily). A change starts a new run, numbered on without a gap.
-            let unwrapped = red_primary.is_some() && c.pts.unwraps_red(pt);
-            let copies = unwrapped
-                && !tq.downlink.is_video_paused()
-                && !tq.downlink.is_congested(pkt.timestamp);
-            if copies != c.forwarder.has_copies() {
-                c.forwarder.set_copies(copies);
-                c.forwarder.rebase();
-            }
+            // dropping heavily).
+            c.forwarder.set_copies(
+                red_primary.is_some()
+                    && c.pts.unwraps_red(pt)
+                    && !tq.downlink.is_video_paused()
+                    && !tq.downlink.is_congested(pkt.timestamp),
+            );
             let out_seq = match c.forwarder.on_packet(*pkt.seq_no, keyframe) {
                 Verdict::Forward(s) => s,
                 Verdict::WaitKeyframe => {
