@@ -156,61 +156,55 @@ pub fn choose(send: &[Codec], receivers: &[CodecSet]) -> Option<Codec> {
 /// types, best first) lead: the browser sends with the first codec of the answer it is given.
 /// Other payload types keep their order; lines other than video `m=` lines are untouched.
 pub fn put_first(sdp: &str, first: &[u8]) -> String {
-    if first.is_empty() {
-        return sdp.to_owned();
-    }
-    let mut out = String::with_capacity(sdp.len());
-    for line in sdp.split_inclusive('\n') {
-        let body = line.trim_end_matches(['\r', '\n']);
-        if let Some(rest) = body.strip_prefix("m=video ") {
-            let mut parts: Vec<&str> = rest.split_whitespace().collect();
-            // port, protocol, then the payload types
-            if parts.len() > 2 {
-                let rank = |pt: &&str| {
-                    pt.parse::<u8>()
-                        .ok()
-                        .and_then(|n| first.iter().position(|f| *f == n))
-                        .unwrap_or(usize::MAX)
-                };
-                // A stable sort: the rest keep their order behind the chosen codec.
-                parts[2..].sort_by_key(rank);
-                out.push_str("m=video ");
-                out.push_str(&parts.join(" "));
-                out.push_str(&line[body.len()..]);
-                continue;
-            }
-        }
-        out.push_str(line);
-    }
-    out
+    sort_payload_types(sdp, |_, media, pt| {
+        (media == "video")
+            .then(|| pt.parse::<u8>().ok())
+            .flatten()
+            .and_then(|n| first.iter().position(|f| *f == n))
+            .unwrap_or(usize::MAX)
+    })
 }
 
 /// Orders each answered m-line's payload types as the offer ordered them: the browser sends with
 /// the first codec of the answer, so this keeps the client's preferred codec (str0m answers in its
 /// own configured order).
 pub(crate) fn keep_offer_codec_order(offer: &str, answer: &str) -> String {
-    fn m_lines(sdp: &str) -> Vec<Vec<&str>> {
-        sdp.lines()
-            .filter(|l| l.starts_with("m="))
-            .map(|l| l.split_whitespace().skip(3).collect())
-            .collect()
-    }
-    let offered = m_lines(offer);
+    let offered: Vec<Vec<&str>> = offer
+        .lines()
+        .filter(|l| l.starts_with("m="))
+        .map(|l| l.split_whitespace().skip(3).collect())
+        .collect();
+    sort_payload_types(answer, |i, _, pt| {
+        offered
+            .get(i)
+            .and_then(|prefs| prefs.iter().position(|p| *p == pt))
+            .unwrap_or(usize::MAX)
+    })
+}
+
+/// Stable-sorts the payload types of each m-line of `sdp` by `rank(the m-line's index, its
+/// media, the payload type)`; a line whose order does not change, and every other line, is kept
+/// byte for byte.
+fn sort_payload_types(sdp: &str, mut rank: impl FnMut(usize, &str, &str) -> usize) -> String {
+    let mut out = String::with_capacity(sdp.len());
     let mut index = 0;
-    let mut out = String::with_capacity(answer.len());
-    for line in answer.split_inclusive('\n') {
+    for line in sdp.split_inclusive('\n') {
         let body = line.trim_end_matches(['\r', '\n']);
         if let Some(rest) = body.strip_prefix("m=") {
-            let prefs = offered.get(index);
+            let i = index;
             index += 1;
+            // media, port, protocol, then the payload types
             let mut parts: Vec<&str> = rest.split_whitespace().collect();
-            if let (Some(prefs), true) = (prefs, parts.len() > 3) {
-                let rank = |pt: &&str| prefs.iter().position(|p| p == pt).unwrap_or(usize::MAX);
-                parts[3..].sort_by_key(rank);
-                out.push_str("m=");
-                out.push_str(&parts.join(" "));
-                out.push_str(&line[body.len()..]);
-                continue;
+            if parts.len() > 3 {
+                let media = parts[0];
+                let before = parts.clone();
+                parts[3..].sort_by_key(|pt| rank(i, media, pt));
+                if parts != before {
+                    out.push_str("m=");
+                    out.push_str(&parts.join(" "));
+                    out.push_str(&line[body.len()..]);
+                    continue;
+                }
             }
         }
         out.push_str(line);
