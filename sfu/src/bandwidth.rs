@@ -93,8 +93,9 @@ pub struct Downlink {
     wanted: Option<Wanted>,
     /// Since when every video track it receives is at its lowest layer.
     floor_since: Option<Instant>,
-    /// Heavy loss was reported at the floor (after [`FLOOR_SETTLE`]).
-    heavy_loss: bool,
+    /// The lowest layer does not fit: heavy loss after it settled ([`FLOOR_SETTLE`]), or a queue
+    /// that grows past [`FLOOR_QUEUE_PAUSE`]. Video pauses at the next poll.
+    floor_fails: bool,
     /// When heavy loss was last reported, whatever the layer (not of a trial's padding).
     congested_at: Option<Instant>,
     /// When a step up was last padded for (its loss is the trial's, not the link's).
@@ -180,7 +181,7 @@ impl Downlink {
     pub fn set_at_floor(&mut self, now: Instant, at_floor: bool) {
         if !at_floor {
             self.floor_since = None;
-            self.heavy_loss = false;
+            self.floor_fails = false;
         } else if self.floor_since.is_none() {
             self.floor_since = Some(now);
         }
@@ -188,15 +189,7 @@ impl Downlink {
 
     /// A loss fraction of one of its video tracks, reported at `at` (receiver reports).
     pub fn on_video_loss(&mut self, at: Instant, fraction: f32) {
-        if !self.loss_counts(at) {
-            return;
-        }
-        if fraction >= HEAVY_LOSS {
-            self.congested_at = Some(at);
-        }
-        if fraction >= HEAVY_LOSS && self.floor_since.is_some() && settled(self.floor_since, at) {
-            self.heavy_loss = true;
-        }
+        self.on_loss(at, fraction);
     }
 
     /// The share of what was sent to the subscriber in the last second that its transport-wide
@@ -209,12 +202,17 @@ impl Downlink {
     /// a 150 kbit/s link the lowest layer and audio overflow the queue, and every second it
     /// lasts conceals half the audio (measured in the weak-network scenario c).
     pub fn on_egress_loss(&mut self, at: Instant, fraction: f32) {
+        self.on_loss(at, fraction);
+    }
+
+    /// Heavy loss congests the link, and at the settled floor the floor does not fit.
+    fn on_loss(&mut self, at: Instant, fraction: f32) {
         if !self.loss_counts(at) || fraction < HEAVY_LOSS {
             return;
         }
         self.congested_at = Some(at);
-        if self.floor_since.is_some() && settled(self.floor_since, at) {
-            self.heavy_loss = true;
+        if settled_floor(self.floor_since, at) {
+            self.floor_fails = true;
         }
     }
 
@@ -231,19 +229,14 @@ impl Downlink {
 
     /// The round trip of the newest packet the subscriber's TWCC feedback reported, at `at`
     /// (str0m's statistics, several times a second): how long the queue toward it is, over the
-    /// shortest one seen lately. A queue over [`FLOOR_QUEUE_PAUSE`] that still grows at the
-    /// lowest layer (for a packet sent there) pauses video at once. It is not used above the
-    /// lowest layer: the round trip
-    /// also holds the queue of the subscriber's own uplink (its feedback waits there), which
-    /// its own sending fills.
+    /// shortest one seen lately. The round trip also holds the queue of the subscriber's own
+    /// uplink (its feedback waits there), so a long one alone says nothing of the downlink:
+    /// - while str0m's estimate (one-way delay) falls, a queue over [`CONGESTED_QUEUE`] is
+    ///   congestion (every video track to its lowest layer at once);
+    /// - at the lowest layer (for a packet sent there), a queue over [`FLOOR_QUEUE_PAUSE`] that
+    ///   still grows means even that layer does not fit (video pauses).
     pub fn on_feedback_rtt(&mut self, at: Instant, rtt: Duration) {
-        let window = *self.rtt_window_at.get_or_insert(at);
-        if at.saturating_duration_since(window) >= RTT_BASE_WINDOW {
-            self.rtt_base = [None, self.rtt_base[0]];
-            self.rtt_window_at = Some(at);
-        }
-        self.rtt_base[0] = Some(self.rtt_base[0].map_or(rtt, |b| b.min(rtt)));
-        let base = self.rtt_base.iter().flatten().min().copied().unwrap_or(rtt);
+        let queue = self.queue(at, rtt);
         let growing = self.last_rtt.is_some_and(|last| rtt >= last);
         self.last_rtt = Some(rtt);
         self.recent_estimates.rotate_right(1);
@@ -253,7 +246,7 @@ impl Downlink {
             .estimate
             .zip(highest)
             .is_some_and(|(e, h)| e.saturating_mul(100) < h.saturating_mul(FALLING_PERCENT));
-        if falling && rtt.saturating_sub(base) >= CONGESTED_QUEUE && self.loss_counts(at) {
+        if falling && queue >= CONGESTED_QUEUE && self.loss_counts(at) {
             self.congested_at = Some(at);
         }
         // The packet it reports was sent at the floor (about `at - rtt`): the queue it met is
@@ -261,13 +254,22 @@ impl Downlink {
         let sent_at_floor = self
             .floor_since
             .is_some_and(|since| at.checked_sub(rtt).is_some_and(|sent| sent >= since));
-        if sent_at_floor
-            && growing
-            && rtt.saturating_sub(base) >= FLOOR_QUEUE_PAUSE
-            && self.loss_counts(at)
-        {
-            self.heavy_loss = true;
+        if sent_at_floor && growing && queue >= FLOOR_QUEUE_PAUSE && self.loss_counts(at) {
+            self.floor_fails = true;
         }
+    }
+
+    /// How much longer `rtt` is than the shortest round trip of this [`RTT_BASE_WINDOW`] and the
+    /// one before (which it updates).
+    fn queue(&mut self, at: Instant, rtt: Duration) -> Duration {
+        let window = *self.rtt_window_at.get_or_insert(at);
+        if at.saturating_duration_since(window) >= RTT_BASE_WINDOW {
+            self.rtt_base = [None, self.rtt_base[0]];
+            self.rtt_window_at = Some(at);
+        }
+        self.rtt_base[0] = Some(self.rtt_base[0].map_or(rtt, |b| b.min(rtt)));
+        let base = self.rtt_base.iter().flatten().min().copied().unwrap_or(rtt);
+        rtt.saturating_sub(base)
     }
 
     /// Loss reported at `at` is the link's: video flows, and no trial padded within
@@ -317,9 +319,9 @@ impl Downlink {
             return Change::None;
         };
         if !self.is_video_paused() {
-            if self.heavy_loss {
+            if self.floor_fails {
                 // The lowest layer does not get through, whatever the estimate says.
-                self.heavy_loss = false;
+                self.floor_fails = false;
                 self.paused_since = Some(now);
                 self.crossing_since = None;
                 return Change::PauseVideo;
@@ -400,6 +402,12 @@ impl Downlink {
         });
         (min, desired + bump)
     }
+}
+
+/// Whether every video track has been at its lowest layer since `floor_since` for
+/// [`FLOOR_SETTLE`] at `at` (loss reported then is the floor's, not the layer before's).
+fn settled_floor(floor_since: Option<Instant>, at: Instant) -> bool {
+    floor_since.is_some() && settled(floor_since, at)
 }
 
 /// Whether [`FLOOR_SETTLE`] has passed at `at` since `since` (or nothing happened).
