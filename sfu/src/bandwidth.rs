@@ -143,9 +143,10 @@ impl Downlink {
         self.current = Some(bps);
     }
 
-    /// What the downlink is taken to carry: the lower of the smoothed and the current estimate,
-    /// so video goes down as soon as the estimator does, and up only once the smoothed estimate
-    /// (three seconds of it) has risen too.
+    /// What the downlink is taken to carry for choosing layers: the lower of the smoothed and
+    /// the current estimate, so a layer goes down as soon as the estimator does, and up only
+    /// once the smoothed estimate (three seconds of it) has risen too. Pausing video follows
+    /// the smoothed estimate alone ([`Downlink::poll`]).
     pub fn estimate(&self) -> Option<u64> {
         match (self.smoothed, self.current) {
             (Some(s), Some(c)) => Some(s.min(c)),
@@ -304,10 +305,11 @@ impl Downlink {
 
     /// Bits per second each video track may use, or None without an estimate yet.
     pub fn video_budget_per_track(&self, audio_tracks: usize, video_tracks: usize) -> Option<u64> {
-        let estimate = self.estimate()?;
-        let usable = estimate.saturating_mul(USABLE_PERCENT) / 100;
-        let video = usable.saturating_sub(AUDIO_RESERVE_BPS.saturating_mul(audio_tracks as u64));
-        Some(video / video_tracks.max(1) as u64)
+        Some(budget_per_track(
+            self.estimate()?,
+            audio_tracks,
+            video_tracks,
+        ))
     }
 
     /// The cap to ask of each publisher of video this subscriber receives: None when the
@@ -335,7 +337,13 @@ impl Downlink {
             self.crossing_since = None;
             return Change::None;
         }
-        let Some(per) = self.video_budget_per_track(audio_tracks, video_tracks) else {
+        // Pausing and resuming follow the smoothed estimate, not the lower current one: after a
+        // burst of loss the estimator's current value sank to 204 kbit/s on a 400 kbit/s link
+        // whose queue had emptied (weak-network scenario b), which would pause video that fits.
+        // A link that does not carry even the lowest layer is caught by `floor_fails`.
+        let Some(per) = (self.smoothed.or(self.current))
+            .map(|e| budget_per_track(e, audio_tracks, video_tracks))
+        else {
             return Change::None;
         };
         if !self.is_video_paused() {
@@ -422,6 +430,13 @@ impl Downlink {
         });
         (min, desired + bump)
     }
+}
+
+/// What each of `video_tracks` may use of `estimate` (bits/s), once audio is served.
+fn budget_per_track(estimate: u64, audio_tracks: usize, video_tracks: usize) -> u64 {
+    let usable = estimate.saturating_mul(USABLE_PERCENT) / 100;
+    let video = usable.saturating_sub(AUDIO_RESERVE_BPS.saturating_mul(audio_tracks as u64));
+    video / video_tracks.max(1) as u64
 }
 
 /// Whether every video track has been at its lowest layer since `floor_since` for

@@ -355,9 +355,11 @@ impl Switch {
     /// congested downlink: the subscriber's video freezes until then, but nothing more of the
     /// layer it cannot carry queues in front of that keyframe). Only a layer above the target
     /// is cut: one at or below it fits, and flows on until the change (nothing to cut either
-    /// before the first layer flows).
-    pub fn cut(&mut self) {
-        self.cut |= self.current.is_some_and(|c| c > self.target);
+    /// before the first layer flows). Returns whether this call cut it (it was not cut yet).
+    pub fn cut(&mut self) -> bool {
+        let cut = !self.cut && self.current.is_some_and(|c| c > self.target);
+        self.cut |= cut;
+        cut
     }
 
     /// Decides for one packet of `layer`, `keyframe` if it starts a keyframe.

@@ -279,12 +279,14 @@ fn a_cut_layer_stops_at_once_and_the_target_keyframe_ends_the_cut() {
     let t0 = Instant::now();
     let mut sw = Switch::default();
     // Nothing flows yet: nothing to cut (the first keyframe starts the layer as usual).
-    sw.cut();
+    assert!(!sw.cut());
     sw.set_target(2);
     assert_eq!(sw.admit(2, true), Admit::Forward);
     sw.timestamp(1_000, t0);
     sw.set_target(0);
-    sw.cut();
+    // It says when it cuts (the router then drops the stream's retransmissions), once.
+    assert!(sw.cut());
+    assert!(!sw.cut());
     assert!(sw.is_switching());
     // Layer 2 no longer flows, not even its keyframes; layer 0 waits for its keyframe.
     assert_eq!(sw.admit(2, false), Admit::Skip);
@@ -297,7 +299,7 @@ fn a_cut_layer_stops_at_once_and_the_target_keyframe_ends_the_cut() {
     assert_eq!(sw.timestamp(77, t1), 1_000 + 300 * 90);
     // Going up, the layer that flows fits: it is not cut, and flows until the target's keyframe.
     sw.set_target(1);
-    sw.cut();
+    assert!(!sw.cut());
     assert_eq!(sw.admit(0, false), Admit::Forward);
     assert_eq!(sw.admit(1, true), Admit::Switched);
     // Cut, then the target comes back to the current layer: still only from a keyframe, as a

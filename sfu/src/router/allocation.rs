@@ -133,6 +133,9 @@ impl<W: Wire> RouterHost<W> {
             if pause && !c.forwarder.is_paused_for(PauseCause::Bandwidth) {
                 c.forwarder.pause(PauseCause::Bandwidth);
                 told.push((c.source_identity.clone(), true));
+                if let Some(mid) = c.mid {
+                    super::forward::forget_sent(&mut t.rtc, mid, self.limits.nack_history);
+                }
             } else if !pause && c.forwarder.is_paused_for(PauseCause::Bandwidth) {
                 if c.forwarder.resume(PauseCause::Bandwidth) {
                     keyframes.push((c.source, c.source_mid));

@@ -221,6 +221,8 @@ impl<W: Wire> RouterHost<W> {
             // Every counted video track at its lowest layer (and at least one).
             let (mut floor, mut tracks_at_floor) = (true, 0);
             let (mut next_bps, mut trial_bps) = (0, 0);
+            // Streams whose layer was cut just now: their retransmissions are dropped.
+            let mut cut: Vec<Mid> = Vec::new();
             for c in t
                 .consumers
                 .iter_mut()
@@ -242,9 +244,9 @@ impl<W: Wire> RouterHost<W> {
                 let choice = if paused {
                     None
                 } else if congested {
-                    if c.switch.is_switching() {
-                        // A higher layer may still flow until the lowest one's keyframe.
-                        c.switch.cut();
+                    // A higher layer may still flow until the lowest one's keyframe.
+                    if c.switch.is_switching() && c.switch.cut() {
+                        cut.extend(c.mid);
                     }
                     c.selector.on_congestion(layers)
                 } else {
@@ -262,8 +264,8 @@ impl<W: Wire> RouterHost<W> {
                         "simulcast layer target"
                     );
                     c.switch.set_target(choice.layer);
-                    if choice.cut {
-                        c.switch.cut();
+                    if choice.cut && c.switch.cut() {
+                        cut.extend(c.mid);
                     }
                     let counters = &mut self.counters;
                     match (choice.up, choice.reason) {
@@ -299,6 +301,9 @@ impl<W: Wire> RouterHost<W> {
                         floor &= !counted;
                     }
                 }
+            }
+            for mid in cut {
+                super::forward::forget_sent(&mut t.rtc, mid, self.limits.nack_history);
             }
             t.downlink.set_at_floor(now, floor && tracks_at_floor > 0);
             t.downlink.set_wanted(
