@@ -81,11 +81,14 @@ pub enum Change {
 /// One subscriber's downlink.
 #[derive(Debug, Clone, Default)]
 pub struct Downlink {
-    /// str0m's estimate as its event gives it (the mean of its changes over the last 3 s), and
-    /// as its statistics give it several times a second (its estimator's current value):
-    /// [`Downlink::estimate`] is the lower of the two.
-    smoothed: Option<u64>,
-    current: Option<u64>,
+    /// str0m's estimate as its event gives it: the mean of its estimator's changes over the last
+    /// 3 s. Its current value (in str0m's statistics) was tried for layers and pauses, and was
+    /// worse: after a burst of loss it sank to 204 kbit/s on a 400 kbit/s link whose queue had
+    /// emptied (a false pause in the weak-network scenario b), and after a weak link recovered
+    /// it held the layers down longer (scenario a: 640 wide again after 6.5 s, and once not
+    /// within 15 s, against 3.5–4.5 s). A step down is caught as soon by the queue it builds
+    /// ([`CONGESTED_QUEUE`]).
+    estimate: Option<u64>,
     /// Since when its video is paused (None: it flows).
     paused_since: Option<Instant>,
     /// Since when the budget has been on the other side of the pause/resume threshold.
@@ -128,30 +131,13 @@ pub struct Wanted {
 }
 
 impl Downlink {
-    /// A new estimate from str0m's event, in bits per second: the mean of the estimator's
-    /// changes over the last 3 s (str0m smooths what it emits).
+    /// A new estimate from str0m's event, in bits per second.
     pub fn on_estimate(&mut self, bps: u64) {
-        self.smoothed = Some(bps);
+        self.estimate = Some(bps);
     }
 
-    /// The estimator's current value (str0m's statistics, several times a second), in bits per
-    /// second. A link that steps down shows here within a few hundred milliseconds, where the
-    /// smoothed event still averages the seconds before: measured in the weak-network scenario
-    /// c (150 kbit/s), the event took 0.4–1.1 s to cut the first layer, while every second
-    /// the link stays flooded conceals more than half of the audio queued behind the video.
-    pub fn on_current_estimate(&mut self, bps: u64) {
-        self.current = Some(bps);
-    }
-
-    /// What the downlink is taken to carry for choosing layers: the lower of the smoothed and
-    /// the current estimate, so a layer goes down as soon as the estimator does, and up only
-    /// once the smoothed estimate (three seconds of it) has risen too. Pausing video follows
-    /// the smoothed estimate alone ([`Downlink::poll`]).
     pub fn estimate(&self) -> Option<u64> {
-        match (self.smoothed, self.current) {
-            (Some(s), Some(c)) => Some(s.min(c)),
-            (s, c) => s.or(c),
-        }
+        self.estimate
     }
 
     /// What the subscriber's video would take (from its layer selectors); None: not known (one
@@ -337,13 +323,7 @@ impl Downlink {
             self.crossing_since = None;
             return Change::None;
         }
-        // Pausing and resuming follow the smoothed estimate, not the lower current one: after a
-        // burst of loss the estimator's current value sank to 204 kbit/s on a 400 kbit/s link
-        // whose queue had emptied (weak-network scenario b), which would pause video that fits.
-        // A link that does not carry even the lowest layer is caught by `floor_fails`.
-        let Some(per) = (self.smoothed.or(self.current))
-            .map(|e| budget_per_track(e, audio_tracks, video_tracks))
-        else {
+        let Some(per) = self.video_budget_per_track(audio_tracks, video_tracks) else {
             return Change::None;
         };
         if !self.is_video_paused() {

@@ -366,27 +366,3 @@ fn heavy_transport_wide_loss_congests_and_pauses_at_the_settled_floor() {
     p.on_egress_loss(at(100), 0.5);
     assert!(!p.is_congested(at(100)));
 }
-
-#[test]
-fn the_current_estimate_takes_layers_down_and_the_smoothed_one_pauses() {
-    let t0 = Instant::now();
-    let mut d = Downlink::default();
-    d.on_estimate(2_000_000);
-    d.on_current_estimate(2_100_000);
-    // A higher current value does not raise it: up only with the smoothed estimate.
-    assert_eq!(d.estimate(), Some(2_000_000));
-    // The link steps down: the estimator falls at once, its smoothed event lags. The layers'
-    // budget follows the current value at once...
-    d.on_current_estimate(100_000);
-    assert_eq!(d.estimate(), Some(100_000));
-    assert_eq!(d.video_budget_per_track(1, 1), Some(21_000));
-    // ...but not the pause: a current value sunk after a burst of loss is not a weak link.
-    assert_eq!(d.poll(t0, 1, 1), Change::None);
-    assert_eq!(d.poll(at(t0, 2_000), 1, 1), Change::None);
-    d.on_estimate(100_000);
-    assert_eq!(d.poll(at(t0, 2_100), 1, 1), Change::PauseVideo);
-    // The current value alone (no event yet) is the estimate.
-    let mut fresh = Downlink::default();
-    fresh.on_current_estimate(300_000);
-    assert_eq!(fresh.estimate(), Some(300_000));
-}

@@ -686,9 +686,6 @@ impl Transport {
                 self.stats_tick = (self.stats_tick + 1) % STREAM_STATS_EVERY;
                 let (loss, rtt, bwe) = (s.egress_loss_fraction, s.rtt, s.bwe_tx);
                 tracing::trace!(peer = self.id, ?loss, ?rtt, ?bwe, "TWCC feedback");
-                if let Some(bps) = bwe {
-                    self.downlink.on_current_estimate(bps.as_u64());
-                }
                 self.downlink.on_feedback(s.timestamp, loss, rtt);
             }
             Event::MediaIngressStats(_) | Event::MediaEgressStats(_) if self.stats_tick != 0 => {}
