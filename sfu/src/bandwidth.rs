@@ -85,8 +85,8 @@ pub struct Downlink {
     /// 3 s. Its current value (in str0m's statistics) was tried for layers and pauses, and was
     /// worse: after a burst of loss it sank to 204 kbit/s on a 400 kbit/s link whose queue had
     /// emptied (a false pause in the weak-network scenario b), and after a weak link recovered
-    /// it held the layers down longer (scenario a: 640 wide again after 6.5 s, and once not
-    /// within 15 s, against 3.5–4.5 s). A step down is caught as soon by the queue it builds
+    /// it held the layers down longer (scenario a: 640 wide again after 6.5–9.2 s, and once not
+    /// within 15 s, against 3.3–4.5 s). A step down is caught as soon by the queue it builds
     /// ([`CONGESTED_QUEUE`]).
     estimate: Option<u64>,
     /// Since when its video is paused (None: it flows).
