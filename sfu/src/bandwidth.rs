@@ -247,10 +247,10 @@ impl Downlink {
         let growing = self.last_rtt.is_some_and(|last| rtt >= last);
         self.last_rtt = Some(rtt);
         self.recent_estimates.rotate_right(1);
-        self.recent_estimates[0] = self.estimate();
+        self.recent_estimates[0] = self.estimate;
         let highest = self.recent_estimates.iter().flatten().max().copied();
         let falling = self
-            .estimate()
+            .estimate
             .zip(highest)
             .is_some_and(|(e, h)| e.saturating_mul(100) < h.saturating_mul(FALLING_PERCENT));
         if falling && queue >= CONGESTED_QUEUE && self.loss_counts(at) {
@@ -291,11 +291,10 @@ impl Downlink {
 
     /// Bits per second each video track may use, or None without an estimate yet.
     pub fn video_budget_per_track(&self, audio_tracks: usize, video_tracks: usize) -> Option<u64> {
-        Some(budget_per_track(
-            self.estimate()?,
-            audio_tracks,
-            video_tracks,
-        ))
+        let estimate = self.estimate?;
+        let usable = estimate.saturating_mul(USABLE_PERCENT) / 100;
+        let video = usable.saturating_sub(AUDIO_RESERVE_BPS.saturating_mul(audio_tracks as u64));
+        Some(video / video_tracks.max(1) as u64)
     }
 
     /// The cap to ask of each publisher of video this subscriber receives: None when the
@@ -313,7 +312,7 @@ impl Downlink {
         let wanted = self.desired(audio_tracks, video_tracks);
         let constrained = video_tracks > 0
             && !self.is_video_paused()
-            && self.estimate().is_some_and(|e| e < wanted);
+            && self.estimate.is_some_and(|e| e < wanted);
         if !constrained {
             self.constrained_since = None;
         } else if self.constrained_since.is_none() {
@@ -410,13 +409,6 @@ impl Downlink {
         });
         (min, desired + bump)
     }
-}
-
-/// What each of `video_tracks` may use of `estimate` (bits/s), once audio is served.
-fn budget_per_track(estimate: u64, audio_tracks: usize, video_tracks: usize) -> u64 {
-    let usable = estimate.saturating_mul(USABLE_PERCENT) / 100;
-    let video = usable.saturating_sub(AUDIO_RESERVE_BPS.saturating_mul(audio_tracks as u64));
-    video / video_tracks.max(1) as u64
 }
 
 /// Whether every video track has been at its lowest layer since `floor_since` for
