@@ -194,26 +194,16 @@ impl Downlink {
         }
     }
 
-    /// A loss fraction of one of its video tracks, reported at `at` (receiver reports).
-    pub fn on_video_loss(&mut self, at: Instant, fraction: f32) {
-        self.on_loss(at, fraction);
-    }
-
-    /// The share of what was sent to the subscriber in the last second that its transport-wide
-    /// feedback (TWCC) reports lost, several times a second. It shows a link that stepped down
-    /// within a few hundred milliseconds, where the receiver reports of
-    /// [`Downlink::on_video_loss`] come once a second about the second before: the layer that
-    /// floods the link is cut sooner, and the audio queued behind it waits less. At the lowest
-    /// layer, once [`FLOOR_SETTLE`] has passed (the window then holds only packets sent at the
-    /// floor), heavy loss pauses video as the receiver reports' does, up to a second sooner: on
-    /// a 150 kbit/s link the lowest layer and audio overflow the queue, and every second it
-    /// lasts conceals half the audio (measured in the weak-network scenario c).
-    pub fn on_egress_loss(&mut self, at: Instant, fraction: f32) {
-        self.on_loss(at, fraction);
-    }
-
-    /// Heavy loss congests the link, and at the settled floor the floor does not fit.
-    fn on_loss(&mut self, at: Instant, fraction: f32) {
+    /// A loss fraction reported at `at`: of one of its video tracks (receiver reports, once a
+    /// second about the second before), or of everything sent to it in the last second (its
+    /// transport-wide feedback, TWCC, several times a second: a link that stepped down shows
+    /// within a few hundred milliseconds, so the layer that floods it is cut sooner and the
+    /// audio queued behind waits less). Heavy loss congests the link; at the lowest layer, once
+    /// [`FLOOR_SETTLE`] has passed (the window then holds only packets sent at the floor), it
+    /// means even that layer does not fit and video pauses: on a 150 kbit/s link the lowest
+    /// layer and audio overflow the queue, and every second it lasts conceals half the audio
+    /// (measured in the weak-network scenario c).
+    pub fn on_loss(&mut self, at: Instant, fraction: f32) {
         if !self.loss_counts(at) || fraction < HEAVY_LOSS {
             return;
         }
@@ -224,13 +214,13 @@ impl Downlink {
     }
 
     /// What str0m's statistics say of the subscriber's TWCC feedback, several times a second:
-    /// [`Downlink::on_feedback_rtt`] and [`Downlink::on_egress_loss`].
+    /// [`Downlink::on_feedback_rtt`] and [`Downlink::on_loss`].
     pub fn on_feedback(&mut self, at: Instant, loss: Option<f32>, rtt: Option<Duration>) {
         if let Some(rtt) = rtt {
             self.on_feedback_rtt(at, rtt);
         }
         if let Some(loss) = loss {
-            self.on_egress_loss(at, loss);
+            self.on_loss(at, loss);
         }
     }
 

@@ -6,6 +6,14 @@ fn at(t0: Instant, ms: u64) -> Instant {
     t0 + Duration::from_millis(ms)
 }
 
+/// A downlink estimated at 2.5 Mbit/s whose shortest round trip, reported at `t0`, is 5 ms.
+fn hd_with_base_rtt(t0: Instant) -> Downlink {
+    let mut d = Downlink::default();
+    d.on_estimate(2_500_000);
+    d.on_feedback_rtt(t0, Duration::from_millis(5));
+    d
+}
+
 #[test]
 fn audio_is_budgeted_before_video() {
     let mut d = Downlink::default();
@@ -207,17 +215,17 @@ fn heavy_loss_at_the_lowest_layer_pauses_at_once_and_loss_before_it_does_not() {
     // The estimate stays high (a full queue shows no delay trend).
     d.on_estimate(400_000);
     // Heavy loss while not at the floor (the layer before the change): nothing.
-    d.on_video_loss(at(0), 0.5);
+    d.on_loss(at(0), 0.5);
     assert_eq!(d.poll(at(0), 1, 1), Change::None);
     d.set_at_floor(at(100), true);
     // Too soon after the floor: still the layer before.
-    d.on_video_loss(at(1_000), 0.5);
+    d.on_loss(at(1_000), 0.5);
     assert_eq!(d.poll(at(1_000), 1, 1), Change::None);
     // Settled at the floor, light loss: nothing.
-    d.on_video_loss(at(2_200), 0.05);
+    d.on_loss(at(2_200), 0.05);
     assert_eq!(d.poll(at(2_200), 1, 1), Change::None);
     // Settled, heavy: paused at once.
-    d.on_video_loss(at(3_200), 0.4);
+    d.on_loss(at(3_200), 0.4);
     assert_eq!(d.poll(at(3_200), 1, 1), Change::PauseVideo);
     // Loss while a step up is padded for is the trial's: it neither congests nor pauses.
     let mut f = Downlink::default();
@@ -230,18 +238,18 @@ fn heavy_loss_at_the_lowest_layer_pauses_at_once_and_loss_before_it_does_not() {
             trial_bps: Some(500_000),
         }),
     );
-    f.on_video_loss(at(2_500), 0.4);
+    f.on_loss(at(2_500), 0.4);
     assert!(!f.is_congested(at(2_500)));
     assert_eq!(f.poll(at(2_500), 1, 1), Change::None);
     // Heavy loss at any layer: congested for a while.
-    f.on_video_loss(at(4_000), 0.4);
+    f.on_loss(at(4_000), 0.4);
     assert!(f.is_congested(at(4_000)));
     assert!(!f.is_congested(at(6_000)));
     // Leaving the floor forgets it.
     let mut e = Downlink::default();
     e.on_estimate(400_000);
     e.set_at_floor(t0, true);
-    e.on_video_loss(at(2_500), 0.4);
+    e.on_loss(at(2_500), 0.4);
     e.set_at_floor(at(2_600), false);
     assert_eq!(e.poll(at(2_700), 1, 1), Change::None);
 }
@@ -251,11 +259,9 @@ fn a_growing_queue_at_the_floor_pauses_at_once_and_a_draining_one_does_not() {
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
     let ms = Duration::from_millis;
-    let mut d = Downlink::default();
-    d.on_estimate(2_500_000);
     // A short round trip sets the base; above the floor a long queue is not ours to judge
     // (the subscriber's own uplink may hold the feedback).
-    d.on_feedback_rtt(at(0), ms(5));
+    let mut d = hd_with_base_rtt(t0);
     d.on_feedback_rtt(at(250), ms(600));
     d.on_feedback_rtt(at(500), ms(800));
     assert_eq!(d.poll(at(500), 1, 1), Change::None);
@@ -271,9 +277,7 @@ fn a_growing_queue_at_the_floor_pauses_at_once_and_a_draining_one_does_not() {
     assert_eq!(d.poll(at(2_000), 1, 1), Change::PauseVideo);
 
     // A link that carries the floor: its queue drains, and nothing pauses.
-    let mut b = Downlink::default();
-    b.on_estimate(2_500_000);
-    b.on_feedback_rtt(at(0), ms(5));
+    let mut b = hd_with_base_rtt(t0);
     b.set_at_floor(at(1_000), true);
     for (t, rtt) in [
         (1_250, 450),
@@ -301,9 +305,7 @@ fn a_long_queue_while_the_estimate_falls_is_congestion() {
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
     let ms = Duration::from_millis;
-    let mut d = Downlink::default();
-    d.on_estimate(2_500_000);
-    d.on_feedback_rtt(at(0), ms(5));
+    let mut d = hd_with_base_rtt(t0);
     // A long queue with a steady estimate: the subscriber's uplink may hold its feedback.
     d.on_feedback_rtt(at(250), ms(400));
     assert!(!d.is_congested(at(250)));
@@ -312,9 +314,7 @@ fn a_long_queue_while_the_estimate_falls_is_congestion() {
     d.on_feedback_rtt(at(500), ms(420));
     assert!(d.is_congested(at(500)));
     // A short queue while it falls is not (str0m's estimate goes down and up on its own).
-    let mut e = Downlink::default();
-    e.on_estimate(2_500_000);
-    e.on_feedback_rtt(at(0), ms(5));
+    let mut e = hd_with_base_rtt(t0);
     e.on_estimate(1_500_000);
     e.on_feedback_rtt(at(250), ms(200));
     assert!(!e.is_congested(at(250)));
@@ -333,21 +333,21 @@ fn heavy_transport_wide_loss_congests_and_pauses_at_the_settled_floor() {
     let mut d = Downlink::default();
     d.on_estimate(2_500_000);
     // Light loss (a lossy link that carries what it is sent): nothing.
-    d.on_egress_loss(at(0), 0.05);
+    d.on_loss(at(0), 0.05);
     assert!(!d.is_congested(at(0)));
     // A link that stepped down drops most of the flood: congested at once, for a while.
-    d.on_egress_loss(at(250), 0.3);
+    d.on_loss(at(250), 0.3);
     assert!(d.is_congested(at(250)));
     assert!(!d.is_congested(at(1_800)));
     // At the floor, before it settled (the window still holds the layer above): no pause.
     d.set_at_floor(at(2_000), true);
-    d.on_egress_loss(at(3_000), 0.9);
+    d.on_loss(at(3_000), 0.9);
     assert!(d.is_congested(at(3_000)));
     assert_eq!(d.poll(at(3_000), 1, 1), Change::None);
     // Settled: light loss does not pause, heavy loss does, at once.
-    d.on_egress_loss(at(3_500), 0.1);
+    d.on_loss(at(3_500), 0.1);
     assert_eq!(d.poll(at(3_500), 1, 1), Change::None);
-    d.on_egress_loss(at(3_750), 0.3);
+    d.on_loss(at(3_750), 0.3);
     assert_eq!(d.poll(at(3_750), 1, 1), Change::PauseVideo);
     // A trial's padding is lost on purpose: not the link's.
     let mut f = Downlink::default();
@@ -357,12 +357,12 @@ fn heavy_transport_wide_loss_congests_and_pauses_at_the_settled_floor() {
         trial_bps: Some(500_000),
     };
     f.set_wanted(at(0), Some(trial));
-    f.on_egress_loss(at(1_000), 0.5);
+    f.on_loss(at(1_000), 0.5);
     assert!(!f.is_congested(at(1_000)));
     // Nor while video is paused (only audio flows).
     let mut p = Downlink::default();
     p.on_estimate(50_000);
     assert_eq!(p.poll(at(0), 1, 1), Change::PauseVideo);
-    p.on_egress_loss(at(100), 0.5);
+    p.on_loss(at(100), 0.5);
     assert!(!p.is_congested(at(100)));
 }

@@ -34,7 +34,7 @@ use crate::{PeerEvent, PeerId};
 pub(crate) const KEYFRAME_INTERVAL: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// How often str0m reports the transport-wide egress loss (TWCC, over the last second): a link
-/// that stepped down shows within a few hundred milliseconds (`Downlink::on_egress_loss`).
+/// that stepped down shows within a few hundred milliseconds (`Downlink::on_loss`).
 const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 /// Per-stream statistics (loss, RTT, jitter, feedback counts) are taken every this many
 /// reports: once a second, as the metrics and the quality assessment count them.
@@ -718,7 +718,7 @@ impl Transport {
                 self.quality.on_stats(s.loss, s.rtt);
                 observe_quality(&mut c.loss_egress, &mut c.rtt, s.loss, s.rtt);
                 if let (MediaKind::Video, Some(loss)) = (k.kind, s.loss) {
-                    self.downlink.on_video_loss(s.timestamp, loss);
+                    self.downlink.on_loss(s.timestamp, loss);
                 }
             }
             _ => {}
