@@ -67,6 +67,15 @@ pub const FALLING_PERCENT: u64 = 85;
 pub const RTT_BASE_WINDOW: Duration = Duration::from_secs(10);
 /// A cap below this is not asked for: no encoder makes usable video from less.
 pub const MIN_CAP_BPS: u64 = 60_000;
+/// After the path to the subscriber changed ([`Downlink::on_new_path`]), this long
+/// its feedback speaks of the dead path: the first reports count what was sent into it as lost
+/// (88 % in the roaming test) and str0m's estimate falls with them (to 60–200 kbit/s on a link
+/// that was not shaped; its smoothed value keeps that for 3 s). Meanwhile loss and queues do not
+/// cut or pause video, and the estimate does not fall below the one before the change.
+pub const NEW_PATH_SETTLE: Duration = Duration::from_secs(4);
+/// When str0m's estimator starts again after a path change (from the estimate before it, at
+/// most [`HD_DESIRED_BPS`]): once the dead path's losses were reported to it.
+pub const NEW_PATH_RESET_AFTER: Duration = Duration::from_secs(1);
 
 /// What the router does after [`Downlink::poll`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +127,12 @@ pub struct Downlink {
     /// (see [`Downlink::poll`]).
     failed_resumes: u32,
     resume_retry_at: Option<Instant>,
+    /// The path changed ([`Downlink::on_new_path`]): when, the estimate before (held as a floor
+    /// until [`NEW_PATH_SETTLE`]), str0m's own since, and whether its estimator was restarted.
+    new_path_at: Option<Instant>,
+    held_estimate: Option<u64>,
+    raw_estimate: Option<u64>,
+    estimator_reset: bool,
 }
 
 /// See [`Downlink::set_wanted`].
@@ -133,7 +148,44 @@ pub struct Wanted {
 impl Downlink {
     /// A new estimate from str0m's event, in bits per second.
     pub fn on_estimate(&mut self, bps: u64) {
-        self.estimate = Some(bps);
+        self.raw_estimate = Some(bps);
+        self.estimate = Some(self.held_estimate.map_or(bps, |h| h.max(bps)));
+    }
+
+    /// The path to the subscriber changed (an ICE restart onto a new address): see
+    /// [`NEW_PATH_SETTLE`]. What was learned of the old path's round trips and losses is
+    /// forgotten.
+    pub fn on_new_path(&mut self, now: Instant) {
+        self.new_path_at = Some(now);
+        self.held_estimate = self.estimate;
+        self.raw_estimate = self.estimate;
+        self.estimator_reset = false;
+        self.congested_at = None;
+        self.floor_fails = false;
+        self.rtt_base = [None; 2];
+        self.rtt_window_at = None;
+        self.last_rtt = None;
+        self.recent_estimates = [None; 4];
+    }
+
+    /// Whether `at` is within [`NEW_PATH_SETTLE`] of a path change.
+    fn settling(&self, at: Instant) -> bool {
+        self.new_path_at
+            .is_some_and(|t| at.saturating_duration_since(t) < NEW_PATH_SETTLE)
+    }
+
+    /// Once per path change, [`NEW_PATH_RESET_AFTER`] it: the bitrate str0m's estimator should
+    /// start again from (the router calls `Rtc::bwe().reset`).
+    pub fn take_estimator_reset(&mut self, now: Instant) -> Option<u64> {
+        let at = self.new_path_at?;
+        if self.estimator_reset || now.saturating_duration_since(at) < NEW_PATH_RESET_AFTER {
+            return None;
+        }
+        self.estimator_reset = true;
+        Some(
+            self.held_estimate
+                .map_or(HD_DESIRED_BPS, |e| e.min(HD_DESIRED_BPS)),
+        )
     }
 
     pub fn estimate(&self) -> Option<u64> {
@@ -204,7 +256,7 @@ impl Downlink {
     /// layer and audio overflow the queue, and every second it lasts conceals half the audio
     /// (measured in the weak-network scenario c).
     pub fn on_loss(&mut self, at: Instant, fraction: f32) {
-        if !self.loss_counts(at) || fraction < HEAVY_LOSS {
+        if !self.loss_counts(at) || fraction < HEAVY_LOSS || self.settling(at) {
             return;
         }
         self.congested_at = Some(at);
@@ -216,6 +268,9 @@ impl Downlink {
     /// What str0m's statistics say of the subscriber's TWCC feedback, several times a second:
     /// [`Downlink::on_feedback_rtt`] and [`Downlink::on_loss`].
     pub fn on_feedback(&mut self, at: Instant, loss: Option<f32>, rtt: Option<Duration>) {
+        if self.settling(at) {
+            return;
+        }
         if let Some(rtt) = rtt {
             self.on_feedback_rtt(at, rtt);
         }
@@ -299,6 +354,11 @@ impl Downlink {
 
     /// Decides whether the subscriber's video pauses or resumes now.
     pub fn poll(&mut self, now: Instant, audio_tracks: usize, video_tracks: usize) -> Change {
+        if self.held_estimate.is_some() && !self.settling(now) {
+            // Settled on the new path: str0m's estimate as it is.
+            self.held_estimate = None;
+            self.estimate = self.raw_estimate.or(self.estimate);
+        }
         let wanted = self.desired(audio_tracks, video_tracks);
         let constrained = video_tracks > 0
             && !self.is_video_paused()

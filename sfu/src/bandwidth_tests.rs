@@ -366,3 +366,52 @@ fn heavy_transport_wide_loss_congests_and_pauses_at_the_settled_floor() {
     p.on_loss(at(100), 0.5);
     assert!(!p.is_congested(at(100)));
 }
+
+#[test]
+fn a_new_path_sets_aside_the_dead_paths_loss_queue_and_estimate_fall() {
+    let t0 = Instant::now();
+    let mut d = hd_with_base_rtt(t0);
+    assert_eq!(d.take_estimator_reset(t0), None, "no path change yet");
+    d.on_new_path(at(t0, 1_000));
+    // The first feedback reports what was sent into the dead path as lost, with long round
+    // trips; str0m's estimate falls with it.
+    d.on_feedback(at(t0, 1_300), Some(0.88), Some(Duration::from_millis(900)));
+    d.on_loss(at(t0, 1_400), 0.6);
+    d.on_estimate(200_000);
+    assert!(!d.is_congested(at(t0, 1_400)));
+    assert_eq!(
+        d.estimate(),
+        Some(2_500_000),
+        "held at the estimate before the change"
+    );
+    assert_eq!(d.poll(at(t0, 1_500), 1, 1), Change::None);
+    // str0m's estimator starts again once, a second after the change, from the one before.
+    assert_eq!(d.take_estimator_reset(at(t0, 1_900)), None);
+    assert_eq!(d.take_estimator_reset(at(t0, 2_000)), Some(2_500_000));
+    assert_eq!(d.take_estimator_reset(at(t0, 2_500)), None);
+    // A rise passes at once.
+    d.on_estimate(3_000_000);
+    assert_eq!(d.estimate(), Some(3_000_000));
+    d.on_estimate(900_000);
+    // Settled: the estimate is str0m's again, and loss counts.
+    assert_eq!(d.poll(at(t0, 5_000), 1, 1), Change::None);
+    assert_eq!(d.estimate(), Some(900_000));
+    d.on_loss(at(t0, 5_100), 0.5);
+    assert!(d.is_congested(at(t0, 5_100)));
+    // The new path's round trip is its own base, not a queue over the old path's.
+    let mut q = hd_with_base_rtt(t0);
+    q.set_at_floor(t0, true);
+    q.on_new_path(at(t0, 1_000));
+    for ms in [5_000, 5_250, 5_500] {
+        q.on_feedback_rtt(at(t0, ms), Duration::from_millis(700));
+    }
+    assert_eq!(
+        q.poll(at(t0, 5_600), 1, 1),
+        Change::None,
+        "a long path is not a queue"
+    );
+    // Without an estimate before, str0m's starts again from HD.
+    let mut n = Downlink::default();
+    n.on_new_path(t0);
+    assert_eq!(n.take_estimator_reset(at(t0, 1_000)), Some(HD_DESIRED_BPS));
+}

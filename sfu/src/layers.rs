@@ -309,6 +309,9 @@ pub struct Switch {
     cut: bool,
     /// The first packet of a change is out; its timestamp offset is fixed.
     fresh: bool,
+    /// The path was cut ([`Switch::restart`]): the first keyframe of any layer up to the target
+    /// is taken.
+    restarting: bool,
 }
 
 impl Default for Switch {
@@ -325,6 +328,7 @@ impl Default for Switch {
             rewriting: false,
             cut: false,
             fresh: false,
+            restarting: false,
         }
     }
 }
@@ -362,8 +366,35 @@ impl Switch {
         cut
     }
 
+    /// The path was cut mid-frame (the publisher's stream stopped and came back, or the
+    /// subscriber's ICE did): the picture comes back with the first keyframe of any layer up to
+    /// the target, and the target's keyframe follows as a normal change. After a network
+    /// change the publisher's browser restarts its estimate low and may pause its top layer or
+    /// be slow to send its keyframe (in the roaming test the side receiving the roaming
+    /// publisher's video waited up to 2 s longer than the other); a lower layer's keyframe is
+    /// small and comes first.
+    pub fn restart(&mut self) {
+        self.restarting = self.current.is_some();
+    }
+
+    /// Whether a keyframe of any layer up to the target is taken ([`Switch::restart`]).
+    pub fn is_restarting(&self) -> bool {
+        self.restarting
+    }
+
     /// Decides for one packet of `layer`, `keyframe` if it starts a keyframe.
     pub fn admit(&mut self, layer: u8, keyframe: bool) -> Admit {
+        if self.restarting && keyframe && layer <= self.target {
+            self.restarting = false;
+            self.cut = false;
+            if self.current == Some(layer) {
+                return Admit::Forward;
+            }
+            self.current = Some(layer);
+            self.fresh = true;
+            self.rewriting = true;
+            return Admit::Switched;
+        }
         if self.cut {
             if layer != self.target || !keyframe {
                 return Admit::Skip;

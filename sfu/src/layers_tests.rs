@@ -347,3 +347,46 @@ fn congestion_takes_the_lowest_layer_at_once_with_a_cut() {
     // Already there: nothing (once is enough, however long the congestion lasts).
     assert_eq!(s.on_congestion(&three(RATES)), None);
 }
+
+#[test]
+fn a_restart_takes_the_first_keyframe_of_any_layer_up_to_the_target_then_the_target() {
+    let t0 = Instant::now();
+    let mut sw = Switch::default();
+    // Before any layer flowed there is nothing to restart.
+    sw.restart();
+    assert!(!sw.is_restarting());
+    sw.set_target(1);
+    assert_eq!(sw.admit(1, true), Admit::Forward);
+    assert_eq!(sw.timestamp(9_000, t0), 9_000);
+    sw.note_vp8(&vp8(100, 4, 1));
+    // The path was cut: the target (layer 1) is slow to send its keyframe, and layer 2's is
+    // above the target.
+    sw.restart();
+    assert!(sw.is_restarting());
+    assert_eq!(
+        sw.admit(1, false),
+        Admit::Forward,
+        "the forwarder drops it: no keyframe"
+    );
+    assert_eq!(sw.admit(2, true), Admit::Skip);
+    // Layer 0's keyframe restores the picture, numbered on from layer 1's.
+    let t1 = t0 + Duration::from_millis(2_000);
+    assert_eq!(sw.admit(0, true), Admit::Switched);
+    assert!(!sw.is_restarting());
+    assert_eq!(sw.current(), Some(0));
+    assert!(sw.is_switching(), "the target's keyframe is still awaited");
+    assert_eq!(sw.timestamp(50, t1), 9_000 + 2_000 * 90);
+    let mut p = vp8(7_000, 90, 2);
+    sw.rewrite_vp8(&mut p, true);
+    assert_eq!((pid_of(&p), p[4]), (101, 5));
+    // Then the target's keyframe, as any change up.
+    assert_eq!(sw.admit(1, false), Admit::Skip);
+    assert_eq!(sw.admit(0, false), Admit::Forward);
+    assert_eq!(sw.admit(1, true), Admit::Switched);
+    assert!(!sw.is_switching());
+    // A restart whose first keyframe is the current layer's: no change of layer.
+    sw.restart();
+    assert_eq!(sw.admit(1, true), Admit::Forward);
+    assert!(!sw.is_restarting());
+    assert_eq!(sw.admit(0, true), Admit::Skip);
+}

@@ -560,8 +560,8 @@ impl<W: Wire> RouterHost<W> {
         // ask for a keyframe); loop until quiet.
         while !self.outbox.is_empty() {
             // Before the packets: str0m reports a stream flowing again ahead of its first packet.
-            for (peer, mid) in std::mem::take(&mut self.outbox.stream_resumed) {
-                self.restart_track(peer, mid);
+            for (peer, mid, layer) in std::mem::take(&mut self.outbox.stream_resumed) {
+                self.restart_track(peer, mid, Some(layer));
             }
             let mut rtp = std::mem::take(&mut self.outbox.rtp);
             for (src, pkt) in rtp.drain(..) {
@@ -658,7 +658,7 @@ impl<W: Wire> RouterHost<W> {
             throttle: KeyframeThrottle::new(KEYFRAME_INTERVAL),
             codec: None,
             feedback: Default::default(),
-            stalled: false,
+            stalled: 0,
             remb: Default::default(),
         });
         let (room, identity) = (t.room, t.identity.clone());

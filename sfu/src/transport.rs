@@ -66,7 +66,8 @@ pub(crate) struct Outbox {
     /// A new local ICE ufrag (an ICE restart offer) for the demux.
     pub ufrags: Vec<(PeerId, String)>,
     /// A publisher's incoming stream flows again after str0m saw it stop (its path was cut).
-    pub stream_resumed: Vec<(PeerId, Mid)>,
+    /// A publisher's stream that flows again after a gap: its track and layer.
+    pub stream_resumed: Vec<(PeerId, Mid, u8)>,
     pub faults: Vec<(PeerId, Fault)>,
     /// Rebuildable messages dropped because a receiver's event queue was full.
     pub events_dropped: u64,
@@ -103,8 +104,9 @@ pub(crate) struct Producer {
     pub codec: Option<Codec>,
     /// RTCP feedback sent upstream so far.
     pub feedback: FeedbackCounts,
-    /// str0m saw the incoming stream stop (no packets for a while) and it has not flowed since.
-    pub stalled: bool,
+    /// The layers (bit per layer; bit 0 without simulcast) whose incoming stream str0m saw stop
+    /// (no packets for a while) and that have not flowed since.
+    pub stalled: u8,
     /// The bitrate cap asked of this track (REMB) for its constrained subscribers.
     pub remb: RembState,
 }
@@ -215,6 +217,9 @@ pub(crate) struct Transport {
     /// An ICE restart was offered and ICE has not connected since: when it does, media both
     /// ways restarts at keyframes (the old path may have been dead for seconds).
     pub ice_restarted: bool,
+    /// Where its packets came from when the last ICE restart was offered: a path that comes
+    /// back from elsewhere is a new one (`Downlink::on_new_path`).
+    pub restart_source: Option<SocketAddr>,
     /// What its downlink carries (str0m's estimate) and whether its video is paused for it.
     pub downlink: Downlink,
     /// The video bitrate cap last sent to this publisher (`bitrate-cap`), if any.
@@ -433,6 +438,7 @@ impl Transport {
             lost: LostPaths::default(),
             restart_ice: false,
             ice_restarted: false,
+            restart_source: None,
             downlink: Downlink::default(),
             cap_sent: None,
             bwe_target: (crate::bandwidth::AUDIO_RESERVE_BPS, BWE_INITIAL_BPS),
@@ -548,6 +554,7 @@ impl Transport {
             outbox.ufrags.push((self.id, creds.ufrag.clone()));
             self.ufrag = creds.ufrag;
             self.ice_restarted = true;
+            self.restart_source = self.last_source;
         }
         for c in &mut self.consumers {
             match c.state {
@@ -647,11 +654,21 @@ impl Transport {
         match e {
             Event::RtpPacket(p) => outbox.rtp.push((self.id, p)),
             Event::KeyframeRequest(r) => outbox.keyframe_requests.push((self.id, r.mid)),
-            // A stream's first packets also "unpause" it: only one that stopped restarts.
+            // A stream's first packets also "unpause" it: only one that stopped restarts. Each
+            // simulcast layer is a stream of its own: the browser pauses its top layer when its
+            // estimate falls, which must not restart those who receive another layer.
             Event::StreamPaused(s) => {
                 if let Some(p) = self.producers.iter_mut().find(|p| p.mid == s.mid) {
-                    if std::mem::replace(&mut p.stalled, s.paused) && !s.paused {
-                        outbox.stream_resumed.push((self.id, s.mid));
+                    let layer = p.layers.layer_of(s.ssrc).unwrap_or(0);
+                    let bit = 1u8 << layer;
+                    let was = p.stalled & bit != 0;
+                    if s.paused {
+                        p.stalled |= bit;
+                    } else {
+                        p.stalled &= !bit;
+                    }
+                    if was && !s.paused {
+                        outbox.stream_resumed.push((self.id, s.mid, layer));
                     }
                 }
             }

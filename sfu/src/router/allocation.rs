@@ -67,7 +67,11 @@ impl<W: Wire> RouterHost<W> {
     pub(super) fn allocate(&mut self, now: Instant) {
         let mut changes: Vec<(PeerId, Change)> = Vec::new();
         let mut targets: Vec<(PeerId, (u64, u64))> = Vec::new();
+        let mut resets: Vec<(PeerId, u64)> = Vec::new();
         for t in self.transports.values_mut().filter(|t| t.connected) {
+            if let Some(init) = t.downlink.take_estimator_reset(now) {
+                resets.push((t.id, init));
+            }
             let (audio, video) = receiving(t);
             let change = t.downlink.poll(now, audio, video);
             // A track that starts while the subscriber is paused is paused too.
@@ -87,6 +91,15 @@ impl<W: Wire> RouterHost<W> {
         }
         for (peer, change) in changes {
             self.apply(peer, change);
+        }
+        // The path changed a while ago: what str0m's estimator learned on the dead one is gone
+        // (see `Downlink::on_new_path`).
+        for (peer, init) in resets {
+            tracing::debug!(peer, init, "downlink estimator restarted on a new path");
+            self.drive(peer, |t, io| {
+                t.rtc.bwe().reset(Bitrate::bps(init));
+                t.drain(io)
+            });
         }
         for (peer, (min, desired)) in targets {
             self.drive(peer, |t, io| {

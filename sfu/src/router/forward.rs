@@ -164,7 +164,7 @@ impl<W: Wire> RouterHost<W> {
             }
         }
         if switched {
-            self.restart_track(src, mid);
+            self.restart_track(src, mid, None);
         }
         let Some(router) = self.routers.get(&room) else {
             return;

@@ -70,6 +70,14 @@ impl<W: Wire> RouterHost<W> {
                 .get_mut(&peer)
                 .is_some_and(|t| std::mem::take(&mut t.ice_restarted));
         if path == Path::Ice && !lost && (was.ice || restarted) {
+            if let Some(t) = self.transports.get_mut(&peer) {
+                // Restarted onto another address (a network change): what its downlink learned
+                // of the old path does not hold. Back on the same one (consent regained on a
+                // weak link), the losses were the link's.
+                if restarted && t.last_source != t.restart_source {
+                    t.downlink.on_new_path(Instant::now());
+                }
+            }
             self.restart_at_keyframes(peer);
         }
     }
@@ -83,24 +91,29 @@ impl<W: Wire> RouterHost<W> {
         };
         for c in &mut t.consumers {
             c.forwarder.restart();
+            c.switch.restart();
         }
         let own: Vec<Mid> = t.producers.iter().map(|p| p.mid).collect();
         self.request_keyframes_for(peer);
         for mid in own {
-            self.restart_track(peer, mid);
+            self.restart_track(peer, mid, None);
         }
     }
 
     /// A publisher's track flows again after a gap (str0m saw the stream stop): every consumer
     /// of it waits for a keyframe, asked for now, rather than forward frames that reference
     /// what was lost (the subscribers would ask for repairs of packets the server never got,
-    /// and decode nothing until their own keyframe request, seconds later).
-    pub(super) fn restart_track(&mut self, publisher: PeerId, mid: Mid) {
+    /// and decode nothing until their own keyframe request, seconds later). `layer`: only one
+    /// simulcast layer had the gap, and only those forwarded that layer restart.
+    pub(super) fn restart_track(&mut self, publisher: PeerId, mid: Mid, layer: Option<u8>) {
         let mut any = false;
         for t in self.transports.values_mut() {
             for c in &mut t.consumers {
-                if c.source == publisher && c.source_mid == mid && c.kind == MediaKind::Video {
+                let hit = layer.is_none_or(|l| c.switch.current().unwrap_or(0) == l);
+                if c.source == publisher && c.source_mid == mid && c.kind == MediaKind::Video && hit
+                {
                     c.forwarder.restart();
+                    c.switch.restart();
                     any = true;
                 }
             }

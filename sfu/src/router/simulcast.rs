@@ -179,7 +179,13 @@ impl<W: Wire> RouterHost<W> {
             for c in tq.consumers.iter().filter(|c| {
                 c.source == publisher && c.source_mid == mid && c.state == ConsumerState::Active
             }) {
-                wanted |= 1 << c.switch.target().min(p.layers.now.count - 1);
+                let target = c.switch.target().min(p.layers.now.count - 1);
+                wanted |= if c.switch.is_restarting() {
+                    // Any layer up to the target restores its picture (`Switch::restart`).
+                    (2u8 << target) - 1
+                } else {
+                    1 << target
+                };
             }
         }
         if wanted == 0 {
