@@ -1,7 +1,8 @@
 //! Simulcast without sockets: a publisher sends three VP8 layers (each with its own timestamp
 //! base); a subscriber gets one layer at a time, the highest flowing, and when that layer stops
 //! it changes over to the next at its keyframe with sequence numbers and timestamps continuous;
-//! a subscriber that shows the video small gets the lowest layer.
+//! a subscriber that shows the video small gets the lowest layer, and keeps getting every frame
+//! of it while the publisher pauses and resumes its top layer.
 
 mod harness;
 
@@ -146,4 +147,39 @@ fn a_subscriber_showing_the_video_small_gets_the_lowest_layer() {
         m,
         consulta_signaling::protocol::ServerMessage::PublishLayers { .. }
     )));
+}
+
+#[test]
+fn a_layer_that_pauses_and_resumes_does_not_restart_those_on_another_layer() {
+    let (mut net, doctor, patient) = call("room-stall");
+    // The patient shows the doctor small: the lowest layer.
+    let peer = net.clients[patient].peer;
+    net.host.on_command(Command::VideoSize {
+        peer,
+        identity: "doctor".into(),
+        size: Some((320, 180)),
+    });
+    let mut n = 0u32;
+    send(&mut net, doctor, &mut n, &[0, 1, 2], 60);
+    let before = net.received(patient, MediaKind::Video).len();
+    // The doctor's browser pauses its top layer for longer than str0m's pause threshold (1.5 s),
+    // then sends it again (as when its estimate falls and recovers).
+    send(&mut net, doctor, &mut n, &[0, 1], 150);
+    send(&mut net, doctor, &mut n, &[0, 1, 2], 60);
+    net.settle(20);
+    let got = net.received(patient, MediaKind::Video);
+    let after: Vec<u32> = got[before..]
+        .iter()
+        .inspect(|m| assert_eq!(layer_of(m.data.len()), 0, "the lowest layer only"))
+        .map(|m| u32::from_be_bytes(m.data[SIZES[0] - 4..].try_into().unwrap()))
+        .collect();
+    // Every frame of the lowest layer arrived: it never waited for a keyframe again (a restart
+    // would drop frames until the next one, up to 29 frames later).
+    assert!(after.len() >= 200, "{} frames", after.len());
+    let first = after[0];
+    assert_eq!(
+        after,
+        (first..first + after.len() as u32).collect::<Vec<_>>(),
+        "no frame of the lowest layer dropped"
+    );
 }
