@@ -65,8 +65,8 @@ pub(crate) struct Outbox {
     pub ice: Vec<(PeerId, bool)>,
     /// A new local ICE ufrag (an ICE restart offer) for the demux.
     pub ufrags: Vec<(PeerId, String)>,
-    /// A publisher's incoming stream flows again after str0m saw it stop (its path was cut).
-    /// A publisher's stream that flows again after a gap: its track and layer.
+    /// A publisher's incoming stream flows again after str0m saw it stop (its path was cut):
+    /// its track and layer.
     pub stream_resumed: Vec<(PeerId, Mid, u8)>,
     pub faults: Vec<(PeerId, Fault)>,
     /// Rebuildable messages dropped because a receiver's event queue was full.
