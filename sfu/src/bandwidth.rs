@@ -128,11 +128,12 @@ pub struct Downlink {
     failed_resumes: u32,
     resume_retry_at: Option<Instant>,
     /// The path changed ([`Downlink::on_new_path`]): when, the estimate before (held as a floor
-    /// until [`NEW_PATH_SETTLE`]), str0m's own since, and whether its estimator was restarted.
+    /// until [`NEW_PATH_SETTLE`]), str0m's own since, and when its estimator is to restart
+    /// (None once it did).
     new_path_at: Option<Instant>,
     held_estimate: Option<u64>,
     raw_estimate: Option<u64>,
-    estimator_reset: bool,
+    estimator_reset_at: Option<Instant>,
 }
 
 /// See [`Downlink::set_wanted`].
@@ -159,7 +160,7 @@ impl Downlink {
         self.new_path_at = Some(now);
         self.held_estimate = self.estimate;
         self.raw_estimate = self.estimate;
-        self.estimator_reset = false;
+        self.estimator_reset_at = Some(now + NEW_PATH_RESET_AFTER);
         self.congested_at = None;
         self.floor_fails = false;
         self.rtt_base = [None; 2];
@@ -177,11 +178,10 @@ impl Downlink {
     /// Once per path change, [`NEW_PATH_RESET_AFTER`] it: the bitrate str0m's estimator should
     /// start again from (the router calls `Rtc::bwe().reset`).
     pub fn take_estimator_reset(&mut self, now: Instant) -> Option<u64> {
-        let at = self.new_path_at?;
-        if self.estimator_reset || now.saturating_duration_since(at) < NEW_PATH_RESET_AFTER {
+        if self.estimator_reset_at.is_none_or(|at| now < at) {
             return None;
         }
-        self.estimator_reset = true;
+        self.estimator_reset_at = None;
         Some(
             self.held_estimate
                 .map_or(HD_DESIRED_BPS, |e| e.min(HD_DESIRED_BPS)),

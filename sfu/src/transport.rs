@@ -157,6 +157,13 @@ pub(crate) struct Consumer {
 }
 
 impl Consumer {
+    /// Its path was cut: video waits for a keyframe (of any layer up to its target, see
+    /// [`crate::layers::Switch::restart`]), numbered on without a gap.
+    pub fn restart(&mut self) {
+        self.forwarder.restart();
+        self.switch.restart();
+    }
+
     pub fn new(source: PeerId, source_mid: Mid, source_identity: String, kind: MediaKind) -> Self {
         // Start each subscriber's numbering somewhere different, far below the 16-bit wrap.
         let first = 1000 + (fastrand_u16() % 20000);

@@ -63,23 +63,23 @@ impl<W: Wire> RouterHost<W> {
             }
             _ => {}
         }
-        let restarted = path == Path::Ice
-            && !lost
-            && self
-                .transports
-                .get_mut(&peer)
-                .is_some_and(|t| std::mem::take(&mut t.ice_restarted));
-        if path == Path::Ice && !lost && (was.ice || restarted) {
-            if let Some(t) = self.transports.get_mut(&peer) {
-                // Restarted onto another address (a network change): what its downlink learned
-                // of the old path does not hold. Back on the same one (consent regained on a
-                // weak link), the losses were the link's.
-                if restarted && t.last_source != t.restart_source {
-                    t.downlink.on_new_path(Instant::now());
-                }
-            }
-            self.restart_at_keyframes(peer);
+        if path != Path::Ice || lost {
+            return;
         }
+        let Some(t) = self.transports.get_mut(&peer) else {
+            return;
+        };
+        let restarted = std::mem::take(&mut t.ice_restarted);
+        if !(was.ice || restarted) {
+            return;
+        }
+        // Restarted onto another address (a network change): what its downlink learned of the
+        // old path does not hold. Back on the same one (consent regained on a weak link), the
+        // losses were the link's.
+        if restarted && t.last_source != t.restart_source {
+            t.downlink.on_new_path(Instant::now());
+        }
+        self.restart_at_keyframes(peer);
     }
 
     /// `peer`'s path was cut (its ICE came back, or restarted on a new network): media was cut
@@ -90,8 +90,7 @@ impl<W: Wire> RouterHost<W> {
             return;
         };
         for c in &mut t.consumers {
-            c.forwarder.restart();
-            c.switch.restart();
+            c.restart();
         }
         let own: Vec<Mid> = t.producers.iter().map(|p| p.mid).collect();
         self.request_keyframes_for(peer);
@@ -109,11 +108,12 @@ impl<W: Wire> RouterHost<W> {
         let mut any = false;
         for t in self.transports.values_mut() {
             for c in &mut t.consumers {
-                let hit = layer.is_none_or(|l| c.switch.current().unwrap_or(0) == l);
-                if c.source == publisher && c.source_mid == mid && c.kind == MediaKind::Video && hit
+                if c.source == publisher
+                    && c.source_mid == mid
+                    && c.kind == MediaKind::Video
+                    && layer.is_none_or(|l| c.switch.current().unwrap_or(0) == l)
                 {
-                    c.forwarder.restart();
-                    c.switch.restart();
+                    c.restart();
                     any = true;
                 }
             }
