@@ -4,7 +4,9 @@
 //! - [`Forwarder`] decides per packet whether it goes out and under which sequence number. A video
 //!   consumer starts (and resumes) at a keyframe; outgoing sequence numbers are rebased so each
 //!   subscriber sees a gap-free stream starting below 65536 (no ROC to signal), whatever the
-//!   publisher's history or the packets skipped while waiting.
+//!   publisher's history or the packets skipped while waiting. Packets left out of a stream
+//!   (the spatial layers of a VP9 picture above the subscriber's, [`Forwarder::skip`]) take
+//!   no number either.
 //! - [`KeyframeThrottle`] limits PLI/FIR towards a publisher while guaranteeing a late request is
 //!   sent when the window ends (a late joiner gets its keyframe within one window).
 //! - [`PtMap`] caches the publisher-PT -> subscriber-PT mapping of a consumer.
@@ -52,7 +54,20 @@ pub struct Forwarder {
     first_out: u64,
     /// Each packet of the run is preceded by a copy slot (see [`Forwarder::set_copies`]).
     copies: bool,
+    /// Highest incoming sequence number of the current run (forwarded or skipped).
+    highest_in: Option<u64>,
+    /// The runs before the current one in this source, ended by skipped packets (newest at
+    /// `(older_next - 1) % OLDER_RUNS`), so a late packet of one (a retransmission from the
+    /// publisher) keeps its slot.
+    older: [(u64, u64); OLDER_RUNS],
+    older_len: u8,
+    older_next: u8,
 }
+
+/// How many runs ended by skipped packets a late packet is looked up in: a VP9 subscriber below
+/// the top spatial layer starts one run a picture, so ~0.5 s at 30 fps (a retransmission from
+/// the publisher comes one round trip after the loss).
+const OLDER_RUNS: usize = 16;
 
 impl Forwarder {
     /// `first_out` is the first outgoing sequence number (keep it well below 65536).
@@ -65,7 +80,18 @@ impl Forwarder {
             highest_out: None,
             first_out: u64::from(first_out),
             copies: false,
+            highest_in: None,
+            older: [(0, 0); OLDER_RUNS],
+            older_len: 0,
+            older_next: 0,
         }
+    }
+
+    /// Starts a new source or resumes after a gap: no run to number on from.
+    fn clear_runs(&mut self) {
+        self.base = None;
+        self.highest_in = None;
+        self.older_len = 0;
     }
 
     pub fn is_waiting_keyframe(&self) -> bool {
@@ -92,7 +118,7 @@ impl Forwarder {
         self.paused &= !(cause as u8);
         if was != 0 && self.paused == 0 {
             self.waiting_keyframe = self.video;
-            self.base = None;
+            self.clear_runs();
             return true;
         }
         false
@@ -110,7 +136,46 @@ impl Forwarder {
     /// The source changed (another simulcast layer, with its own sequence numbers): the next
     /// packet starts a new run, numbered on from the last one sent.
     pub fn rebase(&mut self) {
-        self.base = None;
+        self.clear_runs();
+    }
+
+    /// Leaves out one packet of the stream (`seq`, the publisher's extended sequence number)
+    /// without a hole: the packets after it are numbered one lower, those before keep their
+    /// numbers (also when they come late: the run they belong to is remembered). A late packet
+    /// left out changes nothing (its slot, if it had one, stays a hole the subscriber may NACK);
+    /// neither does one while no run is going. Video only (copy slots are audio's).
+    pub fn skip(&mut self, seq: u64) {
+        let Some((in_first, out_first)) = self.base else {
+            return;
+        };
+        if self.copies || seq < in_first || self.highest_in.is_some_and(|h| seq <= h) {
+            return;
+        }
+        self.highest_in = Some(seq);
+        // The next run starts after `seq`, numbered from the slot `seq` would have taken.
+        let next = (seq + 1, out_first + (seq - in_first));
+        if seq > in_first {
+            // The run holds packets (or slots for lost ones): keep it for late arrivals.
+            let at = usize::from(self.older_next);
+            self.older[at] = (in_first, out_first);
+            self.older_next = ((at + 1) % OLDER_RUNS) as u8;
+            self.older_len = (usize::from(self.older_len) + 1).min(OLDER_RUNS) as u8;
+        }
+        self.base = Some(next);
+    }
+
+    /// The outgoing number of a late packet older than the current run, from the run it
+    /// belongs to (None: older than every run remembered).
+    fn older_slot(&self, seq: u64) -> Option<u64> {
+        let mut at = usize::from(self.older_next);
+        for _ in 0..self.older_len {
+            at = (at + OLDER_RUNS - 1) % OLDER_RUNS;
+            let (in_first, out_first) = self.older[at];
+            if seq >= in_first {
+                return Some(out_first + (seq - in_first));
+            }
+        }
+        None
     }
 
     /// Numbers each packet after a slot of its own for a copy of the packet before it (RED's
@@ -124,7 +189,7 @@ impl Forwarder {
     pub fn set_copies(&mut self, copies: bool) {
         if copies != self.copies {
             self.copies = copies;
-            self.base = None;
+            self.clear_runs();
         }
     }
 
@@ -143,18 +208,25 @@ impl Forwarder {
                 return Verdict::WaitKeyframe;
             }
             self.waiting_keyframe = false;
-            self.base = None;
+            self.clear_runs();
         }
         let (in_first, out_first) = *self.base.get_or_insert_with(|| {
             let out = self.highest_out.map_or(self.first_out, |h| h + 1);
             (seq, out)
         });
-        if seq < in_first {
-            return Verdict::TooOld;
-        }
-        let out = match self.copies {
-            true => out_first + 2 * (seq - in_first) + 1,
-            false => out_first + (seq - in_first),
+        let out = if seq < in_first {
+            match self.older_slot(seq) {
+                Some(out) => out,
+                None => return Verdict::TooOld,
+            }
+        } else {
+            if self.highest_in.is_none_or(|h| seq > h) {
+                self.highest_in = Some(seq);
+            }
+            match self.copies {
+                true => out_first + 2 * (seq - in_first) + 1,
+                false => out_first + (seq - in_first),
+            }
         };
         if self.highest_out.is_none_or(|h| out > h) {
             self.highest_out = Some(out);
@@ -266,10 +338,14 @@ pub fn is_keyframe_start(codec: Codec, payload: &[u8]) -> bool {
     const H264_SPS: u8 = 7;
     match codec {
         Codec::Vp8 => detect_vp8_keyframe(payload),
-        // VP9 descriptor I|P|L|F|B|E|V|Z: not inter-predicted (P=0) and beginning a frame (B=1).
-        Codec::Vp9 => payload
-            .first()
-            .is_some_and(|b| b & 0x40 == 0 && b & 0x08 != 0),
+        // VP9 descriptor I|P|L|F|B|E|V|Z: not inter-predicted (P=0) and beginning a frame (B=1);
+        // with spatial layers, the lowest layer's frame, which begins the picture.
+        Codec::Vp9 => match crate::vp9::vp9_layer(payload) {
+            Some(l) => l.keyframe,
+            None => payload
+                .first()
+                .is_some_and(|b| b & 0x40 == 0 && b & 0x08 != 0),
+        },
         // Start at the SPS when it travels ahead of the IDR, so the decoder gets both.
         Codec::H264 => detect_h264_nalu(payload, H264_SPS) || detect_h264_keyframe(payload),
         Codec::Av1 => detect_av1_keyframe(payload),
@@ -386,6 +462,58 @@ mod tests {
         p.pause(PauseCause::Mute);
         p.restart();
         assert!(!p.is_waiting_keyframe());
+    }
+
+    #[test]
+    fn skipped_packets_take_no_number_and_late_ones_keep_their_slot() {
+        let mut f = Forwarder::new(true, 10);
+        // A picture: its lower layers (1, 2) go out, its top layer (3, 4) is left out.
+        assert_eq!(f.on_packet(1, true), Verdict::Forward(10));
+        assert_eq!(f.on_packet(2, false), Verdict::Forward(11));
+        f.skip(3);
+        f.skip(4);
+        // The next picture numbers on without a gap; 6 is lost upstream and keeps its slot.
+        assert_eq!(f.on_packet(5, false), Verdict::Forward(12));
+        assert_eq!(f.on_packet(7, false), Verdict::Forward(14));
+        f.skip(8);
+        assert_eq!(f.on_packet(9, false), Verdict::Forward(15));
+        // Retransmissions from the publisher, late: each in the slot of its run.
+        assert_eq!(f.on_packet(6, false), Verdict::Forward(13));
+        assert_eq!(f.on_packet(2, false), Verdict::Forward(11));
+        // A late packet left out changes nothing; nor does one already seen.
+        f.skip(4);
+        f.skip(7);
+        assert_eq!(f.on_packet(10, false), Verdict::Forward(16));
+        // Older than every run remembered.
+        assert_eq!(f.on_packet(0, false), Verdict::TooOld);
+        // A packet lost just before a skipped one keeps its slot too.
+        assert_eq!(f.on_packet(12, false), Verdict::Forward(18));
+        f.skip(13);
+        assert_eq!(f.on_packet(14, false), Verdict::Forward(19));
+        assert_eq!(f.on_packet(11, false), Verdict::Forward(17));
+        // A new source (or a keyframe after a pause) forgets the runs.
+        f.rebase();
+        assert_eq!(f.on_packet(900, false), Verdict::Forward(20));
+        assert_eq!(f.on_packet(14, false), Verdict::TooOld);
+        // Skips before anything was forwarded do nothing.
+        let mut g = Forwarder::new(true, 1);
+        g.skip(5);
+        assert_eq!(g.on_packet(6, true), Verdict::Forward(1));
+    }
+
+    #[test]
+    fn runs_remembered_are_bounded() {
+        let mut f = Forwarder::new(true, 0);
+        assert_eq!(f.on_packet(0, true), Verdict::Forward(0));
+        // Pictures of two packets, one forwarded and one left out, far more than remembered.
+        for i in 0..100u64 {
+            assert_eq!(f.on_packet(2 * i + 1, false), Verdict::Forward(i + 1));
+            f.skip(2 * i + 2);
+        }
+        // The last OLDER_RUNS runs are found, older ones are too old.
+        assert_eq!(f.on_packet(199, false), Verdict::Forward(100));
+        assert_eq!(f.on_packet(2 * 90 + 1, false), Verdict::Forward(91));
+        assert_eq!(f.on_packet(3, false), Verdict::TooOld);
     }
 
     #[test]

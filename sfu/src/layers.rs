@@ -12,7 +12,9 @@
 //!   numbers are the [`Forwarder`](crate::forwarder::Forwarder)'s, rebased at the change.
 //!
 //! Layers are numbered from the lowest (0) in the order the publisher lists them (the SDK sends
-//! 180p, 360p, 720p, low to high); a publisher without simulcast has one layer, 0.
+//! 180p, 360p, 720p, low to high); a publisher without simulcast has one layer, 0. Scalable VP9
+//! (spatial layers of one stream, [`crate::vp9`]) goes through the same selector; its switch
+//! forwards every layer up to the current one ([`Switch::admit_spatial`]).
 
 use std::time::{Duration, Instant};
 
@@ -312,6 +314,8 @@ pub struct Switch {
     /// The path was cut ([`Switch::restart`]): the first keyframe of any layer up to the target
     /// is taken.
     restarting: bool,
+    /// The layers are spatial layers of one stream ([`Switch::admit_spatial`]).
+    spatial: bool,
 }
 
 impl Default for Switch {
@@ -329,6 +333,7 @@ impl Default for Switch {
             cut: false,
             fresh: false,
             restarting: false,
+            spatial: false,
         }
     }
 }
@@ -350,8 +355,12 @@ impl Switch {
         self.target = layer;
     }
 
-    /// Whether a keyframe of the target layer is awaited (the router asks for one).
+    /// Whether a keyframe of the target layer is awaited (the router asks for one). Spatial
+    /// layers go down at the next picture without one.
     pub fn is_switching(&self) -> bool {
+        if self.spatial {
+            return self.current.is_none_or(|c| c < self.target);
+        }
         self.cut || self.current != Some(self.target)
     }
 
@@ -361,7 +370,8 @@ impl Switch {
     /// is cut: one at or below it fits, and flows on until the change (nothing to cut either
     /// before the first layer flows). Returns whether this call cut it (it was not cut yet).
     pub fn cut(&mut self) -> bool {
-        let cut = !self.cut && self.current.is_some_and(|c| c > self.target);
+        // Spatial layers: the higher ones stop at the next picture anyway.
+        let cut = !self.spatial && !self.cut && self.current.is_some_and(|c| c > self.target);
         self.cut |= cut;
         cut
     }
@@ -429,6 +439,36 @@ impl Switch {
         } else {
             Admit::Skip
         }
+    }
+
+    /// Decides for one packet of a stream with spatial layers (VP9's `L3T3_KEY`): every layer
+    /// up to the current one is forwarded. Up at a keyframe picture (`keyframe`: its first
+    /// packet; the higher layers are predicted from the lower only there); down at the next
+    /// picture (`picture_start`: the first packet of layer 0), as the lower layers never
+    /// depend on the higher. Timestamps and picture ids are the stream's own: nothing to
+    /// rewrite. The caller leaves a skipped packet out of the numbering
+    /// ([`crate::forwarder::Forwarder::skip`]) and marks the end of the current layer's frame as
+    /// the end of the picture ([`Switch::ends_picture`]).
+    pub fn admit_spatial(&mut self, layer: u8, picture_start: bool, keyframe: bool) -> Admit {
+        self.spatial = true;
+        if keyframe {
+            self.restarting = false;
+            self.cut = false;
+            self.current = Some(self.target);
+        } else if picture_start && self.current.is_some_and(|c| c > self.target) {
+            self.current = Some(self.target);
+        }
+        match self.current {
+            Some(c) if layer <= c => Admit::Forward,
+            _ => Admit::Skip,
+        }
+    }
+
+    /// Whether a forwarded packet of a spatial `layer` that ends its layer's frame (`end`) ends
+    /// the picture for this subscriber (the RTP marker): the publisher marks only the top
+    /// layer's last packet.
+    pub fn ends_picture(&self, layer: u8, end: bool) -> bool {
+        end && self.current == Some(layer)
     }
 
     /// The outgoing timestamp of a forwarded packet that arrived at `arrival`.

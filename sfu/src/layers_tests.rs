@@ -390,3 +390,42 @@ fn a_restart_takes_the_first_keyframe_of_any_layer_up_to_the_target_then_the_tar
     assert!(!sw.is_restarting());
     assert_eq!(sw.admit(0, true), Admit::Skip);
 }
+
+#[test]
+fn spatial_layers_go_down_at_the_next_picture_and_up_at_a_keyframe_picture() {
+    let mut s = Switch::default();
+    s.set_target(1);
+    // Nothing before the first keyframe picture.
+    assert_eq!(s.admit_spatial(0, true, false), Admit::Skip);
+    assert!(s.is_switching());
+    // A keyframe picture: layers 0 and 1 go, 2 is left out; layer 1's frame ends the picture.
+    assert_eq!(s.admit_spatial(0, true, true), Admit::Forward);
+    assert_eq!(s.admit_spatial(1, false, false), Admit::Forward);
+    assert!(s.ends_picture(1, true));
+    assert!(!s.ends_picture(0, true));
+    assert_eq!(s.admit_spatial(2, false, false), Admit::Skip);
+    assert!(!s.is_switching());
+    // Down: the rest of this picture keeps its layers, the next has layer 0 alone.
+    s.set_target(0);
+    assert!(!s.is_switching(), "going down asks for no keyframe");
+    assert!(!s.cut(), "spatial layers are never cut");
+    assert_eq!(s.admit_spatial(1, false, false), Admit::Forward);
+    assert_eq!(s.admit_spatial(0, true, false), Admit::Forward);
+    assert_eq!(s.current(), Some(0));
+    assert_eq!(s.admit_spatial(1, false, false), Admit::Skip);
+    assert!(s.ends_picture(0, true));
+    // Up: only at a keyframe picture, asked for meanwhile.
+    s.set_target(2);
+    assert!(s.is_switching());
+    assert_eq!(s.admit_spatial(0, true, false), Admit::Forward);
+    assert_eq!(s.admit_spatial(2, false, false), Admit::Skip);
+    assert_eq!(s.admit_spatial(0, true, true), Admit::Forward);
+    assert_eq!(s.admit_spatial(1, false, false), Admit::Forward);
+    assert_eq!(s.admit_spatial(2, false, false), Admit::Forward);
+    assert!(!s.is_switching());
+    // A restart (the path was cut) ends at the next keyframe picture.
+    s.restart();
+    assert!(s.is_restarting());
+    assert_eq!(s.admit_spatial(0, true, true), Admit::Forward);
+    assert!(!s.is_restarting());
+}

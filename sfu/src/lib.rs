@@ -40,6 +40,7 @@ mod tcp;
 #[doc(hidden)]
 pub use tcp::fuzz_ice_tcp;
 pub mod transport;
+pub mod vp9;
 mod worker;
 
 /// Batched UDP sending (one `sendmmsg`, UDP GSO for runs to one destination), also used by the

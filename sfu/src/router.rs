@@ -561,7 +561,7 @@ impl<W: Wire> RouterHost<W> {
         while !self.outbox.is_empty() {
             // Before the packets: str0m reports a stream flowing again ahead of its first packet.
             for (peer, mid, layer) in std::mem::take(&mut self.outbox.stream_resumed) {
-                self.restart_track(peer, mid, Some(layer));
+                self.restart_track(peer, mid, layer);
             }
             let mut rtp = std::mem::take(&mut self.outbox.rtp);
             for (src, pkt) in rtp.drain(..) {

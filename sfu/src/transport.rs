@@ -66,8 +66,8 @@ pub(crate) struct Outbox {
     /// A new local ICE ufrag (an ICE restart offer) for the demux.
     pub ufrags: Vec<(PeerId, String)>,
     /// A publisher's incoming stream flows again after str0m saw it stop (its path was cut):
-    /// its track and layer.
-    pub stream_resumed: Vec<(PeerId, Mid, u8)>,
+    /// its track and layer (None: every layer, the stream carries spatial layers).
+    pub stream_resumed: Vec<(PeerId, Mid, Option<u8>)>,
     pub faults: Vec<(PeerId, Fault)>,
     /// Rebuildable messages dropped because a receiver's event queue was full.
     pub events_dropped: u64,
@@ -675,6 +675,8 @@ impl Transport {
                         p.stalled &= !bit;
                     }
                     if was && !s.paused {
+                        // Spatial layers share the stream: all of its consumers restart.
+                        let layer = (!p.layers.spatial).then_some(layer);
                         outbox.stream_resumed.push((self.id, s.mid, layer));
                     }
                 }

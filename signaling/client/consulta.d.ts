@@ -31,7 +31,9 @@ export interface ConnectOptions {
    * Publish camera video as simulcast layers (180p, 360p and 720p for a 720p camera, `rid`s
    * `q`, `h`, `f`; 180p and 360p for a 360p camera), so that the server forwards each subscriber
    * the layer its downlink carries instead of capping this sender for the weakest one.
-   * Default `true`, except with `preferredVideoCodec` VP9 or AV1 (one layer); `false` sends one
+   * With `preferredVideoCodec` VP9 the layers are spatial layers of one stream
+   * (`scalabilityMode` `L3T3_KEY`, `L2T3_KEY` for a 360p camera) where the browser lists them
+   * (Chromium), else one layer (Firefox); with AV1, one layer. Default `true`; `false` sends one
    * layer (capped by the server's `bitrate-cap` for a weak subscriber).
    */
   simulcast?: boolean;

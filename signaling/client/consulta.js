@@ -153,7 +153,8 @@ export class Call {
     this._videoHints = HD_BITRATE_HINTS;
     this._maxVideoBitrate = HD_MAX_BITRATE;
     this._videoCap = null; // bits/s asked by the server (`bitrate-cap`) for a weak subscriber
-    this._layerHeights = null; // our simulcast layers' heights, lowest first
+    this._layerHeights = null; // our simulcast (or VP9 spatial) layers' heights, lowest first
+    this._svc = false; // video sent as VP9 spatial layers of one encoding
     this._publishMax = null; // the highest simulcast layer the server wants sent (null: all)
     this._videoSizes = new Map(); // identity -> {width, height} we show its video at
     this._observers = new Set(); // stop functions of observeVideo()
@@ -857,19 +858,32 @@ export class Call {
         const s = typeof track.getSettings === 'function' ? track.getSettings() : {};
         this._maxVideoBitrate = videoMaxBitrate(s.width, s.height);
         this._videoHints = videoBitrateHints(s.width, s.height);
-        // Simulcast unless the app says `simulcast: false`, or prefers VP9/AV1 (whose scalable
-        // modes are not forwarded layer by layer yet: one layer).
-        const svcCodec = /^(VP9|AV1)$/i.test(this.options.preferredVideoCodec || '');
-        const wanted = this.options.simulcast !== false && !svcCodec;
-        const layers = wanted ? simulcastEncodings(s.height, this._maxVideoBitrate) : null;
+        // Simulcast unless the app says `simulcast: false`; VP9 as spatial layers of one
+        // stream where the browser encodes them (the server forwards each subscriber the layers
+        // up to its own), else one layer; AV1 as one layer (its layers are described by an RTP
+        // header extension the server does not negotiate).
+        const preferred = this.options.preferredVideoCodec || '';
+        const layered = this.options.simulcast !== false;
+        const svcCodec = /^(VP9|AV1)$/i.test(preferred);
+        const mode = layered && /^VP9$/i.test(preferred) ? spatialMode(s.height, senderCodecs()) : null;
+        const layers = layered && !svcCodec ? simulcastEncodings(s.height, this._maxVideoBitrate) : null;
         this._simulcast = !!layers;
-        const h = s.height || DEFAULT_VIDEO.height;
-        this._layerHeights = layers ? layers.map((l) => Math.round(h / l.scaleResolutionDownBy)) : null;
+        const one = { maxBitrate: this._maxVideoBitrate };
+        if (mode) one.scalabilityMode = mode;
         const tr = pc.addTransceiver(track, {
           direction: 'sendonly',
           streams: [stream],
-          sendEncodings: layers || [{ maxBitrate: this._maxVideoBitrate }],
+          sendEncodings: layers || [one],
         });
+        // A browser that cannot encode the mode leaves it out of the parameters (Firefox).
+        const kept = mode && (tr.sender.getParameters().encodings || [])[0];
+        this._svc = !!kept && kept.scalabilityMode === mode;
+        const h = s.height || DEFAULT_VIDEO.height;
+        this._layerHeights = layers
+          ? layers.map((l) => Math.round(h / l.scaleResolutionDownBy))
+          : this._svc
+            ? spatialHeights(h, mode)
+            : null;
         this._preferCodec(tr, this.options.preferredVideoCodec);
       } else {
         pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
@@ -902,9 +916,9 @@ export class Call {
     for (const t of this._pc.getTransceivers()) {
       const sender = t.sender;
       if (!sender || !sender.track || sender.track.kind !== 'video') continue;
-      // Simulcast layers keep the rates they were created with: a weak subscriber gets a lower
-      // layer from the server instead of a cap on this sender.
-      if (this._simulcast) continue;
+      // Simulcast and spatial layers keep the rates they were created with: a weak subscriber
+      // gets a lower layer from the server instead of a cap on this sender.
+      if (this._simulcast || this._svc) continue;
       try {
         const params = sender.getParameters();
         params.degradationPreference = 'maintain-resolution';
@@ -1625,6 +1639,41 @@ export function simulcastEncodings(height, max) {
   ];
   // A 360p camera: 180p and 360p.
   return h < 540 ? [{ ...layers[0], rid: 'h', scaleResolutionDownBy: 2 }, layers[2]] : layers;
+}
+
+/**
+ * The VP9 spatial scalability mode to ask for a camera `height` pixels high, given the
+ * browser's sender codecs (`RTCRtpSender.getCapabilities('video').codecs`): three layers
+ * (quarter, half and full size) from 540 lines, two from 360, keyframe-only inter-layer
+ * prediction (`_KEY`, which lets the server switch a subscriber down at any picture). Null when
+ * the camera is too small, or the browser lists its VP9 modes without this one. Browsers that
+ * list none (Chromium 156, Firefox 153) are asked, and the sender's parameters tell whether the
+ * mode was kept (Chromium keeps it, Firefox drops it).
+ */
+export function spatialMode(height, codecs) {
+  const h = height || DEFAULT_VIDEO.height;
+  const vp9 = (codecs || []).filter((c) => /^video\/vp9$/i.test(c.mimeType || ''));
+  if (vp9.length === 0) return null;
+  const listed = vp9.filter((c) => Array.isArray(c.scalabilityModes));
+  const offers = (m) => listed.length === 0 || listed.some((c) => c.scalabilityModes.includes(m));
+  if (h >= 540 && offers('L3T3_KEY')) return 'L3T3_KEY';
+  if (h >= 360 && offers('L2T3_KEY')) return 'L2T3_KEY';
+  return null;
+}
+
+/** The heights of a spatial `mode`'s layers for a camera `height` high, lowest first. */
+export function spatialHeights(height, mode) {
+  const n = Number((/^L(\d)/.exec(mode || '') || [])[1]) || 1;
+  return Array.from({ length: n }, (_, i) => Math.round(height / 2 ** (n - 1 - i)));
+}
+
+function senderCodecs() {
+  try {
+    const caps = typeof RTCRtpSender !== 'undefined' && RTCRtpSender.getCapabilities && RTCRtpSender.getCapabilities('video');
+    return (caps && caps.codecs) || [];
+  } catch (e) {
+    return [];
+  }
 }
 
 /** encodings[0].maxBitrate for a camera of this size (bit/s). */

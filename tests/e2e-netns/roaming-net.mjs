@@ -249,8 +249,10 @@ export async function joinCall(server, room, doctor, patient, video) {
   const media = { audio: true, video };
   // WEAK_SIMULCAST=0: both publish one layer (the SDK's `simulcast: false`), to compare.
   const simulcast = process.env.WEAK_SIMULCAST !== '0';
+  // WEAK_VIDEO_CODEC=VP9: both prefer VP9 (Chromium then sends spatial layers, L3T3_KEY).
+  const preferredVideoCodec = process.env.WEAK_VIDEO_CODEC || undefined;
   for (const [p, id, role] of [[doctor, 'dr-ana', 'doctor'], [patient, 'pt-joao', 'patient']]) {
-    const res = await p.join({ token: await server.token({ room, identity: id, role }), media, simulcast });
+    const res = await p.join({ token: await server.token({ room, identity: id, role }), media, simulcast, preferredVideoCodec });
     assert.equal(res.ok, true, `${id}: ${res.code} ${res.message}`);
   }
   await waitForVideo(doctor, 'pt-joao', { timeout: 30_000 });

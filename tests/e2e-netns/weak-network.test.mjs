@@ -35,6 +35,8 @@
 // statistics: its freezes are the sampled stalls of >= 500 ms (videoWindow), fewer and shorter
 // than Chromium would count. Its fake camera reaches 1280x720 like Chromium's; its estimate
 // climbs more slowly, so use WEAK_WARM_MS=20000 for a baseline at 1280 wide.
+// WEAK_VIDEO_CODEC=VP9 makes both sides prefer VP9: Chromium then sends spatial layers of one
+// stream (L3T3_KEY) instead of simulcast; WEAK_SIMULCAST=0 sends one layer.
 // Each scenario is its own test; WEAK_SCENARIOS=a,c selects (default: all), WEAK_REPEAT=N runs
 // each N times. Each prints one line `weak-network <s>: {json}` with its measurements. The server
 // inherits the environment, so CONSULTA_MEDIA_* overrides apply (e.g. to compare with adaptation

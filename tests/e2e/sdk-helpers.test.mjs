@@ -10,6 +10,8 @@ import {
   orderCodecs,
   preferVideoCodec,
   simulcastEncodings,
+  spatialHeights,
+  spatialMode,
   version,
   videoMaxBitrate,
 } from '../../signaling/client/consulta.js';
@@ -154,6 +156,24 @@ describe('videoMaxBitrate', () => {
     ]);
     assert.equal(simulcastEncodings(240, 300_000), null);
     for (const e of [...hd, ...sd]) assert.ok(e.scaleResolutionDownBy >= 1);
+  });
+
+  it('VP9 spatial layers: three from 540 lines, two from 360, not where the browser lists modes without it', () => {
+    const chromium = [
+      { mimeType: 'video/VP8', scalabilityModes: ['L1T1', 'L1T3'] },
+      { mimeType: 'video/VP9', scalabilityModes: ['L1T1', 'L2T3_KEY', 'L3T3_KEY'] },
+    ];
+    assert.equal(spatialMode(720, chromium), 'L3T3_KEY');
+    assert.equal(spatialMode(360, chromium), 'L2T3_KEY');
+    assert.equal(spatialMode(240, chromium), null);
+    // A browser that lists modes without this one is not asked; nor is one without VP9.
+    assert.equal(spatialMode(720, [{ mimeType: 'video/VP9', scalabilityModes: ['L1T1', 'L1T3'] }]), null);
+    assert.equal(spatialMode(720, chromium.slice(0, 1)), null);
+    assert.equal(spatialMode(720, undefined), null);
+    // One that lists none is asked (the sender's parameters then tell whether it kept it).
+    assert.equal(spatialMode(720, [{ mimeType: 'video/VP9', sdpFmtpLine: 'profile-id=0' }]), 'L3T3_KEY');
+    assert.deepEqual(spatialHeights(720, 'L3T3_KEY'), [180, 360, 720]);
+    assert.deepEqual(spatialHeights(360, 'L2T3_KEY'), [180, 360]);
   });
 
   it('exports a version string', () => {

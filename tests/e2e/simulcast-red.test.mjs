@@ -8,7 +8,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { launchBrowser, openParticipant, pollUntil, startServer, waitForAudio, waitForVideo } from './harness.mjs';
+import { inboundFrom, launchBrowser, openParticipant, pollUntil, startServer, waitForAudio, waitForVideo } from './harness.mjs';
 
 let server;
 let browser;
@@ -30,19 +30,19 @@ async function metric(re) {
 }
 
 /**
- * Opens a doctor (the SDK's default: simulcast) and a patient (one layer) in `room`, joins
- * them as `dr` and `pt`, and runs `body(doctor, patient)`; prints their logs and the server's
- * if it fails.
+ * Opens a doctor (the SDK's default: simulcast; `doctorOptions` add to its join) and a patient
+ * (one layer) in `room`, joins them as `dr` and `pt`, and runs `body(doctor, patient)`; prints
+ * their logs and the server's if it fails.
  */
-async function withPair(room, dr, pt, body) {
+async function withPair(room, dr, pt, body, doctorOptions = {}) {
   const doctor = await openParticipant(browser, server, `doctor-${room}`);
   const patient = await openParticipant(browser, server, `patient-${room}`);
   try {
-    for (const [p, identity, role, simulcast] of [
-      [doctor, dr, 'doctor', undefined],
-      [patient, pt, 'patient', false],
+    for (const [p, identity, role, options] of [
+      [doctor, dr, 'doctor', doctorOptions],
+      [patient, pt, 'patient', { simulcast: false }],
     ]) {
-      const res = await p.join({ token: await server.token({ room, identity, role }), simulcast });
+      const res = await p.join({ token: await server.token({ room, identity, role }), ...options });
       assert.equal(res.ok, true, `${identity}: ${res.code} ${res.message}`);
     }
     await body(doctor, patient);
@@ -145,5 +145,65 @@ describe('simulcast and redundant audio', { timeout: 120_000 }, () => {
       );
       await waitForVideo(patient, 'dr-bia', { width: 1280, height: 720, timeout: 30_000 });
     });
+  });
+  // VP9 as spatial layers of one stream (Chromium's L3T3_KEY): the server forwards a subscriber
+  // the layers up to its own, leaving the higher ones out of the numbering (no holes the
+  // subscriber would count as lost) and marking the end of its top layer's frame as the
+  // picture's end; down at the next picture, up at a keyframe.
+  it('VP9 spatial layers: a small tile gets the lowest layer of the one stream, without loss', async () => {
+    await withPair(
+      `svc-${process.pid}`,
+      'dr-caio',
+      'pt-lia',
+      async (doctor, patient) => {
+        const sending = await pollUntil(
+          async () => {
+            const s = await doctor.evaluate(async () => {
+              const stats = await window.call._pc.getStats();
+              return [...stats.values()]
+                .filter((s) => s.type === 'outbound-rtp' && s.kind === 'video' && s.packetsSent > 0)
+                .map((s) => ({ mode: s.scalabilityMode, rid: s.rid, codec: stats.get(s.codecId)?.mimeType }));
+            });
+            return s.length > 0 ? s : null;
+          },
+          { timeout: 30_000, what: 'the doctor to send video' },
+        );
+        assert.deepEqual(sending, [{ mode: 'L3T3_KEY', rid: undefined, codec: 'video/VP9' }], 'one VP9 stream, three spatial layers');
+        await waitForVideo(patient, 'dr-caio', { width: 1280, height: 720, codec: 'VP9', timeout: 30_000 });
+        const inbound = async () => {
+          const [s] = inboundFrom(await patient.stats(), 'dr-caio', 'video');
+          return s;
+        };
+        await patient.evaluate(() => window.call.setVideoSize('dr-caio', { width: 320, height: 180 }));
+        // Down at the next picture, no keyframe needed: layer 0 alone is 320x180.
+        await waitForVideo(patient, 'dr-caio', { width: 320, height: 180, timeout: 15_000 });
+        const skippedBefore = await droppedOtherLayer();
+        const a = await inbound();
+        await new Promise((r) => setTimeout(r, 3_000));
+        const b = await inbound();
+        const skipped = (await droppedOtherLayer()) - skippedBefore;
+        // Layers 1 and 2 of every picture are left out: well over 50 packets in 3 s.
+        assert.ok(skipped > 50, `packets of higher spatial layers not forwarded in 3 s: ${skipped}`);
+        // Nothing is missing from the numbering, and every picture of layer 0 decodes (the fake
+        // camera sends 30 fps; a 2-core machine encoding three layers may send fewer).
+        const got = {
+          framesDecoded: b.framesDecoded - a.framesDecoded,
+          packetsLost: b.packetsLost - a.packetsLost,
+          nackCount: b.nackCount - a.nackCount,
+          skipped,
+        };
+        console.log(`# vp9 spatial, the patient on layer 0 for 3 s: ${JSON.stringify(got)}`);
+        assert.equal(got.packetsLost, 0, 'packets lost in 3 s on loopback');
+        assert.ok(got.nackCount <= 2, `NACKs sent in 3 s: ${got.nackCount}`);
+        assert.ok(got.framesDecoded >= 30, `frames decoded in 3 s: ${got.framesDecoded}`);
+        assert.equal(b.frameWidth, 320);
+        // Up again at a keyframe: the full picture.
+        await patient.evaluate(() => window.call.setVideoSize('dr-caio', null));
+        await waitForVideo(patient, 'dr-caio', { width: 1280, height: 720, timeout: 30_000 });
+        const c = await inbound();
+        assert.ok(c.packetsLost - a.packetsLost <= 2, `packets lost over the two changes: ${c.packetsLost - a.packetsLost}`);
+      },
+      { preferredVideoCodec: 'VP9' },
+    );
   });
 });

@@ -104,16 +104,25 @@ impl<W: Wire> RouterHost<W> {
             return;
         };
         let producer = &mut t.producers[idx];
+        let pt = *pkt.header.payload_type;
+        let codec = producer.codecs[usize::from(pt & 0x7F)];
+        // Scalable VP9: the layer is in each packet's descriptor.
+        let vp9 = match codec {
+            Some(Codec::Vp9) => crate::vp9::vp9_layer(&pkt.payload),
+            _ => None,
+        };
+        let layer = vp9
+            .and_then(|v| producer.layers.note_spatial(v.sid, v.layers))
+            .unwrap_or(layer);
         producer
             .layers
             .on_packet(layer, pkt.payload.len(), pkt.timestamp);
         let layer_count = producer.layers.now.count;
         let simulcast = layer_count > 1;
-        // The recording takes the highest layer.
-        let recorded = !simulcast || layer + 1 == layer_count;
+        let spatial = vp9.filter(|_| simulcast && producer.layers.spatial);
+        // The recording takes the highest layer (all of a spatial stream's).
+        let recorded = !simulcast || spatial.is_some() || layer + 1 == layer_count;
         let (mid, kind) = (producer.mid, producer.kind);
-        let pt = *pkt.header.payload_type;
-        let codec = producer.codecs[usize::from(pt & 0x7F)];
         // RED (audio): where its primary block starts, for subscribers (and the recorder) that
         // take the plain codec. Malformed RED is dropped.
         let red_primary = if producer.red & (1u128 << (pt & 0x7F)) != 0 {
@@ -198,12 +207,28 @@ impl<W: Wire> RouterHost<W> {
                 continue;
             };
             // Simulcast: one layer per subscriber, changed over at the target's keyframe.
+            // Spatial layers: those up to the subscriber's, its last one marking the picture's
+            // end.
             let mut changed_layer = false;
+            let mut marker = pkt.header.marker;
             if simulcast {
                 if c.switch.current().is_none() && c.selector.target().is_none() {
                     c.switch.set_target(c.switch.target().min(layer_count - 1));
                 }
-                match c.switch.admit(layer, keyframe) {
+                let admit = match spatial {
+                    Some(v) => {
+                        let admit = c
+                            .switch
+                            .admit_spatial(layer, v.begin && layer == 0, keyframe);
+                        if admit == Admit::Skip {
+                            c.forwarder.skip(*pkt.seq_no);
+                        }
+                        marker |= c.switch.ends_picture(layer, v.end);
+                        admit
+                    }
+                    None => c.switch.admit(layer, keyframe),
+                };
+                match admit {
                     Admit::Forward => {}
                     Admit::Switched => {
                         tracing::debug!(
@@ -275,7 +300,7 @@ impl<W: Wire> RouterHost<W> {
                 _ => pkt.payload.clone(),
             };
             let mut timestamp = pkt.header.timestamp;
-            if simulcast {
+            if simulcast && spatial.is_none() {
                 timestamp = c.switch.timestamp(timestamp, pkt.timestamp);
                 if codec == Some(Codec::Vp8) {
                     if c.switch.rewrites() {
@@ -295,7 +320,7 @@ impl<W: Wire> RouterHost<W> {
                 pkt.timestamp,
                 payload,
             )
-            .marker(pkt.header.marker)
+            .marker(marker)
             .ext_vals(ext.clone())
             .nackable(nackable);
             let io = &mut Io {

@@ -53,11 +53,10 @@ impl<W: Wire> RouterHost<W> {
                 .get(&t.room)
                 .is_some_and(|r| r.recording.is_some());
             let mut told = None;
-            for p in t
-                .producers
-                .iter_mut()
-                .filter(|p| p.kind == MediaKind::Video && p.layers.is_simulcast())
-            {
+            for p in t.producers.iter_mut().filter(|p| {
+                // Spatial layers are one encoding: the SDK has no layer to pause.
+                p.kind == MediaKind::Video && p.layers.is_simulcast() && !p.layers.spatial
+            }) {
                 let count = p.layers.now.count;
                 let wanted = if recorded {
                     Some(count - 1)

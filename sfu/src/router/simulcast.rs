@@ -37,6 +37,8 @@ pub(crate) struct ProducerLayers {
     pub now: Layers,
     /// Which layers the publisher was asked to send (see `preference.rs`).
     pub published: crate::publish_layers::PublishedLayers,
+    /// The layers are spatial layers of one stream (scalable VP9), not simulcast streams.
+    pub spatial: bool,
 }
 
 impl ProducerLayers {
@@ -57,9 +59,26 @@ impl ProducerLayers {
         self.last_packet[l] = Some(at);
     }
 
-    /// Whether this track is sent as several layers.
+    /// Whether this track is sent as several layers (simulcast or spatial).
     pub fn is_simulcast(&self) -> bool {
         self.now.count > 1
+    }
+
+    /// A packet of one stream carries spatial layer `sid` (VP9 with layer indices): the track
+    /// has at least `sid + 1` layers, each measured on its own. Not for simulcast streams (a
+    /// track with rids keeps its layers by stream).
+    /// A keyframe's scalability structure says how many layers there are (`stated`).
+    #[inline]
+    pub fn note_spatial(&mut self, sid: u8, stated: Option<u8>) -> Option<u8> {
+        if usize::from(sid) >= MAX_LAYERS || self.rids.iter().any(Option::is_some) {
+            return None;
+        }
+        let count = stated.unwrap_or(0).min(MAX_LAYERS as u8).max(sid + 1);
+        if count > 1 || self.spatial {
+            self.spatial = true;
+            self.now.count = self.now.count.max(count);
+        }
+        Some(sid)
     }
 
     /// Turns the byte counts into rates; once per [`MEASURE_EVERY`].
@@ -72,6 +91,12 @@ impl ProducerLayers {
         let dt = now.saturating_duration_since(since);
         if dt < MEASURE_EVERY {
             return;
+        }
+        if self.spatial {
+            // A spatial layer is forwarded with those below it: its rate is theirs too.
+            for l in 1..MAX_LAYERS {
+                self.bytes[l] += self.bytes[l - 1];
+            }
         }
         for l in 0..MAX_LAYERS {
             let bps = self.bytes[l] * 8 * 1000 / (dt.as_millis() as u64).max(1);
