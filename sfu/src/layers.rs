@@ -359,7 +359,7 @@ impl Switch {
     /// layers go down at the next picture without one.
     pub fn is_switching(&self) -> bool {
         if self.spatial {
-            return self.current.is_none_or(|c| c < self.target);
+            return self.cut || self.current.is_none_or(|c| c < self.target);
         }
         self.cut || self.current != Some(self.target)
     }
@@ -370,8 +370,7 @@ impl Switch {
     /// is cut: one at or below it fits, and flows on until the change (nothing to cut either
     /// before the first layer flows). Returns whether this call cut it (it was not cut yet).
     pub fn cut(&mut self) -> bool {
-        // Spatial layers: the higher ones stop at the next picture anyway.
-        let cut = !self.spatial && !self.cut && self.current.is_some_and(|c| c > self.target);
+        let cut = !self.cut && self.current.is_some_and(|c| c > self.target);
         self.cut |= cut;
         cut
     }
@@ -445,16 +444,20 @@ impl Switch {
     /// up to the current one is forwarded. Up at a keyframe picture (`keyframe`: its first
     /// packet; the higher layers are predicted from the lower only there); down at the next
     /// picture (`picture_start`: the first packet of layer 0), as the lower layers never
-    /// depend on the higher. Timestamps and picture ids are the stream's own: nothing to
-    /// rewrite. The caller leaves a skipped packet out of the numbering
-    /// ([`crate::forwarder::Forwarder::skip`]) and marks the end of the current layer's frame as
-    /// the end of the picture ([`Switch::ends_picture`]).
+    /// depend on the higher. A cut ([`Switch::cut`], a congested downlink) forwards nothing until
+    /// the next keyframe picture, as with simulcast: the full queue has dropped packets of every
+    /// layer, and their retransmissions would queue in front of the frames that follow.
+    /// Timestamps and picture ids are the stream's own: nothing to rewrite. The caller leaves a
+    /// skipped packet out of the numbering ([`crate::forwarder::Forwarder::skip`]) and marks
+    /// the end of the current layer's frame as the end of the picture ([`Switch::ends_picture`]).
     pub fn admit_spatial(&mut self, layer: u8, picture_start: bool, keyframe: bool) -> Admit {
         self.spatial = true;
         if keyframe {
             self.restarting = false;
             self.cut = false;
             self.current = Some(self.target);
+        } else if self.cut {
+            return Admit::Skip;
         } else if picture_start && self.current.is_some_and(|c| c > self.target) {
             self.current = Some(self.target);
         }

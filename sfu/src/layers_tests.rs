@@ -408,7 +408,6 @@ fn spatial_layers_go_down_at_the_next_picture_and_up_at_a_keyframe_picture() {
     // Down: the rest of this picture keeps its layers, the next has layer 0 alone.
     s.set_target(0);
     assert!(!s.is_switching(), "going down asks for no keyframe");
-    assert!(!s.cut(), "spatial layers are never cut");
     assert_eq!(s.admit_spatial(1, false, false), Admit::Forward);
     assert_eq!(s.admit_spatial(0, true, false), Admit::Forward);
     assert_eq!(s.current(), Some(0));
@@ -423,7 +422,22 @@ fn spatial_layers_go_down_at_the_next_picture_and_up_at_a_keyframe_picture() {
     assert_eq!(s.admit_spatial(1, false, false), Admit::Forward);
     assert_eq!(s.admit_spatial(2, false, false), Admit::Forward);
     assert!(!s.is_switching());
+    // A cut (a congested downlink): nothing until the next keyframe picture, asked for.
+    s.set_target(0);
+    assert!(s.cut());
+    assert!(!s.cut(), "cut once");
+    assert!(s.is_switching());
+    assert_eq!(s.admit_spatial(0, true, false), Admit::Skip);
+    assert_eq!(s.admit_spatial(2, false, false), Admit::Skip);
+    assert_eq!(s.admit_spatial(0, true, true), Admit::Forward);
+    assert_eq!(s.admit_spatial(1, false, false), Admit::Skip);
+    assert_eq!(s.current(), Some(0));
+    assert!(!s.is_switching());
+    // Nothing to cut at or below the target.
+    assert!(!s.cut());
     // A restart (the path was cut) ends at the next keyframe picture.
+    s.set_target(2);
+    assert_eq!(s.admit_spatial(0, true, true), Admit::Forward);
     s.restart();
     assert!(s.is_restarting());
     assert_eq!(s.admit_spatial(0, true, true), Admit::Forward);

@@ -106,6 +106,16 @@ impl<W: Wire> RouterHost<W> {
         let producer = &mut t.producers[idx];
         let pt = *pkt.header.payload_type;
         let codec = producer.codecs[usize::from(pt & 0x7F)];
+        // The publisher changed codec (the room asked it to): what follows starts at its
+        // keyframe, and the recording starts a new segment in that codec.
+        let switched = codec.is_some() && producer.codec.is_some() && producer.codec != codec;
+        if codec.is_some() {
+            producer.codec = codec;
+        }
+        if switched {
+            // Spatial layers were VP9's: the new codec's stream tells its own.
+            producer.layers.end_spatial();
+        }
         // Scalable VP9: the layer is in each packet's descriptor.
         let vp9 = match codec {
             Some(Codec::Vp9) => crate::vp9::vp9_layer(&pkt.payload),
@@ -137,12 +147,6 @@ impl<W: Wire> RouterHost<W> {
         let mut primary: Option<Arc<[u8]>> = None;
         // RED's newest redundant block (data, timestamp offset), for subscribers without RED.
         let mut redundant: Option<Option<(Arc<[u8]>, u32)>> = None;
-        // The publisher changed codec (the room asked it to): what follows starts at its
-        // keyframe, and the recording starts a new segment in that codec.
-        let switched = codec.is_some() && producer.codec.is_some() && producer.codec != codec;
-        if codec.is_some() {
-            producer.codec = codec;
-        }
         let keyframe = match codec {
             Some(c) if gates_on_keyframes(c) => is_keyframe_start(c, &pkt.payload),
             _ => true,

@@ -81,6 +81,14 @@ impl ProducerLayers {
         Some(sid)
     }
 
+    /// The track's spatial layers end (its publisher changed codec): one layer again.
+    pub fn end_spatial(&mut self) {
+        if self.spatial {
+            self.spatial = false;
+            self.now.count = 1;
+        }
+    }
+
     /// Turns the byte counts into rates; once per [`MEASURE_EVERY`].
     fn measure(&mut self, now: Instant) {
         let Some(since) = self.measured_at else {
