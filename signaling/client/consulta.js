@@ -154,7 +154,8 @@ export class Call {
     this._maxVideoBitrate = HD_MAX_BITRATE;
     this._videoCap = null; // bits/s asked by the server (`bitrate-cap`) for a weak subscriber
     this._layerHeights = null; // our simulcast (or VP9 spatial) layers' heights, lowest first
-    this._svc = false; // video sent as VP9 spatial layers of one encoding
+    this._svc = false; // video sent as VP9 spatial layers of one encoding now
+    this._svcMode = null; // the spatial mode our VP9 takes (null: no spatial layers)
     this._publishMax = null; // the highest simulcast layer the server wants sent (null: all)
     this._videoSizes = new Map(); // identity -> {width, height} we show its video at
     this._observers = new Set(); // stop functions of observeVideo()
@@ -878,6 +879,7 @@ export class Call {
         // A browser that cannot encode the mode leaves it out of the parameters (Firefox).
         const kept = mode && (tr.sender.getParameters().encodings || [])[0];
         this._svc = !!kept && kept.scalabilityMode === mode;
+        this._svcMode = this._svc ? mode : null;
         const h = s.height || DEFAULT_VIDEO.height;
         this._layerHeights = layers
           ? layers.map((l) => Math.round(h / l.scaleResolutionDownBy))
@@ -916,6 +918,7 @@ export class Call {
     for (const t of this._pc.getTransceivers()) {
       const sender = t.sender;
       if (!sender || !sender.track || sender.track.kind !== 'video') continue;
+      if (this._svcMode) await this._matchSpatialMode(sender);
       // Simulcast and spatial layers keep the rates they were created with: a weak subscriber
       // gets a lower layer from the server instead of a cap on this sender.
       if (this._simulcast || this._svc) continue;
@@ -1006,9 +1009,40 @@ export class Call {
     if (!pc || this.closed || typeof codec !== 'string') return;
     for (const t of pc.getTransceivers()) {
       const track = t.sender && t.sender.track;
-      if (track && track.kind === 'video') this._preferCodec(t, codec);
+      if (!track || track.kind !== 'video') continue;
+      // Spatial layers are VP9's: one layer before offering another codec.
+      if (this._svc && !/^VP9$/i.test(codec)) await this._matchSpatialMode(t.sender, false);
+      this._preferCodec(t, codec);
     }
     await this._publish();
+  }
+
+  /**
+   * Sends our camera as spatial layers (`_svcMode`) while the codec in use is VP9, as one layer
+   * (`L1T1`) in any other (`vp9`: whether VP9 is, else read from the sender's parameters), and
+   * keeps `_svc` and the layer heights the server maps sizes to in step.
+   */
+  async _matchSpatialMode(sender, vp9) {
+    try {
+      const params = sender.getParameters();
+      const enc = params.encodings && params.encodings[0];
+      const used = params.codecs && params.codecs[0] && params.codecs[0].mimeType;
+      if (!enc || (vp9 === undefined && !used)) return;
+      const onVp9 = vp9 !== undefined ? vp9 : /^video\/vp9$/i.test(used);
+      const want = onVp9 ? this._svcMode : 'L1T1';
+      if (enc.scalabilityMode !== want) {
+        enc.scalabilityMode = want;
+        await sender.setParameters(params);
+      }
+      const svc = onVp9 && (sender.getParameters().encodings || [])[0]?.scalabilityMode === this._svcMode;
+      if (svc === this._svc) return;
+      this._svc = svc;
+      const h = (sender.track && sender.track.getSettings && sender.track.getSettings().height) || DEFAULT_VIDEO.height;
+      this._layerHeights = svc ? spatialHeights(h, this._svcMode) : null;
+      if (svc) this._send({ type: 'video-layers', heights: this._layerHeights });
+    } catch (e) {
+      console.warn('consulta: scalability mode not changed', e);
+    }
   }
 
   // ----- peer connection ----------------------------------------------------------------------

@@ -111,6 +111,30 @@ async function decodesSince(who, from, codec, t0) {
   return Date.now() - t0;
 }
 
+/** An init script making Chromium a participant without VP9, sending or receiving: every
+ * offer and answer it makes leaves VP9 out of each video transceiver's codecs. */
+function noVp9() {
+  const withoutVp9 = (pc) => {
+    for (const t of pc.getTransceivers()) {
+      const kind = (t.sender && t.sender.track && t.sender.track.kind) || (t.receiver && t.receiver.track && t.receiver.track.kind);
+      if (kind !== 'video') continue;
+      const caps = RTCRtpReceiver.getCapabilities('video').codecs.filter((c) => !/^video\/vp9$/i.test(c.mimeType));
+      try {
+        t.setCodecPreferences(caps);
+      } catch (e) {
+        // A transceiver that cannot take them keeps its own.
+      }
+    }
+  };
+  for (const name of ['createOffer', 'createAnswer']) {
+    const create = RTCPeerConnection.prototype[name];
+    RTCPeerConnection.prototype[name] = async function (...args) {
+      withoutVp9(this);
+      return create.apply(this, args);
+    };
+  }
+}
+
 /** An init script making Chromium an H264-only sender (Safari / hardware encoders): every
  * offer it makes lists H264 alone for its camera (its receivers keep their codecs). */
 function h264OnlySender() {
@@ -209,6 +233,37 @@ describe('codec negotiation across a room', { skip, timeout: TEST_TIMEOUT * 3 },
       });
       await waitForVideo(patient, 'dr', { codec: 'H264' });
       await waitForVideo(doctor, 'pt', { codec: 'H264' });
+    });
+  });
+
+  // A doctor sending VP9 as spatial layers (L3T3_KEY) in a room switched to another codec
+  // sends that codec as one layer (the layers are VP9's), and the layers again once the room is
+  // back on VP9.
+  it("a VP9 doctor's spatial layers give way to one layer when the room switches codec, and come back", { timeout: TEST_TIMEOUT }, async () => {
+    await scenario(async (open) => {
+      const room = newRoom('svc-switch');
+      const doctor = await open('doctor', 'chromium');
+      const patient = await open('patient', 'chromium');
+      await joinAs(doctor, room, 'dr', 'doctor', { preferredVideoCodec: 'VP9' });
+      await joinAs(patient, room, 'pt', 'patient', { preferredVideoCodec: 'VP9', simulcast: false });
+      const sending = () =>
+        doctor.evaluate(async () => {
+          const stats = await window.call._pc.getStats();
+          const out = [...stats.values()].find((s) => s.type === 'outbound-rtp' && s.kind === 'video' && s.framesEncoded > 0);
+          return out ? `${stats.get(out.codecId)?.mimeType} ${out.scalabilityMode}` : null;
+        });
+      const sends = (what) =>
+        pollUntil(async () => ((await sending()) === what ? what : null), { timeout: 30_000, what: `the doctor to send ${what}` });
+      await sends('video/VP9 L3T3_KEY');
+      await waitForVideo(patient, 'dr', { codec: 'VP9', width: 1280, timeout: 30_000 });
+      const guest = await open('guest', 'chromium', { initScript: noVp9 });
+      await joinAs(guest, room, 'gu', 'guest', { simulcast: false, media: SMALL });
+      await sends('video/VP8 L1T1');
+      await waitForVideo(guest, 'dr', { codec: 'VP8', width: 1280, timeout: 30_000 });
+      await waitForVideo(patient, 'dr', { codec: 'VP8', width: 1280, timeout: 30_000 });
+      await guest.leave();
+      await sends('video/VP9 L3T3_KEY');
+      await waitForVideo(patient, 'dr', { codec: 'VP9', width: 1280, timeout: 30_000 });
     });
   });
 
