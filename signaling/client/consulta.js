@@ -1018,9 +1018,12 @@ export class Call {
   }
 
   /**
-   * Sends our camera as spatial layers (`_svcMode`) while the codec in use is VP9, as one layer
-   * (`L1T1`) in any other (`vp9`: whether VP9 is, else read from the sender's parameters), and
-   * keeps `_svc` and the layer heights the server maps sizes to in step.
+   * Sends our camera as spatial layers (`_svcMode`) while the codec in use is VP9 and the
+   * consultation is not being recorded, else as one layer (`L1T1`): the layers are VP9's, and
+   * the recorder can only take a stream's lowest spatial layer (a quarter of the camera), so a
+   * recording gets the full picture in one layer (weak subscribers then get the `bitrate-cap`
+   * of a single-layer sender). `vp9`: whether VP9 is in use, else read from the sender's
+   * parameters. Keeps `_svc` and the layer heights the server maps sizes to in step.
    */
   async _matchSpatialMode(sender, vp9) {
     try {
@@ -1029,12 +1032,18 @@ export class Call {
       const used = params.codecs && params.codecs[0] && params.codecs[0].mimeType;
       if (!enc || (vp9 === undefined && !used)) return;
       const onVp9 = vp9 !== undefined ? vp9 : /^video\/vp9$/i.test(used);
-      const want = onVp9 ? this._svcMode : 'L1T1';
+      const recorded = !!(this.recording && this.recording.active);
+      const want = onVp9 && !recorded ? this._svcMode : 'L1T1';
       if (enc.scalabilityMode !== want) {
         enc.scalabilityMode = want;
+        if (want === this._svcMode) {
+          // Layers again: the full picture and rate (a cap on one layer may have lowered them).
+          enc.scaleResolutionDownBy = 1;
+          enc.maxBitrate = this._maxVideoBitrate;
+        }
         await sender.setParameters(params);
       }
-      const svc = onVp9 && (sender.getParameters().encodings || [])[0]?.scalabilityMode === this._svcMode;
+      const svc = onVp9 && !recorded && (sender.getParameters().encodings || [])[0]?.scalabilityMode === this._svcMode;
       if (svc === this._svc) return;
       this._svc = svc;
       const h = (sender.track && sender.track.getSettings && sender.track.getSettings().height) || DEFAULT_VIDEO.height;
@@ -1289,6 +1298,8 @@ export class Call {
           reason: m.reason || null,
         };
         this._emit('recording', this.recording);
+        // A recording keeps one layer of VP9 (see _matchSpatialMode).
+        if (this._svcMode && this._pc) this._enqueue(() => this._applySenderParameters()).catch(() => {});
         break;
       }
       case 'participant-waiting': {

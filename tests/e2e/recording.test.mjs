@@ -191,6 +191,55 @@ describe('recording with consent', { skip }, () => {
     assert.equal(decode(file), '');
   });
 
+  // VP9 from Chromium goes as spatial layers, of which the recorder can take only the lowest
+  // (a quarter of the camera): while the consultation is recorded, the SDK sends one layer, so
+  // the file has the full picture.
+  it('records a VP9 call at full size: spatial layers give way to one layer while recording', { timeout: 120_000 }, async () => {
+    const id = `rec-vp9-${process.pid}`;
+    const { doctor, patient } = await startCall(id, { doctorConsent: true, patientConsent: true, codec: 'VP9' });
+    const mode = (p) =>
+      p.evaluate(async () => {
+        const stats = await window.call._pc.getStats();
+        const out = [...stats.values()].find((s) => s.type === 'outbound-rtp' && s.kind === 'video' && s.framesEncoded > 0);
+        return out ? `${stats.get(out.codecId)?.mimeType} ${out.scalabilityMode}` : null;
+      });
+    try {
+      await pollUntil(async () => (await activeIn(doctor)) && (await activeIn(patient)), { what: 'both told recording is active' });
+      for (const p of [doctor, patient]) {
+        await pollUntil(async () => ((await mode(p)) === 'video/VP9 L1T1' ? true : null), { what: `${p.name} to send VP9 as one layer` });
+      }
+      await sleep(6_000);
+      await waitForVideo(patient, 'dr-ana', { width: 1280 });
+      await patient.leave();
+      await doctor.leave();
+    } finally {
+      await doctor.close();
+      await patient.close();
+    }
+    const ready = await readyEvent(id, 'recording_ready', 60_000);
+    const file = path.join(tempDir('consulta-rec-'), 'vp9.webm');
+    fs.writeFileSync(file, await s3.get(ready.payload.key));
+    const info = probe(file);
+    assert.deepEqual(info.streams.map((s) => s.codec_name).sort(), ['opus', 'opus', 'vp9', 'vp9']);
+    // Each video track's frames, in order: the last seconds are all full size.
+    const out = execFileSync('ffprobe', ['-v', 'error', '-select_streams', 'v', '-show_entries', 'frame=stream_index,width', '-of', 'csv=p=0', file], {
+      encoding: 'utf8',
+    });
+    const widths = new Map();
+    for (const line of out.trim().split('\n')) {
+      const [stream, width] = line.split(',').map(Number);
+      if (!widths.has(stream)) widths.set(stream, []);
+      widths.get(stream).push(width);
+    }
+    assert.equal(widths.size, 2, out.slice(0, 200));
+    for (const [stream, w] of widths) {
+      const last = w.slice(-90);
+      console.log(`recording vp9 stream ${stream}: ${w.length} frames, widths seen ${[...new Set(w)].join(' ')}`);
+      assert.ok(last.length >= 60 && last.every((x) => x === 1280), `stream ${stream}'s last frames: ${[...new Set(last)].join(' ')}`);
+    }
+    assert.equal(decode(file), '', 'ffmpeg decodes without errors');
+  });
+
   it('demo page: the recording bar asks for consent, then shows the recording', { timeout: 120_000 }, async () => {
     const id = `rec-demo-${process.pid}`;
     const token = await consultation(id, 'required');

@@ -118,7 +118,13 @@ impl<W: Wire> RouterHost<W> {
         }
         // Scalable VP9: the layer is in each packet's descriptor.
         let vp9 = match codec {
-            Some(Codec::Vp9) => crate::vp9::vp9_layer(&pkt.payload),
+            Some(Codec::Vp9) => match crate::vp9::vp9_layer(&pkt.payload) {
+                Some(v) => Some(v),
+                None => {
+                    producer.layers.end_spatial();
+                    None
+                }
+            },
             _ => None,
         };
         let layer = vp9

@@ -65,23 +65,32 @@ impl ProducerLayers {
     }
 
     /// A packet of one stream carries spatial layer `sid` (VP9 with layer indices): the track
-    /// has at least `sid + 1` layers, each measured on its own. Not for simulcast streams (a
-    /// track with rids keeps its layers by stream).
-    /// A keyframe's scalability structure says how many layers there are (`stated`).
+    /// has at least `sid + 1` layers, each measured on its own. A keyframe's scalability
+    /// structure says how many there are (`stated`): the publisher may have changed its mode
+    /// (one layer while its room records). Not for simulcast streams (a track with rids keeps
+    /// its layers by stream): None.
     #[inline]
     pub fn note_spatial(&mut self, sid: u8, stated: Option<u8>) -> Option<u8> {
         if usize::from(sid) >= MAX_LAYERS || self.rids.iter().any(Option::is_some) {
             return None;
         }
-        let count = stated.unwrap_or(0).min(MAX_LAYERS as u8).max(sid + 1);
-        if count > 1 || self.spatial {
-            self.spatial = true;
-            self.now.count = self.now.count.max(count);
+        match stated {
+            Some(n) => {
+                let n = n.clamp(sid + 1, MAX_LAYERS as u8);
+                self.spatial = n > 1;
+                self.now.count = n;
+            }
+            None if sid > 0 => {
+                self.spatial = true;
+                self.now.count = self.now.count.max(sid + 1);
+            }
+            None => {}
         }
         Some(sid)
     }
 
-    /// The track's spatial layers end (its publisher changed codec): one layer again.
+    /// The track's spatial layers end (its publisher changed codec, or sends VP9 without layer
+    /// indices): one layer again.
     pub fn end_spatial(&mut self) {
         if self.spatial {
             self.spatial = false;

@@ -74,3 +74,32 @@ fn a_panic_closes_only_that_participant() {
     ));
     assert_eq!(host.participants(), 2);
 }
+
+#[test]
+fn spatial_layers_follow_the_stream_and_its_scalability_structure() {
+    use super::simulcast::ProducerLayers;
+    let mut l = ProducerLayers::default();
+    l.now.count = 1;
+    // Layer 0 alone says nothing; a keyframe's structure of three layers does.
+    assert_eq!(l.note_spatial(0, None), Some(0));
+    assert!(!l.spatial);
+    assert_eq!(l.note_spatial(0, Some(3)), Some(0));
+    assert!(l.spatial);
+    assert_eq!(l.now.count, 3);
+    // A structure of one layer (the publisher now sends L1T3): one layer again.
+    l.note_spatial(0, Some(1));
+    assert!(!l.spatial);
+    assert_eq!(l.now.count, 1);
+    // Without a structure, a higher layer seen makes the count.
+    l.note_spatial(1, None);
+    assert!(l.spatial);
+    assert_eq!(l.now.count, 2);
+    l.end_spatial();
+    assert!(!l.spatial);
+    assert_eq!(l.now.count, 1);
+    // Out of range, or a simulcast track: not spatial.
+    assert_eq!(l.note_spatial(3, None), None);
+    l.rids[0] = Some("q".into());
+    assert_eq!(l.note_spatial(1, Some(3)), None);
+    assert!(!l.spatial);
+}
