@@ -267,6 +267,27 @@ describe('codec negotiation across a room', { skip, timeout: TEST_TIMEOUT * 3 },
     });
   });
 
+  // A Firefox patient of a VP9 doctor sending spatial layers decodes whichever it is given: the
+  // lowest alone for a small tile (the server marks the end of that layer's frame as the
+  // picture's end), the full picture again after.
+  it("a Firefox patient gets the lowest of a VP9 doctor's spatial layers for a small tile, then all", { timeout: TEST_TIMEOUT }, async () => {
+    await scenario(async (open) => {
+      const room = newRoom('svc-ff');
+      const doctor = await open('doctor', 'chromium');
+      const patient = await open('patient', 'firefox');
+      await joinAs(doctor, room, 'dr', 'doctor', { preferredVideoCodec: 'VP9' });
+      await joinAs(patient, room, 'pt', 'patient', { simulcast: false });
+      await waitForVideo(patient, 'dr', { codec: 'VP9', width: 1280, timeout: 30_000 });
+      await patient.evaluate(() => window.call.setVideoSize('dr', { width: 320, height: 180 }));
+      await waitForVideo(patient, 'dr', { codec: 'VP9', width: 320, timeout: 15_000 });
+      const small = await decodeRate(patient, 'dr');
+      console.log(`  Firefox <- VP9 layer 0: ${small.width}x${small.height} ${small.fps} fps`);
+      assert.ok(small.fps >= 15 && small.width === 320, JSON.stringify(small));
+      await patient.evaluate(() => window.call.setVideoSize('dr', null));
+      await waitForVideo(patient, 'dr', { codec: 'VP9', width: 1280, timeout: 30_000 });
+    });
+  });
+
   it('Firefox, an H264-only sender and a VP9-preferring Chromium: shared codecs flow, the rest is told', { timeout: TEST_TIMEOUT }, async () => {
     await scenario(async (open) => {
       const room = newRoom('three');
