@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 
-import { launchBrowser, openParticipant, pollUntil, sleep, startServer, waitForAudio, waitForVideo } from './harness.mjs';
+import { launchBrowser, openParticipant, pollUntil, sendingMode, sleep, startServer, waitForAudio, waitForVideo } from './harness.mjs';
 import { firefoxAvailable, firefoxCodecs, lanIp, launchFirefox, openFirefoxParticipant } from './firefox.mjs';
 
 const TEST_TIMEOUT = 150_000;
@@ -246,14 +246,8 @@ describe('codec negotiation across a room', { skip, timeout: TEST_TIMEOUT * 3 },
       const patient = await open('patient', 'chromium');
       await joinAs(doctor, room, 'dr', 'doctor', { preferredVideoCodec: 'VP9' });
       await joinAs(patient, room, 'pt', 'patient', { preferredVideoCodec: 'VP9', simulcast: false });
-      const sending = () =>
-        doctor.evaluate(async () => {
-          const stats = await window.call._pc.getStats();
-          const out = [...stats.values()].find((s) => s.type === 'outbound-rtp' && s.kind === 'video' && s.framesEncoded > 0);
-          return out ? `${stats.get(out.codecId)?.mimeType} ${out.scalabilityMode}` : null;
-        });
       const sends = (what) =>
-        pollUntil(async () => ((await sending()) === what ? what : null), { timeout: 30_000, what: `the doctor to send ${what}` });
+        pollUntil(async () => ((await sendingMode(doctor)) === what ? what : null), { timeout: 30_000, what: `the doctor to send ${what}` });
       await sends('video/VP9 L3T3_KEY');
       await waitForVideo(patient, 'dr', { codec: 'VP9', width: 1280, timeout: 30_000 });
       const guest = await open('guest', 'chromium', { initScript: noVp9 });

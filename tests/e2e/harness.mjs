@@ -95,8 +95,12 @@ function udpPortFree(port) {
   });
 }
 
-/** A port free for both TCP and UDP on 127.0.0.1 (the server may add ICE-TCP on the media port). */
-async function freeMediaPort(exclude) {
+/**
+ * A port free for both TCP and UDP on 127.0.0.1 (the server may add ICE-TCP on the media port;
+ * a TURN UDP port taken from freeTcpPort() alone once collided with another test file's media
+ * socket, and that server exited with "Address already in use").
+ */
+export async function freeMediaPort(exclude) {
   for (let i = 0; i < 50; i++) {
     const port = await freeTcpPort();
     if (port !== exclude && (await udpPortFree(port))) return port;
@@ -395,6 +399,18 @@ export async function joinInPage(opts) {
 }
 
 // ----- media assertions -----------------------------------------------------------------------------
+
+/**
+ * The codec and scalability mode `who`'s camera goes out in now (`'video/VP9 L3T3_KEY'`), or null
+ * before its first encoded frame.
+ */
+export function sendingMode(who) {
+  return who.evaluate(async () => {
+    const stats = await window.call._pc.getStats();
+    const out = [...stats.values()].find((s) => s.type === 'outbound-rtp' && s.kind === 'video' && s.framesEncoded > 0);
+    return out ? `${stats.get(out.codecId)?.mimeType} ${out.scalabilityMode}` : null;
+  });
+}
 
 /** The inbound entries of `kind` from `from` in one stats sample. */
 export function inboundFrom(stats, from, kind) {

@@ -6,7 +6,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { CONSULTA_BIN, launchBrowser, openParticipant, pollUntil, run, sleep, startServer, tempDir, waitForAudio, waitForVideo } from './harness.mjs';
+import { CONSULTA_BIN, launchBrowser, openParticipant, pollUntil, run, sendingMode, sleep, startServer, tempDir, waitForAudio, waitForVideo } from './harness.mjs';
 import { S3S_BIN, s3ConfigLines, sha256, startS3 } from './s3.mjs';
 
 const KEY = 'e2e-api-key-0123456789';
@@ -118,6 +118,30 @@ async function startCall(id, { doctorConsent, patientConsent, codec }) {
   return { doctor, patient };
 }
 
+/**
+ * Starts a call (`opts` as startCall's), runs `body({doctor, patient})`, then both leave; returns
+ * the consultation's `recording_ready` event.
+ */
+async function recordCall(id, opts, body) {
+  const { doctor, patient } = await startCall(id, opts);
+  try {
+    await body({ doctor, patient });
+    await patient.leave();
+    await doctor.leave();
+  } finally {
+    await doctor.close();
+    await patient.close();
+  }
+  return readyEvent(id, 'recording_ready', 60_000);
+}
+
+/** Writes the object a `recording_ready` event names to a temporary file called `name`. */
+async function download(ready, name) {
+  const file = path.join(tempDir('consulta-rec-'), name);
+  fs.writeFileSync(file, await s3.get(ready.payload.key));
+  return file;
+}
+
 const activeIn = (p) => p.evaluate(() => window.call.recording.active);
 /** When the participant was told recording became active (page clock = this machine's clock). */
 const activeSince = (p) => p.evaluate(() => window.recordingStates.find((s) => s.active)?.t);
@@ -171,20 +195,12 @@ describe('recording with consent', { skip }, () => {
 
   it('records an H264 call into Matroska', { timeout: 120_000 }, async () => {
     const id = `rec-h264-${process.pid}`;
-    const { doctor, patient } = await startCall(id, { doctorConsent: true, patientConsent: true, codec: 'H264' });
-    try {
+    const ready = await recordCall(id, { doctorConsent: true, patientConsent: true, codec: 'H264' }, async ({ doctor }) => {
       await pollUntil(async () => activeIn(doctor), { what: 'recording active' });
       await sleep(5_000);
-      await patient.leave();
-      await doctor.leave();
-    } finally {
-      await doctor.close();
-      await patient.close();
-    }
-    const ready = await readyEvent(id, 'recording_ready', 60_000);
+    });
     assert.ok(ready.payload.key.endsWith('.mkv'), ready.payload.key);
-    const file = path.join(tempDir('consulta-rec-'), 'h264.mkv');
-    fs.writeFileSync(file, await s3.get(ready.payload.key));
+    const file = await download(ready, 'h264.mkv');
     const info = probe(file);
     assert.deepEqual(info.streams.map((s) => s.codec_name).sort(), ['h264', 'h264', 'opus', 'opus']);
     assert.ok(info.streams.filter((s) => s.codec_name === 'h264').every((v) => v.width > 0 && v.height > 0));
@@ -196,29 +212,15 @@ describe('recording with consent', { skip }, () => {
   // the file has the full picture.
   it('records a VP9 call at full size: spatial layers give way to one layer while recording', { timeout: 120_000 }, async () => {
     const id = `rec-vp9-${process.pid}`;
-    const { doctor, patient } = await startCall(id, { doctorConsent: true, patientConsent: true, codec: 'VP9' });
-    const mode = (p) =>
-      p.evaluate(async () => {
-        const stats = await window.call._pc.getStats();
-        const out = [...stats.values()].find((s) => s.type === 'outbound-rtp' && s.kind === 'video' && s.framesEncoded > 0);
-        return out ? `${stats.get(out.codecId)?.mimeType} ${out.scalabilityMode}` : null;
-      });
-    try {
+    const ready = await recordCall(id, { doctorConsent: true, patientConsent: true, codec: 'VP9' }, async ({ doctor, patient }) => {
       await pollUntil(async () => (await activeIn(doctor)) && (await activeIn(patient)), { what: 'both told recording is active' });
       for (const p of [doctor, patient]) {
-        await pollUntil(async () => ((await mode(p)) === 'video/VP9 L1T1' ? true : null), { what: `${p.name} to send VP9 as one layer` });
+        await pollUntil(async () => ((await sendingMode(p)) === 'video/VP9 L1T1' ? true : null), { what: `${p.name} to send VP9 as one layer` });
       }
       await sleep(6_000);
       await waitForVideo(patient, 'dr-ana', { width: 1280 });
-      await patient.leave();
-      await doctor.leave();
-    } finally {
-      await doctor.close();
-      await patient.close();
-    }
-    const ready = await readyEvent(id, 'recording_ready', 60_000);
-    const file = path.join(tempDir('consulta-rec-'), 'vp9.webm');
-    fs.writeFileSync(file, await s3.get(ready.payload.key));
+    });
+    const file = await download(ready, 'vp9.webm');
     const info = probe(file);
     assert.deepEqual(info.streams.map((s) => s.codec_name).sort(), ['opus', 'opus', 'vp9', 'vp9']);
     // Each video track's frames, in order: the last seconds are all full size.

@@ -7,7 +7,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { freeTcpPort, launchBrowser, openParticipant, sleep, startServer, waitForVideo, inboundFrom } from './harness.mjs';
+import { freeMediaPort, freeTcpPort, launchBrowser, openParticipant, sleep, startServer, waitForVideo, inboundFrom } from './harness.mjs';
 
 const SECONDS = Number(process.env.TURN_RENEWAL_SECONDS || 180);
 const TTL = 60;
@@ -15,7 +15,7 @@ let server;
 let browser;
 
 before(async () => {
-  const ports = { udp: await freeTcpPort(), tcp: await freeTcpPort() };
+  const ports = { udp: await freeMediaPort(), tcp: await freeTcpPort() };
   server = await startServer({
     extraConfig: [
       '[turn]',

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import {
+  freeMediaPort,
   freeTcpPort,
   launchBrowser,
   openParticipant,
@@ -31,7 +32,7 @@ before(async () => {
     '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
     '-keyout', key, '-out', cert,
   ]);
-  ports = { udp: await freeTcpPort(), tcp: await freeTcpPort(), tls: await freeTcpPort() };
+  ports = { udp: await freeMediaPort(), tcp: await freeTcpPort(), tls: await freeTcpPort() };
   server = await startServer({
     extraConfig: [
       '[turn]',
