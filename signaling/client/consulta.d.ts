@@ -33,8 +33,10 @@ export interface ConnectOptions {
    * the layer its downlink carries instead of capping this sender for the weakest one.
    * With `preferredVideoCodec` VP9 the layers are spatial layers of one stream
    * (`scalabilityMode` `L3T3_KEY`, `L2T3_KEY` for a 360p camera) where the browser lists them
-   * (Chromium), else one layer (Firefox); with AV1, one layer. Default `true`; `false` sends one
-   * layer (capped by the server's `bitrate-cap` for a weak subscriber).
+   * (Chromium), else one layer (Firefox); VP9 goes as one layer too while the room's codec is
+   * another or the consultation is recorded (the recorder takes one spatial layer); with AV1, one
+   * layer. Default `true`; `false` sends one layer (capped by the server's `bitrate-cap` for a
+   * weak subscriber).
    */
   simulcast?: boolean;
   /** A non-empty list replaces the server's `ice_servers` (its TURN credentials); `[]` or absent keeps them. */
