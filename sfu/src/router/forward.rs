@@ -112,24 +112,25 @@ impl<W: Wire> RouterHost<W> {
         if codec.is_some() {
             producer.codec = codec;
         }
-        if switched {
-            // Spatial layers were VP9's: the new codec's stream tells its own.
-            producer.layers.end_spatial();
-        }
-        // Scalable VP9: the layer is in each packet's descriptor.
+        // Scalable VP9: the layer is in each packet's descriptor. A packet without one (another
+        // codec after a change, VP9 sent as one layer) ends the track's spatial layers; an
+        // empty one (padding) says nothing.
         let vp9 = match codec {
-            Some(Codec::Vp9) => match crate::vp9::vp9_layer(&pkt.payload) {
-                Some(v) => Some(v),
-                None => {
-                    producer.layers.end_spatial();
-                    None
-                }
-            },
+            Some(Codec::Vp9) => crate::vp9::vp9_layer(&pkt.payload),
             _ => None,
         };
-        let layer = vp9
-            .and_then(|v| producer.layers.note_spatial(v.sid, v.layers))
-            .unwrap_or(layer);
+        let layer = match vp9 {
+            Some(v) => producer
+                .layers
+                .note_spatial(v.sid, v.layers)
+                .unwrap_or(layer),
+            None => {
+                if !pkt.payload.is_empty() {
+                    producer.layers.end_spatial();
+                }
+                layer
+            }
+        };
         producer
             .layers
             .on_packet(layer, pkt.payload.len(), pkt.timestamp);
@@ -153,8 +154,10 @@ impl<W: Wire> RouterHost<W> {
         let mut primary: Option<Arc<[u8]>> = None;
         // RED's newest redundant block (data, timestamp offset), for subscribers without RED.
         let mut redundant: Option<Option<(Arc<[u8]>, u32)>> = None;
-        let keyframe = match codec {
-            Some(c) if gates_on_keyframes(c) => is_keyframe_start(c, &pkt.payload),
+        let keyframe = match (vp9, codec) {
+            // The descriptor is already read.
+            (Some(v), _) => v.keyframe,
+            (None, Some(c)) if gates_on_keyframes(c) => is_keyframe_start(c, &pkt.payload),
             _ => true,
         };
         let room = t.room;

@@ -89,8 +89,9 @@ impl ProducerLayers {
         Some(sid)
     }
 
-    /// The track's spatial layers end (its publisher changed codec, or sends VP9 without layer
-    /// indices): one layer again.
+    /// The track's spatial layers end (a packet without VP9 layer indices: its publisher changed
+    /// codec, or sends VP9 as one layer): one layer again. Nothing for other tracks.
+    #[inline]
     pub fn end_spatial(&mut self) {
         if self.spatial {
             self.spatial = false;
