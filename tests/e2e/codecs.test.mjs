@@ -28,7 +28,9 @@ let firefox;
 before(async () => {
   if (skip) return;
   // Firefox pairs no loopback candidate: the server also advertises this machine's LAN address.
-  server = await startServer({ publicIps: ['127.0.0.1', lanIp()], extraConfig: `[api]\nkeys = ["${API_KEY}"]` });
+  // The layer decisions are logged (debug), so that a failure's server log tail shows them.
+  const log = '[log]\nlevel = "info,consulta_sfu::router::simulcast=debug,consulta_sfu::router::preference=debug"';
+  server = await startServer({ publicIps: ['127.0.0.1', lanIp()], extraConfig: `[api]\nkeys = ["${API_KEY}"]\n${log}` });
   chromium = await launchBrowser();
   firefox = await launchFirefox();
 });
@@ -54,6 +56,11 @@ async function scenario(body) {
     await body(open);
   } catch (e) {
     for (const p of people) if (p.logs.length) console.error(p.logs.slice(-30).join('\n'));
+    // What each sender was encoding, layer by layer, when the test gave up.
+    for (const p of people) {
+      const out = await p.stats().then((s) => s.outbound.filter((o) => o.kind === 'video'), () => []);
+      console.error(`${p.name} sends video: ${JSON.stringify(out.map(({ rid, frameWidth, frameHeight, framesPerSecond, bytesSent, targetBitrate, qualityLimitationReason }) => ({ rid, frameWidth, frameHeight, framesPerSecond, bytesSent, targetBitrate, qualityLimitationReason })))}`);
+    }
     console.error(`--- server log tail ---\n${server.tail()}`);
     throw e;
   } finally {
@@ -325,7 +332,7 @@ describe('codec negotiation across a room', { skip, timeout: TEST_TIMEOUT * 3 },
 
   // Simulcast from Firefox: a Chromium patient that shows the doctor small gets the lowest
   // layer, and Firefox stops encoding the ones above (publish-layers); then they come back.
-  it("a Firefox doctor's simulcast: a small tile gets the lowest layer and the upper ones pause", { timeout: TEST_TIMEOUT }, async () => {
+  it("a Firefox doctor's simulcast: a small tile gets the lowest layer and the upper ones pause", { timeout: TEST_TIMEOUT + 90_000 }, async () => {
     await scenario(async (open) => {
       const room = newRoom('ff-size');
       const doctor = await open('doctor', 'firefox');
@@ -340,8 +347,10 @@ describe('codec negotiation across a room', { skip, timeout: TEST_TIMEOUT * 3 },
       const all = heights.map(() => true).join();
       const lowOnly = heights.map((_, i) => i === 0).join();
       assert.equal(await layers(), all);
-      // Firefox enables its top layer only once its own uplink estimate allows (10-20 s here).
-      await waitForVideo(patient, 'dr', { height: top, timeout: 45_000 });
+      // Firefox enables its top layer only once its own uplink estimate allows: 10-20 s here, and
+      // 29-31 s with one of this 2-core machine's cores kept busy (its estimate starts at
+      // 300 kbit/s). The bound is Firefox's ramp, not the server's switch (which the rest checks).
+      await waitForVideo(patient, 'dr', { height: top, timeout: 90_000 });
       await patient.evaluate((h) => window.call.setVideoSize('dr', { width: Math.round((h * 4) / 3), height: h }), low);
       await waitForVideo(patient, 'dr', { height: low, timeout: 15_000 });
       await pollUntil(async () => ((await layers()) === lowOnly ? true : null), {
@@ -355,7 +364,9 @@ describe('codec negotiation across a room', { skip, timeout: TEST_TIMEOUT * 3 },
         timeout: 5_000,
         what: "Firefox to resume the doctor's upper layers",
       });
-      await waitForVideo(patient, 'dr', { height: top, timeout: 45_000 });
+      // Firefox resumes its layers at its own estimate, then the patient's goes up a layer at a
+      // time (3-14 s here).
+      await waitForVideo(patient, 'dr', { height: top, timeout: 60_000 });
     });
   });
 });
