@@ -347,9 +347,9 @@ describe('codec negotiation across a room', { skip, timeout: TEST_TIMEOUT * 3 },
       const all = heights.map(() => true).join();
       const lowOnly = heights.map((_, i) => i === 0).join();
       assert.equal(await layers(), all);
-      // Firefox enables its top layer only once its own uplink estimate allows: 10-20 s here, and
-      // 29-31 s with one of this 2-core machine's cores kept busy (its estimate starts at
-      // 300 kbit/s). The bound is Firefox's ramp, not the server's switch (which the rest checks).
+      // Firefox enables its top layer only once its own uplink estimate allows: at once here, and
+      // 29-31 s after joining with this 2-core machine's cores kept busy by two shell loops. The
+      // bound is Firefox's ramp, not the server's switch (which the rest checks).
       await waitForVideo(patient, 'dr', { height: top, timeout: 90_000 });
       await patient.evaluate((h) => window.call.setVideoSize('dr', { width: Math.round((h * 4) / 3), height: h }), low);
       await waitForVideo(patient, 'dr', { height: low, timeout: 15_000 });
