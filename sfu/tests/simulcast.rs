@@ -28,11 +28,7 @@ fn call(room: &str) -> (Net, usize, usize) {
     let mut net = Net::new(5);
     let doctor = net.join_simulcast(room, "doctor", &RIDS);
     let patient = net.join(room, "patient", false);
-    net.until(10, "both connected", |n| {
-        n.clients.iter().all(|c| c.connected)
-    });
-    net.until(10, "the consumer offer", |n| n.clients[patient].offered(2));
-    net.settle(20);
+    net.until_offered(patient, 2);
     (net, doctor, patient)
 }
 

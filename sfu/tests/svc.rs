@@ -24,11 +24,7 @@ fn call(room: &str) -> (Net, usize, usize) {
     let mut net = Net::new(5);
     let doctor = net.join_with_codecs(room, "doctor", &[Codec::Vp9]);
     let patient = net.join(room, "patient", false);
-    net.until(10, "both connected", |n| {
-        n.clients.iter().all(|c| c.connected)
-    });
-    net.until(10, "the consumer offer", |n| n.clients[patient].offered(2));
-    net.settle(20);
+    net.until_offered(patient, 2);
     (net, doctor, patient)
 }
 
@@ -63,17 +59,10 @@ fn packet(n: u32, sid: usize) -> Vec<u8> {
 /// layer's packet), a housekeeping round after each; `seq` is the publisher's next sequence
 /// number.
 fn send(net: &mut Net, doctor: usize, seq: &mut u64, pictures: std::ops::Range<u32>) {
+    let pt = net.video_pt(doctor, Codec::Vp9);
     for n in pictures {
         let c = &mut net.clients[doctor];
         let mid = c.video_mid.expect("video published");
-        let pt = c
-            .rtc
-            .writer(mid)
-            .expect("writer")
-            .payload_params()
-            .find(|p| p.spec().codec == Codec::Vp9)
-            .expect("VP9 negotiated")
-            .pt();
         let mut api = c.rtc.direct_api();
         let tx = api.stream_tx_by_mid(mid, None).expect("the video stream");
         for sid in 0..3 {

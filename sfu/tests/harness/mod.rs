@@ -12,7 +12,7 @@ use consulta_sfu::transport::{Advertised, Wire};
 use consulta_sfu::{Command, JoinRequest, PeerEvent, PeerId, ServerMessage};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, MediaData, MediaKind, MediaTime, Mid};
+use str0m::media::{Direction, MediaData, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc};
 
@@ -235,6 +235,7 @@ impl Net {
 
     /// Writes one VP8 frame on simulcast layer `rid` of client `i`.
     pub fn write_layer(&mut self, i: usize, rid: &str, time: MediaTime, data: &[u8]) {
+        let pt = self.video_pt(i, Codec::Vp8);
         let c = &mut self.clients[i];
         let mid = c.video_mid.expect("video published");
         let w = c
@@ -242,13 +243,33 @@ impl Net {
             .writer(mid)
             .expect("writer")
             .rid(str0m::media::Rid::from(rid));
-        let pt = w
-            .payload_params()
-            .find(|p| p.spec().codec == Codec::Vp8)
-            .expect("VP8 negotiated")
-            .pt();
         w.write(pt, Instant::now(), time, data.to_vec()).unwrap();
         drain_client(c, Instant::now());
+    }
+
+    /// The payload type client `i` sends its video in with `codec`.
+    pub fn video_pt(&mut self, i: usize, codec: Codec) -> Pt {
+        let c = &mut self.clients[i];
+        let mid = c.video_mid.expect("video published");
+        c.rtc
+            .writer(mid)
+            .expect("writer")
+            .payload_params()
+            .find(|p| p.spec().codec == codec)
+            .expect("codec negotiated")
+            .pt()
+    }
+
+    /// Settles until every client is connected and `subscriber` was offered `tracks` tracks of
+    /// others (its answer applied).
+    pub fn until_offered(&mut self, subscriber: usize, tracks: usize) {
+        self.until(10, "all connected", |n| {
+            n.clients.iter().all(|c| c.connected)
+        });
+        self.until(10, "the consumer offer", |n| {
+            n.clients[subscriber].offered(tracks)
+        });
+        self.settle(20);
     }
 
     pub fn leave(&mut self, i: usize) {
