@@ -59,7 +59,7 @@ async function scenario(body) {
     // What each sender was encoding, layer by layer, when the test gave up.
     for (const p of people) {
       const out = await p.stats().then((s) => s.outbound.filter((o) => o.kind === 'video'), () => []);
-      console.error(`${p.name} sends video: ${JSON.stringify(out.map(({ rid, frameWidth, frameHeight, framesPerSecond, bytesSent, targetBitrate, qualityLimitationReason }) => ({ rid, frameWidth, frameHeight, framesPerSecond, bytesSent, targetBitrate, qualityLimitationReason })))}`);
+      console.error(`${p.name} sends video: ${JSON.stringify(out)}`);
     }
     console.error(`--- server log tail ---\n${server.tail()}`);
     throw e;
