@@ -76,6 +76,26 @@ pub const NEW_PATH_SETTLE: Duration = Duration::from_secs(4);
 /// When str0m's estimator starts again after a path change (from the estimate before it, at
 /// most [`HD_DESIRED_BPS`]): once the dead path's losses were reported to it.
 pub const NEW_PATH_RESET_AFTER: Duration = Duration::from_secs(1);
+/// A fall of str0m's estimate while the subscriber's feedback shows a link with no queue
+/// (under [`QUEUE_SIGN`]) and no loss (under [`LOSS_SIGN`]), and its video is at the highest
+/// layers it may take ([`Downlink::set_at_top`]), is held back this long: the budget keeps the
+/// estimate before the fall. str0m's delay detector also reacts to a browser whose
+/// CPU is starved (its feedback comes late): measured on an unshaped link with both cores
+/// busy, its estimate fell to ~0.5 Mbit/s for under 0.4 s, and its event (the mean of the last
+/// 3 s) stayed at 594 kbit/s long enough to take the subscriber from 720p to 360p for 6 s. A
+/// link that really got weaker queues or drops what it is sent within a round trip, and the
+/// first sign of it releases the hold. This long is the event's window: a dip that comes with
+/// no sign is out of it by then.
+pub const FALL_HOLD: Duration = Duration::from_secs(3);
+/// A queue toward the subscriber at least this much longer than its shortest is a sign that
+/// its link is congested (see [`FALL_HOLD`]). Round trips sampled on an unshaped link with both
+/// cores busy reached 46 ms (CPU scheduling); a 400 kbit/s link that was sent 2.5 Mbit/s
+/// queued over 300 ms ([`CONGESTED_QUEUE`]).
+pub const QUEUE_SIGN: Duration = Duration::from_millis(100);
+/// A loss fraction (receiver reports or TWCC feedback) at or above this is a sign that the
+/// link is congested (see [`FALL_HOLD`]). An unshaped link loses nothing: none of ~900 TWCC
+/// reports of the unimpaired side in the weak-network scenarios reported any loss.
+pub const LOSS_SIGN: f32 = 0.02;
 
 /// What the router does after [`Downlink::poll`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +117,17 @@ pub struct Downlink {
     /// it held the layers down longer (scenario a: 640 wide again after 6.5–9.2 s, and once not
     /// within 15 s, against 3.3–4.5 s). A step down is caught as soon by the queue it builds
     /// ([`CONGESTED_QUEUE`]).
+    /// While a fall of it is held back ([`FALL_HOLD`]), the estimate before the fall.
     estimate: Option<u64>,
+    /// str0m's estimate as its event gave it last (with the new path's floor).
+    reported: Option<u64>,
+    /// A fall held back ([`FALL_HOLD`]): since when, and the estimate before it; until the
+    /// estimate is back there, the link shows a sign of congestion, or the hold runs out.
+    fall_held: Option<(Instant, u64)>,
+    /// When the link last showed a sign of congestion ([`QUEUE_SIGN`], [`LOSS_SIGN`]), and the
+    /// queue of its last round trip.
+    sign_at: Option<Instant>,
+    last_queue: Option<Duration>,
     /// Since when its video is paused (None: it flows).
     paused_since: Option<Instant>,
     /// Since when the budget has been on the other side of the pause/resume threshold.
@@ -109,6 +139,9 @@ pub struct Downlink {
     wanted: Option<Wanted>,
     /// Since when every video track it receives is at its lowest layer.
     floor_since: Option<Instant>,
+    /// Every video track it receives is at the highest layer it may take: a budget held up
+    /// ([`FALL_HOLD`]) can only keep it there, not take anything up.
+    at_top: bool,
     /// The lowest layer does not fit: heavy loss after it settled ([`FLOOR_SETTLE`]), or a queue
     /// that grows past [`FLOOR_QUEUE_PAUSE`]. Video pauses at the next poll.
     floor_fails: bool,
@@ -147,10 +180,45 @@ pub struct Wanted {
 }
 
 impl Downlink {
-    /// A new estimate from str0m's event, in bits per second.
-    pub fn on_estimate(&mut self, bps: u64) {
+    /// A new estimate from str0m's event at `now`, in bits per second. A fall while the link
+    /// shows no sign of congestion is held back ([`FALL_HOLD`]).
+    pub fn on_estimate(&mut self, now: Instant, bps: u64) {
         self.raw_estimate = Some(bps);
-        self.estimate = Some(self.held_estimate.map_or(bps, |h| h.max(bps)));
+        let reported = self.held_estimate.map_or(bps, |h| h.max(bps));
+        self.reported = Some(reported);
+        self.estimate = Some(self.trusted(now, reported));
+    }
+
+    /// The estimate to budget with when str0m reports `reported` at `now`.
+    fn trusted(&mut self, now: Instant, reported: u64) -> u64 {
+        let Some(before) = self.estimate else {
+            return reported;
+        };
+        let quiet = self.at_top
+            && !self.is_video_paused()
+            && self.last_queue.is_some_and(|q| q < QUEUE_SIGN)
+            && !self
+                .sign_at
+                .is_some_and(|t| now.saturating_duration_since(t) < FALL_HOLD);
+        if !quiet || reported >= self.fall_held.map_or(before, |(_, held)| held) {
+            self.fall_held = None;
+            return reported;
+        }
+        let (since, held) = *self.fall_held.get_or_insert((now, before));
+        if now.saturating_duration_since(since) < FALL_HOLD {
+            return held;
+        }
+        // A fall that outlasted the event's window is the link's new level.
+        self.fall_held = None;
+        reported
+    }
+
+    /// The link showed a sign of congestion at `at`: a fall held back is let through.
+    fn on_sign(&mut self, at: Instant) {
+        self.sign_at = Some(at);
+        if self.fall_held.take().is_some() {
+            self.estimate = self.reported;
+        }
     }
 
     /// The path to the subscriber changed (an ICE restart onto a new address): see
@@ -160,12 +228,15 @@ impl Downlink {
         self.new_path_at = Some(now);
         self.held_estimate = self.estimate;
         self.raw_estimate = self.estimate;
+        self.reported = self.estimate;
         self.estimator_reset_at = Some(now + NEW_PATH_RESET_AFTER);
         self.congested_at = None;
         self.floor_fails = false;
         self.rtt_base = [None; 2];
         self.rtt_window_at = None;
         self.last_rtt = None;
+        self.last_queue = None;
+        self.fall_held = None;
         self.recent_estimates = [None; 4];
     }
 
@@ -236,6 +307,17 @@ impl Downlink {
         }
     }
 
+    /// Whether every video track the subscriber receives is at the highest layer it may take
+    /// now (nothing left to go up to): only then is a fall of the estimate held back
+    /// ([`FALL_HOLD`]); below it, a held budget could take a layer up on a link that just
+    /// got weaker (seen in scenario b: up one layer on a 400 kbit/s link, then cut again).
+    pub fn set_at_top(&mut self, at_top: bool) {
+        self.at_top = at_top;
+        if !at_top && self.fall_held.take().is_some() {
+            self.estimate = self.reported;
+        }
+    }
+
     /// Whether every video track the subscriber receives is at its lowest layer now.
     pub fn set_at_floor(&mut self, now: Instant, at_floor: bool) {
         if !at_floor {
@@ -256,6 +338,9 @@ impl Downlink {
     /// layer and audio overflow the queue, and every second it lasts conceals half the audio
     /// (measured in the weak-network scenario c).
     pub fn on_loss(&mut self, at: Instant, fraction: f32) {
+        if fraction >= LOSS_SIGN && !self.settling(at) {
+            self.on_sign(at);
+        }
         if !self.loss_counts(at) || fraction < HEAVY_LOSS || self.settling(at) {
             return;
         }
@@ -291,11 +376,16 @@ impl Downlink {
         let queue = self.queue(at, rtt);
         let growing = self.last_rtt.is_some_and(|last| rtt >= last);
         self.last_rtt = Some(rtt);
+        self.last_queue = Some(queue);
+        if queue >= QUEUE_SIGN {
+            self.on_sign(at);
+        }
+        // What str0m reports, not what a hold kept: a queue this long lets a fall through.
         self.recent_estimates.rotate_right(1);
-        self.recent_estimates[0] = self.estimate;
+        self.recent_estimates[0] = self.reported;
         let highest = self.recent_estimates.iter().flatten().max().copied();
         let falling = self
-            .estimate
+            .reported
             .zip(highest)
             .is_some_and(|(e, h)| e.saturating_mul(100) < h.saturating_mul(FALLING_PERCENT));
         if falling && queue >= CONGESTED_QUEUE && self.loss_counts(at) {
@@ -358,6 +448,7 @@ impl Downlink {
             // Settled on the new path: str0m's estimate as it is.
             self.held_estimate = None;
             self.estimate = self.raw_estimate.or(self.estimate);
+            self.reported = self.estimate;
         }
         let wanted = self.desired(audio_tracks, video_tracks);
         let constrained = video_tracks > 0

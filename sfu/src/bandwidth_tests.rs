@@ -9,23 +9,24 @@ fn at(t0: Instant, ms: u64) -> Instant {
 /// A downlink estimated at 2.5 Mbit/s whose shortest round trip, reported at `t0`, is 5 ms.
 fn hd_with_base_rtt(t0: Instant) -> Downlink {
     let mut d = Downlink::default();
-    d.on_estimate(2_500_000);
+    d.on_estimate(t0, 2_500_000);
     d.on_feedback_rtt(t0, Duration::from_millis(5));
     d
 }
 
 #[test]
 fn audio_is_budgeted_before_video() {
+    let t0 = Instant::now();
     let mut d = Downlink::default();
     assert_eq!(d.video_budget_per_track(1, 1), None);
-    d.on_estimate(500_000);
+    d.on_estimate(t0, 500_000);
     // 85 % of 500k = 425k, minus 64k of audio.
     assert_eq!(d.video_budget_per_track(1, 1), Some(361_000));
     assert_eq!(
         d.video_budget_per_track(2, 2),
         Some((425_000 - 128_000) / 2)
     );
-    d.on_estimate(50_000);
+    d.on_estimate(t0, 50_000);
     assert_eq!(d.video_budget_per_track(1, 1), Some(0));
 }
 
@@ -33,16 +34,16 @@ fn audio_is_budgeted_before_video() {
 fn pauses_after_a_sustained_low_budget_and_at_once_when_very_low() {
     let t0 = Instant::now();
     let mut d = Downlink::default();
-    d.on_estimate(2_000_000);
+    d.on_estimate(t0, 2_000_000);
     assert_eq!(d.poll(t0, 1, 1), Change::None);
     // 200k: 170k usable - 64k audio = 106k per video track: below 120k.
-    d.on_estimate(200_000);
+    d.on_estimate(t0, 200_000);
     assert_eq!(d.poll(at(t0, 100), 1, 1), Change::None);
     assert_eq!(d.poll(at(t0, 1_000), 1, 1), Change::None);
     // A brief recovery restarts the clock.
-    d.on_estimate(400_000);
+    d.on_estimate(t0, 400_000);
     assert_eq!(d.poll(at(t0, 1_200), 1, 1), Change::None);
-    d.on_estimate(200_000);
+    d.on_estimate(t0, 200_000);
     assert_eq!(d.poll(at(t0, 1_300), 1, 1), Change::None);
     assert_eq!(d.poll(at(t0, 2_200), 1, 1), Change::None);
     assert_eq!(d.poll(at(t0, 2_300), 1, 1), Change::PauseVideo);
@@ -51,7 +52,7 @@ fn pauses_after_a_sustained_low_budget_and_at_once_when_very_low() {
 
     // Far below: no waiting.
     let mut e = Downlink::default();
-    e.on_estimate(120_000);
+    e.on_estimate(t0, 120_000);
     assert_eq!(e.poll(t0, 1, 1), Change::PauseVideo);
 }
 
@@ -59,13 +60,13 @@ fn pauses_after_a_sustained_low_budget_and_at_once_when_very_low() {
 fn resumes_only_with_headroom_held_for_a_while() {
     let t0 = Instant::now();
     let mut d = Downlink::default();
-    d.on_estimate(100_000);
+    d.on_estimate(t0, 100_000);
     assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);
     // Enough to pause-not, but not enough headroom to resume (needs 250k per track).
-    d.on_estimate(350_000);
+    d.on_estimate(t0, 350_000);
     assert_eq!(d.poll(at(t0, 5_000), 1, 1), Change::None);
     // 500k: 361k per track: the wait to resume starts, a trial padded up to the rate.
-    d.on_estimate(500_000);
+    d.on_estimate(t0, 500_000);
     assert_eq!(d.poll(at(t0, 6_000), 1, 1), Change::None);
     assert_eq!(
         d.bwe_target(at(t0, 6_000), 1, 1).0,
@@ -73,10 +74,10 @@ fn resumes_only_with_headroom_held_for_a_while() {
     );
     // The link did not carry it (the estimate fell): no more padding, and no new wait
     // before the back-off.
-    d.on_estimate(300_000);
+    d.on_estimate(t0, 300_000);
     assert_eq!(d.poll(at(t0, 8_000), 1, 1), Change::None);
     assert_eq!(d.bwe_target(at(t0, 8_000), 1, 1).0, 64_000);
-    d.on_estimate(500_000);
+    d.on_estimate(t0, 500_000);
     assert_eq!(d.poll(at(t0, 8_100), 1, 1), Change::None);
     assert_eq!(d.poll(at(t0, 11_900), 1, 1), Change::None);
     assert_eq!(d.bwe_target(at(t0, 11_900), 1, 1).0, 64_000);
@@ -87,13 +88,13 @@ fn resumes_only_with_headroom_held_for_a_while() {
     assert!(!d.is_video_paused());
     assert_eq!(d.bwe_target(at(t0, 15_000), 1, 1).0, 64_000);
     // A failure after a resume backs off from the first step again (4 s).
-    d.on_estimate(100_000);
+    d.on_estimate(t0, 100_000);
     assert_eq!(d.poll(at(t0, 16_000), 1, 1), Change::PauseVideo);
-    d.on_estimate(500_000);
+    d.on_estimate(t0, 500_000);
     assert_eq!(d.poll(at(t0, 17_000), 1, 1), Change::None);
-    d.on_estimate(300_000);
+    d.on_estimate(t0, 300_000);
     assert_eq!(d.poll(at(t0, 17_500), 1, 1), Change::None);
-    d.on_estimate(500_000);
+    d.on_estimate(t0, 500_000);
     assert_eq!(d.poll(at(t0, 21_400), 1, 1), Change::None);
     assert_eq!(d.bwe_target(at(t0, 21_400), 1, 1).0, 64_000);
     assert_eq!(d.poll(at(t0, 21_500), 1, 1), Change::None);
@@ -107,7 +108,7 @@ fn resumes_only_with_headroom_held_for_a_while() {
 fn without_video_nothing_pauses() {
     let t0 = Instant::now();
     let mut d = Downlink::default();
-    d.on_estimate(10_000);
+    d.on_estimate(t0, 10_000);
     assert_eq!(d.poll(t0, 1, 0), Change::None);
     assert_eq!(d.publisher_cap(1, 0), None);
 }
@@ -117,13 +118,13 @@ fn publishers_are_capped_only_on_a_constrained_unpaused_link() {
     let t0 = Instant::now();
     let mut d = Downlink::default();
     assert_eq!(d.publisher_cap(1, 1), None);
-    d.on_estimate(3_200_000);
+    d.on_estimate(t0, 3_200_000);
     assert_eq!(d.publisher_cap(1, 1), None, "HD fits");
     assert_eq!(d.publisher_cap(1, 2), Some((2_720_000 - 64_000) / 2));
-    d.on_estimate(600_000);
+    d.on_estimate(t0, 600_000);
     assert_eq!(d.publisher_cap(1, 1), Some(510_000 - 64_000));
     assert_eq!(d.publisher_cap(1, 2), Some((510_000 - 64_000) / 2));
-    d.on_estimate(100_000);
+    d.on_estimate(t0, 100_000);
     assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);
     assert_eq!(
         d.publisher_cap(1, 1),
@@ -138,7 +139,7 @@ fn probes_without_padding_while_paused() {
     let mut d = Downlink::default();
     assert_eq!(d.bwe_target(t0, 1, 1), (64_000, HD_DESIRED_BPS));
     assert_eq!(d.bwe_target(t0, 2, 3), (128_000, 3 * HD_DESIRED_BPS));
-    d.on_estimate(100_000);
+    d.on_estimate(t0, 100_000);
     assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);
     // The minimum stays audio's; the desired rate is what resuming needs with headroom
     // (not HD: a probe of HD fills a weak link's queue), and rises every other step.
@@ -159,7 +160,7 @@ fn probes_without_padding_while_paused() {
 fn a_constrained_link_is_probed_every_six_seconds_and_a_good_one_never() {
     let t0 = Instant::now();
     let mut d = Downlink::default();
-    d.on_estimate(400_000);
+    d.on_estimate(t0, 400_000);
     assert_eq!(d.poll(t0, 1, 1), Change::None);
     let desired = |d: &Downlink, ms| d.bwe_target(at(t0, ms), 1, 1).1;
     assert_eq!(desired(&d, 0), HD_DESIRED_BPS);
@@ -167,7 +168,7 @@ fn a_constrained_link_is_probed_every_six_seconds_and_a_good_one_never() {
     assert_eq!(desired(&d, 3_100), HD_DESIRED_BPS + 1_000);
     assert_eq!(desired(&d, 6_100), HD_DESIRED_BPS);
     // A link that carries HD is not probed.
-    d.on_estimate(HD_DESIRED_BPS + 1);
+    d.on_estimate(t0, HD_DESIRED_BPS + 1);
     assert_eq!(d.poll(at(t0, 7_000), 1, 1), Change::None);
     assert_eq!(desired(&d, 9_100), HD_DESIRED_BPS);
 }
@@ -176,7 +177,7 @@ fn a_constrained_link_is_probed_every_six_seconds_and_a_good_one_never() {
 fn the_desired_rate_follows_the_next_layer_and_a_step_up_is_padded_for_first() {
     let t0 = Instant::now();
     let mut d = Downlink::default();
-    d.on_estimate(2_000_000);
+    d.on_estimate(t0, 2_000_000);
     assert_eq!(d.poll(t0, 1, 1), Change::None);
     // One layer up takes 500 kbit/s: desired is where it fits with 20 % headroom once 85 %
     // of the estimate is usable and audio is served: (64k + 600k) / 0.85.
@@ -193,7 +194,7 @@ fn the_desired_rate_follows_the_next_layer_and_a_step_up_is_padded_for_first() {
     assert_eq!(d.bwe_target(t0, 1, 1), (564_000, 781_176));
     // Paused video is not padded for, and what resuming needs is probed for (what finds a
     // recovered link).
-    d.on_estimate(100_000);
+    d.on_estimate(t0, 100_000);
     assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);
     assert_eq!(
         d.bwe_target(t0, 1, 1),
@@ -213,7 +214,7 @@ fn heavy_loss_at_the_lowest_layer_pauses_at_once_and_loss_before_it_does_not() {
     let at = |ms| t0 + Duration::from_millis(ms);
     let mut d = Downlink::default();
     // The estimate stays high (a full queue shows no delay trend).
-    d.on_estimate(400_000);
+    d.on_estimate(t0, 400_000);
     // Heavy loss while not at the floor (the layer before the change): nothing.
     d.on_loss(at(0), 0.5);
     assert_eq!(d.poll(at(0), 1, 1), Change::None);
@@ -229,7 +230,7 @@ fn heavy_loss_at_the_lowest_layer_pauses_at_once_and_loss_before_it_does_not() {
     assert_eq!(d.poll(at(3_200), 1, 1), Change::PauseVideo);
     // Loss while a step up is padded for is the trial's: it neither congests nor pauses.
     let mut f = Downlink::default();
-    f.on_estimate(400_000);
+    f.on_estimate(t0, 400_000);
     f.set_at_floor(t0, true);
     f.set_wanted(
         at(2_000),
@@ -247,7 +248,7 @@ fn heavy_loss_at_the_lowest_layer_pauses_at_once_and_loss_before_it_does_not() {
     assert!(!f.is_congested(at(6_000)));
     // Leaving the floor forgets it.
     let mut e = Downlink::default();
-    e.on_estimate(400_000);
+    e.on_estimate(t0, 400_000);
     e.set_at_floor(t0, true);
     e.on_loss(at(2_500), 0.4);
     e.set_at_floor(at(2_600), false);
@@ -292,7 +293,7 @@ fn a_growing_queue_at_the_floor_pauses_at_once_and_a_draining_one_does_not() {
     // The base is the lowest round trip of the last two windows: a path whose round trip
     // is long (satellite, 600 ms) is not a queue.
     let mut s = Downlink::default();
-    s.on_estimate(2_500_000);
+    s.on_estimate(t0, 2_500_000);
     s.set_at_floor(at(0), true);
     for t in (1_000..30_000).step_by(250) {
         s.on_feedback_rtt(at(t), ms(600 + (t % 500) / 50));
@@ -310,12 +311,12 @@ fn a_long_queue_while_the_estimate_falls_is_congestion() {
     d.on_feedback_rtt(at(250), ms(400));
     assert!(!d.is_congested(at(250)));
     // The estimate falls: the queue is the downlink's.
-    d.on_estimate(2_000_000);
+    d.on_estimate(at(400), 2_000_000);
     d.on_feedback_rtt(at(500), ms(420));
     assert!(d.is_congested(at(500)));
     // A short queue while it falls is not (str0m's estimate goes down and up on its own).
     let mut e = hd_with_base_rtt(t0);
-    e.on_estimate(1_500_000);
+    e.on_estimate(at(100), 1_500_000);
     e.on_feedback_rtt(at(250), ms(200));
     assert!(!e.is_congested(at(250)));
     // Over a second later the fall is forgotten.
@@ -331,7 +332,7 @@ fn heavy_transport_wide_loss_congests_and_pauses_at_the_settled_floor() {
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
     let mut d = Downlink::default();
-    d.on_estimate(2_500_000);
+    d.on_estimate(t0, 2_500_000);
     // Light loss (a lossy link that carries what it is sent): nothing.
     d.on_loss(at(0), 0.05);
     assert!(!d.is_congested(at(0)));
@@ -351,7 +352,7 @@ fn heavy_transport_wide_loss_congests_and_pauses_at_the_settled_floor() {
     assert_eq!(d.poll(at(3_750), 1, 1), Change::PauseVideo);
     // A trial's padding is lost on purpose: not the link's.
     let mut f = Downlink::default();
-    f.on_estimate(400_000);
+    f.on_estimate(t0, 400_000);
     let trial = Wanted {
         next_bps: 500_000,
         trial_bps: Some(500_000),
@@ -361,7 +362,7 @@ fn heavy_transport_wide_loss_congests_and_pauses_at_the_settled_floor() {
     assert!(!f.is_congested(at(1_000)));
     // Nor while video is paused (only audio flows).
     let mut p = Downlink::default();
-    p.on_estimate(50_000);
+    p.on_estimate(t0, 50_000);
     assert_eq!(p.poll(at(0), 1, 1), Change::PauseVideo);
     p.on_loss(at(100), 0.5);
     assert!(!p.is_congested(at(100)));
@@ -377,7 +378,7 @@ fn a_new_path_sets_aside_the_dead_paths_loss_queue_and_estimate_fall() {
     // trips; str0m's estimate falls with it.
     d.on_feedback(at(t0, 1_300), Some(0.88), Some(Duration::from_millis(900)));
     d.on_loss(at(t0, 1_400), 0.6);
-    d.on_estimate(200_000);
+    d.on_estimate(at(t0, 1_400), 200_000);
     assert!(!d.is_congested(at(t0, 1_400)));
     assert_eq!(
         d.estimate(),
@@ -390,9 +391,9 @@ fn a_new_path_sets_aside_the_dead_paths_loss_queue_and_estimate_fall() {
     assert_eq!(d.take_estimator_reset(at(t0, 2_000)), Some(2_500_000));
     assert_eq!(d.take_estimator_reset(at(t0, 2_500)), None);
     // A rise passes at once.
-    d.on_estimate(3_000_000);
+    d.on_estimate(at(t0, 2_500), 3_000_000);
     assert_eq!(d.estimate(), Some(3_000_000));
-    d.on_estimate(900_000);
+    d.on_estimate(at(t0, 2_600), 900_000);
     // Settled: the estimate is str0m's again, and loss counts.
     assert_eq!(d.poll(at(t0, 5_000), 1, 1), Change::None);
     assert_eq!(d.estimate(), Some(900_000));
@@ -414,4 +415,73 @@ fn a_new_path_sets_aside_the_dead_paths_loss_queue_and_estimate_fall() {
     let mut n = Downlink::default();
     n.on_new_path(t0);
     assert_eq!(n.take_estimator_reset(at(t0, 1_000)), Some(HD_DESIRED_BPS));
+}
+
+#[test]
+fn a_fall_at_the_top_layers_without_queue_or_loss_is_held_until_a_sign_or_for_the_events_window() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let ms = Duration::from_millis;
+    // A clean link whose subscriber's CPU is starved: round trips of up to 46 ms, no loss,
+    // and str0m's estimate dips.
+    let mut d = hd_with_base_rtt(t0);
+    d.set_at_top(true);
+    d.on_feedback_rtt(at(50), ms(46));
+    d.on_estimate(at(100), 594_000);
+    assert_eq!(d.estimate(), Some(2_500_000), "held");
+    d.on_loss(at(500), 0.01);
+    d.on_feedback_rtt(at(1_000), ms(30));
+    d.on_estimate(at(1_500), 1_200_000);
+    assert_eq!(
+        d.estimate(),
+        Some(2_500_000),
+        "still below what it was: held"
+    );
+    assert_eq!(d.poll(at(1_500), 1, 1), Change::None);
+    // Back where it was: the hold ends, and a later dip is held again.
+    d.on_estimate(at(2_000), 2_600_000);
+    assert_eq!(d.estimate(), Some(2_600_000));
+    d.on_estimate(at(4_000), 700_000);
+    assert_eq!(d.estimate(), Some(2_600_000), "a new dip, held");
+    // A fall that lasts longer than the event's window passes; it is the level from which
+    // a new fall is held.
+    d.on_estimate(at(7_000), 650_000);
+    assert_eq!(d.estimate(), Some(650_000));
+    d.on_estimate(at(7_500), 500_000);
+    assert_eq!(d.estimate(), Some(650_000));
+    d.on_estimate(at(10_500), 500_000);
+    assert_eq!(d.estimate(), Some(500_000));
+
+    // A queue lets a held fall through at once.
+    let mut q = hd_with_base_rtt(t0);
+    q.set_at_top(true);
+    q.on_estimate(at(100), 400_000);
+    assert_eq!(q.estimate(), Some(2_500_000));
+    q.on_feedback_rtt(at(200), ms(150));
+    assert_eq!(q.estimate(), Some(400_000));
+    // So does loss, and a fall soon after a sign is not held at all.
+    let mut l = hd_with_base_rtt(t0);
+    l.set_at_top(true);
+    l.on_estimate(at(100), 1_000_000);
+    l.on_loss(at(200), LOSS_SIGN);
+    assert_eq!(l.estimate(), Some(1_000_000));
+    l.on_estimate(at(2_000), 400_000);
+    assert_eq!(l.estimate(), Some(400_000));
+    // Without round trips to judge the link by, nothing is held.
+    let mut n = Downlink::default();
+    n.set_at_top(true);
+    n.on_estimate(t0, 2_500_000);
+    n.on_estimate(at(100), 400_000);
+    assert_eq!(n.estimate(), Some(400_000));
+    // Below the top layers, a held budget could take a layer up on a link that just got
+    // weaker: nothing is held, and a hold ends when a layer goes down.
+    let mut b = hd_with_base_rtt(t0);
+    b.on_estimate(at(100), 400_000);
+    assert_eq!(b.estimate(), Some(400_000));
+    let mut e = hd_with_base_rtt(t0);
+    e.set_at_top(true);
+    e.on_estimate(at(100), 400_000);
+    assert_eq!(e.estimate(), Some(2_500_000));
+    e.set_at_top(false);
+    assert_eq!(e.estimate(), Some(400_000));
 }

@@ -705,8 +705,14 @@ impl Transport {
                 outbox.faults.push((self.id, Fault::Disconnected))
             }
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
-                tracing::trace!(peer = self.id, bps = estimate.as_u64(), "downlink estimate");
-                self.downlink.on_estimate(estimate.as_u64());
+                self.downlink.on_estimate(Instant::now(), estimate.as_u64());
+                let used = self.downlink.estimate();
+                tracing::trace!(
+                    peer = self.id,
+                    bps = estimate.as_u64(),
+                    ?used,
+                    "downlink estimate"
+                );
             }
             Event::PeerStats(s) => {
                 self.stats_tick = (self.stats_tick + 1) % STREAM_STATS_EVERY;

@@ -267,8 +267,10 @@ impl<W: Wire> RouterHost<W> {
             // What the subscriber's video takes one layer up, and with the step it waits for;
             // None as soon as one track's layers are unknown (HD is then wanted).
             let (mut known, mut waits) = (true, false);
-            // Every counted video track at its lowest layer (and at least one).
+            // Every counted video track at its lowest layer (and at least one); at the highest
+            // it may take (none waits to go up, or is on its way to another layer).
             let (mut floor, mut tracks_at_floor) = (true, 0);
+            let mut top = true;
             let (mut next_bps, mut trial_bps) = (0, 0);
             // Streams whose layer was cut just now: their retransmissions are dropped.
             let mut cut: Vec<Mid> = Vec::new();
@@ -338,6 +340,10 @@ impl<W: Wire> RouterHost<W> {
                         next_bps += next;
                         trial_bps += if waiting { next } else { now };
                         waits |= waiting;
+                        top &= next == now
+                            && !waiting
+                            && c.switch.current().is_some()
+                            && c.switch.current() == c.selector.target();
                         if c.selector.target() == Some(0) && c.switch.current() == Some(0) {
                             tracks_at_floor += 1;
                         } else {
@@ -348,6 +354,7 @@ impl<W: Wire> RouterHost<W> {
                     None => {
                         known &= !counted;
                         floor &= !counted;
+                        top &= !counted;
                     }
                 }
             }
@@ -355,6 +362,7 @@ impl<W: Wire> RouterHost<W> {
                 super::forward::forget_sent(&mut t.rtc, mid, self.limits.nack_history);
             }
             t.downlink.set_at_floor(now, floor && tracks_at_floor > 0);
+            t.downlink.set_at_top(top);
             t.downlink.set_wanted(
                 now,
                 (known && next_bps > 0).then_some(Wanted {
