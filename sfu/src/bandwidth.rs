@@ -79,14 +79,17 @@ pub const NEW_PATH_RESET_AFTER: Duration = Duration::from_secs(1);
 /// A fall of str0m's estimate while the subscriber's feedback shows a link with no queue
 /// (under [`QUEUE_SIGN`]) and no loss (under [`LOSS_SIGN`]), and its video is at the highest
 /// layers it may take ([`Downlink::set_at_top`]), is held back this long: the budget keeps the
-/// estimate before the fall. str0m's delay detector also reacts to a browser whose
+/// estimate before the fall. If no sign came by then, str0m's estimator starts again from it
+/// ([`Downlink::take_estimator_reset`]). str0m's delay detector also reacts to a browser whose
 /// CPU is starved (its feedback comes late): measured on an unshaped link with both cores
 /// busy, its estimate fell to ~0.5 Mbit/s for under 0.4 s, and its event (the mean of the last
 /// 3 s) stayed at 594 kbit/s long enough to take the subscriber from 720p to 360p for 6 s. A
 /// link that really got weaker queues or drops what it is sent within a round trip, and the
-/// first sign of it releases the hold. This long is the event's window: a dip that comes with
-/// no sign is out of it by then.
-pub const FALL_HOLD: Duration = Duration::from_secs(3);
+/// first sign of it releases the hold. This long is the event's window (3 s) and the longest
+/// dip seen with four browsers on two cores (str0m's current estimate under the top layer's
+/// rate for ~1.5 s; a 3 s hold ran out while the mean still held the dip, and the doctor went
+/// down a layer on a clean link).
+pub const FALL_HOLD: Duration = Duration::from_secs(5);
 /// A queue toward the subscriber at least this much longer than its shortest is a sign that
 /// its link is congested (see [`FALL_HOLD`]). Round trips sampled on an unshaped link with both
 /// cores busy reached 46 ms (CPU scheduling); a 400 kbit/s link that was sent 2.5 Mbit/s
@@ -124,6 +127,9 @@ pub struct Downlink {
     /// A fall held back ([`FALL_HOLD`]): since when, and the estimate before it; until the
     /// estimate is back there, the link shows a sign of congestion, or the hold runs out.
     fall_held: Option<(Instant, u64)>,
+    /// A hold ran out with no sign of congestion: the bitrate str0m's estimator is to start
+    /// again from ([`Downlink::take_estimator_reset`]).
+    fall_reset: Option<u64>,
     /// When the link last showed a sign of congestion ([`QUEUE_SIGN`], [`LOSS_SIGN`]), and the
     /// queue of its last round trip.
     sign_at: Option<Instant>,
@@ -197,25 +203,29 @@ impl Downlink {
         let quiet = self.at_top
             && !self.is_video_paused()
             && self.last_queue.is_some_and(|q| q < QUEUE_SIGN)
-            && !self
+            && self
                 .sign_at
-                .is_some_and(|t| now.saturating_duration_since(t) < FALL_HOLD);
+                .is_none_or(|t| now.saturating_duration_since(t) >= FALL_HOLD);
         if !quiet || reported >= self.fall_held.map_or(before, |(_, held)| held) {
             self.fall_held = None;
             return reported;
         }
         let (since, held) = *self.fall_held.get_or_insert((now, before));
-        if now.saturating_duration_since(since) < FALL_HOLD {
-            return held;
+        if now.saturating_duration_since(since) >= FALL_HOLD {
+            // No sign of congestion for all that time: the fall is the estimator's, which climbs
+            // back only slowly (seen: from 0.6 to 1.3 Mbit/s in 5 s on a clean link). It starts
+            // again from the estimate before the fall, and a link that cannot carry that shows
+            // it by a queue or loss, which str0m's estimate then follows.
+            self.fall_held = None;
+            self.fall_reset = Some(held);
         }
-        // A fall that outlasted the event's window is the link's new level.
-        self.fall_held = None;
-        reported
+        held
     }
 
     /// The link showed a sign of congestion at `at`: a fall held back is let through.
     fn on_sign(&mut self, at: Instant) {
         self.sign_at = Some(at);
+        self.fall_reset = None;
         if self.fall_held.take().is_some() {
             self.estimate = self.reported;
         }
@@ -246,9 +256,13 @@ impl Downlink {
             .is_some_and(|t| at.saturating_duration_since(t) < NEW_PATH_SETTLE)
     }
 
-    /// Once per path change, [`NEW_PATH_RESET_AFTER`] it: the bitrate str0m's estimator should
-    /// start again from (the router calls `Rtc::bwe().reset`).
+    /// Once per path change, [`NEW_PATH_RESET_AFTER`] it, and when a fall held back ran out
+    /// with no sign of congestion ([`FALL_HOLD`]): the bitrate str0m's estimator should start
+    /// again from (the router calls `Rtc::bwe().reset`).
     pub fn take_estimator_reset(&mut self, now: Instant) -> Option<u64> {
+        if let Some(bps) = self.fall_reset.take() {
+            return Some(bps.min(HD_DESIRED_BPS));
+        }
         if self.estimator_reset_at.is_none_or(|at| now < at) {
             return None;
         }

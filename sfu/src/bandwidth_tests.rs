@@ -443,14 +443,22 @@ fn a_fall_at_the_top_layers_without_queue_or_loss_is_held_until_a_sign_or_for_th
     assert_eq!(d.estimate(), Some(2_600_000));
     d.on_estimate(at(4_000), 700_000);
     assert_eq!(d.estimate(), Some(2_600_000), "a new dip, held");
-    // A fall that lasts longer than the event's window passes; it is the level from which
-    // a new fall is held.
-    d.on_estimate(at(7_000), 650_000);
-    assert_eq!(d.estimate(), Some(650_000));
-    d.on_estimate(at(7_500), 500_000);
-    assert_eq!(d.estimate(), Some(650_000));
-    d.on_estimate(at(10_500), 500_000);
-    assert_eq!(d.estimate(), Some(500_000));
+    // A fall with no sign for FALL_HOLD is the estimator's: it starts again from the
+    // estimate before, once, and the budget keeps that.
+    d.on_estimate(at(8_000), 650_000);
+    assert_eq!(d.estimate(), Some(2_600_000), "within FALL_HOLD of the dip");
+    assert_eq!(d.take_estimator_reset(at(8_000)), None);
+    d.on_estimate(at(9_000), 650_000);
+    assert_eq!(d.estimate(), Some(2_600_000));
+    assert_eq!(d.take_estimator_reset(at(9_000)), Some(2_600_000));
+    assert_eq!(d.take_estimator_reset(at(9_100)), None);
+    // Its mean still holds the dip for a while: held anew.
+    d.on_estimate(at(9_500), 1_500_000);
+    assert_eq!(d.estimate(), Some(2_600_000));
+    // A sign while held: the fall passes, and no reset.
+    d.on_feedback_rtt(at(10_000), ms(300));
+    assert_eq!(d.estimate(), Some(1_500_000));
+    assert_eq!(d.take_estimator_reset(at(15_000)), None);
 
     // A queue lets a held fall through at once.
     let mut q = hd_with_base_rtt(t0);
