@@ -247,6 +247,7 @@ impl Downlink {
         self.last_rtt = None;
         self.last_queue = None;
         self.fall_held = None;
+        self.fall_reset = None;
         self.recent_estimates = [None; 4];
     }
 
