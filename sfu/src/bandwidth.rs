@@ -122,11 +122,10 @@ pub struct Downlink {
     /// ([`CONGESTED_QUEUE`]).
     /// While a fall of it is held back ([`FALL_HOLD`]), the estimate before the fall.
     estimate: Option<u64>,
-    /// str0m's estimate as its event gave it last (with the new path's floor).
-    reported: Option<u64>,
-    /// A fall held back ([`FALL_HOLD`]): since when, and the estimate before it; until the
-    /// estimate is back there, the link shows a sign of congestion, or the hold runs out.
-    fall_held: Option<(Instant, u64)>,
+    /// Since when a fall is held back ([`FALL_HOLD`]; `estimate` keeps the value before it):
+    /// until the estimate is back there, the link shows a sign of congestion, or the hold runs
+    /// out.
+    fall_since: Option<Instant>,
     /// A hold ran out with no sign of congestion: the bitrate str0m's estimator is to start
     /// again from ([`Downlink::take_estimator_reset`]).
     fall_reset: Option<u64>,
@@ -191,8 +190,14 @@ impl Downlink {
     pub fn on_estimate(&mut self, now: Instant, bps: u64) {
         self.raw_estimate = Some(bps);
         let reported = self.held_estimate.map_or(bps, |h| h.max(bps));
-        self.reported = Some(reported);
         self.estimate = Some(self.trusted(now, reported));
+    }
+
+    /// str0m's estimate as its event gave it last, with the new path's floor: what the budget
+    /// uses but while a fall is held back.
+    fn reported(&self) -> Option<u64> {
+        let raw = self.raw_estimate?;
+        Some(self.held_estimate.map_or(raw, |h| h.max(raw)))
     }
 
     /// The estimate to budget with when str0m reports `reported` at `now`.
@@ -206,28 +211,33 @@ impl Downlink {
             && self
                 .sign_at
                 .is_none_or(|t| now.saturating_duration_since(t) >= FALL_HOLD);
-        if !quiet || reported >= self.fall_held.map_or(before, |(_, held)| held) {
-            self.fall_held = None;
+        if !quiet || reported >= before {
+            self.fall_since = None;
             return reported;
         }
-        let (since, held) = *self.fall_held.get_or_insert((now, before));
+        let since = *self.fall_since.get_or_insert(now);
         if now.saturating_duration_since(since) >= FALL_HOLD {
             // No sign of congestion for all that time: the fall is the estimator's, which climbs
             // back only slowly (seen: from 0.6 to 1.3 Mbit/s in 5 s on a clean link). It starts
             // again from the estimate before the fall, and a link that cannot carry that shows
             // it by a queue or loss, which str0m's estimate then follows.
-            self.fall_held = None;
-            self.fall_reset = Some(held);
+            self.fall_since = None;
+            self.fall_reset = Some(before);
         }
-        held
+        before
     }
 
     /// The link showed a sign of congestion at `at`: a fall held back is let through.
     fn on_sign(&mut self, at: Instant) {
         self.sign_at = Some(at);
         self.fall_reset = None;
-        if self.fall_held.take().is_some() {
-            self.estimate = self.reported;
+        self.release_fall();
+    }
+
+    /// A fall held back passes: the estimate is str0m's again.
+    fn release_fall(&mut self) {
+        if self.fall_since.take().is_some() {
+            self.estimate = self.reported();
         }
     }
 
@@ -238,7 +248,6 @@ impl Downlink {
         self.new_path_at = Some(now);
         self.held_estimate = self.estimate;
         self.raw_estimate = self.estimate;
-        self.reported = self.estimate;
         self.estimator_reset_at = Some(now + NEW_PATH_RESET_AFTER);
         self.congested_at = None;
         self.floor_fails = false;
@@ -246,7 +255,7 @@ impl Downlink {
         self.rtt_window_at = None;
         self.last_rtt = None;
         self.last_queue = None;
-        self.fall_held = None;
+        self.fall_since = None;
         self.fall_reset = None;
         self.recent_estimates = [None; 4];
     }
@@ -328,8 +337,8 @@ impl Downlink {
     /// got weaker (seen in scenario b: up one layer on a 400 kbit/s link, then cut again).
     pub fn set_at_top(&mut self, at_top: bool) {
         self.at_top = at_top;
-        if !at_top && self.fall_held.take().is_some() {
-            self.estimate = self.reported;
+        if !at_top {
+            self.release_fall();
         }
     }
 
@@ -397,10 +406,10 @@ impl Downlink {
         }
         // What str0m reports, not what a hold kept: a queue this long lets a fall through.
         self.recent_estimates.rotate_right(1);
-        self.recent_estimates[0] = self.reported;
+        self.recent_estimates[0] = self.reported();
         let highest = self.recent_estimates.iter().flatten().max().copied();
         let falling = self
-            .reported
+            .reported()
             .zip(highest)
             .is_some_and(|(e, h)| e.saturating_mul(100) < h.saturating_mul(FALLING_PERCENT));
         if falling && queue >= CONGESTED_QUEUE && self.loss_counts(at) {
@@ -463,7 +472,6 @@ impl Downlink {
             // Settled on the new path: str0m's estimate as it is.
             self.held_estimate = None;
             self.estimate = self.raw_estimate.or(self.estimate);
-            self.reported = self.estimate;
         }
         let wanted = self.desired(audio_tracks, video_tracks);
         let constrained = video_tracks > 0

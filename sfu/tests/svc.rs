@@ -155,10 +155,10 @@ fn a_subscriber_showing_the_video_small_gets_layer_0_of_every_picture() {
 
     // A subscriber that joins mid-stream (pictures 155..179 are not keyframes) starts at the
     // next keyframe picture with every layer (its estimate is still str0m's first one: no
-    // feedback yet), and loses no picture after it. (Going
-    // back up after the small tile waits for `UP_AFTER` of headroom in str0m's estimate of this
-    // in-memory link, which its delay detector lowers when the machine is loaded: not checked
-    // here; `layers_tests.rs` checks that going up waits for a keyframe picture.)
+    // feedback yet), and loses no picture after it. (Going back up after the small tile waits
+    // for `UP_AFTER` of headroom in str0m's estimate of this in-memory link, which its delay
+    // detector lowers when the machine is loaded: not checked here; `layers_tests.rs` checks
+    // that going up waits for a keyframe picture.)
     let late = net.join("room-svc", "late", false);
     net.until_offered(late, 2);
     send(&mut net, doctor, &mut seq, 155..240);

@@ -340,10 +340,7 @@ impl<W: Wire> RouterHost<W> {
                         next_bps += next;
                         trial_bps += if waiting { next } else { now };
                         waits |= waiting;
-                        top &= next == now
-                            && !waiting
-                            && c.switch.current().is_some()
-                            && c.switch.current() == c.selector.target();
+                        top &= next == now && !waiting && c.switch.current() == c.selector.target();
                         if c.selector.target() == Some(0) && c.switch.current() == Some(0) {
                             tracks_at_floor += 1;
                         } else {
