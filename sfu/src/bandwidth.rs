@@ -63,6 +63,29 @@ pub const FLOOR_QUEUE_PAUSE: Duration = Duration::from_millis(500);
 pub const CONGESTED_QUEUE: Duration = Duration::from_millis(300);
 /// See [`CONGESTED_QUEUE`].
 pub const FALLING_PERCENT: u64 = 85;
+/// A queue this much longer than the shortest round trip while str0m's current estimate (its
+/// statistics; the event gives a mean over 3 s) cannot carry what the subscriber is sent now
+/// (its video layers, [`Wanted::now_bps`], within [`USABLE_PERCENT`]) is congestion
+/// too, a round or more before [`CONGESTED_QUEUE`] would see it: after the step of scenario b
+/// (2.5 Mbit/s → 400 kbit/s, a third of what it was sent), the queue grows by ~100 ms a round and
+/// is full (~440 ms) within ~0.3 s, and drops audio from then on. Neither sign alone would do:
+/// - an unshaped link's queue reached 46–55 ms with both cores busy, but the current estimate
+///   of a browser whose CPU is starved dips to ~0.5 Mbit/s for a moment (see [`FALL_HOLD`]);
+/// - a subscriber whose uplink is weak (scenario d) holds its feedback in that uplink's queue
+///   (round trips of 250–370 ms on an unshaped downlink) while its current estimate wobbles by a
+///   quarter, far above what it is sent.
+pub const OVERRUN_QUEUE: Duration = Duration::from_millis(150);
+/// How often the transport asks str0m for its statistics ([`Downlink::on_feedback`]): the
+/// transport-wide loss (TWCC, over the last second), the round trip of its newest feedback and
+/// its current estimate. A link that stepped down shows within a round or two; at 250 ms, the
+/// queue of scenario b's step was full and dropping audio before the round that showed it
+/// (three runs: 1–3 freezes after the step and 4.05–5.45 % concealed in its 10 s, against 0–1
+/// and 3.87–3.95 % in two runs at 100 ms). The statistics themselves are a small cost:
+/// str0m's `visit_stats` and snapshots took ~0.2 % of the server's samples under the load of
+/// `scripts/bench-vs-janus.sh`.
+pub const STATS_INTERVAL: Duration = Duration::from_millis(100);
+/// How many of the latest feedback reports the falling estimate is judged over: a second's.
+pub const FEEDBACK_WINDOW: usize = (1_000 / STATS_INTERVAL.as_millis()) as usize;
 /// The shortest round trip is the lowest of this window and the one before.
 pub const RTT_BASE_WINDOW: Duration = Duration::from_secs(10);
 /// A cap below this is not asked for: no encoder makes usable video from less.
@@ -159,8 +182,12 @@ pub struct Downlink {
     rtt_base: [Option<Duration>; 2],
     rtt_window_at: Option<Instant>,
     last_rtt: Option<Duration>,
-    /// The estimate at the last four round trips (newest first): a second of them.
-    recent_estimates: [Option<u64>; 4],
+    /// str0m's current estimate (its statistics; the event gives a mean): after a step down it
+    /// falls within a few hundred milliseconds, the event's seconds later ([`OVERRUN_QUEUE`]).
+    current_estimate: Option<u64>,
+    /// The estimate (as str0m reports it, see [`Downlink::reported`]) at the last
+    /// [`FEEDBACK_WINDOW`] feedback reports (newest first).
+    recent_estimates: [Option<u64>; FEEDBACK_WINDOW],
     /// Resume trials that failed in a row, and when paused video may next wait to resume
     /// (see [`Downlink::poll`]).
     failed_resumes: u32,
@@ -177,6 +204,8 @@ pub struct Downlink {
 /// See [`Downlink::set_wanted`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Wanted {
+    /// Every video track as it is now (bits/s).
+    pub now_bps: u64,
     /// Every video track one layer up (bits/s).
     pub next_bps: u64,
     /// Every video track as it will be once a subscriber that waits to go up does (None: none
@@ -257,7 +286,8 @@ impl Downlink {
         self.last_queue = None;
         self.fall_since = None;
         self.fall_reset = None;
-        self.recent_estimates = [None; 4];
+        self.recent_estimates = [None; FEEDBACK_WINDOW];
+        self.current_estimate = None;
     }
 
     /// Whether `at` is within [`NEW_PATH_SETTLE`] of a path change.
@@ -307,6 +337,16 @@ impl Downlink {
     pub fn is_congested(&self, now: Instant) -> bool {
         self.congested_at
             .is_some_and(|at| now.saturating_duration_since(at) < FLOOR_SETTLE)
+    }
+
+    /// Whether str0m's current estimate cannot carry the video layers the subscriber is sent
+    /// now within [`USABLE_PERCENT`] (see [`OVERRUN_QUEUE`]; audio and the rest of the estimate
+    /// are the margin).
+    fn overrun(&self) -> bool {
+        let (Some(current), Some(w)) = (self.current_estimate, self.wanted) else {
+            return false;
+        };
+        current.saturating_mul(USABLE_PERCENT) / 100 < w.now_bps
     }
 
     /// The estimate (bits/s) at which the video it wants fits with the selector's headroom.
@@ -375,11 +415,19 @@ impl Downlink {
     }
 
     /// What str0m's statistics say of the subscriber's TWCC feedback, several times a second:
-    /// [`Downlink::on_feedback_rtt`] and [`Downlink::on_loss`].
-    pub fn on_feedback(&mut self, at: Instant, loss: Option<f32>, rtt: Option<Duration>) {
+    /// its loss and round trip ([`Downlink::on_feedback_rtt`], [`Downlink::on_loss`]), and its
+    /// current estimate (bits/s).
+    pub fn on_feedback(
+        &mut self,
+        at: Instant,
+        loss: Option<f32>,
+        rtt: Option<Duration>,
+        current: Option<u64>,
+    ) {
         if self.settling(at) {
             return;
         }
+        self.current_estimate = current;
         if let Some(rtt) = rtt {
             self.on_feedback_rtt(at, rtt);
         }
@@ -407,12 +455,10 @@ impl Downlink {
         // What str0m reports, not what a hold kept: a queue this long lets a fall through.
         self.recent_estimates.rotate_right(1);
         self.recent_estimates[0] = self.reported();
-        let highest = self.recent_estimates.iter().flatten().max().copied();
-        let falling = self
-            .reported()
-            .zip(highest)
-            .is_some_and(|(e, h)| e.saturating_mul(100) < h.saturating_mul(FALLING_PERCENT));
-        if falling && queue >= CONGESTED_QUEUE && self.loss_counts(at) {
+        let falling = fell(&self.recent_estimates);
+        if ((falling && queue >= CONGESTED_QUEUE) || (self.overrun() && queue >= OVERRUN_QUEUE))
+            && self.loss_counts(at)
+        {
             self.congested_at = Some(at);
         }
         // The packet it reports was sent at the floor (about `at - rtt`): the queue it met is
@@ -573,6 +619,15 @@ impl Downlink {
         });
         (min, desired + bump)
     }
+}
+
+/// Whether the newest of `estimates` (newest first) is below [`FALLING_PERCENT`] of the highest.
+fn fell(estimates: &[Option<u64>]) -> bool {
+    let Some(Some(newest)) = estimates.first() else {
+        return false;
+    };
+    let highest = estimates.iter().flatten().fold(*newest, |a, b| a.max(*b));
+    newest.saturating_mul(100) < highest.saturating_mul(FALLING_PERCENT)
 }
 
 /// Whether every video track has been at its lowest layer since `floor_since` for

@@ -183,6 +183,7 @@ fn the_desired_rate_follows_the_next_layer_and_a_step_up_is_padded_for_first() {
     // of the estimate is usable and audio is served: (64k + 600k) / 0.85.
     let next = |trial| {
         Some(Wanted {
+            now_bps: 150_000,
             next_bps: 500_000,
             trial_bps: trial,
         })
@@ -235,6 +236,7 @@ fn heavy_loss_at_the_lowest_layer_pauses_at_once_and_loss_before_it_does_not() {
     f.set_wanted(
         at(2_000),
         Some(Wanted {
+            now_bps: 150_000,
             next_bps: 500_000,
             trial_bps: Some(500_000),
         }),
@@ -317,14 +319,55 @@ fn a_long_queue_while_the_estimate_falls_is_congestion() {
     // A short queue while it falls is not (str0m's estimate goes down and up on its own).
     let mut e = hd_with_base_rtt(t0);
     e.on_estimate(at(100), 1_500_000);
-    e.on_feedback_rtt(at(250), ms(200));
-    assert!(!e.is_congested(at(250)));
-    // Over a second later the fall is forgotten.
-    for t in [500, 750, 1_000, 1_250] {
+    e.on_feedback_rtt(at(200), ms(200));
+    assert!(!e.is_congested(at(200)));
+    // Over a second of feedback reports later (one every 100 ms) the fall is forgotten.
+    for t in (300..=1_300).step_by(100) {
         e.on_feedback_rtt(at(t), ms(10));
     }
-    e.on_feedback_rtt(at(1_500), ms(400));
-    assert!(!e.is_congested(at(1_500)));
+    e.on_feedback_rtt(at(1_400), ms(400));
+    assert!(!e.is_congested(at(1_400)));
+
+    // str0m's current estimate falls below what the subscriber's video takes before its
+    // event's mean falls: with the queue past OVERRUN_QUEUE, that is congestion too, a round or
+    // more before CONGESTED_QUEUE would show it.
+    let sent = |d: &mut Downlink| {
+        let top = Wanted {
+            now_bps: 1_150_000,
+            next_bps: 1_150_000,
+            trial_bps: None,
+        };
+        d.set_wanted(t0, Some(top));
+    };
+    let mut f = hd_with_base_rtt(t0);
+    sent(&mut f);
+    f.on_feedback(at(100), Some(0.0), Some(ms(15)), Some(2_600_000));
+    f.on_feedback(at(200), Some(0.0), Some(ms(140)), Some(2_600_000));
+    assert!(
+        !f.is_congested(at(200)),
+        "a short queue with a steady estimate"
+    );
+    f.on_feedback(at(300), Some(0.0), Some(ms(250)), Some(1_500_000));
+    assert!(
+        !f.is_congested(at(300)),
+        "a queue, and an estimate that carries what is sent"
+    );
+    f.on_feedback(at(400), Some(0.0), Some(ms(120)), Some(850_000));
+    assert!(
+        !f.is_congested(at(400)),
+        "an estimate under what is sent, and a short queue"
+    );
+    f.on_feedback(at(500), Some(0.0), Some(ms(180)), Some(850_000));
+    assert!(f.is_congested(at(500)));
+    assert_eq!(
+        f.estimate(),
+        Some(2_500_000),
+        "the event's estimate had not fallen"
+    );
+    // Without knowing what is sent (one layer), only CONGESTED_QUEUE's rule is left.
+    let mut g = hd_with_base_rtt(t0);
+    g.on_feedback(at(100), Some(0.0), Some(ms(250)), Some(300_000));
+    assert!(!g.is_congested(at(100)));
 }
 
 #[test]
@@ -354,6 +397,7 @@ fn heavy_transport_wide_loss_congests_and_pauses_at_the_settled_floor() {
     let mut f = Downlink::default();
     f.on_estimate(t0, 400_000);
     let trial = Wanted {
+        now_bps: 150_000,
         next_bps: 500_000,
         trial_bps: Some(500_000),
     };
@@ -376,7 +420,12 @@ fn a_new_path_sets_aside_the_dead_paths_loss_queue_and_estimate_fall() {
     d.on_new_path(at(t0, 1_000));
     // The first feedback reports what was sent into the dead path as lost, with long round
     // trips; str0m's estimate falls with it.
-    d.on_feedback(at(t0, 1_300), Some(0.88), Some(Duration::from_millis(900)));
+    d.on_feedback(
+        at(t0, 1_300),
+        Some(0.88),
+        Some(Duration::from_millis(900)),
+        None,
+    );
     d.on_loss(at(t0, 1_400), 0.6);
     d.on_estimate(at(t0, 1_400), 200_000);
     assert!(!d.is_congested(at(t0, 1_400)));

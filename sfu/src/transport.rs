@@ -33,12 +33,9 @@ use crate::{PeerEvent, PeerId};
 /// Minimum spacing of keyframe requests to one publisher track.
 pub(crate) const KEYFRAME_INTERVAL: std::time::Duration = std::time::Duration::from_millis(400);
 
-/// How often str0m reports the transport-wide egress loss (TWCC, over the last second): a link
-/// that stepped down shows within a few hundred milliseconds (`Downlink::on_loss`).
-const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 /// Per-stream statistics (loss, RTT, jitter, feedback counts) are taken every this many
 /// reports: once a second, as the metrics and the quality assessment count them.
-const STREAM_STATS_EVERY: u8 = 4;
+const STREAM_STATS_EVERY: u8 = (1_000 / crate::bandwidth::STATS_INTERVAL.as_millis()) as u8;
 
 /// Why a transport is closed by the worker itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,7 +372,7 @@ pub fn new_rtc(
     let mut rtc = Rtc::builder()
         .set_ice_lite(true)
         .set_rtp_mode(true)
-        .set_stats_interval(Some(STATS_INTERVAL))
+        .set_stats_interval(Some(crate::bandwidth::STATS_INTERVAL))
         // What is kept to retransmit is most of a participant's memory: str0m's default
         // (1000 packets, 3 s at 2.5 Mbit/s) held ~2.4 MB per 1:1 consultation.
         .set_send_buffer_video(nack_history)
@@ -718,7 +715,8 @@ impl Transport {
                 self.stats_tick = (self.stats_tick + 1) % STREAM_STATS_EVERY;
                 let (loss, rtt, bwe) = (s.egress_loss_fraction, s.rtt, s.bwe_tx);
                 tracing::trace!(peer = self.id, ?loss, ?rtt, ?bwe, "TWCC feedback");
-                self.downlink.on_feedback(s.timestamp, loss, rtt);
+                let current = bwe.map(|b| b.as_u64());
+                self.downlink.on_feedback(s.timestamp, loss, rtt, current);
             }
             Event::MediaIngressStats(_) | Event::MediaEgressStats(_) if self.stats_tick != 0 => {}
             Event::MediaIngressStats(s) => {

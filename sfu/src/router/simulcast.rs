@@ -271,7 +271,7 @@ impl<W: Wire> RouterHost<W> {
             // it may take (none waits to go up, or is on its way to another layer).
             let (mut floor, mut tracks_at_floor) = (true, 0);
             let mut top = true;
-            let (mut next_bps, mut trial_bps) = (0, 0);
+            let (mut now_bps, mut next_bps, mut trial_bps) = (0, 0, 0);
             // Streams whose layer was cut just now: their retransmissions are dropped.
             let mut cut: Vec<Mid> = Vec::new();
             for c in t
@@ -337,6 +337,7 @@ impl<W: Wire> RouterHost<W> {
                         // the estimate sinks to the small layer's rate, and a tile made large
                         // again would climb back for tens of seconds).
                         known &= c.selector.max() + 1 >= layers.count;
+                        now_bps += now;
                         next_bps += next;
                         trial_bps += if waiting { next } else { now };
                         waits |= waiting;
@@ -363,6 +364,7 @@ impl<W: Wire> RouterHost<W> {
             t.downlink.set_wanted(
                 now,
                 (known && next_bps > 0).then_some(Wanted {
+                    now_bps,
                     next_bps,
                     trial_bps: waits.then_some(trial_bps),
                 }),
