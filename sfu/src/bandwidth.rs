@@ -67,8 +67,9 @@ pub const FALLING_PERCENT: u64 = 85;
 /// statistics; the event gives a mean over 3 s) cannot carry what the subscriber is sent now
 /// (its video layers, [`Wanted::now_bps`], within [`USABLE_PERCENT`]) is congestion
 /// too, a round or more before [`CONGESTED_QUEUE`] would see it: after the step of scenario b
-/// (2.5 Mbit/s → 400 kbit/s, a third of what it was sent), the queue grows by ~100 ms a round and
-/// is full (~440 ms) within ~0.3 s, and drops audio from then on. Neither sign alone would do:
+/// (2.5 Mbit/s → 400 kbit/s, a third of what it was sent), the round trip grew by 60–90 ms every
+/// 100 ms and reached the queue's limit (~430 ms) about 0.6 s after the step, dropping audio
+/// from then on; this rule cut at round trips of 190–240 ms. Neither sign alone would do:
 /// - an unshaped link's queue reached 46–55 ms with both cores busy, but the current estimate
 ///   of a browser whose CPU is starved dips to ~0.5 Mbit/s for a moment (see [`FALL_HOLD`]);
 /// - a subscriber whose uplink is weak (scenario d) holds its feedback in that uplink's queue
