@@ -52,7 +52,12 @@ pub const FLOOR_SETTLE: Duration = Duration::from_millis(1_500);
 /// and still growing while only its lowest layer flows, pauses its video at once: even that layer
 /// does not fit, and audio waits (or is dropped) behind it. Measured in the weak-network
 /// scenarios: a 150 kbit/s link with the lowest layer reached ~800 ms and grew; a 400 kbit/s one,
-/// which carries it, stayed under ~450 ms (its queue's limit) and drained.
+/// which carries it, stayed under ~450 ms (its queue's limit) and drained. A queue this long
+/// while str0m's current estimate cannot carry even the lowest layer ([`OVERRUN_QUEUE`]'s
+/// comparison) pauses too, without waiting for the packets sent at the floor to come back (a
+/// round trip of ~0.8 s): in scenario c the current estimate fell to 115 kbit/s 0.6 s after the
+/// cut to the lowest layer, which still concealed most of the audio until video paused. After
+/// scenario b's step it stayed at 200–320 kbit/s, above the lowest layer's ~150 kbit/s.
 pub const FLOOR_QUEUE_PAUSE: Duration = Duration::from_millis(500);
 /// A queue this much longer than the shortest round trip, while str0m's estimate falls (it fell
 /// below [`FALLING_PERCENT`] of its highest in the last second), is congestion: every video track
@@ -467,7 +472,13 @@ impl Downlink {
         let sent_at_floor = self
             .floor_since
             .is_some_and(|since| at.checked_sub(rtt).is_some_and(|sent| sent >= since));
-        if sent_at_floor && growing && queue >= FLOOR_QUEUE_PAUSE && self.loss_counts(at) {
+        // At the floor already, str0m's current estimate may say at once that even it does not
+        // fit (see `FLOOR_QUEUE_PAUSE`), before the packets sent there come back.
+        let floor_overrun = self.floor_since.is_some() && self.overrun();
+        if (sent_at_floor && growing || floor_overrun)
+            && queue >= FLOOR_QUEUE_PAUSE
+            && self.loss_counts(at)
+        {
             self.floor_fails = true;
         }
     }

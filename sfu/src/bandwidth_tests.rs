@@ -279,6 +279,31 @@ fn a_growing_queue_at_the_floor_pauses_at_once_and_a_draining_one_does_not() {
     d.on_feedback_rtt(at(2_000), ms(760));
     assert_eq!(d.poll(at(2_000), 1, 1), Change::PauseVideo);
 
+    // At the floor, before its own packets come back: a long queue and a current estimate
+    // that cannot carry even the lowest layer pause at once; either alone does not.
+    let floor = Wanted {
+        now_bps: 150_000,
+        next_bps: 500_000,
+        trial_bps: None,
+    };
+    let mut o = hd_with_base_rtt(t0);
+    o.set_at_floor(at(1_000), true);
+    o.set_wanted(at(1_000), Some(floor));
+    o.on_feedback(at(1_100), None, Some(ms(800)), Some(300_000));
+    assert_eq!(
+        o.poll(at(1_100), 1, 1),
+        Change::None,
+        "an estimate that carries it"
+    );
+    o.on_feedback(at(1_200), None, Some(ms(400)), Some(115_000));
+    assert_eq!(
+        o.poll(at(1_200), 1, 1),
+        Change::None,
+        "a queue under the threshold"
+    );
+    o.on_feedback(at(1_300), None, Some(ms(740)), Some(115_000));
+    assert_eq!(o.poll(at(1_300), 1, 1), Change::PauseVideo);
+
     // A link that carries the floor: its queue drains, and nothing pauses.
     let mut b = hd_with_base_rtt(t0);
     b.set_at_floor(at(1_000), true);
