@@ -90,8 +90,9 @@ pub const OVERRUN_QUEUE: Duration = Duration::from_millis(150);
 /// str0m's `visit_stats` and snapshots took ~0.2 % of the server's samples under the load of
 /// `scripts/bench-vs-janus.sh`.
 pub const STATS_INTERVAL: Duration = Duration::from_millis(100);
-/// How many of the latest feedback reports the falling estimate is judged over: a second's.
-pub const FEEDBACK_WINDOW: usize = (1_000 / STATS_INTERVAL.as_millis()) as usize;
+/// Statistics reports in a second ([`STATS_INTERVAL`]): the falling estimate is judged over
+/// that many, and the transport takes the per-stream ones once in that many.
+pub const STATS_PER_SECOND: usize = (1_000 / STATS_INTERVAL.as_millis()) as usize;
 /// The shortest round trip is the lowest of this window and the one before.
 pub const RTT_BASE_WINDOW: Duration = Duration::from_secs(10);
 /// A cap below this is not asked for: no encoder makes usable video from less.
@@ -191,9 +192,9 @@ pub struct Downlink {
     /// str0m's current estimate (its statistics; the event gives a mean): after a step down it
     /// falls within a few hundred milliseconds, the event's seconds later ([`OVERRUN_QUEUE`]).
     current_estimate: Option<u64>,
-    /// The estimate (as str0m reports it, see [`Downlink::reported`]) at the last
-    /// [`FEEDBACK_WINDOW`] feedback reports (newest first).
-    recent_estimates: [Option<u64>; FEEDBACK_WINDOW],
+    /// The estimate (as str0m reports it, see [`Downlink::reported`]) at the feedback reports
+    /// of the last second ([`STATS_PER_SECOND`], newest first).
+    recent_estimates: [Option<u64>; STATS_PER_SECOND],
     /// Resume trials that failed in a row, and when paused video may next wait to resume
     /// (see [`Downlink::poll`]).
     failed_resumes: u32,
@@ -292,7 +293,7 @@ impl Downlink {
         self.last_queue = None;
         self.fall_since = None;
         self.fall_reset = None;
-        self.recent_estimates = [None; FEEDBACK_WINDOW];
+        self.recent_estimates = [None; STATS_PER_SECOND];
         self.current_estimate = None;
     }
 
@@ -352,7 +353,7 @@ impl Downlink {
         let (Some(current), Some(w)) = (self.current_estimate, self.wanted) else {
             return false;
         };
-        current.saturating_mul(USABLE_PERCENT) / 100 < w.now_bps
+        usable(current) < w.now_bps
     }
 
     /// The estimate (bits/s) at which the video it wants fits with the selector's headroom.
@@ -475,7 +476,7 @@ impl Downlink {
         // At the floor already, str0m's current estimate may say at once that even it does not
         // fit (see `FLOOR_QUEUE_PAUSE`), before the packets sent there come back.
         let floor_overrun = self.floor_since.is_some() && self.overrun();
-        if (sent_at_floor && growing || floor_overrun)
+        if ((sent_at_floor && growing) || floor_overrun)
             && queue >= FLOOR_QUEUE_PAUSE
             && self.loss_counts(at)
         {
@@ -509,8 +510,8 @@ impl Downlink {
     /// Bits per second each video track may use, or None without an estimate yet.
     pub fn video_budget_per_track(&self, audio_tracks: usize, video_tracks: usize) -> Option<u64> {
         let estimate = self.estimate?;
-        let usable = estimate.saturating_mul(USABLE_PERCENT) / 100;
-        let video = usable.saturating_sub(AUDIO_RESERVE_BPS.saturating_mul(audio_tracks as u64));
+        let video =
+            usable(estimate).saturating_sub(AUDIO_RESERVE_BPS.saturating_mul(audio_tracks as u64));
         Some(video / video_tracks.max(1) as u64)
     }
 
@@ -631,6 +632,11 @@ impl Downlink {
         });
         (min, desired + bump)
     }
+}
+
+/// What media may use of an estimate of `bps` ([`USABLE_PERCENT`]).
+fn usable(bps: u64) -> u64 {
+    bps.saturating_mul(USABLE_PERCENT) / 100
 }
 
 /// Whether the newest of `estimates` (newest first) is below [`FALLING_PERCENT`] of the highest.

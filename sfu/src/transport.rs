@@ -35,7 +35,7 @@ pub(crate) const KEYFRAME_INTERVAL: std::time::Duration = std::time::Duration::f
 
 /// Per-stream statistics (loss, RTT, jitter, feedback counts) are taken every this many
 /// reports: once a second, as the metrics and the quality assessment count them.
-const STREAM_STATS_EVERY: u8 = (1_000 / crate::bandwidth::STATS_INTERVAL.as_millis()) as u8;
+const STREAM_STATS_EVERY: u8 = crate::bandwidth::STATS_PER_SECOND as u8;
 
 /// Why a transport is closed by the worker itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
