@@ -567,3 +567,118 @@ fn a_fall_at_the_top_layers_without_queue_or_loss_is_held_until_a_sign_or_for_th
     e.set_at_top(false);
     assert_eq!(e.estimate(), Some(400_000));
 }
+
+#[test]
+fn an_estimate_stuck_without_a_sign_of_congestion_restarts_the_estimator_from_it() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let ms = Duration::from_millis;
+    // A patient at the lowest layer on a lossy link (scenario a), wanting the next layer.
+    let mut d = Downlink::default();
+    d.on_estimate(t0, 394_370);
+    d.set_wanted(
+        t0,
+        Some(Wanted {
+            now_bps: 150_000,
+            next_bps: 487_000,
+            trial_bps: None,
+        }),
+    );
+    assert_eq!(d.poll(t0, 1, 1), Change::None);
+    let stuck = Some(394_370);
+    // 3 % loss for 10 s: a sign every round, so nothing is stuck.
+    for t in (0..10_000).step_by(100) {
+        d.on_feedback(at(t), Some(0.03), Some(ms(5)), stuck);
+        assert_eq!(d.take_estimator_reset(at(t)), None, "lossy at {t} ms");
+    }
+    // Unshaped: no loss, no queue, and str0m's estimate does not move. The last loss was
+    // reported at 9.9 s.
+    for t in (10_000..14_900).step_by(100) {
+        d.on_feedback(at(t), Some(0.0), Some(ms(5)), stuck);
+        assert_eq!(
+            d.take_estimator_reset(at(t)),
+            None,
+            "clean for < 5 s at {t} ms"
+        );
+    }
+    d.on_feedback(at(14_900), Some(0.0), Some(ms(5)), stuck);
+    assert_eq!(d.take_estimator_reset(at(14_900)), stuck, "stuck for 5 s");
+    assert_eq!(d.take_estimator_reset(at(15_000)), None, "once");
+    // Flat again: not before STUCK_RESTART_EVERY.
+    for t in (15_000..29_900).step_by(100) {
+        d.on_feedback(at(t), Some(0.0), Some(ms(5)), stuck);
+        assert_eq!(
+            d.take_estimator_reset(at(t)),
+            None,
+            "restarted lately at {t} ms"
+        );
+    }
+    d.on_feedback(at(29_900), Some(0.0), Some(ms(5)), stuck);
+    assert_eq!(d.take_estimator_reset(at(29_900)), stuck);
+
+    // An estimate that moves is not stuck, nor one with a queue, nor one that carries what
+    // the subscriber wants.
+    let mut moving = Downlink::default();
+    moving.on_estimate(t0, 394_370);
+    moving.set_wanted(t0, d.wanted);
+    moving.poll(t0, 1, 1);
+    for t in (0..8_000).step_by(100) {
+        let current = 394_000 + (t / 100) % 2 * 1_000;
+        moving.on_feedback(at(t), Some(0.0), Some(ms(5)), Some(current));
+        assert_eq!(moving.take_estimator_reset(at(t)), None);
+    }
+    let mut queued = Downlink::default();
+    queued.on_estimate(t0, 394_370);
+    queued.set_wanted(t0, d.wanted);
+    queued.poll(t0, 1, 1);
+    queued.on_feedback(at(0), Some(0.0), Some(ms(5)), stuck);
+    for t in (100..8_000).step_by(100) {
+        queued.on_feedback(at(t), Some(0.0), Some(ms(150)), stuck);
+        assert_eq!(queued.take_estimator_reset(at(t)), None);
+    }
+    let mut enough = hd_with_base_rtt(t0);
+    enough.set_wanted(t0, d.wanted);
+    assert_eq!(enough.poll(t0, 1, 1), Change::None);
+    for t in (0..8_000).step_by(100) {
+        enough.on_feedback(at(t), Some(0.0), Some(ms(5)), Some(2_500_000));
+        assert_eq!(enough.take_estimator_reset(at(t)), None);
+    }
+}
+
+#[test]
+fn a_fall_that_still_carries_the_top_layers_is_not_held_nor_restarted() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    // A doctor on a clean link at the top layer (1.1 Mbit/s): str0m's estimate sinks from
+    // 5.6 Mbit/s toward what it is sent.
+    let mut d = Downlink::default();
+    d.on_estimate(t0, 5_600_000);
+    d.on_feedback_rtt(t0, Duration::from_millis(5));
+    d.set_at_top(true);
+    let top = Wanted {
+        now_bps: 1_100_000,
+        next_bps: 1_100_000,
+        trial_bps: None,
+    };
+    d.set_wanted(t0, Some(top));
+    assert_eq!(d.poll(t0, 1, 1), Change::None);
+    d.on_estimate(at(100), 2_400_000);
+    assert_eq!(
+        d.estimate(),
+        Some(2_400_000),
+        "still carries 1.1 Mbit/s with headroom"
+    );
+    for t in (200..8_000).step_by(100) {
+        d.on_feedback(
+            at(t),
+            Some(0.0),
+            Some(Duration::from_millis(5)),
+            Some(2_400_000),
+        );
+        d.on_estimate(at(t), 2_400_000);
+        assert_eq!(d.take_estimator_reset(at(t)), None, "no restart at {t} ms");
+    }
+    // A fall below what the top layer needs is held as before.
+    d.on_estimate(at(8_000), 600_000);
+    assert_eq!(d.estimate(), Some(2_400_000), "held");
+}

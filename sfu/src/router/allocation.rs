@@ -92,10 +92,10 @@ impl<W: Wire> RouterHost<W> {
         for (peer, change) in changes {
             self.apply(peer, change);
         }
-        // The path changed a while ago: what str0m's estimator learned on the dead one is gone
-        // (see `Downlink::on_new_path`).
+        // What str0m's estimator learned is set aside: of a dead path, a fall with no sign of
+        // congestion, or a stuck estimate (see `Downlink::take_estimator_reset`).
         for (peer, init) in resets {
-            tracing::debug!(peer, init, "downlink estimator restarted on a new path");
+            tracing::debug!(peer, init, "downlink estimator restarted");
             self.drive(peer, |t, io| {
                 t.rtc.bwe().reset(Bitrate::bps(init));
                 t.drain(io)
