@@ -330,8 +330,7 @@ impl Downlink {
 
     /// Once per path change, [`NEW_PATH_RESET_AFTER`] it, when a fall held back ran out with no
     /// sign of congestion ([`FALL_HOLD`]), and when the estimate is stuck ([`STUCK_AFTER`]): the
-    /// bitrate str0m's estimator should start
-    /// again from (the router calls `Rtc::bwe().reset`).
+    /// bitrate str0m's estimator should start again from (the router calls `Rtc::bwe().reset`).
     pub fn take_estimator_reset(&mut self, now: Instant) -> Option<u64> {
         if let Some(bps) = self.restart_from.take() {
             return Some(bps.min(HD_DESIRED_BPS));

@@ -568,23 +568,37 @@ fn a_fall_at_the_top_layers_without_queue_or_loss_is_held_until_a_sign_or_for_th
     assert_eq!(e.estimate(), Some(400_000));
 }
 
+/// Feeds `d` a clean report (no loss, a 5 ms round trip, str0m's `current` estimate) every
+/// 100 ms of `ms` after `t0`, and asserts that none restarts the estimator.
+fn no_restart_in(d: &mut Downlink, t0: Instant, ms: std::ops::Range<u64>, current: Option<u64>) {
+    for t in ms.step_by(100) {
+        let at = t0 + Duration::from_millis(t);
+        d.on_feedback(at, Some(0.0), Some(Duration::from_millis(5)), current);
+        assert_eq!(d.take_estimator_reset(at), None, "restarted at {t} ms");
+    }
+}
+
 #[test]
 fn an_estimate_stuck_without_a_sign_of_congestion_restarts_the_estimator_from_it() {
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
     let ms = Duration::from_millis;
     // A patient at the lowest layer on a lossy link (scenario a), wanting the next layer.
-    let mut d = Downlink::default();
-    d.on_estimate(t0, 394_370);
-    d.set_wanted(
-        t0,
-        Some(Wanted {
-            now_bps: 150_000,
-            next_bps: 487_000,
-            trial_bps: None,
-        }),
-    );
-    assert_eq!(d.poll(t0, 1, 1), Change::None);
+    let at_floor = || {
+        let mut d = Downlink::default();
+        d.on_estimate(t0, 394_370);
+        d.set_wanted(
+            t0,
+            Some(Wanted {
+                now_bps: 150_000,
+                next_bps: 487_000,
+                trial_bps: None,
+            }),
+        );
+        assert_eq!(d.poll(t0, 1, 1), Change::None);
+        d
+    };
+    let mut d = at_floor();
     let stuck = Some(394_370);
     // 3 % loss for 10 s: a sign every round, so nothing is stuck.
     for t in (0..10_000).step_by(100) {
@@ -593,44 +607,24 @@ fn an_estimate_stuck_without_a_sign_of_congestion_restarts_the_estimator_from_it
     }
     // Unshaped: no loss, no queue, and str0m's estimate does not move. The last loss was
     // reported at 9.9 s.
-    for t in (10_000..14_900).step_by(100) {
-        d.on_feedback(at(t), Some(0.0), Some(ms(5)), stuck);
-        assert_eq!(
-            d.take_estimator_reset(at(t)),
-            None,
-            "clean for < 5 s at {t} ms"
-        );
-    }
+    no_restart_in(&mut d, t0, 10_000..14_900, stuck);
     d.on_feedback(at(14_900), Some(0.0), Some(ms(5)), stuck);
     assert_eq!(d.take_estimator_reset(at(14_900)), stuck, "stuck for 5 s");
     assert_eq!(d.take_estimator_reset(at(15_000)), None, "once");
     // Flat again: not before STUCK_RESTART_EVERY.
-    for t in (15_000..29_900).step_by(100) {
-        d.on_feedback(at(t), Some(0.0), Some(ms(5)), stuck);
-        assert_eq!(
-            d.take_estimator_reset(at(t)),
-            None,
-            "restarted lately at {t} ms"
-        );
-    }
+    no_restart_in(&mut d, t0, 15_000..29_900, stuck);
     d.on_feedback(at(29_900), Some(0.0), Some(ms(5)), stuck);
     assert_eq!(d.take_estimator_reset(at(29_900)), stuck);
 
     // An estimate that moves is not stuck, nor one with a queue, nor one that carries what
     // the subscriber wants.
-    let mut moving = Downlink::default();
-    moving.on_estimate(t0, 394_370);
-    moving.set_wanted(t0, d.wanted);
-    moving.poll(t0, 1, 1);
+    let mut moving = at_floor();
     for t in (0..8_000).step_by(100) {
         let current = 394_000 + (t / 100) % 2 * 1_000;
         moving.on_feedback(at(t), Some(0.0), Some(ms(5)), Some(current));
         assert_eq!(moving.take_estimator_reset(at(t)), None);
     }
-    let mut queued = Downlink::default();
-    queued.on_estimate(t0, 394_370);
-    queued.set_wanted(t0, d.wanted);
-    queued.poll(t0, 1, 1);
+    let mut queued = at_floor();
     queued.on_feedback(at(0), Some(0.0), Some(ms(5)), stuck);
     for t in (100..8_000).step_by(100) {
         queued.on_feedback(at(t), Some(0.0), Some(ms(150)), stuck);
@@ -639,10 +633,7 @@ fn an_estimate_stuck_without_a_sign_of_congestion_restarts_the_estimator_from_it
     let mut enough = hd_with_base_rtt(t0);
     enough.set_wanted(t0, d.wanted);
     assert_eq!(enough.poll(t0, 1, 1), Change::None);
-    for t in (0..8_000).step_by(100) {
-        enough.on_feedback(at(t), Some(0.0), Some(ms(5)), Some(2_500_000));
-        assert_eq!(enough.take_estimator_reset(at(t)), None);
-    }
+    no_restart_in(&mut enough, t0, 0..8_000, Some(2_500_000));
 }
 
 #[test]
