@@ -478,14 +478,11 @@ impl Downlink {
     /// Whether str0m's current estimate is stuck at `at` ([`STUCK_AFTER`]).
     fn stuck(&self, at: Instant) -> bool {
         let wants_more = self.is_video_paused() || self.constrained_since.is_some();
-        let for_long = |since: Option<Instant>| {
-            since.is_none_or(|t| at.saturating_duration_since(t) >= STUCK_AFTER)
-        };
+        let long_ago = |t: Instant| at.saturating_duration_since(t) >= STUCK_AFTER;
         wants_more
             && self.current_estimate.is_some()
-            && self.current_since.is_some()
-            && for_long(self.current_since)
-            && for_long(self.sign_at)
+            && self.current_since.is_some_and(long_ago)
+            && self.sign_at.is_none_or(long_ago)
             && self.last_queue.is_some_and(|q| q < QUEUE_SIGN)
             && self
                 .stuck_restart_at
