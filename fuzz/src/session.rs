@@ -2,7 +2,9 @@
 //! (`consulta_signaling::session`) driven by a program of steps, each either a client text
 //! frame (parsed as the server parses it) or something the server side reports (the join
 //! accepted, admitted from the waiting room, the session ended, the server starting to drain,
-//! the role). After every step the machine's invariants are checked against the phase it had:
+//! the role). A join the machine lets in is decided by the server before the next frame, as
+//! `src/ws/enter.rs` does (accepted or refused). After every step the machine's invariants are
+//! checked against the phase it had:
 //! a closed session takes nothing; media and admissions only in the call; one accepted join;
 //! a fatal refusal, a leave or a handed-over resume closes it; refusals are valid JSON frames.
 
@@ -31,6 +33,18 @@ pub fn run(data: &[u8]) {
                 if gate == Gate::Enter {
                     enters += 1;
                     assert_eq!(enters, 1, "a second join was let in");
+                    // The server decides a join before it reads the next frame (src/ws/enter.rs
+                    // awaits it): the session is in the consultation or closed by then.
+                    match input.u8() % 3 {
+                        0 => {
+                            s.close();
+                            assert_eq!(s.phase(), Phase::Closed);
+                        }
+                        n => {
+                            s.entered_consultation(n == 2);
+                            assert!(s.entered(), "an accepted join enters the consultation");
+                        }
+                    }
                 }
             }
             2 => {
