@@ -73,6 +73,8 @@ struct Session {
     reason: LeaveReason,
     /// The worker removed this participant already.
     worker_done: bool,
+    /// The consultation service was told the session is over (see `gone`).
+    told_gone: bool,
     /// Set once in a call: the secret a resume must show, and where a resuming connection
     /// arrives.
     resume: Option<Resumable>,
@@ -157,6 +159,7 @@ pub async fn run_session(
         joined: None,
         reason: LeaveReason::Disconnected,
         worker_done: false,
+        told_gone: false,
         resume: None,
         held: None,
         heartbeat: None,
@@ -428,25 +431,7 @@ pub async fn run_session(
             leave(&state, j, e.peer, s.reason);
         }
     }
-    if let Some(e) = &s.entered {
-        // Removed from the call: its TURN credentials stop making allocations.
-        if matches!(s.reason, LeaveReason::Kicked | LeaveReason::Ended) {
-            state.revoke_turn(&e.room, &e.identity);
-        }
-        let reason = serde_json::to_value(s.reason)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        state
-            .consultations
-            .request(Svc::Gone {
-                room: e.room.clone(),
-                identity: e.identity.clone(),
-                session: e.peer.to_string(),
-                reason,
-            })
-            .await;
-    }
+    gone(&state, &mut s).await;
     let Some(Link {
         mut sink,
         mut stream,
@@ -616,6 +601,7 @@ async fn on_client(
                     s.worker_done = true;
                 }
             }
+            gone(state, s).await;
             let _ = send(sink, &ServerMessage::Left).await;
             Flow::Close
         }
@@ -729,6 +715,34 @@ fn leave(state: &AppState, j: &Joined, peer: PeerId, reason: LeaveReason) {
         }
         tracing::error!(peer, "could not deliver a leave to the media worker");
     });
+}
+
+/// Tells the consultation service the session is over (its `participant_left`), once. A
+/// session that leaves says so before its client hears `left`: a join that client makes next is
+/// then stored after this leave, and is not taken for a second session of the same identity.
+async fn gone(state: &AppState, s: &mut Session) {
+    if s.told_gone {
+        return;
+    }
+    let Some(e) = &s.entered else { return };
+    s.told_gone = true;
+    // Removed from the call: its TURN credentials stop making allocations.
+    if matches!(s.reason, LeaveReason::Kicked | LeaveReason::Ended) {
+        state.revoke_turn(&e.room, &e.identity);
+    }
+    let reason = serde_json::to_value(s.reason)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    state
+        .consultations
+        .request(Svc::Gone {
+            room: e.room.clone(),
+            identity: e.identity.clone(),
+            session: e.peer.to_string(),
+            reason,
+        })
+        .await;
 }
 
 fn busy() -> ServerMessage {
