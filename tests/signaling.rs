@@ -302,6 +302,9 @@ async fn turn_credentials_from_join_and_cli_relay_media() {
         "1",
         "-l",
         "120",
+        // Verbose: a failure shows every answer, the channel numbers uclient drew included (it
+        // draws each at random, and a number drawn twice in one allocation is refused, 400).
+        "-v",
     ];
     let join_creds = ["-u", &username, "-w", &password, "-p", &udp_s, "127.0.0.1"];
     let (ok, recv, lost, text) = uclient(&[&base[..], &join_creds[..]].concat());
