@@ -53,7 +53,7 @@ pub(crate) enum WorkerInput {
 #[derive(Clone)]
 pub(crate) struct WorkerTx {
     pub tx: ChanTx<WorkerInput>,
-    pub waker: Option<Arc<crate::batch::Waker>>,
+    pub waker: Option<Arc<crate::poller::Waker>>,
 }
 
 impl WorkerTx {

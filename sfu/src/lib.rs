@@ -31,6 +31,7 @@ pub mod dtls_identity;
 pub mod forwarder;
 pub mod layers;
 pub mod pacer_probe;
+mod poller;
 pub mod publish_layers;
 pub mod quality;
 pub mod red;
@@ -254,7 +255,7 @@ struct WorkerLink {
     commands: crossbeam_channel::Sender<Command>,
     stats: Arc<WorkerStats>,
     /// Set when the worker waits on the socket itself (one worker): commands must wake it.
-    waker: Option<Arc<batch::Waker>>,
+    waker: Option<Arc<poller::Waker>>,
 }
 
 struct Inner {
@@ -383,8 +384,8 @@ impl Sfu {
             let (pkt_tx, pkt_rx) = crossbeam_channel::bounded(2048);
             let stats = Arc::new(WorkerStats::default());
             let direct = if one_worker {
-                let waker = batch::Waker::new().map_err(SfuError::Thread)?;
-                let poller = batch::Poller::new(&socket, &waker).map_err(SfuError::Thread)?;
+                let waker = poller::Waker::new().map_err(SfuError::Thread)?;
+                let poller = poller::Poller::new(&socket, &waker).map_err(SfuError::Thread)?;
                 Some(worker::Direct {
                     stats: demux_stats.clone(),
                     waker: Arc::new(waker),

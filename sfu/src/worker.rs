@@ -119,9 +119,9 @@ pub(crate) struct Direct {
     /// Counts into the receive stats, as the receive thread would.
     pub stats: Arc<crate::demux::DemuxStats>,
     /// Wakes the worker while it waits on the socket (commands, ICE-TCP frames).
-    pub waker: Arc<crate::batch::Waker>,
+    pub waker: Arc<crate::poller::Waker>,
     /// What it waits on: the socket and the waker.
-    pub poller: crate::batch::Poller,
+    pub poller: crate::poller::Poller,
 }
 
 pub(crate) fn run(mut ctx: WorkerContext) {
@@ -290,7 +290,7 @@ fn run_direct(
     let mut busy = Duration::ZERO;
     let (mut datagrams, mut unroutable) = (0u64, 0u64);
     // What the last wait found ready; before the first one, everything may be.
-    let mut ready = crate::batch::Ready::ALL;
+    let mut ready = crate::poller::Ready::ALL;
     while !ctx.stopping.load(Ordering::Relaxed) {
         let round = Instant::now();
         let mut worked = false;
@@ -377,7 +377,7 @@ fn run_direct(
         // The socket was not drained: read on at once. Otherwise wait; a datagram that came
         // meanwhile ends the wait at once, and a wait that ends on a deadline reads nothing.
         ready = if pending {
-            crate::batch::Ready {
+            crate::poller::Ready {
                 socket: true,
                 woken: false,
             }
