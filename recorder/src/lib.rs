@@ -8,8 +8,8 @@
 //! - `depack.rs`: RTP payloads → frames (Opus, VP8, VP9 spatial layer 0, H.264 mode 1).
 //! - `h264.rs`: SPS size parsing and the `avcC` record; `bits.rs`: the checked bit reader.
 //! - `mkv.rs`: the EBML writer (header, clusters, cues); its docs show the file layout.
-//! - `lib.rs` (this file): the API, per-track loss and clock handling, the interleaving queue,
-//!   the header and cluster policy.
+//! - `clock.rs`: a track's RTP clock and sequence steps; `queue.rs`: the interleaving queue.
+//! - `lib.rs` (this file): the API, per-track loss handling, the header and cluster policy.
 //!
 //! # Pipeline
 //! ```text
@@ -57,15 +57,19 @@
 #![forbid(unsafe_code)]
 
 mod bits;
+mod clock;
 mod depack;
 mod h264;
 mod mkv;
+mod queue;
 pub mod scan;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{self, Write};
 
+use clock::{seq_step, RtpClock, SeqStep};
 use depack::{Depacketizer, FrameInfo, PacketIn};
+use queue::{FrameQueue, Queued};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Codec {
@@ -160,84 +164,9 @@ const INTERLEAVE_HOLD_MS: i64 = 250;
 const CLUSTER_MAX_MS: i64 = 1_000;
 const CLUSTER_KEYFRAME_MIN_MS: i64 = 500;
 const KEYFRAME_REQUEST_INTERVAL_MS: u64 = 500;
-/// RTP time this far from arrival time means the sender's timeline changed: re-anchor.
-const REANCHOR_MS: u64 = 5_000;
-/// A sequence number this far behind the last one is a restarted stream, not a late packet.
-const SEQ_RESTART_DISTANCE: i16 = 3_000;
 const DEFAULT_VIDEO_SIZE: (u32, u32) = (640, 480);
 /// Recycled frame buffers kept per track: enough for the interleaving window.
 const POOL_PER_TRACK: usize = 32;
-
-/// Maps one track's RTP timestamps onto the recording clock (ms since `start_ms`).
-#[derive(Debug, Clone, Copy)]
-struct RtpClock {
-    rate: i64,
-    started: bool,
-    anchor_ms: i64,
-    first: i64,
-    last: i64,
-}
-
-impl RtpClock {
-    fn new(rate: i64) -> Self {
-        Self {
-            rate,
-            started: false,
-            anchor_ms: 0,
-            first: 0,
-            last: 0,
-        }
-    }
-
-    /// The 64-bit RTP time nearest to the last one seen with these low 32 bits.
-    fn unwrap(&self, ts: u32) -> i64 {
-        let low = self.last as u32; // truncation intended: the low 32 bits
-        self.last
-            .saturating_add(i64::from(ts.wrapping_sub(low) as i32))
-    }
-
-    fn ms_at(&self, unwrapped: i64) -> i64 {
-        let ticks = unwrapped.saturating_sub(self.first);
-        self.anchor_ms
-            .saturating_add(ticks.saturating_mul(1000).div_euclid(self.rate))
-    }
-
-    /// Takes in one packet's timestamp; returns its time on the recording clock.
-    fn observe(&mut self, ts: u32, now_ms: i64) -> i64 {
-        if !self.started {
-            self.started = true;
-            self.anchor_ms = now_ms;
-            self.first = i64::from(ts);
-            self.last = self.first;
-            return now_ms;
-        }
-        let u = self.unwrap(ts);
-        if self.ms_at(u).saturating_sub(now_ms).unsigned_abs() > REANCHOR_MS {
-            self.anchor_ms = now_ms;
-            self.first = u;
-        }
-        self.last = u;
-        self.ms_at(u)
-    }
-}
-
-enum SeqStep {
-    First,
-    Next,
-    Gap,
-    Old,
-}
-
-fn seq_step(last: Option<u16>, seq: u16) -> SeqStep {
-    let Some(last) = last else {
-        return SeqStep::First;
-    };
-    match seq.wrapping_sub(last) as i16 {
-        1 => SeqStep::Next,
-        d if d <= 0 && d > -SEQ_RESTART_DISTANCE => SeqStep::Old,
-        _ => SeqStep::Gap,
-    }
-}
 
 /// Per-track state the frame callback needs (kept apart from the depacketizer, which is
 /// borrowed while it calls back).
@@ -271,82 +200,6 @@ struct Track {
     name: String,
     depack: Depacketizer,
     st: TrackState,
-}
-
-struct Queued {
-    track: usize,
-    ts_ms: i64,
-    keyframe: bool,
-    data: Vec<u8>,
-}
-
-/// Complete frames waiting to be written, ordered by timestamp (ties keep arrival order).
-#[derive(Default)]
-struct FrameQueue {
-    frames: VecDeque<Queued>,
-    bytes: usize,
-}
-
-impl FrameQueue {
-    fn insert(&mut self, f: Queued) {
-        self.bytes += f.data.len();
-        // Frames arrive nearly in order: scanning from the back is almost always O(1).
-        let mut at = self.frames.len();
-        while at > 0 && self.frames.get(at - 1).is_some_and(|q| q.ts_ms > f.ts_ms) {
-            at -= 1;
-        }
-        self.frames.insert(at, f);
-    }
-
-    fn pop_front(&mut self) -> Option<Queued> {
-        let f = self.frames.pop_front()?;
-        self.bytes = self.bytes.saturating_sub(f.data.len());
-        Some(f)
-    }
-
-    fn span_ms(&self) -> i64 {
-        match (self.frames.front(), self.frames.back()) {
-            (Some(a), Some(b)) => b.ts_ms.saturating_sub(a.ts_ms),
-            _ => 0,
-        }
-    }
-
-    /// Removes `track`'s frames from the front of its run up to (not including) its next
-    /// keyframe. Returns how many were removed and whether a keyframe was found.
-    fn cut_until_keyframe(&mut self, track: usize) -> (u64, bool) {
-        let mut removed = 0;
-        let mut cutting = true;
-        let mut bytes = self.bytes;
-        self.frames.retain(|f| {
-            if f.track != track || !cutting {
-                return true;
-            }
-            if f.keyframe {
-                cutting = false;
-                return true;
-            }
-            removed += 1;
-            bytes = bytes.saturating_sub(f.data.len());
-            false
-        });
-        self.bytes = bytes;
-        (removed, !cutting)
-    }
-
-    fn remove_track(&mut self, track: usize) -> u64 {
-        let before = self.frames.len();
-        let mut bytes = self.bytes;
-        self.frames.retain(|f| {
-            if f.track == track {
-                bytes = bytes.saturating_sub(f.data.len());
-                false
-            } else {
-                true
-            }
-        });
-        self.bytes = bytes;
-        (before - self.frames.len()) as u64
-    }
 }
 
 /// Keyframe gate and hand-off to the queue for one completed frame.
