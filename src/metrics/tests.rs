@@ -29,7 +29,7 @@ fn renders_valid_families() {
         assert!(names.contains(family), "{line}");
     }
     // And every documented metric is rendered.
-    let doc = include_str!("../docs/metrics.md");
+    let doc = include_str!("../../docs/metrics.md");
     for name in names.iter() {
         assert!(
             doc.contains(&format!("`{name}`")),
