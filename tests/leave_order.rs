@@ -12,19 +12,6 @@ use serde_json::{json, Value};
 
 const KEY: &str = "test-api-key-0123456789";
 
-fn events(server: &Server, room: &str) -> Vec<Value> {
-    let auth = format!("Bearer {KEY}");
-    let (status, _, body) = http_request(
-        &server.http,
-        "GET",
-        &format!("/api/v1/consultations/{room}/events?limit=1000"),
-        &[("Authorization", auth.as_str())],
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    body["items"].as_array().unwrap().clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_is_stored_before_the_client_hears_left() {
     let room = "appt-leave-order";
@@ -47,7 +34,7 @@ async fn a_leave_is_stored_before_the_client_hears_left() {
     }
     let mut seen = Vec::new();
     wait_for("every leave stored", 20, || {
-        seen = events(&server, room)
+        seen = call_events(&server, KEY, room)
             .into_iter()
             .filter(|e| e["payload"]["identity"] == "dr-again")
             .collect();

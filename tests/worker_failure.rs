@@ -24,19 +24,6 @@ async fn next_error(c: &mut Client) -> Option<Value> {
     }
 }
 
-fn events(server: &Server, room: &str) -> Vec<Value> {
-    let auth = format!("Bearer {KEY}");
-    let (status, _, body) = http_request(
-        &server.http,
-        "GET",
-        &format!("/api/v1/consultations/{room}/events"),
-        &[("Authorization", auth.as_str())],
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    body["items"].as_array().unwrap().clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_worker_sends_its_calls_to_the_live_one_and_the_server_reports_not_ready() {
     let room = "appt-worker-dies";
@@ -80,7 +67,7 @@ async fn a_dead_worker_sends_its_calls_to_the_live_one_and_the_server_reports_no
     // The call events: both sessions ended with media_lost, once; the call did not end.
     let mut evs = Vec::new();
     for _ in 0..50 {
-        evs = events(&server, room);
+        evs = call_events(&server, KEY, room);
         if evs
             .iter()
             .filter(|e| e["type"] == "participant_joined")

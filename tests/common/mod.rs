@@ -462,3 +462,18 @@ pub async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A consultation's call events through the control API (`GET /api/v1/consultations/{room}/
+/// events`, up to 1000), with an API key the server was started with.
+pub fn call_events(server: &Server, key: &str, room: &str) -> Vec<serde_json::Value> {
+    let auth = format!("Bearer {key}");
+    let (status, _, body) = http_request(
+        &server.http,
+        "GET",
+        &format!("/api/v1/consultations/{room}/events?limit=1000"),
+        &[("Authorization", auth.as_str())],
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    body["items"].as_array().unwrap().clone()
+}
