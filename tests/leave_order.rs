@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use consulta_signaling::Role;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const KEY: &str = "test-api-key-0123456789";
 
