@@ -1,6 +1,6 @@
 //! How a direct media worker waits: an epoll set over its UDP socket and its [`Waker`] (an
-//! eventfd that signaling commands and ICE-TCP frames ring), registered once. Split from
-//! `batch.rs`, which reads and writes the socket.
+//! eventfd that signaling commands and ICE-TCP frames ring), registered once. Reading and
+//! writing the socket is `batch.rs`.
 
 use std::io;
 use std::net::UdpSocket;
