@@ -10,6 +10,8 @@
 //! - video pauses after [`PAUSE_AFTER`] below [`PAUSE_BELOW_BPS`] per video track, at once below
 //!   half of it, or at once when the lowest layer loses [`HEAVY_LOSS`] (receiver reports, or the
 //!   TWCC feedback) or its queue grows past [`FLOOR_QUEUE_PAUSE`]: down fast;
+//! - congestion takes every video track to its lowest layer at once, whose keyframe waits until
+//!   the queue drained ([`DRAIN_MAX`]): meanwhile audio flows alone;
 //! - video resumes only after [`RESUME_AFTER`] at or above [`RESUME_ABOVE_BPS`]: up slowly, with
 //!   headroom, so that a link at the edge does not flap; the wait is a trial (padded up to that
 //!   rate), and a failed one backs off before the next;
@@ -45,6 +47,9 @@ const PROBE_BUMP_BPS: u64 = 1_000;
 /// stay far above a link whose queue is full (no delay trend left to see), while the link
 /// drops this much.
 pub const HEAVY_LOSS: f32 = 0.25;
+/// A receiver report of a video track speaks for the link only while no transport-wide loss
+/// (TWCC feedback, several a second) came within this long ([`Downlink::on_report_loss`]).
+pub const TWCC_LOSS_FRESH: Duration = Duration::from_secs(1);
 /// Loss reported this soon after the video reached its lowest layer may be of the layer before.
 pub const FLOOR_SETTLE: Duration = Duration::from_millis(1_500);
 /// A queue toward the subscriber this much longer than its shortest (the round trip of the
@@ -68,6 +73,15 @@ pub const FLOOR_QUEUE_PAUSE: Duration = Duration::from_millis(500);
 pub const CONGESTED_QUEUE: Duration = Duration::from_millis(300);
 /// See [`CONGESTED_QUEUE`].
 pub const FALLING_PERCENT: u64 = 85;
+/// Once congestion is found ([`Downlink::is_congested`]: the queue rules above, or heavy loss),
+/// the subscriber's video waits for the link's queue to drain before the lowest layer starts:
+/// the router asks for its keyframe only once the feedback shows a queue under [`QUEUE_SIGN`],
+/// or this long after congestion was found ([`Downlink::is_draining`]). Audio alone empties a
+/// full queue at nearly the link's rate; the lowest layer's keyframe and its flow sent into it
+/// kept audio waiting behind them longer (the full queue of scenario a, ~390 ms at 500 kbit/s,
+/// took ~0.8 s to empty), and Chromium's jitter buffer holds a delay peak for ~10 s, longer
+/// the longer the peak lasts. This long bounds the freeze it adds.
+pub const DRAIN_MAX: Duration = Duration::from_millis(800);
 /// A queue this much longer than the shortest round trip while str0m's current estimate (its
 /// statistics; the event gives a mean over 3 s) cannot carry what the subscriber is sent now
 /// (its video layers, [`Wanted::now_bps`], within [`USABLE_PERCENT`]) is congestion
@@ -202,6 +216,10 @@ pub struct Downlink {
     floor_fails: bool,
     /// When heavy loss was last reported, whatever the layer (not of a trial's padding).
     congested_at: Option<Instant>,
+    /// When the TWCC feedback last gave a loss fraction ([`TWCC_LOSS_FRESH`]).
+    twcc_loss_at: Option<Instant>,
+    /// Since when the queue found congested drains ([`DRAIN_MAX`]); None once it is short.
+    drain_since: Option<Instant>,
     /// When a step up was last padded for (its loss is the trial's, not the link's).
     trial_at: Option<Instant>,
     /// Round trips of the TWCC feedback: the lowest of the current and the previous
@@ -310,6 +328,7 @@ impl Downlink {
         self.raw_estimate = self.estimate;
         self.estimator_reset_at = Some(now + NEW_PATH_RESET_AFTER);
         self.congested_at = None;
+        self.drain_since = None;
         self.floor_fails = false;
         self.rtt_base = [None; 2];
         self.rtt_window_at = None;
@@ -369,6 +388,21 @@ impl Downlink {
     pub fn is_congested(&self, now: Instant) -> bool {
         self.congested_at
             .is_some_and(|at| now.saturating_duration_since(at) < FLOOR_SETTLE)
+    }
+
+    /// Congestion was found at `at`: a new episode starts the drain ([`DRAIN_MAX`]).
+    fn congested(&mut self, at: Instant) {
+        if !self.is_congested(at) {
+            self.drain_since = Some(at);
+        }
+        self.congested_at = Some(at);
+    }
+
+    /// Whether the queue found congested still drains at `now` ([`DRAIN_MAX`]): the router holds
+    /// back the keyframe of the layer its video goes to until it has.
+    pub fn is_draining(&self, now: Instant) -> bool {
+        self.drain_since
+            .is_some_and(|since| now.saturating_duration_since(since) < DRAIN_MAX)
     }
 
     /// Whether str0m's current estimate cannot carry the video layers the subscriber is sent
@@ -440,9 +474,28 @@ impl Downlink {
         if !self.loss_counts(at) || fraction < HEAVY_LOSS || self.settling(at) {
             return;
         }
-        self.congested_at = Some(at);
+        self.congested(at);
         if settled_floor(self.floor_since, at) {
             self.floor_fails = true;
+        }
+    }
+
+    /// A loss fraction from a receiver report of one of its video tracks, at `at`. A browser
+    /// sends one with every NACK too, over the few packets since the report before: 1 of 2
+    /// lost reads as 50 %. Seen in scenario a (3 % random loss): reports of 0.498 and 0.333
+    /// at the lowest layer while the TWCC feedback of the same second counted 6–11 %, and
+    /// video paused for 3 s on a link that carried it. So while the transport-wide loss is
+    /// known ([`TWCC_LOSS_FRESH`]), which counts every packet sent over the last second, only
+    /// it judges heavy loss; a report is then a sign of congestion, no more. Without TWCC
+    /// feedback the reports are all there is ([`Downlink::on_loss`]).
+    pub fn on_report_loss(&mut self, at: Instant, fraction: f32) {
+        let fresh = self
+            .twcc_loss_at
+            .is_some_and(|t| at.saturating_duration_since(t) < TWCC_LOSS_FRESH);
+        if !fresh {
+            self.on_loss(at, fraction);
+        } else if fraction >= LOSS_SIGN && !self.settling(at) {
+            self.on_sign(at);
         }
     }
 
@@ -467,6 +520,7 @@ impl Downlink {
             self.on_feedback_rtt(at, rtt);
         }
         if let Some(loss) = loss {
+            self.twcc_loss_at = Some(at);
             self.on_loss(at, loss);
         }
         if self.stuck(at) {
@@ -504,6 +558,8 @@ impl Downlink {
         self.last_queue = Some(queue);
         if queue >= QUEUE_SIGN {
             self.on_sign(at);
+        } else {
+            self.drain_since = None;
         }
         // What str0m reports, not what a hold kept: a queue this long lets a fall through.
         self.recent_estimates.rotate_right(1);
@@ -512,7 +568,7 @@ impl Downlink {
         if ((falling && queue >= CONGESTED_QUEUE) || (self.overrun() && queue >= OVERRUN_QUEUE))
             && self.loss_counts(at)
         {
-            self.congested_at = Some(at);
+            self.congested(at);
         }
         // The packet it reports was sent at the floor (about `at - rtt`): the queue it met is
         // the lowest layer's, not what the layer before left.

@@ -673,3 +673,83 @@ fn a_fall_that_still_carries_the_top_layers_is_not_held_nor_restarted() {
     d.on_estimate(at(8_000), 600_000);
     assert_eq!(d.estimate(), Some(2_400_000), "held");
 }
+
+#[test]
+fn congestion_drains_until_the_queue_is_short_or_for_at_most_drain_max() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let ms = Duration::from_millis;
+    let sent = Wanted {
+        now_bps: 1_150_000,
+        next_bps: 1_150_000,
+        trial_bps: None,
+    };
+    let mut d = hd_with_base_rtt(t0);
+    d.set_wanted(t0, Some(sent));
+    d.on_feedback(at(100), Some(0.0), Some(ms(120)), Some(2_600_000));
+    assert!(!d.is_draining(at(100)), "a queue is not congestion yet");
+    // The step: the queue grows past OVERRUN_QUEUE while the current estimate falls under what
+    // is sent. Congested, and draining from then on.
+    d.on_feedback(at(300), Some(0.0), Some(ms(300)), Some(600_000));
+    assert!(d.is_congested(at(300)) && d.is_draining(at(300)));
+    // The queue still long (what was sent before the cut), congested again in the same episode:
+    // the drain keeps its start.
+    d.on_feedback(at(400), Some(0.0), Some(ms(390)), Some(500_000));
+    d.on_feedback(at(500), Some(0.0), Some(ms(300)), Some(450_000));
+    assert!(d.is_draining(at(500)));
+    d.on_feedback(at(600), Some(0.0), Some(ms(160)), Some(450_000));
+    assert!(d.is_draining(at(600)), "still over QUEUE_SIGN");
+    // Short again: drained, though still congested (the lowest layer's keyframe may come).
+    d.on_feedback(at(700), Some(0.0), Some(ms(60)), Some(450_000));
+    assert!(d.is_congested(at(700)) && !d.is_draining(at(700)));
+
+    // A queue that stays long: the drain ends DRAIN_MAX after it began, whatever the feedback.
+    let mut e = hd_with_base_rtt(t0);
+    e.set_wanted(t0, Some(sent));
+    e.on_feedback(at(300), Some(0.0), Some(ms(300)), Some(600_000));
+    for t in (400..=1_200).step_by(100) {
+        e.on_feedback(at(t), Some(0.0), Some(ms(400)), Some(450_000));
+    }
+    assert!(e.is_draining(at(300) + DRAIN_MAX - ms(1)));
+    assert!(!e.is_draining(at(300) + DRAIN_MAX));
+
+    // Heavy transport-wide loss is congestion too, and drains the same way.
+    let mut f = hd_with_base_rtt(t0);
+    f.on_feedback(at(2_000), Some(0.4), Some(ms(200)), Some(600_000));
+    assert!(f.is_congested(at(2_000)) && f.is_draining(at(2_000)));
+    // A new path forgets it.
+    f.on_new_path(at(2_100));
+    assert!(!f.is_draining(at(2_100)));
+}
+
+#[test]
+fn a_receiver_reports_heavy_loss_pauses_only_without_fresh_transport_wide_loss() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let ms = Duration::from_millis;
+    // Settled at the floor of a 500 kbit/s link with 3 % random loss: the TWCC feedback counts
+    // 8 % this second, and a report sent with a NACK says 1 of 2 packets was lost.
+    let mut d = Downlink::default();
+    d.on_estimate(t0, 426_000);
+    d.set_at_floor(t0, true);
+    for t in (2_000..=3_000).step_by(100) {
+        d.on_feedback(at(t), Some(0.08), Some(ms(6)), Some(426_000));
+    }
+    d.on_report_loss(at(3_050), 0.498);
+    assert!(!d.is_congested(at(3_050)));
+    assert_eq!(d.poll(at(3_050), 1, 1), Change::None);
+    d.on_report_loss(at(3_100), 0.333);
+    assert_eq!(d.poll(at(3_100), 1, 1), Change::None);
+    // The transport-wide loss itself heavy: paused at once.
+    d.on_feedback(at(3_200), Some(0.3), Some(ms(6)), Some(426_000));
+    assert_eq!(d.poll(at(3_200), 1, 1), Change::PauseVideo);
+
+    // No TWCC feedback for a second (or none at all): the reports are all there is.
+    let mut e = Downlink::default();
+    e.on_estimate(t0, 426_000);
+    e.set_at_floor(t0, true);
+    e.on_feedback(at(1_000), Some(0.08), Some(ms(6)), Some(426_000));
+    e.on_report_loss(at(2_000) + TWCC_LOSS_FRESH, 0.498);
+    assert!(e.is_congested(at(2_000) + TWCC_LOSS_FRESH));
+    assert_eq!(e.poll(at(3_100), 1, 1), Change::PauseVideo);
+}

@@ -575,9 +575,11 @@ impl<W: Wire> RouterHost<W> {
                 self.add_producer(peer, mid, kind);
             }
             for (sub, mid) in std::mem::take(&mut self.outbox.keyframe_requests) {
+                // Not while its congested queue drains: the layer it goes to waits for that.
                 let source = self
                     .transports
                     .get(&sub)
+                    .filter(|t| !t.downlink.is_draining(Instant::now()))
                     .and_then(|t| t.consumers.iter().find(|c| c.mid == Some(mid)))
                     .map(|c| (c.source, c.source_mid));
                 if let Some((source, smid)) = source {
@@ -722,7 +724,11 @@ impl<W: Wire> RouterHost<W> {
         }
         // Subscribers still waiting for a keyframe ask again, once a second, once connected.
         let mut waiting: Vec<(PeerId, Mid)> = Vec::new();
-        for t in self.transports.values_mut().filter(|t| t.connected) {
+        for t in self
+            .transports
+            .values_mut()
+            .filter(|t| t.connected && !t.downlink.is_draining(now))
+        {
             for c in &mut t.consumers {
                 let due = c
                     .asked_keyframe

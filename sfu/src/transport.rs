@@ -749,7 +749,7 @@ impl Transport {
                 observe_quality(&mut c.loss_egress, &mut c.rtt, s.loss, s.rtt);
                 if let (MediaKind::Video, Some(loss)) = (k.kind, s.loss) {
                     tracing::trace!(peer = self.id, loss, "video receiver report");
-                    self.downlink.on_loss(s.timestamp, loss);
+                    self.downlink.on_report_loss(s.timestamp, loss);
                 }
             }
             _ => {}

@@ -264,6 +264,8 @@ impl<W: Wire> RouterHost<W> {
             let (audio, video) = super::allocation::receiving(t);
             let budget = t.downlink.video_budget_per_track(audio, video);
             let congested = t.downlink.is_congested(now);
+            // The lowest layer's keyframe waits until the congested queue drained.
+            let draining = t.downlink.is_draining(now);
             // What the subscriber's video takes one layer up, and with the step it waits for;
             // None as soon as one track's layers are unknown (HD is then wanted).
             let (mut known, mut waits) = (true, false);
@@ -326,7 +328,7 @@ impl<W: Wire> RouterHost<W> {
                         (false, _) => counters.layer_switches_down_other += 1,
                     }
                 }
-                if c.switch.is_switching() && !c.forwarder.is_paused() {
+                if c.switch.is_switching() && !c.forwarder.is_paused() && !draining {
                     keyframes.push((c.source, c.source_mid));
                 }
                 match c.selector.rates(layers) {
