@@ -253,6 +253,11 @@ pub struct MediaConfig {
     /// to stay under what their most constrained subscriber can take. Off: forward everything
     /// as it comes, whatever the links.
     pub bandwidth_estimation: bool,
+    /// Play each participant's audio in sync with its video (one stream in the subscriber's
+    /// SDP). Off (the default), the browser plays audio as soon as it can: with sync, a video
+    /// delayed by a weak link (its keyframes, a layer change) holds the audio back as long
+    /// (docs/performance.md: the patient's audio jitter buffer ~10 s at ~400 ms after a step).
+    pub lip_sync: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -338,6 +343,7 @@ impl Default for MediaConfig {
             nack_history: limits.nack_history,
             reconnect_grace: limits.reconnect_grace.as_secs(),
             bandwidth_estimation: limits.bwe,
+            lip_sync: limits.lip_sync,
         }
     }
 }

@@ -105,6 +105,7 @@ fn every_env_name_is_accepted() {
             | "CONSULTA_TURN_RELAY_PUBLIC_IP" => "127.0.0.1",
             "CONSULTA_TURN_ENABLED"
             | "CONSULTA_MEDIA_BANDWIDTH_ESTIMATION"
+            | "CONSULTA_MEDIA_LIP_SYNC"
             | "CONSULTA_TURN_LEGACY_CHANNEL_NUMBERS"
             | "CONSULTA_S3_PATH_STYLE"
             | "CONSULTA_WEBHOOKS_ALLOW_HTTP" => "true",

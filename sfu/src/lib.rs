@@ -101,6 +101,9 @@ pub struct SfuConfig {
     /// Send-side bandwidth estimation toward subscribers, driving the audio-only fallback and
     /// the publishers' caps (`media.bandwidth_estimation`).
     pub bandwidth_estimation: bool,
+    /// A participant's audio and video in one stream toward subscribers, which browsers then
+    /// play in sync (`media.lip_sync`; off: each in its own stream).
+    pub lip_sync: bool,
     /// Fault injection for tests (`CONSULTA_FAULT_PANIC_WORKER_ROOM`, never in the TOML):
     /// `room` or `room@seconds`; see `worker::Fault`.
     pub fault_panic_room: Option<String>,
@@ -404,6 +407,7 @@ impl Sfu {
                     nack_history: cfg.nack_history,
                     reconnect_grace: cfg.reconnect_grace,
                     bwe: cfg.bandwidth_estimation,
+                    lip_sync: cfg.lip_sync,
                 },
                 directory: directory.clone(),
                 commands: cmd_rx,

@@ -92,6 +92,9 @@ pub struct Limits {
     /// Send-side bandwidth estimation toward each subscriber, and what it drives: the
     /// audio-only fallback and the caps asked of publishers (`media.bandwidth_estimation`).
     pub bwe: bool,
+    /// Each publisher's audio and video in one stream of the subscriber's SDP, played in sync
+    /// (`media.lip_sync`).
+    pub lip_sync: bool,
 }
 
 impl Default for Limits {
@@ -101,6 +104,7 @@ impl Default for Limits {
             nack_history: 500,
             reconnect_grace: Duration::from_secs(20),
             bwe: true,
+            lip_sync: false,
         }
     }
 }

@@ -534,8 +534,10 @@ impl Transport {
         self.pending.is_some()
     }
 
-    /// Offers what changed in the consumers, when no offer is outstanding.
-    pub fn negotiate(&mut self, outbox: &mut Outbox) -> bool {
+    /// Offers what changed in the consumers, when no offer is outstanding. With `lip_sync` a
+    /// publisher's audio and video share one stream id (msid), which the browser plays in sync;
+    /// without, each kind has its own.
+    pub fn negotiate(&mut self, outbox: &mut Outbox, lip_sync: bool) -> bool {
         // While it was asked to offer again (a codec change), its offer comes first.
         if !self.offered || self.pending.is_some() || self.codecs.reoffer_since.is_some() {
             return false;
@@ -567,7 +569,11 @@ impl Transport {
                     let mid = change.add_media(
                         kind,
                         Direction::SendOnly,
-                        Some(format!("p{}", c.source)),
+                        Some(match kind {
+                            _ if lip_sync => format!("p{}", c.source),
+                            MediaKind::Audio => format!("p{}a", c.source),
+                            MediaKind::Video => format!("p{}v", c.source),
+                        }),
                         None,
                         None,
                     );

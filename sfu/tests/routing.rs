@@ -330,3 +330,50 @@ fn without_nack_history_a_lost_packet_stays_lost() {
         "nack_history = 0: nothing to retransmit"
     );
 }
+
+/// The stream ids (`a=msid:<stream> <track>`) of the sections the server sends on in its last
+/// offer to client `i` (others' tracks), with their media kind (`m=audio`, `m=video`).
+fn offered_streams(net: &Net, i: usize) -> Vec<(String, String)> {
+    let sdp = net.clients[i].offers.last().expect("an offer");
+    let mut streams = Vec::new();
+    for section in sdp.split("\r\nm=").skip(1) {
+        let kind = section.split(' ').next().unwrap_or_default();
+        let msid = section.lines().find_map(|l| l.strip_prefix("a=msid:"));
+        if let (true, Some(msid)) = (section.contains("a=sendonly"), msid) {
+            let stream = msid.split(' ').next().unwrap_or_default();
+            streams.push((kind.to_string(), stream.to_string()));
+        }
+    }
+    streams
+}
+
+#[test]
+fn audio_and_video_share_a_stream_only_with_lip_sync() {
+    for lip_sync in [false, true] {
+        let mut net = Net::with_limits(Limits {
+            lip_sync,
+            ..Limits::default()
+        });
+        let a = net.join("room-ls", "doctor", true);
+        let b = net.join("room-ls", "patient", true);
+        net.until(10, "both connected", connected);
+        net.until(10, "consumer offers", |n| n.clients[b].offered(2));
+        let _ = a;
+        let streams = offered_streams(&net, b);
+        let of = |kind: &str| {
+            streams
+                .iter()
+                .filter(|(k, _)| k == kind)
+                .map(|(_, s)| s.clone())
+                .collect::<Vec<_>>()
+        };
+        let (audio, video) = (of("audio"), of("video"));
+        assert_eq!((audio.len(), video.len()), (1, 1), "{streams:?}");
+        // One stream: the browser delays audio to play it with a late video. Two: it does not.
+        assert_eq!(
+            audio[0] == video[0],
+            lip_sync,
+            "lip_sync {lip_sync}: {streams:?}"
+        );
+    }
+}

@@ -222,8 +222,9 @@ impl<W: Wire> RouterHost<W> {
     }
 
     pub(super) fn negotiate(&mut self, peer: PeerId) {
+        let lip_sync = self.limits.lip_sync;
         self.drive(peer, |t, io| {
-            if t.negotiate(io.outbox) {
+            if t.negotiate(io.outbox, lip_sync) {
                 t.drain(io)?;
             }
             Ok(())

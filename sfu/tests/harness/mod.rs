@@ -45,6 +45,8 @@ pub struct Client {
     pub messages: Vec<ServerMessage>,
     /// The server's answers to this client's offers, as sent.
     pub answers: Vec<String>,
+    /// The server's offers to this client, as sent.
+    pub offers: Vec<String>,
     pub closed: Option<ServerMessage>,
     pub pending: Option<SdpPendingOffer>,
     pub media: Vec<MediaData>,
@@ -180,6 +182,7 @@ impl Net {
             events: rx,
             messages: Vec::new(),
             answers: Vec::new(),
+            offers: Vec::new(),
             closed: None,
             pending: None,
             media: Vec::new(),
@@ -355,6 +358,7 @@ impl Net {
             PeerEvent::Message(ServerMessage::Offer { sdp, tracks }) => {
                 let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
                 let answer = c.rtc.sdp_api().accept_offer(offer).unwrap();
+                c.offers.push(sdp);
                 c.messages.push(ServerMessage::Offer {
                     sdp: String::new(),
                     tracks,
