@@ -13,7 +13,7 @@ use std::time::Instant;
 use consulta_signaling::protocol::{
     MuteState, ParticipantInfo, ServerMessage, TrackInfo, TrackKind,
 };
-use str0m::bwe::{Bitrate, BweKind};
+use str0m::bwe::Bitrate;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
@@ -25,10 +25,11 @@ use tokio::sync::mpsc::error::TrySendError;
 use crate::bandwidth::Downlink;
 use crate::forwarder::{Forwarder, KeyframeThrottle, PtMap};
 use crate::router::quota::CandidateBudget;
-use crate::stats::{
-    LocalCounters, LocalHistogram, CONNECT_BUCKETS, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS,
-};
+use crate::stats::{LocalCounters, CONNECT_BUCKETS};
 use crate::{PeerEvent, PeerId};
+
+mod feedback;
+use feedback::FeedbackCounts;
 
 /// Minimum spacing of keyframe requests to one publisher track.
 pub(crate) const KEYFRAME_INTERVAL: std::time::Duration = std::time::Duration::from_millis(400);
@@ -707,94 +708,12 @@ impl Transport {
                 c.ice_disconnected += 1;
                 outbox.faults.push((self.id, Fault::Disconnected))
             }
-            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
-                self.downlink.on_estimate(Instant::now(), estimate.as_u64());
-                let used = self.downlink.estimate();
-                tracing::trace!(
-                    peer = self.id,
-                    bps = estimate.as_u64(),
-                    ?used,
-                    "downlink estimate"
-                );
-            }
-            Event::PeerStats(s) => {
-                self.stats_tick = (self.stats_tick + 1) % STREAM_STATS_EVERY;
-                let (loss, rtt, bwe) = (s.egress_loss_fraction, s.rtt, s.bwe_tx);
-                tracing::trace!(peer = self.id, ?loss, ?rtt, ?bwe, "TWCC feedback");
-                let current = bwe.map(|b| b.as_u64());
-                self.downlink.on_feedback(s.timestamp, loss, rtt, current);
-            }
-            Event::MediaIngressStats(_) | Event::MediaEgressStats(_) if self.stats_tick != 0 => {}
-            Event::MediaIngressStats(s) => {
-                let Some(p) = self.producers.iter_mut().find(|p| p.mid == s.mid) else {
-                    return;
-                };
-                let [n, pl, f] = p.feedback.advance(s.nacks, s.plis, s.firs);
-                c.nacks_to_publishers += n;
-                c.plis_to_publishers += pl;
-                c.firs_to_publishers += f;
-                self.quality.on_stats(s.loss, s.rtt);
-                observe_quality(&mut c.loss_ingress, &mut c.rtt, s.loss, s.rtt);
-                let clock = if p.kind == MediaKind::Audio {
-                    48_000.0
-                } else {
-                    90_000.0
-                };
-                c.jitter
-                    .observe(&JITTER_BUCKETS, f64::from(s.jitter) / clock);
-            }
-            Event::MediaEgressStats(s) => {
-                let Some(k) = self.consumers.iter_mut().find(|k| k.mid == Some(s.mid)) else {
-                    return;
-                };
-                let [n, pl, f] = k.feedback.advance(s.nacks, s.plis, s.firs);
-                c.nacks_from_subscribers += n;
-                c.plis_from_subscribers += pl;
-                c.firs_from_subscribers += f;
-                self.quality.on_stats(s.loss, s.rtt);
-                observe_quality(&mut c.loss_egress, &mut c.rtt, s.loss, s.rtt);
-                if let (MediaKind::Video, Some(loss)) = (k.kind, s.loss) {
-                    tracing::trace!(peer = self.id, loss, "video receiver report");
-                    self.downlink.on_report_loss(s.timestamp, loss);
-                }
-            }
+            Event::EgressBitrateEstimate(_)
+            | Event::PeerStats(_)
+            | Event::MediaIngressStats(_)
+            | Event::MediaEgressStats(_) => self.on_feedback(e, c),
             _ => {}
         }
-    }
-}
-
-/// Cumulative RTCP feedback counts of one stream: str0m reports totals, metrics want deltas.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct FeedbackCounts {
-    nacks: u64,
-    plis: u64,
-    firs: u64,
-}
-
-impl FeedbackCounts {
-    /// Records new totals and returns what was added since the last ones.
-    fn advance(&mut self, nacks: u64, plis: u64, firs: u64) -> [u64; 3] {
-        let added = [
-            nacks.saturating_sub(self.nacks),
-            plis.saturating_sub(self.plis),
-            firs.saturating_sub(self.firs),
-        ];
-        *self = FeedbackCounts { nacks, plis, firs };
-        added
-    }
-}
-
-fn observe_quality(
-    loss_hist: &mut LocalHistogram<8>,
-    rtt_hist: &mut LocalHistogram<10>,
-    loss: Option<f32>,
-    rtt: Option<std::time::Duration>,
-) {
-    if let Some(loss) = loss {
-        loss_hist.observe(&LOSS_BUCKETS, f64::from(loss));
-    }
-    if let Some(rtt) = rtt {
-        rtt_hist.observe_duration(&RTT_BUCKETS, rtt);
     }
 }
 
