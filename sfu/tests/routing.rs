@@ -354,11 +354,10 @@ fn audio_and_video_share_a_stream_only_with_lip_sync() {
             lip_sync,
             ..Limits::default()
         });
-        let a = net.join("room-ls", "doctor", true);
+        net.join("room-ls", "doctor", true);
         let b = net.join("room-ls", "patient", true);
         net.until(10, "both connected", connected);
         net.until(10, "consumer offers", |n| n.clients[b].offered(2));
-        let _ = a;
         let streams = offered_streams(&net, b);
         let of = |kind: &str| {
             streams
