@@ -753,3 +753,42 @@ fn a_receiver_reports_heavy_loss_pauses_only_without_fresh_transport_wide_loss()
     assert!(e.is_congested(at(2_000) + TWCC_LOSS_FRESH));
     assert_eq!(e.poll(at(3_100), 1, 1), Change::PauseVideo);
 }
+
+#[test]
+fn paused_video_waits_to_resume_only_when_the_current_estimate_agrees() {
+    // Scenario c's run: video paused on a 150 kbit/s link while str0m's event (a mean) still
+    // said 537-570 kbit/s and its current estimate 58-83 kbit/s.
+    let t0 = Instant::now();
+    let mut d = Downlink::default();
+    d.on_estimate(t0, 100_000);
+    assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);
+    d.on_estimate(at(t0, 100), 570_000);
+    d.on_feedback(at(t0, 100), Some(0.0), None, Some(83_000));
+    for ms in (200..=6_000).step_by(100) {
+        assert_eq!(d.poll(at(t0, ms), 1, 1), Change::None, "at {ms} ms");
+        // No trial: str0m is not asked to pad the weak link up to the resume rate.
+        assert_eq!(d.bwe_target(at(t0, ms), 1, 1).0, 64_000, "at {ms} ms");
+    }
+    // The link recovered: the current estimate (its probes) rises first, and the wait starts
+    // once both carry the resume rate, with the trial padded for.
+    d.on_feedback(at(t0, 6_100), Some(0.0), None, Some(750_000));
+    assert_eq!(d.poll(at(t0, 6_100), 1, 1), Change::None);
+    assert_eq!(
+        d.bwe_target(at(t0, 6_100), 1, 1).0,
+        64_000 + RESUME_ABOVE_BPS
+    );
+    assert_eq!(d.poll(at(t0, 9_000), 1, 1), Change::None);
+    assert_eq!(d.poll(at(t0, 9_100), 1, 1), Change::ResumeVideo);
+
+    // A current estimate that falls during the wait ends it, as a falling event does.
+    d.on_estimate(at(t0, 9_200), 100_000);
+    assert_eq!(d.poll(at(t0, 9_200), 1, 1), Change::PauseVideo);
+    d.on_estimate(at(t0, 9_300), 600_000);
+    d.on_feedback(at(t0, 9_300), Some(0.0), None, Some(600_000));
+    assert_eq!(d.poll(at(t0, 9_300), 1, 1), Change::None);
+    d.on_feedback(at(t0, 9_400), Some(0.0), None, Some(90_000));
+    assert_eq!(d.poll(at(t0, 9_400), 1, 1), Change::None);
+    assert_eq!(d.bwe_target(at(t0, 9_400), 1, 1).0, 64_000);
+    d.on_feedback(at(t0, 9_500), Some(0.0), None, Some(600_000));
+    assert_eq!(d.poll(at(t0, 12_600), 1, 1), Change::None);
+}
