@@ -11,7 +11,7 @@
 //!   half of it, or at once when the lowest layer loses [`HEAVY_LOSS`] (receiver reports, or the
 //!   TWCC feedback) or its queue grows past [`FLOOR_QUEUE_PAUSE`]: down fast;
 //! - congestion takes every video track to its lowest layer at once, whose keyframe waits until
-//!   the queue drained ([`DRAIN_MAX`]): meanwhile audio flows alone;
+//!   the queue drained ([`DRAIN_MAX`], [`DRAIN_LONG_MAX`]): meanwhile audio flows alone;
 //! - video resumes only after [`RESUME_AFTER`] at or above [`RESUME_ABOVE_BPS`]: up slowly, with
 //!   headroom, so that a link at the edge does not flap; the wait is a trial (padded up to that
 //!   rate), and a failed one backs off before the next;
@@ -83,6 +83,11 @@ pub const FALLING_PERCENT: u64 = 85;
 /// A/B in one hour, 6 runs each): the patient's jitter buffer 175–202 ms with the drain,
 /// 187–277 ms without; the freeze at the step ~250 ms longer. This long bounds that freeze.
 pub const DRAIN_MAX: Duration = Duration::from_millis(800);
+/// A queue of [`FLOOR_QUEUE_PAUSE`] or more when [`DRAIN_MAX`] ends (the feedback still tells of
+/// what was sent before the cut; scenario c's 150 kbit/s link queued ~0.8 s, a's and b's at most
+/// ~0.4 s) drains up to this long: the lowest layer started into it kept it full until video
+/// paused ~0.9 s later, and the patient concealed 16 % of a second more.
+pub const DRAIN_LONG_MAX: Duration = Duration::from_millis(1_500);
 /// A queue this much longer than the shortest round trip while str0m's current estimate (its
 /// statistics; the event gives a mean over 3 s) cannot carry what the subscriber is sent now
 /// (its video layers, [`Wanted::now_bps`], within [`USABLE_PERCENT`]) is congestion
@@ -101,8 +106,7 @@ pub const OVERRUN_QUEUE: Duration = Duration::from_millis(150);
 /// its current estimate. A link that stepped down shows within a round or two; at 250 ms, the
 /// queue of scenario b's step was full and dropping audio before the round that showed it
 /// (three runs: 1–3 freezes after the step and 4.05–5.45 % concealed in its 10 s, against 0–1
-/// and 3.87–3.95 % in two runs at 100 ms). The statistics themselves are a small cost:
-/// str0m's `visit_stats` and snapshots took ~0.2 % of the server's samples under the load of
+/// and 3.87–3.95 % in two runs at 100 ms). Their cost: ~0.2 % of the server's samples under
 /// `scripts/bench-vs-janus.sh`.
 pub const STATS_INTERVAL: Duration = Duration::from_millis(100);
 /// Statistics reports in a second ([`STATS_INTERVAL`]): the falling estimate is judged over
@@ -172,14 +176,12 @@ pub enum Change {
 /// One subscriber's downlink.
 #[derive(Debug, Clone, Default)]
 pub struct Downlink {
-    /// str0m's estimate as its event gives it: the mean of its estimator's changes over the last
-    /// 3 s. Its current value (in str0m's statistics) was tried for layers and pauses, and was
-    /// worse: after a burst of loss it sank to 204 kbit/s on a 400 kbit/s link whose queue had
-    /// emptied (a false pause in the weak-network scenario b), and after a weak link recovered
-    /// it held the layers down longer (scenario a: 640 wide again after 6.5–9.2 s, and once not
-    /// within 15 s, against 3.3–4.5 s). A step down is caught as soon by the queue it builds
-    /// ([`CONGESTED_QUEUE`]).
-    /// While a fall of it is held back ([`FALL_HOLD`]), the estimate before the fall.
+    /// str0m's estimate as its event gives it (the mean of its changes over the last 3 s); while
+    /// a fall of it is held back ([`FALL_HOLD`]), the estimate before the fall. Its current value
+    /// was tried for layers and pauses, and was worse: after a burst of loss it sank to 204
+    /// kbit/s on a 400 kbit/s link whose queue had emptied (a false pause in scenario b), and
+    /// after a weak link recovered it held the layers down longer (scenario a: 640 wide again
+    /// after 6.5–9.2 s, once not within 15 s, against 3.3–4.5 s). Steps down show in the queue.
     estimate: Option<u64>,
     /// Since when a fall is held back ([`FALL_HOLD`]; `estimate` keeps the value before it):
     /// until the estimate is back there, the link shows a sign of congestion, or the hold runs
@@ -399,11 +401,24 @@ impl Downlink {
         self.congested_at = Some(at);
     }
 
-    /// Whether the queue found congested still drains at `now` ([`DRAIN_MAX`]): the router holds
-    /// back the keyframe of the layer its video goes to until it has.
+    /// The router cut the video to its lowest layer at `at` because the budget fell, not for
+    /// congestion: with a queue of [`OVERRUN_QUEUE`] or more it is congestion all the same (in
+    /// scenario c the event fell while the queue was 210 ms, a round before the queue rules saw
+    /// it, and the lowest layer started at once into the full queue). Whether it drains now.
+    pub fn on_cut_to_floor(&mut self, at: Instant) -> bool {
+        if self.last_queue.is_some_and(|q| q >= OVERRUN_QUEUE) && self.loss_counts(at) {
+            self.congested(at);
+        }
+        self.is_draining(at)
+    }
+
+    /// Whether the queue found congested still drains at `now` ([`DRAIN_MAX`], [`DRAIN_LONG_MAX`]):
+    /// the router holds back the keyframe of the layer its video goes to until it has.
     pub fn is_draining(&self, now: Instant) -> bool {
+        let long = self.last_queue.is_some_and(|q| q >= FLOOR_QUEUE_PAUSE);
+        let max = if long { DRAIN_LONG_MAX } else { DRAIN_MAX };
         self.drain_since
-            .is_some_and(|since| now.saturating_duration_since(since) < DRAIN_MAX)
+            .is_some_and(|since| now.saturating_duration_since(since) < max)
     }
 
     /// Whether str0m's current estimate cannot carry the video layers the subscriber is sent
@@ -615,13 +630,10 @@ impl Downlink {
         Some(per_track(self.estimate?, audio_tracks, video_tracks))
     }
 
-    /// What paused video is judged by to resume ([`RESUME_ABOVE_BPS`]): the budget, but from
-    /// str0m's current estimate where that is lower. The event's estimate is a mean that lags
-    /// a fall by seconds: in scenario c it still said 537–570 kbit/s two to four seconds after
-    /// the step while the current one said 58–83 kbit/s, so video waited to resume, str0m padded
-    /// the 150 kbit/s link up to the trial's rate, and the patient concealed 8–16 % of each of
-    /// those seconds; video resumed into that link and paused again. A link that recovered
-    /// raises the current estimate first (its probes), so the event's is then the lower.
+    /// What paused video is judged by to resume ([`RESUME_ABOVE_BPS`]): the budget of str0m's
+    /// current estimate where that is lower than its event's, a mean that lags a fall (scenario
+    /// c: 537–570 against 58–83 kbit/s 2–4 s after the step; the resume trial's padding flooded
+    /// the link). A link that recovers raises the current one first (its probes).
     fn resume_budget_per_track(&self, audio_tracks: usize, video_tracks: usize) -> Option<u64> {
         let estimate = self.estimate?;
         let lowest = self.current_estimate.map_or(estimate, |c| c.min(estimate));
@@ -773,8 +785,7 @@ fn fell(estimates: &[Option<u64>]) -> bool {
     newest.saturating_mul(100) < highest.saturating_mul(FALLING_PERCENT)
 }
 
-/// Whether every video track has been at its lowest layer since `floor_since` for
-/// [`FLOOR_SETTLE`] at `at` (loss reported then is the floor's, not the layer before's).
+/// Whether the video has been at its lowest layer for [`FLOOR_SETTLE`] at `at` (loss is its own).
 fn settled_floor(floor_since: Option<Instant>, at: Instant) -> bool {
     floor_since.is_some() && settled(floor_since, at)
 }

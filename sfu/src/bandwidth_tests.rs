@@ -675,7 +675,8 @@ fn a_fall_that_still_carries_the_top_layers_is_not_held_nor_restarted() {
 }
 
 #[test]
-fn congestion_drains_until_the_queue_is_short_or_for_at_most_drain_max() {
+fn congestion_drains_until_the_queue_is_short_or_for_at_most_drain_max_or_longer_for_a_long_queue()
+{
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
     let ms = Duration::from_millis;
@@ -712,6 +713,30 @@ fn congestion_drains_until_the_queue_is_short_or_for_at_most_drain_max() {
     }
     assert!(e.is_draining(at(300) + DRAIN_MAX - ms(1)));
     assert!(!e.is_draining(at(300) + DRAIN_MAX));
+    // A queue of FLOOR_QUEUE_PAUSE or more (a far slower link): up to DRAIN_LONG_MAX.
+    e.on_feedback(at(1_300), Some(0.0), Some(ms(800)), Some(450_000));
+    assert!(e.is_draining(at(300) + DRAIN_MAX));
+    assert!(e.is_draining(at(300) + DRAIN_LONG_MAX - ms(1)));
+    assert!(!e.is_draining(at(300) + DRAIN_LONG_MAX));
+    // ... and no longer once it fell under that (though not yet under QUEUE_SIGN).
+    e.on_feedback(at(1_400), Some(0.0), Some(ms(400)), Some(450_000));
+    assert!(!e.is_draining(at(1_400)));
+
+    // A cut to the lowest layer by the budget: congestion if the queue is already long.
+    let mut g = hd_with_base_rtt(t0);
+    g.set_wanted(t0, Some(sent));
+    g.on_feedback(at(100), Some(0.0), Some(ms(120)), Some(2_600_000));
+    assert!(
+        !g.on_cut_to_floor(at(150)) && !g.is_congested(at(150)),
+        "a short queue"
+    );
+    g.on_feedback(at(200), Some(0.0), Some(ms(215)), Some(2_600_000));
+    assert!(
+        !g.is_congested(at(200)),
+        "the queue rules alone do not see it yet"
+    );
+    assert!(g.on_cut_to_floor(at(250)) && g.is_congested(at(250)));
+    assert!(g.is_draining(at(250) + DRAIN_MAX - ms(1)));
 
     // Heavy transport-wide loss is congestion too, and drains the same way.
     let mut f = hd_with_base_rtt(t0);

@@ -265,7 +265,7 @@ impl<W: Wire> RouterHost<W> {
             let budget = t.downlink.video_budget_per_track(audio, video);
             let congested = t.downlink.is_congested(now);
             // The lowest layer's keyframe waits until the congested queue drained.
-            let draining = t.downlink.is_draining(now);
+            let mut draining = t.downlink.is_draining(now);
             // What the subscriber's video takes one layer up, and with the step it waits for;
             // None as soon as one track's layers are unknown (HD is then wanted).
             let (mut known, mut waits) = (true, false);
@@ -319,6 +319,9 @@ impl<W: Wire> RouterHost<W> {
                     c.switch.set_target(choice.layer);
                     if choice.cut && c.switch.cut() {
                         cut.extend(c.mid);
+                    }
+                    if choice.cut && choice.layer == 0 && !congested {
+                        draining = t.downlink.on_cut_to_floor(now);
                     }
                     let counters = &mut self.counters;
                     match (choice.up, choice.reason) {
