@@ -260,12 +260,12 @@ impl<W: Wire> RouterHost<W> {
                 }
             }
             // Without RED, the subscriber gets RED's redundancy as copies (red.rs): as much
-            // audio again, so not while its link cannot carry video (paused for bandwidth, or
-            // dropping heavily).
+            // audio again, so not while its link drops heavily. While its video is paused for
+            // bandwidth they go on: audio is then all it gets, and on a lossy link every lost
+            // packet without a copy is concealed.
             c.forwarder.set_copies(
                 red_primary.is_some()
                     && c.pts.unwraps_red(pt)
-                    && !tq.downlink.is_video_paused()
                     && !tq.downlink.is_congested(pkt.timestamp),
             );
             let out_seq = match c.forwarder.on_packet(*pkt.seq_no, keyframe) {
