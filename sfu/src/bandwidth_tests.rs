@@ -814,6 +814,12 @@ fn paused_video_waits_to_resume_only_when_the_current_estimate_agrees() {
     d.on_feedback(at(t0, 9_400), Some(0.0), None, Some(90_000));
     assert_eq!(d.poll(at(t0, 9_400), 1, 1), Change::None);
     assert_eq!(d.bwe_target(at(t0, 9_400), 1, 1).0, 64_000);
+    // Failed: the next wait (and its padding) only after the back-off, as a failed trial's.
     d.on_feedback(at(t0, 9_500), Some(0.0), None, Some(600_000));
-    assert_eq!(d.poll(at(t0, 12_600), 1, 1), Change::None);
+    let retry = at(t0, 9_400) + crate::layers::trial_backoff(1);
+    let before = retry - Duration::from_millis(100);
+    assert_eq!(d.poll(before, 1, 1), Change::None);
+    assert_eq!(d.bwe_target(before, 1, 1).0, 64_000);
+    assert_eq!(d.poll(retry, 1, 1), Change::None);
+    assert_eq!(d.bwe_target(retry, 1, 1).0, 64_000 + RESUME_ABOVE_BPS);
 }
