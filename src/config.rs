@@ -260,7 +260,17 @@ pub struct MediaConfig {
     /// delayed by a weak link (its keyframes, a layer change) holds the audio back as long
     /// (docs/performance.md: the patient's audio jitter buffer ~10 s at ~400 ms after a step).
     pub lip_sync: bool,
+    /// Microseconds a media worker lets datagrams and deadlines gather: once it has done what
+    /// was ready, it sleeps until this long after it woke, so one wake handles the whole
+    /// window. Fewer wakes, system calls and context switches per packet (docs/performance.md:
+    /// 21.8 -> 15.6 µs per packet at 25 consultations with 1000), for up to this much more time
+    /// in the server per packet (p50 0.4 -> 1.1 ms). A worker busy for the whole window never
+    /// sleeps. 0 wakes for every datagram at once (0..=5000).
+    pub batch_window_us: u64,
 }
+
+/// Largest `media.batch_window_us`: 5 ms, a quarter of an audio frame.
+pub const MAX_BATCH_WINDOW_US: u64 = 5_000;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -346,6 +356,7 @@ impl Default for MediaConfig {
             reconnect_grace: limits.reconnect_grace.as_secs(),
             bandwidth_estimation: limits.bwe,
             lip_sync: limits.lip_sync,
+            batch_window_us: 1000,
         }
     }
 }
@@ -413,6 +424,12 @@ impl Config {
         let history = self.media.nack_history;
         if !(history == 0 || (16..=MAX_NACK_HISTORY).contains(&history)) {
             bail!("media.nack_history must be 0 (no retransmission) or 16 to {MAX_NACK_HISTORY}");
+        }
+        if self.media.batch_window_us > MAX_BATCH_WINDOW_US {
+            bail!(
+                "media.batch_window_us must be between 0 (wake for every datagram) and \
+                 {MAX_BATCH_WINDOW_US}"
+            );
         }
         if self.media.reconnect_grace > 600 {
             bail!("media.reconnect_grace must be between 0 (no hold) and 600 seconds");

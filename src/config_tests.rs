@@ -29,6 +29,7 @@ fn defaults_are_laptop_safe() {
     assert_eq!(c.bind_ip().to_string(), "127.0.0.1");
     assert_eq!(c.media.max_publishers, 5);
     assert_eq!(c.media.nack_history, 500);
+    assert_eq!(c.media.batch_window_us, 1000);
     assert_eq!(c.data_dir, PathBuf::from("./data"));
 }
 
@@ -77,6 +78,13 @@ fn typos_and_bad_values_are_errors() {
     let c = Config::load(None, env(&[("CONSULTA_MEDIA_NACK_HISTORY", "0")])).unwrap();
     assert_eq!(c.media.nack_history, 0);
     c.validate().unwrap();
+    let c = Config::load(None, env(&[("CONSULTA_MEDIA_BATCH_WINDOW_US", "5001")])).unwrap();
+    let e = c.validate().unwrap_err().to_string();
+    assert!(e.starts_with("media.batch_window_us must be"), "{e}");
+    for ok in ["0", "5000"] {
+        let c = Config::load(None, env(&[("CONSULTA_MEDIA_BATCH_WINDOW_US", ok)])).unwrap();
+        c.validate().unwrap();
+    }
     for bad in ["one", "3-1", "1,1", "4096"] {
         let c = Config::load(None, env(&[("CONSULTA_MEDIA_WORKER_CPUS", bad)])).unwrap();
         let e = c.validate().unwrap_err().to_string();

@@ -122,6 +122,7 @@ pub async fn serve(cfg: Config) -> Result<()> {
         reconnect_grace: std::time::Duration::from_secs(cfg.media.reconnect_grace),
         bandwidth_estimation: cfg.media.bandwidth_estimation,
         lip_sync: cfg.media.lip_sync,
+        batch_window: std::time::Duration::from_micros(cfg.media.batch_window_us),
         fault_panic_room: fault_panic_room(),
         relay_ips: if cfg.turn.enabled {
             vec![cfg.turn.relay_bind_ip(), cfg.turn.relay_advertised_ip()]
