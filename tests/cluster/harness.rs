@@ -293,6 +293,19 @@ pub(crate) fn count(db: &str, sql: &str) -> i64 {
     psql(db, sql).and_then(|s| s.parse().ok()).unwrap_or(-1)
 }
 
+/// The call of a test's only consultation was closed once: one `ended`, no session left
+/// open, and both participants left with `reason` (`server_lost`, `server_restart`).
+pub(crate) fn assert_closed_once(db: &str, reason: &str) {
+    let ended = "SELECT COUNT(*) FROM call_events WHERE type = 'ended'";
+    assert_eq!(count(db, ended), 1, "one ended");
+    let open = "SELECT COUNT(*) FROM sessions WHERE left_at IS NULL";
+    assert_eq!(count(db, open), 0, "every session closed");
+    let left = format!(
+        "SELECT COUNT(*) FROM call_events WHERE type = 'participant_left' AND payload LIKE '%{reason}%'"
+    );
+    assert_eq!(count(db, &left), 2, "each session closed once ({reason})");
+}
+
 pub(crate) fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
