@@ -245,7 +245,7 @@ export async function openWatched(browser, server, name) {
  * stream whose framesDecoded went down (a new peer connection) counts from zero again.
  */
 /** Joins the doctor and the patient to `room` and waits until each decodes the other's video. */
-export async function joinCall(server, room, doctor, patient, video) {
+export async function joinCall(server, room, doctor, patient, video, { afterJoin } = {}) {
   const media = { audio: true, video };
   // WEAK_SIMULCAST=0: both publish one layer (the SDK's `simulcast: false`), to compare.
   const simulcast = process.env.WEAK_SIMULCAST !== '0';
@@ -254,6 +254,8 @@ export async function joinCall(server, room, doctor, patient, video) {
   for (const [p, id, role] of [[doctor, 'dr-ana', 'doctor'], [patient, 'pt-joao', 'patient']]) {
     const res = await p.join({ token: await server.token({ room, identity: id, role }), media, simulcast, preferredVideoCodec });
     assert.equal(res.ok, true, `${id}: ${res.code} ${res.message}`);
+    // E.g. what a page does on joining (plays the remote media as it comes), before the video.
+    if (afterJoin) await afterJoin(p);
   }
   await waitForVideo(doctor, 'pt-joao', { timeout: 30_000 });
   await waitForVideo(patient, 'dr-ana', { timeout: 30_000 });
