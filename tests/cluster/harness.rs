@@ -293,8 +293,9 @@ pub(crate) fn count(db: &str, sql: &str) -> i64 {
     psql(db, sql).and_then(|s| s.parse().ok()).unwrap_or(-1)
 }
 
-/// The call of a test's only consultation was closed once: one `ended`, no session left
-/// open, and both participants left with `reason` (`server_lost`, `server_restart`).
+/// The test's one call (a doctor and a patient) was closed once: one `ended` in the database,
+/// no session left open, and both participants left with `reason` (`server_lost`,
+/// `server_restart`). Other consultations of the test must have no call.
 pub(crate) fn assert_closed_once(db: &str, reason: &str) {
     let ended = "SELECT COUNT(*) FROM call_events WHERE type = 'ended'";
     assert_eq!(count(db, ended), 1, "one ended");

@@ -180,7 +180,6 @@ async fn a_killed_node_s_room_is_taken_over_and_its_sessions_closed_once() {
     wait_for("ended", 15, || count(&db, ended) == 1);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(count(&db, started), 1, "one started");
-    // Every session stored is closed exactly once.
     assert_closed_once(&db, "server_lost");
     let joined = count(
         &db,
