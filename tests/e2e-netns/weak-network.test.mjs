@@ -429,8 +429,21 @@ function outboundSummary(samples, from, to) {
     if (o.qualityLimitationReason && o.qualityLimitationReason !== 'none') limits.add(o.qualityLimitationReason);
   }
   const lastS = inWin[inWin.length - 1];
+  // Kilobits sent per second by each encoding (rid, or the one stream), in 1 s steps: how fast the
+  // sender's own estimate let it climb.
+  const perSecond = [];
+  let prev = null;
+  for (const s of inWin) {
+    if (prev && s.t - prev.t < 1000) continue;
+    if (prev) {
+      const sent = (o) => o.bytesSent - (prev.outbound.find((q) => q.rid === o.rid)?.bytesSent ?? o.bytesSent);
+      perSecond.push(s.outbound.map((o) => Math.round((sent(o) * 8) / (s.t - prev.t))).join('/'));
+    }
+    prev = s;
+  }
   return {
     widths: [...widths],
+    kbpsPerSecond: perSecond.join(' '),
     targetKbpsEnd: lastS ? lastS.outbound.map((o) => Math.round(o.targetBitrate / 1000)) : [],
     availableOutgoingKbpsEnd: lastS && lastS.pair && lastS.pair.availableOutgoingBitrate ? Math.round(lastS.pair.availableOutgoingBitrate / 1000) : null,
     qualityLimitation: [...limits],
