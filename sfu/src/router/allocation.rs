@@ -65,6 +65,7 @@ pub(super) fn receiving(t: &Transport) -> (usize, usize) {
 ///   layer at once, as with HD's probes; with the small probes alone, up to 0.4 s, or in two
 ///   steps, and the patient's video then froze 1–2 s in 2 runs of 8).
 ///   It costs a good link at most what the media leaves of 1.6 Mbit/s, for 3 s.
+///
 /// Once the quiet start is over, str0m probes for more only if its estimate is below what is
 /// wanted.
 pub(crate) fn quiet_start(target: (u64, u64), age: Duration) -> (u64, u64) {
