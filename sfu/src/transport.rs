@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use consulta_signaling::protocol::{
     MuteState, ParticipantInfo, ServerMessage, TrackInfo, TrackKind,
@@ -246,7 +246,7 @@ pub(crate) struct Transport {
     /// str0m's statistics reports so far, modulo [`STREAM_STATS_EVERY`] (0: this report's
     /// per-stream statistics are taken).
     stats_tick: u8,
-    pub(crate) created: Instant,
+    created: Instant,
 }
 
 /// Whether a message may be dropped when its receiver's queue is full: it only updates a
@@ -352,14 +352,6 @@ pub struct Advertised {
 /// uncapped (see `bandwidth::UNCAPPED_PER_TRACK_BPS`).
 pub(crate) const BWE_INITIAL_BPS: u64 = crate::bandwidth::HD_DESIRED_BPS;
 
-/// How long after a transport is created str0m's estimator is given [`QUIET_START_BPS`] as its
-/// minimum and desired rates (`router::allocation::quiet_start`).
-pub(crate) const QUIET_START: Duration = Duration::from_secs(3);
-/// The minimum and desired rates str0m's estimator is given in a transport's first
-/// [`QUIET_START`]: its first probes (15 ms at twice the desired rate) are ~6 kB each, not HD's
-/// ~12 kB, and it pads up to this rate (at most its estimate).
-pub(crate) const QUIET_START_BPS: u64 = 1_600_000;
-
 /// Timeouts already due that one drain handles itself before leaving the rest to the timers.
 const MAX_IMMEDIATE_TIMEOUTS: u32 = 64;
 
@@ -395,9 +387,10 @@ pub fn new_rtc(
         .set_dtls_cert(advertised.dtls.cert())
         .build(now);
     if bwe {
-        // Small first probes, and a trial of the start (`router::allocation::quiet_start`).
-        rtc.bwe()
-            .set_bitrate(Bitrate::bps(QUIET_START_BPS), Bitrate::bps(QUIET_START_BPS));
+        rtc.bwe().set_bitrate(
+            Bitrate::bps(crate::bandwidth::AUDIO_RESERVE_BPS),
+            Bitrate::bps(BWE_INITIAL_BPS),
+        );
     }
     for addr in &advertised.udp {
         let c = Candidate::host(*addr, "udp")
@@ -453,7 +446,7 @@ impl Transport {
             restart_source: None,
             downlink: Downlink::default(),
             cap_sent: None,
-            bwe_target: (QUIET_START_BPS, QUIET_START_BPS),
+            bwe_target: (crate::bandwidth::AUDIO_RESERVE_BPS, BWE_INITIAL_BPS),
             last_offer: None,
             candidates: CandidateBudget::default(),
             codecs: Default::default(),

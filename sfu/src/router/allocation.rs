@@ -17,7 +17,7 @@ use str0m::media::{MediaKind, Mid};
 use super::RouterHost;
 use crate::bandwidth::Change;
 use crate::forwarder::PauseCause;
-use crate::transport::{ConsumerState, Transport, Wire, QUIET_START, QUIET_START_BPS};
+use crate::transport::{ConsumerState, Transport, Wire};
 use crate::PeerId;
 
 /// How often publishers' caps are (re)sent: REMB is plain RTCP and may be lost.
@@ -45,35 +45,6 @@ pub(super) fn receiving(t: &Transport) -> (usize, usize) {
         }
     }
     (audio, video)
-}
-
-/// str0m's (minimum, desired) rates for a subscriber whose transport is `age` old: `target`,
-/// but [`QUIET_START_BPS`] for both in its first [`QUIET_START`].
-/// - **Smaller first probes.** str0m probes as soon as the connection is up: two 15 ms bursts
-///   at 3 and 6 times its estimate, at most twice the desired rate. For HD (the estimate starts
-///   there, `BWE_INITIAL_BPS`) that is ~24 kB at 6.4 Mbit/s, which fills a weak downlink's
-///   queue just when the subscriber's browser probes its own uplink: the feedback this server
-///   sends it waits or is dropped behind them, and a browser whose first probes come to nothing
-///   climbs from ~300 kbit/s by ~8 % a second. Measured with a Firefox patient joining on a
-///   500 kbit/s, 3 % loss downlink (weak-network scenario e): it sent only its lower layers for
-///   ~20 s in 4 runs of 7 with HD's probes, in 2 of 20 with smaller ones.
-/// - **A trial of the start.** The minimum is the same rate: str0m pads up to it (never above
-///   its estimate, not while it sees overuse). The estimate starts at HD with nothing to confirm
-///   it, so a good link still starts at the top layer; on a weak one the padding makes the
-///   estimate fall at once, and the subscriber's layer is cut before the top layer's keyframe
-///   crosses it (measured in 11 runs of scenario e: 0.1–0.2 s after the start, to the lowest
-///   layer at once, as with HD's probes; with the small probes alone, up to 0.4 s, or in two
-///   steps, and the patient's video then froze 1–2 s in 2 runs of 8).
-///   It costs a good link at most what the media leaves of 1.6 Mbit/s, for 3 s.
-///
-/// Once the quiet start is over, str0m probes for more only if its estimate is below what is
-/// wanted.
-pub(crate) fn quiet_start(target: (u64, u64), age: Duration) -> (u64, u64) {
-    if age < QUIET_START {
-        (QUIET_START_BPS, QUIET_START_BPS)
-    } else {
-        target
-    }
 }
 
 /// Caps are sent in steps of this much (no message for every wobble of an estimate).
@@ -113,10 +84,7 @@ impl<W: Wire> RouterHost<W> {
             if change != Change::None || newly_active {
                 changes.push((t.id, change));
             }
-            let target = quiet_start(
-                t.downlink.bwe_target(now, audio, video),
-                now.saturating_duration_since(t.created),
-            );
+            let target = t.downlink.bwe_target(now, audio, video);
             if target != t.bwe_target {
                 targets.push((t.id, target));
             }
@@ -309,38 +277,7 @@ pub(super) fn video_pause_notice(
 
 #[cfg(test)]
 mod tests {
-    use super::{cap_to_send, quiet_start};
-    use crate::transport::{QUIET_START, QUIET_START_BPS};
-    use std::time::Duration;
-
-    #[test]
-    fn a_new_subscriber_probes_for_little_until_its_quiet_start_is_over() {
-        let hd = (64_000, 3_200_000);
-        let quiet = (QUIET_START_BPS, QUIET_START_BPS);
-        assert_eq!(
-            quiet_start(hd, Duration::ZERO),
-            quiet,
-            "small probes, a trial of the start"
-        );
-        assert!(
-            QUIET_START_BPS < hd.1,
-            "HD's probes are what the quiet start avoids"
-        );
-        let almost = QUIET_START - Duration::from_millis(1);
-        assert_eq!(quiet_start(hd, almost), quiet);
-        assert_eq!(
-            quiet_start((64_000, 400_000), almost),
-            quiet,
-            "whatever is wanted"
-        );
-        assert_eq!(
-            quiet_start(hd, QUIET_START),
-            hd,
-            "then what the downlink wants"
-        );
-        let paused = (64_000 + 250_000, 700_000);
-        assert_eq!(quiet_start(paused, QUIET_START * 2), paused);
-    }
+    use super::cap_to_send;
 
     #[test]
     fn caps_go_down_at_once_and_up_only_by_a_step_worth_it() {
