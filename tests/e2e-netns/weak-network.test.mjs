@@ -429,15 +429,16 @@ function outboundSummary(samples, from, to) {
     if (o.qualityLimitationReason && o.qualityLimitationReason !== 'none') limits.add(o.qualityLimitationReason);
   }
   const lastS = inWin[inWin.length - 1];
-  // Kilobits sent per second by each encoding (rid, or the one stream), in 1 s steps: how fast the
-  // sender's own estimate let it climb.
+  // Kilobits sent per second by each encoding ("f:1180/h:520/q:150" by rid, or the one stream's),
+  // in 1 s steps: how fast the sender's own estimate let it climb.
   const perSecond = [];
   let prev = null;
   for (const s of inWin) {
     if (prev && s.t - prev.t < 1000) continue;
     if (prev) {
       const sent = (o) => o.bytesSent - (prev.outbound.find((q) => q.rid === o.rid)?.bytesSent ?? o.bytesSent);
-      perSecond.push(s.outbound.map((o) => Math.round((sent(o) * 8) / (s.t - prev.t))).join('/'));
+      const kbps = (o) => Math.round((sent(o) * 8) / (s.t - prev.t));
+      perSecond.push(s.outbound.map((o) => `${o.rid ? `${o.rid}:` : ''}${kbps(o)}`).sort().join('/'));
     }
     prev = s;
   }
