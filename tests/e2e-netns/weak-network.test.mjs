@@ -430,17 +430,14 @@ function outboundSummary(samples, from, to) {
   }
   const lastS = inWin[inWin.length - 1];
   // Kilobits sent per second by each encoding ("f:1180/h:520/q:150" by rid, or the one stream's),
-  // in 1 s steps: how fast the sender's own estimate let it climb.
+  // in the 1 s steps of the other per-second figures: how fast the sender's own estimate let it
+  // climb.
   const perSecond = [];
-  let prev = null;
-  for (const s of inWin) {
-    if (prev && s.t - prev.t < 1000) continue;
-    if (prev) {
-      const sent = (o) => o.bytesSent - (prev.outbound.find((q) => q.rid === o.rid)?.bytesSent ?? o.bytesSent);
-      const kbps = (o) => Math.round((sent(o) * 8) / (s.t - prev.t));
-      perSecond.push(s.outbound.map((o) => `${o.rid ? `${o.rid}:` : ''}${kbps(o)}`).sort().join('/'));
-    }
-    prev = s;
+  for (let t = from; inWin.length && t + 1_000 <= to + 1; t += 1_000) {
+    const [a, b] = [at(inWin, t), at(inWin, t + 1_000)];
+    const sent = (o) => o.bytesSent - (a.outbound.find((q) => q.rid === o.rid)?.bytesSent ?? o.bytesSent);
+    const kbps = (o) => (b.t > a.t ? Math.round((sent(o) * 8) / (b.t - a.t)) : 0);
+    perSecond.push(b.outbound.map((o) => `${o.rid ? `${o.rid}:` : ''}${kbps(o)}`).sort().join('/'));
   }
   return {
     widths: [...widths],
