@@ -823,3 +823,45 @@ fn paused_video_waits_to_resume_only_when_the_current_estimate_agrees() {
     assert_eq!(d.poll(retry, 1, 1), Change::None);
     assert_eq!(d.bwe_target(retry, 1, 1).0, 64_000 + RESUME_ABOVE_BPS);
 }
+
+#[test]
+fn a_low_estimate_does_not_pause_a_floor_the_link_visibly_carries() {
+    // Scenario e: settled at the floor of a 500 kbit/s link with 3 % random loss, str0m's
+    // loss-based estimate sank to 209 kbit/s (under the pause budget) while the round trips
+    // showed no queue. The floor flows: video stays.
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let ms = Duration::from_millis;
+    let mut d = Downlink::default();
+    d.on_estimate(t0, 426_000);
+    d.on_feedback(t0, Some(0.03), Some(ms(4)), Some(426_000));
+    d.set_at_floor(t0, true);
+    d.on_estimate(at(2_000), 209_000);
+    for t in (2_000..=8_000).step_by(100) {
+        d.on_feedback(at(t), Some(0.035), Some(ms(4 + t % 30)), Some(190_000));
+        assert_eq!(d.poll(at(t), 1, 1), Change::None, "at {t} ms");
+    }
+    // Its feedback stops: the estimate is all there is, and it pauses.
+    assert_eq!(d.poll(at(9_100), 1, 1), Change::None);
+    assert_eq!(d.poll(at(10_200), 1, 1), Change::PauseVideo);
+
+    // The same estimate with a queue: paused after PAUSE_AFTER, as before.
+    let mut q = Downlink::default();
+    q.on_estimate(t0, 426_000);
+    q.on_feedback(t0, Some(0.03), Some(ms(4)), Some(426_000));
+    q.set_at_floor(t0, true);
+    q.on_estimate(at(2_000), 209_000);
+    let queued = Some(ms(4) + QUEUE_SIGN);
+    q.on_feedback(at(2_000), Some(0.03), queued, Some(190_000));
+    assert_eq!(q.poll(at(2_000), 1, 1), Change::None);
+    q.on_feedback(at(3_000), Some(0.03), queued, Some(190_000));
+    assert_eq!(q.poll(at(3_000), 1, 1), Change::PauseVideo);
+
+    // Not yet settled at the floor (its feedback may be of the layer above): as before too.
+    let mut s = Downlink::default();
+    s.on_estimate(t0, 426_000);
+    s.on_feedback(t0, Some(0.03), Some(ms(4)), Some(426_000));
+    s.set_at_floor(t0, true);
+    s.on_estimate(t0, 100_000);
+    assert_eq!(s.poll(t0, 1, 1), Change::PauseVideo);
+}
