@@ -865,3 +865,47 @@ fn a_low_estimate_does_not_pause_a_floor_the_link_visibly_carries() {
     s.on_estimate(t0, 100_000);
     assert_eq!(s.poll(t0, 1, 1), Change::PauseVideo);
 }
+
+#[test]
+fn a_link_whose_own_signs_stop_has_cleared_once() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let ms = Duration::from_millis;
+    let mut d = Downlink::default();
+    d.on_estimate(t0, 426_000);
+    assert!(
+        !d.take_cleared(at(10_000)),
+        "never impaired: nothing cleared"
+    );
+    // 3 % loss for 10 s, then none.
+    for t in (0..=10_000).step_by(100) {
+        d.on_feedback(at(t), Some(0.03), Some(ms(5)), Some(426_000));
+    }
+    for t in (10_100..=20_000).step_by(100) {
+        d.on_feedback(at(t), Some(0.0), Some(ms(5)), Some(426_000));
+        let cleared = d.take_cleared(at(t));
+        assert_eq!(
+            cleared,
+            t == 10_000 + CLEARED_AFTER.as_millis() as u64,
+            "at {t} ms"
+        );
+    }
+
+    // Signs only while a trial padded (its own): the link did not clear, it was never impaired.
+    let mut p = Downlink::default();
+    p.on_estimate(t0, 426_000);
+    let trial = Wanted {
+        now_bps: 150_000,
+        next_bps: 500_000,
+        trial_bps: Some(500_000),
+    };
+    p.set_wanted(at(1_000), Some(trial));
+    p.on_feedback(at(1_500), Some(0.05), Some(ms(5)), Some(426_000));
+    p.on_feedback(
+        at(1_600),
+        Some(0.0),
+        Some(ms(5) + QUEUE_SIGN),
+        Some(426_000),
+    );
+    assert!(!p.take_cleared(at(9_000)));
+}

@@ -31,7 +31,8 @@ pub const CUT_OVER_PERCENT: u64 = 150;
 /// router has str0m pad up to the higher layer's rate while the selector waits, see
 /// `Downlink::set_wanted`): on a link that cannot carry it, the padding filled its queue and
 /// delayed audio. The next wait starts no sooner than this after the failure, doubled per
-/// failure in a row up to [`TRIAL_BACKOFF_MAX`]; going up resets it.
+/// failure in a row up to [`TRIAL_BACKOFF_MAX`]; going up resets it, and so does a link that
+/// cleared ([`Selector::forgive`]): a back-off earned while it was impaired.
 pub const TRIAL_BACKOFF: Duration = Duration::from_secs(4);
 /// The longest back-off (short enough that a link that recovered gets the higher layer within
 /// ~15 s: this, then [`UP_AFTER`], then a keyframe).
@@ -164,6 +165,13 @@ impl Selector {
         }
         self.failed_trials = self.failed_trials.saturating_add(1);
         self.retry_at = Some(now + trial_backoff(self.failed_trials));
+    }
+
+    /// The subscriber's link cleared ([`crate::bandwidth::Downlink::take_cleared`]): trials that
+    /// failed while it was impaired no longer hold the next one back.
+    pub fn forgive(&mut self) {
+        self.failed_trials = 0;
+        self.retry_at = None;
     }
 
     /// The subscriber's preferred maximum layer.

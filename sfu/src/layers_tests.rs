@@ -443,3 +443,23 @@ fn spatial_layers_go_down_at_the_next_picture_and_up_at_a_keyframe_picture() {
     assert_eq!(s.admit_spatial(0, true, true), Admit::Forward);
     assert!(!s.is_restarting());
 }
+
+#[test]
+fn a_cleared_link_forgives_the_back_off_of_failed_trials() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let mut s = Selector::default();
+    s.poll(t0, Some(200_000), &three(RATES));
+    for from in [0, 5_000, 14_000] {
+        assert_eq!(s.poll(at(from), Some(700_000), &three(RATES)), None);
+        assert_eq!(s.poll(at(from + 1_000), Some(300_000), &three(RATES)), None);
+    }
+    // Three failures: held back until 25 s.
+    assert_eq!(s.poll(at(16_000), Some(700_000), &three(RATES)), None);
+    assert_eq!(s.waiting_up(), None);
+    s.forgive();
+    assert_eq!(s.poll(at(16_100), Some(700_000), &three(RATES)), None);
+    assert_eq!(s.waiting_up(), Some(1));
+    let c = s.poll(at(19_100), Some(700_000), &three(RATES)).unwrap();
+    assert_eq!((c.layer, c.up), (1, true));
+}

@@ -264,6 +264,13 @@ impl<W: Wire> RouterHost<W> {
             let (audio, video) = super::allocation::receiving(t);
             let budget = t.downlink.video_budget_per_track(audio, video);
             let congested = t.downlink.is_congested(now);
+            let cleared = t.downlink.take_cleared(now);
+            if cleared {
+                tracing::debug!(
+                    subscriber = t.id,
+                    "downlink cleared: failed trials forgiven"
+                );
+            }
             // The lowest layer's keyframe waits until the congested queue drained.
             let mut draining = t.downlink.is_draining(now);
             // What the subscriber's video takes one layer up, and with the step it waits for;
@@ -289,6 +296,9 @@ impl<W: Wire> RouterHost<W> {
                     continue;
                 };
                 c.selector.set_forwarded(c.switch.current());
+                if cleared {
+                    c.selector.forgive();
+                }
                 let max = max_layer_for(c.video_size, &stated[..*n], layers.count);
                 c.selector.set_max(max);
                 // Paused for bandwidth: the layer stays until video resumes (then up only after
