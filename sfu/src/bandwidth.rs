@@ -785,3 +785,7 @@ mod target;
 #[cfg(test)]
 #[path = "bandwidth_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "bandwidth_estimator_tests.rs"]
+mod estimator_tests;
