@@ -7,10 +7,12 @@
 //! Rules (LiveKit's and mediasoup's allocators are the model; the numbers are ours):
 //! - audio is budgeted first: [`AUDIO_RESERVE_BPS`] per audio track, never paused here;
 //! - only [`USABLE_PERCENT`] of the estimate is spent (retransmissions and loss need room);
-//! - video pauses after [`PAUSE_AFTER`] below [`PAUSE_BELOW_BPS`] per video track, at once below
-//!   half of it (unless the link shows that it carries the lowest layer: no queue), or at once
-//!   when the lowest layer loses [`HEAVY_LOSS`] (receiver reports, or the TWCC feedback) or its
-//!   queue grows past [`FLOOR_QUEUE_PAUSE`]: down fast;
+//! - video pauses after [`PAUSE_AFTER`] below [`PAUSE_BELOW_BPS`] per video track or at once
+//!   below half of it (neither while the link visibly carries the lowest layer: no queue), and
+//!   at once when the lowest layer loses [`HEAVY_LOSS`] (receiver reports, or the TWCC feedback)
+//!   or its queue grows past [`FLOOR_QUEUE_PAUSE`]: down fast;
+//! - a link whose own signs of congestion stop for [`CLEARED_AFTER`] has cleared: the back-off
+//!   of trials that failed on it is forgiven;
 //! - congestion takes every video track to its lowest layer at once, whose keyframe waits until
 //!   the queue drained ([`DRAIN_MAX`], [`DRAIN_LONG_MAX`]): meanwhile audio flows alone;
 //! - video resumes only after [`RESUME_AFTER`] at or above [`RESUME_ABOVE_BPS`]: up slowly, with
