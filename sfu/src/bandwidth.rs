@@ -517,14 +517,17 @@ impl Downlink {
     /// it judges heavy loss; a report is then a sign of congestion, no more. Without TWCC
     /// feedback the reports are all there is ([`Downlink::on_loss`]).
     pub fn on_report_loss(&mut self, at: Instant, fraction: f32) {
-        let fresh = self
-            .twcc_loss_at
-            .is_some_and(|t| at.saturating_duration_since(t) < TWCC_LOSS_FRESH);
-        if !fresh {
+        if !self.twcc_fresh(at) {
             self.on_loss(at, fraction);
         } else if fraction >= LOSS_SIGN && !self.settling(at) {
             self.on_sign(at);
         }
+    }
+
+    /// Whether TWCC feedback came within [`TWCC_LOSS_FRESH`] of `at`.
+    fn twcc_fresh(&self, at: Instant) -> bool {
+        self.twcc_loss_at
+            .is_some_and(|t| at.saturating_duration_since(t) < TWCC_LOSS_FRESH)
     }
 
     /// What str0m's statistics say of the subscriber's TWCC feedback, several times a second:
@@ -738,9 +741,7 @@ impl Downlink {
     fn floor_carried(&self, now: Instant) -> bool {
         settled_floor(self.floor_since, now)
             && self.last_queue.is_some_and(|q| q < QUEUE_SIGN)
-            && self
-                .twcc_loss_at
-                .is_some_and(|t| now.saturating_duration_since(t) < TWCC_LOSS_FRESH)
+            && self.twcc_fresh(now)
     }
 
     /// A wait to resume ended because the budget fell back: the link did not carry the padding

@@ -573,10 +573,15 @@ fn a_low_estimate_does_not_pause_a_floor_the_link_visibly_carries() {
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
     let ms = Duration::from_millis;
-    let mut d = Downlink::default();
-    d.on_estimate(t0, 426_000);
-    d.on_feedback(t0, Some(0.03), Some(ms(4)), Some(426_000));
-    d.set_at_floor(t0, true);
+    // At the floor from t0 of a link estimated at 426 kbit/s, with a shortest round trip of 4 ms.
+    let at_floor = || {
+        let mut d = Downlink::default();
+        d.on_estimate(t0, 426_000);
+        d.on_feedback(t0, Some(0.03), Some(ms(4)), Some(426_000));
+        d.set_at_floor(t0, true);
+        d
+    };
+    let mut d = at_floor();
     d.on_estimate(at(2_000), 209_000);
     for t in (2_000..=8_000).step_by(100) {
         d.on_feedback(at(t), Some(0.035), Some(ms(4 + t % 30)), Some(190_000));
@@ -587,10 +592,7 @@ fn a_low_estimate_does_not_pause_a_floor_the_link_visibly_carries() {
     assert_eq!(d.poll(at(10_200), 1, 1), Change::PauseVideo);
 
     // The same estimate with a queue: paused after PAUSE_AFTER, as before.
-    let mut q = Downlink::default();
-    q.on_estimate(t0, 426_000);
-    q.on_feedback(t0, Some(0.03), Some(ms(4)), Some(426_000));
-    q.set_at_floor(t0, true);
+    let mut q = at_floor();
     q.on_estimate(at(2_000), 209_000);
     let queued = Some(ms(4) + QUEUE_SIGN);
     q.on_feedback(at(2_000), Some(0.03), queued, Some(190_000));
@@ -599,10 +601,7 @@ fn a_low_estimate_does_not_pause_a_floor_the_link_visibly_carries() {
     assert_eq!(q.poll(at(3_000), 1, 1), Change::PauseVideo);
 
     // Not yet settled at the floor (its feedback may be of the layer above): as before too.
-    let mut s = Downlink::default();
-    s.on_estimate(t0, 426_000);
-    s.on_feedback(t0, Some(0.03), Some(ms(4)), Some(426_000));
-    s.set_at_floor(t0, true);
+    let mut s = at_floor();
     s.on_estimate(t0, 100_000);
     assert_eq!(s.poll(t0, 1, 1), Change::PauseVideo);
 }

@@ -308,10 +308,15 @@ function at(ser, t) {
 
 const delta = (ser, k, from, to) => at(ser, to).c[k] - at(ser, from).c[k];
 
+/** The start of each whole second in [from, to]: the per-second figures' steps. */
+function* seconds(from, to) {
+  for (let t = from; t + 1_000 <= to + 1; t += 1_000) yield t;
+}
+
 /** Per-second video figures in [from, to): fps list, sizes while decoding, longest stall, freezes. */
 function videoWindow(ser, from, to, { sampledFreezes = false } = {}) {
   const fps = [];
-  for (let t = from; t + 1_000 <= to + 1; t += 1_000) {
+  for (const t of seconds(from, to)) {
     const a = at(ser, t);
     const b = at(ser, t + 1_000);
     fps.push(b.t > a.t ? Math.round(((b.c.framesDecoded - a.c.framesDecoded) * 1_000) / (b.t - a.t) * 10) / 10 : 0);
@@ -380,7 +385,7 @@ function audioWindow(ser, from, to) {
   const perSecondJb = [];
   const perSecondConceal = [];
   let silentSeconds = 0;
-  for (let t = from; t + 1_000 <= to + 1; t += 1_000) {
+  for (const t of seconds(from, to)) {
     const e = delta(ser, 'jitterBufferEmittedCount', t, t + 1_000);
     if (e > 0) perSecondJb.push(Math.round((delta(ser, 'jitterBufferDelay', t, t + 1_000) / e) * 1_000));
     const n = delta(ser, 'totalSamplesReceived', t, t + 1_000);
@@ -433,7 +438,7 @@ function outboundSummary(samples, from, to) {
   // in the 1 s steps of the other per-second figures: how fast the sender's own estimate let it
   // climb.
   const perSecond = [];
-  for (let t = from; inWin.length && t + 1_000 <= to + 1; t += 1_000) {
+  for (const t of inWin.length ? seconds(from, to) : []) {
     const [a, b] = [at(inWin, t), at(inWin, t + 1_000)];
     const sent = (o) => o.bytesSent - (a.outbound.find((q) => q.rid === o.rid)?.bytesSent ?? o.bytesSent);
     const kbps = (o) => (b.t > a.t ? Math.round((sent(o) * 8) / (b.t - a.t)) : 0);
