@@ -157,8 +157,8 @@ pub const FALL_HOLD: Duration = Duration::from_secs(5);
 pub const QUEUE_SIGN: Duration = Duration::from_millis(100);
 /// A queue of [`QUEUE_SIGN`] is a sign of congestion only when this many feedback rounds in a
 /// row ([`STATS_INTERVAL`]) show it. A busy machine's CPU hiccup delays the feedback of one
-/// round: in the codec e2e calls (loopback, a core kept busy) single rounds of 50–93 ms, the
-/// next one back under 25 ms; on the weak-network test's unshaped link a single 135 ms round
+/// round: in the codec e2e calls (loopback, a busy loop beside them) single rounds of 50–93 ms,
+/// the next one back under 30 ms; on the weak-network test's unshaped link a single 135 ms round
 /// let str0m's fall from 2.1 Mbit/s to 280 kbit/s through, and the doctor, whose link was
 /// clean, saw the patient at 320 and 640 wide for seconds. A link that is sent more than it
 /// carries keeps its queue round after round (scenario b's step: 60–90 ms more every 100 ms,
