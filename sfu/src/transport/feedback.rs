@@ -31,7 +31,18 @@ impl Transport {
             Event::PeerStats(s) => {
                 self.stats_tick = (self.stats_tick + 1) % STREAM_STATS_EVERY;
                 let (loss, rtt, bwe) = (s.egress_loss_fraction, s.rtt, s.bwe_tx);
-                tracing::trace!(peer = self.id, ?loss, ?rtt, ?bwe, "TWCC feedback");
+                // What was sent so far, in all (padding, retransmissions, RTCP too: str0m's
+                // `peer_bytes_tx`) and as RTP payload: what fills a weak link, read off the log.
+                let (sent, media) = (s.peer_bytes_tx, s.bytes_tx);
+                tracing::trace!(
+                    peer = self.id,
+                    ?loss,
+                    ?rtt,
+                    ?bwe,
+                    sent,
+                    media,
+                    "TWCC feedback"
+                );
                 let current = bwe.map(|b| b.as_u64());
                 self.downlink.on_feedback(s.timestamp, loss, rtt, current);
             }
