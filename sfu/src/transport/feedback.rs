@@ -31,16 +31,15 @@ impl Transport {
             Event::PeerStats(s) => {
                 self.stats_tick = (self.stats_tick + 1) % STREAM_STATS_EVERY;
                 let (loss, rtt, bwe) = (s.egress_loss_fraction, s.rtt, s.bwe_tx);
-                // What was sent so far, in all (padding, retransmissions, RTCP too: str0m's
-                // `peer_bytes_tx`) and as RTP payload: what fills a weak link, read off the log.
-                let (sent, media) = (s.peer_bytes_tx, s.bytes_tx);
+                // What was sent so far, in all (padding, retransmissions, RTCP too) and as RTP
+                // payload: what fills a weak link, read off the log.
                 tracing::trace!(
                     peer = self.id,
                     ?loss,
                     ?rtt,
                     ?bwe,
-                    sent,
-                    media,
+                    sent = s.peer_bytes_tx,
+                    media = s.bytes_tx,
                     "TWCC feedback"
                 );
                 let current = bwe.map(|b| b.as_u64());
