@@ -163,6 +163,15 @@ pub(super) fn learn_ssrc(t: &mut Transport, ssrc: Ssrc) -> Option<(usize, u8)> {
     p.layers.rids[layer] = rid;
     let count = listed.len().clamp(layer + 1, MAX_LAYERS) as u8;
     p.layers.now.count = p.layers.now.count.max(count);
+    tracing::debug!(
+        publisher = t.id,
+        %mid,
+        ?rid,
+        listed = listed.len(),
+        layer,
+        count = p.layers.now.count,
+        "stream learned"
+    );
     Some((i, layer as u8))
 }
 
