@@ -117,19 +117,26 @@ impl Selector {
 
     /// The link drops heavily ([`crate::bandwidth::Downlink::is_congested`]): the lowest
     /// layer at once, the current one cut, whatever the estimate says yet. None when the
-    /// target is already the lowest (the router cuts a higher layer still forwarded).
+    /// target is already the lowest (the router cuts a higher layer still forwarded). A
+    /// consumer congested before its first choice starts there too: without a target its
+    /// switch forwards the top layer, which kept a link that dropped half of what it was sent
+    /// congested for seconds (scenario e, `performance.md`).
     pub fn on_congestion(&mut self, layers: &Layers) -> Option<Choice> {
         let count = usize::from(layers.count.clamp(1, MAX_LAYERS as u8));
         let lowest = (0..count).find(|&l| layers.active[l])? as u8;
-        if self.target.is_none_or(|t| t <= lowest) {
+        if self.target.is_some_and(|t| t <= lowest) {
             return None;
         }
+        let reason = match self.target {
+            None => Reason::Start,
+            Some(_) => Reason::Bandwidth,
+        };
         self.target = Some(lowest);
         self.up_since = None;
         Some(Choice {
             layer: lowest,
             up: false,
-            reason: Reason::Bandwidth,
+            reason,
             cut: true,
         })
     }

@@ -349,6 +349,34 @@ fn congestion_takes_the_lowest_layer_at_once_with_a_cut() {
 }
 
 #[test]
+fn a_consumer_congested_before_its_first_choice_starts_at_the_lowest_layer() {
+    let t0 = Instant::now();
+    let mut s = Selector::default();
+    let c = s.on_congestion(&three(RATES)).unwrap();
+    assert_eq!(
+        (c.layer, c.up, c.reason, c.cut),
+        (0, false, Reason::Start, true)
+    );
+    assert_eq!(s.target(), Some(0));
+    assert_eq!(s.on_congestion(&three(RATES)), None);
+    // The lowest that flows; none flowing yet: no choice.
+    let mut s = Selector::default();
+    let mut low_gone = three(RATES);
+    low_gone.active[0] = false;
+    assert_eq!(s.on_congestion(&low_gone).unwrap().layer, 1);
+    let mut s = Selector::default();
+    let mut none = three(RATES);
+    none.active = [false; 3];
+    assert_eq!(s.on_congestion(&none), None);
+    assert_eq!(s.target(), None);
+    // After a congested start, up only with headroom held, as after any fall.
+    let mut s = Selector::default();
+    s.on_congestion(&three(RATES));
+    assert_eq!(s.poll(t0, Some(3_000_000), &three(RATES)), None);
+    assert_eq!(s.waiting_up(), Some(1));
+}
+
+#[test]
 fn a_restart_takes_the_first_keyframe_of_any_layer_up_to_the_target_then_the_target() {
     let t0 = Instant::now();
     let mut sw = Switch::default();
