@@ -306,6 +306,10 @@ export declare class Call {
 /** Joins a room; rejects with a ConsultaError (see `code`). */
 export declare function connect(options: ConnectOptions): Promise<Call>;
 
+/** Whether a server silence of `silentMs` means the WebSocket is dead: after 2.5 s, or 6 s while
+ * media still arrives on the peer connection (a slow link, not a dead one). */
+export declare function signalingDead(silentMs: number, mediaArrives: boolean): boolean;
+
 /** Adds x-google start/min/max bitrate (kbit/s) to every VP8/VP9/H264/AV1 fmtp of the SDP. */
 export declare function addVideoBitrateHints(
   sdp: string,

@@ -9,6 +9,7 @@ import {
   addVideoBitrateHints,
   orderCodecs,
   preferVideoCodec,
+  signalingDead,
   simulcastEncodings,
   spatialHeights,
   spatialMode,
@@ -202,5 +203,38 @@ describe('track-paused / track-resumed', () => {
       ['resumed', 'dr-ana', 'video'],
     ]);
     assert.equal(call.participants.get('dr-ana').paused.video, null);
+  });
+});
+
+describe('signaling silence', () => {
+  it('is a dead WebSocket after 2.5 s, or after 6 s while media still arrives (a slow link)', () => {
+    assert.equal(signalingDead(2_000, false), false);
+    assert.equal(signalingDead(3_000, false), true);
+    assert.equal(signalingDead(3_000, true), false);
+    assert.equal(signalingDead(5_900, true), false);
+    assert.equal(signalingDead(6_100, true), true);
+  });
+
+  it('reconnects on silence only when media stopped too, or the silence outlasts media', async () => {
+    const judge = async (silentMs, media) => {
+      const call = new Call({ token: 't' });
+      call._resumeSecret = 's';
+      call._lastFrameAt = Date.now() - silentMs;
+      let asked = false;
+      call._mediaFlowing = async () => {
+        asked = true;
+        return media;
+      };
+      const lost = [];
+      call._connectionLost = (why) => lost.push(why);
+      call._judgeSilence();
+      call._judgeSilence(); // one judgement at a time
+      await new Promise((r) => setTimeout(r, 10));
+      return { lost, asked };
+    };
+    assert.deepEqual(await judge(3_000, true), { lost: [], asked: true });
+    assert.deepEqual(await judge(3_000, false), { lost: ['signaling silent'], asked: true });
+    // Past the longer timeout media is not even asked about.
+    assert.deepEqual(await judge(7_000, true), { lost: ['signaling silent'], asked: false });
   });
 });
