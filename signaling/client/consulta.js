@@ -25,8 +25,8 @@ const PING_INTERVAL_MS = 1_000;
 const SILENCE_TIMEOUT_MS = 2_500;
 // A silence while media still arrives is a slow path, not a dead one: on a 150 kbit/s downlink
 // with 5 % loss and ~0.8 s queued (weak-network scenario c) the WebSocket's TCP went silent for
-// 2.5 s and more while audio played, and the SDK emitted `reconnecting` (3 of 4 Firefox runs). After
-// a network change the old path carries no media either, so it is still found at 2.5 s.
+// 2.5 s and more while audio played, and the SDK emitted `reconnecting` (3 of 4 Firefox runs).
+// After a network change the old path carries no media either: still found at 2.5 s.
 const SILENCE_WITH_MEDIA_TIMEOUT_MS = 6_000;
 const WATCH_INTERVAL_MS = 500;
 // Reconnection: jittered exponential backoff between attempts, and the default give-up time.
@@ -531,8 +531,8 @@ export class Call {
     if (this._judgingSilence) return;
     this._judgingSilence = true;
     const silent = () => Date.now() - this._lastFrameAt;
-    const arrives = silent() > SILENCE_WITH_MEDIA_TIMEOUT_MS ? Promise.resolve(false) : this._mediaFlowing({ strict: true });
-    arrives
+    const long = silent() > SILENCE_WITH_MEDIA_TIMEOUT_MS;
+    (long ? Promise.resolve(false) : this._mediaFlowing({ strict: true }))
       .then((media) => {
         if (this._reconnecting || this.closed) return;
         if (signalingDead(silent(), media)) this._connectionLost('signaling silent');
