@@ -151,9 +151,9 @@ pub const NEW_PATH_RESET_AFTER: Duration = Duration::from_secs(1);
 /// down a layer on a clean link).
 pub const FALL_HOLD: Duration = Duration::from_secs(5);
 /// A queue toward the subscriber at least this much longer than its shortest, for
-/// [`QUEUE_SIGN_ROUNDS`] rounds, is a sign that its link is congested (see [`FALL_HOLD`]). Round trips sampled on an unshaped link with both
-/// cores busy reached 46 ms (CPU scheduling); a 400 kbit/s link that was sent 2.5 Mbit/s
-/// queued over 300 ms ([`CONGESTED_QUEUE`]).
+/// [`QUEUE_SIGN_ROUNDS`] rounds, is a sign that its link is congested (see [`FALL_HOLD`]).
+/// Round trips sampled on an unshaped link with both cores busy reached 46 ms (CPU scheduling);
+/// a 400 kbit/s link that was sent 2.5 Mbit/s queued over 300 ms ([`CONGESTED_QUEUE`]).
 pub const QUEUE_SIGN: Duration = Duration::from_millis(100);
 /// A queue of [`QUEUE_SIGN`] is a sign of congestion only when this many feedback rounds in a
 /// row ([`STATS_INTERVAL`]) show it. A busy machine's CPU hiccup delays the feedback of one
