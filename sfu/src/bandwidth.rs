@@ -15,6 +15,8 @@
 //!   that lasts [`QUEUE_SIGN_ROUNDS`] rounds: one is a CPU hiccup), is held ([`FALL_HOLD`]);
 //! - a link whose own signs of congestion stop for [`CLEARED_AFTER`] has cleared: the back-off
 //!   of trials that failed on it is forgiven;
+//! - a queue that grows by a step while the subscriber's own uplink stays short is congestion
+//!   at once, whatever the estimate says ([`uplink`]);
 //! - congestion takes every video track to its lowest layer at once, whose keyframe waits until
 //!   the queue drained ([`DRAIN_MAX`], [`DRAIN_LONG_MAX`]): meanwhile audio flows alone;
 //! - video resumes only after [`RESUME_AFTER`] at or above [`RESUME_ABOVE_BPS`]: up slowly, with
@@ -26,6 +28,7 @@
 use std::time::{Duration, Instant};
 
 use budget::usable;
+pub use uplink::UplinkQueue;
 
 /// Bits per second reserved for each audio track (Opus with in-band FEC, plus RTP/SRTP/UDP).
 pub const AUDIO_RESERVE_BPS: u64 = 64_000;
@@ -266,6 +269,10 @@ pub struct Downlink {
     rtt_base: [Option<Duration>; 2],
     rtt_window_at: Option<Instant>,
     last_rtt: Option<Duration>,
+    /// The participant's own uplink queue, and when the round trip's was last short
+    /// ([`uplink::STEP_QUEUE`]).
+    uplink: UplinkQueue,
+    short_queue_at: Option<Instant>,
     /// str0m's current estimate (its statistics; the event gives a mean): after a step down it
     /// falls within a few hundred milliseconds, the event's seconds later ([`OVERRUN_QUEUE`]).
     current_estimate: Option<u64>,
@@ -377,6 +384,7 @@ impl Downlink {
         self.rtt_window_at = None;
         self.last_rtt = None;
         self.last_queue = None;
+        (self.uplink, self.short_queue_at) = (UplinkQueue::default(), None);
         self.queue_rounds = 0;
         self.fall_since = None;
         self.restart_from = None;
@@ -597,7 +605,8 @@ impl Downlink {
     /// shortest one seen lately. The round trip also holds the queue of the subscriber's own
     /// uplink (its feedback waits there), so a long one alone says nothing of the downlink:
     /// - while str0m's estimate (one-way delay) falls, a queue over [`CONGESTED_QUEUE`] is
-    ///   congestion (every video track to its lowest layer at once);
+    ///   congestion (every video track to its lowest layer at once), and so is one that grew
+    ///   past [`OVERRUN_QUEUE`] within [`uplink::STEP_QUEUE`] while the uplink's stayed short;
     /// - at the lowest layer (for a packet sent there), a queue over [`FLOOR_QUEUE_PAUSE`] that
     ///   still grows means even that layer does not fit (video pauses).
     pub fn on_feedback_rtt(&mut self, at: Instant, rtt: Duration) {
@@ -618,7 +627,10 @@ impl Downlink {
         self.recent_estimates.rotate_right(1);
         self.recent_estimates[0] = self.reported();
         let falling = fell(&self.recent_estimates);
-        if ((falling && queue >= CONGESTED_QUEUE) || (self.overrun() && queue >= OVERRUN_QUEUE))
+        let step = self.stepped_down(at, queue, growing);
+        if ((falling && queue >= CONGESTED_QUEUE)
+            || (self.overrun() && queue >= OVERRUN_QUEUE)
+            || step)
             && self.loss_counts(at)
         {
             self.congested(at);
@@ -777,6 +789,7 @@ fn settled(since: Option<Instant>, at: Instant) -> bool {
 
 mod budget;
 mod target;
+pub mod uplink;
 
 #[cfg(test)]
 #[path = "bandwidth_tests.rs"]

@@ -605,3 +605,54 @@ fn a_low_estimate_does_not_pause_a_floor_the_link_visibly_carries() {
     s.on_estimate(t0, 100_000);
     assert_eq!(s.poll(t0, 1, 1), Change::PauseVideo);
 }
+
+#[test]
+fn a_queue_that_steps_up_while_the_uplink_is_short_is_congestion_at_once() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let ms = Duration::from_millis;
+    // The subscriber's own audio, every 20 ms until `to`, each delayed by `uplink(t)` ms.
+    let audio = |d: &mut Downlink, from: u64, to: u64, uplink: &dyn Fn(u64) -> u64| {
+        for t in (from..=to).step_by(20) {
+            d.on_own_audio(at(t + uplink(t)), t * 1_000);
+        }
+    };
+    // Scenario c's step: the round trip grows 20 -> 120 -> 230 ms in two rounds while str0m's
+    // estimate stays put (it did for ~0.7 s) and the uplink stays short.
+    let rounds = |d: &mut Downlink| {
+        d.on_feedback(at(100), Some(0.0), Some(ms(20)), Some(2_600_000));
+        d.on_feedback(at(200), Some(0.0), Some(ms(120)), Some(2_600_000));
+        let second = d.is_congested(at(200));
+        d.on_feedback(at(300), Some(0.0), Some(ms(230)), Some(2_600_000));
+        (second, d.is_congested(at(300)))
+    };
+    let mut d = hd_with_base_rtt(t0);
+    audio(&mut d, 0, 300, &|_| 2);
+    assert_eq!(
+        rounds(&mut d),
+        (false, true),
+        "congested once past OVERRUN_QUEUE"
+    );
+    // The same rounds without the subscriber's audio (muted): the uplink is not known, and
+    // the round trip alone says nothing of the downlink.
+    let mut m = hd_with_base_rtt(t0);
+    assert_eq!(rounds(&mut m), (false, false));
+    // The uplink's queue grows with the round trip (scenario d: the feedback waits there).
+    let mut u = hd_with_base_rtt(t0);
+    audio(&mut u, 0, 300, &|t| t.saturating_sub(100));
+    assert_eq!(rounds(&mut u), (false, false));
+    // A queue that grows slowly (a layer that overruns a little) is left to the other rules.
+    let mut s = hd_with_base_rtt(t0);
+    audio(&mut s, 0, 1_000, &|_| 2);
+    for (t, rtt) in [
+        (100, 20),
+        (200, 60),
+        (400, 100),
+        (600, 130),
+        (800, 160),
+        (1_000, 190),
+    ] {
+        s.on_feedback(at(t), Some(0.0), Some(ms(rtt)), Some(2_600_000));
+        assert!(!s.is_congested(at(t)), "{rtt} ms at {t} ms");
+    }
+}

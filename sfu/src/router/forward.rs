@@ -140,6 +140,10 @@ impl<W: Wire> RouterHost<W> {
         // The recording takes the highest layer (all of a spatial stream's).
         let recorded = !simulcast || spatial.is_some() || layer + 1 == layer_count;
         let (mid, kind) = (producer.mid, producer.kind);
+        // Its own audio tells how long its uplink's queue is (bandwidth/uplink.rs).
+        if kind == MediaKind::Audio {
+            t.downlink.on_own_audio(pkt.timestamp, pkt.time.as_micros());
+        }
         // RED (audio): where its primary block starts, for subscribers (and the recorder) that
         // take the plain codec. Malformed RED is dropped.
         let red_primary = if producer.red & (1u128 << (pt & 0x7F)) != 0 {

@@ -1,0 +1,159 @@
+//! How long the queue of a participant's own uplink is, read off the audio it publishes, so that
+//! the round trip of its TWCC feedback can speak for its downlink alone. That round trip holds
+//! both queues (the feedback waits in the uplink's), which is why the congestion rules of
+//! [`Downlink`] wait for str0m's estimate to fall (a one-way measure) before they trust a long
+//! one; that estimate stayed put for ~0.7 s after scenario c's step while the round trip grew
+//! from 20 ms to 675 ms, and the top layer filled the 150 kbit/s link all that time. With the
+//! uplink's queue measured, a round trip that grows this fast while the uplink stays short is the
+//! downlink's ([`STEP_QUEUE`]). Pure: fed per audio packet, a few integer operations.
+
+use std::time::{Duration, Instant};
+
+use super::{Downlink, RTT_BASE_WINDOW};
+
+/// The newest audio packet must have come within this long for the uplink's queue to be known:
+/// a muted or silent publisher (no packets) leaves the round trip to the other rules.
+pub const UPLINK_FRESH: Duration = Duration::from_millis(250);
+/// An uplink queue under this is short: the round trip's queue is the downlink's.
+pub const UPLINK_SHORT: Duration = Duration::from_millis(50);
+/// A round trip's queue under this is short: where [`STEP_QUEUE`] measures its growth from.
+pub const SHORT_QUEUE: Duration = Duration::from_millis(50);
+/// A queue toward the subscriber of [`super::OVERRUN_QUEUE`] or more, still growing, that was
+/// short ([`SHORT_QUEUE`]) at most this long before, while its uplink is short too
+/// ([`UPLINK_SHORT`]), is congestion: the link carries well under what it is sent (the queue
+/// grew by 100 ms or more in this long), a step down, not a layer that overruns a little.
+pub const STEP_QUEUE: Duration = Duration::from_millis(400);
+
+/// The transit of the participant's own audio (its arrival at the server less its RTP time),
+/// over the lowest of the last two [`RTT_BASE_WINDOW`]s: the queue it met on the way.
+#[derive(Debug, Clone, Default)]
+pub struct UplinkQueue {
+    /// The first packet's arrival: transits are counted from it (microseconds).
+    epoch: Option<Instant>,
+    /// The lowest transit of the current window and the one before, and when the current one
+    /// started.
+    base: [Option<i64>; 2],
+    window_at: Option<Instant>,
+    /// The newest packet's arrival and transit.
+    last: Option<(Instant, i64)>,
+}
+
+impl UplinkQueue {
+    /// An audio packet of the participant arrived at `arrived`, with its extended RTP time in
+    /// microseconds (str0m's `RtpPacket::time`). A clock that does not keep pace with real
+    /// time (or a new time base) only makes the queue look longer: the rule then stands aside.
+    pub fn on_audio(&mut self, arrived: Instant, rtp_micros: u64) {
+        let epoch = *self.epoch.get_or_insert(arrived);
+        let since = i64::try_from(arrived.saturating_duration_since(epoch).as_micros());
+        let transit = since
+            .unwrap_or(i64::MAX)
+            .saturating_sub(i64::try_from(rtp_micros).unwrap_or(i64::MAX));
+        let window = *self.window_at.get_or_insert(arrived);
+        if arrived.saturating_duration_since(window) >= RTT_BASE_WINDOW {
+            self.base = [None, self.base[0]];
+            self.window_at = Some(arrived);
+        }
+        self.base[0] = Some(self.base[0].map_or(transit, |b| b.min(transit)));
+        if self.last.is_none_or(|(at, _)| arrived >= at) {
+            self.last = Some((arrived, transit));
+        }
+    }
+
+    /// The queue the newest packet met, if it came within [`UPLINK_FRESH`] of `now`.
+    pub fn queue(&self, now: Instant) -> Option<Duration> {
+        let (at, transit) = self.last?;
+        if now.saturating_duration_since(at) > UPLINK_FRESH {
+            return None;
+        }
+        let base = self.base.iter().flatten().min()?;
+        Some(Duration::from_micros(
+            u64::try_from(transit.saturating_sub(*base)).unwrap_or(0),
+        ))
+    }
+
+    /// Whether the uplink is known to be short at `now` ([`UPLINK_SHORT`]).
+    pub fn is_short(&self, now: Instant) -> bool {
+        self.queue(now).is_some_and(|q| q < UPLINK_SHORT)
+    }
+}
+
+impl Downlink {
+    /// An audio packet this participant publishes arrived (see [`UplinkQueue::on_audio`]).
+    pub fn on_own_audio(&mut self, arrived: Instant, rtp_micros: u64) {
+        self.uplink.on_audio(arrived, rtp_micros);
+    }
+
+    /// Whether the round trip's `queue` at `at`, grown since the last round, is a step down of
+    /// the downlink ([`STEP_QUEUE`]); notes when it was last short.
+    pub(super) fn stepped_down(&mut self, at: Instant, queue: Duration, growing: bool) -> bool {
+        if queue < SHORT_QUEUE {
+            self.short_queue_at = Some(at);
+            return false;
+        }
+        growing
+            && queue >= super::OVERRUN_QUEUE
+            && self
+                .short_queue_at
+                .is_some_and(|t| at.saturating_duration_since(t) <= STEP_QUEUE)
+            && self.uplink.is_short(at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Packets every 20 ms of RTP time, each delayed by `queue(i)` on the way.
+    fn feed(u: &mut UplinkQueue, t0: Instant, n: u64, queue: impl Fn(u64) -> Duration) {
+        for i in 0..n {
+            u.on_audio(t0 + MS * (20 * i as u32) + queue(i), 1_000_000 + 20_000 * i);
+        }
+    }
+
+    #[test]
+    fn a_steady_uplink_is_short_and_a_growing_queue_is_measured() {
+        let t0 = Instant::now();
+        let mut u = UplinkQueue::default();
+        feed(&mut u, t0, 50, |_| 5 * MS);
+        assert_eq!(u.queue(t0 + MS * 985), Some(Duration::ZERO));
+        assert!(u.is_short(t0 + MS * 985));
+        // The next second, each packet waits 10 ms longer than the one before.
+        let t1 = t0 + Duration::from_secs(1);
+        for i in 0..50u64 {
+            u.on_audio(t1 + MS * (30 * i as u32), 2_000_000 + 20_000 * i);
+        }
+        let last = t1 + MS * (30 * 49);
+        assert_eq!(u.queue(last), Some(MS * 490));
+        assert!(!u.is_short(last));
+    }
+
+    #[test]
+    fn without_fresh_audio_the_uplink_is_not_known() {
+        let t0 = Instant::now();
+        let mut u = UplinkQueue::default();
+        assert_eq!(u.queue(t0), None);
+        feed(&mut u, t0, 10, |_| MS);
+        let last = t0 + MS * 181;
+        assert!(u.is_short(last));
+        assert!(!u.is_short(last + UPLINK_FRESH + MS));
+    }
+
+    #[test]
+    fn the_shortest_transit_is_forgotten_after_two_windows() {
+        let t0 = Instant::now();
+        let mut u = UplinkQueue::default();
+        feed(&mut u, t0, 10, |_| Duration::ZERO);
+        // The publisher's RTP time jumps back by 300 ms (a new time base): transits look 300 ms
+        // longer until the windows with the old base are gone.
+        let mut at = t0 + MS * 200;
+        let mut rtp = 1_000_000 + 20_000 * 10 - 300_000;
+        while at < t0 + RTT_BASE_WINDOW * 2 + MS * 500 {
+            u.on_audio(at, rtp);
+            at += MS * 20;
+            rtp += 20_000;
+        }
+        assert_eq!(u.queue(at - MS * 20), Some(Duration::ZERO));
+    }
+}
