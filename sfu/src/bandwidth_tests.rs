@@ -633,6 +633,16 @@ fn a_queue_that_steps_up_while_the_uplink_is_short_is_congestion_at_once() {
         (false, true),
         "congested once past OVERRUN_QUEUE"
     );
+    // Cut to the lowest layer: str0m is asked for no more than that flows (its probes are
+    // capped at twice it), until the congestion and its drain are over.
+    let floor = Wanted {
+        now_bps: 150_000,
+        next_bps: 500_000,
+        trial_bps: None,
+    };
+    d.set_wanted(at(300), Some(floor));
+    assert_eq!(d.bwe_target(at(300), 1, 1), (64_000, 214_000));
+    assert!(d.bwe_target(at(3_000), 1, 1).1 > 500_000);
     // The same rounds without the subscriber's audio (muted): the uplink is not known, and
     // the round trip alone says nothing of the downlink.
     let mut m = hd_with_base_rtt(t0);

@@ -610,6 +610,15 @@ impl<W: Wire> RouterHost<W> {
                 self.remove(peer, reason, msg);
             }
         }
+        // Not at the next housekeeping (up to 100 ms on, the top layer filling the link).
+        if std::mem::take(&mut self.outbox.congested) {
+            let now = Instant::now();
+            self.select_layers(now);
+            if self.limits.bwe {
+                self.allocate(now);
+            }
+            self.process_outbox();
+        }
         self.counters.events_dropped += std::mem::take(&mut self.outbox.events_dropped);
     }
 

@@ -71,6 +71,8 @@ pub(crate) struct Outbox {
     pub events_dropped: u64,
     /// Forwarded packets timed through str0m's pacer (sampled).
     pub pacer: crate::pacer_probe::PacerProbes,
+    /// A subscriber's downlink was just found congested: layers are chosen at once.
+    pub congested: bool,
 }
 
 impl Outbox {
@@ -711,7 +713,7 @@ impl Transport {
             Event::EgressBitrateEstimate(_)
             | Event::PeerStats(_)
             | Event::MediaIngressStats(_)
-            | Event::MediaEgressStats(_) => self.on_feedback(e, c),
+            | Event::MediaEgressStats(_) => outbox.congested |= self.on_feedback(e, c),
             _ => {}
         }
     }

@@ -52,7 +52,14 @@ impl Downlink {
             }
             _ => audio,
         };
-        let desired = self.desired(audio_tracks, video_tracks.max(1)).max(min);
+        // Congested, or draining the queue it left: no higher than what flows now (str0m probes
+        // at 85 % of the estimate before a large drop, capped at twice the desired rate; after
+        // scenario a's cut it sent ~7.5 kB of probe into the full 500 kbit/s link).
+        let desired = match self.wanted {
+            Some(w) if self.is_congested(now) || self.is_draining(now) => audio + w.now_bps,
+            _ => self.desired(audio_tracks, video_tracks.max(1)),
+        }
+        .max(min);
         // Paused: a probe every other PROBE_EVERY. Flowing under the wanted rate: every fourth,
         // so that an estimate that fell with a burst of loss finds the link's rate again
         // (str0m probes only when the desired rate rises; the application-limited estimate

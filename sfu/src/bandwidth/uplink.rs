@@ -11,9 +11,12 @@ use std::time::{Duration, Instant};
 
 use super::{Downlink, RTT_BASE_WINDOW};
 
-/// The newest audio packet must have come within this long for the uplink's queue to be known:
-/// a muted or silent publisher (no packets) leaves the round trip to the other rules.
-pub const UPLINK_FRESH: Duration = Duration::from_millis(250);
+/// The uplink's queue is known only from [`RECENT`] audio packets that all came within this
+/// long of the feedback round: audio flows every 20 ms, and a muted publisher, or one whose
+/// packets stopped or bunched (a stalled uplink), leaves the round trip to the other rules.
+pub const UPLINK_FRESH: Duration = Duration::from_millis(100);
+/// How many of the newest audio packets speak for the uplink (all of them must be short).
+pub const RECENT: usize = 4;
 /// An uplink queue under this is short: the round trip's queue is the downlink's.
 pub const UPLINK_SHORT: Duration = Duration::from_millis(50);
 /// A round trip's queue under this is short: where [`STEP_QUEUE`] measures its growth from.
@@ -34,8 +37,9 @@ pub struct UplinkQueue {
     /// started.
     base: [Option<i64>; 2],
     window_at: Option<Instant>,
-    /// The newest packet's arrival and transit.
-    last: Option<(Instant, i64)>,
+    /// The newest [`RECENT`] packets' arrivals and transits (a ring; `next` is the oldest).
+    recent: [Option<(Instant, i64)>; RECENT],
+    next: usize,
 }
 
 impl UplinkQueue {
@@ -54,20 +58,24 @@ impl UplinkQueue {
             self.window_at = Some(arrived);
         }
         self.base[0] = Some(self.base[0].map_or(transit, |b| b.min(transit)));
-        if self.last.is_none_or(|(at, _)| arrived >= at) {
-            self.last = Some((arrived, transit));
-        }
+        self.recent[self.next] = Some((arrived, transit));
+        self.next = (self.next + 1) % RECENT;
     }
 
-    /// The queue the newest packet met, if it came within [`UPLINK_FRESH`] of `now`.
+    /// The longest queue the newest [`RECENT`] packets met, if they all came within
+    /// [`UPLINK_FRESH`] of `now`.
     pub fn queue(&self, now: Instant) -> Option<Duration> {
-        let (at, transit) = self.last?;
-        if now.saturating_duration_since(at) > UPLINK_FRESH {
-            return None;
+        let mut longest = i64::MIN;
+        for r in &self.recent {
+            let (at, transit) = (*r)?;
+            if now.saturating_duration_since(at) > UPLINK_FRESH {
+                return None;
+            }
+            longest = longest.max(transit);
         }
         let base = self.base.iter().flatten().min()?;
         Some(Duration::from_micros(
-            u64::try_from(transit.saturating_sub(*base)).unwrap_or(0),
+            u64::try_from(longest.saturating_sub(*base)).unwrap_or(0),
         ))
     }
 
@@ -81,6 +89,11 @@ impl Downlink {
     /// An audio packet this participant publishes arrived (see [`UplinkQueue::on_audio`]).
     pub fn on_own_audio(&mut self, arrived: Instant, rtp_micros: u64) {
         self.uplink.on_audio(arrived, rtp_micros);
+    }
+
+    /// The participant's own uplink queue at `now`, if known ([`UplinkQueue::queue`]).
+    pub fn uplink_queue(&self, now: Instant) -> Option<Duration> {
+        self.uplink.queue(now)
     }
 
     /// Whether the round trip's `queue` at `at`, grown since the last round, is a step down of
@@ -138,6 +151,25 @@ mod tests {
         let last = t0 + MS * 181;
         assert!(u.is_short(last));
         assert!(!u.is_short(last + UPLINK_FRESH + MS));
+    }
+
+    #[test]
+    fn a_stalled_uplink_is_long_until_the_newest_packets_are_all_short() {
+        let t0 = Instant::now();
+        let mut u = UplinkQueue::default();
+        feed(&mut u, t0, 10, |_| Duration::ZERO);
+        // The uplink stalls from 200 ms to 370 ms: what was sent meanwhile arrives in a bunch
+        // at its end (170, 150, ... 10 ms late), what follows on time.
+        for i in 10..=22u64 {
+            let at = (t0 + MS * (20 * i as u32)).max(t0 + MS * 370);
+            u.on_audio(at, 1_000_000 + 20_000 * i);
+            assert_eq!(
+                u.is_short(at),
+                i >= 20,
+                "packet {i}: queue {:?}",
+                u.queue(at)
+            );
+        }
     }
 
     #[test]

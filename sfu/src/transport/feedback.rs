@@ -15,8 +15,11 @@ use super::{Transport, STREAM_STATS_EVERY};
 use crate::stats::{LocalCounters, LocalHistogram, JITTER_BUCKETS, LOSS_BUCKETS, RTT_BUCKETS};
 
 impl Transport {
-    /// One of str0m's estimate or statistics events.
-    pub(super) fn on_feedback(&mut self, e: Event, c: &mut LocalCounters) {
+    /// One of str0m's estimate or statistics events. Whether it found the downlink congested
+    /// just now: the router then chooses layers at once, not at its next housekeeping.
+    pub(super) fn on_feedback(&mut self, e: Event, c: &mut LocalCounters) -> bool {
+        let now = Instant::now();
+        let was = self.downlink.is_congested(now);
         match e {
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 self.downlink.on_estimate(Instant::now(), estimate.as_u64());
@@ -40,6 +43,7 @@ impl Transport {
                     ?bwe,
                     sent = s.peer_bytes_tx,
                     media = s.bytes_tx,
+                    uplink = ?self.downlink.uplink_queue(s.timestamp),
                     "TWCC feedback"
                 );
                 let current = bwe.map(|b| b.as_u64());
@@ -48,7 +52,7 @@ impl Transport {
             Event::MediaIngressStats(_) | Event::MediaEgressStats(_) if self.stats_tick != 0 => {}
             Event::MediaIngressStats(s) => {
                 let Some(p) = self.producers.iter_mut().find(|p| p.mid == s.mid) else {
-                    return;
+                    return false;
                 };
                 let [n, pl, f] = p.feedback.advance(s.nacks, s.plis, s.firs);
                 c.nacks_to_publishers += n;
@@ -66,7 +70,7 @@ impl Transport {
             }
             Event::MediaEgressStats(s) => {
                 let Some(k) = self.consumers.iter_mut().find(|k| k.mid == Some(s.mid)) else {
-                    return;
+                    return false;
                 };
                 let [n, pl, f] = k.feedback.advance(s.nacks, s.plis, s.firs);
                 c.nacks_from_subscribers += n;
@@ -81,6 +85,7 @@ impl Transport {
             }
             _ => {}
         }
+        !was && self.downlink.is_congested(now)
     }
 }
 
