@@ -610,7 +610,8 @@ impl<W: Wire> RouterHost<W> {
                 self.remove(peer, reason, msg);
             }
         }
-        // Not at the next housekeeping (up to 100 ms on, the top layer filling the link).
+        // A downlink found congested: its layers and str0m's targets now, not at the next
+        // housekeeping (up to 100 ms on, while the top layer fills the link).
         if std::mem::take(&mut self.outbox.congested) {
             let now = Instant::now();
             self.select_layers(now);

@@ -52,9 +52,9 @@ impl Downlink {
             }
             _ => audio,
         };
-        // Congested, or draining the queue it left: no higher than what flows now (str0m probes
-        // at 85 % of the estimate before a large drop, capped at twice the desired rate; after
-        // scenario a's cut it sent ~7.5 kB of probe into the full 500 kbit/s link).
+        // Congested, or draining the queue it left: no higher than what flows now. After a large
+        // drop str0m probes at 85 % of the estimate before it, capped at twice the desired rate:
+        // with the next layers' rate (or HD) desired, such a probe fills the congested link.
         let desired = match self.wanted {
             Some(w) if self.is_congested(now) || self.is_draining(now) => audio + w.now_bps,
             _ => self.desired(audio_tracks, video_tracks.max(1)),
