@@ -28,7 +28,8 @@
 use std::time::{Duration, Instant};
 
 use budget::usable;
-pub use uplink::UplinkQueue;
+use lowest::Lowest;
+use uplink::UplinkQueue;
 
 /// Bits per second reserved for each audio track (Opus with in-band FEC, plus RTP/SRTP/UDP).
 pub const AUDIO_RESERVE_BPS: u64 = 64_000;
@@ -264,10 +265,9 @@ pub struct Downlink {
     drain_since: Option<Instant>,
     /// When a step up was last padded for (its loss is the trial's, not the link's).
     trial_at: Option<Instant>,
-    /// Round trips of the TWCC feedback: the lowest of the current and the previous
-    /// [`RTT_BASE_WINDOW`] (and when the current one started), and the last one.
-    rtt_base: [Option<Duration>; 2],
-    rtt_window_at: Option<Instant>,
+    /// Round trips of the TWCC feedback: the lowest of the last two [`RTT_BASE_WINDOW`]s, and
+    /// the last one.
+    rtt_base: Lowest<Duration>,
     last_rtt: Option<Duration>,
     /// The participant's own uplink queue, and when the round trip's was last short
     /// ([`uplink::STEP_QUEUE`]).
@@ -380,8 +380,7 @@ impl Downlink {
         self.congested_at = None;
         self.drain_since = None;
         self.floor_fails = false;
-        self.rtt_base = [None; 2];
-        self.rtt_window_at = None;
+        self.rtt_base = Lowest::default();
         self.last_rtt = None;
         self.last_queue = None;
         (self.uplink, self.short_queue_at) = (UplinkQueue::default(), None);
@@ -660,14 +659,7 @@ impl Downlink {
     /// How much longer `rtt` is than the shortest round trip of this [`RTT_BASE_WINDOW`] and the
     /// one before (which it updates).
     fn queue(&mut self, at: Instant, rtt: Duration) -> Duration {
-        let window = *self.rtt_window_at.get_or_insert(at);
-        if at.saturating_duration_since(window) >= RTT_BASE_WINDOW {
-            self.rtt_base = [None, self.rtt_base[0]];
-            self.rtt_window_at = Some(at);
-        }
-        self.rtt_base[0] = Some(self.rtt_base[0].map_or(rtt, |b| b.min(rtt)));
-        let base = self.rtt_base.iter().flatten().min().copied().unwrap_or(rtt);
-        rtt.saturating_sub(base)
+        rtt.saturating_sub(self.rtt_base.observe(at, rtt))
     }
 
     /// Loss reported at `at` is the link's: video flows, and no trial padded within
@@ -788,8 +780,9 @@ fn settled(since: Option<Instant>, at: Instant) -> bool {
 }
 
 mod budget;
+mod lowest;
 mod target;
-pub mod uplink;
+mod uplink;
 
 #[cfg(test)]
 #[path = "bandwidth_tests.rs"]

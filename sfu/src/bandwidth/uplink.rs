@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Downlink, RTT_BASE_WINDOW};
+use super::{Downlink, Lowest};
 
 /// The uplink's queue is known only from [`RECENT`] audio packets that all came within this
 /// long of the feedback round: audio flows every 20 ms, and a muted publisher, or one whose
@@ -28,15 +28,13 @@ pub const SHORT_QUEUE: Duration = Duration::from_millis(50);
 pub const STEP_QUEUE: Duration = Duration::from_millis(400);
 
 /// The transit of the participant's own audio (its arrival at the server less its RTP time),
-/// over the lowest of the last two [`RTT_BASE_WINDOW`]s: the queue it met on the way.
+/// over the lowest of the last two windows ([`Lowest`]): the queue it met on the way.
 #[derive(Debug, Clone, Default)]
 pub struct UplinkQueue {
     /// The first packet's arrival: transits are counted from it (microseconds).
     epoch: Option<Instant>,
-    /// The lowest transit of the current window and the one before, and when the current one
-    /// started.
-    base: [Option<i64>; 2],
-    window_at: Option<Instant>,
+    /// The lowest transit lately.
+    base: Lowest<i64>,
     /// The newest [`RECENT`] packets' arrivals and transits (a ring; `next` is the oldest).
     recent: [Option<(Instant, i64)>; RECENT],
     next: usize,
@@ -52,12 +50,7 @@ impl UplinkQueue {
         let transit = since
             .unwrap_or(i64::MAX)
             .saturating_sub(i64::try_from(rtp_micros).unwrap_or(i64::MAX));
-        let window = *self.window_at.get_or_insert(arrived);
-        if arrived.saturating_duration_since(window) >= RTT_BASE_WINDOW {
-            self.base = [None, self.base[0]];
-            self.window_at = Some(arrived);
-        }
-        self.base[0] = Some(self.base[0].map_or(transit, |b| b.min(transit)));
+        self.base.observe(arrived, transit);
         self.recent[self.next] = Some((arrived, transit));
         self.next = (self.next + 1) % RECENT;
     }
@@ -73,9 +66,9 @@ impl UplinkQueue {
             }
             longest = longest.max(transit);
         }
-        let base = self.base.iter().flatten().min()?;
+        let base = self.base.lowest()?;
         Some(Duration::from_micros(
-            u64::try_from(longest.saturating_sub(*base)).unwrap_or(0),
+            u64::try_from(longest.saturating_sub(base)).unwrap_or(0),
         ))
     }
 
@@ -114,6 +107,7 @@ impl Downlink {
 
 #[cfg(test)]
 mod tests {
+    use super::super::RTT_BASE_WINDOW;
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);

@@ -22,7 +22,7 @@ impl Transport {
         let was = self.downlink.is_congested(now);
         match e {
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
-                self.downlink.on_estimate(Instant::now(), estimate.as_u64());
+                self.downlink.on_estimate(now, estimate.as_u64());
                 let used = self.downlink.estimate();
                 tracing::trace!(
                     peer = self.id,
