@@ -550,7 +550,7 @@ impl Downlink {
     }
 
     /// Whether TWCC feedback came within [`TWCC_LOSS_FRESH`] of `at`.
-    fn twcc_fresh(&self, at: Instant) -> bool {
+    pub fn twcc_fresh(&self, at: Instant) -> bool {
         self.twcc_loss_at
             .is_some_and(|t| at.saturating_duration_since(t) < TWCC_LOSS_FRESH)
     }
@@ -601,8 +601,9 @@ impl Downlink {
 
     /// The round trip of the newest packet the subscriber's TWCC feedback reported, at `at`
     /// (str0m's statistics, several times a second): how long the queue toward it is, over the
-    /// shortest one seen lately. The round trip also holds the queue of the subscriber's own
-    /// uplink (its feedback waits there), so a long one alone says nothing of the downlink:
+    /// shortest one seen lately, less what the subscriber's own uplink holds (its feedback
+    /// waits there; known from its audio, `bandwidth/uplink.rs`). Without its audio a long
+    /// round trip alone says nothing of the downlink:
     /// - while str0m's estimate (one-way delay) falls, a queue over [`CONGESTED_QUEUE`] is
     ///   congestion (every video track to its lowest layer at once), and so is one that grew
     ///   past [`OVERRUN_QUEUE`] within [`uplink::STEP_QUEUE`] while the uplink's stayed short;
@@ -610,6 +611,7 @@ impl Downlink {
     ///   still grows means even that layer does not fit (video pauses).
     pub fn on_feedback_rtt(&mut self, at: Instant, rtt: Duration) {
         let queue = self.queue(at, rtt);
+        let queue = self.downlink_share(at, queue);
         let growing = self.last_rtt.is_some_and(|last| rtt >= last);
         self.last_rtt = Some(rtt);
         self.last_queue = Some(queue);

@@ -666,3 +666,58 @@ fn a_queue_that_steps_up_while_the_uplink_is_short_is_congestion_at_once() {
         assert!(!s.is_congested(at(t)), "{rtt} ms at {t} ms");
     }
 }
+
+#[test]
+fn a_queue_the_subscribers_uplink_holds_is_not_its_downlinks() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let ms = Duration::from_millis;
+    // Scenario d (the patient's uplink shaped, its downlink clean): str0m's estimate fell from
+    // 2.84 to 2.24 Mbit/s (a fifth, "falling") while the round trip grew 18 -> 154 -> 374 ms.
+    // `audio(d, from, to)` feeds the subscriber's own audio sent from `from` to `to` ms.
+    let rounds = |d: &mut Downlink, audio: &dyn Fn(&mut Downlink, u64, u64)| {
+        audio(d, 0, 1_000);
+        d.on_estimate(at(1_000), 2_840_000);
+        d.on_feedback(at(1_000), Some(0.0), Some(ms(18)), Some(2_800_000));
+        audio(d, 1_000, 1_100);
+        d.on_estimate(at(1_100), 2_240_000);
+        d.on_feedback(at(1_100), Some(0.0), Some(ms(154)), Some(2_200_000));
+        let middle = d.is_congested(at(1_100));
+        audio(d, 1_100, 1_200);
+        d.on_feedback(at(1_200), Some(0.0), Some(ms(374)), Some(2_200_000));
+        (middle, d.is_congested(at(1_200)))
+    };
+    // What arrived from `from` to `to` of audio sent every 20 ms, each sent at `t` ms and
+    // delayed by `queue(t)` ms on the way.
+    let arrivals = |d: &mut Downlink, from: u64, to: u64, queue: &dyn Fn(u64) -> u64| {
+        for t in (0..=1_200).step_by(20) {
+            let arrived = t + queue(t);
+            if (from..to).contains(&arrived) {
+                d.on_own_audio(at(arrived), t * 1_000);
+            }
+        }
+    };
+    // The patient's audio stalls in its uplink from 760 ms on and arrives in a bunch from
+    // 1,130 ms, having waited ~370 ms: the round trip's queue is the uplink's.
+    let stalled =
+        |d: &mut Downlink, from, to| arrivals(d, from, to, &|t| if t < 760 { 2 } else { 370 });
+    let mut d = hd_with_base_rtt(t0);
+    assert_eq!(rounds(&mut d, &stalled), (false, false));
+    // The same round trips with a short uplink are the downlink's: congestion.
+    let mut s = hd_with_base_rtt(t0);
+    assert_eq!(
+        rounds(&mut s, &|d: &mut Downlink, from, to| arrivals(
+            d,
+            from,
+            to,
+            &|_| 2
+        )),
+        (false, true)
+    );
+    // Without the subscriber's audio (none for a second: it stopped) the round trip is all
+    // there is, as before.
+    let mut m = hd_with_base_rtt(t0);
+    let gone =
+        |d: &mut Downlink, from, to| arrivals(d, from, to, &|t| if t < 100 { 2 } else { 5_000 });
+    assert_eq!(rounds(&mut m, &gone), (false, true));
+}

@@ -43,7 +43,7 @@ impl Transport {
                     ?bwe,
                     sent = s.peer_bytes_tx,
                     media = s.bytes_tx,
-                    uplink = ?self.downlink.uplink_queue(s.timestamp),
+                    uplink = ?self.downlink.uplink_held(s.timestamp),
                     "TWCC feedback"
                 );
                 let current = bwe.map(|b| b.as_u64());
