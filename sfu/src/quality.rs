@@ -33,7 +33,7 @@ pub struct Link {
     pub lost: bool,
     /// Its received video is paused because its downlink cannot carry it.
     pub video_paused: bool,
-    /// The bandwidth estimate toward it, when it receives video.
+    /// The bandwidth estimate toward it, when it receives video under the rate it wants.
     pub estimate: Option<u64>,
 }
 
@@ -77,7 +77,8 @@ pub fn assess(loss: Option<f32>, rtt: Option<Duration>, link: Link) -> QualityLe
 }
 
 impl Quality {
-    /// One stream's statistics (str0m reports each once a second).
+    /// One stream's statistics (str0m reports each once a second), or the transport-wide loss
+    /// of what the server sent it (its TWCC feedback, several times a second).
     pub fn on_stats(&mut self, loss: Option<f32>, rtt: Option<Duration>) {
         if let Some(l) = loss.filter(|l| l.is_finite()) {
             self.loss = Some(self.loss.map_or(l, |m| m.max(l)));

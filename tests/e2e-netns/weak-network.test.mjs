@@ -627,6 +627,12 @@ async function runScenario(key, run) {
     if (sc.steps.some((s) => s.lossPct > 0) && !(shaping.loss && shaping.loss.dropped > 0)) fail.push(`no packet dropped by the loss rule: ${JSON.stringify(shaping.loss)}`);
     if (!shaping.tbf) fail.push('no tbf qdisc on the shaped link');
     sc.judge(m, fail);
+    // The level tells whose link is weak (issue 21): the doctor's, never impaired here, is not
+    // `poor` or `lost` in anyone's view while the patient's link is.
+    for (const viewer of ['doctor', 'patient']) {
+      const blamed = got[viewer].events.filter((e) => e.type === 'quality' && e.identity === DOCTOR && ['poor', 'lost'].includes(e.level) && e.t >= t0 && e.t <= tEnd);
+      if (blamed.length) fail.push(`${viewer} was told the doctor's link (not impaired) is ${blamed.map((e) => `${e.level} at ${e.t - t0} ms`).join(', ')}`);
+    }
 
     const brief = (x) => ({
       fpsP50: x.videoImpair.fpsP50,

@@ -10,6 +10,13 @@ use super::{
 };
 
 impl Downlink {
+    /// Whether its video flows under the estimate it wants (as of the last [`Downlink::poll`]):
+    /// only then does the estimate say its link is weak (its connection quality); a subscriber
+    /// sent little (a publisher whose uplink is weak) has a low estimate on a fine link.
+    pub fn is_constrained(&self) -> bool {
+        self.constrained_since.is_some()
+    }
+
     /// The estimate (bits/s) at which the video it wants fits with the selector's headroom.
     pub(super) fn desired(&self, audio_tracks: usize, video_tracks: usize) -> u64 {
         let audio = AUDIO_RESERVE_BPS * audio_tracks as u64;

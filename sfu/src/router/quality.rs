@@ -25,7 +25,9 @@ impl<W: Wire> RouterHost<W> {
             let link = Link {
                 lost: t.lost.any(),
                 video_paused: t.downlink.is_video_paused(),
-                estimate: if receives_video {
+                // The estimate against what it wants: a low one while little is sent to it
+                // says nothing of its link.
+                estimate: if receives_video && t.downlink.is_constrained() {
                     t.downlink.estimate()
                 } else {
                     None

@@ -48,6 +48,8 @@ impl Transport {
                 );
                 let current = bwe.map(|b| b.as_u64());
                 self.downlink.on_feedback(s.timestamp, loss, rtt, current);
+                // What its link lost of what the server sent it, and nothing else.
+                self.quality.on_stats(loss, None);
             }
             Event::MediaIngressStats(_) | Event::MediaEgressStats(_) if self.stats_tick != 0 => {}
             Event::MediaIngressStats(s) => {
@@ -76,7 +78,10 @@ impl Transport {
                 c.nacks_from_subscribers += n;
                 c.plis_from_subscribers += pl;
                 c.firs_from_subscribers += f;
-                self.quality.on_stats(s.loss, s.rtt);
+                // A receiver report counts the gaps of what it was forwarded, the publisher's
+                // uplink losses too: while its transport-wide loss is known, that is its link's.
+                let twcc = self.downlink.twcc_fresh(s.timestamp);
+                self.quality.on_stats(s.loss.filter(|_| !twcc), s.rtt);
                 observe_quality(&mut c.loss_egress, &mut c.rtt, s.loss, s.rtt);
                 if let (MediaKind::Video, Some(loss)) = (k.kind, s.loss) {
                     tracing::trace!(peer = self.id, loss, "video receiver report");
