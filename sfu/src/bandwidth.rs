@@ -83,8 +83,9 @@ pub const FLOOR_QUEUE_PAUSE: Duration = Duration::from_millis(500);
 /// below [`FALLING_PERCENT`] of its highest in the last second), is congestion: every video track
 /// goes to its lowest layer at once, in one change rather than one layer at a time (each change
 /// waits for a keyframe that has to cross the full queue; measured in scenario b, two changes
-/// 0.1 s apart froze the video 1.9 s). The estimate falling is what tells the subscriber's
-/// downlink from its uplink (whose queue holds its feedback too: the round trip alone would not).
+/// 0.1 s apart froze the video 1.9 s). The queue is the round trip's less what the subscriber's
+/// uplink holds (its feedback waits there), known from its audio (`bandwidth/uplink.rs`); without
+/// audio the estimate falling is what tells its downlink from its uplink.
 pub const CONGESTED_QUEUE: Duration = Duration::from_millis(300);
 /// See [`CONGESTED_QUEUE`].
 pub const FALLING_PERCENT: u64 = 85;

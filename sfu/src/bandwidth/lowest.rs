@@ -1,7 +1,8 @@
-//! The lowest value seen over the current [`RTT_BASE_WINDOW`] and the one before: the base a
-//! queue is measured from (the round trip toward a subscriber, the transit of its own audio).
-//! A base older than two windows is forgotten, so a path that lengthened for good is not read
-//! as a queue for long.
+//! The lowest value seen over the current [`RTT_BASE_WINDOW`] and the one before: the base the
+//! queue toward a subscriber is measured from (its round trip). A base older than two windows
+//! is forgotten, so a path that lengthened for good is not read as a queue for long. (The
+//! transit of its own audio has a base of its own that rises steadily, `uplink.rs`: an audio
+//! clock may drift.)
 
 use std::time::Instant;
 

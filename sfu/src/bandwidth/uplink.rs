@@ -86,6 +86,12 @@ impl UplinkQueue {
         Some(transit.saturating_add(i64::try_from(risen.as_micros()).unwrap_or(i64::MAX)))
     }
 
+    /// The queue a packet of this `transit` met, over the base at `now`.
+    fn over_base(&self, now: Instant, transit: i64) -> Option<Duration> {
+        let queue = transit.saturating_sub(self.lowest(now)?);
+        Some(Duration::from_micros(u64::try_from(queue).unwrap_or(0)))
+    }
+
     /// The longest queue the newest [`RECENT`] packets met, if they all came within
     /// [`UPLINK_FRESH`] of `now`.
     pub fn queue(&self, now: Instant) -> Option<Duration> {
@@ -97,10 +103,7 @@ impl UplinkQueue {
             }
             longest = longest.max(transit);
         }
-        let base = self.lowest(now)?;
-        Some(Duration::from_micros(
-            u64::try_from(longest.saturating_sub(base)).unwrap_or(0),
-        ))
+        self.over_base(now, longest)
     }
 
     /// How much the uplink holds at `now`, at least: the longest queue its newest packets met
@@ -112,10 +115,8 @@ impl UplinkQueue {
         if since >= AUDIO_GONE {
             return None;
         }
-        let base = self.lowest(now)?;
         let late = i64::try_from(since.saturating_sub(PTIME).as_micros()).unwrap_or(i64::MAX);
-        let waiting = transit.saturating_add(late).saturating_sub(base);
-        let waiting = Duration::from_micros(u64::try_from(waiting).unwrap_or(0));
+        let waiting = self.over_base(now, transit.saturating_add(late))?;
         Some(self.queue(now).map_or(waiting, |q| q.max(waiting)))
     }
 
