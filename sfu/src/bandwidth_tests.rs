@@ -721,3 +721,36 @@ fn a_queue_the_subscribers_uplink_holds_is_not_its_downlinks() {
         |d: &mut Downlink, from, to| arrivals(d, from, to, &|t| if t < 100 { 2 } else { 5_000 });
     assert_eq!(rounds(&mut m, &gone), (false, true));
 }
+
+#[test]
+fn the_estimate_tells_quality_only_after_a_sign_of_congestion() {
+    let t0 = Instant::now();
+    let mut d = Downlink::default();
+    // Video flows under the HD it wants: str0m's application-limited estimate on a clean link.
+    d.on_estimate(t0, 600_000);
+    assert_eq!(d.poll(t0, 1, 1), Change::None);
+    assert!(d.is_constrained());
+    assert_eq!(
+        d.quality_estimate(at(t0, 1_000)),
+        None,
+        "no sign: not the link's"
+    );
+    // Loss over LOSS_SIGN: the link is weak, its estimate tells how weak.
+    d.on_loss(at(t0, 2_000), 0.03);
+    assert_eq!(d.quality_estimate(at(t0, 2_000)), Some(600_000));
+    let window = target::QUALITY_SIGN_WINDOW.as_millis() as u64;
+    assert_eq!(
+        d.quality_estimate(at(t0, 2_000 + window - 1)),
+        Some(600_000)
+    );
+    assert_eq!(
+        d.quality_estimate(at(t0, 2_000 + window)),
+        None,
+        "signs long gone"
+    );
+    // Not constrained (HD fits): never the estimate, even right after a sign.
+    d.on_estimate(at(t0, 20_000), 2 * HD_DESIRED_BPS);
+    assert_eq!(d.poll(at(t0, 20_000), 1, 1), Change::None);
+    d.on_loss(at(t0, 20_100), 0.03);
+    assert_eq!(d.quality_estimate(at(t0, 20_100)), None);
+}

@@ -2,19 +2,39 @@
 //! trial of a step up, or of resuming) and the desired rate its probes look for (the next
 //! layers with headroom, stepped by a hair so that str0m probes again).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{
     Downlink, AUDIO_RESERVE_BPS, HD_DESIRED_BPS, PROBE_BUMP_BPS, PROBE_EVERY, RESUME_ABOVE_BPS,
     USABLE_PERCENT,
 };
 
+/// How long after the link's last sign of congestion ([`QUEUE_SIGN`](super::QUEUE_SIGN),
+/// [`LOSS_SIGN`](super::LOSS_SIGN)) its estimate still tells its connection quality
+/// ([`Downlink::quality_estimate`]).
+pub const QUALITY_SIGN_WINDOW: Duration = Duration::from_secs(10);
+
 impl Downlink {
-    /// Whether its video flows under the estimate it wants (as of the last [`Downlink::poll`]):
-    /// only then does the estimate say its link is weak (its connection quality); a subscriber
-    /// sent little (a publisher whose uplink is weak) has a low estimate on a fine link.
+    /// Whether its video flows under the estimate it wants (as of the last [`Downlink::poll`]).
     pub fn is_constrained(&self) -> bool {
         self.constrained_since.is_some()
+    }
+
+    /// The estimate that tells the subscriber's connection quality at `now`, if any: only while
+    /// its video flows under the rate it wants and the link showed a sign of congestion within
+    /// [`QUALITY_SIGN_WINDOW`]. A subscriber sent little (a publisher whose uplink is weak, or
+    /// one that is still ramping up) has an application-limited estimate: str0m's stays near
+    /// what is sent, under 300 kbit/s on a clean link (seen: a doctor told `poor` ~2 s before
+    /// a Firefox patient's link was shaped, while it waited for the patient's next layer).
+    pub fn quality_estimate(&self, now: Instant) -> Option<u64> {
+        let congested_lately = self
+            .sign_at
+            .is_some_and(|t| now.saturating_duration_since(t) < QUALITY_SIGN_WINDOW);
+        if self.is_constrained() && congested_lately {
+            self.estimate
+        } else {
+            None
+        }
     }
 
     /// The estimate (bits/s) at which the video it wants fits with the selector's headroom.

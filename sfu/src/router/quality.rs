@@ -25,13 +25,8 @@ impl<W: Wire> RouterHost<W> {
             let link = Link {
                 lost: t.lost.any(),
                 video_paused: t.downlink.is_video_paused(),
-                // The estimate against what it wants: a low one while little is sent to it
-                // says nothing of its link.
-                estimate: if receives_video && t.downlink.is_constrained() {
-                    t.downlink.estimate()
-                } else {
-                    None
-                },
+                // The estimate, when it tells of its link (see `quality_estimate`).
+                estimate: t.downlink.quality_estimate(now).filter(|_| receives_video),
             };
             let first = t.quality.level().is_none();
             let report = t.quality.poll(now, link);
