@@ -183,7 +183,11 @@ pub const LOSS_SIGN: f32 = 0.02;
 /// for the estimate allows: a cause taken during loss is kept until the estimate changes. Seen
 /// in the weak-network scenario a: after 30 s of 3 % loss the patient's estimate stayed at
 /// 394,370 bit/s for the 15 s after the link was unshaped (no loss, no queue), and the video
-/// stayed at the lowest layer.
+/// stayed at the lowest layer. Video paused this long, with no sign all that time, is as stuck
+/// whatever str0m's estimate does: with only audio flowing it wanders by a few kbit/s a round
+/// under 1.5× the audio (seen after scenario c was unshaped: 43–106 kbit/s for 7 s with no queue
+/// and no loss; the probes of the paused state raised it by 2× at most, and the video was back
+/// 13.4 s after the link was).
 pub const STUCK_AFTER: Duration = Duration::from_secs(5);
 /// At most one restart of a stuck estimator ([`STUCK_AFTER`]) in this long: each one probes
 /// (at 3× and 6× the estimate), and a link that is as weak as it looked stays flat again.
@@ -590,9 +594,9 @@ impl Downlink {
     fn stuck(&self, at: Instant) -> bool {
         let wants_more = self.is_video_paused() || self.constrained_since.is_some();
         let long_ago = |t: Instant| at.saturating_duration_since(t) >= STUCK_AFTER;
-        wants_more
+        let unchanged = wants_more && self.current_since.is_some_and(long_ago);
+        (unchanged || self.paused_since.is_some_and(long_ago))
             && self.current_estimate.is_some()
-            && self.current_since.is_some_and(long_ago)
             && self.sign_at.is_none_or(long_ago)
             && self.last_queue.is_some_and(|q| q < QUEUE_SIGN)
             && self

@@ -344,3 +344,41 @@ fn a_link_whose_own_signs_stop_has_cleared_once() {
     );
     assert!(!p.take_cleared(at(9_000)));
 }
+
+#[test]
+fn video_paused_without_a_sign_restarts_the_estimator_however_its_estimate_wanders() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let ms = Duration::from_millis;
+    // Audio alone: str0m's estimate wanders under 1.5× it, round by round (scenario c).
+    let wandering = |t: u64| Some(43_000 + (t / 100) % 7 * 9_000);
+    let mut d = Downlink::default();
+    d.on_estimate(t0, 100_000);
+    assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);
+    // 5 % loss for 10 s: a sign every round.
+    for t in (0..10_000).step_by(100) {
+        d.on_feedback(at(t), Some(0.05), Some(ms(5)), wandering(t));
+        assert_eq!(d.take_estimator_reset(at(t)), None, "lossy at {t} ms");
+    }
+    // Unshaped: no loss, no queue; the last sign was at 9.9 s.
+    for t in (10_000..14_900).step_by(100) {
+        d.on_feedback(at(t), Some(0.0), Some(ms(5)), wandering(t));
+        assert_eq!(d.take_estimator_reset(at(t)), None, "at {t} ms");
+    }
+    d.on_feedback(at(14_900), Some(0.0), Some(ms(5)), wandering(14_900));
+    assert_eq!(d.take_estimator_reset(at(14_900)), wandering(14_900));
+
+    // Paused for less than STUCK_AFTER: not yet, however long the link was clean before.
+    let mut p = Downlink::default();
+    p.on_estimate(t0, 100_000);
+    for t in (0..4_900).step_by(100) {
+        p.on_feedback(at(t), Some(0.0), Some(ms(5)), wandering(t));
+    }
+    assert_eq!(p.poll(at(4_900), 1, 1), Change::PauseVideo);
+    for t in (4_900..9_900).step_by(100) {
+        p.on_feedback(at(t), Some(0.0), Some(ms(5)), wandering(t));
+        assert_eq!(p.take_estimator_reset(at(t)), None, "paused at {t} ms");
+    }
+    p.on_feedback(at(9_900), Some(0.0), Some(ms(5)), wandering(9_900));
+    assert_eq!(p.take_estimator_reset(at(9_900)), wandering(9_900));
+}
