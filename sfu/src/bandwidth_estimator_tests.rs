@@ -9,17 +9,17 @@ use super::*;
 fn probes_without_padding_while_paused() {
     let t0 = Instant::now();
     let mut d = Downlink::default();
-    assert_eq!(d.bwe_target(t0, 1, 1), (64_000, HD_DESIRED_BPS));
-    assert_eq!(d.bwe_target(t0, 2, 3), (128_000, 3 * HD_DESIRED_BPS));
+    assert_eq!(d.bwe_target(t0, 1, 1), (0, HD_DESIRED_BPS));
+    assert_eq!(d.bwe_target(t0, 2, 3), (0, 3 * HD_DESIRED_BPS));
     d.on_estimate(t0, 100_000);
     assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);
-    // The minimum stays audio's; the desired rate is what resuming needs with headroom
+    // No minimum (nothing to pad up to); the desired rate is what resuming needs with headroom
     // (not HD: a probe of HD fills a weak link's queue), and rises every other step.
     let resume = (64_000 + RESUME_ABOVE_BPS) * 120 / 85;
     let targets: Vec<u64> = [0, 1_600, 3_100, 4_600]
         .iter()
         .map(|&ms| d.bwe_target(at(t0, ms), 1, 1))
-        .inspect(|&(min, _)| assert_eq!(min, 64_000))
+        .inspect(|&(min, _)| assert_eq!(min, 0))
         .map(|(_, desired)| desired)
         .collect();
     assert_eq!(
@@ -61,7 +61,7 @@ fn the_desired_rate_follows_the_next_layer_and_a_step_up_is_padded_for_first() {
         })
     };
     d.set_wanted(t0, next(None));
-    assert_eq!(d.bwe_target(t0, 1, 1), (64_000, 781_176));
+    assert_eq!(d.bwe_target(t0, 1, 1), (0, 781_176));
     // A subscriber waits to go up: str0m pads to the rate after the step.
     d.set_wanted(t0, next(Some(500_000)));
     assert_eq!(d.bwe_target(t0, 1, 1), (564_000, 781_176));
@@ -71,13 +71,13 @@ fn the_desired_rate_follows_the_next_layer_and_a_step_up_is_padded_for_first() {
     assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);
     assert_eq!(
         d.bwe_target(t0, 1, 1),
-        (64_000, (64_000 + RESUME_ABOVE_BPS) * 120 / 85)
+        (0, (64_000 + RESUME_ABOVE_BPS) * 120 / 85)
     );
     // Unknown layers while paused: the same, what resuming needs.
     d.set_wanted(t0, None);
     assert_eq!(
         d.bwe_target(t0, 1, 1),
-        (64_000, (64_000 + RESUME_ABOVE_BPS) * 120 / 85)
+        (0, (64_000 + RESUME_ABOVE_BPS) * 120 / 85)
     );
 }
 

@@ -76,17 +76,17 @@ fn resumes_only_with_headroom_held_for_a_while() {
     // before the back-off.
     d.on_estimate(t0, 300_000);
     assert_eq!(d.poll(at(t0, 8_000), 1, 1), Change::None);
-    assert_eq!(d.bwe_target(at(t0, 8_000), 1, 1).0, 64_000);
+    assert_eq!(d.bwe_target(at(t0, 8_000), 1, 1).0, 0);
     d.on_estimate(t0, 500_000);
     assert_eq!(d.poll(at(t0, 8_100), 1, 1), Change::None);
     assert_eq!(d.poll(at(t0, 11_900), 1, 1), Change::None);
-    assert_eq!(d.bwe_target(at(t0, 11_900), 1, 1).0, 64_000);
+    assert_eq!(d.bwe_target(at(t0, 11_900), 1, 1).0, 0);
     // After it: the wait again, and video resumes when it held.
     assert_eq!(d.poll(at(t0, 12_000), 1, 1), Change::None);
     assert_eq!(d.poll(at(t0, 14_900), 1, 1), Change::None);
     assert_eq!(d.poll(at(t0, 15_000), 1, 1), Change::ResumeVideo);
     assert!(!d.is_video_paused());
-    assert_eq!(d.bwe_target(at(t0, 15_000), 1, 1).0, 64_000);
+    assert_eq!(d.bwe_target(at(t0, 15_000), 1, 1).0, 0);
     // A failure after a resume backs off from the first step again (4 s).
     d.on_estimate(t0, 100_000);
     assert_eq!(d.poll(at(t0, 16_000), 1, 1), Change::PauseVideo);
@@ -96,7 +96,7 @@ fn resumes_only_with_headroom_held_for_a_while() {
     assert_eq!(d.poll(at(t0, 17_500), 1, 1), Change::None);
     d.on_estimate(t0, 500_000);
     assert_eq!(d.poll(at(t0, 21_400), 1, 1), Change::None);
-    assert_eq!(d.bwe_target(at(t0, 21_400), 1, 1).0, 64_000);
+    assert_eq!(d.bwe_target(at(t0, 21_400), 1, 1).0, 0);
     assert_eq!(d.poll(at(t0, 21_500), 1, 1), Change::None);
     assert_eq!(
         d.bwe_target(at(t0, 21_500), 1, 1).0,
@@ -533,7 +533,7 @@ fn paused_video_waits_to_resume_only_when_the_current_estimate_agrees() {
     for ms in (200..=6_000).step_by(100) {
         assert_eq!(d.poll(at(t0, ms), 1, 1), Change::None, "at {ms} ms");
         // No trial: str0m is not asked to pad the weak link up to the resume rate.
-        assert_eq!(d.bwe_target(at(t0, ms), 1, 1).0, 64_000, "at {ms} ms");
+        assert_eq!(d.bwe_target(at(t0, ms), 1, 1).0, 0, "at {ms} ms");
     }
     // The link recovered: the current estimate (its probes) rises first, and the wait starts
     // once both carry the resume rate, with the trial padded for.
@@ -554,13 +554,13 @@ fn paused_video_waits_to_resume_only_when_the_current_estimate_agrees() {
     assert_eq!(d.poll(at(t0, 9_300), 1, 1), Change::None);
     d.on_feedback(at(t0, 9_400), Some(0.0), None, Some(90_000));
     assert_eq!(d.poll(at(t0, 9_400), 1, 1), Change::None);
-    assert_eq!(d.bwe_target(at(t0, 9_400), 1, 1).0, 64_000);
+    assert_eq!(d.bwe_target(at(t0, 9_400), 1, 1).0, 0);
     // Failed: the next wait (and its padding) only after the back-off, as a failed trial's.
     d.on_feedback(at(t0, 9_500), Some(0.0), None, Some(600_000));
     let retry = at(t0, 9_400) + crate::layers::trial_backoff(1);
     let before = retry - Duration::from_millis(100);
     assert_eq!(d.poll(before, 1, 1), Change::None);
-    assert_eq!(d.bwe_target(before, 1, 1).0, 64_000);
+    assert_eq!(d.bwe_target(before, 1, 1).0, 0);
     assert_eq!(d.poll(retry, 1, 1), Change::None);
     assert_eq!(d.bwe_target(retry, 1, 1).0, 64_000 + RESUME_ABOVE_BPS);
 }
@@ -641,7 +641,7 @@ fn a_queue_that_steps_up_while_the_uplink_is_short_is_congestion_at_once() {
         trial_bps: None,
     };
     d.set_wanted(at(300), Some(floor));
-    assert_eq!(d.bwe_target(at(300), 1, 1), (64_000, 214_000));
+    assert_eq!(d.bwe_target(at(300), 1, 1), (0, 214_000));
     assert!(d.bwe_target(at(3_000), 1, 1).1 > 500_000);
     // The same rounds without the subscriber's audio (muted): the uplink is not known, and
     // the round trip alone says nothing of the downlink.

@@ -59,8 +59,8 @@ impl Downlink {
         }
     }
 
-    /// The (minimum, desired) rates for str0m's estimator. The minimum is audio's (padding up to
-    /// more would fill the very link that is too weak), but for a trial: of a step up
+    /// The (minimum, desired) rates for str0m's estimator. The minimum is none (str0m pads up to
+    /// it, in packets of a few dozen bytes), but for a trial: of a step up
     /// ([`Downlink::set_wanted`]), or of resuming paused video (while it waits
     /// [`RESUME_AFTER`](super::RESUME_AFTER), str0m pads up to [`RESUME_ABOVE_BPS`] per video
     /// track, so an estimate that only a lucky probe raised falls before video floods the
@@ -77,7 +77,12 @@ impl Downlink {
             _ if self.is_video_paused() && self.crossing_since.is_some() => {
                 audio + RESUME_ABOVE_BPS * video_tracks.max(1) as u64
             }
-            _ => audio,
+            // Audio alone pads to nothing more: with a minimum of audio's reserve (64 kbit/s,
+            // more than Opus with RED sends), str0m sent ~30 padding packets a second, 33 kbit/s
+            // on the wire, to a subscriber whose video paused on a 150 kbit/s link (scenario c),
+            // which audio, its RTCP and that padding then filled (a standing queue of 0.5-0.8 s).
+            // str0m still pads up to its own 50 kbit/s, less what media sends.
+            _ => 0,
         };
         // Congested, or draining the queue it left: no higher than what flows now. After a large
         // drop str0m probes at 85 % of the estimate before it, capped at twice the desired rate:
