@@ -1,6 +1,7 @@
 //! What one subscriber's downlink asks of str0m's estimator: the minimum rate it pads up to (a
-//! trial of a step up, or of resuming) and the desired rate its probes look for (the next
-//! layers with headroom, stepped by a hair so that str0m probes again).
+//! trial of a step up, or of resuming; none otherwise) and the desired rate its probes look for
+//! (the next layers with headroom, stepped by a hair so that str0m probes again); and when its
+//! estimate tells how weak its link is (its connection quality).
 
 use std::time::{Duration, Instant};
 
