@@ -10,6 +10,11 @@ fn probes_without_padding_while_paused() {
     let t0 = Instant::now();
     let mut d = Downlink::default();
     assert_eq!(d.bwe_target(t0, 1, 1), (0, HD_DESIRED_BPS));
+    assert_eq!(
+        d.bwe_target(t0, 1, 1),
+        crate::transport::BWE_INITIAL_TARGET,
+        "what a new transport starts with"
+    );
     assert_eq!(d.bwe_target(t0, 2, 3), (0, 3 * HD_DESIRED_BPS));
     d.on_estimate(t0, 100_000);
     assert_eq!(d.poll(t0, 1, 1), Change::PauseVideo);

@@ -353,6 +353,10 @@ pub struct Advertised {
 /// Where str0m's estimate toward a subscriber starts: one HD video track and its audio fit
 /// uncapped (see `bandwidth::UNCAPPED_PER_TRACK_BPS`).
 pub(crate) const BWE_INITIAL_BPS: u64 = crate::bandwidth::HD_DESIRED_BPS;
+/// The (minimum, desired) rates str0m's estimator starts with, until the first allocation asks
+/// for its own: what `Downlink::bwe_target` asks for a new downlink with one video track (no
+/// padding, HD desired).
+pub(crate) const BWE_INITIAL_TARGET: (u64, u64) = (0, BWE_INITIAL_BPS);
 
 /// Timeouts already due that one drain handles itself before leaving the rest to the timers.
 const MAX_IMMEDIATE_TIMEOUTS: u32 = 64;
@@ -389,10 +393,9 @@ pub fn new_rtc(
         .set_dtls_cert(advertised.dtls.cert())
         .build(now);
     if bwe {
-        rtc.bwe().set_bitrate(
-            Bitrate::bps(crate::bandwidth::AUDIO_RESERVE_BPS),
-            Bitrate::bps(BWE_INITIAL_BPS),
-        );
+        let (min, desired) = BWE_INITIAL_TARGET;
+        rtc.bwe()
+            .set_bitrate(Bitrate::bps(min), Bitrate::bps(desired));
     }
     for addr in &advertised.udp {
         let c = Candidate::host(*addr, "udp")
@@ -448,7 +451,7 @@ impl Transport {
             restart_source: None,
             downlink: Downlink::default(),
             cap_sent: None,
-            bwe_target: (crate::bandwidth::AUDIO_RESERVE_BPS, BWE_INITIAL_BPS),
+            bwe_target: BWE_INITIAL_TARGET,
             last_offer: None,
             candidates: CandidateBudget::default(),
             codecs: Default::default(),
