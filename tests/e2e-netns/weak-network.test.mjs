@@ -114,6 +114,28 @@ const SCENARIOS = {
   },
 };
 
+// WEAK_CUSTOM describes one more scenario, `x`, for other rates, losses and timings:
+// `<down|up>:<kbit/s>/<loss %>[@<ms>],...` (each step at its time after the warm-up; the first
+// at 0), e.g. WEAK_CUSTOM=down:300/5 or WEAK_CUSTOM=down:2500/0,800/1@10000, and
+// WEAK_SCENARIOS=x. It is judged only on what holds on any link: the side that is not impaired is
+// not affected, the patient's audio never stops, and its video is back within 15 s of unshaping.
+if (process.env.WEAK_CUSTOM) SCENARIOS.x = customScenario(process.env.WEAK_CUSTOM);
+
+function customScenario(spec) {
+  const m = /^(down|up):(.+)$/.exec(spec.trim());
+  if (!m) throw new Error(`WEAK_CUSTOM: ${spec} (want <down|up>:<kbit/s>/<loss %>[@<ms>],...)`);
+  const steps = m[2].split(',').map((part, i) => {
+    const x = /^\s*(\d+)\/(\d+(?:\.\d+)?)(?:@(\d+))?\s*$/.exec(part);
+    if (!x) throw new Error(`WEAK_CUSTOM: step ${part} (want <kbit/s>/<loss %>[@<ms>])`);
+    const at = x[3] === undefined ? 0 : Number(x[3]);
+    if (i === 0 && at !== 0) throw new Error('WEAK_CUSTOM: the first step is at 0');
+    return { at, rateKbit: Number(x[1]), lossPct: Number(x[2]) };
+  });
+  if (steps.some((s, i) => i > 0 && !(s.at > steps[i - 1].at && s.at < IMPAIR_MS))) throw new Error('WEAK_CUSTOM: steps in order, within the 30 s');
+  const viewer = m[1] === 'down' ? 'patient' : 'doctor';
+  return { title: `patient ${m[1]}link ${m[2]}`, side: m[1], steps, afterMs: 15_000, judge: (r, fail) => judgeCustom(viewer, r, fail) };
+}
+
 const selected = (process.env.WEAK_SCENARIOS || 'a,b,c,d,e')
   .split(',')
   .map((s) => s.trim().toLowerCase())
@@ -515,6 +537,15 @@ function judgeD(m, fail) {
   if (!(a.concealmentPct !== null && a.concealmentPct <= 2)) fail.push(`doctor audio concealment ${a.concealmentPct} %, want <= 2 %`);
   judgeSees(m.doctor.videoImpair, 'doctor', fail, { stallMs: null });
   judgeUnimpaired(m, 'patient', fail);
+}
+
+/** A custom scenario's judge: `viewer` is the side that sees and hears across the shaped link. */
+function judgeCustom(viewer, m, fail) {
+  const x = m[viewer];
+  if (x.audioImpair.secondsWithoutPackets > 0 || x.audioPausedEvents > 0) fail.push(`${viewer}: the audio stopped (${x.audioImpair.secondsWithoutPackets} s without a packet, ${x.audioPausedEvents} track-paused)`);
+  const back = x.videoBackMs;
+  if (!(back !== null && back <= 15_000)) fail.push(`${viewer}'s video back (a second at >= 15 fps) ${back === null ? 'never (watched 15 s)' : `after ${back} ms`}, want within 15 s of unshaping`);
+  judgeUnimpaired(m, viewer === 'patient' ? 'doctor' : 'patient', fail);
 }
 
 // ----- one scenario ---------------------------------------------------------------------------------
