@@ -8,9 +8,10 @@
 //! - audio is budgeted first: [`AUDIO_RESERVE_BPS`] per audio track, never paused here;
 //! - only [`USABLE_PERCENT`] of the estimate is spent (retransmissions and loss need room);
 //! - video pauses after [`PAUSE_AFTER`] below [`PAUSE_BELOW_BPS`] per video track or at once
-//!   below half of it (neither while the link visibly carries the lowest layer: no queue), and
-//!   at once when the lowest layer loses [`HEAVY_LOSS`] (receiver reports, or the TWCC feedback)
-//!   or its queue grows past [`FLOOR_QUEUE_PAUSE`]: down fast;
+//!   below half of it (neither while the link visibly carries the lowest layer: no queue, or a
+//!   short one soon after none, [`FLOOR_CARRIED_HOLD`]), and at once when the lowest layer loses
+//!   [`HEAVY_LOSS`] (receiver reports, or the TWCC feedback) or its queue grows past
+//!   [`FLOOR_QUEUE_PAUSE`]: down fast;
 //! - a fall of the estimate at the top layers, with no sign of congestion (loss, or a queue
 //!   that lasts [`QUEUE_SIGN_ROUNDS`] rounds: one is a CPU hiccup), is held ([`FALL_HOLD`]);
 //! - a link whose own signs of congestion stop for [`CLEARED_AFTER`] has cleared: the back-off
@@ -28,6 +29,8 @@
 use std::time::{Duration, Instant};
 
 use budget::usable;
+use floor::settled_floor;
+pub use floor::FLOOR_CARRIED_HOLD;
 use lowest::Lowest;
 use uplink::UplinkQueue;
 
@@ -254,8 +257,10 @@ pub struct Downlink {
     /// What its video tracks would take one layer up, and what they take with the layer a
     /// subscriber waits to go up to (while one waits), bits/s: [`Downlink::set_wanted`].
     wanted: Option<Wanted>,
-    /// Since when every video track it receives is at its lowest layer.
+    /// Since when every video track it receives is at its lowest layer, and when the link last
+    /// visibly carried it ([`FLOOR_CARRIED_HOLD`]).
     floor_since: Option<Instant>,
+    floor_carried_at: Option<Instant>,
     /// Every video track it receives is at the highest layer it may take: a budget held up
     /// ([`FALL_HOLD`]) can only keep it there, not take anything up.
     at_top: bool,
@@ -385,6 +390,7 @@ impl Downlink {
         self.congested_at = None;
         self.drain_since = None;
         self.floor_fails = false;
+        self.floor_carried_at = None;
         self.rtt_base = Lowest::default();
         self.last_rtt = None;
         self.last_queue = None;
@@ -506,16 +512,6 @@ impl Downlink {
         }
     }
 
-    /// Whether every video track the subscriber receives is at its lowest layer now.
-    pub fn set_at_floor(&mut self, now: Instant, at_floor: bool) {
-        if !at_floor {
-            self.floor_since = None;
-            self.floor_fails = false;
-        } else if self.floor_since.is_none() {
-            self.floor_since = Some(now);
-        }
-    }
-
     /// A loss fraction reported at `at`: of one of its video tracks (receiver reports, once a
     /// second about the second before), or of everything sent to it in the last second (its
     /// transport-wide feedback, TWCC, several times a second: a link that stepped down shows
@@ -620,6 +616,7 @@ impl Downlink {
         let growing = self.last_rtt.is_some_and(|last| rtt >= last);
         self.last_rtt = Some(rtt);
         self.last_queue = Some(queue);
+        self.note_floor_queue(at, queue);
         if queue >= QUEUE_SIGN {
             self.queue_rounds = self.queue_rounds.saturating_add(1);
             if self.queued() {
@@ -748,16 +745,6 @@ impl Downlink {
         Change::None
     }
 
-    /// Whether the link visibly carries the lowest layer at `now`: every video track has been at
-    /// it for [`FLOOR_SETTLE`], and fresh feedback ([`TWCC_LOSS_FRESH`]) shows no queue
-    /// ([`QUEUE_SIGN`]). A low estimate alone then does not pause video (see
-    /// [`PAUSE_BELOW_BPS`]); a queue or heavy loss still does.
-    fn floor_carried(&self, now: Instant) -> bool {
-        settled_floor(self.floor_since, now)
-            && self.last_queue.is_some_and(|q| q < QUEUE_SIGN)
-            && self.twcc_fresh(now)
-    }
-
     /// A wait to resume ended because the budget fell back: the link did not carry the padding
     /// of the trial (a lucky probe had raised the estimate). The next wait starts after a
     /// back-off, as the selector's trials do ([`crate::layers::trial_backoff`]).
@@ -776,17 +763,13 @@ fn fell(estimates: &[Option<u64>]) -> bool {
     newest.saturating_mul(100) < highest.saturating_mul(FALLING_PERCENT)
 }
 
-/// Whether the video has been at its lowest layer for [`FLOOR_SETTLE`] at `at` (loss is its own).
-fn settled_floor(floor_since: Option<Instant>, at: Instant) -> bool {
-    floor_since.is_some() && settled(floor_since, at)
-}
-
 /// Whether [`FLOOR_SETTLE`] has passed at `at` since `since` (or nothing happened).
 fn settled(since: Option<Instant>, at: Instant) -> bool {
     since.is_none_or(|t| at.saturating_duration_since(t) >= FLOOR_SETTLE)
 }
 
 mod budget;
+mod floor;
 mod lowest;
 mod target;
 mod uplink;

@@ -754,3 +754,54 @@ fn the_estimate_tells_quality_only_after_a_sign_of_congestion() {
     d.on_loss(at(t0, 20_100), 0.03);
     assert_eq!(d.quality_estimate(at(t0, 20_100)), None);
 }
+
+#[test]
+fn a_burst_queued_at_a_floor_the_link_carried_does_not_pause_it() {
+    // A Firefox patient on 300 kbit/s with 3 % loss: the lowest layer flowed at 30 fps for 22 s
+    // with no queue, then a burst queued 80-225 ms for ~2 s while str0m's loss-based estimate
+    // was 166-250 kbit/s, under the pause budget. Video paused (13 s) on a link that carried it.
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let ms = Duration::from_millis;
+    let run = |carried_first: bool, queue_ms: u64| {
+        let mut d = Downlink::default();
+        d.on_estimate(t0, 426_000);
+        d.on_feedback(t0, Some(0.02), Some(ms(5)), Some(426_000));
+        d.set_at_floor(t0, true);
+        d.on_estimate(at(2_000), 190_000);
+        if carried_first {
+            // Settled at the floor, no queue: the link visibly carries it.
+            for t in (1_600..=2_000).step_by(100) {
+                d.on_feedback(at(t), Some(0.02), Some(ms(5 + t % 20)), Some(190_000));
+                assert_eq!(d.poll(at(t), 1, 1), Change::None, "at {t} ms");
+            }
+        }
+        // The burst's queue, round after round.
+        let mut paused = None;
+        for t in (2_100..=7_000).step_by(100) {
+            d.on_feedback(at(t), Some(0.02), Some(ms(5 + queue_ms)), Some(190_000));
+            if d.poll(at(t), 1, 1) == Change::PauseVideo {
+                paused = Some(t);
+                break;
+            }
+        }
+        paused
+    };
+    // Carried, then a queue of 225 ms: held FLOOR_CARRIED_HOLD after the last short round, then
+    // the estimate pauses it as before (PAUSE_AFTER).
+    let hold = FLOOR_CARRIED_HOLD.as_millis() as u64;
+    let paused = run(true, 225).expect("a queue that lasts pauses in the end");
+    assert!(
+        paused >= 2_000 + hold,
+        "paused at {paused} ms, within the hold"
+    );
+    // Never seen carried: the low estimate pauses after PAUSE_AFTER, as before.
+    let first = 2_100 + PAUSE_AFTER.as_millis() as u64;
+    assert_eq!(run(false, 225), Some(first));
+    // A queue past FLOOR_QUEUE_PAUSE is not held either.
+    let long = FLOOR_QUEUE_PAUSE.as_millis() as u64 + 50;
+    assert!(
+        run(true, long).is_some_and(|t| t < 2_000 + hold),
+        "a long queue is not held"
+    );
+}
