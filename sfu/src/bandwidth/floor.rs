@@ -27,9 +27,9 @@ impl Downlink {
     }
 
     /// A feedback round at `at` found `queue`: settled at the floor with no queue, the link
-    /// visibly carries it.
+    /// visibly carries it. Not while video is paused: audio alone says nothing of the floor.
     pub(super) fn note_floor_queue(&mut self, at: Instant, queue: Duration) {
-        if settled_floor(self.floor_since, at) && queue < QUEUE_SIGN {
+        if settled_floor(self.floor_since, at) && queue < QUEUE_SIGN && !self.is_video_paused() {
             self.floor_carried_at = Some(at);
         }
     }
