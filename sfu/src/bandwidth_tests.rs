@@ -769,18 +769,17 @@ fn a_burst_queued_at_a_floor_the_link_carried_does_not_pause_it() {
         d.on_feedback(t0, Some(0.02), Some(ms(5)), Some(426_000));
         d.set_at_floor(t0, true);
         d.on_estimate(at(2_000), 190_000);
-        if !carried_first {
-            // Paused at the floor with no queue: audio alone flowed, which says nothing of it.
-            d.paused_since = Some(at(1_500));
-            d.on_feedback(at(1_900), Some(0.0), Some(ms(5)), Some(190_000));
-            d.paused_since = None;
-        }
         if carried_first {
             // Settled at the floor, no queue: the link visibly carries it.
             for t in (1_600..=2_000).step_by(100) {
                 d.on_feedback(at(t), Some(0.02), Some(ms(5 + t % 20)), Some(190_000));
                 assert_eq!(d.poll(at(t), 1, 1), Change::None, "at {t} ms");
             }
+        } else {
+            // Paused at the floor with no queue: audio alone flowed, which says nothing of it.
+            d.paused_since = Some(at(1_500));
+            d.on_feedback(at(1_900), Some(0.0), Some(ms(5)), Some(190_000));
+            d.paused_since = None;
         }
         // The burst's queue, round after round.
         let mut paused = None;

@@ -118,7 +118,8 @@ const SCENARIOS = {
 // `<down|up>:<kbit/s>/<loss %>[@<ms>],...` (each step at its time after the warm-up; the first
 // at 0), e.g. WEAK_CUSTOM=down:300/5 or WEAK_CUSTOM=down:2500/0,800/1@10000, and
 // WEAK_SCENARIOS=x. It is judged only on what holds on any link: the side that is not impaired is
-// not affected, the patient's audio never stops, and its video is back within 15 s of unshaping.
+// not affected, and the side that sees and hears across the shaped link (the patient for `down`,
+// the doctor for `up`) never loses the audio and has the video back within 15 s of unshaping.
 if (process.env.WEAK_CUSTOM) SCENARIOS.x = customScenario(process.env.WEAK_CUSTOM);
 
 function customScenario(spec) {
@@ -520,15 +521,26 @@ function judgeB(m, fail) {
   judgeUnimpaired(m, 'doctor', fail);
 }
 
+/** `who` heard the other side's audio throughout: never a second without a packet, never paused. */
+function judgeAudioNeverStops(m, who, fail) {
+  const x = m[who];
+  if (x.audioImpair.secondsWithoutPackets > 0) fail.push(`${who}: ${x.audioImpair.secondsWithoutPackets} s without a single audio packet (audio must never pause)`);
+  if (x.audioPausedEvents > 0) fail.push(`${who} got track-paused for the other side's audio ${x.audioPausedEvents}x`);
+}
+
+/** `who` saw the other side's video again (a second at >= 15 fps) within 15 s of unshaping. */
+function judgeVideoBack(m, who, fail) {
+  const back = m[who].videoBackMs;
+  if (!(back !== null && back <= 15_000)) fail.push(`${who}'s video back (a second at >= 15 fps) ${back === null ? 'never (watched 15 s)' : `after ${back} ms`}, want within 15 s of unshaping`);
+}
+
 function judgeC(m, fail) {
   const a = m.patient.audioImpair;
   if (!(a.concealmentPct !== null && a.concealmentPct <= 5)) fail.push(`patient audio concealment ${a.concealmentPct} %, want <= 5 %`);
-  if (a.secondsWithoutPackets > 0) fail.push(`patient: ${a.secondsWithoutPackets} s without a single audio packet (audio must never pause)`);
-  if (m.patient.audioPausedEvents > 0) fail.push(`patient got track-paused for the doctor's audio ${m.patient.audioPausedEvents}x`);
+  judgeAudioNeverStops(m, 'patient', fail);
   const p = m.patient.videoPausedMs;
   if (!(p !== null && p <= 5_000)) fail.push(`patient got track-paused (video, reason 'bandwidth') ${p === null ? 'never' : `after ${p} ms`}, want within 5 s`);
-  const back = m.patient.videoBackMs;
-  if (!(back !== null && back <= 15_000)) fail.push(`patient's video back (a second at >= 15 fps) ${back === null ? 'never (watched 15 s)' : `after ${back} ms`}, want within 15 s of unshaping`);
+  judgeVideoBack(m, 'patient', fail);
   judgeUnimpaired(m, 'doctor', fail);
 }
 
@@ -541,10 +553,8 @@ function judgeD(m, fail) {
 
 /** A custom scenario's judge: `viewer` is the side that sees and hears across the shaped link. */
 function judgeCustom(viewer, m, fail) {
-  const x = m[viewer];
-  if (x.audioImpair.secondsWithoutPackets > 0 || x.audioPausedEvents > 0) fail.push(`${viewer}: the audio stopped (${x.audioImpair.secondsWithoutPackets} s without a packet, ${x.audioPausedEvents} track-paused)`);
-  const back = x.videoBackMs;
-  if (!(back !== null && back <= 15_000)) fail.push(`${viewer}'s video back (a second at >= 15 fps) ${back === null ? 'never (watched 15 s)' : `after ${back} ms`}, want within 15 s of unshaping`);
+  judgeAudioNeverStops(m, viewer, fail);
+  judgeVideoBack(m, viewer, fail);
   judgeUnimpaired(m, viewer === 'patient' ? 'doctor' : 'patient', fail);
 }
 
